@@ -1,0 +1,15 @@
+//! Types shared by the XDP programs and the controller.
+//!
+//! Everything here is `#[repr(C)]` and plain data: the kernel side writes it
+//! into BPF maps, the user side reads the same bytes back. The layout of every
+//! type is pinned by tests at the bottom of each module, so a change on one
+//! side that the other side does not see fails the build's tests instead of
+//! silently mis-reading counters.
+#![no_std]
+
+pub mod class;
+pub mod flood;
+pub mod maps;
+pub mod sketch;
+
+pub use class::{TrafficClass, CLASS_COUNT};

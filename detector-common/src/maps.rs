@@ -1,0 +1,91 @@
+//! Map names, keys and values of the counting program.
+
+use crate::class::CLASS_COUNT;
+
+/// Per-CPU array indexed by [`crate::TrafficClass`] id, value [`ClassCounters`].
+pub const CLASS_STATS_MAP: &str = "CLASS_STATS";
+/// LRU per-CPU hash of [`SourceKey`] to [`SourceStats`].
+pub const SOURCE_STATS_MAP: &str = "SOURCE_STATS";
+/// Per-CPU array of one [`crate::sketch::Sketch`].
+pub const SKETCH_MAP: &str = "SKETCH";
+/// Name of the counting XDP program in its object.
+pub const DETECTOR_PROGRAM: &str = "detector";
+
+/// Default capacity of [`SOURCE_STATS_MAP`]; the controller may override it.
+pub const DEFAULT_MAX_SOURCES: u32 = 16_384;
+
+/// Cumulative packets and bytes (whole frame, Ethernet header included).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A source address. IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`) so both
+/// families share one map and one key size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub addr: [u8; 16],
+}
+
+impl SourceKey {
+    /// The key of an IPv4 source given in network byte order.
+    #[inline(always)]
+    pub const fn from_ipv4_octets(o: [u8; 4]) -> Self {
+        SourceKey {
+            addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]],
+        }
+    }
+
+    /// True when this key holds an IPv4 address.
+    pub fn is_ipv4(&self) -> bool {
+        self.addr[..10].iter().all(|b| *b == 0) && self.addr[10] == 0xff && self.addr[11] == 0xff
+    }
+}
+
+/// Cumulative per-source counters, one copy per CPU in the kernel.
+///
+/// Counting starts when the source is admitted to the map (see
+/// [`crate::sketch`]): a source that never stands out is never tracked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub class_packets: [u64; CLASS_COUNT],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::ClassCounters {}
+    unsafe impl aya::Pod for super::SourceKey {}
+    unsafe impl aya::Pod for super::SourceStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, offset_of, size_of};
+
+    #[test]
+    fn layouts() {
+        assert_eq!(size_of::<ClassCounters>(), 16);
+        assert_eq!(offset_of!(ClassCounters, bytes), 8);
+        assert_eq!(size_of::<SourceKey>(), 16);
+        assert_eq!(align_of::<SourceKey>(), 1);
+        assert_eq!(size_of::<SourceStats>(), 16 + 8 * CLASS_COUNT);
+        assert_eq!(offset_of!(SourceStats, class_packets), 16);
+    }
+
+    #[test]
+    fn ipv4_mapped_key() {
+        let k = SourceKey::from_ipv4_octets([192, 0, 2, 7]);
+        assert!(k.is_ipv4());
+        assert_eq!(&k.addr[12..], &[192, 0, 2, 7]);
+        let mut v6 = k;
+        v6.addr[0] = 0x20;
+        assert!(!v6.is_ipv4());
+    }
+}

@@ -1,0 +1,140 @@
+//! Command-line definitions. Values are parsed into their real types here
+//! (durations, addresses, CIDRs), so a typo fails before anything starts.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+mod flood;
+
+use detector::{
+    controller::{self, RunConfig},
+    privileges::{self, Need},
+    xdp::ModeChoice,
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "detector", version, about = "DDoS detector: XDP counters at line rate, Prometheus metrics, a flood generator")]
+pub struct Cli {
+    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Attach to interfaces and count their traffic until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Send a flood of real frames out of an interface (for labs and tests).
+    Flood(flood::FloodArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Interface to watch; repeat for several.
+    #[arg(long = "iface", value_name = "IF", required = true)]
+    pub ifaces: Vec<String>,
+    /// XDP mode: native, skb (generic), or auto (native, else skb).
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_mode)]
+    pub xdp_mode: ModeChoice,
+    /// Replace an XDP program already attached to an interface.
+    #[arg(long)]
+    pub force: bool,
+    /// How often the maps are read (10ms to 60s).
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Where /metrics, /api/top and /healthz are served. Anything but
+    /// loopback requires a bearer token.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9477")]
+    pub metrics_addr: SocketAddr,
+    /// File holding the bearer token for the HTTP endpoints (the
+    /// DETECTOR_API_TOKEN environment variable works too).
+    #[arg(long, value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// Capacity of the per-source map of each interface.
+    #[arg(long, value_name = "N", default_value_t = detector_common::maps::DEFAULT_MAX_SOURCES,
+          value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
+    pub max_sources: u32,
+    /// Top talkers kept per class in /api/top.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub top: u16,
+    /// Forget a source after this long without packets.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub idle_after: Duration,
+    /// How often a summary line is logged at info level.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub summary_every: Duration,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration ({e}); write it like 250ms, 5s or 1m"))
+}
+
+fn parse_mode(s: &str) -> Result<ModeChoice, String> {
+    s.parse()
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Flood(args) => flood::run(args),
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let api_token = api_token(args.api_token_file.as_deref())?;
+    let cfg = RunConfig {
+        ifaces: args.ifaces,
+        mode: args.xdp_mode,
+        force: args.force,
+        interval: args.interval,
+        metrics_addr: args.metrics_addr,
+        api_token,
+        max_sources: args.max_sources,
+        top_n: args.top as usize,
+        idle_after: args.idle_after,
+        summary_every: args.summary_every,
+    };
+    privileges::check(Need::Xdp)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(controller::run(cfg, shutdown_signal()))?;
+    Ok(())
+}
+
+/// The bearer token: the file named on the command line, else the
+/// environment. Never logged.
+fn api_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    if let Some(path) = file {
+        let t = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the API token file {}", path.display()))?;
+        let t = t.trim().to_string();
+        anyhow::ensure!(!t.is_empty(), "the API token file {} is empty", path.display());
+        return Ok(Some(t));
+    }
+    Ok(std::env::var("DETECTOR_API_TOKEN").ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+

@@ -1,0 +1,110 @@
+//! The HTTP listener: `/metrics` for Prometheus, `/api/top` for the top
+//! talkers, `/healthz`. Loopback by default; anywhere else it requires a
+//! bearer token on every request.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    extract::{Request, State},
+    http::{header, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use prometheus_client::registry::Registry;
+use thiserror::Error;
+use tokio::{net::TcpListener, sync::RwLock};
+
+use crate::{metrics, view::TopView};
+
+#[derive(Debug, Error)]
+pub enum HttpError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("the HTTP listener {addr} is not on loopback, so it needs a bearer token: set DETECTOR_API_TOKEN or pass --api-token-file")]
+    TokenRequired { addr: SocketAddr },
+}
+
+/// What the handlers read.
+pub struct AppState {
+    pub registry: Registry,
+    pub top: RwLock<TopView>,
+    pub token: Option<String>,
+}
+
+/// Refuses a non-loopback address without a token.
+pub fn check_exposure(addr: SocketAddr, token: Option<&str>) -> Result<(), HttpError> {
+    if addr.ip().is_loopback() || token.is_some_and(|t| !t.is_empty()) {
+        Ok(())
+    } else {
+        Err(HttpError::TokenRequired { addr })
+    }
+}
+
+/// Binds the listener (so a taken port fails at start, clearly).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
+    TcpListener::bind(addr).await.map_err(|source| HttpError::Bind { addr, source })
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/api/top", get(top_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+async fn metrics_handler(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        metrics::encode(&state.registry),
+    )
+        .into_response()
+}
+
+async fn top_handler(State(state): State<Arc<AppState>>) -> Json<TopView> {
+    Json(state.top.read().await.clone())
+}
+
+async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(expected) = state.token.as_deref() {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+            return (StatusCode::UNAUTHORIZED, "a valid bearer token is required\n").into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposure() {
+        let lo: SocketAddr = "127.0.0.1:9477".parse().unwrap();
+        let lo6: SocketAddr = "[::1]:9477".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:9477".parse().unwrap();
+        assert!(check_exposure(lo, None).is_ok());
+        assert!(check_exposure(lo6, None).is_ok());
+        assert!(check_exposure(any, None).is_err());
+        assert!(check_exposure(any, Some("")).is_err());
+        assert!(check_exposure(any, Some("s3cret")).is_ok());
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

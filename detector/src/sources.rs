@@ -1,0 +1,241 @@
+//! Per-source rates and the top talkers of each class. Pure: the poller
+//! feeds it the per-source map's cumulative values and the poll time.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use detector_common::{
+    maps::{SourceKey, SourceStats},
+    TrafficClass, CLASS_COUNT,
+};
+use serde::Serialize;
+
+use crate::rates::{delta, per_second};
+
+/// The address a map key stands for.
+pub fn key_addr(key: &SourceKey) -> IpAddr {
+    if key.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::new(key.addr[12], key.addr[13], key.addr[14], key.addr[15]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(key.addr))
+    }
+}
+
+/// The map key of an address (IPv4 mapped into IPv6).
+pub fn addr_key(addr: IpAddr) -> SourceKey {
+    match addr {
+        IpAddr::V4(v4) => SourceKey::from_ipv4_octets(v4.octets()),
+        IpAddr::V6(v6) => SourceKey { addr: v6.octets() },
+    }
+}
+
+/// One source over one poll interval.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceRate {
+    pub addr: IpAddr,
+    pub pps: f64,
+    pub bps: f64,
+    pub class_pps: [f64; CLASS_COUNT],
+}
+
+/// A top talker of one class.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TopSource {
+    pub addr: IpAddr,
+    pub pps: f64,
+    /// The source's part of the class's packets, 0..=1.
+    pub share: f64,
+}
+
+struct Seen {
+    stats: SourceStats,
+    last_change: Duration,
+}
+
+/// What one poll of the per-source map gave.
+#[derive(Debug, Default)]
+pub struct SourcesUpdate {
+    /// Sources that sent anything during the interval.
+    pub active: Vec<SourceRate>,
+    /// Entries unchanged for longer than the idle limit: the poller removes
+    /// them from the kernel map so the map (and the next poll) stays small.
+    pub idle: Vec<SourceKey>,
+}
+
+/// Remembers each source's previous cumulative counters.
+pub struct SourceTracker {
+    seen: HashMap<SourceKey, Seen>,
+    idle_after: Duration,
+}
+
+impl SourceTracker {
+    pub fn new(idle_after: Duration) -> Self {
+        SourceTracker { seen: HashMap::new(), idle_after }
+    }
+
+    /// Number of sources remembered.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Takes the map's current contents at monotonic time `now`, `elapsed`
+    /// after the previous poll.
+    pub fn update(
+        &mut self,
+        now: Duration,
+        elapsed: Duration,
+        current: &[(SourceKey, SourceStats)],
+    ) -> SourcesUpdate {
+        let secs = elapsed.as_secs_f64();
+        let mut out = SourcesUpdate::default();
+        let mut next = HashMap::with_capacity(current.len());
+        for (key, stats) in current {
+            let prev = self.seen.remove(key);
+            let before = prev.as_ref().map(|p| p.stats).unwrap_or_default();
+            let packets = delta(before.packets, stats.packets);
+            let last_change = match prev {
+                Some(p) if packets == 0 => p.last_change,
+                _ => now,
+            };
+            if packets == 0 && now.saturating_sub(last_change) >= self.idle_after {
+                out.idle.push(*key);
+                continue;
+            }
+            if packets > 0 {
+                let mut class_pps = [0.0; CLASS_COUNT];
+                for (i, pps) in class_pps.iter_mut().enumerate() {
+                    *pps = per_second(
+                        delta(before.class_packets[i], stats.class_packets[i]) as f64,
+                        secs,
+                    );
+                }
+                out.active.push(SourceRate {
+                    addr: key_addr(key),
+                    pps: per_second(packets as f64, secs),
+                    bps: per_second(delta(before.bytes, stats.bytes) as f64 * 8.0, secs),
+                    class_pps,
+                });
+            }
+            next.insert(*key, Seen { stats: *stats, last_change });
+        }
+        // Whatever is left was evicted from the LRU map by the kernel.
+        self.seen = next;
+        out
+    }
+}
+
+/// The `n` busiest sources of `class`, busiest first. `class_pps` is the
+/// class's exact rate from the per-class counters, the base of each share.
+pub fn top_sources(
+    active: &[SourceRate],
+    class: TrafficClass,
+    class_pps: f64,
+    n: usize,
+) -> Vec<TopSource> {
+    let i = class.index();
+    let mut top: Vec<TopSource> = active
+        .iter()
+        .filter(|s| s.class_pps[i] > 0.0)
+        .map(|s| TopSource {
+            addr: s.addr,
+            pps: s.class_pps[i],
+            share: if class_pps > 0.0 { (s.class_pps[i] / class_pps).min(1.0) } else { 0.0 },
+        })
+        .collect();
+    top.sort_by(|a, b| b.pps.total_cmp(&a.pps).then_with(|| a.addr.cmp(&b.addr)));
+    top.truncate(n);
+    top
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(s: &str) -> SourceKey {
+        addr_key(s.parse().unwrap())
+    }
+
+    fn stats(class: TrafficClass, packets: u64) -> SourceStats {
+        let mut s = SourceStats { packets, bytes: packets * 100, ..Default::default() };
+        s.class_packets[class.index()] = packets;
+        s
+    }
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn keys_round_trip() {
+        for a in ["192.0.2.1", "2001:db8::1", "::1", "0.0.0.0"] {
+            let ip: IpAddr = a.parse().unwrap();
+            assert_eq!(key_addr(&addr_key(ip)), ip);
+        }
+    }
+
+    #[test]
+    fn rates_are_deltas_and_new_sources_count_from_zero() {
+        let mut t = SourceTracker::new(Duration::from_secs(30));
+        let a = v4("192.0.2.1");
+        let u = t.update(S, S, &[(a, stats(TrafficClass::Udp, 100))]);
+        assert_eq!(u.active.len(), 1);
+        assert_eq!(u.active[0].pps, 100.0);
+        let u = t.update(2 * S, S / 2, &[(a, stats(TrafficClass::Udp, 150))]);
+        assert_eq!(u.active[0].pps, 100.0);
+        assert_eq!(u.active[0].bps, 100.0 * 100.0 * 8.0);
+        assert_eq!(u.active[0].class_pps[TrafficClass::Udp.index()], 100.0);
+    }
+
+    #[test]
+    fn quiet_sources_are_reported_idle_once() {
+        let mut t = SourceTracker::new(Duration::from_secs(10));
+        let a = v4("192.0.2.1");
+        let b = v4("192.0.2.2");
+        t.update(S, S, &[(a, stats(TrafficClass::Udp, 5)), (b, stats(TrafficClass::Udp, 5))]);
+        // b keeps sending, a goes quiet.
+        let mut now = S;
+        let mut idle = Vec::new();
+        for i in 2..=12u64 {
+            now = S * i as u32;
+            // The poller deletes what is reported idle; the map no longer has it.
+            let mut cur = vec![(b, stats(TrafficClass::Udp, 5 * i))];
+            if idle.is_empty() {
+                cur.push((a, stats(TrafficClass::Udp, 5)));
+            }
+            let u = t.update(now, S, &cur);
+            assert!(u.active.iter().all(|s| s.addr == key_addr(&b)), "{i}: {:?}", u.active);
+            if i < 11 {
+                assert!(u.idle.is_empty(), "{i}: idle too early");
+            }
+            idle.extend(u.idle);
+        }
+        assert_eq!(idle, vec![a]);
+        assert_eq!(t.len(), 1);
+        // A source evicted by the kernel is forgotten.
+        t.update(now + S, S, &[]);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn top_sources_sorted_with_shares() {
+        let mut t = SourceTracker::new(Duration::from_secs(30));
+        let cur = [
+            (v4("192.0.2.1"), stats(TrafficClass::TcpSyn, 300)),
+            (v4("192.0.2.2"), stats(TrafficClass::TcpSyn, 600)),
+            (v4("192.0.2.3"), stats(TrafficClass::Udp, 900)),
+        ];
+        let u = t.update(S, S, &cur);
+        let top = top_sources(&u.active, TrafficClass::TcpSyn, 1_000.0, 5);
+        assert_eq!(top.len(), 2);
+        assert_eq!(top[0].addr, "192.0.2.2".parse::<IpAddr>().unwrap());
+        assert!((top[0].share - 0.6).abs() < 1e-9);
+        assert!((top[1].share - 0.3).abs() < 1e-9);
+        assert_eq!(top_sources(&u.active, TrafficClass::TcpSyn, 1_000.0, 1).len(), 1);
+        assert!(top_sources(&u.active, TrafficClass::Icmp, 0.0, 5).is_empty());
+    }
+}

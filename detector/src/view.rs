@@ -1,0 +1,127 @@
+//! What `/api/top` serves and the summary line logs: the latest rates of
+//! each interface and the top talkers of each class. Built from pure data.
+
+use std::collections::BTreeMap;
+
+use detector_common::{TrafficClass, CLASS_COUNT};
+use serde::Serialize;
+
+use crate::{
+    rates::ClassRate,
+    sources::{top_sources, SourceRate, TopSource},
+};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TopView {
+    pub interfaces: BTreeMap<String, IfaceView>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IfaceView {
+    pub mode: String,
+    /// Length of the interval the rates were measured over.
+    pub interval_seconds: f64,
+    pub pps: f64,
+    pub bps: f64,
+    /// Classes with traffic in the interval, busiest first.
+    pub classes: Vec<ClassView>,
+    /// Sources tracked in the per-source map.
+    pub tracked_sources: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ClassView {
+    pub class: &'static str,
+    pub pps: f64,
+    pub bps: f64,
+    pub top_sources: Vec<TopSource>,
+}
+
+/// Builds one interface's view from a poll's results.
+pub fn iface_view(
+    mode: &str,
+    interval_seconds: f64,
+    rates: &[ClassRate; CLASS_COUNT],
+    active: &[SourceRate],
+    tracked_sources: usize,
+    top_n: usize,
+) -> IfaceView {
+    let mut classes: Vec<ClassView> = TrafficClass::ALL
+        .iter()
+        .zip(rates.iter())
+        .filter(|(_, r)| r.packets > 0)
+        .map(|(c, r)| ClassView {
+            class: c.name(),
+            pps: r.pps,
+            bps: r.bps,
+            top_sources: top_sources(active, *c, r.pps, top_n),
+        })
+        .collect();
+    classes.sort_by(|a, b| b.pps.total_cmp(&a.pps));
+    IfaceView {
+        mode: mode.to_string(),
+        interval_seconds,
+        pps: rates.iter().map(|r| r.pps).sum(),
+        bps: rates.iter().map(|r| r.bps).sum(),
+        classes,
+        tracked_sources,
+    }
+}
+
+/// One compact log line: totals, then the three busiest classes with their
+/// top source.
+pub fn summary_line(v: &IfaceView) -> String {
+    let mut s = format!("{} pps {}", si(v.pps), bits(v.bps));
+    for c in v.classes.iter().take(3) {
+        s.push_str(&format!(" | {} {} pps", c.class, si(c.pps)));
+        if let Some(t) = c.top_sources.first() {
+            s.push_str(&format!(" (top {} {:.0}%)", t.addr, t.share * 100.0));
+        }
+    }
+    s
+}
+
+fn si(x: f64) -> String {
+    if x >= 1e9 {
+        format!("{:.2}G", x / 1e9)
+    } else if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn bits(bps: f64) -> String {
+    format!("{}bit/s", si(bps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_and_summary() {
+        let mut rates = [ClassRate::default(); CLASS_COUNT];
+        rates[TrafficClass::Udp.index()] = ClassRate { packets: 2000, bytes: 128_000, pps: 20_000.0, bps: 10_240_000.0 };
+        rates[TrafficClass::TcpSyn.index()] = ClassRate { packets: 10, bytes: 600, pps: 100.0, bps: 4_800.0 };
+        let mut class_pps = [0.0; CLASS_COUNT];
+        class_pps[TrafficClass::Udp.index()] = 15_000.0;
+        let active = vec![SourceRate {
+            addr: "198.18.0.1".parse().unwrap(),
+            pps: 15_000.0,
+            bps: 0.0,
+            class_pps,
+        }];
+        let v = iface_view("native", 0.1, &rates, &active, 1, 10);
+        assert_eq!(v.classes.len(), 2);
+        assert_eq!(v.classes[0].class, "udp");
+        assert_eq!(v.classes[0].top_sources.len(), 1);
+        assert!((v.classes[0].top_sources[0].share - 0.75).abs() < 1e-9);
+        assert!(v.classes[1].top_sources.is_empty());
+        assert_eq!(v.pps, 20_100.0);
+        let line = summary_line(&v);
+        assert_eq!(line, "20.1k pps 10.24Mbit/s | udp 20.0k pps (top 198.18.0.1 75%) | tcp_syn 100 pps");
+    }
+}
