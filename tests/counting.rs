@@ -1,0 +1,339 @@
+//! The XDP program against the real kernel, read straight from its maps:
+//! every class, VLAN tags, malformed frames, IPv6 extension chains, the
+//! per-source map and its heavy-hitter filter. Frames are crafted, sent from
+//! one namespace over a veth pair, and counted on the other side.
+
+mod common;
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use common::{require_root, Lab};
+use detector::{
+    counters::CounterMaps,
+    ebpf::{self, CountingOptions},
+    flood::{
+        self,
+        exact::PacketSocket,
+        frame::{self, Frame, FrameSpec, Kind},
+        sources::{Heavy, Sources, Spread},
+        FloodPlan, Limit, Rate,
+    },
+    iface,
+    rates::ClassSnapshot,
+    sources::{addr_key, key_addr},
+    xdp::{self, Attachment, ModeChoice},
+};
+use detector_common::{TrafficClass, CLASS_COUNT};
+
+/// The counting program attached in the lab's target namespace.
+struct Target {
+    _attachment: Attachment,
+    maps: CounterMaps,
+}
+
+fn attach(lab: &Lab) -> Target {
+    let _in = lab.enter_tgt().unwrap();
+    let mut obj = ebpf::load_counting(CountingOptions { max_sources: 4096 }).unwrap();
+    let maps = CounterMaps::take(&mut obj).unwrap();
+    let attachment = xdp::attach(obj, &lab.tgt_if, ModeChoice::Native, false).unwrap();
+    Target { _attachment: attachment, maps }
+}
+
+fn send(lab: &Lab, frames: &[Vec<u8>]) {
+    let _in = lab.enter_gen().unwrap();
+    let sock = PacketSocket::open(iface::index(&lab.gen_if).unwrap()).unwrap();
+    for f in frames {
+        sock.send(f).unwrap();
+    }
+}
+
+fn spec(kind: Kind, src: &str, dst: &str) -> FrameSpec {
+    FrameSpec {
+        kind,
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [0xff; 6],
+        vlans: vec![],
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        src_port: None,
+        dst_port: None,
+        size: None,
+    }
+}
+
+fn build(s: &FrameSpec) -> Frame {
+    frame::build(s).unwrap()
+}
+
+/// Waits until the maps hold `total` packets (NAPI runs right after the
+/// send, but not inside it), then returns the snapshot.
+fn counted(t: &Target, total: u64) -> ClassSnapshot {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let snap = t.maps.classes().unwrap();
+        if snap.total_packets() >= total || Instant::now() > deadline {
+            // Give a stray extra frame a moment to show up, then re-read.
+            std::thread::sleep(Duration::from_millis(100));
+            return t.maps.classes().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn assert_counts(snap: &ClassSnapshot, expected: &[u64; CLASS_COUNT], bytes: Option<&[u64; CLASS_COUNT]>) {
+    for c in TrafficClass::ALL {
+        assert_eq!(snap.get(c).packets, expected[c.index()], "packets of class {}", c.name());
+        if let Some(b) = bytes {
+            assert_eq!(snap.get(c).bytes, b[c.index()], "bytes of class {}", c.name());
+        }
+    }
+}
+
+#[test]
+fn every_kind_is_counted_exactly_in_its_class() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let t = attach(&lab);
+    let mut frames = Vec::new();
+    let mut expected = [0u64; CLASS_COUNT];
+    let mut bytes = [0u64; CLASS_COUNT];
+    for (i, kind) in Kind::ALL.iter().enumerate() {
+        for (src, dst) in [("198.18.0.1", "192.0.2.2"), ("2001:2::1", "2001:db8::2")] {
+            let v6 = src.contains(':');
+            if *kind == Kind::Arp && v6 {
+                continue;
+            }
+            let f = build(&spec(*kind, src, dst));
+            let n = 3 + i as u64 + v6 as u64;
+            for _ in 0..n {
+                frames.push(f.bytes.clone());
+            }
+            let class = kind.class(v6);
+            expected[class.index()] += n;
+            bytes[class.index()] += n * f.bytes.len() as u64;
+        }
+    }
+    send(&lab, &frames);
+    let snap = counted(&t, frames.len() as u64);
+    assert_counts(&snap, &expected, Some(&bytes));
+}
+
+#[test]
+fn vlan_tags_are_walked() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let t = attach(&lab);
+    let mut expected = [0u64; CLASS_COUNT];
+    let mut frames = Vec::new();
+    for (vlans, kind, n) in [(vec![10], Kind::Syn, 5), (vec![100, 200], Kind::DnsQuery, 7), (vec![4095, 1], Kind::Icmp, 3)] {
+        let mut s = spec(kind, "198.18.0.1", "192.0.2.2");
+        s.vlans = vlans;
+        let f = build(&s);
+        frames.extend(std::iter::repeat_n(f.bytes, n as usize));
+        expected[kind.class(false).index()] += n;
+    }
+    // 802.1ad outer tag (0x88a8) over 802.1Q.
+    let mut s = spec(Kind::Udp, "198.18.0.1", "192.0.2.2");
+    s.vlans = vec![20, 30];
+    let mut f = build(&s).bytes;
+    f[12..14].copy_from_slice(&[0x88, 0xa8]);
+    frames.extend(std::iter::repeat_n(f, 4));
+    expected[TrafficClass::Udp.index()] += 4;
+    send(&lab, &frames);
+    assert_counts(&counted(&t, frames.len() as u64), &expected, None);
+}
+
+/// Frames that announce more than they carry, in every header.
+fn malformed_frames() -> Vec<(&'static str, Vec<u8>)> {
+    let v4 = |k| build(&spec(k, "198.18.0.1", "192.0.2.2")).bytes;
+    let v6 = |k| build(&spec(k, "2001:2::1", "2001:db8::2")).bytes;
+    let cut = |mut f: Vec<u8>, len: usize| {
+        f.truncate(len);
+        f
+    };
+    let with = |mut f: Vec<u8>, at: usize, b: u8| {
+        f[at] = b;
+        f
+    };
+    let mut vlan = spec(Kind::Udp, "198.18.0.1", "192.0.2.2");
+    vlan.vlans = vec![7];
+    let vlan = build(&vlan).bytes;
+    // Frames are at least 60 bytes; a truncation shortens the IP total length
+    // consistently only where the case says so.
+    let set_total = |mut f: Vec<u8>, total: u16| {
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f
+    };
+    vec![
+        ("vlan tag cut short", cut(vlan.clone(), 16)),
+        ("ipv4 header cut short", cut(v4(Kind::Udp), 14 + 12)),
+        ("ipv4 ihl below 5", with(v4(Kind::Udp), 14, 0x44)),
+        ("ipv4 version not 4", with(v4(Kind::Udp), 14, 0x65)),
+        ("ipv4 total length beyond the frame", set_total(v4(Kind::Udp), 400)),
+        ("ipv4 total length below the header", set_total(v4(Kind::Udp), 16)),
+        ("ipv4 options beyond the total length", set_total(with(v4(Kind::Udp), 14, 0x4f), 40)),
+        ("tcp header cut by the ip length", set_total(v4(Kind::Syn), 20 + 12)),
+        ("tcp data offset below 5", with(v4(Kind::Syn), 14 + 20 + 12, 0x40)),
+        ("tcp data offset beyond the packet", with(v4(Kind::Syn), 14 + 20 + 12, 0xf0)),
+        ("udp header cut by the ip length", set_total(v4(Kind::Udp), 20 + 6)),
+        ("icmp header cut by the ip length", set_total(v4(Kind::Icmp), 20 + 2)),
+        ("ipv6 header cut short", cut(v6(Kind::Udp), 14 + 30)),
+        ("ipv6 version not 6", with(v6(Kind::Udp), 14, 0x40)),
+        ("ipv6 payload length beyond the frame", {
+            let mut f = v6(Kind::Udp);
+            f[18..20].copy_from_slice(&1000u16.to_be_bytes());
+            f
+        }),
+        ("tcp over ipv6 cut short", cut(v6(Kind::Syn), 14 + 40 + 10)),
+    ]
+}
+
+#[test]
+fn malformed_frames_are_counted_as_malformed_and_passed() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let t = attach(&lab);
+    for (what, f) in malformed_frames() {
+        let before = t.maps.classes().unwrap();
+        send(&lab, &[f]);
+        let after = counted(&t, before.total_packets() + 1);
+        assert_eq!(
+            after.get(TrafficClass::Malformed).packets - before.get(TrafficClass::Malformed).packets,
+            1,
+            "{what}: not counted as malformed; classes now {:?}",
+            TrafficClass::ALL.iter().map(|c| (c.name(), after.get(*c).packets)).filter(|(_, p)| *p > 0).collect::<Vec<_>>()
+        );
+        assert_eq!(after.total_packets(), before.total_packets() + 1, "{what}: counted twice");
+    }
+}
+
+/// An IPv6 UDP frame behind `n` extension headers (hop-by-hop first, then
+/// destination options), each 8 bytes.
+fn ipv6_with_extensions(n: usize) -> Vec<u8> {
+    let f = build(&spec(Kind::Udp, "2001:2::1", "2001:db8::2")).bytes;
+    let l3 = 14;
+    let plen = u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]) as usize;
+    let udp = f[l3 + 40..l3 + 40 + plen].to_vec();
+    let mut out = f[..l3 + 40].to_vec();
+    out[l3 + 4..l3 + 6].copy_from_slice(&((plen + 8 * n) as u16).to_be_bytes());
+    out[l3 + 6] = if n == 0 { 17 } else { 0 };
+    for i in 0..n {
+        let next = if i + 1 == n { 17 } else { 60 };
+        out.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    out.extend_from_slice(&udp);
+    out
+}
+
+#[test]
+fn ipv6_extension_chains_are_walked_to_the_parser_limit() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let t = attach(&lab);
+    let mut expected = [0u64; CLASS_COUNT];
+    let mut frames = Vec::new();
+    for n in 0..=6 {
+        frames.push(ipv6_with_extensions(n));
+        expected[TrafficClass::Udp.index()] += 1;
+    }
+    // Longer than the parser walks: not classifiable, so malformed.
+    for n in [7, 9] {
+        frames.push(ipv6_with_extensions(n));
+        expected[TrafficClass::Malformed.index()] += 1;
+    }
+    // A fragment header anywhere in the chain makes it a fragment.
+    let mut frag = ipv6_with_extensions(2);
+    frag[14 + 40 + 8] = 44;
+    frames.push(frag);
+    expected[TrafficClass::Fragment.index()] += 1;
+    send(&lab, &frames);
+    assert_counts(&counted(&t, frames.len() as u64), &expected, None);
+}
+
+#[test]
+fn http_requests_need_a_method_and_a_web_port() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let t = attach(&lab);
+    let get = |port: u16| {
+        let mut s = spec(Kind::HttpGet, "198.18.0.1", "192.0.2.2");
+        s.dst_port = Some(port);
+        build(&s).bytes
+    };
+    let mut post = get(8080);
+    let payload = 14 + 20 + 20;
+    post[payload..payload + 4].copy_from_slice(b"POST");
+    let mut junk = get(80);
+    junk[payload..payload + 4].copy_from_slice(b"XYZW");
+    let frames = vec![get(80), get(8080), post, junk, get(443), get(8443)];
+    send(&lab, &frames);
+    let mut expected = [0u64; CLASS_COUNT];
+    expected[TrafficClass::HttpRequest.index()] = 3;
+    expected[TrafficClass::TcpAck.index()] = 3;
+    assert_counts(&counted(&t, frames.len() as u64), &expected, None);
+}
+
+#[test]
+fn per_source_counts_start_at_the_fourth_packet_of_a_window() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let t = attach(&lab);
+    let a = build(&spec(Kind::Udp, "198.51.100.7", "192.0.2.2"));
+    let b = build(&spec(Kind::Syn, "2001:db8:99::5", "2001:db8::2"));
+    let mut frames = vec![a.bytes.clone(); 50];
+    frames.extend(std::iter::repeat_n(b.bytes.clone(), 20));
+    // Two packets only: never reaches the admission bar.
+    let c = build(&spec(Kind::Icmp, "203.0.113.9", "192.0.2.2"));
+    frames.extend([c.bytes.clone(), c.bytes.clone()]);
+    send(&lab, &frames);
+    counted(&t, frames.len() as u64);
+    let sources = t.maps.sources().unwrap();
+    let find = |ip: &str| sources.iter().find(|(k, _)| *k == addr_key(ip.parse::<IpAddr>().unwrap())).map(|(_, s)| *s);
+    // The sketch admits a source at its 4th packet in a window (no poller is
+    // running, so this is one window): 3 packets go uncounted per source.
+    let sa = find("198.51.100.7").expect("source a tracked");
+    assert_eq!(sa.packets, 47);
+    assert_eq!(sa.class_packets[TrafficClass::Udp.index()], 47);
+    assert_eq!(sa.bytes, 47 * a.bytes.len() as u64);
+    let sb = find("2001:db8:99::5").expect("source b tracked");
+    assert_eq!(sb.class_packets[TrafficClass::TcpSyn.index()], 17);
+    assert!(find("203.0.113.9").is_none(), "a two-packet source was admitted");
+    assert_eq!(sources.len(), 2, "{:?}", sources.iter().map(|(k, _)| key_addr(k)).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_spoofed_flood_leaves_only_the_heavy_hitters_in_the_source_map() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let mut t = attach(&lab);
+    let net = "10.0.0.0/8".parse().unwrap();
+    let sources = Sources::plan(net, None, Some(Spread::Random), Some(Heavy { count: 5, percent: 10 })).unwrap();
+    let f = build(&spec(Kind::Udp, "10.0.0.0", "192.0.2.2"));
+    let plan = FloodPlan { frame: f, sources, limit: Limit::Count(200_000), rate: Rate::Max, threads: 1 };
+    // Windows of ~50k frames, as a poller would make them.
+    let mut sent = 0;
+    for _ in 0..4 {
+        let report = {
+            let _in = lab.enter_gen().unwrap();
+            let one = FloodPlan { limit: Limit::Count(50_000), ..plan.clone() };
+            flood::run(flood::Engine::Fast, iface::index(&lab.gen_if).unwrap(), &one).unwrap()
+        };
+        sent += report.sent;
+        std::thread::sleep(Duration::from_millis(50));
+        t.maps.reset_sketch().unwrap();
+    }
+    assert_eq!(sent, 200_000);
+    let snap = t.maps.classes().unwrap();
+    let udp = snap.get(TrafficClass::Udp).packets;
+    assert!(udp <= sent && udp >= sent / 2, "udp counted {udp} of {sent}");
+    let tracked: Vec<IpAddr> = t.maps.sources().unwrap().iter().map(|(k, _)| key_addr(k)).collect();
+    for i in 0..5u8 {
+        let heavy: IpAddr = format!("10.0.0.{i}").parse().unwrap();
+        assert!(tracked.contains(&heavy), "heavy hitter {heavy} not tracked; map has {} entries", tracked.len());
+    }
+    // About 190k random sources went by; only a handful may slip in.
+    assert!(tracked.len() <= 5 + 20, "{} sources tracked", tracked.len());
+}

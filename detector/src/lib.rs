@@ -12,6 +12,7 @@ pub mod ebpf;
 pub mod flood;
 pub mod http;
 pub mod iface;
+pub mod lab;
 pub mod metrics;
 pub mod netns;
 pub mod privileges;

@@ -115,11 +115,36 @@ impl Metrics {
     }
 }
 
-/// The registry in the Prometheus text exposition format.
+/// The registry in the classic Prometheus text format (0.0.4), which
+/// `promtool check metrics` and every Prometheus version read.
 pub fn encode(registry: &Registry) -> String {
-    let mut out = String::new();
+    let mut open_metrics = String::new();
     // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    let _ = prometheus_client::encoding::text::encode(&mut open_metrics, registry);
+    to_classic_text(&open_metrics)
+}
+
+/// prometheus-client writes OpenMetrics: a counter's family is named without
+/// `_total` (its samples with), and there are `# UNIT` and `# EOF` lines. The
+/// classic format names the family like its samples and has neither line.
+fn to_classic_text(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
     out
 }
 
@@ -140,5 +165,10 @@ mod tests {
         assert!(text.contains("detector_bytes_total{iface=\"veth0\",class=\"udp\"} 192"), "{text}");
         assert!(text.contains("detector_poll_duration_seconds_bucket"), "{text}");
         assert!(text.contains("detector_build_info{version="), "{text}");
+        // Classic text format: counter families carry _total, no EOF/UNIT.
+        assert!(text.contains("# TYPE detector_packets_total counter"), "{text}");
+        assert!(text.contains("# HELP detector_packets_total "), "{text}");
+        assert!(text.contains("# TYPE detector_poll_duration_seconds histogram"), "{text}");
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
     }
 }

@@ -1,1 +1,150 @@
-fn main() {}
+//! `cargo xtask`: the project's only entry points. Installs what the build
+//! needs, builds, runs, tests and benchmarks. Product code never shells out
+//! to cargo; this does.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run, test and benchmark the detector")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build needs (nightly rust-src, bpf-linker), if missing.
+    Setup,
+    /// Build everything in release mode: target/release/detector, programs embedded.
+    Build,
+    /// Build, then `detector run` with the arguments after `--` (as root).
+    Run {
+        /// Arguments for `detector run`, e.g. `-- --iface eth1`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit tests, then the kernel tests (need root).
+    Test {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Measure the XDP program and the controller; writes BENCHMARKS.md.
+    Bench {
+        /// Shorter runs, for a quick look (figures are noisier).
+        #[arg(long)]
+        quick: bool,
+        /// Print the results without writing BENCHMARKS.md.
+        #[arg(long)]
+        no_write: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let root = workspace_root();
+    match cli.command {
+        Cmd::Setup => setup::toolchain(),
+        Cmd::Build => {
+            setup::toolchain()?;
+            build_release(&root)
+        }
+        Cmd::Run { args } => {
+            setup::toolchain()?;
+            build_release(&root)?;
+            let bin = root.join("target/release/detector");
+            let mut cmd = as_root(&bin);
+            cmd.arg("run").args(args);
+            exec(cmd)
+        }
+        Cmd::Test { filter } => {
+            setup::toolchain()?;
+            setup::test_tools()?;
+            test(&root, filter.as_deref())
+        }
+        Cmd::Bench { quick, no_write } => {
+            setup::toolchain()?;
+            setup::bench_tools()?;
+            cargo(&root, &["build", "--release", "-p", "detector", "-p", "detector-bench"])?;
+            let mut cmd = as_root(&root.join("target/release/detector-bench"));
+            if quick {
+                cmd.arg("--quick");
+            }
+            if !no_write {
+                cmd.arg("--write").arg(root.join("BENCHMARKS.md"));
+            }
+            exec(cmd)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn build_release(root: &Path) -> Result<()> {
+    cargo(root, &["build", "--release", "-p", "detector"])?;
+    println!("xtask: built {}", root.join("target/release/detector").display());
+    Ok(())
+}
+
+fn test(root: &Path, filter: Option<&str>) -> Result<()> {
+    let root_user = setup::is_root();
+    if !root_user {
+        let msg = "the kernel tests need root (CAP_BPF, CAP_NET_ADMIN, network namespaces)";
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            bail!("{msg}; CI=true, so they may not be skipped: run `cargo xtask test` as root");
+        }
+        eprintln!("xtask: {msg}; not root, so they will skip with a message. Run as root to run them.");
+    }
+    let mut args = vec!["test", "--workspace", "--exclude", "detector-ebpf"];
+    if let Some(f) = filter {
+        args.extend(["--", f]);
+    }
+    cargo(root, &args)
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root).args(args);
+    let status = cmd.status().with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// The command, through `sudo -E` when we are not root and sudo exists.
+fn as_root(bin: &Path) -> Command {
+    if setup::is_root() || setup::which("sudo").is_none() {
+        Command::new(bin)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg(bin);
+        c
+    }
+}
+
+fn exec(mut cmd: Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} exited with {status}", cmd.get_program());
+    }
+    Ok(())
+}

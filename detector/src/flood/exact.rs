@@ -11,13 +11,14 @@ use std::{
 
 use super::{stopped, Engine, FloodError, FloodPlan, FloodReport, Limit, Rate, SourcePicker};
 
-struct PacketSocket {
+/// A send-only raw packet socket bound to one interface.
+pub struct PacketSocket {
     fd: OwnedFd,
     ifindex: u32,
 }
 
 impl PacketSocket {
-    fn open(ifindex: u32) -> Result<PacketSocket, FloodError> {
+    pub fn open(ifindex: u32) -> Result<PacketSocket, FloodError> {
         let err = |what| move |source| FloodError::Socket { ifindex, what, source };
         // Protocol 0: this socket sends only and never receives a copy.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
@@ -42,7 +43,7 @@ impl PacketSocket {
     }
 
     /// Sends one frame, retrying while the device queue is full.
-    fn send(&self, frame: &[u8]) -> Result<(), FloodError> {
+    pub fn send(&self, frame: &[u8]) -> Result<(), FloodError> {
         loop {
             let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
             if n >= 0 {

@@ -1,0 +1,164 @@
+//! A lab for tests, the bench and curious operators: two network namespaces
+//! joined by a veth pair, uniquely named so labs can run side by side, torn
+//! down on drop (and on panic, which unwinds through drop). A lab left by a
+//! process that died without unwinding is removed by the next lab created.
+//!
+//! ```text
+//!  netns <name>-gen            netns <name>-tgt
+//!  <gen_if> 192.0.2.1/24 ====== <tgt_if> 192.0.2.2/24
+//! ```
+//!
+//! IPv6 is off on both ends, so neither kernel sends router solicitations or
+//! MLD reports of its own: every frame the target sees is one a test sent.
+//! (The generator crafts IPv6 frames regardless; they need no addresses.)
+
+use std::{
+    path::Path,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use thiserror::Error;
+
+use crate::netns::NetnsGuard;
+
+const PREFIX: &str = "dlab";
+
+#[derive(Debug, Error)]
+pub enum LabError {
+    #[error("`ip {args}` failed: {stderr}")]
+    Ip { args: String, stderr: String },
+    #[error("cannot run `ip` (install iproute2): {0}")]
+    NoIp(std::io::Error),
+    #[error("cannot enter network namespace {ns}: {source}")]
+    Enter { ns: String, source: std::io::Error },
+}
+
+/// Two namespaces and the veth pair between them.
+pub struct Lab {
+    pub gen_ns: String,
+    pub tgt_ns: String,
+    /// The generator's end, in `gen_ns`.
+    pub gen_if: String,
+    /// The target's end, in `tgt_ns`: attach the detector here.
+    pub tgt_if: String,
+}
+
+pub const GEN_V4: &str = "192.0.2.1";
+pub const TGT_V4: &str = "192.0.2.2";
+
+fn ip(args: &[&str]) -> Result<Output, LabError> {
+    let out = Command::new("ip").args(args).output().map_err(LabError::NoIp)?;
+    if !out.status.success() {
+        return Err(LabError::Ip {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(out)
+}
+
+impl Lab {
+    /// Creates the namespaces and the veth pair, addressed and up.
+    pub fn new() -> Result<Lab, LabError> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        sweep_dead_labs();
+        let pid = std::process::id();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // Interface names have at most 15 bytes: dl<pid hex><n hex><g|t>.
+        let tag = format!("{:x}{:x}", pid, n);
+        let lab = Lab {
+            gen_ns: format!("{PREFIX}-{pid}-{n}-gen"),
+            tgt_ns: format!("{PREFIX}-{pid}-{n}-tgt"),
+            gen_if: format!("dl{}g", &tag[tag.len().saturating_sub(11)..]),
+            tgt_if: format!("dl{}t", &tag[tag.len().saturating_sub(11)..]),
+        };
+        // From here on, drop cleans up whatever was made.
+        lab.build()?;
+        Ok(lab)
+    }
+
+    fn build(&self) -> Result<(), LabError> {
+        ip(&["netns", "add", &self.gen_ns])?;
+        ip(&["netns", "add", &self.tgt_ns])?;
+        ip(&[
+            "link", "add", &self.gen_if, "netns", &self.gen_ns, "type", "veth", "peer", "name", &self.tgt_if,
+            "netns", &self.tgt_ns,
+        ])?;
+        for (ns, ifname, v4) in [(&self.gen_ns, &self.gen_if, GEN_V4), (&self.tgt_ns, &self.tgt_if, TGT_V4)] {
+            disable_ipv6(ns, ifname)?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname])?;
+            ip(&["-n", ns, "link", "set", ifname, "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Moves the calling thread into the generator's namespace until the
+    /// guard drops.
+    pub fn enter_gen(&self) -> Result<NetnsGuard, LabError> {
+        NetnsGuard::enter(&self.gen_ns).map_err(|source| LabError::Enter { ns: self.gen_ns.clone(), source })
+    }
+
+    /// Moves the calling thread into the target's namespace until the guard
+    /// drops.
+    pub fn enter_tgt(&self) -> Result<NetnsGuard, LabError> {
+        NetnsGuard::enter(&self.tgt_ns).map_err(|source| LabError::Enter { ns: self.tgt_ns.clone(), source })
+    }
+
+    /// A command that runs `program` inside namespace `ns`.
+    pub fn command_in(ns: &str, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).arg(program);
+        c
+    }
+
+    /// The target MAC address, for frames the target's stack should accept.
+    pub fn tgt_mac(&self) -> Result<[u8; 6], LabError> {
+        let _in = self.enter_tgt()?;
+        crate::iface::mac(&self.tgt_if).map_err(|e| LabError::Ip { args: "SIOCGIFHWADDR".into(), stderr: e.to_string() })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Deleting a namespace destroys the veth end inside it, and with it
+        // the peer and any XDP program attached to either.
+        let _ = ip(&["netns", "del", &self.gen_ns]);
+        let _ = ip(&["netns", "del", &self.tgt_ns]);
+    }
+}
+
+/// Writes the interface's `disable_ipv6` sysctl from a thread inside `ns`
+/// (`/proc/sys/net` shows the namespace of the thread that opens it).
+fn disable_ipv6(ns: &str, ifname: &str) -> Result<(), LabError> {
+    let (ns, ifname) = (ns.to_string(), ifname.to_string());
+    std::thread::spawn(move || {
+        let _in = NetnsGuard::enter(&ns).map_err(|source| LabError::Enter { ns: ns.clone(), source })?;
+        let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+        match std::fs::write(&path, "1") {
+            Ok(()) => Ok(()),
+            // A kernel without IPv6 sends no IPv6 of its own either.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(LabError::Ip { args: format!("write {path}"), stderr: e.to_string() }),
+        }
+    })
+    .join()
+    .expect("sysctl thread")
+}
+
+/// Removes labs whose creating process is gone (killed without unwinding).
+fn sweep_dead_labs() {
+    let Ok(out) = ip(&["netns", "list"]) else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let mut parts = name.split('-');
+        if parts.next() != Some(PREFIX) {
+            continue;
+        }
+        let Some(pid) = parts.next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}

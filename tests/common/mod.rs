@@ -1,0 +1,217 @@
+//! Shared by the kernel tests: the root check, a `detector run` child in a
+//! lab namespace, HTTP from inside a namespace, and metric parsing.
+#![allow(dead_code)]
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+pub use detector::lab::Lab;
+
+/// True when the kernel tests can run. Without root they skip with a
+/// message, except under `CI=true`, where skipping would hide them.
+pub fn have_root(test: &str) -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false);
+    if root {
+        return true;
+    }
+    let msg = format!("{test}: needs root (CAP_BPF, CAP_NET_ADMIN, network namespaces)");
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{msg}; CI=true, so it may not be skipped");
+    }
+    eprintln!("SKIPPED {msg}");
+    false
+}
+
+macro_rules! require_root {
+    () => {
+        if !common::have_root(module_path!()) {
+            return;
+        }
+    };
+}
+pub(crate) use require_root;
+
+pub fn detector_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_detector"))
+}
+
+/// Runs `detector ARGS` inside namespace `ns` to completion.
+pub fn detector_in(ns: &str, args: &[&str]) -> Output {
+    Lab::command_in(ns, &detector_bin()).args(args).output().expect("running detector")
+}
+
+/// A `detector run` child; SIGTERM and reaped on drop.
+pub struct Controller {
+    pub child: Option<Child>,
+    pub ns: String,
+    pub log: PathBuf,
+}
+
+pub const METRICS_PORT: u16 = 9477;
+
+impl Controller {
+    /// Starts `detector run --iface <tgt_if> EXTRA` in the target namespace
+    /// and waits until it serves /healthz.
+    pub fn start(lab: &Lab, extra: &[&str]) -> Controller {
+        Self::start_with_addr(lab, &format!("127.0.0.1:{METRICS_PORT}"), extra)
+    }
+
+    /// As [`Controller::start`], listening on `addr` (on port 9477).
+    pub fn start_with_addr(lab: &Lab, addr: &str, extra: &[&str]) -> Controller {
+        let log = std::env::temp_dir().join(format!("{}-run.log", lab.tgt_ns));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Lab::command_in(&lab.tgt_ns, &detector_bin())
+            .args(["run", "--iface", &lab.tgt_if, "--interval", "50ms", "--metrics-addr", addr])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawning detector run");
+        let mut c = Controller { child: Some(child), ns: lab.tgt_ns.clone(), log };
+        c.wait_ready();
+        c
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("detector run exited early ({status}):\n{}", self.log_text());
+            }
+            // 401: up, behind a token.
+            if http_get(&self.ns, "/healthz").is_ok_and(|(code, _)| code == 200 || code == 401) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("detector run never became ready:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        let (code, body) = http_get(&self.ns, "/metrics").expect("GET /metrics");
+        assert_eq!(code, 200, "{body}");
+        body
+    }
+
+    /// Polls /metrics until `cond` holds or 10 s pass; returns the last text.
+    pub fn metrics_until(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = self.metrics();
+            if cond(&m) {
+                return m;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; last /metrics:\n{m}\nlog:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `sig` and waits for the exit status.
+    pub fn stop_with(&mut self, sig: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // `ip netns exec` execs the detector: the child pid is the detector.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        child.wait().expect("wait")
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop_with(libc::SIGTERM);
+        }
+    }
+}
+
+/// GET `path` from the controller in namespace `ns`; (status, body).
+pub fn http_get(ns: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_get_with(ns, METRICS_PORT, path, None)
+}
+
+pub fn http_get_with(ns: &str, port: u16, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
+    let ns = ns.to_string();
+    let path = path.to_string();
+    let token = token.map(str::to_string);
+    // A fresh thread: it enters the namespace and never leaves it half-way.
+    std::thread::spawn(move || {
+        let _in = detector::netns::NetnsGuard::enter(&ns)?;
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n")?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((code, dechunk(&body)))
+    })
+    .join()
+    .expect("http thread")
+}
+
+/// Undoes chunked transfer encoding, if the body uses it.
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size, tail)) = rest.split_once("\r\n") else { return body.to_string() };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { return body.to_string() };
+        if n == 0 {
+            return out;
+        }
+        if tail.len() < n {
+            return body.to_string();
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+}
+
+/// The value of the sample `name{labels}` in a metrics text, 0 if absent.
+pub fn sample(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.strip_prefix(' ')))
+        .map(|v| v.trim().parse().expect("a number"))
+        .unwrap_or(0.0)
+}
+
+pub fn packets(text: &str, iface: &str, class: &str) -> u64 {
+    sample(text, &format!("detector_packets_total{{iface=\"{iface}\",class=\"{class}\"}}")) as u64
+}
+
+/// The XDP attachment of an interface as `ip -d link` shows it, if any.
+pub fn xdp_attached(ns: &str, ifname: &str) -> Option<detector::xdp::Existing> {
+    let out = Command::new("ip").args(["-n", ns, "-j", "-d", "link", "show", "dev", ifname]).output().unwrap();
+    detector::xdp::parse_ip_link_xdp(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `promtool check metrics` on a metrics text: (ok, what it said).
+pub fn promtool_check(text: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask test installs it)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}

@@ -1,0 +1,180 @@
+//! Installing what the build and the tests need, idempotently, saying what
+//! is being done. Nothing here runs when everything is already in place.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// bpf-linker release that builds against nightly's own LLVM here.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const NIGHTLY: &str = "nightly";
+
+pub fn is_root() -> bool {
+    // The effective uid, from /proc: no libc needed.
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!("{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+}
+
+/// Nightly with rust-src, and a bpf-linker that runs against nightly's LLVM.
+pub fn toolchain() -> Result<()> {
+    if which("rustup").is_none() {
+        bail!("rustup is required (https://rustup.rs): the eBPF programs build with a nightly toolchain");
+    }
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        println!("xtask: installing the nightly toolchain (the eBPF programs need it)");
+        run(Command::new("rustup").args(["toolchain", "install", NIGHTLY, "--profile", "minimal"]))?;
+    }
+    let sysroot = PathBuf::from(output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))?.trim());
+    if !sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml").is_file() {
+        println!("xtask: adding rust-src to nightly (to build core for the BPF target)");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+    }
+    bpf_linker(&sysroot)
+}
+
+/// Builds bpf-linker against the libLLVM that ships with nightly, so no
+/// LLVM package is needed. The library lives in a prefix under CARGO_HOME
+/// that outlives the build (bpf-linker's runpath points there), with a stamp
+/// naming the nightly it was built for: a new nightly means a rebuild.
+fn bpf_linker(sysroot: &Path) -> Result<()> {
+    let vv = output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "-vV"]))?;
+    let llvm_major = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("`rustc +nightly -vV` names no LLVM version")?
+        .to_string();
+    let prefix = cargo_home().join("detector-llvm");
+    let stamp_path = prefix.join("stamp");
+    let stamp = format!("{BPF_LINKER_VERSION}\n{vv}");
+
+    let linker = cargo_home().join("bin/bpf-linker");
+    let works = Command::new(if linker.is_file() { linker.as_os_str() } else { "bpf-linker".as_ref() })
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if works && fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) {
+        return Ok(());
+    }
+    if works && fs::read_to_string(&stamp_path).is_err() && which("bpf-linker").is_some() {
+        // A bpf-linker installed by other means that runs: keep it.
+        return Ok(());
+    }
+
+    let lib_dir = sysroot.join("lib");
+    let libllvm = fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            // libLLVM.so.<ver>-rust-...: the real library. The
+            // libLLVM-<major>-rust-...so beside it is a linker script.
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}: is the nightly toolchain complete?", lib_dir.display()))?;
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib).with_context(|| format!("creating {}", prefix_lib.display()))?;
+    let soname = libllvm.file_name().expect("a file name").to_owned();
+    for name in [std::ffi::OsStr::new("libLLVM.so"), soname.as_os_str()] {
+        let link = prefix_lib.join(name);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), libllvm.display()))?;
+    }
+    println!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {llvm_major} (about a minute, once)"
+    );
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--force", "--no-default-features"])
+        .args(["--features", &format!("llvm-{llvm_major}")])
+        .env("LLVM_PREFIX", &prefix))?;
+    fs::write(&stamp_path, stamp).with_context(|| format!("writing {}", stamp_path.display()))?;
+    Ok(())
+}
+
+/// What the kernel tests call: `ip` for the lab, `promtool` to check the
+/// metrics text.
+pub fn test_tools() -> Result<()> {
+    let mut missing = Vec::new();
+    if which("ip").is_none() {
+        missing.push("iproute2");
+    }
+    if which("promtool").is_none() {
+        missing.push("prometheus");
+    }
+    apt_install(&missing, "the tests")
+}
+
+/// What the bench compares against: iptables and nftables are not needed
+/// yet; the bench needs only the lab's `ip`.
+pub fn bench_tools() -> Result<()> {
+    if which("ip").is_none() {
+        return apt_install(&["iproute2"], "the bench");
+    }
+    Ok(())
+}
+
+fn apt_install(packages: &[&str], for_what: &str) -> Result<()> {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    let list = packages.join(" ");
+    if which("apt-get").is_none() || !is_root() {
+        bail!("{for_what} need the packages: {list}; install them (this host has no apt-get, or we are not root)");
+    }
+    println!("xtask: installing {list} for {for_what} (apt-get)");
+    let install = |c: &mut Command| {
+        c.args(["install", "-y", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if install(&mut Command::new("apt-get")) {
+        return Ok(());
+    }
+    println!("xtask: apt-get install failed; updating the package lists and trying again");
+    run(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    if !install(&mut Command::new("apt-get")) {
+        bail!("apt-get could not install {list}");
+    }
+    Ok(())
+}
