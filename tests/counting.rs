@@ -42,11 +42,25 @@ fn attach(lab: &Lab) -> Target {
     Target { _attachment: attachment, maps }
 }
 
+/// Sends from a thread pinned to one CPU: the veth hands each frame to the
+/// peer's NAPI on the sending CPU, so all of them meet one CPU's sketch.
 fn send(lab: &Lab, frames: &[Vec<u8>]) {
+    pin_to_first_cpu();
     let _in = lab.enter_gen().unwrap();
     let sock = PacketSocket::open(iface::index(&lab.gen_if).unwrap()).unwrap();
     for f in frames {
         sock.send(f).unwrap();
+    }
+}
+
+fn pin_to_first_cpu() {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let mut current: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut current);
+        let first = (0..libc::CPU_SETSIZE as usize).find(|c| libc::CPU_ISSET(*c, &current)).unwrap_or(0);
+        libc::CPU_SET(first, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
@@ -276,6 +290,12 @@ fn http_requests_need_a_method_and_a_web_port() {
     assert_counts(&counted(&t, frames.len() as u64), &expected, None);
 }
 
+/// What the per-source map holds for a source's `n` packets in one window
+/// on one CPU, `before` other packets into it: the sketch's own rule.
+fn expected_source_count(n: u32, before: u32) -> u64 {
+    (1..=n).map(|k| detector_common::sketch::weight(k, before + k) as u64).sum()
+}
+
 #[test]
 fn per_source_counts_start_at_the_fourth_packet_of_a_window() {
     require_root!();
@@ -293,13 +313,15 @@ fn per_source_counts_start_at_the_fourth_packet_of_a_window() {
     let sources = t.maps.sources().unwrap();
     let find = |ip: &str| sources.iter().find(|(k, _)| *k == addr_key(ip.parse::<IpAddr>().unwrap())).map(|(_, s)| *s);
     // The sketch admits a source at its 4th packet in a window (no poller is
-    // running, so this is one window): 3 packets go uncounted per source.
+    // running, so this is one window) and samples it from its 16th on.
+    let (ea, eb) = (expected_source_count(50, 0), expected_source_count(20, 50));
+    assert_eq!((ea, eb), (45, 13));
     let sa = find("198.51.100.7").expect("source a tracked");
-    assert_eq!(sa.packets, 47);
-    assert_eq!(sa.class_packets[TrafficClass::Udp.index()], 47);
-    assert_eq!(sa.bytes, 47 * a.bytes.len() as u64);
+    assert_eq!(sa.packets, ea);
+    assert_eq!(sa.class_packets[TrafficClass::Udp.index()], ea);
+    assert_eq!(sa.bytes, ea * a.bytes.len() as u64);
     let sb = find("2001:db8:99::5").expect("source b tracked");
-    assert_eq!(sb.class_packets[TrafficClass::TcpSyn.index()], 17);
+    assert_eq!(sb.class_packets[TrafficClass::TcpSyn.index()], eb);
     assert!(find("203.0.113.9").is_none(), "a two-packet source was admitted");
     assert_eq!(sources.len(), 2, "{:?}", sources.iter().map(|(k, _)| key_addr(k)).collect::<Vec<_>>());
 }
@@ -323,7 +345,7 @@ fn a_spoofed_flood_leaves_only_the_heavy_hitters_in_the_source_map() {
         };
         sent += report.sent;
         std::thread::sleep(Duration::from_millis(50));
-        t.maps.reset_sketch().unwrap();
+        t.maps.new_window().unwrap();
     }
     assert_eq!(sent, 200_000);
     let snap = t.maps.classes().unwrap();

@@ -6,8 +6,12 @@ use crate::class::CLASS_COUNT;
 pub const CLASS_STATS_MAP: &str = "CLASS_STATS";
 /// LRU per-CPU hash of [`SourceKey`] to [`SourceStats`].
 pub const SOURCE_STATS_MAP: &str = "SOURCE_STATS";
-/// Per-CPU array of one [`crate::sketch::Sketch`].
+/// Per-CPU array of [`crate::sketch::SKETCH_DEPTH`] [`crate::sketch::SketchRow`]s.
 pub const SKETCH_MAP: &str = "SKETCH";
+/// Per-CPU array of one [`crate::sketch::Window`].
+pub const WINDOW_MAP: &str = "WINDOW";
+/// Array of one `u32`: the current epoch, bumped by the controller each poll.
+pub const EPOCH_MAP: &str = "EPOCH";
 /// Name of the counting XDP program in its object.
 pub const DETECTOR_PROGRAM: &str = "detector";
 

@@ -3,19 +3,29 @@
 //! Under a spoofed flood every packet carries a new source address. Giving
 //! each one a slot in the LRU per-source map would evict the real heavy
 //! hitters within milliseconds and make every packet pay for a hash insert.
-//! Instead each CPU keeps a small count-min sketch: [`SKETCH_DEPTH`] rows of
-//! [`SKETCH_WIDTH`] saturating counters, indexed by independent hashes of the
-//! source. A packet is counted in the per-source map only when its source's
-//! sketch estimate reaches [`ADMIT_MIN`] plus 1/[`ADMIT_DIVISOR`] of the
+//! Instead each CPU keeps a count-min sketch: [`SKETCH_DEPTH`] rows of
+//! [`SKETCH_WIDTH`] counters, indexed by disjoint slices of a keyed hash of
+//! the source. A packet is counted in the per-source map only when its
+//! source's estimate reaches [`ADMIT_MIN`] plus 1/[`ADMIT_DIVISOR`] of the
 //! packets this CPU has seen in the current window. The share term is four
 //! times the noise a random source picks up from collisions (`total/WIDTH`
 //! per counter); the constant keeps the first packets of a window, when
-//! counts are tiny, from admitting sources by chance. At low rates every
-//! source is counted from its `ADMIT_MIN`th packet in a window; under a
-//! flood from millions of random addresses essentially no random source
-//! gets in, so the map is left to the real heavy hitters, which clear the
-//! bar easily. The controller zeroes the sketch at every poll, which starts
-//! a new window.
+//! counts are tiny, from admitting sources by chance. So at low rates every
+//! source is counted from its `ADMIT_MIN`th packet in a window, a botnet of
+//! a thousand equal sources is tracked whole, and under a flood from
+//! millions of random addresses essentially no random source gets in.
+//!
+//! Windows are epochs: the controller bumps a global epoch at every poll,
+//! and each counter carries the epoch it was last written in, so a counter
+//! from an old epoch reads as zero. Nothing is ever bulk-zeroed, on any
+//! number of CPUs.
+//!
+//! Once a source has [`SAMPLE_FROM`] packets in a window, only every
+//! [`SAMPLE_EVERY`]th of its packets touches the per-source map, with that
+//! weight: heavy hitters are where the packets are, and this keeps their
+//! cost near that of a quiet source (NitroSketch's idea, applied to the map
+//! rather than the sketch). Their per-source counts are then exact to within
+//! `SAMPLE_EVERY`.
 //!
 //! The arithmetic lives here so the kernel and the unit tests run the same
 //! code.
@@ -23,30 +33,42 @@
 /// Rows of the sketch (independent hash functions).
 pub const SKETCH_DEPTH: usize = 4;
 /// Counters per row; a power of two.
-pub const SKETCH_WIDTH: usize = 2048;
+pub const SKETCH_WIDTH: usize = 8192;
 const WIDTH_BITS: u32 = SKETCH_WIDTH.trailing_zeros();
 const WIDTH_MASK: u32 = (SKETCH_WIDTH as u32) - 1;
 // The rows' index slices must fit in the 64-bit hash.
 const _: () = assert!(WIDTH_BITS as usize * SKETCH_DEPTH <= 64);
-/// A source needs `1/ADMIT_DIVISOR` of a window's packets (a power of two)...
-pub const ADMIT_DIVISOR: u64 = 512;
-/// ... plus this many.
-pub const ADMIT_MIN: u64 = 4;
 
-/// One CPU's sketch. 16 KiB, inside the per-CPU value size limit (32 KiB).
+/// A source needs `1/ADMIT_DIVISOR` of a window's packets...
+pub const ADMIT_DIVISOR: u32 = 2048;
+/// ... plus this many.
+pub const ADMIT_MIN: u32 = 4;
+/// From this estimate on, per-source updates are sampled...
+pub const SAMPLE_FROM: u32 = 16;
+/// ... one in this many, with this weight. A power of two.
+pub const SAMPLE_EVERY: u32 = 8;
+
+/// A counter: the epoch it belongs to in the high bits, the count below.
+const COUNT_BITS: u32 = 20;
+const COUNT_MASK: u32 = (1 << COUNT_BITS) - 1;
+/// Epochs wrap at 2^12: a counter idle for exactly 4096 polls (about seven
+/// minutes at 100 ms) may read its old count once; it only over-estimates.
+pub const EPOCH_MASK: u32 = (1 << (32 - COUNT_BITS)) - 1;
+
+/// One row of one CPU's sketch (32 KiB, the per-CPU value size limit).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct Sketch {
-    /// Packets with a source seen in this window on this CPU.
-    pub total: u64,
-    pub rows: [[u16; SKETCH_WIDTH]; SKETCH_DEPTH],
+pub struct SketchRow {
+    pub counters: [u32; SKETCH_WIDTH],
 }
 
-impl Sketch {
-    pub const ZERO: Sketch = Sketch {
-        total: 0,
-        rows: [[0; SKETCH_WIDTH]; SKETCH_DEPTH],
-    };
+/// One CPU's window: which epoch it is in and how many packets with a
+/// source it has seen in it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Window {
+    pub epoch: u32,
+    pub total: u32,
 }
 
 /// A 64-bit hash of a 16-byte address, keyed by `seed` so an attacker cannot
@@ -73,47 +95,85 @@ fn fmix64(mut x: u64) -> u64 {
     x ^ (x >> 33)
 }
 
-/// The counter index of row `row` for hash `h`: row `r` takes bits
-/// `11r .. 11r+11`, so rows are as independent as the hash's bits.
+/// The counter index of row `row` for hash `h`: row `r` takes its own
+/// slice of the hash's bits, so rows are as independent as the bits.
 #[inline(always)]
 pub fn row_index(h: u64, row: u32) -> usize {
     ((h >> (row * WIDTH_BITS)) as u32 & WIDTH_MASK) as usize
 }
 
-/// Whether a source with sketch estimate `estimate` is admitted when the
-/// window has seen `total` packets.
+/// The counter after one more packet in `epoch` (already masked).
 #[inline(always)]
-pub fn admit(estimate: u16, total: u64) -> bool {
-    estimate as u64 >= ADMIT_MIN + total / ADMIT_DIVISOR
+pub fn bump(counter: u32, epoch: u32) -> u32 {
+    if counter >> COUNT_BITS != epoch {
+        (epoch << COUNT_BITS) | 1
+    } else if counter & COUNT_MASK == COUNT_MASK {
+        counter
+    } else {
+        counter + 1
+    }
 }
 
-/// Counts one packet from the source hashed to `h`; returns its estimate.
-///
-/// Used by the unit tests and the bench's model; the XDP program runs the
-/// same steps on its map value.
-pub fn record(sketch: &mut Sketch, h: u64) -> u16 {
-    sketch.total += 1;
-    let mut est = u16::MAX;
-    let mut row = 0;
-    while row < SKETCH_DEPTH {
-        let c = &mut sketch.rows[row][row_index(h, row as u32)];
-        *c = c.saturating_add(1);
-        if *c < est {
-            est = *c;
-        }
-        row += 1;
+/// The count a counter holds.
+#[inline(always)]
+pub fn count(counter: u32) -> u32 {
+    counter & COUNT_MASK
+}
+
+/// How many packets this one stands for in the per-source map: 0 when the
+/// source is below the bar or sampled out, else 1 or [`SAMPLE_EVERY`].
+#[inline(always)]
+pub fn weight(estimate: u32, total: u32) -> u32 {
+    if estimate < ADMIT_MIN + total / ADMIT_DIVISOR {
+        0
+    } else if estimate <= SAMPLE_FROM {
+        1
+    } else if estimate & (SAMPLE_EVERY - 1) == 0 {
+        SAMPLE_EVERY
+    } else {
+        0
     }
-    est
 }
 
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for Sketch {}
+unsafe impl aya::Pod for SketchRow {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Window {}
 
 #[cfg(test)]
 mod tests {
     extern crate std;
     use super::*;
-    use std::boxed::Box;
+    use std::{boxed::Box, vec, vec::Vec};
+
+    /// One CPU's sketch, run the way the XDP program runs it.
+    struct Model {
+        rows: Vec<Box<[u32; SKETCH_WIDTH]>>,
+        window: Window,
+        seed: u64,
+    }
+
+    impl Model {
+        fn new(seed: u64) -> Self {
+            Model { rows: (0..SKETCH_DEPTH).map(|_| Box::new([0u32; SKETCH_WIDTH])).collect(), window: Window::default(), seed }
+        }
+
+        /// One packet from `addr` in `epoch`; returns its weight.
+        fn packet(&mut self, addr: &[u8; 16], epoch: u32) -> u32 {
+            if self.window.epoch != epoch {
+                self.window = Window { epoch, total: 0 };
+            }
+            self.window.total += 1;
+            let h = hash_addr(addr, self.seed);
+            let mut est = u32::MAX;
+            for (r, row) in self.rows.iter_mut().enumerate() {
+                let c = &mut row[row_index(h, r as u32)];
+                *c = bump(*c, epoch);
+                est = est.min(count(*c));
+            }
+            weight(est, self.window.total)
+        }
+    }
 
     fn v4(i: u32) -> [u8; 16] {
         let mut a = [0u8; 16];
@@ -123,69 +183,112 @@ mod tests {
         a
     }
 
-    #[test]
-    fn layout() {
-        assert_eq!(core::mem::size_of::<Sketch>(), 8 + 2 * SKETCH_WIDTH * SKETCH_DEPTH);
-        assert!(core::mem::size_of::<Sketch>() <= 32 * 1024);
-        assert!(SKETCH_WIDTH.is_power_of_two());
+    fn xorshift(s: &mut u64) -> u64 {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
     }
 
     #[test]
-    fn rows_spread_independently() {
+    fn layout() {
+        assert_eq!(core::mem::size_of::<SketchRow>(), 4 * SKETCH_WIDTH);
+        assert!(core::mem::size_of::<SketchRow>() <= 32 * 1024);
+        assert_eq!(core::mem::size_of::<Window>(), 8);
+        assert!(SKETCH_WIDTH.is_power_of_two() && SAMPLE_EVERY.is_power_of_two());
+    }
+
+    #[test]
+    fn counters_reset_with_the_epoch_and_saturate() {
+        let c = bump(0, 1);
+        assert_eq!((count(c), c >> COUNT_BITS), (1, 1));
+        assert_eq!(count(bump(c, 1)), 2);
+        // A new epoch starts from one.
+        assert_eq!(count(bump(bump(c, 1), 2)), 1);
+        let full = (3 << COUNT_BITS) | COUNT_MASK;
+        assert_eq!(bump(full, 3), full);
+        assert_eq!(EPOCH_MASK, 0xfff);
+    }
+
+    #[test]
+    fn rows_take_disjoint_bits() {
         let h = hash_addr(&v4(0x0a000001), 7);
-        let idx: std::vec::Vec<usize> = (0..SKETCH_DEPTH as u32).map(|r| row_index(h, r)).collect();
-        assert!(idx.iter().all(|i| *i < SKETCH_WIDTH));
-        // Seeds change the placement.
+        for r in 0..SKETCH_DEPTH as u32 {
+            assert!(row_index(h, r) < SKETCH_WIDTH);
+        }
+        assert_eq!(row_index(0xfff << WIDTH_BITS, 0), 0);
         assert_ne!(hash_addr(&v4(1), 1), hash_addr(&v4(1), 2));
     }
 
     #[test]
     fn quiet_sources_are_counted_from_their_fourth_packet() {
-        let mut s = Box::new(Sketch::ZERO);
-        for round in 1..=6u64 {
+        let mut m = Model::new(42);
+        for round in 1..=6u32 {
             for i in 0..50u32 {
-                let est = record(&mut s, hash_addr(&v4(i), 42));
-                let ok = admit(est, s.total);
-                if round < ADMIT_MIN {
-                    assert!(!ok || est as u64 > round, "source {i} admitted at packet {round}");
-                } else {
-                    assert!(ok, "source {i} refused at packet {round}, total {}", s.total);
-                }
+                let w = m.packet(&v4(i), 1);
+                assert_eq!(w, (round >= ADMIT_MIN) as u32, "source {i}, packet {round}");
             }
         }
     }
 
     #[test]
+    fn a_new_epoch_starts_a_new_window() {
+        let mut m = Model::new(5);
+        for _ in 0..10 {
+            m.packet(&v4(9), 1);
+        }
+        assert_eq!(m.packet(&v4(9), 2), 0, "counts carried over into a new window");
+        assert_eq!(m.window.total, 1);
+    }
+
+    #[test]
+    fn heavy_sources_are_sampled_with_their_weight() {
+        let mut m = Model::new(3);
+        let total: u32 = (0..1000).map(|_| m.packet(&v4(77), 1)).sum();
+        // Packets 4..=16 one by one, then 8 at every 8th from 24 on.
+        assert_eq!(total, (SAMPLE_FROM - ADMIT_MIN + 1) + SAMPLE_EVERY * ((1000 - SAMPLE_FROM) / SAMPLE_EVERY));
+        assert!((990..=1000).contains(&(total + ADMIT_MIN - 1)));
+    }
+
+    #[test]
     fn heavy_hitters_stand_out_of_spoofed_noise() {
-        let mut s = Box::new(Sketch::ZERO);
+        let mut m = Model::new(99);
         let mut rng = 0x1234_5678_9abc_def0u64;
-        let mut noise_admitted = 0;
-        let mut heavy_admitted = [0u32; 10];
-        for _ in 0..500_000u32 {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            // 5% of packets from 10 heavy hitters, the rest from random
-            // sources of the same /8 (neighbouring addresses must not share
-            // counters: an earlier hash made every row agree with the first).
-            let (addr, heavy) = if rng % 20 == 0 {
-                let k = ((rng >> 8) % 10) as u32;
-                (v4(0x0a00_0000 + k), Some(k as usize))
-            } else {
-                (v4(0x0a00_0000 + (rng as u32 & 0xff_ffff)), None)
-            };
-            let est = record(&mut s, hash_addr(&addr, 99));
-            let ok = admit(est, s.total);
-            match heavy {
-                Some(k) => heavy_admitted[k] += ok as u32,
-                None => noise_admitted += ok as u32,
+        let mut noise = 0;
+        let mut heavy = [0u32; 10];
+        // Five windows of 100k packets: 5% from 10 heavy hitters, the rest
+        // from random sources of the same /8 (neighbouring addresses must not
+        // share counters: an earlier hash made every row agree with the first).
+        for epoch in 1..=5 {
+            for _ in 0..100_000 {
+                let r = xorshift(&mut rng);
+                if r % 20 == 0 {
+                    let k = ((r >> 8) % 10) as usize;
+                    heavy[k] += m.packet(&v4(0x0a00_0000 + k as u32), epoch);
+                } else {
+                    noise += (m.packet(&v4(0x0a00_0000 + (r as u32 & 0xff_ffff)), epoch) > 0) as u32;
+                }
             }
         }
-        // Every heavy hitter (0.5% of traffic each) clears the bar nearly always.
-        for (k, a) in heavy_admitted.iter().enumerate() {
-            assert!(*a > 2_000, "heavy hitter {k} admitted only {a} times");
+        // Each heavy hitter sent about 2,500 packets; nearly all are counted.
+        for (k, h) in heavy.iter().enumerate() {
+            assert!((2_000..3_000).contains(h), "heavy hitter {k} counted {h}");
         }
-        // Random sources essentially never do, early or late in the window.
-        assert!(noise_admitted < 5, "{noise_admitted} noise admissions");
+        assert!(noise < 5, "{noise} noise packets counted");
+    }
+
+    #[test]
+    fn a_thousand_equal_sources_are_all_tracked() {
+        let mut m = Model::new(11);
+        let mut counted = vec![0u32; 1000];
+        // A botnet: 1,000 sources round robin, 100k packets per window.
+        for epoch in 1..=3 {
+            for n in 0..100_000u32 {
+                let i = n % 1000;
+                counted[i as usize] += m.packet(&v4(0xc612_0000 + i), epoch);
+            }
+        }
+        let tracked = counted.iter().filter(|c| **c > 0).count();
+        assert_eq!(tracked, 1000);
     }
 }

@@ -205,7 +205,7 @@ fn poll_once(
 ) -> Result<crate::view::IfaceView, CounterError> {
     let cur = probe.maps.classes()?;
     let sources = probe.maps.sources()?;
-    probe.maps.reset_sketch()?;
+    probe.maps.new_window()?;
 
     let rates = class_rates(&probe.prev, &cur, elapsed);
     let iface = probe.iface().to_string();

@@ -1,15 +1,15 @@
 //! Reading the counting program's maps: the one place the controller
 //! touches them. Per-CPU values are summed here; nothing is ever
-//! read-then-zeroed (increments would be lost), except the sketch, whose
-//! zeroing is what starts a new window.
+//! read-then-zeroed (increments would be lost). A new heavy-hitter window
+//! starts by bumping the epoch, never by zeroing the sketch.
 
 use aya::{
-    maps::{IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
     Ebpf,
 };
 use detector_common::{
-    maps::{ClassCounters, SourceKey, SourceStats, CLASS_STATS_MAP, SKETCH_MAP, SOURCE_STATS_MAP},
-    sketch::Sketch,
+    maps::{ClassCounters, SourceKey, SourceStats, CLASS_STATS_MAP, EPOCH_MAP, SOURCE_STATS_MAP},
+    sketch::EPOCH_MASK,
     CLASS_COUNT,
 };
 use thiserror::Error;
@@ -26,16 +26,14 @@ pub enum CounterError {
     Read { map: &'static str, source: MapError },
     #[error("writing map {map} failed: {source}")]
     Write { map: &'static str, source: MapError },
-    #[error("cannot count the possible CPUs: {0}")]
-    Cpus(String),
 }
 
 /// The counting program's maps, owned apart from the program.
 pub struct CounterMaps {
     classes: PerCpuArray<MapData, ClassCounters>,
     sources: PerCpuHashMap<MapData, SourceKey, SourceStats>,
-    sketch: PerCpuArray<MapData, Sketch>,
-    zero_sketch: Vec<Sketch>,
+    epoch: Array<MapData, u32>,
+    next_epoch: u32,
     capacity: u32,
 }
 
@@ -47,12 +45,9 @@ impl CounterMaps {
             .map_err(layout(CLASS_STATS_MAP))?;
         let sources = PerCpuHashMap::try_from(ebpf::take_map(ebpf, "detector", SOURCE_STATS_MAP)?)
             .map_err(layout(SOURCE_STATS_MAP))?;
-        let sketch: PerCpuArray<MapData, Sketch> =
-            PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", SKETCH_MAP)?)
-                .map_err(layout(SKETCH_MAP))?;
+        let epoch = Array::try_from(ebpf::take_map(ebpf, "detector", EPOCH_MAP)?).map_err(layout(EPOCH_MAP))?;
         let capacity = sources.map().info().map(|i| i.max_entries()).unwrap_or(0);
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| CounterError::Cpus(format!("{what}: {e}")))?;
-        Ok(CounterMaps { classes, sources, sketch, zero_sketch: vec![Sketch::ZERO; cpus], capacity })
+        Ok(CounterMaps { classes, sources, epoch, next_epoch: 1, capacity })
     }
 
     /// Capacity of the per-source map.
@@ -98,14 +93,12 @@ impl CounterMaps {
         keys.iter().filter(|k| self.sources.remove(k).is_ok()).count()
     }
 
-    /// Zeroes every CPU's sketch: the heavy-hitter filter starts a new window.
-    pub fn reset_sketch(&mut self) -> Result<(), CounterError> {
-        let zero = PerCpuValues::try_from(self.zero_sketch.clone()).map_err(|e| {
-            CounterError::Write { map: SKETCH_MAP, source: MapError::IoError(e) }
-        })?;
-        self.sketch
-            .set(0, zero, 0)
-            .map_err(|source| CounterError::Write { map: SKETCH_MAP, source })
+    /// Starts a new heavy-hitter window on every CPU: one small write.
+    pub fn new_window(&mut self) -> Result<(), CounterError> {
+        let e = self.next_epoch & EPOCH_MASK;
+        self.epoch.set(0, e, 0).map_err(|source| CounterError::Write { map: EPOCH_MAP, source })?;
+        self.next_epoch = self.next_epoch.wrapping_add(1);
+        Ok(())
     }
 }
 

@@ -97,6 +97,13 @@ pub struct Attachment {
 }
 
 impl Attachment {
+    /// The kernel's view of the attached program (with BPF stats enabled:
+    /// its run count and run time).
+    pub fn program_info(&mut self) -> Result<aya::programs::ProgramInfo, String> {
+        let prog = program(&mut self.ebpf).map_err(|e| e.to_string())?;
+        prog.info().map_err(|e| e.to_string())
+    }
+
     /// Detaches now, reporting failure (drop detaches silently).
     pub fn detach(mut self) -> Result<(), String> {
         let prog = program(&mut self.ebpf).map_err(|e| e.to_string())?;

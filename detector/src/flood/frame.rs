@@ -352,7 +352,7 @@ fn transport(spec: &FrameSpec, v6: bool) -> (u8, Vec<u8>) {
         Kind::Icmp => (1, vec![8, 0, 0, 0, 0x12, 0x34, 0, 1]),
         Kind::OtherIp => (47, vec![0, 0, 0x08, 0x00]),
         Kind::Arp => unreachable!("ARP is built apart"),
-        _ => (17, udp(sport, dport, &udp_payload(spec.kind))),
+        _ => (17, udp(sport, dport, &udp_payload(spec.kind, spec.size.is_some()))),
     }
 }
 
@@ -379,8 +379,9 @@ fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 /// A plausible payload for each UDP kind, so captures look like the real
-/// thing; sizes are the small end of each vector's replies.
-fn udp_payload(kind: Kind) -> Vec<u8> {
+/// thing; sizes are the small end of each vector's replies. Plain UDP gets
+/// filler up to a 60-byte IPv4 frame, or none when `--size` decides.
+fn udp_payload(kind: Kind, sized: bool) -> Vec<u8> {
     const QNAME: &[u8] = b"\x07example\x03com\x00";
     match kind {
         Kind::DnsQuery => {
@@ -426,6 +427,7 @@ fn udp_payload(kind: Kind) -> Vec<u8> {
             p
         }
         Kind::Fragment => vec![0u8; 64],
+        _ if sized => Vec::new(),
         _ => vec![0u8; 18],
     }
 }

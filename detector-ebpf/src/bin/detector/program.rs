@@ -1,12 +1,12 @@
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
     macros::{map, xdp},
-    maps::{LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, LruPerCpuHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use detector_common::{
     maps::{ClassCounters, SourceKey, SourceStats, DEFAULT_MAX_SOURCES},
-    sketch::{self, Sketch, SKETCH_DEPTH},
+    sketch::{self, SketchRow, Window, EPOCH_MASK, SKETCH_DEPTH},
     CLASS_COUNT,
 };
 
@@ -22,9 +22,17 @@ static CLASS_STATS: PerCpuArray<ClassCounters> =
 static SOURCE_STATS: LruPerCpuHashMap<SourceKey, SourceStats> =
     LruPerCpuHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
 
-/// The heavy-hitter filter; the controller zeroes it every poll.
+/// The heavy-hitter filter: one entry per row, per CPU.
 #[map]
-static SKETCH: PerCpuArray<Sketch> = PerCpuArray::with_max_entries(1, 0);
+static SKETCH: PerCpuArray<SketchRow> = PerCpuArray::with_max_entries(SKETCH_DEPTH as u32, 0);
+
+/// This CPU's current window.
+#[map]
+static WINDOW: PerCpuArray<Window> = PerCpuArray::with_max_entries(1, 0);
+
+/// The current epoch; the controller bumps it at every poll.
+#[map]
+static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Keys the sketch's hash; set by the controller at load time.
 #[unsafe(no_mangle)]
@@ -52,53 +60,63 @@ pub fn detector(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn track_source(src: [u8; 16], class: usize, len: u64) {
-    let Some(sk) = SKETCH.get_ptr_mut(0) else {
+    let epoch = EPOCH.get(0).copied().unwrap_or(0) & EPOCH_MASK;
+    let Some(w) = WINDOW.get_ptr_mut(0) else {
         return;
+    };
+    let total = unsafe {
+        if (*w).epoch != epoch {
+            (*w).epoch = epoch;
+            (*w).total = 0;
+        }
+        (*w).total += 1;
+        (*w).total
     };
     let seed = unsafe { core::ptr::read_volatile(&HASH_SEED) };
     let h = sketch::hash_addr(&src, seed);
-    let mut est = u16::MAX;
-    let total;
-    unsafe {
-        (*sk).total += 1;
-        total = (*sk).total;
-        let mut row = 0;
-        while row < SKETCH_DEPTH {
-            let idx = sketch::row_index(h, row as u32);
-            let c = &mut (*sk).rows[row][idx];
-            if *c < u16::MAX {
-                *c += 1;
-            }
-            if *c < est {
-                est = *c;
-            }
-            row += 1;
+    let mut est = u32::MAX;
+    let mut row = 0;
+    while row < SKETCH_DEPTH {
+        let Some(r) = SKETCH.get_ptr_mut(row as u32) else {
+            return;
+        };
+        let idx = sketch::row_index(h, row as u32);
+        let c = unsafe { &mut (*r).counters[idx] };
+        *c = sketch::bump(*c, epoch);
+        let n = sketch::count(*c);
+        if n < est {
+            est = n;
         }
+        row += 1;
     }
-    if !sketch::admit(est, total) || class >= CLASS_COUNT {
+    let weight = sketch::weight(est, total) as u64;
+    if weight == 0 || class >= CLASS_COUNT {
         return;
     }
     let key = SourceKey { addr: src };
-    if let Some(s) = SOURCE_STATS.get_ptr_mut(&key) {
-        unsafe {
-            (*s).packets += 1;
-            (*s).bytes += len;
-            (*s).class_packets[class] += 1;
-        }
+    if add(&key, class, len, weight) {
         return;
     }
-    let mut fresh = SourceStats { packets: 1, bytes: len, class_packets: [0; CLASS_COUNT] };
-    fresh.class_packets[class] = 1;
+    let mut fresh = SourceStats { packets: weight, bytes: len * weight, class_packets: [0; CLASS_COUNT] };
+    fresh.class_packets[class] = weight;
     // NOEXIST: another CPU may have admitted the source a moment ago; then
     // its entry stays and this CPU's slot in it takes the packet.
     if SOURCE_STATS.insert(&key, &fresh, BPF_NOEXIST as u64).is_err() {
-        if let Some(s) = SOURCE_STATS.get_ptr_mut(&key) {
-            unsafe {
-                (*s).packets += 1;
-                (*s).bytes += len;
-                (*s).class_packets[class] += 1;
-            }
-        }
+        add(&key, class, len, weight);
+    }
+}
+
+/// Adds to a tracked source's counters; false when it is not tracked.
+#[inline(always)]
+fn add(key: &SourceKey, class: usize, len: u64, weight: u64) -> bool {
+    match SOURCE_STATS.get_ptr_mut(key) {
+        Some(s) => unsafe {
+            (*s).packets += weight;
+            (*s).bytes += len * weight;
+            (*s).class_packets[class] += weight;
+            true
+        },
+        None => false,
     }
 }
 

@@ -1,0 +1,68 @@
+//! ns per packet under `BPF_PROG_TEST_RUN`: the detector's program and the
+//! empty one, frame by frame.
+
+use anyhow::{ensure, Context as _, Result};
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use detector::{
+    counters::CounterMaps,
+    ebpf::{self, CountingOptions},
+};
+use detector_common::{
+    flood::PASS_PROGRAM,
+    maps::{DEFAULT_MAX_SOURCES, DETECTOR_PROGRAM},
+    TrafficClass,
+};
+
+use crate::frames;
+
+pub struct ClassCost {
+    pub label: &'static str,
+    pub detector_ns: f64,
+    pub empty_ns: f64,
+}
+
+fn ns_per_packet(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<f64> {
+    let r = prog
+        .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
+        .context("BPF_PROG_TEST_RUN")?;
+    // The kernel reports the mean time of one run.
+    Ok(r.duration.as_nanos() as f64)
+}
+
+pub fn per_class(repeat: u32) -> Result<Vec<ClassCost>> {
+    let mut det_obj = ebpf::load_counting(CountingOptions { max_sources: DEFAULT_MAX_SOURCES })?;
+    let maps = CounterMaps::take(&mut det_obj)?;
+    let det = ebpf::load_xdp(&mut det_obj, "detector", DETECTOR_PROGRAM)?;
+    let mut pass_obj = ebpf::load_flood()?;
+    let pass = ebpf::load_xdp(&mut pass_obj, "flood", PASS_PROGRAM)?;
+
+    let mut out = Vec::new();
+    for (label, class, frame) in frames::all() {
+        // First, that the frame lands in the class it stands for.
+        let before = maps.classes()?;
+        ns_per_packet(det, &frame, 1)?;
+        let after = maps.classes()?;
+        let got: Vec<TrafficClass> = TrafficClass::ALL
+            .into_iter()
+            .filter(|c| after.get(*c).packets != before.get(*c).packets)
+            .collect();
+        ensure!(got == vec![class], "bench frame {label} was counted as {got:?}, not {}", class.name());
+
+        // Interleave the two programs so drift hits both alike.
+        let mut d = Vec::new();
+        let mut e = Vec::new();
+        for _ in 0..3 {
+            d.push(ns_per_packet(det, &frame, repeat / 3)?);
+            e.push(ns_per_packet(pass, &frame, repeat / 3)?);
+        }
+        let cost = ClassCost { label, detector_ns: median(&mut d), empty_ns: median(&mut e) };
+        eprintln!("bench:   {label:<18} detector {:>6.1} ns  empty {:>6.1} ns", cost.detector_ns, cost.empty_ns);
+        out.push(cost);
+    }
+    Ok(out)
+}
+
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
