@@ -67,10 +67,8 @@ fn metrics_show_exactly_what_was_sent_and_pass_promtool() {
 
 /// Starts `detector flood ARGS` from the generator namespace in the background.
 fn flood_in_background(lab: &Lab, args: &[&str]) -> std::thread::JoinHandle<std::process::Output> {
-    let mut full: Vec<String> = ["flood", "--iface", &lab.gen_if, "--dst", detector::lab::TGT_V4]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut full: Vec<String> =
+        ["flood", "--iface", &lab.gen_if, "--dst", detector::lab::TGT_V4].iter().map(|s| s.to_string()).collect();
     full.extend(args.iter().map(|s| s.to_string()));
     let ns = lab.gen_ns.clone();
     std::thread::spawn(move || detector_in(&ns, &full.iter().map(String::as_str).collect::<Vec<_>>()))
@@ -86,7 +84,10 @@ fn top_sources_name_the_flooder() {
         &lab,
         &["--kind", "syn", "--src", "203.0.113.0/24", "--spread", "seq", "--duration", "1500ms", "--rate", "1000"],
     );
-    let flooder = flood_in_background(&lab, &["--kind", "syn", "--src", "198.51.100.66", "--duration", "1500ms", "--rate", "8000"]);
+    let flooder = flood_in_background(
+        &lab,
+        &["--kind", "syn", "--src", "198.51.100.66", "--duration", "1500ms", "--rate", "8000"],
+    );
     std::thread::sleep(Duration::from_millis(900));
     let (code, body) = common::http_get(&lab.tgt_ns, "/api/top").unwrap();
     assert!(noise.join().unwrap().status.success());
@@ -95,11 +96,50 @@ fn top_sources_name_the_flooder() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let view = &v["interfaces"][&lab.tgt_if];
     assert_eq!(view["mode"], "native");
-    let syn = view["classes"].as_array().unwrap().iter().find(|c| c["class"] == "tcp_syn").expect("tcp_syn in the view");
+    let syn =
+        view["classes"].as_array().unwrap().iter().find(|c| c["class"] == "tcp_syn").expect("tcp_syn in the view");
     let top = &syn["top_sources"][0];
     assert_eq!(top["addr"], "198.51.100.66", "{body}");
     assert!(top["share"].as_f64().unwrap() > 0.7, "{body}");
     assert!(syn["pps"].as_f64().unwrap() > 5000.0, "{body}");
+}
+
+#[test]
+fn several_interfaces_are_counted_apart() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    // A second veth pair inside the target namespace: the detector watches
+    // one end, a raw socket in the same namespace sends from the other.
+    let (watch, feed) =
+        (format!("{}x", &lab.tgt_if[..lab.tgt_if.len() - 1]), format!("{}y", &lab.tgt_if[..lab.tgt_if.len() - 1]));
+    let ip =
+        |args: &[&str]| assert!(Command::new("ip").args(["-n", &lab.tgt_ns]).args(args).status().unwrap().success());
+    ip(&["link", "add", &watch, "type", "veth", "peer", "name", &feed]);
+    ip(&["link", "set", &watch, "up"]);
+    ip(&["link", "set", &feed, "up"]);
+    let c = Controller::start(&lab, &["--iface", &watch]);
+    flood(&lab, &["--kind", "udp", "--count", "300", "--rate", "20000"]);
+    let out = detector_in(
+        &lab.tgt_ns,
+        &["flood", "--iface", &feed, "--kind", "syn", "--dst", "192.0.2.9", "--count", "200", "--rate", "20000"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (a, b) = (lab.tgt_if.clone(), watch.clone());
+    let m = c.metrics_until("both interfaces", |m| packets(m, &a, "udp") >= 300 && packets(m, &b, "tcp_syn") >= 200);
+    assert_eq!(packets(&m, &a, "tcp_syn"), 0);
+    assert_eq!(packets(&m, &b, "udp"), 0);
+    assert_eq!(sample(&m, &format!("detector_xdp_attached{{iface=\"{b}\",mode=\"native\"}}")), 1.0);
+}
+
+#[test]
+fn auto_mode_falls_back_to_skb_where_native_is_missing() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let mut c = Controller::start_on(&lab, "lo", &[]);
+    let m = c.metrics();
+    assert_eq!(sample(&m, "detector_xdp_attached{iface=\"lo\",mode=\"skb\"}"), 1.0, "{m}");
+    assert!(c.log_text().contains("native XDP not available; using generic (skb) mode"), "{}", c.log_text());
+    assert!(c.stop_with(libc::SIGTERM).success());
 }
 
 #[test]
@@ -188,7 +228,16 @@ fn without_privileges_the_missing_capabilities_are_named() {
     }
     let lab = Lab::new().unwrap();
     let out = Command::new("ip")
-        .args(["netns", "exec", &lab.tgt_ns, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "netns",
+            "exec",
+            &lab.tgt_ns,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(common::detector_bin())
         .args(["run", "--iface", &lab.tgt_if])
         .output()

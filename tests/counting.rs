@@ -142,7 +142,9 @@ fn vlan_tags_are_walked() {
     let t = attach(&lab);
     let mut expected = [0u64; CLASS_COUNT];
     let mut frames = Vec::new();
-    for (vlans, kind, n) in [(vec![10], Kind::Syn, 5), (vec![100, 200], Kind::DnsQuery, 7), (vec![4095, 1], Kind::Icmp, 3)] {
+    for (vlans, kind, n) in
+        [(vec![10], Kind::Syn, 5), (vec![100, 200], Kind::DnsQuery, 7), (vec![4095, 1], Kind::Icmp, 3)]
+    {
         let mut s = spec(kind, "198.18.0.1", "192.0.2.2");
         s.vlans = vlans;
         let f = build(&s);
@@ -218,7 +220,11 @@ fn malformed_frames_are_counted_as_malformed_and_passed() {
             after.get(TrafficClass::Malformed).packets - before.get(TrafficClass::Malformed).packets,
             1,
             "{what}: not counted as malformed; classes now {:?}",
-            TrafficClass::ALL.iter().map(|c| (c.name(), after.get(*c).packets)).filter(|(_, p)| *p > 0).collect::<Vec<_>>()
+            TrafficClass::ALL
+                .iter()
+                .map(|c| (c.name(), after.get(*c).packets))
+                .filter(|(_, p)| *p > 0)
+                .collect::<Vec<_>>()
         );
         assert_eq!(after.total_packets(), before.total_packets() + 1, "{what}: counted twice");
     }
@@ -264,6 +270,31 @@ fn ipv6_extension_chains_are_walked_to_the_parser_limit() {
     frames.push(frag);
     expected[TrafficClass::Fragment.index()] += 1;
     send(&lab, &frames);
+    assert_counts(&counted(&t, frames.len() as u64), &expected, None);
+}
+
+#[test]
+fn ipv4_options_are_skipped() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let t = attach(&lab);
+    // Insert `words` 32-bit words of NOP options after the 20-byte header.
+    let with_options = |kind: Kind, words: usize| {
+        let f = build(&spec(kind, "198.18.0.1", "192.0.2.2")).bytes;
+        let total = u16::from_be_bytes([f[16], f[17]]) as usize;
+        let mut out = f[..34].to_vec();
+        out.extend(std::iter::repeat_n(1u8, 4 * words));
+        out.extend_from_slice(&f[34..14 + total]);
+        out[14] = 0x45 + words as u8;
+        out[16..18].copy_from_slice(&((total + 4 * words) as u16).to_be_bytes());
+        out
+    };
+    let frames = vec![with_options(Kind::Udp, 1), with_options(Kind::Syn, 10), with_options(Kind::DnsQuery, 3)];
+    send(&lab, &frames);
+    let mut expected = [0u64; CLASS_COUNT];
+    expected[TrafficClass::Udp.index()] = 1;
+    expected[TrafficClass::TcpSyn.index()] = 1;
+    expected[TrafficClass::DnsQuery.index()] = 1;
     assert_counts(&counted(&t, frames.len() as u64), &expected, None);
 }
 

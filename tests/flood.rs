@@ -23,8 +23,22 @@ fn the_exact_engine_delivers_every_frame_from_many_sources() {
     let c = Controller::start(&lab, &[]);
     let r = flood_json(
         &lab,
-        &["--kind", "dns-response", "--dst", "192.0.2.2", "--src", "198.18.0.0/16", "--sources", "1000", "--spread", "seq",
-          "--count", "5000", "--rate", "25000"],
+        &[
+            "--kind",
+            "dns-response",
+            "--dst",
+            "192.0.2.2",
+            "--src",
+            "198.18.0.0/16",
+            "--sources",
+            "1000",
+            "--spread",
+            "seq",
+            "--count",
+            "5000",
+            "--rate",
+            "25000",
+        ],
     );
     assert_eq!(r["engine"], "exact");
     assert_eq!(r["sent"], 5000);
@@ -54,7 +68,10 @@ fn the_fast_engine_sends_what_it_reports() {
     assert!(counted <= 300_000, "{counted} counted of 300000 sent\n{m}");
 
     // A paced fast flood keeps its rate.
-    let r = flood_json(&lab, &["--kind", "syn", "--dst", "192.0.2.2", "--duration", "1s", "--rate", "200000", "--engine", "fast"]);
+    let r = flood_json(
+        &lab,
+        &["--kind", "syn", "--dst", "192.0.2.2", "--duration", "1s", "--rate", "200000", "--engine", "fast"],
+    );
     let pps = r["pps"].as_f64().unwrap();
     assert!((160_000.0..=240_000.0).contains(&pps), "paced at {pps} pps");
 }
@@ -90,15 +107,32 @@ fn rewritten_sources_keep_every_checksum_valid() {
     let _c = Controller::start(&lab, &[]);
     let mac = lab.tgt_mac().unwrap();
     let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    let get = |m: &std::collections::HashMap<(String, String), i64>, p: &str, k: &str| m[&(p.to_string(), k.to_string())];
+    let get =
+        |m: &std::collections::HashMap<(String, String), i64>, p: &str, k: &str| m[&(p.to_string(), k.to_string())];
     // Sources inside the lab subnet, so reverse-path filtering keeps them.
     for engine in ["fast", "exact"] {
         let before = snmp(&lab);
         for kind in ["udp", "syn"] {
             let r = flood_json(
                 &lab,
-                &["--kind", kind, "--dst", "192.0.2.2", "--dst-mac", &mac, "--src", "192.0.2.128/25", "--spread", "random",
-                  "--count", "4000", "--rate", "20000", "--engine", engine],
+                &[
+                    "--kind",
+                    kind,
+                    "--dst",
+                    "192.0.2.2",
+                    "--dst-mac",
+                    &mac,
+                    "--src",
+                    "192.0.2.128/25",
+                    "--spread",
+                    "random",
+                    "--count",
+                    "4000",
+                    "--rate",
+                    "20000",
+                    "--engine",
+                    engine,
+                ],
             );
             assert_eq!(r["sent"], 4000);
         }
@@ -139,11 +173,18 @@ fn bad_flood_input_is_refused_clearly() {
     refused(&lab, &with(&["--kind", "udp", "--src", "2001:db8::/64"]), "are not the same IP version");
     refused(&lab, &with(&["--kind", "udp", "--size", "9000"]), "--size 9000 is over the 1518-byte limit");
     refused(&lab, &with(&["--kind", "udp", "--size", "30"]), "is too small");
-    refused(&lab, &with(&["--kind", "udp", "--src", "198.18.0.0/24", "--sources", "1000"]), "more than the 256 addresses");
+    refused(
+        &lab,
+        &with(&["--kind", "udp", "--src", "198.18.0.0/24", "--sources", "1000"]),
+        "more than the 256 addresses",
+    );
     refused(&lab, &with(&["--kind", "udp", "--heavy", "10"]), "is not N:PERCENT");
     refused(&lab, &with(&["--kind", "udp", "--dst-mac", "02:00"]), "is not a MAC address");
     refused(&lab, &["--kind", "arp", "--dst", "2001:db8::2", "--count", "1"], "needs IPv4");
     refused(&lab, &["--kind", "udp", "--dst", "192.0.2.2"], "--count");
-    let out = detector_in(&lab.gen_ns, &["flood", "--iface", "nosuch0", "--kind", "udp", "--dst", "192.0.2.2", "--count", "1"]);
+    let out = detector_in(
+        &lab.gen_ns,
+        &["flood", "--iface", "nosuch0", "--kind", "udp", "--dst", "192.0.2.2", "--count", "1"],
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("interface 'nosuch0' does not exist"));
 }

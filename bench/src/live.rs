@@ -114,7 +114,7 @@ fn plan(scenario: Scenario, seconds: u64) -> Result<FloodPlan> {
 
 /// The receiving side: the detector with its maps, or the empty program.
 enum Receiver {
-    Detector { attachment: xdp::Attachment, maps: CounterMaps },
+    Detector { attachment: Box<xdp::Attachment>, maps: Box<CounterMaps> },
     Empty { obj: aya::Ebpf },
 }
 
@@ -136,7 +136,7 @@ fn attach(lab: &Lab, program: &str) -> Result<Receiver> {
         let mut obj = ebpf::load_counting(CountingOptions { max_sources: DEFAULT_MAX_SOURCES })?;
         let maps = CounterMaps::take(&mut obj)?;
         let attachment = xdp::attach(obj, &lab.tgt_if, ModeChoice::Native, false)?;
-        Ok(Receiver::Detector { attachment, maps })
+        Ok(Receiver::Detector { attachment: Box::new(attachment), maps: Box::new(maps) })
     } else {
         let mut obj = ebpf::load_flood()?;
         let p = ebpf::load_xdp(&mut obj, "flood", PASS_PROGRAM)?;

@@ -44,5 +44,9 @@ fn main() -> Result<()> {
 }
 
 fn command_line(quick: bool) -> String {
-    if quick { "cargo xtask bench --quick".into() } else { "cargo xtask bench".into() }
+    if quick {
+        "cargo xtask bench --quick".into()
+    } else {
+        "cargo xtask bench".into()
+    }
 }

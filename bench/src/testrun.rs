@@ -42,10 +42,8 @@ pub fn per_class(repeat: u32) -> Result<Vec<ClassCost>> {
         let before = maps.classes()?;
         ns_per_packet(det, &frame, 1)?;
         let after = maps.classes()?;
-        let got: Vec<TrafficClass> = TrafficClass::ALL
-            .into_iter()
-            .filter(|c| after.get(*c).packets != before.get(*c).packets)
-            .collect();
+        let got: Vec<TrafficClass> =
+            TrafficClass::ALL.into_iter().filter(|c| after.get(*c).packets != before.get(*c).packets).collect();
         ensure!(got == vec![class], "bench frame {label} was counted as {got:?}, not {}", class.name());
 
         // Interleave the two programs so drift hits both alike.

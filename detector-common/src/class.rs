@@ -138,17 +138,13 @@ pub const AMPLIFICATION_PORTS: [(u16, &str); 17] = [
 pub const fn is_amplification_port(port: u16) -> bool {
     matches!(
         port,
-        17 | 19 | 111 | 123 | 137 | 161 | 389 | 520 | 1434 | 1900 | 3283 | 3702 | 5353 | 5683
-            | 10001 | 11211 | 37810
+        17 | 19 | 111 | 123 | 137 | 161 | 389 | 520 | 1434 | 1900 | 3283 | 3702 | 5353 | 5683 | 10001 | 11211 | 37810
     )
 }
 
 /// The vector name of an amplification source port, if it is one.
 pub fn amplification_vector(port: u16) -> Option<&'static str> {
-    AMPLIFICATION_PORTS
-        .iter()
-        .find(|(p, _)| *p == port)
-        .map(|(_, name)| *name)
+    AMPLIFICATION_PORTS.iter().find(|(p, _)| *p == port).map(|(_, name)| *name)
 }
 
 #[cfg(test)]
@@ -169,11 +165,7 @@ mod tests {
     #[test]
     fn amplification_match_agrees_with_table() {
         for port in 0..=u16::MAX {
-            assert_eq!(
-                is_amplification_port(port),
-                amplification_vector(port).is_some(),
-                "port {port}"
-            );
+            assert_eq!(is_amplification_port(port), amplification_vector(port).is_some(), "port {port}");
         }
         assert!(!is_amplification_port(53));
     }

@@ -38,9 +38,7 @@ impl SourceKey {
     /// The key of an IPv4 source given in network byte order.
     #[inline(always)]
     pub const fn from_ipv4_octets(o: [u8; 4]) -> Self {
-        SourceKey {
-            addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]],
-        }
+        SourceKey { addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]] }
     }
 
     /// True when this key holds an IPv4 address.

@@ -77,12 +77,8 @@ pub struct Window {
 /// need (they take disjoint slices of the hash).
 #[inline(always)]
 pub fn hash_addr(addr: &[u8; 16], seed: u64) -> u64 {
-    let w0 = u64::from_ne_bytes([
-        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
-    ]);
-    let w1 = u64::from_ne_bytes([
-        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
-    ]);
+    let w0 = u64::from_ne_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]);
+    let w1 = u64::from_ne_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]);
     fmix64(fmix64(seed ^ w0) ^ w1)
 }
 
@@ -155,7 +151,11 @@ mod tests {
 
     impl Model {
         fn new(seed: u64) -> Self {
-            Model { rows: (0..SKETCH_DEPTH).map(|_| Box::new([0u32; SKETCH_WIDTH])).collect(), window: Window::default(), seed }
+            Model {
+                rows: (0..SKETCH_DEPTH).map(|_| Box::new([0u32; SKETCH_WIDTH])).collect(),
+                window: Window::default(),
+                seed,
+            }
         }
 
         /// One packet from `addr` in `epoch`; returns its weight.
@@ -262,7 +262,7 @@ mod tests {
         for epoch in 1..=5 {
             for _ in 0..100_000 {
                 let r = xorshift(&mut rng);
-                if r % 20 == 0 {
+                if r.is_multiple_of(20) {
                     let k = ((r >> 8) % 10) as usize;
                     heavy[k] += m.packet(&v4(0x0a00_0000 + k as u32), epoch);
                 } else {

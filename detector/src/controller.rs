@@ -49,7 +49,7 @@ pub enum RunError {
     #[error(transparent)]
     Attach(#[from] AttachError),
     #[error("interface '{iface}': {source}")]
-    Counters { iface: String, source: CounterError },
+    Counters { iface: String, source: Box<CounterError> },
     #[error(transparent)]
     Http(#[from] HttpError),
     #[error("interface '{0}' is named twice")]
@@ -86,20 +86,17 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     let mut probes = Vec::new();
     for iface in &cfg.ifaces {
         // On error the probes attached so far are dropped, which detaches them.
-        let mut ebpf = ebpf::load_counting(CountingOptions { max_sources: cfg.max_sources })
-            .map_err(AttachError::from)?;
+        let mut ebpf =
+            ebpf::load_counting(CountingOptions { max_sources: cfg.max_sources }).map_err(AttachError::from)?;
         let maps = CounterMaps::take(&mut ebpf)
-            .map_err(|source| RunError::Counters { iface: iface.clone(), source })?;
+            .map_err(|source| RunError::Counters { iface: iface.clone(), source: Box::new(source) })?;
         let attachment = xdp::attach(ebpf, iface, cfg.mode, cfg.force)?;
         tracing::info!(iface, mode = %attachment.mode, "XDP program attached");
         metrics
             .attached
             .get_or_create(&AttachLabels { iface: iface.clone(), mode: attachment.mode.name().into() })
             .set(1.0);
-        metrics
-            .source_capacity
-            .get_or_create(&IfaceLabels { iface: iface.clone() })
-            .set(maps.source_capacity() as i64);
+        metrics.source_capacity.get_or_create(&IfaceLabels { iface: iface.clone() }).set(maps.source_capacity() as i64);
         // Every class is exported from the start, at zero.
         for class in TrafficClass::ALL {
             let l = ClassLabels { iface: iface.clone(), class: class.name().into() };
@@ -119,7 +116,11 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!(addr = %cfg.metrics_addr, "serving /metrics, /api/top and /healthz");
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server_task = tokio::spawn(async move {
-        let _ = server.with_graceful_shutdown(async { let _ = http_stopped.await; }).await;
+        let _ = server
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .await;
     });
 
     let poll_loop = poll_forever(&cfg, &mut probes, &metrics, &state);
@@ -145,7 +146,7 @@ fn validate(cfg: &RunConfig) -> Result<(), RunError> {
         return Err(RunError::NoInterface);
     }
     for (i, a) in cfg.ifaces.iter().enumerate() {
-        crate::iface::validate_name(a).map_err(|e| AttachError::from(e))?;
+        crate::iface::validate_name(a).map_err(AttachError::from)?;
         if cfg.ifaces[..i].contains(a) {
             return Err(RunError::DuplicateInterface(a.clone()));
         }
@@ -223,12 +224,5 @@ fn poll_once(
     }
     let tracked = probe.tracker.len();
     metrics.source_entries.get_or_create(&IfaceLabels { iface }).set(tracked as i64);
-    Ok(iface_view(
-        probe.attachment.mode.name(),
-        elapsed.as_secs_f64(),
-        &rates,
-        &update.active,
-        tracked,
-        cfg.top_n,
-    ))
+    Ok(iface_view(probe.attachment.mode.name(), elapsed.as_secs_f64(), &rates, &update.active, tracked, cfg.top_n))
 }

@@ -59,10 +59,8 @@ impl CounterMaps {
     pub fn classes(&self) -> Result<ClassSnapshot, CounterError> {
         let mut snap = ClassSnapshot::default();
         for i in 0..CLASS_COUNT as u32 {
-            let per_cpu = self
-                .classes
-                .get(&i, 0)
-                .map_err(|source| CounterError::Read { map: CLASS_STATS_MAP, source })?;
+            let per_cpu =
+                self.classes.get(&i, 0).map_err(|source| CounterError::Read { map: CLASS_STATS_MAP, source })?;
             let c = &mut snap.counters[i as usize];
             for v in per_cpu.iter() {
                 c.packets += v.packets;

@@ -6,10 +6,9 @@ use detector_common::maps::SOURCE_STATS_MAP;
 use thiserror::Error;
 
 /// The counting program (`detector-ebpf/src/bin/detector`).
-pub static DETECTOR_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector"));
+pub static DETECTOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector-xdp"));
 /// The flood generator and the empty baseline (`detector-ebpf/src/bin/flood`).
-pub static FLOOD_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flood"));
+pub static FLOOD_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flood-xdp"));
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -74,27 +73,18 @@ pub fn load_xdp<'a>(
     name: &'static str,
 ) -> Result<&'a mut aya::programs::Xdp, LoadError> {
     let missing = || LoadError::MissingProgram { object, program: name };
-    let prog: &mut aya::programs::Xdp = ebpf
-        .program_mut(name)
-        .ok_or_else(missing)?
-        .try_into()
-        .map_err(|_| missing())?;
+    let prog: &mut aya::programs::Xdp =
+        ebpf.program_mut(name).ok_or_else(missing)?.try_into().map_err(|_| missing())?;
     prog.load().map_err(|e| match e {
-        aya::programs::ProgramError::LoadError { io_error, verifier_log } => LoadError::Program {
-            program: name,
-            reason: io_error.to_string(),
-            verifier_log: verifier_log.to_string(),
-        },
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            LoadError::Program { program: name, reason: io_error.to_string(), verifier_log: verifier_log.to_string() }
+        }
         other => LoadError::Program { program: name, reason: other.to_string(), verifier_log: String::new() },
     })?;
     Ok(prog)
 }
 
 /// Takes map `name` out of `ebpf` so it can be owned next to the program.
-pub fn take_map(
-    ebpf: &mut Ebpf,
-    object: &'static str,
-    name: &'static str,
-) -> Result<aya::maps::Map, LoadError> {
+pub fn take_map(ebpf: &mut Ebpf, object: &'static str, name: &'static str) -> Result<aya::maps::Map, LoadError> {
     ebpf.take_map(name).ok_or(LoadError::MissingMap { object, map: name })
 }

@@ -82,8 +82,18 @@ impl Lab {
         ip(&["netns", "add", &self.gen_ns])?;
         ip(&["netns", "add", &self.tgt_ns])?;
         ip(&[
-            "link", "add", &self.gen_if, "netns", &self.gen_ns, "type", "veth", "peer", "name", &self.tgt_if,
-            "netns", &self.tgt_ns,
+            "link",
+            "add",
+            &self.gen_if,
+            "netns",
+            &self.gen_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.tgt_if,
+            "netns",
+            &self.tgt_ns,
         ])?;
         for (ns, ifname, v4) in [(&self.gen_ns, &self.gen_if, GEN_V4), (&self.tgt_ns, &self.tgt_if, TGT_V4)] {
             disable_ipv6(ns, ifname)?;
@@ -116,7 +126,8 @@ impl Lab {
     /// The target MAC address, for frames the target's stack should accept.
     pub fn tgt_mac(&self) -> Result<[u8; 6], LabError> {
         let _in = self.enter_tgt()?;
-        crate::iface::mac(&self.tgt_if).map_err(|e| LabError::Ip { args: "SIOCGIFHWADDR".into(), stderr: e.to_string() })
+        crate::iface::mac(&self.tgt_if)
+            .map_err(|e| LabError::Ip { args: "SIOCGIFHWADDR".into(), stderr: e.to_string() })
     }
 }
 

@@ -54,9 +54,7 @@ impl Metrics {
             packets: Family::default(),
             bytes: Family::default(),
             // 100 µs .. ~0.8 s: a poll is a few map reads.
-            poll_duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                0.0001, 2.0, 14,
-            )),
+            poll_duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 14)),
             poll_errors: Family::default(),
             source_entries: Family::default(),
             source_capacity: Family::default(),
@@ -79,21 +77,13 @@ impl Metrics {
             Unit::Seconds,
             m.poll_duration.clone(),
         );
-        registry.register(
-            "detector_poll_errors",
-            "Polls of an interface's maps that failed",
-            m.poll_errors.clone(),
-        );
+        registry.register("detector_poll_errors", "Polls of an interface's maps that failed", m.poll_errors.clone());
         registry.register(
             "detector_source_map_entries",
             "Entries in the per-source map after the last poll",
             m.source_entries.clone(),
         );
-        registry.register(
-            "detector_source_map_capacity",
-            "Capacity of the per-source map",
-            m.source_capacity.clone(),
-        );
+        registry.register("detector_source_map_capacity", "Capacity of the per-source map", m.source_capacity.clone());
         registry.register(
             "detector_source_map_pruned",
             "Idle sources removed from the per-source map by the controller",
@@ -107,9 +97,7 @@ impl Metrics {
         // A gauge, not an OpenMetrics info: promtool and the classic text
         // format know no `info` type.
         let build = Family::<BuildLabels, Gauge>::default();
-        build
-            .get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").to_string() })
-            .set(1);
+        build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").to_string() }).set(1);
         registry.register("detector_build_info", "Build information; always 1", build);
         m
     }
@@ -128,10 +116,8 @@ pub fn encode(registry: &Registry) -> String {
 /// `_total` (its samples with), and there are `# UNIT` and `# EOF` lines. The
 /// classic format names the family like its samples and has neither line.
 fn to_classic_text(open_metrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = open_metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
+    let counters: std::collections::HashSet<&str> =
+        open_metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
     let mut out = String::with_capacity(open_metrics.len());
     for line in open_metrics.lines() {
         if line.starts_with("# UNIT ") || line == "# EOF" {

@@ -12,7 +12,9 @@ const CAP_BPF: u32 = 39;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PrivilegeError {
-    #[error("missing {missing}: {what} needs it (run as root, or grant it with setcap or systemd's AmbientCapabilities)")]
+    #[error(
+        "missing {missing}: {what} needs it (run as root, or grant it with setcap or systemd's AmbientCapabilities)"
+    )]
     Missing { missing: String, what: &'static str },
     #[error("cannot read this process's capabilities from /proc/self/status: {0}")]
     Unreadable(String),
@@ -29,8 +31,7 @@ pub enum Need {
 
 /// The effective capability set, parsed from `/proc/self/status`.
 pub fn effective() -> Result<u64, PrivilegeError> {
-    let status = fs::read_to_string("/proc/self/status")
-        .map_err(|e| PrivilegeError::Unreadable(e.to_string()))?;
+    let status = fs::read_to_string("/proc/self/status").map_err(|e| PrivilegeError::Unreadable(e.to_string()))?;
     parse_cap_eff(&status).ok_or_else(|| PrivilegeError::Unreadable("no CapEff line".into()))
 }
 

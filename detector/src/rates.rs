@@ -38,11 +38,7 @@ pub fn delta(prev: u64, cur: u64) -> u64 {
 }
 
 /// Rates per class between `prev` and `cur`, taken `elapsed` apart.
-pub fn class_rates(
-    prev: &ClassSnapshot,
-    cur: &ClassSnapshot,
-    elapsed: Duration,
-) -> [ClassRate; CLASS_COUNT] {
+pub fn class_rates(prev: &ClassSnapshot, cur: &ClassSnapshot, elapsed: Duration) -> [ClassRate; CLASS_COUNT] {
     let secs = elapsed.as_secs_f64();
     let mut out = [ClassRate::default(); CLASS_COUNT];
     for (i, rate) in out.iter_mut().enumerate() {

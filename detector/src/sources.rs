@@ -87,12 +87,7 @@ impl SourceTracker {
 
     /// Takes the map's current contents at monotonic time `now`, `elapsed`
     /// after the previous poll.
-    pub fn update(
-        &mut self,
-        now: Duration,
-        elapsed: Duration,
-        current: &[(SourceKey, SourceStats)],
-    ) -> SourcesUpdate {
+    pub fn update(&mut self, now: Duration, elapsed: Duration, current: &[(SourceKey, SourceStats)]) -> SourcesUpdate {
         let secs = elapsed.as_secs_f64();
         let mut out = SourcesUpdate::default();
         let mut next = HashMap::with_capacity(current.len());
@@ -111,10 +106,7 @@ impl SourceTracker {
             if packets > 0 {
                 let mut class_pps = [0.0; CLASS_COUNT];
                 for (i, pps) in class_pps.iter_mut().enumerate() {
-                    *pps = per_second(
-                        delta(before.class_packets[i], stats.class_packets[i]) as f64,
-                        secs,
-                    );
+                    *pps = per_second(delta(before.class_packets[i], stats.class_packets[i]) as f64, secs);
                 }
                 out.active.push(SourceRate {
                     addr: key_addr(key),
@@ -133,12 +125,7 @@ impl SourceTracker {
 
 /// The `n` busiest sources of `class`, busiest first. `class_pps` is the
 /// class's exact rate from the per-class counters, the base of each share.
-pub fn top_sources(
-    active: &[SourceRate],
-    class: TrafficClass,
-    class_pps: f64,
-    n: usize,
-) -> Vec<TopSource> {
+pub fn top_sources(active: &[SourceRate], class: TrafficClass, class_pps: f64, n: usize) -> Vec<TopSource> {
     let i = class.index();
     let mut top: Vec<TopSource> = active
         .iter()

@@ -104,16 +104,12 @@ mod tests {
     #[test]
     fn view_and_summary() {
         let mut rates = [ClassRate::default(); CLASS_COUNT];
-        rates[TrafficClass::Udp.index()] = ClassRate { packets: 2000, bytes: 128_000, pps: 20_000.0, bps: 10_240_000.0 };
+        rates[TrafficClass::Udp.index()] =
+            ClassRate { packets: 2000, bytes: 128_000, pps: 20_000.0, bps: 10_240_000.0 };
         rates[TrafficClass::TcpSyn.index()] = ClassRate { packets: 10, bytes: 600, pps: 100.0, bps: 4_800.0 };
         let mut class_pps = [0.0; CLASS_COUNT];
         class_pps[TrafficClass::Udp.index()] = 15_000.0;
-        let active = vec![SourceRate {
-            addr: "198.18.0.1".parse().unwrap(),
-            pps: 15_000.0,
-            bps: 0.0,
-            class_pps,
-        }];
+        let active = vec![SourceRate { addr: "198.18.0.1".parse().unwrap(), pps: 15_000.0, bps: 0.0, class_pps }];
         let v = iface_view("native", 0.1, &rates, &active, 1, 10);
         assert_eq!(v.classes.len(), 2);
         assert_eq!(v.classes[0].class, "udp");

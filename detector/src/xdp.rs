@@ -125,12 +125,7 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, ebpf::LoadError> {
 /// Loads the counting program of `ebpf` and attaches it to `iface`.
 ///
 /// With `force`, a program already on the interface is removed first.
-pub fn attach(
-    mut ebpf: Ebpf,
-    iface: &str,
-    choice: ModeChoice,
-    force: bool,
-) -> Result<Attachment, AttachError> {
+pub fn attach(mut ebpf: Ebpf, iface: &str, choice: ModeChoice, force: bool) -> Result<Attachment, AttachError> {
     let ifindex = iface::index(iface)?;
     if let Some(existing) = existing_program(iface) {
         if !force {
@@ -157,10 +152,7 @@ pub fn attach(
         ModeChoice::Skb => (attach_in(prog, XdpMode::Skb), AttachedMode::Skb),
         ModeChoice::Native => match attach_in(prog, XdpMode::Driver) {
             Err(e) if !busy(&e) => {
-                return Err(AttachError::NativeUnsupported {
-                    iface: iface.to_string(),
-                    reason: error_chain(&e),
-                })
+                return Err(AttachError::NativeUnsupported { iface: iface.to_string(), reason: error_chain(&e) })
             }
             r => (r, AttachedMode::Native),
         },
@@ -229,12 +221,7 @@ pub fn parse_ip_link_xdp(json: &str) -> Option<Existing> {
         .get("prog")
         .and_then(|p| p.get("id"))
         .and_then(|i| i.as_u64())
-        .or_else(|| {
-            xdp.get("attached")?
-                .as_array()?
-                .iter()
-                .find_map(|a| a.get("prog")?.get("id")?.as_u64())
-        });
+        .or_else(|| xdp.get("attached")?.as_array()?.iter().find_map(|a| a.get("prog")?.get("id")?.as_u64()));
     Some(Existing { prog_id, mode })
 }
 

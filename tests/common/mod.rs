@@ -64,12 +64,21 @@ impl Controller {
         Self::start_with_addr(lab, &format!("127.0.0.1:{METRICS_PORT}"), extra)
     }
 
+    /// As [`Controller::start`], watching `iface` instead.
+    pub fn start_on(lab: &Lab, iface: &str, extra: &[&str]) -> Controller {
+        Self::spawn(lab, iface, &format!("127.0.0.1:{METRICS_PORT}"), extra)
+    }
+
     /// As [`Controller::start`], listening on `addr` (on port 9477).
     pub fn start_with_addr(lab: &Lab, addr: &str, extra: &[&str]) -> Controller {
+        Self::spawn(lab, &lab.tgt_if, addr, extra)
+    }
+
+    fn spawn(lab: &Lab, iface: &str, addr: &str, extra: &[&str]) -> Controller {
         let log = std::env::temp_dir().join(format!("{}-run.log", lab.tgt_ns));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Lab::command_in(&lab.tgt_ns, &detector_bin())
-            .args(["run", "--iface", &lab.tgt_if, "--interval", "50ms", "--metrics-addr", addr])
+            .args(["run", "--iface", iface, "--interval", "50ms", "--metrics-addr", addr])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(file)
@@ -210,8 +219,5 @@ pub fn promtool_check(text: &str) -> (bool, String) {
         .expect("promtool (cargo xtask test installs it)");
     child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-    )
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }

@@ -151,7 +151,8 @@ pub fn run(args: FloodArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        let from = if sources.count == 1 { sources.first.to_string() } else { format!("{net}, {} sources", sources.count) };
+        let from =
+            if sources.count == 1 { sources.first.to_string() } else { format!("{net}, {} sources", sources.count) };
         println!(
             "sent {} {} frames ({} bytes each) from {} out of {} in {:.2}s: {:.0} pps, {} engine",
             report.sent,

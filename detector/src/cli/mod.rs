@@ -15,7 +15,11 @@ use detector::{
 };
 
 #[derive(Parser, Debug)]
-#[command(name = "detector", version, about = "DDoS detector: XDP counters at line rate, Prometheus metrics, a flood generator")]
+#[command(
+    name = "detector",
+    version,
+    about = "DDoS detector: XDP counters at line rate, Prometheus metrics, a flood generator"
+)]
 pub struct Cli {
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -70,8 +74,7 @@ pub struct RunArgs {
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("'{s}' is not a duration ({e}); write it like 250ms, 5s or 1m"))
+    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration ({e}); write it like 250ms, 5s or 1m"))
 }
 
 fn parse_mode(s: &str) -> Result<ModeChoice, String> {
@@ -113,8 +116,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 /// environment. Never logged.
 fn api_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
     if let Some(path) = file {
-        let t = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the API token file {}", path.display()))?;
+        let t =
+            std::fs::read_to_string(path).with_context(|| format!("reading the API token file {}", path.display()))?;
         let t = t.trim().to_string();
         anyhow::ensure!(!t.is_empty(), "the API token file {} is empty", path.display());
         return Ok(Some(t));
@@ -137,4 +140,3 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
-

@@ -84,7 +84,7 @@ pub fn run(ifindex: u32, plan: &FloodPlan) -> Result<FloodReport, FloodError> {
                 std::thread::sleep(due - now);
             }
         }
-        if let Some(src) = picker.next() {
+        if let Some(src) = picker.next_source() {
             frame.set_source(src);
         }
         sock.send(&frame.bytes)?;

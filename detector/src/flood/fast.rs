@@ -25,11 +25,9 @@ pub fn run(ifindex: u32, plan: &FloodPlan) -> Result<FloodReport, FloodError> {
     let mut obj = ebpf::load_flood()?;
     let cfg = config(plan);
     {
-        let map = obj
-            .map_mut(FLOOD_CONFIG_MAP)
-            .ok_or_else(|| FloodError::Config(format!("no map {FLOOD_CONFIG_MAP}")))?;
-        let mut arr: Array<_, FloodConfig> =
-            Array::try_from(map).map_err(|e| FloodError::Config(e.to_string()))?;
+        let map =
+            obj.map_mut(FLOOD_CONFIG_MAP).ok_or_else(|| FloodError::Config(format!("no map {FLOOD_CONFIG_MAP}")))?;
+        let mut arr: Array<_, FloodConfig> = Array::try_from(map).map_err(|e| FloodError::Config(e.to_string()))?;
         arr.set(0, cfg, 0).map_err(|e| FloodError::Config(e.to_string()))?;
     }
     let prog: &Xdp = ebpf::load_xdp(&mut obj, "flood", FLOOD_PROGRAM)?;

@@ -342,10 +342,8 @@ fn transport(spec: &FrameSpec, v6: bool) -> (u8, Vec<u8>) {
         Kind::Ack => (6, tcp(sport, dport, 0x10, &[])),
         Kind::Rst => (6, tcp(sport, dport, 0x04, &[])),
         Kind::HttpGet => {
-            let req = format!(
-                "GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: detector-flood\r\nAccept: */*\r\n\r\n",
-                spec.dst
-            );
+            let req =
+                format!("GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: detector-flood\r\nAccept: */*\r\n\r\n", spec.dst);
             (6, tcp(sport, dport, 0x18, req.as_bytes()))
         }
         Kind::Icmp if v6 => (58, vec![128, 0, 0, 0, 0x12, 0x34, 0, 1]),

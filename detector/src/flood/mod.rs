@@ -177,7 +177,7 @@ impl SourcePicker {
 
     /// The low 32 bits of the next frame's source, or `None` when every frame
     /// keeps the template's source.
-    pub fn next(&mut self) -> Option<u32> {
+    pub fn next_source(&mut self) -> Option<u32> {
         let base = self.sources.base();
         if let Some(h) = self.sources.heavy {
             if (self.random() as u64 * 100) >> 32 < h.percent as u64 {
@@ -230,10 +230,10 @@ mod tests {
     #[test]
     fn sequential_sources_round_robin() {
         let mut p = SourcePicker::new(sources(3, Spread::Sequential, None), 1);
-        let got: Vec<u32> = (0..6).map(|_| p.next().unwrap() - 0x0a00_0000).collect();
+        let got: Vec<u32> = (0..6).map(|_| p.next_source().unwrap() - 0x0a00_0000).collect();
         assert_eq!(got, vec![1, 2, 0, 1, 2, 0]);
         let mut single = SourcePicker::new(sources(1, Spread::Random, None), 1);
-        assert_eq!(single.next(), None);
+        assert_eq!(single.next_source(), None);
     }
 
     #[test]
@@ -241,7 +241,7 @@ mod tests {
         let mut p = SourcePicker::new(sources(1 << 20, Spread::Random, Some(Heavy { count: 4, percent: 20 })), 7);
         let mut heavy = 0;
         for _ in 0..100_000 {
-            let a = p.next().unwrap() - 0x0a00_0000;
+            let a = p.next_source().unwrap() - 0x0a00_0000;
             assert!(a < 1 << 20);
             heavy += (a < 4) as u32;
         }

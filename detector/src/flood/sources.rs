@@ -36,7 +36,8 @@ pub struct Heavy {
 impl FromStr for Heavy {
     type Err = String;
     fn from_str(s: &str) -> Result<Heavy, String> {
-        let err = || format!("'{s}' is not N:PERCENT (for example 10:5 for ten heavy hitters sending 5% of all frames)");
+        let err =
+            || format!("'{s}' is not N:PERCENT (for example 10:5 for ten heavy hitters sending 5% of all frames)");
         let (n, p) = s.split_once(':').ok_or_else(err)?;
         let count: u32 = n.parse().map_err(|_| err())?;
         let percent: u32 = p.trim_end_matches('%').parse().map_err(|_| err())?;

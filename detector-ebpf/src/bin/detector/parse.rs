@@ -124,13 +124,7 @@ fn ipv4(start: usize, end: usize, off: usize) -> Parsed {
         return Parsed::bare(TrafficClass::Malformed);
     }
     let src = unsafe {
-        [
-            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff,
-            u8_at(ip, 12),
-            u8_at(ip, 13),
-            u8_at(ip, 14),
-            u8_at(ip, 15),
-        ]
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, u8_at(ip, 12), u8_at(ip, 13), u8_at(ip, 14), u8_at(ip, 15)]
     };
     // More-fragments flag or a non-zero offset: any piece of a fragmented datagram.
     if unsafe { be16_at(ip, 6) } & 0x3fff != 0 {
@@ -193,10 +187,7 @@ fn ipv6(start: usize, end: usize, off: usize) -> Parsed {
 
 #[inline(always)]
 fn is_ipv6_ext(next: u8) -> bool {
-    matches!(
-        next,
-        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH | IPPROTO_AH | IPPROTO_FRAGMENT
-    )
+    matches!(next, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH | IPPROTO_AH | IPPROTO_FRAGMENT)
 }
 
 /// Classifies the transport header at `l4`; `limit` is where the IP packet
@@ -275,8 +266,5 @@ fn tcp(start: usize, end: usize, l4: usize, limit: usize) -> TrafficClass {
 /// The first four bytes of every HTTP/1.x request method.
 #[inline(always)]
 fn is_http_method(w: [u8; 4]) -> bool {
-    matches!(
-        &w,
-        b"GET " | b"POST" | b"PUT " | b"HEAD" | b"DELE" | b"OPTI" | b"PATC" | b"CONN" | b"TRAC"
-    )
+    matches!(&w, b"GET " | b"POST" | b"PUT " | b"HEAD" | b"DELE" | b"OPTI" | b"PATC" | b"CONN" | b"TRAC")
 }

@@ -14,8 +14,7 @@ use crate::parse::parse;
 
 /// Per class: cumulative packets and bytes. Exact whatever the sources.
 #[map]
-static CLASS_STATS: PerCpuArray<ClassCounters> =
-    PerCpuArray::with_max_entries(CLASS_COUNT as u32, 0);
+static CLASS_STATS: PerCpuArray<ClassCounters> = PerCpuArray::with_max_entries(CLASS_COUNT as u32, 0);
 
 /// Per admitted source: cumulative packets, bytes and packets per class.
 #[map]
@@ -101,7 +100,7 @@ fn track_source(src: [u8; 16], class: usize, len: u64) {
     fresh.class_packets[class] = weight;
     // NOEXIST: another CPU may have admitted the source a moment ago; then
     // its entry stays and this CPU's slot in it takes the packet.
-    if SOURCE_STATS.insert(&key, &fresh, BPF_NOEXIST as u64).is_err() {
+    if SOURCE_STATS.insert(key, fresh, BPF_NOEXIST as u64).is_err() {
         add(&key, class, len, weight);
     }
 }
