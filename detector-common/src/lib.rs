@@ -10,6 +10,7 @@
 pub mod class;
 pub mod flood;
 pub mod maps;
+pub mod sample;
 pub mod sketch;
 
 pub use class::{TrafficClass, CLASS_COUNT};

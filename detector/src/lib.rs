@@ -8,6 +8,7 @@
 
 pub mod controller;
 pub mod counters;
+pub mod detect;
 pub mod ebpf;
 pub mod flood;
 pub mod http;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod netns;
 pub mod privileges;
 pub mod rates;
+pub mod samples;
 pub mod sources;
 pub mod view;
 pub mod xdp;

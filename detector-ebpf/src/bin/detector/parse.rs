@@ -40,12 +40,43 @@ pub struct Parsed {
     pub class: TrafficClass,
     /// The source address, IPv4 mapped into IPv6, when the IP header was sound.
     pub src: Option<[u8; 16]>,
+    /// Transport ports (TCP and UDP), 0 otherwise.
+    pub ports: Ports,
+}
+
+#[derive(Clone, Copy, Default)]
+pub struct Ports {
+    pub src: u16,
+    pub dst: u16,
+}
+
+/// A transport verdict: the class and, for TCP and UDP, the ports.
+struct Transport {
+    class: TrafficClass,
+    ports: Ports,
+}
+
+impl Transport {
+    #[inline(always)]
+    const fn bare(class: TrafficClass) -> Self {
+        Transport { class, ports: Ports { src: 0, dst: 0 } }
+    }
 }
 
 impl Parsed {
     #[inline(always)]
     const fn bare(class: TrafficClass) -> Self {
-        Parsed { class, src: None }
+        Parsed { class, src: None, ports: Ports { src: 0, dst: 0 } }
+    }
+
+    #[inline(always)]
+    const fn from(t: Transport, src: [u8; 16]) -> Self {
+        Parsed { class: t.class, src: Some(src), ports: t.ports }
+    }
+
+    #[inline(always)]
+    const fn fragment(src: [u8; 16]) -> Self {
+        Parsed { class: TrafficClass::Fragment, src: Some(src), ports: Ports { src: 0, dst: 0 } }
     }
 }
 
@@ -128,11 +159,10 @@ fn ipv4(start: usize, end: usize, off: usize) -> Parsed {
     };
     // More-fragments flag or a non-zero offset: any piece of a fragmented datagram.
     if unsafe { be16_at(ip, 6) } & 0x3fff != 0 {
-        return Parsed { class: TrafficClass::Fragment, src: Some(src) };
+        return Parsed::fragment(src);
     }
     let proto = unsafe { u8_at(ip, 9) };
-    let class = transport(start, end, off + ihl, off + total, proto);
-    Parsed { class, src: Some(src) }
+    Parsed::from(transport(start, end, off + ihl, off + total, proto), src)
 }
 
 #[inline(always)]
@@ -159,7 +189,7 @@ fn ipv6(start: usize, end: usize, off: usize) -> Parsed {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH => 8,
             IPPROTO_AH => 4,
             IPPROTO_FRAGMENT => {
-                return Parsed { class: TrafficClass::Fragment, src: Some(src) };
+                return Parsed::fragment(src);
             }
             _ => break,
         };
@@ -181,8 +211,7 @@ fn ipv6(start: usize, end: usize, off: usize) -> Parsed {
     if l4 > limit {
         return Parsed::bare(TrafficClass::Malformed);
     }
-    let class = transport(start, end, l4, limit, next);
-    Parsed { class, src: Some(src) }
+    Parsed::from(transport(start, end, l4, limit, next), src)
 }
 
 #[inline(always)]
@@ -193,74 +222,79 @@ fn is_ipv6_ext(next: u8) -> bool {
 /// Classifies the transport header at `l4`; `limit` is where the IP packet
 /// ends (Ethernet padding after it is not payload).
 #[inline(always)]
-fn transport(start: usize, end: usize, l4: usize, limit: usize, proto: u8) -> TrafficClass {
+fn transport(start: usize, end: usize, l4: usize, limit: usize, proto: u8) -> Transport {
     match proto {
         IPPROTO_TCP => tcp(start, end, l4, limit),
         IPPROTO_UDP => {
             if l4 + 8 > limit {
-                return TrafficClass::Malformed;
+                return Transport::bare(TrafficClass::Malformed);
             }
             let Some(udp) = header(start, end, l4, 8) else {
-                return TrafficClass::Malformed;
+                return Transport::bare(TrafficClass::Malformed);
             };
-            let sport = unsafe { be16_at(udp, 0) };
-            let dport = unsafe { be16_at(udp, 2) };
-            if sport == 53 {
+            let ports = Ports { src: unsafe { be16_at(udp, 0) }, dst: unsafe { be16_at(udp, 2) } };
+            let class = if ports.src == 53 {
                 TrafficClass::DnsResponse
-            } else if dport == 53 {
+            } else if ports.dst == 53 {
                 TrafficClass::DnsQuery
-            } else if is_amplification_port(sport) {
+            } else if is_amplification_port(ports.src) {
                 TrafficClass::UdpAmplification
             } else {
                 TrafficClass::Udp
-            }
+            };
+            Transport { class, ports }
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             if l4 + 4 > limit || header(start, end, l4, 4).is_none() {
-                return TrafficClass::Malformed;
+                return Transport::bare(TrafficClass::Malformed);
             }
-            if proto == IPPROTO_ICMP {
-                TrafficClass::Icmp
-            } else {
-                TrafficClass::Icmpv6
-            }
+            Transport::bare(if proto == IPPROTO_ICMP { TrafficClass::Icmp } else { TrafficClass::Icmpv6 })
         }
-        _ => TrafficClass::OtherIp,
+        _ => Transport::bare(TrafficClass::OtherIp),
     }
 }
 
 #[inline(always)]
-fn tcp(start: usize, end: usize, l4: usize, limit: usize) -> TrafficClass {
+fn tcp(start: usize, end: usize, l4: usize, limit: usize) -> Transport {
     if l4 + 20 > limit {
-        return TrafficClass::Malformed;
+        return Transport::bare(TrafficClass::Malformed);
     }
     let Some(th) = header(start, end, l4, 20) else {
-        return TrafficClass::Malformed;
+        return Transport::bare(TrafficClass::Malformed);
     };
     let doff = ((unsafe { u8_at(th, 12) } >> 4) as usize) * 4;
     if doff < 20 || l4 + doff > limit {
-        return TrafficClass::Malformed;
+        return Transport::bare(TrafficClass::Malformed);
     }
+    let ports = Ports { src: unsafe { be16_at(th, 0) }, dst: unsafe { be16_at(th, 2) } };
     let flags = unsafe { u8_at(th, 13) };
     let syn = flags & TCP_SYN != 0;
     let ack = flags & TCP_ACK != 0;
-    if syn {
-        return if ack { TrafficClass::TcpSynAck } else { TrafficClass::TcpSyn };
-    }
-    if flags & TCP_RST != 0 {
-        return TrafficClass::TcpRst;
-    }
-    let dport = unsafe { be16_at(th, 2) };
-    let payload = l4 + doff;
-    if (dport == 80 || dport == 8080) && payload + 4 <= limit {
-        if let Some(p) = header(start, end, payload, 4) {
-            let word = unsafe { core::ptr::read_unaligned(p as *const [u8; 4]) };
-            if is_http_method(word) {
-                return TrafficClass::HttpRequest;
-            }
+    let class = if syn {
+        if ack {
+            TrafficClass::TcpSynAck
+        } else {
+            TrafficClass::TcpSyn
         }
+    } else if flags & TCP_RST != 0 {
+        TrafficClass::TcpRst
+    } else if (ports.dst == 80 || ports.dst == 8080) && is_http_request(start, end, l4 + doff, limit) {
+        TrafficClass::HttpRequest
+    } else {
+        TrafficClass::TcpAck
+    };
+    Transport { class, ports }
+}
+
+#[inline(always)]
+fn is_http_request(start: usize, end: usize, payload: usize, limit: usize) -> bool {
+    if payload + 4 > limit {
+        return false;
     }
-    TrafficClass::TcpAck
+    match header(start, end, payload, 4) {
+        Some(p) => is_http_method(unsafe { core::ptr::read_unaligned(p as *const [u8; 4]) }),
+        None => false,
+    }
 }
 
 /// The first four bytes of every HTTP/1.x request method.

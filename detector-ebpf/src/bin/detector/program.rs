@@ -1,16 +1,18 @@
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
+    helpers::bpf_get_prandom_u32,
     macros::{map, xdp},
-    maps::{Array, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use detector_common::{
     maps::{ClassCounters, SourceKey, SourceStats, DEFAULT_MAX_SOURCES},
+    sample::{PacketSample, SampleControl, SAMPLES_RING_BYTES},
     sketch::{self, SketchRow, Window, EPOCH_MASK, SKETCH_DEPTH},
     CLASS_COUNT,
 };
 
-use crate::parse::parse;
+use crate::parse::{parse, Ports};
 
 /// Per class: cumulative packets and bytes. Exact whatever the sources.
 #[map]
@@ -33,6 +35,14 @@ static WINDOW: PerCpuArray<Window> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
+/// Sampled headers for the controller (ports, reflector services).
+#[map]
+static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_RING_BYTES, 0);
+
+/// How often to sample; the controller adapts it to the rate.
+#[map]
+static SAMPLE_CONTROL: Array<SampleControl> = Array::with_max_entries(1, 0);
+
 /// Keys the sketch's hash; set by the controller at load time.
 #[unsafe(no_mangle)]
 static HASH_SEED: u64 = 0;
@@ -53,8 +63,32 @@ pub fn detector(ctx: XdpContext) -> u32 {
     }
     if let Some(src) = parsed.src {
         track_source(src, class as usize, len);
+        sample(src, class, parsed.ports, len);
     }
     xdp_action::XDP_PASS
+}
+
+/// Copies the headers of one packet in `divisor` into the ring buffer. A
+/// full ring drops the sample; the counters above are unaffected.
+#[inline(always)]
+fn sample(src: [u8; 16], class: u32, ports: Ports, len: u64) {
+    let divisor = match SAMPLE_CONTROL.get(0) {
+        Some(c) if c.divisor != 0 => c.divisor,
+        _ => return,
+    };
+    if unsafe { bpf_get_prandom_u32() } & (divisor - 1) != 0 {
+        return;
+    }
+    let s = PacketSample {
+        src,
+        len: len as u32,
+        class: class as u8,
+        _pad: 0,
+        sport: ports.src,
+        dport: ports.dst,
+        _pad2: 0,
+    };
+    let _ = SAMPLES.output::<PacketSample>(&s, 0);
 }
 
 #[inline(always)]

@@ -1,0 +1,223 @@
+//! What an incident is, and what happens to it: the types the detector
+//! returns, the store keeps and the API serves.
+
+use std::{fmt, net::IpAddr};
+
+use serde::{Deserialize, Serialize};
+
+use super::{family::Family, severity::Severity};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Active,
+    Acknowledged,
+    Mitigated,
+    Escalated,
+    Resolved,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] =
+        [Status::Active, Status::Acknowledged, Status::Mitigated, Status::Escalated, Status::Resolved];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Acknowledged => "acknowledged",
+            Status::Mitigated => "mitigated",
+            Status::Escalated => "escalated",
+            Status::Resolved => "resolved",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.iter().copied().find(|v| v.name() == s)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Opened,
+    SeverityChanged,
+    FamilyAdded,
+    NoteAdded,
+    StatusChanged,
+    Resolved,
+}
+
+impl EventKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Opened => "opened",
+            EventKind::SeverityChanged => "severity_changed",
+            EventKind::FamilyAdded => "family_added",
+            EventKind::NoteAdded => "note_added",
+            EventKind::StatusChanged => "status_changed",
+            EventKind::Resolved => "resolved",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        [
+            EventKind::Opened,
+            EventKind::SeverityChanged,
+            EventKind::FamilyAdded,
+            EventKind::NoteAdded,
+            EventKind::StatusChanged,
+            EventKind::Resolved,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
+    }
+}
+
+/// One line of an incident's timeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    #[serde(with = "time_ms")]
+    pub at: u64,
+    pub kind: EventKind,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopSource {
+    pub addr: IpAddr,
+    pub pps: f64,
+    pub share: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopPort {
+    /// "tcp" or "udp".
+    pub proto: String,
+    pub port: u16,
+    pub pps: f64,
+    pub share: f64,
+}
+
+/// An attack on one interface, from the first poll over threshold to the
+/// end of its quiet period.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: String,
+    pub node: String,
+    pub iface: String,
+    /// The attack families seen, in order; `multi_vector` first once there
+    /// are two or more.
+    pub families: Vec<Family>,
+    /// What the families are made of: reflector services, ack/rst, ...
+    pub vectors: Vec<String>,
+    pub severity: Severity,
+    pub status: Status,
+    #[serde(with = "time_ms")]
+    pub started_at: u64,
+    #[serde(with = "time_ms::option", default)]
+    pub ended_at: Option<u64>,
+    pub pps: f64,
+    pub bps: f64,
+    pub peak_pps: f64,
+    pub peak_bps: f64,
+    pub top_sources: Vec<TopSource>,
+    pub top_ports: Vec<TopPort>,
+    pub timeline: Vec<TimelineEntry>,
+}
+
+impl Incident {
+    /// The families detection watches, without `multi_vector`.
+    pub fn detected_families(&self) -> impl Iterator<Item = Family> + '_ {
+        self.families.iter().copied().filter(|f| *f != Family::MultiVector)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.status != Status::Resolved
+    }
+}
+
+/// Something that happened to an incident, with the incident as it is after.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IncidentEvent {
+    pub kind: EventKind,
+    #[serde(with = "time_ms")]
+    pub at: u64,
+    pub detail: String,
+    pub incident: Incident,
+}
+
+/// The stable id of an incident: node, interface and start time, readable
+/// and unique (one incident per interface at a time).
+pub fn incident_id(node: &str, iface: &str, started_at_ms: u64) -> String {
+    let t = time_ms::rfc3339(started_at_ms).replace(['-', ':'], "");
+    format!("{node}-{iface}-{t}")
+}
+
+/// Unix milliseconds on the wire as RFC 3339 (UTC, milliseconds).
+pub mod time_ms {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn rfc3339(ms: u64) -> String {
+        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    }
+
+    pub fn parse(s: &str) -> Option<u64> {
+        let t: SystemTime = humantime::parse_rfc3339(s).ok()?;
+        Some(t.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64)
+    }
+
+    pub fn serialize<S: Serializer>(ms: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&rfc3339(*ms))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).ok_or_else(|| serde::de::Error::custom(format!("'{s}' is not an RFC 3339 time")))
+    }
+
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(ms: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+            match ms {
+                Some(ms) => s.serialize_str(&super::rfc3339(*ms)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+            match Option::<String>::deserialize(d)? {
+                Some(s) => super::parse(&s)
+                    .map(Some)
+                    .ok_or_else(|| serde::de::Error::custom(format!("'{s}' is not an RFC 3339 time"))),
+                None => Ok(None),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_times() {
+        // 2026-11-24T22:35:01.123Z
+        let ms = 1_795_991_701_123 - 5 * 86_400_000;
+        assert_eq!(time_ms::rfc3339(ms), "2026-11-24T22:35:01.123Z");
+        assert_eq!(time_ms::parse("2026-11-24T22:35:01.123Z"), Some(ms));
+        assert_eq!(incident_id("web1", "eth0", ms), "web1-eth0-20261124T223501.123Z");
+        for s in Status::ALL {
+            assert_eq!(Status::parse(s.name()), Some(s));
+        }
+        assert_eq!(EventKind::parse("family_added"), Some(EventKind::FamilyAdded));
+    }
+}

@@ -1,0 +1,184 @@
+//! What the sampled headers say: destination ports per class, reflector
+//! services, and new connections to web ports. Pure.
+
+use std::collections::HashMap;
+
+use detector_common::{class::amplification_vector, sample::PacketSample, TrafficClass, CLASS_COUNT};
+
+use crate::detect::incident::TopPort;
+
+/// Ports of the web services whose new connections http_flood watches.
+pub const WEB_PORTS: [u16; 4] = [80, 443, 8080, 8443];
+
+/// Samples wanted per poll: enough for stable shares, few enough to read fast.
+pub const TARGET_PER_POLL: usize = 2048;
+pub const MIN_DIVISOR: u32 = 1;
+pub const MAX_DIVISOR: u32 = 1 << 16;
+
+#[derive(Clone, Debug, Default)]
+pub struct ClassSamples {
+    pub count: u64,
+    pub dst_ports: HashMap<u16, u64>,
+    pub src_ports: HashMap<u16, u64>,
+}
+
+/// One poll's samples, grouped.
+#[derive(Clone, Debug, Default)]
+pub struct SampleView {
+    pub classes: Vec<ClassSamples>,
+    /// Sampled SYNs and ACKs to the web ports.
+    pub web_syn: u64,
+    pub web_ack: u64,
+    /// One sample stood for this many packets.
+    pub divisor: u32,
+    pub seconds: f64,
+}
+
+fn is_tcp(c: TrafficClass) -> bool {
+    matches!(
+        c,
+        TrafficClass::TcpSyn
+            | TrafficClass::TcpSynAck
+            | TrafficClass::TcpRst
+            | TrafficClass::TcpAck
+            | TrafficClass::HttpRequest
+    )
+}
+
+impl SampleView {
+    pub fn new(samples: &[PacketSample], divisor: u32, seconds: f64) -> SampleView {
+        let mut v =
+            SampleView { classes: vec![ClassSamples::default(); CLASS_COUNT], divisor, seconds, ..Default::default() };
+        for s in samples {
+            let Some(class) = TrafficClass::from_id(s.class as u32) else { continue };
+            let c = &mut v.classes[class.index()];
+            c.count += 1;
+            if s.dport != 0 || s.sport != 0 {
+                *c.dst_ports.entry(s.dport).or_default() += 1;
+                *c.src_ports.entry(s.sport).or_default() += 1;
+            }
+            if WEB_PORTS.contains(&s.dport) {
+                match class {
+                    TrafficClass::TcpSyn => v.web_syn += 1,
+                    TrafficClass::TcpAck | TrafficClass::HttpRequest => v.web_ack += 1,
+                    _ => {}
+                }
+            }
+        }
+        v
+    }
+
+    fn per_second(&self, count: u64) -> f64 {
+        if self.seconds > 0.0 {
+            count as f64 * self.divisor as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// New connections per second to the web ports, as far as the samples
+    /// tell: SYNs that are followed by as many ACKs. A spoofed SYN flood has
+    /// no ACKs, so it does not count as an HTTP connection flood.
+    pub fn web_connections_pps(&self) -> f64 {
+        self.per_second(self.web_syn.min(self.web_ack))
+    }
+
+    /// The busiest destination ports of `classes`, with their share of those
+    /// classes' samples and that share of `pps`.
+    pub fn top_dst_ports(&self, classes: &[TrafficClass], pps: f64, n: usize) -> Vec<TopPort> {
+        let mut counts: HashMap<(&'static str, u16), u64> = HashMap::new();
+        let mut total = 0;
+        for c in classes {
+            let cs = &self.classes[c.index()];
+            total += cs.count;
+            let proto = if is_tcp(*c) { "tcp" } else { "udp" };
+            for (port, k) in &cs.dst_ports {
+                *counts.entry((proto, *port)).or_default() += k;
+            }
+        }
+        if total == 0 {
+            return Vec::new();
+        }
+        let mut top: Vec<TopPort> = counts
+            .into_iter()
+            .map(|((proto, port), k)| {
+                let share = k as f64 / total as f64;
+                TopPort { proto: proto.to_string(), port, pps: share * pps, share }
+            })
+            .collect();
+        top.sort_by(|a, b| b.share.total_cmp(&a.share).then(a.port.cmp(&b.port)));
+        top.truncate(n);
+        top
+    }
+
+    /// The reflector services behind the udp_amplification class that carry
+    /// at least `min_share` of it, busiest first.
+    pub fn amplification_vectors(&self, min_share: f64) -> Vec<&'static str> {
+        let cs = &self.classes[TrafficClass::UdpAmplification.index()];
+        if cs.count == 0 {
+            return Vec::new();
+        }
+        let mut by_vector: HashMap<&'static str, u64> = HashMap::new();
+        for (port, k) in &cs.src_ports {
+            if let Some(v) = amplification_vector(*port) {
+                *by_vector.entry(v).or_default() += k;
+            }
+        }
+        let mut v: Vec<(&'static str, u64)> =
+            by_vector.into_iter().filter(|(_, k)| *k as f64 / cs.count as f64 >= min_share).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        v.into_iter().map(|(name, _)| name).collect()
+    }
+}
+
+/// The next sampling divisor: double it when a poll brought more than twice
+/// the target, halve it when under half. Powers of two, bounded.
+pub fn next_divisor(current: u32, got: usize) -> u32 {
+    let d = current.clamp(MIN_DIVISOR, MAX_DIVISOR);
+    if got > 2 * TARGET_PER_POLL {
+        (d * 2).min(MAX_DIVISOR)
+    } else if got < TARGET_PER_POLL / 2 {
+        (d / 2).max(MIN_DIVISOR)
+    } else {
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(class: TrafficClass, sport: u16, dport: u16) -> PacketSample {
+        PacketSample { class: class as u8, sport, dport, len: 64, ..Default::default() }
+    }
+
+    #[test]
+    fn ports_vectors_and_connections() {
+        let mut samples = Vec::new();
+        samples.extend((0..60).map(|_| s(TrafficClass::UdpAmplification, 123, 40000)));
+        samples.extend((0..30).map(|_| s(TrafficClass::UdpAmplification, 11211, 40001)));
+        samples.extend((0..2).map(|_| s(TrafficClass::UdpAmplification, 1900, 40001)));
+        samples.extend((0..50).map(|_| s(TrafficClass::TcpSyn, 5555, 443)));
+        samples.extend((0..20).map(|_| s(TrafficClass::TcpAck, 5555, 443)));
+        let v = SampleView::new(&samples, 64, 0.5);
+        assert_eq!(v.amplification_vectors(0.05), vec!["ntp", "memcached"]);
+        let ports = v.top_dst_ports(&[TrafficClass::UdpAmplification], 1000.0, 5);
+        assert_eq!((ports[0].port, ports[0].proto.as_str()), (40000, "udp"));
+        assert!((ports[0].share - 60.0 / 92.0).abs() < 1e-9);
+        assert!((ports[0].pps - 1000.0 * 60.0 / 92.0).abs() < 1e-6);
+        assert_eq!(v.top_dst_ports(&[TrafficClass::TcpSyn], 0.0, 5)[0].proto, "tcp");
+        // min(50, 20) samples x 64 / 0.5 s.
+        assert_eq!(v.web_connections_pps(), 20.0 * 64.0 / 0.5);
+        assert!(v.top_dst_ports(&[TrafficClass::Icmp], 10.0, 5).is_empty());
+    }
+
+    #[test]
+    fn divisor_adapts() {
+        assert_eq!(next_divisor(64, 10_000), 128);
+        assert_eq!(next_divisor(64, 2_000), 64);
+        assert_eq!(next_divisor(64, 100), 32);
+        assert_eq!(next_divisor(1, 0), 1);
+        assert_eq!(next_divisor(MAX_DIVISOR, 1_000_000), MAX_DIVISOR);
+        assert_eq!(next_divisor(0, 0), 1);
+    }
+}
