@@ -167,7 +167,9 @@ fn a_second_controller_is_refused_and_kill_9_leaves_nothing_attached() {
     require_root!();
     let lab = Lab::new().unwrap();
     let mut first = Controller::start(&lab, &[]);
-    let out = detector_in(&lab.tgt_ns, &["run", "--iface", &lab.tgt_if, "--metrics-addr", "127.0.0.1:9478"]);
+    let other = std::env::temp_dir().join(format!("{}-second", lab.tgt_ns));
+    let other = other.to_str().unwrap();
+    let out = detector_in(&lab.tgt_ns, &["run", "--iface", &lab.tgt_if, "--metrics-addr", "127.0.0.1:9478", "--state-dir", other]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -175,7 +177,10 @@ fn a_second_controller_is_refused_and_kill_9_leaves_nothing_attached() {
         "{err}"
     );
     // --force cannot take a link owned by a live process; it says so.
-    let out = detector_in(&lab.tgt_ns, &["run", "--iface", &lab.tgt_if, "--metrics-addr", "127.0.0.1:9478", "--force"]);
+    let out = detector_in(
+        &lab.tgt_ns,
+        &["run", "--iface", &lab.tgt_if, "--metrics-addr", "127.0.0.1:9478", "--force", "--state-dir", other],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("held by a BPF link of another process"), "{err}");
@@ -192,7 +197,12 @@ fn a_second_controller_is_refused_and_kill_9_leaves_nothing_attached() {
 /// Runs `detector ARGS` in the lab's target namespace and returns its stderr,
 /// asserting it failed with a single line that contains `expect`.
 fn refused(lab: &Lab, args: &[&str], expect: &str) -> String {
-    let out = detector_in(&lab.tgt_ns, args);
+    let dir = common::state_dir(lab);
+    let mut args: Vec<&str> = args.to_vec();
+    if args[0] == "run" {
+        args.extend(["--state-dir", dir.to_str().unwrap()]);
+    }
+    let out = detector_in(&lab.tgt_ns, &args);
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success(), "{args:?} succeeded");
     assert!(err.contains(expect), "{args:?}: expected {expect:?} in:\n{err}");

@@ -1,31 +1,43 @@
 //! `detector run`: attach to each interface, poll the maps on a fixed
-//! interval, publish metrics and the top-talker view, detach on shutdown.
+//! interval, feed the detector, publish metrics, incidents and the
+//! top-talker view, keep history in the state directory, detach on shutdown.
 //!
-//! This is the kernel-facing loop; the arithmetic it feeds lives in the pure
-//! modules ([`crate::rates`], [`crate::sources`], [`crate::view`]).
+//! This is the kernel-facing loop; the decisions it feeds on live in the
+//! pure modules ([`crate::rates`], [`crate::sources`], [`crate::samples`],
+//! [`crate::detect`]).
 
 use std::{
     future::Future,
     net::SocketAddr,
+    path::PathBuf,
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use detector_common::TrafficClass;
 use prometheus_client::registry::Registry;
 use thiserror::Error;
-use tokio::sync::RwLock;
+use tokio::sync::{broadcast, RwLock};
 
 use crate::{
     counters::{CounterError, CounterMaps},
+    detect::{
+        config::DetectionConfig,
+        family::Family,
+        incident::{EventKind, IncidentEvent, Status},
+        Detector, Observation,
+    },
     ebpf::{self, CountingOptions},
     http::{self, AppState, HttpError},
-    metrics::{AttachLabels, ClassLabels, IfaceLabels, Metrics},
+    metrics::{AttachLabels, ClassLabels, FamilyLabels, IfaceFamilyLabels, IfaceLabels, IncidentLabels, Metrics},
     rates::{class_rates, delta, ClassSnapshot},
+    samples::{self, SampleView},
     sources::SourceTracker,
-    view::{iface_view, summary_line, TopView},
+    state::{self, Loaded, StateError},
+    store::{Store, StoreCmd, StoreError, Writer},
+    view::{iface_view, summary_line, IfaceView, TopView},
     xdp::{self, AttachError, Attachment, ModeChoice},
 };
-use detector_common::TrafficClass;
 
 /// Everything `detector run` was told.
 #[derive(Clone, Debug)]
@@ -42,6 +54,10 @@ pub struct RunConfig {
     pub idle_after: Duration,
     /// How often the summary line is logged.
     pub summary_every: Duration,
+    /// This host's name in incidents.
+    pub node: String,
+    pub state_dir: PathBuf,
+    pub detection: DetectionConfig,
 }
 
 #[derive(Debug, Error)]
@@ -52,13 +68,33 @@ pub enum RunError {
     Counters { iface: String, source: Box<CounterError> },
     #[error(transparent)]
     Http(#[from] HttpError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("interface '{0}' is named twice")]
     DuplicateInterface(String),
     #[error("no interface given: pass --iface at least once")]
     NoInterface,
     #[error("the poll interval must be between 10ms and 60s, not {0:?}")]
     Interval(Duration),
+    #[error("'{0}' is not a usable node name (1 to 64 letters, digits, '.', '-' or '_')")]
+    Node(String),
 }
+
+/// Where the controller's incident events go (the runbook engine listens).
+/// Sending never waits: a receiver that falls behind loses events, and is
+/// told so by the channel.
+pub type EventSender = broadcast::Sender<IncidentEvent>;
+
+/// Room for this many events per receiver before it lags.
+pub const EVENT_CAPACITY: usize = 1024;
+
+/// How often open incidents' figures and the baselines reach the disk.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
+const BASELINES_EVERY: Duration = Duration::from_secs(60);
+/// Samples read per interface per poll, at most.
+const MAX_SAMPLES: usize = 4 * samples::TARGET_PER_POLL;
 
 /// One attached interface and what the poller remembers about it.
 struct Probe {
@@ -66,6 +102,7 @@ struct Probe {
     maps: CounterMaps,
     prev: ClassSnapshot,
     tracker: SourceTracker,
+    divisor: u32,
 }
 
 impl Probe {
@@ -74,22 +111,69 @@ impl Probe {
     }
 }
 
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 /// Runs until `shutdown` resolves; then detaches everything and returns.
-pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     validate(&cfg)?;
     http::check_exposure(cfg.metrics_addr, cfg.api_token.as_deref())?;
     let listener = http::bind(cfg.metrics_addr).await?;
+    // A missing interface is reported before anything touches the disk.
+    for iface in &cfg.ifaces {
+        crate::iface::index(iface).map_err(AttachError::from)?;
+    }
+
+    state::ensure_dir(&cfg.state_dir)?;
+    let store = Store::open(&cfg.state_dir)?;
+    let resumed = store.open_incidents_of(&cfg.node)?;
+    let writer = Writer::spawn(store);
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
 
+    let mut detector = Detector::new(cfg.detection.clone(), cfg.node.clone());
+    match state::load_baselines(&cfg.state_dir) {
+        Loaded::Baselines(b) => {
+            detector.load_baselines(&b);
+            for iface in &cfg.ifaces {
+                let learned = detector.class_baseline(iface, TrafficClass::Udp).map(|b| b.learned_seconds).unwrap_or(0.0);
+                tracing::info!(
+                    iface,
+                    learned = %humantime::format_duration(Duration::from_secs(learned as u64)),
+                    warm = detector.warm(iface),
+                    "baselines loaded from the state directory"
+                );
+            }
+        }
+        Loaded::None => tracing::info!(
+            warmup = %humantime::format_duration(cfg.detection.baseline.warmup),
+            "no saved baselines: learning normal traffic; until the warm-up ends only the static floors raise incidents"
+        ),
+        Loaded::Unreadable(why) => tracing::warn!("saved baselines unreadable, learning afresh: {why}"),
+    }
+    let now = now_ms();
+    for inc in resumed {
+        let id = inc.id.clone();
+        let watched = cfg.ifaces.contains(&inc.iface);
+        let iface = inc.iface.clone();
+        detector.resume(inc, now);
+        if watched {
+            tracing::info!(id, iface, "resuming an incident open at the last stop");
+        } else if let Ok(ev) = detector.set_status(&id, Status::Resolved, now, &format!("interface {iface} is no longer watched")) {
+            writer.send(StoreCmd::Record(Box::new(ev)));
+        }
+    }
+
     let mut probes = Vec::new();
     for iface in &cfg.ifaces {
         // On error the probes attached so far are dropped, which detaches them.
-        let mut ebpf =
-            ebpf::load_counting(CountingOptions { max_sources: cfg.max_sources }).map_err(AttachError::from)?;
-        let maps = CounterMaps::take(&mut ebpf)
-            .map_err(|source| RunError::Counters { iface: iface.clone(), source: Box::new(source) })?;
+        let counters_err = |source| RunError::Counters { iface: iface.clone(), source: Box::new(source) };
+        let mut ebpf = ebpf::load_counting(CountingOptions { max_sources: cfg.max_sources }).map_err(AttachError::from)?;
+        let mut maps = CounterMaps::take(&mut ebpf).map_err(counters_err)?;
+        let divisor = 64;
+        maps.set_sample_divisor(divisor).map_err(counters_err)?;
         let attachment = xdp::attach(ebpf, iface, cfg.mode, cfg.force)?;
         tracing::info!(iface, mode = %attachment.mode, "XDP program attached");
         metrics
@@ -97,7 +181,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
             .get_or_create(&AttachLabels { iface: iface.clone(), mode: attachment.mode.name().into() })
             .set(1.0);
         metrics.source_capacity.get_or_create(&IfaceLabels { iface: iface.clone() }).set(maps.source_capacity() as i64);
-        // Every class is exported from the start, at zero.
+        // Every class and family is exported from the start, at zero.
         for class in TrafficClass::ALL {
             let l = ClassLabels { iface: iface.clone(), class: class.name().into() };
             let _ = metrics.packets.get_or_create(&l);
@@ -108,12 +192,21 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
             maps,
             prev: ClassSnapshot::default(),
             tracker: SourceTracker::new(cfg.idle_after),
+            divisor,
         });
     }
+    for f in Family::ALL {
+        let _ = metrics.active_incidents.get_or_create(&FamilyLabels { family: f.name().into() });
+    }
 
-    let state = Arc::new(AppState { registry, top: RwLock::new(TopView::default()), token: cfg.api_token.clone() });
+    let state = Arc::new(AppState {
+        registry,
+        top: RwLock::new(TopView::default()),
+        token: cfg.api_token.clone(),
+        state_dir: cfg.state_dir.clone(),
+    });
     let server = axum::serve(listener, http::router(state.clone()));
-    tracing::info!(addr = %cfg.metrics_addr, "serving /metrics, /api/top and /healthz");
+    tracing::info!(addr = %cfg.metrics_addr, "serving /metrics, /api/top, /api/incidents and /healthz");
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server_task = tokio::spawn(async move {
         let _ = server
@@ -123,10 +216,10 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
             .await;
     });
 
-    let poll_loop = poll_forever(&cfg, &mut probes, &metrics, &state);
+    let mut ctx = Loop { cfg: &cfg, metrics: &metrics, state: &state, detector, writer, events };
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
-        _ = poll_loop => {}
+        _ = ctx.poll_forever(&mut probes) => {}
     }
 
     let _ = stop_http.send(());
@@ -138,6 +231,14 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(
             Err(e) => tracing::error!(iface, "{e}"),
         }
     }
+    // Open incidents stay open: the next start resumes them.
+    for inc in ctx.detector.open_incidents() {
+        ctx.writer.send(StoreCmd::Snapshot(Box::new(inc.clone())));
+    }
+    if let Err(e) = state::save_baselines(&cfg.state_dir, &ctx.detector.baselines()) {
+        tracing::error!("{e}");
+    }
+    ctx.writer.finish();
     Ok(())
 }
 
@@ -154,75 +255,179 @@ fn validate(cfg: &RunConfig) -> Result<(), RunError> {
     if cfg.interval < Duration::from_millis(10) || cfg.interval > Duration::from_secs(60) {
         return Err(RunError::Interval(cfg.interval));
     }
+    let n = &cfg.node;
+    if n.is_empty() || n.len() > 64 || !n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')) {
+        return Err(RunError::Node(n.clone()));
+    }
     Ok(())
 }
 
-async fn poll_forever(cfg: &RunConfig, probes: &mut [Probe], metrics: &Metrics, state: &AppState) {
-    let start = Instant::now();
-    let mut ticker = tokio::time::interval(cfg.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_poll: Option<Instant> = None;
-    let mut last_summary = Instant::now();
-    loop {
-        ticker.tick().await;
-        let now = Instant::now();
-        let elapsed = last_poll.map(|t| now - t).unwrap_or(Duration::ZERO);
-        last_poll = Some(now);
-        let mut views = Vec::with_capacity(probes.len());
-        for probe in probes.iter_mut() {
-            match poll_once(probe, now - start, elapsed, cfg, metrics) {
-                Ok(view) => views.push((probe.iface().to_string(), view)),
-                Err(e) => {
-                    metrics.poll_errors.get_or_create(&IfaceLabels { iface: probe.iface().into() }).inc();
-                    tracing::warn!(iface = probe.iface(), "poll failed: {e}");
-                }
-            }
-        }
-        metrics.poll_duration.observe(now.elapsed().as_secs_f64());
-
-        let log_summary = now.duration_since(last_summary) >= cfg.summary_every;
-        if log_summary {
-            last_summary = now;
-        }
-        let mut top = state.top.write().await;
-        for (iface, view) in views {
-            if log_summary {
-                tracing::info!(iface, "{}", summary_line(&view));
-            } else {
-                tracing::debug!(iface, "{}", summary_line(&view));
-            }
-            top.interfaces.insert(iface, view);
-        }
-    }
+/// What the poll loop carries from one poll to the next.
+struct Loop<'a> {
+    cfg: &'a RunConfig,
+    metrics: &'a Metrics,
+    state: &'a AppState,
+    detector: Detector,
+    writer: Writer,
+    events: EventSender,
 }
 
-/// Reads one interface's maps and turns them into metrics and a view.
-fn poll_once(
-    probe: &mut Probe,
-    now: Duration,
-    elapsed: Duration,
-    cfg: &RunConfig,
-    metrics: &Metrics,
-) -> Result<crate::view::IfaceView, CounterError> {
-    let cur = probe.maps.classes()?;
-    let sources = probe.maps.sources()?;
-    probe.maps.new_window()?;
+impl Loop<'_> {
+    async fn poll_forever(&mut self, probes: &mut [Probe]) {
+        let start = Instant::now();
+        let mut ticker = tokio::time::interval(self.cfg.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_poll: Option<Instant> = None;
+        let mut last_summary = Instant::now();
+        let mut last_snapshot = Instant::now();
+        let mut last_baselines = Instant::now();
+        loop {
+            ticker.tick().await;
+            let now = Instant::now();
+            let elapsed = last_poll.map(|t| now - t).unwrap_or(Duration::ZERO);
+            last_poll = Some(now);
+            let wall = now_ms();
+            let mut views = Vec::with_capacity(probes.len());
+            for probe in probes.iter_mut() {
+                match self.poll_once(probe, now - start, elapsed, wall) {
+                    Ok(view) => views.push((probe.iface().to_string(), view)),
+                    Err(e) => {
+                        self.metrics.poll_errors.get_or_create(&IfaceLabels { iface: probe.iface().into() }).inc();
+                        tracing::warn!(iface = probe.iface(), "poll failed: {e}");
+                    }
+                }
+            }
+            self.publish_incident_gauges();
+            self.metrics.poll_duration.observe(now.elapsed().as_secs_f64());
 
-    let rates = class_rates(&probe.prev, &cur, elapsed);
-    let iface = probe.iface().to_string();
-    for (class, (p, c)) in TrafficClass::ALL.iter().zip(probe.prev.counters.iter().zip(cur.counters.iter())) {
-        let l = ClassLabels { iface: iface.clone(), class: class.name().into() };
-        metrics.packets.get_or_create(&l).inc_by(delta(p.packets, c.packets));
-        metrics.bytes.get_or_create(&l).inc_by(delta(p.bytes, c.bytes));
+            if now.duration_since(last_snapshot) >= SNAPSHOT_EVERY {
+                last_snapshot = now;
+                for inc in self.detector.open_incidents() {
+                    self.writer.send(StoreCmd::Snapshot(Box::new(inc.clone())));
+                }
+            }
+            if now.duration_since(last_baselines) >= BASELINES_EVERY {
+                last_baselines = now;
+                if let Err(e) = state::save_baselines(&self.cfg.state_dir, &self.detector.baselines()) {
+                    tracing::error!("{e}");
+                }
+            }
+            let log_summary = now.duration_since(last_summary) >= self.cfg.summary_every;
+            if log_summary {
+                last_summary = now;
+            }
+            let mut top = self.state.top.write().await;
+            for (iface, view) in views {
+                if log_summary {
+                    tracing::info!(iface, "{}", summary_line(&view));
+                } else {
+                    tracing::debug!(iface, "{}", summary_line(&view));
+                }
+                top.interfaces.insert(iface, view);
+            }
+        }
     }
-    probe.prev = cur;
 
-    let update = probe.tracker.update(now, elapsed, &sources);
-    if !update.idle.is_empty() {
-        let removed = probe.maps.remove_sources(&update.idle);
-        metrics.sources_pruned.get_or_create(&IfaceLabels { iface: iface.clone() }).inc_by(removed as u64);
+    /// Reads one interface's maps, feeds the detector, and returns the view.
+    fn poll_once(&mut self, probe: &mut Probe, mono: Duration, elapsed: Duration, wall: u64) -> Result<IfaceView, CounterError> {
+        let cur = probe.maps.classes()?;
+        let sources = probe.maps.sources()?;
+        probe.maps.new_window()?;
+        let drained = probe.maps.drain_samples(MAX_SAMPLES);
+
+        let rates = class_rates(&probe.prev, &cur, elapsed);
+        let iface = probe.iface().to_string();
+        for (class, (p, c)) in TrafficClass::ALL.iter().zip(probe.prev.counters.iter().zip(cur.counters.iter())) {
+            let l = ClassLabels { iface: iface.clone(), class: class.name().into() };
+            self.metrics.packets.get_or_create(&l).inc_by(delta(p.packets, c.packets));
+            self.metrics.bytes.get_or_create(&l).inc_by(delta(p.bytes, c.bytes));
+        }
+        probe.prev = cur;
+
+        let update = probe.tracker.update(mono, elapsed, &sources);
+        if !update.idle.is_empty() {
+            let removed = probe.maps.remove_sources(&update.idle);
+            self.metrics.sources_pruned.get_or_create(&IfaceLabels { iface: iface.clone() }).inc_by(removed as u64);
+        }
+        let tracked = probe.tracker.len();
+        self.metrics.source_entries.get_or_create(&IfaceLabels { iface: iface.clone() }).set(tracked as i64);
+
+        // Samples taken at the divisor in force during this interval.
+        let view = SampleView::new(&drained, probe.divisor, elapsed.as_secs_f64());
+        let next = samples::next_divisor(probe.divisor, drained.len());
+        if next != probe.divisor && probe.maps.set_sample_divisor(next).is_ok() {
+            probe.divisor = next;
+        }
+        self.metrics.sample_divisor.get_or_create(&IfaceLabels { iface: iface.clone() }).set(probe.divisor as i64);
+
+        let obs = Observation {
+            iface: &iface,
+            now_ms: wall,
+            seconds: elapsed.as_secs_f64(),
+            classes: &rates,
+            sources: &update.active,
+            samples: &view,
+        };
+        for ev in self.detector.observe(&obs) {
+            self.publish(ev);
+        }
+        self.publish_baselines(&iface);
+
+        Ok(iface_view(probe.attachment.mode.name(), elapsed.as_secs_f64(), &rates, &update.active, tracked, self.cfg.top_n))
     }
-    let tracked = probe.tracker.len();
-    metrics.source_entries.get_or_create(&IfaceLabels { iface }).set(tracked as i64);
-    Ok(iface_view(probe.attachment.mode.name(), elapsed.as_secs_f64(), &rates, &update.active, tracked, cfg.top_n))
+
+    /// An incident event goes to the log, the metrics, the history and the
+    /// event channel, in that order; none of them can stall the loop.
+    fn publish(&mut self, ev: IncidentEvent) {
+        let inc = &ev.incident;
+        let families = inc.families.iter().map(|f| f.name()).collect::<Vec<_>>().join(",");
+        let top = inc.top_sources.first().map(|s| s.addr.to_string()).unwrap_or_default();
+        match ev.kind {
+            EventKind::Opened | EventKind::FamilyAdded | EventKind::SeverityChanged => tracing::warn!(
+                id = %inc.id, iface = %inc.iface, families, severity = %inc.severity, pps = inc.pps as u64, top_source = top,
+                "incident {}: {}", ev.kind.name(), ev.detail
+            ),
+            _ => tracing::info!(id = %inc.id, iface = %inc.iface, "incident {}: {}", ev.kind.name(), ev.detail),
+        }
+        match ev.kind {
+            EventKind::Opened => {
+                for f in &inc.families {
+                    let l = IncidentLabels { family: f.name().into(), severity: inc.severity.name().into() };
+                    self.metrics.incidents.get_or_create(&l).inc();
+                }
+            }
+            EventKind::FamilyAdded => {
+                if let Some(f) = inc.families.last() {
+                    let f = if ev.detail.starts_with("multi_vector") { Family::MultiVector } else { *f };
+                    let l = IncidentLabels { family: f.name().into(), severity: inc.severity.name().into() };
+                    self.metrics.incidents.get_or_create(&l).inc();
+                }
+            }
+            _ => {}
+        }
+        self.writer.send(StoreCmd::Record(Box::new(ev.clone())));
+        // No receiver yet is fine: nothing listens until runbooks do.
+        let _ = self.events.send(ev);
+    }
+
+    fn publish_incident_gauges(&self) {
+        for f in Family::ALL {
+            let n = self.detector.open_incidents().filter(|i| i.families.contains(&f)).count();
+            self.metrics.active_incidents.get_or_create(&FamilyLabels { family: f.name().into() }).set(n as i64);
+        }
+    }
+
+    fn publish_baselines(&self, iface: &str) {
+        for c in TrafficClass::ALL {
+            if let Some(b) = self.detector.class_baseline(iface, c) {
+                let l = ClassLabels { iface: iface.into(), class: c.name().into() };
+                self.metrics.baseline_pps.get_or_create(&l).set(b.pps.mean);
+                self.metrics.baseline_bytes.get_or_create(&l).set(b.bps.mean / 8.0);
+            }
+        }
+        for (f, s) in self.detector.signals(iface) {
+            let l = IfaceFamilyLabels { iface: iface.into(), family: f.name().into() };
+            self.metrics.threshold_pps.get_or_create(&l).set(s.pps_threshold);
+        }
+    }
 }

@@ -4,11 +4,12 @@
 //! starts by bumping the epoch, never by zeroing the sketch.
 
 use aya::{
-    maps::{Array, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
     Ebpf,
 };
 use detector_common::{
     maps::{ClassCounters, SourceKey, SourceStats, CLASS_STATS_MAP, EPOCH_MAP, SOURCE_STATS_MAP},
+    sample::{PacketSample, SampleControl, SAMPLES_MAP, SAMPLE_CONTROL_MAP},
     sketch::EPOCH_MASK,
     CLASS_COUNT,
 };
@@ -34,6 +35,8 @@ pub struct CounterMaps {
     sources: PerCpuHashMap<MapData, SourceKey, SourceStats>,
     epoch: Array<MapData, u32>,
     next_epoch: u32,
+    samples: RingBuf<MapData>,
+    sample_control: Array<MapData, SampleControl>,
     capacity: u32,
 }
 
@@ -46,8 +49,11 @@ impl CounterMaps {
         let sources = PerCpuHashMap::try_from(ebpf::take_map(ebpf, "detector", SOURCE_STATS_MAP)?)
             .map_err(layout(SOURCE_STATS_MAP))?;
         let epoch = Array::try_from(ebpf::take_map(ebpf, "detector", EPOCH_MAP)?).map_err(layout(EPOCH_MAP))?;
+        let samples = RingBuf::try_from(ebpf::take_map(ebpf, "detector", SAMPLES_MAP)?).map_err(layout(SAMPLES_MAP))?;
+        let sample_control = Array::try_from(ebpf::take_map(ebpf, "detector", SAMPLE_CONTROL_MAP)?)
+            .map_err(layout(SAMPLE_CONTROL_MAP))?;
         let capacity = sources.map().info().map(|i| i.max_entries()).unwrap_or(0);
-        Ok(CounterMaps { classes, sources, epoch, next_epoch: 1, capacity })
+        Ok(CounterMaps { classes, sources, epoch, next_epoch: 1, samples, sample_control, capacity })
     }
 
     /// Capacity of the per-source map.
@@ -89,6 +95,27 @@ impl CounterMaps {
     /// last read and the removal is lost from that source's count only.
     pub fn remove_sources(&mut self, keys: &[SourceKey]) -> usize {
         keys.iter().filter(|k| self.sources.remove(k).is_ok()).count()
+    }
+
+    /// Takes the sampled headers waiting in the ring, at most `max`.
+    pub fn drain_samples(&mut self, max: usize) -> Vec<PacketSample> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(item) = self.samples.next() else { break };
+            if item.len() >= std::mem::size_of::<PacketSample>() {
+                // SAFETY: the ring holds whole PacketSample records written by
+                // the program; the length was checked; the read is unaligned.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const PacketSample) });
+            }
+        }
+        out
+    }
+
+    /// Samples one packet in `divisor` (a power of two; 0 turns it off).
+    pub fn set_sample_divisor(&mut self, divisor: u32) -> Result<(), CounterError> {
+        self.sample_control
+            .set(0, SampleControl { divisor }, 0)
+            .map_err(|source| CounterError::Write { map: SAMPLE_CONTROL_MAP, source })
     }
 
     /// Starts a new heavy-hitter window on every CPU: one small write.

@@ -1,11 +1,11 @@
 //! The HTTP listener: `/metrics` for Prometheus, `/api/top` for the top
-//! talkers, `/healthz`. Loopback by default; anywhere else it requires a
-//! bearer token on every request.
+//! talkers, `/api/incidents` for incident history, `/healthz`. Loopback by
+//! default; anywhere else it requires a bearer token on every request.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use axum::{
-    extract::{Request, State},
+    extract::{Path, Query, Request, State},
     http::{header, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -16,7 +16,12 @@ use prometheus_client::registry::Registry;
 use thiserror::Error;
 use tokio::{net::TcpListener, sync::RwLock};
 
-use crate::{metrics, view::TopView};
+use crate::{
+    detect::incident::Incident,
+    metrics,
+    store::{self, Store},
+    view::TopView,
+};
 
 #[derive(Debug, Error)]
 pub enum HttpError {
@@ -31,6 +36,8 @@ pub struct AppState {
     pub registry: Registry,
     pub top: RwLock<TopView>,
     pub token: Option<String>,
+    /// Where the incident history is; handlers open it read-only.
+    pub state_dir: PathBuf,
 }
 
 /// Refuses a non-loopback address without a token.
@@ -51,6 +58,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/api/top", get(top_handler))
+        .route("/api/incidents", get(incidents_handler))
+        .route("/api/incidents/{id}", get(incident_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
@@ -63,6 +72,48 @@ async fn metrics_handler(State(state): State<Arc<AppState>>) -> Response {
 
 async fn top_handler(State(state): State<Arc<AppState>>) -> Json<TopView> {
     Json(state.top.read().await.clone())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncidentsQuery {
+    /// Only incidents not yet resolved.
+    #[serde(default)]
+    active: bool,
+    /// At most this many, newest first (default 100).
+    limit: Option<usize>,
+}
+
+fn json_error(code: StatusCode, message: String) -> Response {
+    (code, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// Runs a read on the history off the async threads.
+async fn read_store<T: Send + 'static>(
+    dir: PathBuf,
+    f: impl FnOnce(&Store) -> Result<T, store::StoreError> + Send + 'static,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(move || Store::open_read_only(&dir).and_then(|s| f(&s)))
+        .await
+        .map_err(|e| json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn incidents_handler(State(state): State<Arc<AppState>>, Query(q): Query<IncidentsQuery>) -> Response {
+    let query = store::Query { open_only: q.active, limit: q.limit.unwrap_or(100).min(10_000) };
+    match read_store(state.state_dir.clone(), move |s| s.incidents(query)).await {
+        Ok(list) => Json(serde_json::json!({ "incidents": list })).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn incident_handler(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    let wanted = id.clone();
+    match read_store(state.state_dir.clone(), move |s| s.incident(&wanted)).await {
+        Ok(Some(inc)) => Json::<Incident>(inc).into_response(),
+        Ok(None) => json_error(StatusCode::NOT_FOUND, format!("no incident with id '{id}'")),
+        Err(r) => r,
+    }
 }
 
 async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {

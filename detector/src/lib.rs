@@ -20,5 +20,7 @@ pub mod privileges;
 pub mod rates;
 pub mod samples;
 pub mod sources;
+pub mod state;
+pub mod store;
 pub mod view;
 pub mod xdp;

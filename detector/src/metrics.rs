@@ -25,6 +25,23 @@ pub struct IfaceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IncidentLabels {
+    pub family: String,
+    pub severity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyLabels {
+    pub family: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IfaceFamilyLabels {
+    pub iface: String,
+    pub family: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
 }
@@ -45,6 +62,12 @@ pub struct Metrics {
     pub source_capacity: Family<IfaceLabels, Gauge>,
     pub sources_pruned: Family<IfaceLabels, Counter>,
     pub attached: Family<AttachLabels, Gauge<f64, AtomicU64>>,
+    pub incidents: Family<IncidentLabels, Counter>,
+    pub active_incidents: Family<FamilyLabels, Gauge>,
+    pub baseline_pps: Family<ClassLabels, Gauge<f64, AtomicU64>>,
+    pub baseline_bytes: Family<ClassLabels, Gauge<f64, AtomicU64>>,
+    pub threshold_pps: Family<IfaceFamilyLabels, Gauge<f64, AtomicU64>>,
+    pub sample_divisor: Family<IfaceLabels, Gauge>,
 }
 
 impl Metrics {
@@ -60,6 +83,12 @@ impl Metrics {
             source_capacity: Family::default(),
             sources_pruned: Family::default(),
             attached: Family::default(),
+            incidents: Family::default(),
+            active_incidents: Family::default(),
+            baseline_pps: Family::default(),
+            baseline_bytes: Family::default(),
+            threshold_pps: Family::default(),
+            sample_divisor: Family::default(),
         };
         registry.register(
             "detector_packets",
@@ -93,6 +122,36 @@ impl Metrics {
             "detector_xdp_attached",
             "1 for each interface the XDP program is attached to, with the mode it got",
             m.attached.clone(),
+        );
+        registry.register(
+            "detector_incidents",
+            "Incidents opened, per attack family (counted again when a family joins one) and severity at that time",
+            m.incidents.clone(),
+        );
+        registry.register(
+            "detector_active_incidents",
+            "Open incidents per attack family",
+            m.active_incidents.clone(),
+        );
+        registry.register(
+            "detector_baseline_packets_per_second",
+            "Learned normal packet rate per interface and class",
+            m.baseline_pps.clone(),
+        );
+        registry.register(
+            "detector_baseline_bytes_per_second",
+            "Learned normal byte rate per interface and class",
+            m.baseline_bytes.clone(),
+        );
+        registry.register(
+            "detector_threshold_packets_per_second",
+            "Current alarm threshold per interface and attack family: the static floor or the learned level, whichever is higher",
+            m.threshold_pps.clone(),
+        );
+        registry.register(
+            "detector_sample_divisor",
+            "One packet in this many is sampled for ports and reflector services",
+            m.sample_divisor.clone(),
         );
         // A gauge, not an OpenMetrics info: promtool and the classic text
         // format know no `info` type.

@@ -53,6 +53,16 @@ pub struct Controller {
     pub child: Option<Child>,
     pub ns: String,
     pub log: PathBuf,
+    /// Its state directory (incident history, baselines).
+    pub state_dir: PathBuf,
+}
+
+/// A state directory of the lab's own, removed with it by the OS temp
+/// cleanup; tests never touch /var/lib/detector.
+pub fn state_dir(lab: &Lab) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("{}-state", lab.tgt_ns));
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }
 
 pub const METRICS_PORT: u16 = 9477;
@@ -76,15 +86,26 @@ impl Controller {
 
     fn spawn(lab: &Lab, iface: &str, addr: &str, extra: &[&str]) -> Controller {
         let log = std::env::temp_dir().join(format!("{}-run.log", lab.tgt_ns));
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Lab::command_in(&lab.tgt_ns, &detector_bin())
-            .args(["run", "--iface", iface, "--interval", "50ms", "--metrics-addr", addr])
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+        let state_dir = state_dir(lab);
+        let has = |flag: &str| extra.contains(&flag);
+        let mut cmd = Lab::command_in(&lab.tgt_ns, &detector_bin());
+        cmd.args(["run", "--iface", iface, "--metrics-addr", addr]);
+        if !has("--interval") {
+            cmd.args(["--interval", "50ms"]);
+        }
+        if !has("--node") {
+            cmd.args(["--node", "lab"]);
+        }
+        let child = cmd
+            .arg("--state-dir")
+            .arg(&state_dir)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
             .expect("spawning detector run");
-        let mut c = Controller { child: Some(child), ns: lab.tgt_ns.clone(), log };
+        let mut c = Controller { child: Some(child), ns: lab.tgt_ns.clone(), log, state_dir };
         c.wait_ready();
         c
     }

@@ -7,9 +7,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 mod flood;
+mod incidents;
 
 use detector::{
     controller::{self, RunConfig},
+    detect::config::ConfigFile,
     privileges::{self, Need},
     xdp::ModeChoice,
 };
@@ -34,6 +36,8 @@ pub enum Command {
     Run(RunArgs),
     /// Send a flood of real frames out of an interface (for labs and tests).
     Flood(flood::FloodArgs),
+    /// List incidents from the history in the state directory, or show one.
+    Incidents(incidents::IncidentsArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -71,6 +75,15 @@ pub struct RunArgs {
     /// How often a summary line is logged at info level.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub summary_every: Duration,
+    /// Detection settings (YAML); without it, the documented defaults.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This host's name in incidents (default: the hostname).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+    /// Where incident history and learned baselines are kept.
+    #[arg(long, value_name = "DIR", default_value = detector::state::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -85,11 +98,25 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Flood(args) => flood::run(args),
+        Command::Incidents(args) => incidents::run(args),
     }
+}
+
+/// The host name, for incidents' `node`.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let api_token = api_token(args.api_token_file.as_deref())?;
+    let detection = match &args.config {
+        Some(path) => ConfigFile::load(path)?.detection,
+        None => ConfigFile::default().detection,
+    };
     let cfg = RunConfig {
         ifaces: args.ifaces,
         mode: args.xdp_mode,
@@ -101,6 +128,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         top_n: args.top as usize,
         idle_after: args.idle_after,
         summary_every: args.summary_every,
+        node: args.node.unwrap_or_else(hostname),
+        state_dir: args.state_dir,
+        detection,
     };
     privileges::check(Need::Xdp)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -108,7 +138,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(controller::run(cfg, shutdown_signal()))?;
+    let (events, _) = tokio::sync::broadcast::channel(controller::EVENT_CAPACITY);
+    rt.block_on(controller::run(cfg, events, shutdown_signal()))?;
     Ok(())
 }
 
