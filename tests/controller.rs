@@ -169,7 +169,10 @@ fn a_second_controller_is_refused_and_kill_9_leaves_nothing_attached() {
     let mut first = Controller::start(&lab, &[]);
     let other = std::env::temp_dir().join(format!("{}-second", lab.tgt_ns));
     let other = other.to_str().unwrap();
-    let out = detector_in(&lab.tgt_ns, &["run", "--iface", &lab.tgt_if, "--metrics-addr", "127.0.0.1:9478", "--state-dir", other]);
+    let out = detector_in(
+        &lab.tgt_ns,
+        &["run", "--iface", &lab.tgt_if, "--metrics-addr", "127.0.0.1:9478", "--state-dir", other],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

@@ -2,6 +2,7 @@
 //! detector's XDP program with an empty one measured in the same run, on the
 //! same machine, with the same frames.
 
+mod detection;
 mod frames;
 mod live;
 mod report;
@@ -32,8 +33,10 @@ fn main() -> Result<()> {
     let per_class = testrun::per_class(repeat)?;
     eprintln!("bench: live-frames flood into a veth, {seconds} s per run");
     let live = live::floods(seconds)?;
+    eprintln!("bench: the controller: detection time, and polls under a spoofed flood");
+    let detection = detection::run(20, if args.quick { 3 } else { 5 })?;
 
-    let r = report::Report { repeat, seconds, per_class, live, command: command_line(args.quick) };
+    let r = report::Report { repeat, seconds, per_class, live, detection, command: command_line(args.quick) };
     let text = r.markdown();
     println!("{text}");
     if let Some(path) = args.write {

@@ -138,7 +138,8 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
         Loaded::Baselines(b) => {
             detector.load_baselines(&b);
             for iface in &cfg.ifaces {
-                let learned = detector.class_baseline(iface, TrafficClass::Udp).map(|b| b.learned_seconds).unwrap_or(0.0);
+                let learned =
+                    detector.class_baseline(iface, TrafficClass::Udp).map(|b| b.learned_seconds).unwrap_or(0.0);
                 tracing::info!(
                     iface,
                     learned = %humantime::format_duration(Duration::from_secs(learned as u64)),
@@ -161,7 +162,9 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
         detector.resume(inc, now);
         if watched {
             tracing::info!(id, iface, "resuming an incident open at the last stop");
-        } else if let Ok(ev) = detector.set_status(&id, Status::Resolved, now, &format!("interface {iface} is no longer watched")) {
+        } else if let Ok(ev) =
+            detector.set_status(&id, Status::Resolved, now, &format!("interface {iface} is no longer watched"))
+        {
             writer.send(StoreCmd::Record(Box::new(ev)));
         }
     }
@@ -170,7 +173,8 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     for iface in &cfg.ifaces {
         // On error the probes attached so far are dropped, which detaches them.
         let counters_err = |source| RunError::Counters { iface: iface.clone(), source: Box::new(source) };
-        let mut ebpf = ebpf::load_counting(CountingOptions { max_sources: cfg.max_sources }).map_err(AttachError::from)?;
+        let mut ebpf =
+            ebpf::load_counting(CountingOptions { max_sources: cfg.max_sources }).map_err(AttachError::from)?;
         let mut maps = CounterMaps::take(&mut ebpf).map_err(counters_err)?;
         let divisor = 64;
         maps.set_sample_divisor(divisor).map_err(counters_err)?;
@@ -329,7 +333,13 @@ impl Loop<'_> {
     }
 
     /// Reads one interface's maps, feeds the detector, and returns the view.
-    fn poll_once(&mut self, probe: &mut Probe, mono: Duration, elapsed: Duration, wall: u64) -> Result<IfaceView, CounterError> {
+    fn poll_once(
+        &mut self,
+        probe: &mut Probe,
+        mono: Duration,
+        elapsed: Duration,
+        wall: u64,
+    ) -> Result<IfaceView, CounterError> {
         let cur = probe.maps.classes()?;
         let sources = probe.maps.sources()?;
         probe.maps.new_window()?;
@@ -373,7 +383,14 @@ impl Loop<'_> {
         }
         self.publish_baselines(&iface);
 
-        Ok(iface_view(probe.attachment.mode.name(), elapsed.as_secs_f64(), &rates, &update.active, tracked, self.cfg.top_n))
+        Ok(iface_view(
+            probe.attachment.mode.name(),
+            elapsed.as_secs_f64(),
+            &rates,
+            &update.active,
+            tracked,
+            self.cfg.top_n,
+        ))
     }
 
     /// An incident event goes to the log, the metrics, the history and the

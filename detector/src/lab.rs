@@ -140,6 +140,46 @@ impl Drop for Lab {
     }
 }
 
+/// A plain HTTP GET to `127.0.0.1:port` from inside namespace `ns` (a
+/// controller running in the lab): (status, body).
+pub fn http_get(ns: &str, port: u16, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let (ns, path, token) = (ns.to_string(), path.to_string(), token.map(str::to_string));
+    // A fresh thread enters the namespace and never leaves it half-way.
+    std::thread::spawn(move || {
+        let _in = NetnsGuard::enter(&ns)?;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n")?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((code, dechunk(&body)))
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the HTTP thread panicked"))?
+}
+
+/// Undoes chunked transfer encoding, if the body uses it.
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((size, tail)) = rest.split_once("\r\n") else { return body.to_string() };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { return body.to_string() };
+        if n == 0 {
+            return out;
+        }
+        if tail.len() < n {
+            return body.to_string();
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+}
+
 /// Writes the interface's `disable_ipv6` sysctl from a thread inside `ns`
 /// (`/proc/sys/net` shows the namespace of the thread that opens it).
 fn disable_ipv6(ns: &str, ifname: &str) -> Result<(), LabError> {

@@ -128,11 +128,7 @@ impl Metrics {
             "Incidents opened, per attack family (counted again when a family joins one) and severity at that time",
             m.incidents.clone(),
         );
-        registry.register(
-            "detector_active_incidents",
-            "Open incidents per attack family",
-            m.active_incidents.clone(),
-        );
+        registry.register("detector_active_incidents", "Open incidents per attack family", m.active_incidents.clone());
         registry.register(
             "detector_baseline_packets_per_second",
             "Learned normal packet rate per interface and class",

@@ -83,8 +83,9 @@ impl Store {
         if !path.exists() {
             return Err(StoreError::Missing(path));
         }
-        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(|source| StoreError::Sqlite { path: path.clone(), source })?;
+        let conn =
+            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(|source| StoreError::Sqlite { path: path.clone(), source })?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(|source| StoreError::Sqlite { path: path.clone(), source })?;
         Ok(Store { conn, path })
@@ -224,7 +225,6 @@ impl Writer {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,7 +280,10 @@ mod tests {
         let a = s.incident("a").unwrap().unwrap();
         assert_eq!(a.severity, Severity::Critical);
         assert_eq!(a.peak_pps, 99.0);
-        assert_eq!(a.timeline.iter().map(|t| t.kind).collect::<Vec<_>>(), vec![EventKind::Opened, EventKind::SeverityChanged]);
+        assert_eq!(
+            a.timeline.iter().map(|t| t.kind).collect::<Vec<_>>(),
+            vec![EventKind::Opened, EventKind::SeverityChanged]
+        );
         assert_eq!(a.timeline[1].detail, "high -> critical");
         let open = s.open_incidents_of("n1").unwrap();
         assert_eq!(open.len(), 1);

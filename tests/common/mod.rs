@@ -3,8 +3,7 @@
 #![allow(dead_code)]
 
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
+    io::Write as _,
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -173,42 +172,7 @@ pub fn http_get(ns: &str, path: &str) -> std::io::Result<(u16, String)> {
 }
 
 pub fn http_get_with(ns: &str, port: u16, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
-    let ns = ns.to_string();
-    let path = path.to_string();
-    let token = token.map(str::to_string);
-    // A fresh thread: it enters the namespace and never leaves it half-way.
-    std::thread::spawn(move || {
-        let _in = detector::netns::NetnsGuard::enter(&ns)?;
-        let mut s = TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n")?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp)?;
-        let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Ok((code, dechunk(&body)))
-    })
-    .join()
-    .expect("http thread")
-}
-
-/// Undoes chunked transfer encoding, if the body uses it.
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    loop {
-        let Some((size, tail)) = rest.split_once("\r\n") else { return body.to_string() };
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { return body.to_string() };
-        if n == 0 {
-            return out;
-        }
-        if tail.len() < n {
-            return body.to_string();
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
+    detector::lab::http_get(ns, port, path, token)
 }
 
 /// The value of the sample `name{labels}` in a metrics text, 0 if absent.

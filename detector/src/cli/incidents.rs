@@ -30,7 +30,9 @@ pub struct IncidentsArgs {
 pub fn run(args: IncidentsArgs) -> anyhow::Result<()> {
     let store = Store::open_read_only(&args.state_dir)?;
     if let Some(id) = &args.id {
-        let inc = store.incident(id)?.ok_or_else(|| anyhow::anyhow!("no incident with id '{id}' in {}", args.state_dir.display()))?;
+        let inc = store
+            .incident(id)?
+            .ok_or_else(|| anyhow::anyhow!("no incident with id '{id}' in {}", args.state_dir.display()))?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&inc)?);
         } else {
@@ -47,7 +49,10 @@ pub fn run(args: IncidentsArgs) -> anyhow::Result<()> {
         println!("no {}incidents", if args.active { "open " } else { "" });
         return Ok(());
     }
-    println!("{:<44} {:<9} {:<8} {:<24} {:<20} {:>9} {:>12}  TOP SOURCE", "ID", "STATUS", "SEVERITY", "FAMILIES", "STARTED", "DURATION", "PEAK PPS");
+    println!(
+        "{:<44} {:<9} {:<8} {:<24} {:<20} {:>9} {:>12}  TOP SOURCE",
+        "ID", "STATUS", "SEVERITY", "FAMILIES", "STARTED", "DURATION", "PEAK PPS"
+    );
     for i in &list {
         println!(
             "{:<44} {:<9} {:<8} {:<24} {:<20} {:>9} {:>12.0}  {}",
@@ -70,7 +75,10 @@ fn families(i: &Incident) -> String {
 
 fn duration(i: &Incident) -> String {
     match i.ended_at {
-        Some(end) => humantime::format_duration(std::time::Duration::from_secs(end.saturating_sub(i.started_at) / 1000)).to_string(),
+        Some(end) => {
+            humantime::format_duration(std::time::Duration::from_secs(end.saturating_sub(i.started_at) / 1000))
+                .to_string()
+        }
         None => "ongoing".into(),
     }
 }

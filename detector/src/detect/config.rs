@@ -426,6 +426,13 @@ detection:
     }
 
     #[test]
+    fn the_example_file_is_the_defaults() {
+        let text = include_str!("../../../detector.example.yaml");
+        let parsed = parse(text).unwrap();
+        assert_eq!(parsed.detection, DetectionConfig::default());
+    }
+
+    #[test]
     fn bit_rates() {
         assert_eq!(parse_bits("500Mbit"), Ok(500_000_000));
         assert_eq!(parse_bits("1.5G"), Ok(1_500_000_000));

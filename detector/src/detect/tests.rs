@@ -17,9 +17,8 @@ const POLL: f64 = 0.1;
 const T0: u64 = 1_795_559_700_000;
 
 fn cfg() -> DetectionConfig {
-    let mut c = DetectionConfig::default();
-    c.hold = Duration::from_millis(300);
-    c.quiet = Duration::from_secs(5);
+    let mut c =
+        DetectionConfig { hold: Duration::from_millis(300), quiet: Duration::from_secs(5), ..Default::default() };
     c.baseline.window = Duration::from_secs(60);
     c.baseline.warmup = Duration::from_secs(30);
     let f = &mut c.families;

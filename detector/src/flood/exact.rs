@@ -65,6 +65,7 @@ pub fn run(ifindex: u32, plan: &FloodPlan) -> Result<FloodReport, FloodError> {
     let mut seed = [0u8; 8];
     let _ = getrandom::fill(&mut seed);
     let mut picker = SourcePicker::new(plan.sources.clone(), u64::from_ne_bytes(seed));
+    let wall = std::time::SystemTime::now();
     let start = Instant::now();
     let mut sent = 0u64;
     loop {
@@ -90,5 +91,5 @@ pub fn run(ifindex: u32, plan: &FloodPlan) -> Result<FloodReport, FloodError> {
         sock.send(&frame.bytes)?;
         sent += 1;
     }
-    Ok(FloodReport::new(Engine::Exact, sent, start.elapsed()))
+    Ok(FloodReport::new(Engine::Exact, sent, wall, start.elapsed()))
 }

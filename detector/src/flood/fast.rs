@@ -40,6 +40,7 @@ pub fn run(ifindex: u32, plan: &FloodPlan) -> Result<FloodReport, FloodError> {
     ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
 
     let threads = plan.threads.max(1);
+    let wall = std::time::SystemTime::now();
     let start = Instant::now();
     let total: u64 = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -64,7 +65,7 @@ pub fn run(ifindex: u32, plan: &FloodPlan) -> Result<FloodReport, FloodError> {
             _ => Ok(sum),
         }
     })?;
-    Ok(FloodReport::new(Engine::Fast, total, start.elapsed()))
+    Ok(FloodReport::new(Engine::Fast, total, wall, start.elapsed()))
 }
 
 /// One thread's part of the plan.

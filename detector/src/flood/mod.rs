@@ -126,12 +126,20 @@ pub struct FloodReport {
     pub sent: u64,
     pub seconds: f64,
     pub pps: f64,
+    /// When the first frame was handed over, Unix milliseconds.
+    pub first_frame_ms: u64,
 }
 
 impl FloodReport {
-    fn new(engine: Engine, sent: u64, elapsed: Duration) -> FloodReport {
+    fn new(engine: Engine, sent: u64, started: std::time::SystemTime, elapsed: Duration) -> FloodReport {
         let seconds = elapsed.as_secs_f64();
-        FloodReport { engine, sent, seconds, pps: if seconds > 0.0 { sent as f64 / seconds } else { 0.0 } }
+        FloodReport {
+            engine,
+            sent,
+            seconds,
+            pps: if seconds > 0.0 { sent as f64 / seconds } else { 0.0 },
+            first_frame_ms: started.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        }
     }
 }
 
