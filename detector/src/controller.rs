@@ -414,8 +414,7 @@ impl Loop<'_> {
                 }
             }
             EventKind::FamilyAdded => {
-                if let Some(f) = inc.families.last() {
-                    let f = if ev.detail.starts_with("multi_vector") { Family::MultiVector } else { *f };
+                if let Some(f) = ev.family {
                     let l = IncidentLabels { family: f.name().into(), severity: inc.severity.name().into() };
                     self.metrics.incidents.get_or_create(&l).inc();
                 }

@@ -252,7 +252,7 @@ mod tests {
     }
 
     fn event(inc: &Incident, kind: EventKind, at: u64, detail: &str) -> IncidentEvent {
-        IncidentEvent { kind, at, detail: detail.into(), incident: inc.clone() }
+        IncidentEvent { kind, at, detail: detail.into(), family: None, incident: inc.clone() }
     }
 
     #[test]

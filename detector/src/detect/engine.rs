@@ -292,11 +292,11 @@ impl Detector {
             for f in &new {
                 let s = st.tracks[f.index()].signal;
                 let detail = format!("{f} at {:.0} pps (threshold {:.0})", s.pps, s.pps_threshold);
-                events.push(record(inc, EventKind::FamilyAdded, now, detail));
+                events.push(family_added(inc, *f, now, detail));
             }
             if !was_multi && inc.families.contains(&Family::MultiVector) {
                 let detail = format!("multi_vector: {}", names(inc.detected_families()));
-                events.push(record(inc, EventKind::FamilyAdded, now, detail));
+                events.push(family_added(inc, Family::MultiVector, now, detail));
             }
             let sev = severity_of(inc, &st.tracks, &cfg);
             if sev > inc.severity {
@@ -386,7 +386,11 @@ fn add_families(inc: &mut Incident, fs: &[Family]) {
 
 fn record(inc: &mut Incident, kind: EventKind, at: u64, detail: String) -> IncidentEvent {
     inc.timeline.push(TimelineEntry { at, kind, detail: detail.clone() });
-    IncidentEvent { kind, at, detail, incident: inc.clone() }
+    IncidentEvent { kind, at, detail, family: None, incident: inc.clone() }
+}
+
+fn family_added(inc: &mut Incident, family: Family, at: u64, detail: String) -> IncidentEvent {
+    IncidentEvent { family: Some(family), ..record(inc, EventKind::FamilyAdded, at, detail) }
 }
 
 fn describe_open(inc: &Incident, tracks: &[Track; FAMILIES]) -> String {

@@ -149,6 +149,9 @@ pub struct IncidentEvent {
     #[serde(with = "time_ms")]
     pub at: u64,
     pub detail: String,
+    /// For `family_added`: the family that joined.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub family: Option<Family>,
     pub incident: Incident,
 }
 

@@ -218,6 +218,10 @@ fn two_families_at_once_are_a_multi_vector_incident() {
         kinds,
         vec![(EventKind::FamilyAdded, "udp_amplification".into()), (EventKind::FamilyAdded, "multi_vector:".into())]
     );
+    assert_eq!(
+        ev.iter().map(|e| e.family).collect::<Vec<_>>(),
+        vec![Some(Family::UdpAmplification), Some(Family::MultiVector)]
+    );
     let inc = &ev[1].incident;
     assert_eq!(inc.families, vec![Family::MultiVector, Family::SynFlood, Family::UdpAmplification]);
     assert_eq!(inc.pps, 13_000.0);
