@@ -134,7 +134,8 @@ fn attach(lab: &Lab, program: &str) -> Result<Receiver> {
     let _in = lab.enter_tgt()?;
     if program == "detector" {
         let mut obj = ebpf::load_counting(CountingOptions { max_sources: DEFAULT_MAX_SOURCES })?;
-        let maps = CounterMaps::take(&mut obj)?;
+        let mut maps = CounterMaps::take(&mut obj)?;
+        maps.set_sample_divisor(64)?;
         let attachment = xdp::attach(obj, &lab.tgt_if, ModeChoice::Native, false)?;
         Ok(Receiver::Detector { attachment: Box::new(attachment), maps: Box::new(maps) })
     } else {
@@ -167,6 +168,7 @@ fn one(scenario: Scenario, program: &'static str, seconds: u64) -> Result<LiveRu
     let mut counted = None;
     if let Receiver::Detector { maps, .. } = &mut rx {
         let mut tracker = SourceTracker::new(Duration::from_secs(30));
+        let mut divisor = 64;
         let mut last = Instant::now();
         while !sender.is_finished() {
             std::thread::sleep(POLL.saturating_sub(last.elapsed()));
@@ -176,6 +178,12 @@ fn one(scenario: Scenario, program: &'static str, seconds: u64) -> Result<LiveRu
             let _classes = maps.classes()?;
             let current = maps.sources()?;
             maps.new_window()?;
+            let samples = maps.drain_samples(4 * detector::samples::TARGET_PER_POLL);
+            let next = detector::samples::next_divisor(divisor, samples.len());
+            if next != divisor {
+                maps.set_sample_divisor(next)?;
+                divisor = next;
+            }
             let update = tracker.update(t0 - started, elapsed, &current);
             maps.remove_sources(&update.idle);
             polls.push(t0.elapsed().as_secs_f64() * 1e3);

@@ -53,7 +53,7 @@ impl Report {
         let _ = writeln!(s, "## Per-packet cost under BPF_PROG_TEST_RUN\n");
         let _ = writeln!(
             s,
-            "64-byte frames, one per traffic class, {} runs each (the median of three batches; the kernel reports whole nanoseconds). The frame's source is the same on every run, so it is a tracked heavy hitter: each packet pays for parsing, the class counter and the sketch, and every eighth one for the per-source map (see `detector-common/src/sketch.rs`). Non-IP and malformed frames have no source to track. Target: at most {TARGET_RATIO}x the empty program.\n",
+            "64-byte frames, one per traffic class, {} runs each (the median of three batches; the kernel reports whole nanoseconds). The frame's source is the same on every run, so it is a tracked heavy hitter: each packet pays for parsing, the class counter and the sketch, and every eighth one for the per-source map (see `detector-common/src/sketch.rs`). Header sampling is off here (no controller sets its divisor); the live runs below include it. Non-IP and malformed frames have no source to track. Target: at most {TARGET_RATIO}x the empty program.\n",
             self.repeat
         );
         let _ = writeln!(s, "| frame | detector ns/packet | empty ns/packet | ratio |");
@@ -77,7 +77,7 @@ impl Report {
         let _ = writeln!(s, "## Under a live flood\n");
         let _ = writeln!(
             s,
-            "The flood generator (`detector flood --engine fast`: `BPF_PROG_TEST_RUN` with live frames, 64-byte UDP frames, one sending thread) pushes frames out of one end of a veth pair for {} s; the program under test is attached in native mode on the other end, in another network namespace. Both ends share the machine's cores, so the receive rate is bounded by the generator too. ns/packet is the program's own run time from the kernel's BPF statistics (`kernel.bpf_stats_enabled`, which adds its own clock reads to both programs alike). A poller like the controller's reads the maps and starts a new sketch window (epoch) every 100 ms during the detector's runs.\n",
+            "The flood generator (`detector flood --engine fast`: `BPF_PROG_TEST_RUN` with live frames, 64-byte UDP frames, one sending thread) pushes frames out of one end of a veth pair for {} s; the program under test is attached in native mode on the other end, in another network namespace. Both ends share the machine's cores, so the receive rate is bounded by the generator too. ns/packet is the program's own run time from the kernel's BPF statistics (`kernel.bpf_stats_enabled`, which adds its own clock reads to both programs alike). A poller like the controller's reads the maps, starts a new sketch window (epoch) and drains the header samples (adapting the sampling divisor, starting at 64) every 100 ms during the detector's runs.\n",
             self.seconds
         );
         let _ = writeln!(s, "| sources | program | frames sent | received pps | ns/packet | ratio to empty |");

@@ -2,9 +2,12 @@
 //!
 //! Counters say how much of each class arrives; they cannot say to which
 //! ports, or from which reflector service. For that the program copies the
-//! headers of a random one in [`SampleControl::divisor`] packets into a ring
-//! buffer. The controller adapts the divisor so it reads a bounded number
-//! of samples per poll, whatever the rate, and scales them back up.
+//! headers of one in [`SampleControl::divisor`] packets, on average, into a
+//! ring buffer: each CPU counts down a random gap (uniform in 1 ..= 2 *
+//! divisor) between samples, so a packet costs a decrement and only a
+//! sample costs a random number. The controller adapts the divisor so it
+//! reads a bounded number of samples per poll, whatever the rate, and
+//! scales them back up.
 
 /// Ring buffer of [`PacketSample`]s.
 pub const SAMPLES_MAP: &str = "SAMPLES";
@@ -30,11 +33,26 @@ pub struct PacketSample {
     pub _pad2: u16,
 }
 
+/// The gap to the next sample for a random `r`: uniform in 1 ..= 2 * divisor
+/// (mean divisor + 1/2); when sampling is off, a long gap before looking
+/// at the divisor again.
+#[inline(always)]
+pub fn next_gap(divisor: u32, r: u32) -> u32 {
+    if divisor == 0 {
+        1 << 16
+    } else {
+        // Bounded so 2 * d cannot wrap to zero: the XDP program may not
+        // carry a division-by-zero panic path.
+        let d = divisor.min(1 << 24);
+        r % (2 * d) + 1
+    }
+}
+
 /// How often to sample, set by the controller.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SampleControl {
-    /// One packet in `divisor` is sampled (a power of two); 0 turns sampling off.
+    /// One packet in `divisor` is sampled on average; 0 turns sampling off.
     pub divisor: u32,
 }
 
@@ -57,5 +75,23 @@ mod tests {
         assert_eq!(offset_of!(PacketSample, dport), 24);
         assert_eq!(size_of::<SampleControl>(), 4);
         assert!(SAMPLES_RING_BYTES.is_power_of_two());
+    }
+
+    #[test]
+    fn gaps_average_the_divisor() {
+        let mut r = 12345u32;
+        let n = 100_000u64;
+        let mut sum = 0u64;
+        for _ in 0..n {
+            r ^= r << 13;
+            r ^= r >> 17;
+            r ^= r << 5;
+            let g = next_gap(64, r);
+            assert!((1..=128).contains(&g));
+            sum += g as u64;
+        }
+        let mean = sum as f64 / n as f64;
+        assert!((63.0..66.0).contains(&mean), "{mean}");
+        assert_eq!(next_gap(0, 7), 1 << 16);
     }
 }

@@ -63,12 +63,15 @@ pub struct SketchRow {
 }
 
 /// One CPU's window: which epoch it is in and how many packets with a
-/// source it has seen in it.
+/// source it has seen in it; and, for header sampling, how many packets to
+/// let pass before the next sample.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Window {
     pub epoch: u32,
     pub total: u32,
+    pub sample_countdown: u32,
+    pub _pad: u32,
 }
 
 /// A 64-bit hash of a 16-byte address, keyed by `seed` so an attacker cannot
@@ -161,7 +164,7 @@ mod tests {
         /// One packet from `addr` in `epoch`; returns its weight.
         fn packet(&mut self, addr: &[u8; 16], epoch: u32) -> u32 {
             if self.window.epoch != epoch {
-                self.window = Window { epoch, total: 0 };
+                self.window = Window { epoch, ..Window::default() };
             }
             self.window.total += 1;
             let h = hash_addr(addr, self.seed);
@@ -194,7 +197,8 @@ mod tests {
     fn layout() {
         assert_eq!(core::mem::size_of::<SketchRow>(), 4 * SKETCH_WIDTH);
         assert!(core::mem::size_of::<SketchRow>() <= 32 * 1024);
-        assert_eq!(core::mem::size_of::<Window>(), 8);
+        assert_eq!(core::mem::size_of::<Window>(), 16);
+        assert_eq!(core::mem::offset_of!(Window, sample_countdown), 8);
         assert!(SKETCH_WIDTH.is_power_of_two() && SAMPLE_EVERY.is_power_of_two());
     }
 

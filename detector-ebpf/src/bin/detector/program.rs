@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use detector_common::{
     maps::{ClassCounters, SourceKey, SourceStats, DEFAULT_MAX_SOURCES},
-    sample::{PacketSample, SampleControl, SAMPLES_RING_BYTES},
+    sample::{next_gap, PacketSample, SampleControl, SAMPLES_RING_BYTES},
     sketch::{self, SketchRow, Window, EPOCH_MASK, SKETCH_DEPTH},
     CLASS_COUNT,
 };
@@ -62,21 +62,25 @@ pub fn detector(ctx: XdpContext) -> u32 {
         }
     }
     if let Some(src) = parsed.src {
-        track_source(src, class as usize, len);
-        sample(src, class, parsed.ports, len);
+        track_source(src, class, parsed.ports, len);
     }
     xdp_action::XDP_PASS
 }
 
-/// Copies the headers of one packet in `divisor` into the ring buffer. A
-/// full ring drops the sample; the counters above are unaffected.
+/// Copies the headers of this packet into the ring buffer when the CPU's
+/// countdown to its next sample runs out. A full ring drops the sample; the
+/// counters are unaffected.
 #[inline(always)]
-fn sample(src: [u8; 16], class: u32, ports: Ports, len: u64) {
-    let divisor = match SAMPLE_CONTROL.get(0) {
-        Some(c) if c.divisor != 0 => c.divisor,
-        _ => return,
-    };
-    if unsafe { bpf_get_prandom_u32() } & (divisor - 1) != 0 {
+fn sample(w: *mut Window, src: [u8; 16], class: u32, ports: Ports, len: u64) {
+    unsafe {
+        if (*w).sample_countdown > 1 {
+            (*w).sample_countdown -= 1;
+            return;
+        }
+    }
+    let divisor = SAMPLE_CONTROL.get(0).map(|c| c.divisor).unwrap_or(0);
+    unsafe { (*w).sample_countdown = next_gap(divisor, bpf_get_prandom_u32()) };
+    if divisor == 0 {
         return;
     }
     let s = PacketSample {
@@ -92,11 +96,13 @@ fn sample(src: [u8; 16], class: u32, ports: Ports, len: u64) {
 }
 
 #[inline(always)]
-fn track_source(src: [u8; 16], class: usize, len: u64) {
+fn track_source(src: [u8; 16], class_id: u32, ports: Ports, len: u64) {
+    let class = class_id as usize;
     let epoch = EPOCH.get(0).copied().unwrap_or(0) & EPOCH_MASK;
     let Some(w) = WINDOW.get_ptr_mut(0) else {
         return;
     };
+    sample(w, src, class_id, ports, len);
     let total = unsafe {
         if (*w).epoch != epoch {
             (*w).epoch = epoch;
