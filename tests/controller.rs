@@ -167,7 +167,7 @@ fn a_second_controller_is_refused_and_kill_9_leaves_nothing_attached() {
     require_root!();
     let lab = Lab::new().unwrap();
     let mut first = Controller::start(&lab, &[]);
-    let other = std::env::temp_dir().join(format!("{}-second", lab.tgt_ns));
+    let other = lab.dir.join("second");
     let other = other.to_str().unwrap();
     let out = detector_in(
         &lab.tgt_ns,
@@ -265,7 +265,7 @@ fn without_privileges_the_missing_capabilities_are_named() {
 fn a_token_guards_a_listener_off_loopback() {
     require_root!();
     let lab = Lab::new().unwrap();
-    let token_file = std::env::temp_dir().join(format!("{}-token", lab.tgt_ns));
+    let token_file = lab.dir.join("token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
     let c = Controller::start_with_addr(&lab, "0.0.0.0:9477", &["--api-token-file", token_file.to_str().unwrap()]);
     let (code, _) = common::http_get(&lab.tgt_ns, "/metrics").unwrap();
@@ -276,5 +276,4 @@ fn a_token_guards_a_listener_off_loopback() {
     assert_eq!(code, 200);
     assert!(body.contains("detector_packets_total"));
     assert!(!c.log_text().contains("s3cret"), "the token reached the log");
-    let _ = std::fs::remove_file(token_file);
 }

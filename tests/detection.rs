@@ -32,7 +32,7 @@ detection:
 ";
 
 fn config_file(lab: &Lab, text: &str, name: &str) -> String {
-    let p = std::env::temp_dir().join(format!("{}-{name}", lab.tgt_ns));
+    let p = lab.dir.join(name);
     std::fs::write(&p, text).unwrap();
     p.to_str().unwrap().to_string()
 }

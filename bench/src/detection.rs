@@ -63,7 +63,7 @@ fn start(lab: &Lab) -> Result<Controller> {
     if !bin.exists() {
         bail!("{} is missing: run the bench through `cargo xtask bench`", bin.display());
     }
-    let dir = std::env::temp_dir().join(format!("{}-bench", lab.tgt_ns));
+    let dir = lab.dir.join("state");
     std::fs::create_dir_all(&dir)?;
     let cfg = dir.join("detector.yaml");
     std::fs::write(&cfg, CONFIG)?;

@@ -42,6 +42,9 @@ pub struct Lab {
     pub gen_if: String,
     /// The target's end, in `tgt_ns`: attach the detector here.
     pub tgt_if: String,
+    /// A scratch directory for the lab's files (logs, state, configs),
+    /// removed with the lab.
+    pub dir: std::path::PathBuf,
 }
 
 pub const GEN_V4: &str = "192.0.2.1";
@@ -72,6 +75,7 @@ impl Lab {
             tgt_ns: format!("{PREFIX}-{pid}-{n}-tgt"),
             gen_if: format!("dl{}g", &tag[tag.len().saturating_sub(11)..]),
             tgt_if: format!("dl{}t", &tag[tag.len().saturating_sub(11)..]),
+            dir: std::env::temp_dir().join(format!("{PREFIX}-{pid}-{n}")),
         };
         // From here on, drop cleans up whatever was made.
         lab.build()?;
@@ -79,6 +83,8 @@ impl Lab {
     }
 
     fn build(&self) -> Result<(), LabError> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| LabError::Ip { args: format!("mkdir {}", self.dir.display()), stderr: e.to_string() })?;
         ip(&["netns", "add", &self.gen_ns])?;
         ip(&["netns", "add", &self.tgt_ns])?;
         ip(&[
@@ -137,6 +143,7 @@ impl Drop for Lab {
         // the peer and any XDP program attached to either.
         let _ = ip(&["netns", "del", &self.gen_ns]);
         let _ = ip(&["netns", "del", &self.tgt_ns]);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -198,8 +205,19 @@ fn disable_ipv6(ns: &str, ifname: &str) -> Result<(), LabError> {
     .expect("sysctl thread")
 }
 
-/// Removes labs whose creating process is gone (killed without unwinding).
+/// Removes labs whose creating process is gone (killed without unwinding):
+/// their namespaces and their scratch directories.
 fn sweep_dead_labs() {
+    let dead = |pid: &str| pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let mut parts = name.split('-');
+            if parts.next() == Some(PREFIX) && parts.next().is_some_and(dead) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let Ok(out) = ip(&["netns", "list"]) else { return };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");

@@ -56,10 +56,10 @@ pub struct Controller {
     pub state_dir: PathBuf,
 }
 
-/// A state directory of the lab's own, removed with it by the OS temp
-/// cleanup; tests never touch /var/lib/detector.
+/// A state directory in the lab's scratch directory (removed with the lab);
+/// tests never touch /var/lib/detector.
 pub fn state_dir(lab: &Lab) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("{}-state", lab.tgt_ns));
+    let d = lab.dir.join("state");
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -84,7 +84,7 @@ impl Controller {
     }
 
     fn spawn(lab: &Lab, iface: &str, addr: &str, extra: &[&str]) -> Controller {
-        let log = std::env::temp_dir().join(format!("{}-run.log", lab.tgt_ns));
+        let log = lab.dir.join("run.log");
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let state_dir = state_dir(lab);
         let has = |flag: &str| extra.contains(&flag);
