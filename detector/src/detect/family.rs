@@ -42,18 +42,16 @@ impl Family {
         Family::FragmentFlood,
     ];
 
-    pub const ALL: [Family; 10] = [
-        Family::UdpFlood,
-        Family::SynFlood,
-        Family::AckFlood,
-        Family::IcmpFlood,
-        Family::DnsFlood,
-        Family::DnsAmplification,
-        Family::UdpAmplification,
-        Family::HttpFlood,
-        Family::FragmentFlood,
-        Family::MultiVector,
-    ];
+    /// Every family: the detected ones, then `MultiVector`.
+    pub const ALL: [Family; 10] = {
+        let mut all = [Family::MultiVector; 10];
+        let mut i = 0;
+        while i < Family::DETECTED.len() {
+            all[i] = Family::DETECTED[i];
+            i += 1;
+        }
+        all
+    };
 
     pub fn name(self) -> &'static str {
         match self {
