@@ -163,6 +163,17 @@ fn sigterm_detaches_and_exits_zero() {
 }
 
 #[test]
+fn a_signal_right_after_start_is_not_lost() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    for _ in 0..10 {
+        let mut c = Controller::start(&lab, &[]);
+        assert!(c.stop_with(libc::SIGTERM).success());
+        assert_eq!(xdp_attached(&lab.tgt_ns, &lab.tgt_if), None);
+    }
+}
+
+#[test]
 fn a_second_controller_is_refused_and_kill_9_leaves_nothing_attached() {
     require_root!();
     let lab = Lab::new().unwrap();

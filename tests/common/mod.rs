@@ -149,19 +149,42 @@ impl Controller {
         }
     }
 
-    /// Sends `sig` and waits for the exit status.
+    /// Sends `sig` and waits for the exit status. A controller that has not
+    /// exited after 10 s is killed and reported as hung (a test must never
+    /// hang CI).
     pub fn stop_with(&mut self, sig: i32) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
         // `ip netns exec` execs the detector: the child pid is the detector.
         unsafe { libc::kill(child.id() as i32, sig) };
-        child.wait().expect("wait")
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("detector run did not exit within 10 s of signal {sig}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
 impl Drop for Controller {
     fn drop(&mut self) {
-        if self.child.is_some() {
-            let _ = self.stop_with(libc::SIGTERM);
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    // Never hang; the tests that care stop it explicitly.
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.wait();
         }
     }
 }

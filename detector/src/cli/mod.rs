@@ -138,8 +138,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let shutdown = {
+        let _in_runtime = rt.enter();
+        shutdown_signal()?
+    };
     let (events, _) = tokio::sync::broadcast::channel(controller::EVENT_CAPACITY);
-    rt.block_on(controller::run(cfg, events, shutdown_signal()))?;
+    rt.block_on(controller::run(cfg, events, shutdown))?;
     Ok(())
 }
 
@@ -156,18 +160,18 @@ fn api_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
     Ok(std::env::var("DETECTOR_API_TOKEN").ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
 }
 
-async fn shutdown_signal() {
+/// Listens for SIGINT and SIGTERM from now on (call it inside the runtime,
+/// before anything is attached): a signal that arrives while the controller
+/// is still starting is kept, and ends it as soon as it is up. Registering
+/// lazily, when the future is first polled, lost such signals.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    })
 }
