@@ -42,9 +42,28 @@ pub fn detector_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_detector"))
 }
 
-/// Runs `detector ARGS` inside namespace `ns` to completion.
+/// Runs `detector ARGS` inside namespace `ns` to completion. One that is
+/// still running after a minute is killed and the test fails: a command
+/// expected to fail that runs on instead must not hang the suite.
 pub fn detector_in(ns: &str, args: &[&str]) -> Output {
-    Lab::command_in(ns, &detector_bin()).args(args).output().expect("running detector")
+    let child = Lab::command_in(ns, &detector_bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running detector");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => out.expect("waiting for detector"),
+        Err(_) => {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("`detector {}` was still running after 60 s", args.join(" "));
+        }
+    }
 }
 
 /// A `detector run` child; SIGTERM and reaped on drop.
