@@ -6,12 +6,10 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::{detector_in, packets, require_root, sample, xdp_attached, Controller, Lab};
+use common::{detector_in, flood_in_background, packets, require_root, sample, xdp_attached, Controller, Lab};
 
 fn flood(lab: &Lab, args: &[&str]) {
-    let mut full = vec!["flood", "--iface", &lab.gen_if, "--dst", detector::lab::TGT_V4];
-    full.extend_from_slice(args);
-    let out = detector_in(&lab.gen_ns, &full);
+    let out = flood_in_background(lab, args).join().unwrap();
     assert!(out.status.success(), "flood {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -63,15 +61,6 @@ fn metrics_show_exactly_what_was_sent_and_pass_promtool() {
 
     let (ok, said) = common::promtool_check(&m2);
     assert!(ok, "promtool check metrics failed:\n{said}\n{m2}");
-}
-
-/// Starts `detector flood ARGS` from the generator namespace in the background.
-fn flood_in_background(lab: &Lab, args: &[&str]) -> std::thread::JoinHandle<std::process::Output> {
-    let mut full: Vec<String> =
-        ["flood", "--iface", &lab.gen_if, "--dst", detector::lab::TGT_V4].iter().map(|s| s.to_string()).collect();
-    full.extend(args.iter().map(|s| s.to_string()));
-    let ns = lab.gen_ns.clone();
-    std::thread::spawn(move || detector_in(&ns, &full.iter().map(String::as_str).collect::<Vec<_>>()))
 }
 
 #[test]

@@ -5,12 +5,9 @@
 
 mod common;
 
-use std::{
-    thread::JoinHandle,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
-};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{detector_in, require_root, sample, Controller, Lab};
+use common::{detector_in, flood_in_background as flood, require_root, sample, Controller, Lab};
 use serde_json::Value;
 
 /// Low floors, static only (no warm-up ends during a test), short quiet.
@@ -44,17 +41,6 @@ fn start(lab: &Lab) -> Controller {
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-/// `detector flood` from the generator namespace, in the background.
-fn flood(lab: &Lab, args: &[&str]) -> JoinHandle<std::process::Output> {
-    let mut full: Vec<String> = ["flood", "--iface", &lab.gen_if].iter().map(|s| s.to_string()).collect();
-    if !args.contains(&"--dst") {
-        full.extend(["--dst".to_string(), detector::lab::TGT_V4.to_string()]);
-    }
-    full.extend(args.iter().map(|s| s.to_string()));
-    let ns = lab.gen_ns.clone();
-    std::thread::spawn(move || detector_in(&ns, &full.iter().map(String::as_str).collect::<Vec<_>>()))
 }
 
 fn get_json(c: &Controller, path: &str) -> Value {

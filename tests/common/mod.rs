@@ -66,6 +66,18 @@ pub fn detector_in(ns: &str, args: &[&str]) -> Output {
     }
 }
 
+/// `detector flood ARGS` out of the lab's generator end, in the background;
+/// `--dst` defaults to the target's address.
+pub fn flood_in_background(lab: &Lab, args: &[&str]) -> std::thread::JoinHandle<Output> {
+    let mut full: Vec<String> = ["flood", "--iface", &lab.gen_if].iter().map(|s| s.to_string()).collect();
+    if !args.contains(&"--dst") {
+        full.extend(["--dst".to_string(), detector::lab::TGT_V4.to_string()]);
+    }
+    full.extend(args.iter().map(|s| s.to_string()));
+    let ns = lab.gen_ns.clone();
+    std::thread::spawn(move || detector_in(&ns, &full.iter().map(String::as_str).collect::<Vec<_>>()))
+}
+
 /// A `detector run` child; SIGTERM and reaped on drop.
 pub struct Controller {
     pub child: Option<Child>,
