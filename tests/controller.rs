@@ -163,38 +163,43 @@ fn a_signal_right_after_start_is_not_lost() {
 }
 
 #[test]
-fn a_second_controller_is_refused_and_kill_9_leaves_nothing_attached() {
+fn a_second_controller_is_refused_and_kill_9_is_adopted_by_the_next() {
     require_root!();
     let lab = Lab::new().unwrap();
     let mut first = Controller::start(&lab, &[]);
     let other = lab.dir.join("second");
     let other = other.to_str().unwrap();
+    // Another state directory, same interface: refused, with or without --force.
+    for force in [false, true] {
+        let mut args = vec!["run", "--iface", &lab.tgt_if, "--metrics-addr", "127.0.0.1:9478", "--state-dir", other];
+        if force {
+            args.push("--force");
+        }
+        let out = detector_in(&lab.tgt_ns, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(&format!("another detector is running on '{}'", lab.tgt_if)), "{err}");
+    }
+    // The same state directory: refused before touching the interface.
+    let dir = common::state_dir(&lab);
     let out = detector_in(
         &lab.tgt_ns,
-        &["run", "--iface", &lab.tgt_if, "--metrics-addr", "127.0.0.1:9478", "--state-dir", other],
+        &["run", "--iface", &lab.tgt_if, "--metrics-addr", "127.0.0.1:9478", "--state-dir", dir.to_str().unwrap()],
     );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        err.contains(&format!("interface '{}' already has an XDP program", lab.tgt_if)) && err.contains("--force"),
-        "{err}"
-    );
-    // --force cannot take a link owned by a live process; it says so.
-    let out = detector_in(
-        &lab.tgt_ns,
-        &["run", "--iface", &lab.tgt_if, "--metrics-addr", "127.0.0.1:9478", "--force", "--state-dir", other],
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(err.contains("held by a BPF link of another process"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already running with the state directory"));
     // The first one is untouched.
     assert!(first.metrics().contains("detector_packets_total"));
-    // kill -9: the kernel drops the link with the last fd; nothing lingers.
+    // kill -9: the pinned link keeps the program attached (rules would keep
+    // applying); the next start takes it over instead of attaching twice.
+    let before = xdp_attached(&lab.tgt_ns, &lab.tgt_if).unwrap();
     let status = first.stop_with(libc::SIGKILL);
     assert!(!status.success());
-    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(xdp_attached(&lab.tgt_ns, &lab.tgt_if), Some(before));
+    let mut again = Controller::start(&lab, &[]);
+    assert!(again.log_text().contains("replaced in the pinned link"), "{}", again.log_text());
+    // With no rule in force a normal stop detaches everything.
+    assert!(again.stop_with(libc::SIGTERM).success());
     assert_eq!(xdp_attached(&lab.tgt_ns, &lab.tgt_if), None);
-    let _again = Controller::start(&lab, &[]);
 }
 
 /// Runs `detector ARGS` in the lab's target namespace and returns its stderr,

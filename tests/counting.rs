@@ -36,9 +36,9 @@ struct Target {
 
 fn attach(lab: &Lab) -> Target {
     let _in = lab.enter_tgt().unwrap();
-    let mut obj = ebpf::load_counting(CountingOptions { max_sources: 4096 }).unwrap();
+    let mut obj = ebpf::load_counting(&CountingOptions::new(4096)).unwrap();
     let maps = CounterMaps::take(&mut obj).unwrap();
-    let attachment = xdp::attach(obj, &lab.tgt_if, ModeChoice::Native, false).unwrap();
+    let attachment = xdp::attach(obj, &lab.tgt_if, ModeChoice::Native, false, None).unwrap();
     Target { _attachment: attachment, maps }
 }
 

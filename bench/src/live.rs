@@ -133,10 +133,10 @@ impl Receiver {
 fn attach(lab: &Lab, program: &str) -> Result<Receiver> {
     let _in = lab.enter_tgt()?;
     if program == "detector" {
-        let mut obj = ebpf::load_counting(CountingOptions { max_sources: DEFAULT_MAX_SOURCES })?;
+        let mut obj = ebpf::load_counting(&CountingOptions::new(DEFAULT_MAX_SOURCES))?;
         let mut maps = CounterMaps::take(&mut obj)?;
         maps.set_sample_divisor(64)?;
-        let attachment = xdp::attach(obj, &lab.tgt_if, ModeChoice::Native, false)?;
+        let attachment = xdp::attach(obj, &lab.tgt_if, ModeChoice::Native, false, None)?;
         Ok(Receiver::Detector { attachment: Box::new(attachment), maps: Box::new(maps) })
     } else {
         let mut obj = ebpf::load_flood()?;

@@ -30,7 +30,7 @@ fn ns_per_packet(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<f64> {
 }
 
 pub fn per_class(repeat: u32) -> Result<Vec<ClassCost>> {
-    let mut det_obj = ebpf::load_counting(CountingOptions { max_sources: DEFAULT_MAX_SOURCES })?;
+    let mut det_obj = ebpf::load_counting(&CountingOptions::new(DEFAULT_MAX_SOURCES))?;
     let maps = CounterMaps::take(&mut det_obj)?;
     let det = ebpf::load_xdp(&mut det_obj, "detector", DETECTOR_PROGRAM)?;
     let mut pass_obj = ebpf::load_flood()?;

@@ -10,6 +10,7 @@
 pub mod class;
 pub mod flood;
 pub mod maps;
+pub mod rules;
 pub mod sample;
 pub mod sketch;
 

@@ -7,19 +7,24 @@
 //! [`crate::detect`]).
 
 use std::{
+    collections::HashMap,
     future::Future,
     net::SocketAddr,
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use detector_common::TrafficClass;
+use detector_common::{
+    rules::{DropReason, RuleCounters},
+    TrafficClass,
+};
 use prometheus_client::registry::Registry;
 use thiserror::Error;
 use tokio::sync::{broadcast, RwLock};
 
 use crate::{
+    control::{self, ControlError, SharedMitigator},
     counters::{CounterError, CounterMaps},
     detect::{
         config::DetectionConfig,
@@ -29,7 +34,19 @@ use crate::{
     },
     ebpf::{self, CountingOptions},
     http::{self, AppState, HttpError},
-    metrics::{AttachLabels, ClassLabels, FamilyLabels, IfaceFamilyLabels, IfaceLabels, IncidentLabels, Metrics},
+    metrics::{
+        ActionLabels, AttachLabels, ClassLabels, DropLabels, FamilyLabels, IfaceFamilyLabels, IfaceLabels,
+        IncidentLabels, Metrics, RuleLabels, TableLabels,
+    },
+    mitigate::{
+        config::{MitigationConfig, OnStop},
+        host,
+        kernel::{KernelError, RuleMaps},
+        mitigator::{clock_now, MitigateError, Mitigator},
+        pins::{self, LockError, PinError},
+        prefix::{self, Prefix},
+        ruleset::{AllowSource, Limits},
+    },
     rates::{class_rates, delta, ClassSnapshot},
     samples::{self, SampleView},
     sources::SourceTracker,
@@ -58,6 +75,7 @@ pub struct RunConfig {
     pub node: String,
     pub state_dir: PathBuf,
     pub detection: DetectionConfig,
+    pub mitigation: MitigationConfig,
 }
 
 #[derive(Debug, Error)]
@@ -80,6 +98,16 @@ pub enum RunError {
     Interval(Duration),
     #[error("'{0}' is not a usable node name (1 to 64 letters, digits, '.', '-' or '_')")]
     Node(String),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("interface '{iface}': {source}")]
+    Rules { iface: String, source: Box<KernelError> },
+    #[error("restoring the saved rules: {0}")]
+    Restore(Box<MitigateError>),
 }
 
 /// Where the controller's incident events go (the runbook engine listens).
@@ -96,9 +124,14 @@ const BASELINES_EVERY: Duration = Duration::from_secs(60);
 /// Samples read per interface per poll, at most.
 const MAX_SAMPLES: usize = 4 * samples::TARGET_PER_POLL;
 
+/// How often rule counters reach the metrics.
+const RULE_METRICS_EVERY: Duration = Duration::from_secs(1);
+
 /// One attached interface and what the poller remembers about it.
 struct Probe {
     attachment: Attachment,
+    /// Held while this controller drives the interface's pinned state.
+    _lock: std::fs::File,
     maps: CounterMaps,
     prev: ClassSnapshot,
     tracker: SourceTracker,
@@ -169,17 +202,41 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
         }
     }
 
+    let control_listener = control::bind(&cfg.state_dir).await?;
+    let m = &cfg.mitigation;
+    let mut mitigator = Mitigator::new(Limits { max_rules: m.max_rules, max_allow: m.max_allow }, &cfg.state_dir);
     let mut probes = Vec::new();
     for iface in &cfg.ifaces {
         // On error the probes attached so far are dropped, which detaches them.
         let counters_err = |source| RunError::Counters { iface: iface.clone(), source: Box::new(source) };
-        let mut ebpf =
-            ebpf::load_counting(CountingOptions { max_sources: cfg.max_sources }).map_err(AttachError::from)?;
+        let pin_dir = pins::dir(iface)?;
+        pins::prepare(&pin_dir)?;
+        let lock = pins::lock(&pin_dir, iface)?;
+        let opts = CountingOptions {
+            max_sources: cfg.max_sources,
+            max_rules: m.max_rules,
+            max_allow: m.max_allow,
+            max_buckets: m.max_rate_limited_sources,
+            pins: Some((pin_dir.clone(), iface.clone())),
+        };
+        let mut ebpf = ebpf::load_counting(&opts).map_err(AttachError::from)?;
         let mut maps = CounterMaps::take(&mut ebpf).map_err(counters_err)?;
+        let rule_maps = RuleMaps::take(&mut ebpf)
+            .map_err(|source| RunError::Rules { iface: iface.clone(), source: Box::new(source) })?;
         let divisor = 64;
         maps.set_sample_divisor(divisor).map_err(counters_err)?;
-        let attachment = xdp::attach(ebpf, iface, cfg.mode, cfg.force)?;
-        tracing::info!(iface, mode = %attachment.mode, "XDP program attached");
+        let attachment = xdp::attach(ebpf, iface, cfg.mode, cfg.force, Some(&pin_dir))?;
+        if attachment.adopted {
+            tracing::info!(
+                iface,
+                mode = %attachment.mode,
+                entries = rule_maps.entries(),
+                "XDP program replaced in the pinned link of an earlier run; its rules and counters carry on"
+            );
+        } else {
+            tracing::info!(iface, mode = %attachment.mode, "XDP program attached");
+        }
+        mitigator.add_interface(iface, rule_maps);
         metrics
             .attached
             .get_or_create(&AttachLabels { iface: iface.clone(), mode: attachment.mode.name().into() })
@@ -193,12 +250,25 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
         }
         probes.push(Probe {
             attachment,
+            _lock: lock,
             maps,
             prev: ClassSnapshot::default(),
             tracker: SourceTracker::new(cfg.idle_after),
             divisor,
         });
     }
+    allow_host_and_config(&mut mitigator, &cfg.mitigation);
+    let expired = mitigator.restore(clock_now()).map_err(|e| RunError::Restore(Box::new(e)))?;
+    for r in &expired {
+        tracing::info!(rule = %r.describe(), "rule expired while no controller ran");
+    }
+    if !mitigator.rules().is_empty() {
+        tracing::info!(rules = mitigator.rules().len(), "rules restored from the state directory");
+    }
+    let mitigator: SharedMitigator = Arc::new(Mutex::new(mitigator));
+    let metrics = Arc::new(metrics);
+    metrics.table_capacity.get_or_create(&TableLabels { table: "rules".into() }).set(m.max_rules as i64);
+    metrics.table_capacity.get_or_create(&TableLabels { table: "allowlist".into() }).set(m.max_allow as i64);
     for f in Family::ALL {
         let _ = metrics.active_incidents.get_or_create(&FamilyLabels { family: f.name().into() });
     }
@@ -208,6 +278,7 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
         top: RwLock::new(TopView::default()),
         token: cfg.api_token.clone(),
         state_dir: cfg.state_dir.clone(),
+        mitigator: Some(mitigator.clone()),
     });
     let server = axum::serve(listener, http::router(state.clone()));
     tracing::info!(addr = %cfg.metrics_addr, "serving /metrics, /api/top, /api/incidents and /healthz");
@@ -219,8 +290,28 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
             })
             .await;
     });
+    let control_server = axum::serve(control_listener, control::router(mitigator.clone(), metrics.clone()));
+    tracing::info!(socket = %cfg.state_dir.join(control::SOCKET).display(), "control API listening");
+    let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
+    let control_task = tokio::spawn(async move {
+        let _ = control_server
+            .with_graceful_shutdown(async {
+                let _ = control_stopped.await;
+            })
+            .await;
+    });
 
-    let mut ctx = Loop { cfg: &cfg, metrics: &metrics, state: &state, detector, writer, events };
+    let mut ctx = Loop {
+        cfg: &cfg,
+        metrics: &metrics,
+        state: &state,
+        detector,
+        writer,
+        events,
+        mitigator: mitigator.clone(),
+        rule_prev: HashMap::new(),
+        drop_prev: HashMap::new(),
+    };
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
         _ = ctx.poll_forever(&mut probes) => {}
@@ -228,8 +319,29 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
 
     let _ = stop_http.send(());
     let _ = server_task.await;
+    let _ = stop_control.send(());
+    let _ = control_task.await;
+    let _ = std::fs::remove_file(cfg.state_dir.join(control::SOCKET));
+    let in_force = {
+        let mut m = mitigator.lock().unwrap_or_else(|p| p.into_inner());
+        m.expire(clock_now());
+        if cfg.mitigation.on_stop == OnStop::Detach {
+            if let Err(e) = m.clear(clock_now()) {
+                tracing::error!("clearing the rules: {e}");
+            }
+        }
+        m.rules().len()
+    };
     for probe in probes {
         let iface = probe.attachment.iface.clone();
+        if in_force > 0 && cfg.mitigation.on_stop == OnStop::Keep {
+            tracing::info!(
+                iface,
+                rules = in_force,
+                "XDP program and rules stay in force (until their TTLs run out, or the next start adopts them); `detector detach --iface {iface}` removes them"
+            );
+            continue;
+        }
         match probe.attachment.detach() {
             Ok(()) => tracing::info!(iface, "XDP program detached"),
             Err(e) => tracing::error!(iface, "{e}"),
@@ -266,6 +378,28 @@ fn validate(cfg: &RunConfig) -> Result<(), RunError> {
     Ok(())
 }
 
+/// The host's own addresses, default gateways and loopback, and the
+/// configured allowlist: allowlisted before any rule is restored.
+fn allow_host_and_config(m: &mut Mitigator, cfg: &MitigationConfig) {
+    let now = now_ms();
+    for p in prefix::loopback() {
+        m.allow_fixed(p, AllowSource::Host, "loopback", now);
+    }
+    for (ifname, ip) in host::addresses() {
+        m.allow_fixed(Prefix::host(ip), AllowSource::Host, &format!("address of {ifname}"), now);
+    }
+    for gw in host::gateways() {
+        m.allow_fixed(Prefix::host(gw), AllowSource::Host, "default gateway", now);
+    }
+    for p in &cfg.allowlist {
+        m.allow_fixed(*p, AllowSource::Config, "mitigation.allowlist", now);
+    }
+    tracing::info!(
+        entries = m.allow().len(),
+        "allowlist: the host's own addresses, gateways, loopback and the configured prefixes"
+    );
+}
+
 /// What the poll loop carries from one poll to the next.
 struct Loop<'a> {
     cfg: &'a RunConfig,
@@ -274,6 +408,11 @@ struct Loop<'a> {
     detector: Detector,
     writer: Writer,
     events: EventSender,
+    mitigator: SharedMitigator,
+    /// Last counters seen per (interface, rule id), for the metrics' increments.
+    rule_prev: HashMap<(String, String), RuleCounters>,
+    /// Last drop totals seen per (interface, reason, class).
+    drop_prev: HashMap<(String, usize, usize), (u64, u64)>,
 }
 
 impl Loop<'_> {
@@ -285,6 +424,7 @@ impl Loop<'_> {
         let mut last_summary = Instant::now();
         let mut last_snapshot = Instant::now();
         let mut last_baselines = Instant::now();
+        let mut last_rule_metrics = Instant::now() - RULE_METRICS_EVERY;
         loop {
             ticker.tick().await;
             let now = Instant::now();
@@ -302,6 +442,11 @@ impl Loop<'_> {
                 }
             }
             self.publish_incident_gauges();
+            let rule_metrics = now.duration_since(last_rule_metrics) >= RULE_METRICS_EVERY;
+            if rule_metrics {
+                last_rule_metrics = now;
+            }
+            self.poll_rules(rule_metrics);
             self.metrics.poll_duration.observe(now.elapsed().as_secs_f64());
 
             if now.duration_since(last_snapshot) >= SNAPSHOT_EVERY {
@@ -424,6 +569,75 @@ impl Loop<'_> {
         self.writer.send(StoreCmd::Record(Box::new(ev.clone())));
         // No receiver yet is fine: nothing listens until runbooks do.
         let _ = self.events.send(ev);
+    }
+
+    /// Expires rules on time, and publishes the rule gauges; when
+    /// `metrics` is set, also the rule and drop counters (a map read per
+    /// rule and interface, so once a second, not every poll).
+    fn poll_rules(&mut self, metrics: bool) {
+        let mitigator = self.mitigator.clone();
+        let mut m = mitigator.lock().unwrap_or_else(|p| p.into_inner());
+        let expired = m.expire(clock_now());
+        for r in &expired {
+            self.metrics.rules_expired.inc();
+            self.forget_rule(&r.id);
+        }
+        for action in ["drop", "rate_limit"] {
+            let n = m.rules().iter().filter(|r| r.action.name() == action).count();
+            self.metrics.rules.get_or_create(&ActionLabels { action: action.into() }).set(n as i64);
+        }
+        self.metrics.table_entries.get_or_create(&TableLabels { table: "rules".into() }).set(m.rules().len() as i64);
+        self.metrics
+            .table_entries
+            .get_or_create(&TableLabels { table: "allowlist".into() })
+            .set(m.allow().len() as i64);
+        if !metrics {
+            return;
+        }
+        let mut live = Vec::new();
+        for rule in m.rules() {
+            live.push(rule.id.clone());
+            let l = RuleLabels { rule: rule.id.clone() };
+            for (iface, c) in m.counters(rule.index) {
+                let prev = self.rule_prev.insert((iface.to_string(), rule.id.clone()), c).unwrap_or_default();
+                self.metrics
+                    .rule_dropped_packets
+                    .get_or_create(&l)
+                    .inc_by(delta(prev.dropped_packets, c.dropped_packets));
+                self.metrics.rule_dropped_bytes.get_or_create(&l).inc_by(delta(prev.dropped_bytes, c.dropped_bytes));
+                self.metrics.rule_passed_packets.get_or_create(&l).inc_by(delta(prev.passed_packets, c.passed_packets));
+                self.metrics.rule_passed_bytes.get_or_create(&l).inc_by(delta(prev.passed_bytes, c.passed_bytes));
+            }
+        }
+        let gone: Vec<String> =
+            self.rule_prev.keys().map(|(_, id)| id.clone()).filter(|id| !live.contains(id)).collect();
+        for id in gone {
+            self.forget_rule(&id);
+        }
+        for (iface, totals) in m.drops() {
+            let Ok(totals) = totals else { continue };
+            for reason in DropReason::ALL {
+                for class in TrafficClass::ALL {
+                    let c = totals[reason as usize][class.index()];
+                    let key = (iface.to_string(), reason as usize, class.index());
+                    let (pp, pb) = self.drop_prev.insert(key, (c.packets, c.bytes)).unwrap_or((0, 0));
+                    let l =
+                        DropLabels { iface: iface.into(), class: class.name().into(), reason: reason.name().into() };
+                    self.metrics.dropped_packets.get_or_create(&l).inc_by(delta(pp, c.packets));
+                    self.metrics.dropped_bytes.get_or_create(&l).inc_by(delta(pb, c.bytes));
+                }
+            }
+        }
+    }
+
+    /// A removed rule's series leave the metrics (the label set stays bounded).
+    fn forget_rule(&mut self, id: &str) {
+        self.rule_prev.retain(|(_, r), _| r != id);
+        let l = RuleLabels { rule: id.to_string() };
+        self.metrics.rule_dropped_packets.remove(&l);
+        self.metrics.rule_dropped_bytes.remove(&l);
+        self.metrics.rule_passed_packets.remove(&l);
+        self.metrics.rule_passed_bytes.remove(&l);
     }
 
     fn publish_incident_gauges(&self) {

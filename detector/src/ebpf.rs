@@ -1,8 +1,16 @@
 //! The XDP objects built by `build.rs`, embedded in the binary, and loading
 //! them into the kernel.
 
+use std::path::PathBuf;
+
 use aya::{Ebpf, EbpfLoader};
-use detector_common::maps::SOURCE_STATS_MAP;
+use detector_common::{
+    maps::{CLASS_STATS_MAP, SOURCE_STATS_MAP},
+    rules::{
+        BUCKETS_MAP, DEFAULT_MAX_ALLOW, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, DROP_STATS_MAP, RULES_MAP,
+        RULE_STATS_MAP,
+    },
+};
 use thiserror::Error;
 
 /// The counting program (`detector-ebpf/src/bin/detector`).
@@ -22,6 +30,8 @@ pub enum LoadError {
     Program { program: &'static str, reason: String, verifier_log: String },
     #[error("cannot read random bytes for the hash seed: {0}")]
     Seed(String),
+    #[error("the pinned map {path} holds {found} entries but {want} are configured; run `detector detach --iface {iface}` to start afresh (its rules are lost), or restore the old size")]
+    PinnedSize { path: String, iface: String, found: u32, want: u32 },
 }
 
 /// The verifier's last words, which say why it refused (the whole log is
@@ -43,22 +53,83 @@ fn verifier_tail(log: &str) -> String {
 }
 
 /// Options of the counting program that are fixed at load time.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct CountingOptions {
     /// Capacity of the per-source map.
     pub max_sources: u32,
+    /// Capacity of the rules (and of the per-rule counters).
+    pub max_rules: u32,
+    /// Capacity of the allowlist.
+    pub max_allow: u32,
+    /// Sources with a rate-limit bucket at once.
+    pub max_buckets: u32,
+    /// Where the maps that must outlive the controller are pinned (rules,
+    /// their counters, the class counters), with the interface's name; they
+    /// are reused when already there. `None`: nothing is pinned.
+    pub pins: Option<(PathBuf, String)>,
 }
 
+impl CountingOptions {
+    pub fn new(max_sources: u32) -> CountingOptions {
+        CountingOptions {
+            max_sources,
+            max_rules: DEFAULT_MAX_RULES,
+            max_allow: DEFAULT_MAX_ALLOW,
+            max_buckets: DEFAULT_MAX_BUCKETS,
+            pins: None,
+        }
+    }
+
+    fn trie_entries(&self) -> u32 {
+        self.max_rules + self.max_allow
+    }
+}
+
+/// The maps pinned with the link: everything a restart must find again.
+pub const PINNED_MAPS: [&str; 5] = [RULES_MAP, RULE_STATS_MAP, BUCKETS_MAP, DROP_STATS_MAP, CLASS_STATS_MAP];
+
 /// Creates the counting object's maps, with a fresh random hash seed.
-pub fn load_counting(opts: CountingOptions) -> Result<Ebpf, LoadError> {
+pub fn load_counting(opts: &CountingOptions) -> Result<Ebpf, LoadError> {
     let mut seed = [0u8; 8];
     getrandom::fill(&mut seed).map_err(|e| LoadError::Seed(e.to_string()))?;
     let seed = u64::from_ne_bytes(seed);
-    EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global("HASH_SEED", &seed, true)
         .map_max_entries(SOURCE_STATS_MAP, opts.max_sources)
-        .load(DETECTOR_OBJECT)
-        .map_err(|e| LoadError::Object { object: "detector", source: Box::new(e) })
+        .map_max_entries(RULES_MAP, opts.trie_entries())
+        .map_max_entries(RULE_STATS_MAP, opts.max_rules + 1)
+        .map_max_entries(BUCKETS_MAP, opts.max_buckets);
+    if let Some((dir, _)) = &opts.pins {
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    let ebpf =
+        loader.load(DETECTOR_OBJECT).map_err(|e| LoadError::Object { object: "detector", source: Box::new(e) })?;
+    if let Some((dir, iface)) = &opts.pins {
+        // A reused pin keeps the size it was created with.
+        for (name, want) in
+            [(RULES_MAP, opts.trie_entries()), (RULE_STATS_MAP, opts.max_rules + 1), (BUCKETS_MAP, opts.max_buckets)]
+        {
+            let found = ebpf.map(name).and_then(max_entries).unwrap_or(want);
+            if found != want {
+                let path = dir.join(name).display().to_string();
+                return Err(LoadError::PinnedSize { path, iface: iface.clone(), found, want });
+            }
+        }
+    }
+    Ok(ebpf)
+}
+
+/// The kernel's capacity of a map (of the kinds pinned here).
+fn max_entries(map: &aya::maps::Map) -> Option<u32> {
+    use aya::maps::Map;
+    let data = match map {
+        Map::LpmTrie(d) | Map::PerCpuArray(d) | Map::LruHashMap(d) | Map::HashMap(d) | Map::Array(d) => d,
+        _ => return None,
+    };
+    data.info().ok().map(|i| i.max_entries())
 }
 
 /// Creates the flood object's maps.

@@ -1,5 +1,6 @@
 //! The HTTP listener: `/metrics` for Prometheus, `/api/top` for the top
-//! talkers, `/api/incidents` for incident history, `/healthz`. Loopback by
+//! talkers, `/api/incidents` for incident history, `/api/rules` for the
+//! mitigation rules in force (read-only), `/healthz`. Loopback by
 //! default; anywhere else it requires a bearer token on every request.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
@@ -38,6 +39,9 @@ pub struct AppState {
     pub token: Option<String>,
     /// Where the incident history is; handlers open it read-only.
     pub state_dir: PathBuf,
+    /// The rules in force, for `GET /api/rules` (changes go through the
+    /// control socket only).
+    pub mitigator: Option<crate::control::SharedMitigator>,
 }
 
 /// Refuses a non-loopback address without a token.
@@ -60,6 +64,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/top", get(top_handler))
         .route("/api/incidents", get(incidents_handler))
         .route("/api/incidents/{id}", get(incident_handler))
+        .route("/api/rules", get(rules_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
@@ -113,6 +118,17 @@ async fn incident_handler(State(state): State<Arc<AppState>>, Path(id): Path<Str
         Ok(Some(inc)) => Json::<Incident>(inc).into_response(),
         Ok(None) => json_error(StatusCode::NOT_FOUND, format!("no incident with id '{id}'")),
         Err(r) => r,
+    }
+}
+
+async fn rules_handler(State(state): State<Arc<AppState>>) -> Response {
+    let Some(m) = state.mitigator.clone() else {
+        return json_error(StatusCode::NOT_FOUND, "no rules here".into());
+    };
+    let now = crate::mitigate::mitigator::clock_now().wall_ms;
+    match tokio::task::spawn_blocking(move || m.lock().unwrap_or_else(|p| p.into_inner()).view(now)).await {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -122,10 +122,26 @@ impl Lab {
         NetnsGuard::enter(&self.tgt_ns).map_err(|source| LabError::Enter { ns: self.tgt_ns.clone(), source })
     }
 
-    /// A command that runs `program` inside namespace `ns`.
+    /// A command that runs `program` inside network namespace `ns`.
+    ///
+    /// Only the network namespace changes (unlike `ip netns exec`, which
+    /// also remounts `/sys`): the program sees the host's bpffs, so what it
+    /// pins outlives it, as on a real host.
     pub fn command_in(ns: &str, program: &Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns]).arg(program);
+        use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+        let mut c = Command::new(program);
+        // Opened before the fork (nothing is allocated between fork and exec);
+        // close-on-exec, so the program does not inherit it.
+        let netns = std::fs::File::open(format!("/run/netns/{ns}"));
+        unsafe {
+            c.pre_exec(move || {
+                let f = netns.as_ref().map_err(|e| std::io::Error::new(e.kind(), e.to_string()))?;
+                if libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         c
     }
 
@@ -139,6 +155,13 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // Pins a controller left in bpffs (rules kept on stop, kill -9)
+        // hold links and maps; they go first, with the namespaces' inodes.
+        for ns in [&self.gen_ns, &self.tgt_ns] {
+            if let Some(ino) = netns_inode(ns) {
+                remove_netns_pins(ino);
+            }
+        }
         // Deleting a namespace destroys the veth end inside it, and with it
         // the peer and any XDP program attached to either.
         let _ = ip(&["netns", "del", &self.gen_ns]);
@@ -205,8 +228,40 @@ fn disable_ipv6(ns: &str, ifname: &str) -> Result<(), LabError> {
     .expect("sysctl thread")
 }
 
+fn netns_inode(ns: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(format!("/run/netns/{ns}")).ok().map(|m| m.ino())
+}
+
+/// Removes what controllers pinned from inside the namespace `ino`.
+fn remove_netns_pins(ino: u64) {
+    let dir = Path::new(crate::mitigate::pins::BPFFS).join("detector").join(format!("netns-{ino}"));
+    if let Ok(ifaces) = std::fs::read_dir(&dir) {
+        for i in ifaces.flatten() {
+            let _ = crate::mitigate::pins::detach_now(&i.path());
+        }
+    }
+    let _ = std::fs::remove_dir(&dir);
+}
+
+/// Network namespaces in use: named ones and those of running processes.
+fn live_netns() -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut out = Vec::new();
+    for dir in ["/run/netns", "/proc"] {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for e in entries.flatten() {
+            let path = if dir == "/proc" { e.path().join("ns/net") } else { e.path() };
+            if let Ok(m) = std::fs::metadata(path) {
+                out.push(m.ino());
+            }
+        }
+    }
+    out
+}
+
 /// Removes labs whose creating process is gone (killed without unwinding):
-/// their namespaces and their scratch directories.
+/// their namespaces, their scratch directories and their pins.
 fn sweep_dead_labs() {
     let dead = |pid: &str| pid.parse::<u32>().is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists());
     if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
@@ -227,7 +282,11 @@ fn sweep_dead_labs() {
         }
         let Some(pid) = parts.next().and_then(|p| p.parse::<u32>().ok()) else { continue };
         if !Path::new(&format!("/proc/{pid}")).exists() {
+            if let Some(ino) = netns_inode(name) {
+                remove_netns_pins(ino);
+            }
             let _ = ip(&["netns", "del", name]);
         }
     }
+    crate::mitigate::pins::sweep_dead_netns(&live_netns());
 }

@@ -6,6 +6,7 @@
 //! [`xdp`] (attach and detach), [`counters`] (the maps), [`flood`] (the
 //! generator). [`controller`] is the poll loop that joins them.
 
+pub mod control;
 pub mod controller;
 pub mod counters;
 pub mod detect;
@@ -15,6 +16,7 @@ pub mod http;
 pub mod iface;
 pub mod lab;
 pub mod metrics;
+pub mod mitigate;
 pub mod netns;
 pub mod privileges;
 pub mod rates;

@@ -52,6 +52,33 @@ pub struct AttachLabels {
     pub mode: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub iface: String,
+    pub class: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub reason: String,
+}
+
 /// Every metric the controller exports.
 pub struct Metrics {
     pub packets: Family<ClassLabels, Counter>,
@@ -68,6 +95,17 @@ pub struct Metrics {
     pub baseline_bytes: Family<ClassLabels, Gauge<f64, AtomicU64>>,
     pub threshold_pps: Family<IfaceFamilyLabels, Gauge<f64, AtomicU64>>,
     pub sample_divisor: Family<IfaceLabels, Gauge>,
+    pub rule_dropped_packets: Family<RuleLabels, Counter>,
+    pub rule_dropped_bytes: Family<RuleLabels, Counter>,
+    pub rule_passed_packets: Family<RuleLabels, Counter>,
+    pub rule_passed_bytes: Family<RuleLabels, Counter>,
+    pub dropped_packets: Family<DropLabels, Counter>,
+    pub dropped_bytes: Family<DropLabels, Counter>,
+    pub rules: Family<ActionLabels, Gauge>,
+    pub table_entries: Family<TableLabels, Gauge>,
+    pub table_capacity: Family<TableLabels, Gauge>,
+    pub rules_refused: Family<RefusalLabels, Counter>,
+    pub rules_expired: Counter,
 }
 
 impl Metrics {
@@ -89,6 +127,17 @@ impl Metrics {
             baseline_bytes: Family::default(),
             threshold_pps: Family::default(),
             sample_divisor: Family::default(),
+            rule_dropped_packets: Family::default(),
+            rule_dropped_bytes: Family::default(),
+            rule_passed_packets: Family::default(),
+            rule_passed_bytes: Family::default(),
+            dropped_packets: Family::default(),
+            dropped_bytes: Family::default(),
+            rules: Family::default(),
+            table_entries: Family::default(),
+            table_capacity: Family::default(),
+            rules_refused: Family::default(),
+            rules_expired: Counter::default(),
         };
         registry.register(
             "detector_packets",
@@ -149,6 +198,53 @@ impl Metrics {
             "One packet in this many is sampled for ports and reflector services",
             m.sample_divisor.clone(),
         );
+        registry.register(
+            "detector_rule_dropped_packets",
+            "Packets dropped by a mitigation rule, over all interfaces",
+            m.rule_dropped_packets.clone(),
+        );
+        registry.register(
+            "detector_rule_dropped_bytes",
+            "Bytes dropped by a mitigation rule, over all interfaces",
+            m.rule_dropped_bytes.clone(),
+        );
+        registry.register(
+            "detector_rule_passed_packets",
+            "Packets a mitigation rule matched and let through (admitted by a rate limit, or allowlisted)",
+            m.rule_passed_packets.clone(),
+        );
+        registry.register(
+            "detector_rule_passed_bytes",
+            "Bytes a mitigation rule matched and let through",
+            m.rule_passed_bytes.clone(),
+        );
+        registry.register(
+            "detector_dropped_packets",
+            "Packets dropped in XDP, per interface, traffic class and reason (rule or rate_limit)",
+            m.dropped_packets.clone(),
+        );
+        registry.register(
+            "detector_dropped_bytes",
+            "Bytes dropped in XDP, per interface, traffic class and reason",
+            m.dropped_bytes.clone(),
+        );
+        registry.register("detector_rules", "Mitigation rules in force, per action", m.rules.clone());
+        registry.register(
+            "detector_rule_table_entries",
+            "Entries in use in the rule and allowlist tables",
+            m.table_entries.clone(),
+        );
+        registry.register(
+            "detector_rule_table_capacity",
+            "Capacity of the rule and allowlist tables (mitigation.max_rules, mitigation.max_allow)",
+            m.table_capacity.clone(),
+        );
+        registry.register(
+            "detector_rules_refused",
+            "Rule and allowlist changes refused, per reason (full, invalid, allowlisted, duplicate, overlap, protected, internal)",
+            m.rules_refused.clone(),
+        );
+        registry.register("detector_rules_expired", "Rules removed when their TTL ran out", m.rules_expired.clone());
         // A gauge, not an OpenMetrics info: promtool and the classic text
         // format know no `info` type.
         let build = Family::<BuildLabels, Gauge>::default();

@@ -1,15 +1,24 @@
 //! Attaching the counting program to an interface, and getting it off again.
 
-use std::{fmt, process::Command, str::FromStr};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    process::Command,
+    str::FromStr,
+};
 
 use aya::{
-    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+        ProgramError, Xdp, XdpMode,
+    },
     Ebpf,
 };
 use detector_common::maps::DETECTOR_PROGRAM;
 use thiserror::Error;
 
-use crate::{ebpf, iface};
+use crate::{ebpf, iface, mitigate::pins};
 
 /// What the operator asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,14 +94,29 @@ pub enum AttachError {
     NativeUnsupported { iface: String, reason: String },
     #[error("attaching XDP to '{iface}' in {mode} mode failed: {reason}")]
     Attach { iface: String, mode: &'static str, reason: String },
+    #[error("pinning the XDP link of '{iface}' at {path} failed: {reason}")]
+    Pin { iface: String, path: String, reason: String },
+    #[error(transparent)]
+    Pins(#[from] pins::PinError),
 }
 
-/// A program attached to an interface. Dropping it detaches the program.
+/// How the program stays attached.
+enum Hold {
+    /// By this process: dropping the attachment detaches it.
+    Owned(XdpLinkId),
+    /// By a link pinned in bpffs: it outlives this process.
+    Pinned { dir: PathBuf, _fd: Option<FdLink> },
+}
+
+/// A program attached to an interface. Dropping it detaches the program
+/// unless its link is pinned.
 pub struct Attachment {
     pub iface: String,
     pub ifindex: u32,
     pub mode: AttachedMode,
-    link: Option<XdpLinkId>,
+    /// True when a pinned link left by an earlier controller was taken over.
+    pub adopted: bool,
+    hold: Option<Hold>,
     ebpf: Ebpf,
 }
 
@@ -104,13 +128,28 @@ impl Attachment {
         prog.info().map_err(|e| e.to_string())
     }
 
-    /// Detaches now, reporting failure (drop detaches silently).
+    /// Detaches now and removes the pinned state, reporting failure (drop
+    /// detaches an owned link silently, and leaves a pinned one in force).
     pub fn detach(mut self) -> Result<(), String> {
-        let prog = program(&mut self.ebpf).map_err(|e| e.to_string())?;
-        if let Some(link) = self.link.take() {
-            prog.detach(link).map_err(|e| format!("detaching XDP from '{}': {e}", self.iface))?;
+        match self.hold.take() {
+            Some(Hold::Owned(link)) => {
+                let prog = program(&mut self.ebpf).map_err(|e| e.to_string())?;
+                prog.detach(link).map_err(|e| format!("detaching XDP from '{}': {e}", self.iface))?;
+            }
+            Some(Hold::Pinned { dir, _fd }) => {
+                // The link goes when its pin and the last descriptor do.
+                pins::remove(&dir).map_err(|e| e.to_string())?;
+                drop(_fd);
+                drop(self.ebpf);
+            }
+            None => {}
         }
         Ok(())
+    }
+
+    /// True when the program stays attached after this process exits.
+    pub fn is_pinned(&self) -> bool {
+        matches!(self.hold, Some(Hold::Pinned { .. }))
     }
 }
 
@@ -125,8 +164,36 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, ebpf::LoadError> {
 /// Loads the counting program of `ebpf` and attaches it to `iface`.
 ///
 /// With `force`, a program already on the interface is removed first.
-pub fn attach(mut ebpf: Ebpf, iface: &str, choice: ModeChoice, force: bool) -> Result<Attachment, AttachError> {
+/// With `pin_dir`, the link is pinned there; a link a previous controller
+/// pinned there is taken over (its program replaced atomically, so the
+/// rules never stop applying) instead of attaching a second time.
+pub fn attach(
+    mut ebpf: Ebpf,
+    iface: &str,
+    choice: ModeChoice,
+    force: bool,
+    pin_dir: Option<&Path>,
+) -> Result<Attachment, AttachError> {
     let ifindex = iface::index(iface)?;
+    if let Some(dir) = pin_dir {
+        if pins::exists(dir) {
+            match adopt(&mut ebpf, iface, dir) {
+                Ok(mode) => {
+                    let hold = Some(Hold::Pinned { dir: dir.to_path_buf(), _fd: None });
+                    return Ok(Attachment { iface: iface.to_string(), ifindex, mode, adopted: true, hold, ebpf });
+                }
+                Err(AdoptError::Stale(why)) => {
+                    tracing::warn!(
+                        iface,
+                        "the pinned XDP link in {} is stale ({why}); attaching afresh",
+                        dir.display()
+                    );
+                    let _ = std::fs::remove_file(dir.join(pins::LINK_PIN));
+                }
+                Err(AdoptError::Fatal(e)) => return Err(e),
+            }
+        }
+    }
     if let Some(existing) = existing_program(iface) {
         if !force {
             return Err(AttachError::AlreadyAttached { iface: iface.to_string(), existing });
@@ -179,7 +246,49 @@ pub fn attach(mut ebpf: Ebpf, iface: &str, choice: ModeChoice, force: bool) -> R
             AttachError::Attach { iface: iface.to_string(), mode: mode.name(), reason: error_chain(&e) }
         }
     })?;
-    Ok(Attachment { iface: iface.to_string(), ifindex, mode, link: Some(link), ebpf })
+    let hold = match pin_dir {
+        None => Hold::Owned(link),
+        Some(dir) => {
+            let pin_err = |reason: String| AttachError::Pin {
+                iface: iface.to_string(),
+                path: dir.join(pins::LINK_PIN).display().to_string(),
+                reason,
+            };
+            let owned = program(&mut ebpf)?.take_link(link).map_err(|e| pin_err(error_chain(&e)))?;
+            let fd = FdLink::try_from(owned).map_err(|e| {
+                pin_err(format!("this kernel attached XDP without a BPF link, which cannot be pinned ({e})"))
+            })?;
+            let pinned = fd.pin(dir.join(pins::LINK_PIN)).map_err(|e| pin_err(error_chain(&e)))?;
+            Hold::Pinned { dir: dir.to_path_buf(), _fd: Some(FdLink::from(pinned)) }
+        }
+    };
+    Ok(Attachment { iface: iface.to_string(), ifindex, mode, adopted: false, hold: Some(hold), ebpf })
+}
+
+enum AdoptError {
+    /// The pin is there but its link is gone (the interface was recreated).
+    Stale(String),
+    Fatal(AttachError),
+}
+
+/// Replaces the program of the link pinned in `dir` with ours.
+fn adopt(ebpf: &mut Ebpf, iface: &str, dir: &Path) -> Result<AttachedMode, AdoptError> {
+    let mode = match existing_program(iface) {
+        Some(e) if e.mode == "skb" => AttachedMode::Skb,
+        Some(_) => AttachedMode::Native,
+        None => return Err(AdoptError::Stale(format!("no XDP program is attached to '{iface}'"))),
+    };
+    let pinned = PinnedLink::from_pin(dir.join(pins::LINK_PIN)).map_err(|e| AdoptError::Stale(error_chain(&e)))?;
+    let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| AdoptError::Stale(error_chain(&e)))?;
+    ebpf::load_xdp(ebpf, "detector", DETECTOR_PROGRAM).map_err(|e| AdoptError::Fatal(e.into()))?;
+    let prog = program(ebpf).map_err(|e| AdoptError::Fatal(e.into()))?;
+    let id = prog.attach_to_link(link).map_err(|e| AdoptError::Stale(error_chain(&e)))?;
+    // The program owns the new descriptor; forget it, so dropping the
+    // program leaves the link (held by its pin) in place.
+    if let Ok(l) = prog.take_link(id) {
+        std::mem::drop(FdLink::try_from(l));
+    }
+    Ok(mode)
 }
 
 pub fn error_chain(e: &dyn std::error::Error) -> String {

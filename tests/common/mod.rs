@@ -185,7 +185,7 @@ impl Controller {
     /// hang CI).
     pub fn stop_with(&mut self, sig: i32) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        // `ip netns exec` execs the detector: the child pid is the detector.
+        // `Lab::command_in` execs the detector: the child pid is the detector.
         unsafe { libc::kill(child.id() as i32, sig) };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

@@ -8,10 +8,12 @@ use clap::{Parser, Subcommand};
 
 mod flood;
 mod incidents;
+mod rules;
 
 use detector::{
     controller::{self, RunConfig},
     detect::config::ConfigFile,
+    mitigate::config::OnStop,
     privileges::{self, Need},
     xdp::ModeChoice,
 };
@@ -38,6 +40,20 @@ pub enum Command {
     Flood(flood::FloodArgs),
     /// List incidents from the history in the state directory, or show one.
     Incidents(incidents::IncidentsArgs),
+    /// List or remove the mitigation rules of a running controller.
+    #[command(subcommand)]
+    Rules(rules::RulesCommand),
+    /// Drop traffic from a prefix (optionally one class and/or port) in XDP.
+    #[command(subcommand)]
+    Block(rules::AddCommand<rules::BlockArgs>),
+    /// Rate-limit each source address of a prefix in XDP.
+    #[command(subcommand)]
+    Ratelimit(rules::AddCommand<rules::RateLimitArgs>),
+    /// Allowlist a prefix: no rule ever drops it.
+    #[command(subcommand)]
+    Allow(rules::AddCommand<rules::AllowArgs>),
+    /// Remove the XDP program and every pinned rule from an interface.
+    Detach(rules::DetachArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -81,9 +97,19 @@ pub struct RunArgs {
     /// This host's name in incidents (default: the hostname).
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
-    /// Where incident history and learned baselines are kept.
+    /// Where incident history, learned baselines, rules and the control
+    /// socket are kept.
     #[arg(long, value_name = "DIR", default_value = detector::state::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+    /// On SIGINT/SIGTERM: keep (rules in force stay in the kernel until
+    /// their TTLs, and the next start adopts them) or detach (remove the
+    /// program and every rule). Default: mitigation.on_stop, which is keep.
+    #[arg(long, value_name = "keep|detach", value_parser = parse_on_stop)]
+    pub on_stop: Option<OnStop>,
+}
+
+fn parse_on_stop(s: &str) -> Result<OnStop, String> {
+    s.parse()
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -99,6 +125,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run(args),
         Command::Flood(args) => flood::run(args),
         Command::Incidents(args) => incidents::run(args),
+        Command::Rules(cmd) => rules::rules(cmd),
+        Command::Block(cmd) => rules::block(cmd),
+        Command::Ratelimit(cmd) => rules::ratelimit(cmd),
+        Command::Allow(cmd) => rules::allow(cmd),
+        Command::Detach(args) => rules::detach(args),
     }
 }
 
@@ -113,10 +144,14 @@ fn hostname() -> String {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let api_token = api_token(args.api_token_file.as_deref())?;
-    let detection = match &args.config {
-        Some(path) => ConfigFile::load(path)?.detection,
-        None => ConfigFile::default().detection,
+    let config = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
     };
+    let mut mitigation = config.mitigation;
+    if let Some(on_stop) = args.on_stop {
+        mitigation.on_stop = on_stop;
+    }
     let cfg = RunConfig {
         ifaces: args.ifaces,
         mode: args.xdp_mode,
@@ -130,7 +165,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         summary_every: args.summary_every,
         node: args.node.unwrap_or_else(hostname),
         state_dir: args.state_dir,
-        detection,
+        detection: config.detection,
+        mitigation,
     };
     privileges::check(Need::Xdp)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

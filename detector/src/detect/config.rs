@@ -20,11 +20,12 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// The whole file. Later sections (runbooks, mitigation) join it here.
+/// The whole file. Later sections (runbooks) join it here.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConfigFile {
     pub detection: DetectionConfig,
+    pub mitigation: crate::mitigate::config::MitigationConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -327,6 +328,7 @@ impl ConfigFile {
     fn check(&self, file: &str) -> Result<(), ConfigError> {
         let d = &self.detection;
         let err = |message: String| ConfigError { file: file.to_string(), line: 0, column: 0, message };
+        self.mitigation.check().map_err(err)?;
         if d.hold > Duration::from_secs(60) {
             return Err(err(format!("detection.hold: {:?} is over a minute; detection would come too late", d.hold)));
         }
@@ -430,6 +432,21 @@ detection:
         let text = include_str!("../../../detector.example.yaml");
         let parsed = parse(text).unwrap();
         assert_eq!(parsed.detection, DetectionConfig::default());
+        assert_eq!(parsed.mitigation, crate::mitigate::config::MitigationConfig::default());
+    }
+
+    #[test]
+    fn mitigation_section() {
+        let c = parse("mitigation:\n  allowlist: [192.0.2.0/24, \"2001:db8::1\"]\n  on_stop: detach\n").unwrap();
+        assert_eq!(c.mitigation.allowlist.len(), 2);
+        assert_eq!(c.mitigation.on_stop, crate::mitigate::config::OnStop::Detach);
+        let e = parse("mitigation:\n  allowlist:\n    - 10.1.2.3/8\n").unwrap_err();
+        assert_eq!((e.line, e.column), (3, 5), "{e}");
+        assert!(e.message.contains("did you mean 10.0.0.0/8"), "{e}");
+        let e = parse("mitigation:\n  max_rules: 0\n").unwrap_err();
+        assert!(e.message.contains("mitigation.max_rules must be 1 to 65536"), "{e}");
+        let e = parse("mitigation:\n  on_stop: maybe\n").unwrap_err();
+        assert!(e.message.contains("unknown variant `maybe`"), "{e}");
     }
 
     #[test]

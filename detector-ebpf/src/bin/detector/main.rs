@@ -1,9 +1,12 @@
 //! The counting program: classify each frame, count it in its class, and
-//! count it per source when the source stands out. Always `XDP_PASS`.
+//! count it per source when the source stands out; drop it when a
+//! mitigation rule says so.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
+#[cfg(target_arch = "bpf")]
+mod mitigate;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]

@@ -12,7 +12,10 @@ use detector_common::{
     CLASS_COUNT,
 };
 
-use crate::parse::{parse, Ports};
+use crate::{
+    mitigate,
+    parse::{parse, Ports},
+};
 
 /// Per class: cumulative packets and bytes. Exact whatever the sources.
 #[map]
@@ -62,6 +65,11 @@ pub fn detector(ctx: XdpContext) -> u32 {
         }
     }
     if let Some(src) = parsed.src {
+        // Counted in its class first: detection sees a flood it mitigates.
+        // A dropped packet's source is already known; it is not tracked.
+        if mitigate::drops(&src, class, parsed.ports, len) {
+            return xdp_action::XDP_DROP;
+        }
         track_source(src, class, parsed.ports, len);
     }
     xdp_action::XDP_PASS

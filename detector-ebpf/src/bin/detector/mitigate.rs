@@ -1,0 +1,160 @@
+//! The mitigation verdict: one LPM lookup on the source, then the entry's
+//! slots in order (see `detector_common::rules`). Nothing here decides what
+//! the rules are; the controller writes them.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{lpm_trie::Key, LpmTrie, LruHashMap, PerCpuArray},
+};
+use detector_common::{
+    maps::ClassCounters,
+    rules::{
+        gcra, Bucket, BucketKey, DropReason, PrefixData, RuleCounters, RuleEntry, RuleSlot, ACTION_DROP,
+        ACTION_RATE_LIMIT, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, DROP_STATS_LEN, ENTRY_ALLOW, MAX_SLOTS,
+    },
+};
+
+use crate::parse::Ports;
+
+/// Source prefix to the rules that cover it (and its allowlist flag).
+#[map]
+static RULES: LpmTrie<PrefixData, RuleEntry> =
+    LpmTrie::with_max_entries(DEFAULT_MAX_RULES * 2, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Per rule index: dropped and passed packets and bytes.
+#[map]
+static RULE_STATS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(DEFAULT_MAX_RULES + 1, 0);
+
+/// Per (rate-limit rule, source): the source's schedule.
+#[map]
+static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::with_max_entries(DEFAULT_MAX_BUCKETS, 0);
+
+/// Dropped packets and bytes by reason and class.
+#[map]
+static DROP_STATS: PerCpuArray<ClassCounters> = PerCpuArray::with_max_entries(DROP_STATS_LEN, 0);
+
+/// CAS attempts on a shared bucket before giving up on the packet (dropped:
+/// under that much contention the source is far over any limit).
+const CAS_TRIES: usize = 4;
+
+/// True when the packet must be dropped.
+#[inline(always)]
+pub fn drops(src: &[u8; 16], class: u32, ports: Ports, len: u64) -> bool {
+    let Some(entry) = RULES.get(Key::new(128, *src)) else {
+        return false;
+    };
+    let mut now = 0u64;
+    let mut i = 0;
+    while i < MAX_SLOTS {
+        let s = &entry.slots[i];
+        if s.index == 0 {
+            // Slots are packed: the first empty one ends the list.
+            return false;
+        }
+        if s.matches(class, ports.src, ports.dst) {
+            if (s.expires_ns != 0 || s.action == ACTION_RATE_LIMIT) && now == 0 {
+                now = unsafe { bpf_ktime_get_ns() };
+            }
+            if s.expires_ns == 0 || now < s.expires_ns {
+                let drop = entry.allow != ENTRY_ALLOW
+                    && match s.action {
+                        ACTION_DROP => true,
+                        ACTION_RATE_LIMIT => !admit(s, src, len, now),
+                        _ => false,
+                    };
+                count(s, class, len, drop);
+                return drop;
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn count(s: &RuleSlot, class: u32, len: u64, drop: bool) {
+    if let Some(c) = RULE_STATS.get_ptr_mut(s.index) {
+        unsafe {
+            if drop {
+                (*c).dropped_packets += 1;
+                (*c).dropped_bytes += len;
+            } else {
+                (*c).passed_packets += 1;
+                (*c).passed_bytes += len;
+            }
+        }
+    }
+    if drop {
+        let reason = if s.action == ACTION_DROP { DropReason::Rule } else { DropReason::RateLimit };
+        if let Some(c) = DROP_STATS.get_ptr_mut(reason.slot(class as usize)) {
+            unsafe {
+                (*c).packets += 1;
+                (*c).bytes += len;
+            }
+        }
+    }
+}
+
+/// Takes one admission from the source's schedule under rule `s`.
+#[inline(always)]
+fn admit(s: &RuleSlot, src: &[u8; 16], len: u64, now: u64) -> bool {
+    let key = BucketKey { index: s.index, addr: *src };
+    let b = match BUCKETS.get_ptr_mut(&key) {
+        Some(b) => b,
+        None => {
+            // A new source starts with its burst; NOEXIST keeps a bucket
+            // another CPU created a moment ago.
+            let _ = BUCKETS.insert(&key, &Bucket { tat_ns: 0, byte_tat_ns: 0 }, BPF_NOEXIST as u64);
+            match BUCKETS.get_ptr_mut(&key) {
+                Some(b) => b,
+                None => return false,
+            }
+        }
+    };
+    if !take(unsafe { &raw mut (*b).tat_ns }, now, s.interval_ns, s.tolerance_ns) {
+        return false;
+    }
+    if s.byte_interval_ps != 0 {
+        let increment = len * s.byte_interval_ps / 1000;
+        return take(unsafe { &raw mut (*b).byte_tat_ns }, now, increment, s.byte_tolerance_ns);
+    }
+    true
+}
+
+/// Advances a shared schedule by `increment` if it allows a packet now.
+#[inline(always)]
+fn take(tat: *mut u64, now: u64, increment: u64, tolerance: u64) -> bool {
+    let mut cur = unsafe { core::ptr::read_volatile(tat) };
+    let mut tries = 0;
+    while tries < CAS_TRIES {
+        let Some(next) = gcra(cur, now, increment, tolerance) else {
+            return false;
+        };
+        let seen = unsafe { cmpxchg(tat, cur, next) };
+        if seen == cur {
+            return true;
+        }
+        cur = seen;
+        tries += 1;
+    }
+    false
+}
+
+/// BPF's atomic compare-and-exchange: writes `new` at `ptr` if it holds
+/// `expected`, and returns what it held. The BPF target has no
+/// `compare_exchange` in `core`, so the instruction is written out.
+#[inline(always)]
+unsafe fn cmpxchg(ptr: *mut u64, expected: u64, new: u64) -> u64 {
+    let mut r0 = expected;
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({p} + 0, r0, {n})",
+            p = in(reg) ptr,
+            n = in(reg) new,
+            inout("r0") r0,
+        );
+    }
+    r0
+}

@@ -1,0 +1,263 @@
+//! `detector rules|block|ratelimit|allow|detach`: the operator's verbs on
+//! the mitigation rules. All but `detach` talk to the running controller
+//! through the control socket in its state directory.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use detector::{
+    control::{AllowRequest, Client},
+    mitigate::{
+        mitigator::{RuleView, RulesView},
+        pins,
+        prefix::Prefix,
+        rule::{Rule, RuleRequest},
+        ruleset::Removed,
+    },
+    privileges::{self, Need},
+};
+
+use super::parse_duration;
+
+#[derive(clap::Args, Debug)]
+pub struct StateDirArg {
+    /// The state directory of the `detector run` to talk to.
+    #[arg(long, value_name = "DIR", default_value = detector::state::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum RulesCommand {
+    /// The rules and allowlist in force, with their counters.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        dir: StateDirArg,
+    },
+    /// Remove a rule (r<N>) or an operator allowlist entry (a<N>).
+    Remove {
+        id: String,
+        #[command(flatten)]
+        dir: StateDirArg,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum AddCommand<T: clap::Args> {
+    /// Add one.
+    Add(T),
+}
+
+/// What a drop or rate-limit rule matches.
+#[derive(clap::Args, Debug)]
+pub struct MatchArgs {
+    /// Source prefix (`203.0.113.0/24`, `2001:db8::/32`) or one address.
+    #[arg(value_name = "CIDR")]
+    pub prefix: String,
+    /// Only this traffic class: tcp, udp, icmp (groups) or a class name
+    /// (tcp_syn, dns_response, udp_amplification, ...). Repeat for several.
+    #[arg(long = "class", value_name = "CLASS", value_delimiter = ',')]
+    pub classes: Vec<String>,
+    /// Only this destination port.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// Only this source port (for example 11211, the memcached reflectors).
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub source_port: Option<u16>,
+    /// Remove the rule after this long (for example 10m, 2h); without it the
+    /// rule stays until removed.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// Why, for whoever reads the rule list later.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub dir: StateDirArg,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BlockArgs {
+    #[command(flatten)]
+    pub m: MatchArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RateLimitArgs {
+    #[command(flatten)]
+    pub m: MatchArgs,
+    /// Packets per second admitted per source address.
+    #[arg(long, value_name = "N")]
+    pub pps: u64,
+    /// Packets a source may send at once above the rate (default: a tenth
+    /// of a second's worth, at least 5).
+    #[arg(long, value_name = "N")]
+    pub burst: Option<u64>,
+    /// Also limit each source to this many bytes per second.
+    #[arg(long, value_name = "N")]
+    pub bps: Option<u64>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AllowArgs {
+    /// Prefix or address that must always pass.
+    #[arg(value_name = "CIDR")]
+    pub prefix: String,
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub dir: StateDirArg,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DetachArgs {
+    /// Interface to clear; repeat for several.
+    #[arg(long = "iface", value_name = "IF", required = true)]
+    pub ifaces: Vec<String>,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn request(action: &str, m: &MatchArgs) -> anyhow::Result<RuleRequest> {
+    // Checked here too, so a typo fails before the controller is asked.
+    m.prefix.parse::<Prefix>().map_err(anyhow::Error::msg)?;
+    let ttl_ms = m.ttl.map(|d| d.as_millis() as u64);
+    Ok(RuleRequest {
+        action: action.into(),
+        prefix: m.prefix.clone(),
+        classes: m.classes.clone(),
+        sport: m.source_port,
+        dport: m.port,
+        ttl_ms,
+        reason: m.reason.clone(),
+        ..Default::default()
+    })
+}
+
+pub fn rules(cmd: RulesCommand) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    match cmd {
+        RulesCommand::List { json, dir } => {
+            let view = rt.block_on(Client::new(&dir.state_dir).list())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print_view(&view);
+            }
+        }
+        RulesCommand::Remove { id, dir } => match rt.block_on(Client::new(&dir.state_dir).remove(&id))? {
+            Removed::Rule(r) => println!("removed {}", r.describe()),
+            Removed::Allow(a) => println!("removed allowlist entry {} {}", a.id, a.prefix),
+        },
+    }
+    Ok(())
+}
+
+pub fn block(cmd: AddCommand<BlockArgs>) -> anyhow::Result<()> {
+    let AddCommand::Add(args) = cmd;
+    let req = request("drop", &args.m)?;
+    let rule = runtime()?.block_on(Client::new(&args.m.dir.state_dir).add_rule(&req))?;
+    print_added(&rule);
+    Ok(())
+}
+
+pub fn ratelimit(cmd: AddCommand<RateLimitArgs>) -> anyhow::Result<()> {
+    let AddCommand::Add(args) = cmd;
+    let mut req = request("rate_limit", &args.m)?;
+    req.pps = Some(args.pps);
+    req.burst = args.burst;
+    req.bps = args.bps;
+    let rule = runtime()?.block_on(Client::new(&args.m.dir.state_dir).add_rule(&req))?;
+    print_added(&rule);
+    Ok(())
+}
+
+pub fn allow(cmd: AddCommand<AllowArgs>) -> anyhow::Result<()> {
+    let AddCommand::Add(args) = cmd;
+    args.prefix.parse::<Prefix>().map_err(anyhow::Error::msg)?;
+    let req = AllowRequest { prefix: args.prefix.clone(), reason: args.reason.clone() };
+    let added = runtime()?.block_on(Client::new(&args.dir.state_dir).add_allow(&req))?;
+    println!("added allowlist entry {} {}", added.entry.id, added.entry.prefix);
+    for r in added.overridden {
+        println!("note: {} no longer applies to {}", r.describe(), added.entry.prefix);
+    }
+    Ok(())
+}
+
+/// Removes the XDP program and every pinned rule from the interfaces, now,
+/// whether a controller runs or not (a running one keeps running, blind).
+pub fn detach(args: DetachArgs) -> anyhow::Result<()> {
+    privileges::check(Need::Xdp)?;
+    for iface in &args.ifaces {
+        detector::iface::validate_name(iface)?;
+        let dir = pins::dir(iface)?;
+        if !dir.exists() {
+            println!("{iface}: nothing pinned (no detector state in {})", dir.display());
+            continue;
+        }
+        let n = pins::detach_now(&dir)?;
+        println!("{iface}: XDP program detached; {n} pinned objects removed from {}", dir.display());
+    }
+    Ok(())
+}
+
+fn print_added(r: &Rule) {
+    match r.expires_ms {
+        Some(t) => println!(
+            "added {} (expires in {})",
+            r.describe(),
+            humantime::format_duration(Duration::from_secs(t.saturating_sub(r.created_ms) / 1000))
+        ),
+        None => println!("added {}", r.describe()),
+    }
+}
+
+fn print_view(v: &RulesView) {
+    println!(
+        "{} of {} rules, {} of {} allowlist entries, on {}",
+        v.capacity.rules,
+        v.capacity.max_rules,
+        v.capacity.allow,
+        v.capacity.max_allow,
+        v.interfaces.join(", ")
+    );
+    if v.rules.is_empty() {
+        println!("no rules");
+    } else {
+        println!(
+            "{:<6} {:<48} {:>10} {:>14} {:>14}  {:<16} reason",
+            "id", "rule", "ttl left", "dropped pkts", "passed pkts", "origin"
+        );
+        for r in &v.rules {
+            print_rule(r);
+        }
+    }
+    println!("allowlist:");
+    for a in &v.allow {
+        let source =
+            serde_json::to_value(a.source).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        println!("  {:<6} {:<43} {:<9} {}", a.id, a.prefix.to_string(), source, a.reason);
+    }
+}
+
+fn print_rule(v: &RuleView) {
+    let r = &v.rule;
+    let what = r.describe();
+    let what = what.split_once(' ').map(|(_, rest)| rest).unwrap_or(&what);
+    let ttl = v
+        .ttl_left_ms
+        .map(|ms| humantime::format_duration(Duration::from_secs(ms.div_ceil(1000))).to_string())
+        .unwrap_or_else(|| "-".into());
+    let origin = match (&r.origin.runbook, &r.origin.incident) {
+        (Some(rb), _) => format!("runbook {rb}"),
+        (None, Some(i)) => format!("incident {i}"),
+        _ => r.origin.by.clone(),
+    };
+    println!(
+        "{:<6} {:<48} {:>10} {:>14} {:>14}  {:<16} {}",
+        r.id, what, ttl, v.dropped_packets, v.passed_packets, origin, r.reason
+    );
+}

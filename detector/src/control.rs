@@ -1,0 +1,269 @@
+//! The control API: rules and the allowlist, over HTTP on a unix socket in
+//! the state directory (`<state-dir>/control.sock`). The directory is
+//! `0700`, so only its owner (root) reaches the socket and no token is
+//! needed; and `detector run --state-dir X` pairs with
+//! `detector block add … --state-dir X` with no other setting.
+//!
+//! - `GET /v1/rules`: everything in force, with counters
+//! - `POST /v1/rules` ([`RuleRequest`]): add a drop or rate-limit rule
+//! - `POST /v1/allow` ([`AllowRequest`]): add an allowlist entry
+//! - `DELETE /v1/rules/{id}`: remove a rule or an operator allowlist entry
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    extract::{Path as UrlPath, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+    Json, Router,
+};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use thiserror::Error;
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::{
+    metrics::{Metrics, RefusalLabels},
+    mitigate::{
+        mitigator::{clock_now, MitigateError, Mitigator, RulesView},
+        prefix::Prefix,
+        rule::{Rule, RuleRequest},
+        ruleset::{AllowEntry, Removed, RuleError},
+    },
+};
+
+pub const SOCKET: &str = "control.sock";
+
+pub type SharedMitigator = Arc<Mutex<Mitigator>>;
+
+#[derive(Debug, Error)]
+pub enum ControlError {
+    #[error("another detector is already running with the state directory {0} (its control socket answers); give each controller its own --state-dir")]
+    InUse(PathBuf),
+    #[error("cannot listen on {path}: {source}")]
+    Bind { path: PathBuf, source: std::io::Error },
+    #[error("no detector is running with the state directory {dir} (nothing listens on {socket}); start one with `detector run --state-dir {dir}`")]
+    NotRunning { dir: String, socket: String },
+    #[error("cannot reach the detector on {socket}: {reason}")]
+    Connect { socket: String, reason: String },
+    #[error("{0}")]
+    Refused(String),
+    #[error("the detector answered {status} with an unreadable body: {reason}")]
+    BadAnswer { status: u16, reason: String },
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRequest {
+    pub prefix: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AllowAdded {
+    pub entry: AllowEntry,
+    /// Rules that no longer apply to this prefix.
+    pub overridden: Vec<Rule>,
+}
+
+#[derive(Clone)]
+struct ControlState {
+    mitigator: SharedMitigator,
+    metrics: Arc<Metrics>,
+}
+
+/// Binds the socket, refusing if another controller answers on it and
+/// replacing a stale one left by a controller that died.
+pub async fn bind(state_dir: &Path) -> Result<UnixListener, ControlError> {
+    let path = state_dir.join(SOCKET);
+    if path.exists() {
+        if UnixStream::connect(&path).await.is_ok() {
+            return Err(ControlError::InUse(state_dir.to_path_buf()));
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    UnixListener::bind(&path).map_err(|source| ControlError::Bind { path, source })
+}
+
+pub fn router(mitigator: SharedMitigator, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/v1/rules", get(list).post(add_rule))
+        .route("/v1/allow", post(add_allow))
+        .route("/v1/rules/{id}", delete(remove))
+        .with_state(ControlState { mitigator, metrics })
+}
+
+fn status_of(e: &MitigateError) -> StatusCode {
+    match e {
+        MitigateError::Rule(RuleError::NotFound(_)) => StatusCode::NOT_FOUND,
+        MitigateError::Rule(RuleError::Protected { .. }) => StatusCode::FORBIDDEN,
+        MitigateError::Rule(RuleError::RulesFull(_)) | MitigateError::Rule(RuleError::AllowFull(_)) => {
+            StatusCode::INSUFFICIENT_STORAGE
+        }
+        MitigateError::Rule(RuleError::Duplicate(_))
+        | MitigateError::Rule(RuleError::AlreadyAllowed { .. })
+        | MitigateError::Rule(RuleError::Allowlisted { .. })
+        | MitigateError::Rule(RuleError::Plan(_)) => StatusCode::CONFLICT,
+        MitigateError::Rule(RuleError::Request(_)) => StatusCode::BAD_REQUEST,
+        MitigateError::Kernel { .. } | MitigateError::Save { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error(code: StatusCode, message: String) -> Response {
+    (code, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// Runs `f` on the mitigator off the async threads (it writes files and maps).
+async fn with_mitigator<T: Send + 'static>(
+    s: &ControlState,
+    f: impl FnOnce(&mut Mitigator) -> Result<T, MitigateError> + Send + 'static,
+) -> Result<T, Response> {
+    let m = s.mitigator.clone();
+    let out = tokio::task::spawn_blocking(move || f(&mut m.lock().unwrap_or_else(|p| p.into_inner())))
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    out.map_err(|e| {
+        let kind = e.kind();
+        if kind != "not_found" {
+            s.metrics.rules_refused.get_or_create(&RefusalLabels { reason: kind.into() }).inc();
+        }
+        if kind == "full" {
+            tracing::warn!("rule refused: {e}");
+        } else {
+            tracing::info!("rule refused: {e}");
+        }
+        error(status_of(&e), e.to_string())
+    })
+}
+
+async fn list(State(s): State<ControlState>) -> Response {
+    match with_mitigator(&s, |m| Ok(m.view(clock_now().wall_ms))).await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn add_rule(
+    State(s): State<ControlState>,
+    body: Result<Json<RuleRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    match with_mitigator(&s, move |m| m.add_rule(&req, clock_now())).await {
+        Ok(rule) => (StatusCode::CREATED, Json(rule)).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn add_allow(
+    State(s): State<ControlState>,
+    body: Result<Json<AllowRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let prefix: Prefix = match req.prefix.parse() {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let reason = req.reason.unwrap_or_default();
+    match with_mitigator(&s, move |m| m.add_allow(prefix, &reason, clock_now())).await {
+        Ok((entry, overridden)) => (StatusCode::CREATED, Json(AllowAdded { entry, overridden })).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn remove(State(s): State<ControlState>, UrlPath(id): UrlPath<String>) -> Response {
+    match with_mitigator(&s, move |m| m.remove(&id, clock_now())).await {
+        Ok(removed) => Json(removed).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// The CLI's side: one request to the controller paired by `state_dir`.
+pub struct Client {
+    dir: PathBuf,
+}
+
+impl Client {
+    pub fn new(state_dir: &Path) -> Client {
+        Client { dir: state_dir.to_path_buf() }
+    }
+
+    pub async fn list(&self) -> Result<RulesView, ControlError> {
+        self.call("GET", "/v1/rules", None).await
+    }
+
+    pub async fn add_rule(&self, req: &RuleRequest) -> Result<Rule, ControlError> {
+        self.call("POST", "/v1/rules", Some(serde_json::to_vec(req).expect("serializable"))).await
+    }
+
+    pub async fn add_allow(&self, req: &AllowRequest) -> Result<AllowAdded, ControlError> {
+        self.call("POST", "/v1/allow", Some(serde_json::to_vec(req).expect("serializable"))).await
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<Removed, ControlError> {
+        // Ids are `r<N>` / `a<N>`; anything else cannot name a rule, and must
+        // not reach the URL unescaped.
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(ControlError::Refused(format!("'{id}' is not a rule id (ids look like r12 or a3)")));
+        }
+        self.call("DELETE", &format!("/v1/rules/{id}"), None).await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ControlError> {
+        let socket = self.dir.join(SOCKET);
+        let not_running =
+            || ControlError::NotRunning { dir: self.dir.display().to_string(), socket: socket.display().to_string() };
+        let stream = match UnixStream::connect(&socket).await {
+            Ok(s) => s,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+                return Err(not_running())
+            }
+            Err(e) => {
+                return Err(ControlError::Connect { socket: socket.display().to_string(), reason: e.to_string() })
+            }
+        };
+        let connect_err = |e: &dyn std::fmt::Display| ControlError::Connect {
+            socket: socket.display().to_string(),
+            reason: e.to_string(),
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| connect_err(&e))?;
+        tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "detector")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| connect_err(&e))?;
+        let resp = sender.send_request(req).await.map_err(|e| connect_err(&e))?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.map_err(|e| connect_err(&e))?.to_bytes();
+        if !status.is_success() {
+            let msg = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string());
+            return Err(ControlError::Refused(msg));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ControlError::BadAnswer { status: status.as_u16(), reason: e.to_string() })
+    }
+}

@@ -1,0 +1,151 @@
+//! Where a rule reaches the kernel: the one place the rule, counter and
+//! drop maps of an interface are written and read.
+
+use aya::{
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        MapData, MapError, PerCpuArray, PerCpuValues,
+    },
+    util::nr_cpus,
+    Ebpf,
+};
+use detector_common::{
+    maps::ClassCounters,
+    rules::{
+        DropReason, PrefixData, RuleCounters, RuleEntry, DROP_REASON_COUNT, DROP_STATS_MAP, RULES_MAP, RULE_STATS_MAP,
+    },
+    CLASS_COUNT,
+};
+use thiserror::Error;
+
+use super::{
+    plan::{diff, Plan},
+    prefix::Prefix,
+};
+use crate::ebpf;
+
+#[derive(Debug, Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Load(#[from] ebpf::LoadError),
+    #[error("map {map} has an unexpected type or layout: {source}")]
+    Layout { map: &'static str, source: MapError },
+    #[error("writing {prefix} to the {map} map failed: {source}")]
+    Write { map: &'static str, prefix: String, source: MapError },
+    #[error("reading map {map} failed: {source}")]
+    Read { map: &'static str, source: MapError },
+}
+
+/// One interface's rule maps.
+pub struct RuleMaps {
+    rules: LpmTrie<MapData, PrefixData, RuleEntry>,
+    stats: PerCpuArray<MapData, RuleCounters>,
+    drops: PerCpuArray<MapData, ClassCounters>,
+    /// What the trie holds now.
+    applied: Plan,
+}
+
+/// Dropped packets and bytes, by reason and class.
+pub type DropTotals = [[ClassCounters; CLASS_COUNT]; DROP_REASON_COUNT];
+
+impl RuleMaps {
+    /// Takes the maps out of a loaded counting object, reading back what a
+    /// previous controller left in a pinned trie.
+    pub fn take(ebpf: &mut Ebpf) -> Result<RuleMaps, KernelError> {
+        let layout = |map| move |source| KernelError::Layout { map, source };
+        let rules = LpmTrie::try_from(ebpf::take_map(ebpf, "detector", RULES_MAP)?).map_err(layout(RULES_MAP))?;
+        let stats =
+            PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", RULE_STATS_MAP)?).map_err(layout(RULE_STATS_MAP))?;
+        let drops =
+            PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", DROP_STATS_MAP)?).map_err(layout(DROP_STATS_MAP))?;
+        let mut maps = RuleMaps { rules, stats, drops, applied: Plan::new() };
+        maps.applied = maps.read_trie()?;
+        Ok(maps)
+    }
+
+    fn read_trie(&self) -> Result<Plan, KernelError> {
+        let mut plan = Plan::new();
+        for item in self.rules.iter() {
+            let (k, v) = item.map_err(|source| KernelError::Read { map: RULES_MAP, source })?;
+            if let Some(p) = Prefix::from_key(k.data(), k.prefix_len()) {
+                plan.insert(p, v);
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Number of entries in the trie now.
+    pub fn entries(&self) -> usize {
+        self.applied.len()
+    }
+
+    /// Makes the trie hold `plan`: new and changed entries first, then the
+    /// removals, so a rule that stays is never missing for a moment.
+    pub fn apply(&mut self, plan: &Plan) -> Result<(), KernelError> {
+        let (writes, deletes) = diff(&self.applied, plan);
+        for (p, e) in writes {
+            let (data, len) = p.key();
+            self.rules.insert(&Key::new(len, data), e, 0).map_err(|source| KernelError::Write {
+                map: RULES_MAP,
+                prefix: p.to_string(),
+                source,
+            })?;
+            self.applied.insert(*p, *e);
+        }
+        for p in deletes {
+            let (data, len) = p.key();
+            match self.rules.remove(&Key::new(len, data)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(KernelError::Write { map: RULES_MAP, prefix: p.to_string(), source }),
+            }
+            self.applied.remove(&p);
+        }
+        Ok(())
+    }
+
+    /// Zeroes a rule's counters, before its index is given to a new rule.
+    pub fn reset_counters(&mut self, index: u32) -> Result<(), KernelError> {
+        let cpus = nr_cpus().map_err(|(_, e)| KernelError::Read { map: RULE_STATS_MAP, source: MapError::from(e) })?;
+        let zero = PerCpuValues::try_from(vec![RuleCounters::default(); cpus]).map_err(|e| KernelError::Write {
+            map: RULE_STATS_MAP,
+            prefix: format!("index {index}"),
+            source: e.into(),
+        })?;
+        self.stats.set(index, zero, 0).map_err(|source| KernelError::Write {
+            map: RULE_STATS_MAP,
+            prefix: format!("index {index}"),
+            source,
+        })
+    }
+
+    /// A rule's counters, summed over CPUs.
+    pub fn counters(&self, index: u32) -> Result<RuleCounters, KernelError> {
+        let per_cpu = self.stats.get(&index, 0).map_err(|source| KernelError::Read { map: RULE_STATS_MAP, source })?;
+        let mut c = RuleCounters::default();
+        for v in per_cpu.iter() {
+            c.dropped_packets += v.dropped_packets;
+            c.dropped_bytes += v.dropped_bytes;
+            c.passed_packets += v.passed_packets;
+            c.passed_bytes += v.passed_bytes;
+        }
+        Ok(c)
+    }
+
+    /// Everything dropped so far, by reason and class.
+    pub fn drops(&self) -> Result<DropTotals, KernelError> {
+        let mut out = [[ClassCounters::default(); CLASS_COUNT]; DROP_REASON_COUNT];
+        for reason in DropReason::ALL {
+            for (class, total) in out[reason as usize].iter_mut().enumerate() {
+                let per_cpu = self
+                    .drops
+                    .get(&reason.slot(class), 0)
+                    .map_err(|source| KernelError::Read { map: DROP_STATS_MAP, source })?;
+                for v in per_cpu.iter() {
+                    total.packets += v.packets;
+                    total.bytes += v.bytes;
+                }
+            }
+        }
+        Ok(out)
+    }
+}

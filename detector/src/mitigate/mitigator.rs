@@ -1,0 +1,316 @@
+//! The rule set bound to the kernel: every change goes to the rule set
+//! (pure), then to the state directory, then to each interface's maps. A
+//! change any of them refuses is rolled back, so the three never disagree
+//! for longer than one call.
+
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use detector_common::rules::RuleCounters;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::{
+    kernel::{DropTotals, KernelError, RuleMaps},
+    plan::Clock,
+    prefix::Prefix,
+    rule::{Rule, RuleRequest},
+    ruleset::{AllowEntry, AllowSource, Limits, Removed, RuleError, RuleSet, Saved},
+};
+
+pub const RULES_FILE: &str = "rules.json";
+
+#[derive(Debug, Error)]
+pub enum MitigateError {
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    #[error("interface '{iface}': {source}")]
+    Kernel { iface: String, source: Box<KernelError> },
+    #[error("cannot record the rules in {path}: {source}")]
+    Save { path: String, source: std::io::Error },
+}
+
+impl MitigateError {
+    /// A short, stable name for the `reason` label of refusals.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MitigateError::Rule(RuleError::Request(_)) => "invalid",
+            MitigateError::Rule(RuleError::Allowlisted { .. }) => "allowlisted",
+            MitigateError::Rule(RuleError::Duplicate(_)) | MitigateError::Rule(RuleError::AlreadyAllowed { .. }) => {
+                "duplicate"
+            }
+            MitigateError::Rule(RuleError::RulesFull(_)) | MitigateError::Rule(RuleError::AllowFull(_)) => "full",
+            MitigateError::Rule(RuleError::Plan(_)) => "overlap",
+            MitigateError::Rule(RuleError::NotFound(_)) => "not_found",
+            MitigateError::Rule(RuleError::Protected { .. }) => "protected",
+            MitigateError::Kernel { .. } | MitigateError::Save { .. } => "internal",
+        }
+    }
+}
+
+/// A rule as listed: its definition, the time left and its counters over
+/// every interface.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RuleView {
+    #[serde(flatten)]
+    pub rule: Rule,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_left_ms: Option<u64>,
+    pub dropped_packets: u64,
+    pub dropped_bytes: u64,
+    pub passed_packets: u64,
+    pub passed_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Capacity {
+    pub rules: usize,
+    pub max_rules: u32,
+    pub allow: usize,
+    pub max_allow: u32,
+}
+
+/// Everything in force, for `detector rules list` and the API.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RulesView {
+    pub rules: Vec<RuleView>,
+    pub allow: Vec<AllowEntry>,
+    pub capacity: Capacity,
+    pub interfaces: Vec<String>,
+}
+
+pub struct Mitigator {
+    set: RuleSet,
+    ifaces: Vec<(String, RuleMaps)>,
+    state_dir: PathBuf,
+}
+
+impl Mitigator {
+    pub fn new(limits: Limits, state_dir: &Path) -> Mitigator {
+        Mitigator { set: RuleSet::new(limits), ifaces: Vec::new(), state_dir: state_dir.to_path_buf() }
+    }
+
+    pub fn add_interface(&mut self, iface: &str, maps: RuleMaps) {
+        self.ifaces.push((iface.to_string(), maps));
+    }
+
+    pub fn interfaces(&self) -> impl Iterator<Item = &str> {
+        self.ifaces.iter().map(|(i, _)| i.as_str())
+    }
+
+    /// Allows `prefix` for the host or the configuration (not saved: found
+    /// afresh at every start). Call before [`Mitigator::restore`].
+    pub fn allow_fixed(&mut self, prefix: Prefix, source: AllowSource, reason: &str, now_ms: u64) {
+        if let Err(e) = self.set.add_allow(prefix, source, reason, now_ms) {
+            tracing::debug!(%prefix, "not allowlisted again: {e}");
+        }
+    }
+
+    /// Reads the saved rules, drops those that expired while no controller
+    /// ran, and makes every interface's trie hold exactly the rest (an
+    /// adopted trie keeps enforcing throughout).
+    pub fn restore(&mut self, clock: Clock) -> Result<Vec<Rule>, MitigateError> {
+        let path = self.state_dir.join(RULES_FILE);
+        let saved = match fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<Saved>(&bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    let aside = path.with_extension("json.unreadable");
+                    tracing::error!(
+                        "{} is unreadable ({e}); moved to {}; starting with no rules",
+                        path.display(),
+                        aside.display()
+                    );
+                    let _ = fs::rename(&path, &aside);
+                    Saved::default()
+                }
+            },
+            Err(_) => Saved::default(),
+        };
+        for (rule, why) in self.set.restore(saved) {
+            tracing::warn!(rule = %rule.describe(), "saved rule not restored: {why}");
+        }
+        let expired = self.set.expire(clock.wall_ms);
+        self.commit(clock)?;
+        Ok(expired)
+    }
+
+    /// Writes the rule set to the state directory and every interface.
+    fn commit(&mut self, clock: Clock) -> Result<(), MitigateError> {
+        self.save()?;
+        let plan = self.set.plan(clock).map_err(RuleError::from)?;
+        for (iface, maps) in &mut self.ifaces {
+            maps.apply(&plan)
+                .map_err(|source| MitigateError::Kernel { iface: iface.clone(), source: Box::new(source) })?;
+        }
+        Ok(())
+    }
+
+    fn save(&self) -> Result<(), MitigateError> {
+        let path = self.state_dir.join(RULES_FILE);
+        let err = |source| MitigateError::Save { path: path.display().to_string(), source };
+        let tmp = self.state_dir.join(format!(".{RULES_FILE}.tmp"));
+        let json = serde_json::to_vec_pretty(&self.set.saved()).expect("rules serialize");
+        let mut f = fs::File::create(&tmp).map_err(err)?;
+        f.write_all(&json).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        fs::rename(&tmp, &path).map_err(err)
+    }
+
+    /// Applies a change to a copy of the rule set; keeps it only if the
+    /// disk and every interface took it.
+    fn change<T>(
+        &mut self,
+        clock: Clock,
+        f: impl FnOnce(&mut RuleSet) -> Result<T, RuleError>,
+    ) -> Result<T, MitigateError> {
+        let before = self.set.clone();
+        let out = f(&mut self.set)?;
+        if let Err(e) = self.commit(clock) {
+            self.set = before;
+            if let Err(again) = self.commit(clock) {
+                tracing::error!("restoring the rules after a failed change also failed: {again}");
+            }
+            return Err(e);
+        }
+        Ok(out)
+    }
+
+    pub fn add_rule(&mut self, req: &RuleRequest, clock: Clock) -> Result<Rule, MitigateError> {
+        let rule = self.change(clock, |set| set.add_rule(req, clock.wall_ms))?;
+        // A reused index starts from zero. The slot was empty until now, so
+        // at most a few packets raced in between.
+        for (iface, maps) in &mut self.ifaces {
+            if let Err(e) = maps.reset_counters(rule.index) {
+                tracing::warn!(iface, "{e}");
+            }
+        }
+        tracing::info!(rule = %rule.describe(), reason = %rule.reason, origin = ?rule.origin, "rule added");
+        Ok(rule)
+    }
+
+    pub fn add_allow(
+        &mut self,
+        prefix: Prefix,
+        reason: &str,
+        clock: Clock,
+    ) -> Result<(AllowEntry, Vec<Rule>), MitigateError> {
+        let (entry, overridden) =
+            self.change(clock, |set| set.add_allow(prefix, AllowSource::Operator, reason, clock.wall_ms))?;
+        tracing::info!(id = %entry.id, prefix = %entry.prefix, "allowlist entry added");
+        for r in &overridden {
+            tracing::warn!(rule = %r.describe(), "rule no longer applies to {}: allowlisted", entry.prefix);
+        }
+        Ok((entry, overridden))
+    }
+
+    pub fn remove(&mut self, id: &str, clock: Clock) -> Result<Removed, MitigateError> {
+        let removed = self.change(clock, |set| set.remove(id))?;
+        match &removed {
+            Removed::Rule(r) => tracing::info!(rule = %r.describe(), "rule removed"),
+            Removed::Allow(a) => tracing::info!(id = %a.id, prefix = %a.prefix, "allowlist entry removed"),
+        }
+        Ok(removed)
+    }
+
+    /// Removes the rules whose TTL ran out (the kernel already ignores them).
+    pub fn expire(&mut self, clock: Clock) -> Vec<Rule> {
+        if self.set.next_expiry().is_none_or(|t| t > clock.wall_ms) {
+            return Vec::new();
+        }
+        match self.change(clock, |set| Ok(set.expire(clock.wall_ms))) {
+            Ok(gone) => {
+                for r in &gone {
+                    tracing::info!(rule = %r.describe(), "rule expired");
+                }
+                gone
+            }
+            Err(e) => {
+                tracing::error!("expiring rules: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Removes every rule (the allowlist stays).
+    pub fn clear(&mut self, clock: Clock) -> Result<Vec<Rule>, MitigateError> {
+        self.change(clock, |set| Ok(set.clear_rules()))
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        self.set.rules()
+    }
+
+    pub fn allow(&self) -> &[AllowEntry] {
+        self.set.allow()
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.set.limits()
+    }
+
+    /// A rule's counters on each interface.
+    pub fn counters(&self, index: u32) -> Vec<(&str, RuleCounters)> {
+        self.ifaces.iter().filter_map(|(i, m)| m.counters(index).ok().map(|c| (i.as_str(), c))).collect()
+    }
+
+    /// What each interface dropped, by reason and class.
+    pub fn drops(&self) -> Vec<(&str, Result<DropTotals, KernelError>)> {
+        self.ifaces.iter().map(|(i, m)| (i.as_str(), m.drops())).collect()
+    }
+
+    /// Trie entries in use on the fullest interface.
+    pub fn trie_entries(&self) -> usize {
+        self.ifaces.iter().map(|(_, m)| m.entries()).max().unwrap_or(0)
+    }
+
+    pub fn view(&self, now_ms: u64) -> RulesView {
+        let rules = self
+            .set
+            .rules()
+            .iter()
+            .map(|r| {
+                let mut v = RuleView {
+                    rule: r.clone(),
+                    ttl_left_ms: RuleSet::ttl_left(r, now_ms).map(|d| d.as_millis() as u64),
+                    dropped_packets: 0,
+                    dropped_bytes: 0,
+                    passed_packets: 0,
+                    passed_bytes: 0,
+                };
+                for (_, c) in self.counters(r.index) {
+                    v.dropped_packets += c.dropped_packets;
+                    v.dropped_bytes += c.dropped_bytes;
+                    v.passed_packets += c.passed_packets;
+                    v.passed_bytes += c.passed_bytes;
+                }
+                v
+            })
+            .collect();
+        let limits = self.set.limits();
+        RulesView {
+            rules,
+            allow: self.set.allow().to_vec(),
+            capacity: Capacity {
+                rules: self.set.rules().len(),
+                max_rules: limits.max_rules,
+                allow: self.set.allow().len(),
+                max_allow: limits.max_allow,
+            },
+            interfaces: self.ifaces.iter().map(|(i, _)| i.clone()).collect(),
+        }
+    }
+}
+
+/// The kernel's `CLOCK_MONOTONIC` and the wall clock, read together.
+pub fn clock_now() -> Clock {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let mono_ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    let wall_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    Clock { wall_ms, mono_ns }
+}

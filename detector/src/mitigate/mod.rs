@@ -1,0 +1,14 @@
+//! Mitigation: drop and rate-limit rules enforced by the XDP program.
+//!
+//! - [`prefix`], [`rule`], [`ruleset`] and [`plan`] are pure: what a rule
+//!   is, which rules are in force, and the trie that enforces them.
+
+pub mod config;
+pub mod host;
+pub mod kernel;
+pub mod mitigator;
+pub mod pins;
+pub mod plan;
+pub mod prefix;
+pub mod rule;
+pub mod ruleset;

@@ -1,0 +1,174 @@
+//! Where an interface's XDP link and maps are pinned in bpffs, so rules
+//! outlive the controller: `/sys/fs/bpf/detector/<iface>/` in the host's
+//! network namespace, `/sys/fs/bpf/detector/netns-<inode>/<iface>/` in any
+//! other (interface names are only unique within a namespace).
+
+use std::{
+    fs, io,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+
+pub const BPFFS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+/// The pinned link's file name in an interface's directory.
+pub const LINK_PIN: &str = "link";
+
+#[derive(Debug, Error)]
+pub enum PinError {
+    #[error("cannot mount bpffs on {BPFFS} (needed to keep rules in force across restarts): {0}")]
+    Mount(io::Error),
+    #[error("cannot read this process's network namespace: {0}")]
+    Netns(io::Error),
+    #[error("cannot create the pin directory {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("cannot remove the pinned state in {path}: {source}")]
+    Remove { path: PathBuf, source: io::Error },
+}
+
+/// The pin directory of `iface` in this process's network namespace.
+pub fn dir(iface: &str) -> Result<PathBuf, PinError> {
+    let own = fs::metadata("/proc/thread-self/ns/net").map_err(PinError::Netns)?.ino();
+    let host = fs::metadata("/proc/1/ns/net").map(|m| m.ino()).ok();
+    let base = Path::new(BPFFS).join("detector");
+    Ok(if host == Some(own) { base.join(iface) } else { base.join(format!("netns-{own}")).join(iface) })
+}
+
+/// Mounts bpffs on `/sys/fs/bpf` unless it is there (systemd mounts it on
+/// most hosts), then creates `dir`.
+pub fn prepare(dir: &Path) -> Result<(), PinError> {
+    if !is_bpffs(Path::new(BPFFS)) {
+        tracing::info!("mounting bpffs on {BPFFS}");
+        let _ = fs::create_dir_all(BPFFS);
+        let src = c"bpf";
+        let target = c"/sys/fs/bpf";
+        let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+        if rc != 0 {
+            return Err(PinError::Mount(io::Error::last_os_error()));
+        }
+    }
+    fs::create_dir_all(dir).map_err(|source| PinError::Create { path: dir.to_path_buf(), source })
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// True when something is pinned for this interface.
+pub fn exists(dir: &Path) -> bool {
+    dir.join(LINK_PIN).exists()
+}
+
+/// Removes every pin in `dir`, then the directory, then the parent
+/// `netns-*` directory if it is left empty. Unpinning the link detaches
+/// the program once no process holds it.
+pub fn remove(dir: &Path) -> Result<usize, PinError> {
+    let err = |source| PinError::Remove { path: dir.to_path_buf(), source };
+    let mut n = 0;
+    match fs::read_dir(dir) {
+        Ok(entries) => {
+            for e in entries {
+                let e = e.map_err(err)?;
+                fs::remove_file(e.path()).map_err(err)?;
+                n += 1;
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(err(e)),
+    }
+    fs::remove_dir(dir).map_err(err)?;
+    if let Some(parent) = dir.parent() {
+        if parent.file_name().is_some_and(|n| n.to_string_lossy().starts_with("netns-")) {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+    Ok(n)
+}
+
+/// Removes the pins of network namespaces that no longer exist (labs that
+/// died before cleaning up). `live` lists the inodes still in use.
+pub fn sweep_dead_netns(live: &[u64]) -> usize {
+    let Ok(entries) = fs::read_dir(Path::new(BPFFS).join("detector")) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(ino) = name.strip_prefix("netns-").and_then(|i| i.parse::<u64>().ok()) else {
+            continue;
+        };
+        if live.contains(&ino) {
+            continue;
+        }
+        if let Ok(ifaces) = fs::read_dir(e.path()) {
+            for i in ifaces.flatten() {
+                n += remove(&i.path()).unwrap_or(0);
+            }
+        }
+        let _ = fs::remove_dir(e.path());
+    }
+    n
+}
+
+/// Takes the interface's pin directory for this process (an exclusive
+/// `flock`, released when the file closes, even on `kill -9`): two
+/// controllers must never drive one interface's rules.
+pub fn lock(dir: &Path, iface: &str) -> Result<fs::File, LockError> {
+    let f = fs::File::open(dir).map_err(|source| LockError::Open { path: dir.to_path_buf(), source })?;
+    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(LockError::Busy { iface: iface.to_string() });
+        }
+        return Err(LockError::Open { path: dir.to_path_buf(), source: e });
+    }
+    Ok(f)
+}
+
+#[derive(Debug, Error)]
+pub enum LockError {
+    #[error("another detector is running on '{iface}' (it holds the interface's pinned state); stop it first")]
+    Busy { iface: String },
+    #[error("cannot open the pin directory {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+}
+
+/// Forces the XDP link pinned in `dir` off its interface now, even while
+/// a process still holds it, then removes the pins.
+pub fn detach_now(dir: &Path) -> Result<usize, PinError> {
+    if let Err(e) = link_detach(&dir.join(LINK_PIN)) {
+        tracing::debug!("BPF_LINK_DETACH on {}: {e}", dir.display());
+    }
+    remove(dir)
+}
+
+/// `BPF_OBJ_GET` on the pin, then `BPF_LINK_DETACH` (aya 0.14 exposes
+/// neither a link's descriptor nor this command).
+fn link_detach(pin: &Path) -> io::Result<()> {
+    use std::os::fd::FromRawFd as _;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // union bpf_attr: obj_get is { u64 pathname; u32 bpf_fd; u32 file_flags },
+    // link_detach is { u32 link_fd }.
+    let mut attr = [0u64; 18];
+    attr[0] = path.as_ptr() as u64;
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), 144u32) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let mut attr = [0u64; 18];
+    attr[0] = std::os::fd::AsRawFd::as_raw_fd(&fd) as u32 as u64;
+    if unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), 144u32) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

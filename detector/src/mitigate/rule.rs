@@ -1,0 +1,357 @@
+//! What a rule is, and turning a request (from the CLI, the API or a
+//! runbook) into one, refusing bad input with a message that names it.
+
+use std::time::Duration;
+
+use detector_common::{
+    rules::{ALL_CLASSES, MAX_SLOTS},
+    TrafficClass,
+};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::prefix::Prefix;
+
+/// The longest TTL a rule may have: a forgotten rule should not outlive a year.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest reason text kept.
+pub const MAX_REASON: usize = 256;
+/// Highest rate limit, in packets per second.
+pub const MAX_PPS: u64 = 1_000_000_000;
+
+/// What a rule does to the packets it matches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    Drop,
+    /// Per source address: admit `pps` packets per second (with a burst of
+    /// `burst`), and optionally `bps` bytes per second; drop the excess.
+    RateLimit {
+        pps: u64,
+        burst: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bps: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        byte_burst: Option<u64>,
+    },
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Drop => "drop",
+            Action::RateLimit { .. } => "rate_limit",
+        }
+    }
+}
+
+/// Who asked for a rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// `operator` (CLI or API) or `runbook`.
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runbook: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
+}
+
+impl Origin {
+    pub fn operator() -> Origin {
+        Origin { by: "operator".into(), runbook: None, incident: None }
+    }
+
+    /// Operator rules are never removed to make room, nor by a runbook.
+    pub fn is_operator(&self) -> bool {
+        self.by == "operator"
+    }
+}
+
+/// A rule in force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    /// `r<N>`, never reused.
+    pub id: String,
+    /// Where its counters live in the kernel (1..=max_rules).
+    pub index: u32,
+    pub prefix: Prefix,
+    /// Traffic classes (and groups) it is scoped to; empty: every class.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sport: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    pub action: Action,
+    pub reason: String,
+    pub origin: Origin,
+    pub created_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+}
+
+impl Rule {
+    /// The classes bit mask the XDP slot carries.
+    pub fn class_mask(&self) -> u32 {
+        class_mask(&self.classes).unwrap_or(ALL_CLASSES)
+    }
+
+    /// True when the two rules match the same packets the same way.
+    pub fn same_match(&self, other: &Rule) -> bool {
+        self.prefix == other.prefix
+            && self.class_mask() == other.class_mask()
+            && self.sport == other.sport
+            && self.dport == other.dport
+            && self.action.name() == other.action.name()
+    }
+
+    /// One line for logs and the CLI: `r3 drop 10.0.0.0/8 udp dport 53`.
+    pub fn describe(&self) -> String {
+        let mut s = format!("{} {} {}", self.id, self.action.name(), self.prefix);
+        if !self.classes.is_empty() {
+            s.push_str(&format!(" class {}", self.classes.join(",")));
+        }
+        if let Some(p) = self.sport {
+            s.push_str(&format!(" sport {p}"));
+        }
+        if let Some(p) = self.dport {
+            s.push_str(&format!(" dport {p}"));
+        }
+        if let Action::RateLimit { pps, burst, bps, .. } = &self.action {
+            s.push_str(&format!(" {pps}/s burst {burst}"));
+            if let Some(b) = bps {
+                s.push_str(&format!(" {b} B/s"));
+            }
+        }
+        s
+    }
+}
+
+/// A request for a new rule, as the API and runbooks send it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleRequest {
+    /// `drop` or `rate_limit`.
+    pub action: String,
+    /// Source prefix; one address is a /32 or /128.
+    pub prefix: String,
+    #[serde(default)]
+    pub classes: Vec<String>,
+    #[serde(default)]
+    pub sport: Option<u16>,
+    #[serde(default)]
+    pub dport: Option<u16>,
+    #[serde(default)]
+    pub pps: Option<u64>,
+    #[serde(default)]
+    pub burst: Option<u64>,
+    #[serde(default)]
+    pub bps: Option<u64>,
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub origin: Option<Origin>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("{0}")]
+    Prefix(String),
+    #[error("unknown action '{0}' (use drop or rate_limit)")]
+    Action(String),
+    #[error("unknown traffic class '{0}' (use tcp, udp, icmp or one of: {list})", list = class_names())]
+    Class(String),
+    #[error("port 0 cannot be matched; give a port from 1 to 65535 or leave it out")]
+    PortZero,
+    #[error("a rate limit needs a rate: pps from 1 to {MAX_PPS}")]
+    MissingRate,
+    #[error("rate {0} packets per second is out of range (1 to {MAX_PPS})")]
+    Rate(u64),
+    #[error("burst {0} is out of range (1 to 10000000)")]
+    Burst(u64),
+    #[error("byte rate {0} bytes per second is out of range (1500 to 100000000000)")]
+    ByteRate(u64),
+    #[error("pps, burst and bps only apply to a rate_limit rule")]
+    RateOnDrop,
+    #[error("ttl must be between 1s and 365 days")]
+    Ttl,
+    #[error("the reason is longer than {MAX_REASON} characters or holds control characters")]
+    Reason,
+}
+
+fn class_names() -> String {
+    TrafficClass::ALL.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// The mask of a class scope. `tcp`, `udp` and `icmp` are groups (every
+/// TCP class; every UDP class, DNS and amplification included; ICMP and
+/// ICMPv6); any other name is one class.
+pub fn class_mask(names: &[String]) -> Result<u32, RequestError> {
+    if names.is_empty() {
+        return Ok(ALL_CLASSES);
+    }
+    let bit = |c: TrafficClass| 1u32 << c.index();
+    let mut mask = 0;
+    for n in names {
+        mask |= match n.as_str() {
+            "tcp" => {
+                bit(TrafficClass::TcpSyn)
+                    | bit(TrafficClass::TcpSynAck)
+                    | bit(TrafficClass::TcpRst)
+                    | bit(TrafficClass::TcpAck)
+                    | bit(TrafficClass::HttpRequest)
+            }
+            "udp" => {
+                bit(TrafficClass::Udp)
+                    | bit(TrafficClass::DnsQuery)
+                    | bit(TrafficClass::DnsResponse)
+                    | bit(TrafficClass::UdpAmplification)
+            }
+            "icmp" => bit(TrafficClass::Icmp) | bit(TrafficClass::Icmpv6),
+            other => TrafficClass::from_name(other).map(bit).ok_or_else(|| RequestError::Class(other.into()))?,
+        };
+    }
+    Ok(mask)
+}
+
+/// A rule checked and ready for an id and an index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    pub prefix: Prefix,
+    pub classes: Vec<String>,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+    pub action: Action,
+    pub ttl: Option<Duration>,
+    pub reason: String,
+    pub origin: Origin,
+}
+
+impl RuleRequest {
+    /// Validates every field; the first problem is the error.
+    pub fn check(&self) -> Result<Checked, RequestError> {
+        let prefix: Prefix = self.prefix.parse().map_err(RequestError::Prefix)?;
+        let mut classes: Vec<String> = self.classes.iter().map(|c| c.trim().to_ascii_lowercase()).collect();
+        classes.sort();
+        classes.dedup();
+        class_mask(&classes)?;
+        if self.sport == Some(0) || self.dport == Some(0) {
+            return Err(RequestError::PortZero);
+        }
+        let action = match self.action.as_str() {
+            "drop" => {
+                if self.pps.is_some() || self.burst.is_some() || self.bps.is_some() {
+                    return Err(RequestError::RateOnDrop);
+                }
+                Action::Drop
+            }
+            "rate_limit" | "ratelimit" | "rate-limit" => {
+                let pps = self.pps.ok_or(RequestError::MissingRate)?;
+                if pps == 0 || pps > MAX_PPS {
+                    return Err(RequestError::Rate(pps));
+                }
+                // Default burst: a tenth of a second's worth, at least 5
+                // packets (iptables' hashlimit default).
+                let burst = self.burst.unwrap_or((pps / 10).max(5));
+                if burst == 0 || burst > 10_000_000 {
+                    return Err(RequestError::Burst(burst));
+                }
+                if let Some(b) = self.bps {
+                    if !(1500..=100_000_000_000).contains(&b) {
+                        return Err(RequestError::ByteRate(b));
+                    }
+                }
+                let byte_burst = self.bps.map(|b| (b / 10).max(1500 * 5));
+                Action::RateLimit { pps, burst, bps: self.bps, byte_burst }
+            }
+            other => return Err(RequestError::Action(other.into())),
+        };
+        let ttl = match self.ttl_ms {
+            None => None,
+            Some(ms) => {
+                let d = Duration::from_millis(ms);
+                if d < Duration::from_secs(1) || d > MAX_TTL {
+                    return Err(RequestError::Ttl);
+                }
+                Some(d)
+            }
+        };
+        let reason = self.reason.clone().unwrap_or_default();
+        if reason.chars().count() > MAX_REASON || reason.chars().any(char::is_control) {
+            return Err(RequestError::Reason);
+        }
+        let origin = self.origin.clone().unwrap_or_else(Origin::operator);
+        Ok(Checked { prefix, classes, sport: self.sport, dport: self.dport, action, ttl, reason, origin })
+    }
+}
+
+/// The most rules that may cover one address: the XDP entry's slot count.
+pub const MAX_OVERLAP: usize = MAX_SLOTS;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drop(prefix: &str) -> RuleRequest {
+        RuleRequest { action: "drop".into(), prefix: prefix.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn a_good_request_checks() {
+        let mut r = drop("10.0.0.0/8");
+        r.classes = vec!["UDP".into(), "udp".into()];
+        r.dport = Some(53);
+        r.ttl_ms = Some(60_000);
+        let c = r.check().unwrap();
+        assert_eq!(c.classes, vec!["udp"]);
+        assert_eq!(c.ttl, Some(Duration::from_secs(60)));
+        assert!(c.origin.is_operator());
+        let rl =
+            RuleRequest { action: "rate_limit".into(), prefix: "::/0".into(), pps: Some(50), ..Default::default() };
+        assert_eq!(rl.check().unwrap().action, Action::RateLimit { pps: 50, burst: 5, bps: None, byte_burst: None });
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        let err = |r: RuleRequest| r.check().unwrap_err().to_string();
+        assert!(err(drop("10.0.0.300/8")).contains("'10.0.0.300' is not an IP address"));
+        assert!(err(drop("10.0.0.1/8")).contains("did you mean 10.0.0.0/8"));
+        let mut r = drop("10.0.0.0/8");
+        r.classes = vec!["udpp".into()];
+        assert!(err(r).starts_with("unknown traffic class 'udpp'"));
+        let mut r = drop("10.0.0.0/8");
+        r.dport = Some(0);
+        assert!(err(r).contains("port 0"));
+        let mut r = drop("10.0.0.0/8");
+        r.action = "block".into();
+        assert_eq!(err(r), "unknown action 'block' (use drop or rate_limit)");
+        let mut r = drop("10.0.0.0/8");
+        r.pps = Some(5);
+        assert!(err(r).contains("only apply to a rate_limit"));
+        let mut r = drop("10.0.0.0/8");
+        r.action = "rate_limit".into();
+        assert!(err(r.clone()).contains("needs a rate"));
+        r.pps = Some(0);
+        assert!(err(r.clone()).contains("out of range"));
+        r.pps = Some(10);
+        r.bps = Some(10);
+        assert!(err(r).contains("byte rate 10"));
+        let mut r = drop("10.0.0.0/8");
+        r.ttl_ms = Some(10);
+        assert!(err(r).contains("ttl"));
+        let mut r = drop("10.0.0.0/8");
+        r.reason = Some("a\nb".into());
+        assert!(err(r).contains("control characters"));
+    }
+
+    #[test]
+    fn class_groups() {
+        let m = class_mask(&["udp".into()]).unwrap();
+        assert_eq!(m.count_ones(), 4);
+        assert_ne!(m & (1 << TrafficClass::DnsResponse.index()), 0);
+        assert_eq!(class_mask(&["tcp_syn".into()]).unwrap(), 1);
+        assert_eq!(class_mask(&[]).unwrap(), ALL_CLASSES);
+    }
+}

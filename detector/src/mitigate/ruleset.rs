@@ -1,0 +1,409 @@
+//! The rules and the allowlist in force, and every change to them: the one
+//! place a rule is added, refused, expired or removed. Pure: time comes in
+//! as an argument, and the kernel learns of a change through [`RuleSet::plan`].
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::{
+    plan::{self, Clock, Plan, PlanError},
+    prefix::Prefix,
+    rule::{Checked, RequestError, Rule, RuleRequest},
+};
+
+/// Where an allowlist entry comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllowSource {
+    /// The host's own addresses, gateways and loopback, found at start.
+    Host,
+    /// The configuration file.
+    Config,
+    /// `detector allow add` or the API.
+    Operator,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowEntry {
+    /// `a<N>`; host and config entries are numbered afresh at each start.
+    pub id: String,
+    pub prefix: Prefix,
+    pub source: AllowSource,
+    pub reason: String,
+    pub created_ms: u64,
+}
+
+/// Capacity, from the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_rules: u32,
+    pub max_allow: u32,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RuleError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("{prefix} is inside allowlist entry {id} ({allowed}, {why}); a rule there could never act")]
+    Allowlisted { prefix: Prefix, id: String, allowed: Prefix, why: String },
+    #[error("rule {0} already matches the same packets; remove it first")]
+    Duplicate(String),
+    #[error("the rule table is full ({0} rules); remove a rule or raise mitigation.max_rules")]
+    RulesFull(u32),
+    #[error("the allowlist is full ({0} entries); raise mitigation.max_allow")]
+    AllowFull(u32),
+    #[error("{prefix} is already on the allowlist as {id}")]
+    AlreadyAllowed { prefix: Prefix, id: String },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("no rule or allowlist entry '{0}'")]
+    NotFound(String),
+    #[error("allowlist entry {id} ({prefix}) comes from the {from} and cannot be removed here")]
+    Protected { id: String, prefix: Prefix, from: &'static str },
+}
+
+/// What the state directory keeps across restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Saved {
+    pub next_rule: u64,
+    pub next_allow: u64,
+    pub rules: Vec<Rule>,
+    /// Operator entries only; host and config entries are found afresh.
+    pub allow: Vec<AllowEntry>,
+}
+
+/// What a removal took out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Removed {
+    Rule(Rule),
+    Allow(AllowEntry),
+}
+
+#[derive(Clone, Debug)]
+pub struct RuleSet {
+    limits: Limits,
+    rules: Vec<Rule>,
+    allow: Vec<AllowEntry>,
+    next_rule: u64,
+    next_allow: u64,
+}
+
+impl RuleSet {
+    pub fn new(limits: Limits) -> RuleSet {
+        RuleSet { limits, rules: Vec::new(), allow: Vec::new(), next_rule: 1, next_allow: 1 }
+    }
+
+    /// Restores what was saved, under the current limits. Rules that no
+    /// longer fit (lower limits, a now-allowlisted prefix) are returned with
+    /// the reason, for the log; they are not installed.
+    pub fn restore(&mut self, saved: Saved) -> Vec<(Rule, RuleError)> {
+        self.next_rule = self.next_rule.max(saved.next_rule);
+        self.next_allow = self.next_allow.max(saved.next_allow);
+        for a in saved.allow {
+            if a.source == AllowSource::Operator && !self.allow.iter().any(|e| e.prefix == a.prefix) {
+                self.allow.push(a);
+            }
+        }
+        let mut dropped = Vec::new();
+        for r in saved.rules {
+            if let Err(e) = self.admit(&r) {
+                dropped.push((r, e));
+                continue;
+            }
+            self.rules.push(r);
+            if let Err(e) = self.plan(Clock { wall_ms: 0, mono_ns: 0 }) {
+                let r = self.rules.pop().expect("just pushed");
+                dropped.push((r, e.into()));
+            }
+        }
+        dropped
+    }
+
+    /// Checks a rule against the allowlist, the capacity and the rules in force.
+    fn admit(&self, r: &Rule) -> Result<(), RuleError> {
+        self.conflicts(r)?;
+        if r.index == 0 || r.index > self.limits.max_rules || self.rules.iter().any(|o| o.index == r.index) {
+            return Err(RuleError::RulesFull(self.limits.max_rules));
+        }
+        Ok(())
+    }
+
+    /// A rule the allowlist makes pointless, or one already in force.
+    fn conflicts(&self, r: &Rule) -> Result<(), RuleError> {
+        if let Some(a) = self.allow.iter().find(|a| a.prefix.contains(&r.prefix)) {
+            return Err(RuleError::Allowlisted {
+                prefix: r.prefix,
+                id: a.id.clone(),
+                allowed: a.prefix,
+                why: allow_why(a),
+            });
+        }
+        if let Some(d) = self.rules.iter().find(|o| o.same_match(r)) {
+            return Err(RuleError::Duplicate(d.id.clone()));
+        }
+        Ok(())
+    }
+
+    pub fn saved(&self) -> Saved {
+        Saved {
+            next_rule: self.next_rule,
+            next_allow: self.next_allow,
+            rules: self.rules.clone(),
+            allow: self.allow.iter().filter(|a| a.source == AllowSource::Operator).cloned().collect(),
+        }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn allow(&self) -> &[AllowEntry] {
+        &self.allow
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Adds a rule; `now_ms` is its creation time and the start of its TTL.
+    pub fn add_rule(&mut self, req: &RuleRequest, now_ms: u64) -> Result<Rule, RuleError> {
+        let c = req.check()?;
+        self.add_checked(c, now_ms)
+    }
+
+    pub fn add_checked(&mut self, c: Checked, now_ms: u64) -> Result<Rule, RuleError> {
+        let mut rule = Rule {
+            id: format!("r{}", self.next_rule),
+            index: 0,
+            prefix: c.prefix,
+            classes: c.classes,
+            sport: c.sport,
+            dport: c.dport,
+            action: c.action,
+            reason: c.reason,
+            origin: c.origin,
+            created_ms: now_ms,
+            expires_ms: c.ttl.map(|t| now_ms + t.as_millis() as u64),
+        };
+        // The most telling refusal first: a pointless or repeated rule is
+        // that, whether or not there is room.
+        self.conflicts(&rule)?;
+        rule.index = (1..=self.limits.max_rules)
+            .find(|i| !self.rules.iter().any(|r| r.index == *i))
+            .ok_or(RuleError::RulesFull(self.limits.max_rules))?;
+        self.rules.push(rule.clone());
+        // Checked on the real plan, so an overlap refused here is refused
+        // before the kernel sees anything.
+        if let Err(e) = self.plan(Clock { wall_ms: now_ms, mono_ns: 0 }) {
+            self.rules.pop();
+            return Err(e.into());
+        }
+        self.next_rule += 1;
+        Ok(rule)
+    }
+
+    /// Adds an allowlist entry. Allowing always succeeds while there is room:
+    /// the rules it overrides are returned so the caller can say so.
+    pub fn add_allow(
+        &mut self,
+        prefix: Prefix,
+        source: AllowSource,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(AllowEntry, Vec<Rule>), RuleError> {
+        if let Some(a) = self.allow.iter().find(|a| a.prefix == prefix) {
+            return Err(RuleError::AlreadyAllowed { prefix, id: a.id.clone() });
+        }
+        if self.allow.len() as u32 >= self.limits.max_allow {
+            return Err(RuleError::AllowFull(self.limits.max_allow));
+        }
+        let entry = AllowEntry {
+            id: format!("a{}", self.next_allow),
+            prefix,
+            source,
+            reason: reason.chars().filter(|c| !c.is_control()).take(super::rule::MAX_REASON).collect(),
+            created_ms: now_ms,
+        };
+        self.next_allow += 1;
+        self.allow.push(entry.clone());
+        let overridden = self.rules.iter().filter(|r| prefix.contains(&r.prefix)).cloned().collect();
+        Ok((entry, overridden))
+    }
+
+    /// Removes a rule or an operator allowlist entry by id.
+    pub fn remove(&mut self, id: &str) -> Result<Removed, RuleError> {
+        if let Some(i) = self.rules.iter().position(|r| r.id == id) {
+            return Ok(Removed::Rule(self.rules.remove(i)));
+        }
+        if let Some(i) = self.allow.iter().position(|a| a.id == id) {
+            let a = &self.allow[i];
+            if a.source != AllowSource::Operator {
+                let from = if a.source == AllowSource::Host { "host's own addresses" } else { "configuration file" };
+                return Err(RuleError::Protected { id: a.id.clone(), prefix: a.prefix, from });
+            }
+            return Ok(Removed::Allow(self.allow.remove(i)));
+        }
+        Err(RuleError::NotFound(id.to_string()))
+    }
+
+    /// Removes the rules whose TTL has run out at `now_ms`.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<Rule> {
+        let (gone, kept) =
+            std::mem::take(&mut self.rules).into_iter().partition(|r| r.expires_ms.is_some_and(|t| t <= now_ms));
+        self.rules = kept;
+        gone
+    }
+
+    /// Removes every rule.
+    pub fn clear_rules(&mut self) -> Vec<Rule> {
+        std::mem::take(&mut self.rules)
+    }
+
+    /// When the next rule expires, if any does.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.rules.iter().filter_map(|r| r.expires_ms).min()
+    }
+
+    /// The trie's contents for the rules and allowlist in force.
+    pub fn plan(&self, clock: Clock) -> Result<Plan, PlanError> {
+        let rules: Vec<&Rule> = self.rules.iter().collect();
+        let allow: Vec<Prefix> = self.allow.iter().map(|a| a.prefix).collect();
+        plan::plan(&rules, &allow, clock)
+    }
+
+    /// Time left on a rule at `now_ms`.
+    pub fn ttl_left(rule: &Rule, now_ms: u64) -> Option<Duration> {
+        rule.expires_ms.map(|t| Duration::from_millis(t.saturating_sub(now_ms)))
+    }
+}
+
+fn allow_why(a: &AllowEntry) -> String {
+    match a.source {
+        AllowSource::Host => format!("the host's own: {}", a.reason),
+        AllowSource::Config => "from the configuration".into(),
+        AllowSource::Operator if a.reason.is_empty() => "added by an operator".into(),
+        AllowSource::Operator => format!("added by an operator: {}", a.reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits { max_rules: 4, max_allow: 3 };
+
+    fn p(s: &str) -> Prefix {
+        s.parse().unwrap()
+    }
+
+    fn drop(prefix: &str) -> RuleRequest {
+        RuleRequest { action: "drop".into(), prefix: prefix.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn rules_get_ids_and_indexes_and_expire_on_time() {
+        let mut set = RuleSet::new(LIMITS);
+        let mut req = drop("10.0.0.0/8");
+        req.ttl_ms = Some(5_000);
+        let a = set.add_rule(&req, 1_000).unwrap();
+        assert_eq!((a.id.as_str(), a.index, a.expires_ms), ("r1", 1, Some(6_000)));
+        let b = set.add_rule(&drop("192.0.2.0/24"), 1_000).unwrap();
+        assert_eq!((b.id.as_str(), b.index), ("r2", 2));
+        assert_eq!(set.next_expiry(), Some(6_000));
+        assert!(set.expire(5_999).is_empty());
+        assert_eq!(set.expire(6_000), vec![a]);
+        // Index 1 is free again; the id is not reused.
+        let c = set.add_rule(&drop("198.51.100.0/24"), 7_000).unwrap();
+        assert_eq!((c.id.as_str(), c.index), ("r3", 1));
+    }
+
+    #[test]
+    fn a_rule_inside_the_allowlist_is_refused_naming_the_entry() {
+        let mut set = RuleSet::new(LIMITS);
+        set.add_allow(p("10.0.0.0/24"), AllowSource::Host, "address of veth0", 0).unwrap();
+        let err = set.add_rule(&drop("10.0.0.7"), 0).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "10.0.0.7/32 is inside allowlist entry a1 (10.0.0.0/24, the host's own: address of veth0); a rule there could never act"
+        );
+        // A wider prefix is fine: the allowlisted part keeps passing.
+        set.add_rule(&drop("10.0.0.0/8"), 0).unwrap();
+        let (_, overridden) = set.add_allow(p("10.0.0.0/8"), AllowSource::Operator, "", 0).unwrap();
+        assert_eq!(overridden.len(), 1, "allowing always works, and names the rules it overrides");
+    }
+
+    #[test]
+    fn full_tables_refuse_and_never_evict() {
+        let mut set = RuleSet::new(LIMITS);
+        for i in 0..4 {
+            set.add_rule(&drop(&format!("10.0.{i}.0/24")), 0).unwrap();
+        }
+        assert_eq!(set.add_rule(&drop("10.0.9.0/24"), 0).unwrap_err(), RuleError::RulesFull(4));
+        assert_eq!(set.rules().len(), 4);
+        for i in 0..3 {
+            set.add_allow(p(&format!("192.0.2.{i}")), AllowSource::Operator, "", 0).unwrap();
+        }
+        let err = set.add_allow(p("192.0.2.9"), AllowSource::Operator, "", 0).unwrap_err();
+        assert!(err.to_string().contains("allowlist is full (3 entries)"));
+        assert!(matches!(
+            set.add_allow(p("192.0.2.1"), AllowSource::Operator, "", 0),
+            Err(RuleError::AlreadyAllowed { .. })
+        ));
+    }
+
+    #[test]
+    fn duplicates_and_overlaps_are_refused() {
+        let mut set = RuleSet::new(Limits { max_rules: 20, max_allow: 3 });
+        set.add_rule(&drop("10.0.0.0/8"), 0).unwrap();
+        assert_eq!(set.add_rule(&drop("10.0.0.0/8"), 0).unwrap_err(), RuleError::Duplicate("r1".into()));
+        for port in 1..=7 {
+            let mut r = drop("10.0.0.0/16");
+            r.dport = Some(port);
+            set.add_rule(&r, 0).unwrap();
+        }
+        let mut r = drop("10.0.0.0/24");
+        r.dport = Some(99);
+        let err = set.add_rule(&r, 0).unwrap_err();
+        assert!(matches!(err, RuleError::Plan(_)), "{err}");
+        assert_eq!(set.rules().len(), 8, "the refused rule left nothing behind");
+    }
+
+    #[test]
+    fn remove_and_protected_entries() {
+        let mut set = RuleSet::new(LIMITS);
+        set.add_allow(p("127.0.0.0/8"), AllowSource::Host, "loopback", 0).unwrap();
+        set.add_allow(p("192.0.2.1"), AllowSource::Operator, "monitoring", 0).unwrap();
+        set.add_rule(&drop("10.0.0.0/8"), 0).unwrap();
+        assert!(matches!(set.remove("r1"), Ok(Removed::Rule(_))));
+        assert!(matches!(set.remove("a2"), Ok(Removed::Allow(_))));
+        assert!(set.remove("a1").unwrap_err().to_string().contains("host's own addresses"));
+        assert_eq!(set.remove("r9").unwrap_err().to_string(), "no rule or allowlist entry 'r9'");
+    }
+
+    #[test]
+    fn save_and_restore() {
+        let mut set = RuleSet::new(LIMITS);
+        set.add_allow(p("192.0.2.1"), AllowSource::Operator, "", 0).unwrap();
+        set.add_allow(p("127.0.0.0/8"), AllowSource::Host, "loopback", 0).unwrap();
+        set.add_rule(&drop("10.0.0.0/8"), 0).unwrap();
+        set.add_rule(&drop("10.1.0.0/16"), 0).unwrap();
+        let saved = set.saved();
+        assert_eq!(saved.allow.len(), 1, "host entries are found afresh");
+        let json = serde_json::to_string(&saved).unwrap();
+        let back: Saved = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, saved);
+
+        // A new start where 10.1.0.0/16 is now the host's own network.
+        let mut fresh = RuleSet::new(LIMITS);
+        fresh.add_allow(p("10.1.0.0/16"), AllowSource::Host, "address of eth1", 0).unwrap();
+        let dropped = fresh.restore(back);
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].0.prefix, p("10.1.0.0/16"));
+        assert_eq!(fresh.rules().len(), 1);
+        assert_eq!(fresh.rules()[0].index, 1, "indexes survive, and with them the counters");
+        assert_eq!(fresh.add_rule(&drop("198.51.100.0/24"), 0).unwrap().id, "r3");
+    }
+}

@@ -1,0 +1,401 @@
+//! Mitigation in XDP, end to end: `detector run` in a lab namespace, rules
+//! added with the CLI verbs, real frames from `detector flood`, and what
+//! reached the target's stack counted by the kernel (`/proc/net/snmp`) or
+//! by a UDP socket.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, UdpSocket},
+    os::fd::AsRawFd as _,
+    time::{Duration, Instant},
+};
+
+use common::{detector_in, promtool_check, require_root, sample, xdp_attached, Controller, Lab};
+use detector::{lab::TGT_V4, netns::NetnsGuard};
+
+/// `detector ARGS --state-dir <the controller's>` in the target namespace:
+/// (success, stdout, stderr).
+fn cli(c: &Controller, args: &[&str]) -> (bool, String, String) {
+    let mut full: Vec<&str> = args.to_vec();
+    let dir = c.state_dir.to_str().unwrap().to_string();
+    full.extend(["--state-dir", &dir]);
+    let out = detector_in(&c.ns, &full);
+    let (o, e) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
+    assert!(!e.contains("panicked"), "{args:?} panicked:\n{e}");
+    (out.status.success(), o, e)
+}
+
+fn ok(c: &Controller, args: &[&str]) -> String {
+    let (success, out, err) = cli(c, args);
+    assert!(success, "{args:?} failed:\n{err}\nlog:\n{}", c.log_text());
+    out
+}
+
+fn refused(c: &Controller, args: &[&str], expect: &str) -> String {
+    let (success, _, err) = cli(c, args);
+    assert!(!success, "{args:?} succeeded");
+    assert!(err.contains(expect), "{args:?}: expected {expect:?} in:\n{err}");
+    // (clap adds a hint line after a usage error.)
+    let lines = err.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("For more information")).count();
+    assert_eq!(lines, 1, "{args:?}: one line expected:\n{err}");
+    err
+}
+
+/// The rules in force, as `detector rules list --json` prints them.
+fn rules(c: &Controller) -> serde_json::Value {
+    serde_json::from_str(&ok(c, &["rules", "list", "--json"])).unwrap()
+}
+
+fn rule<'a>(v: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    v["rules"].as_array().unwrap().iter().find(|r| r["id"] == id).unwrap_or_else(|| panic!("no rule {id} in {v}"))
+}
+
+/// Frames sent with the exact engine (every one delivered to the veth),
+/// addressed to the target's MAC so its stack takes them.
+fn send(lab: &Lab, args: &[&str]) {
+    let mac = lab.tgt_mac().unwrap();
+    let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let mut full = vec!["flood", "--iface", &lab.gen_if, "--dst", TGT_V4, "--dst-mac", &mac, "--engine", "exact"];
+    full.extend(args);
+    let out = detector_in(&lab.gen_ns, &full);
+    assert!(out.status.success(), "flood {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// IP datagrams the target's stack received (`Ip: InReceives`).
+fn ip_in_receives(lab: &Lab) -> u64 {
+    let ns = lab.tgt_ns.clone();
+    std::thread::spawn(move || {
+        let _in = NetnsGuard::enter(&ns).unwrap();
+        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
+        let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+        let (names, values) = (ip.next().unwrap(), ip.next().unwrap());
+        let i = names.split_whitespace().position(|n| n == "InReceives").unwrap();
+        values.split_whitespace().nth(i).unwrap().parse().unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Runs `f` and returns how many IP datagrams reached the target's stack meanwhile.
+fn reaching_stack(lab: &Lab, f: impl FnOnce()) -> u64 {
+    let before = ip_in_receives(lab);
+    f();
+    std::thread::sleep(Duration::from_millis(100));
+    ip_in_receives(lab) - before
+}
+
+#[test]
+fn block_allow_and_scoped_rules_drop_exactly_their_match() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let c = Controller::start(&lab, &[]);
+
+    // A blocked prefix: nothing of it reaches the stack.
+    let out = ok(&c, &["block", "add", "198.18.0.0/16", "--reason", "lab flood"]);
+    assert!(out.contains("added r1 drop 198.18.0.0/16"), "{out}");
+    let through = reaching_stack(&lab, || {
+        send(
+            &lab,
+            &["--kind", "udp", "--count", "1000", "--rate", "20000", "--src", "198.18.0.0/24", "--sources", "50"],
+        )
+    });
+    assert!(through <= 5, "{through} datagrams of a blocked prefix got through");
+    let v = rules(&c);
+    assert_eq!(rule(&v, "r1")["dropped_packets"], 1000, "{v}");
+    assert_eq!(rule(&v, "r1")["reason"], "lab flood");
+
+    // Other sources pass.
+    let through = reaching_stack(&lab, || {
+        send(&lab, &["--kind", "udp", "--count", "500", "--rate", "20000", "--src", "198.19.0.1"])
+    });
+    assert!(through >= 500, "only {through} of 500 datagrams from an unblocked source arrived");
+
+    // An allowlisted address inside the blocked prefix passes.
+    let out = ok(&c, &["allow", "add", "198.18.5.5", "--reason", "partner"]);
+    assert!(out.contains("198.18.5.5/32"), "{out}");
+    let through = reaching_stack(&lab, || {
+        send(&lab, &["--kind", "udp", "--count", "500", "--rate", "20000", "--src", "198.18.5.5"])
+    });
+    assert!(through >= 500, "only {through} of 500 datagrams from an allowlisted source arrived");
+    let v = rules(&c);
+    assert_eq!(rule(&v, "r1")["dropped_packets"], 1000, "{v}");
+    assert_eq!(rule(&v, "r1")["passed_packets"], 500, "the rule counts what the allowlist let through: {v}");
+
+    // Class and port scope: UDP from source port 11211 (memcached
+    // reflectors) is dropped; other UDP and TCP from the same source pass.
+    let out = ok(&c, &["block", "add", "203.0.113.0/24", "--class", "udp", "--source-port", "11211", "--ttl", "10m"]);
+    assert!(out.contains("r2 drop 203.0.113.0/24 class udp sport 11211"), "{out}");
+    let src = ["--src", "203.0.113.7"];
+    let through = reaching_stack(&lab, || {
+        send(&lab, &[&["--kind", "memcached-amplification", "--count", "300", "--rate", "20000"][..], &src].concat())
+    });
+    assert!(through <= 5, "{through} memcached replies got through");
+    let through = reaching_stack(&lab, || {
+        send(&lab, &[&["--kind", "udp", "--src-port", "5000", "--count", "300", "--rate", "20000"][..], &src].concat());
+        send(&lab, &[&["--kind", "syn", "--count", "300", "--rate", "20000"][..], &src].concat());
+    });
+    assert!(through >= 600, "only {through} of 600 out-of-scope packets arrived");
+    let v = rules(&c);
+    assert_eq!(rule(&v, "r2")["dropped_packets"], 300, "{v}");
+    assert!(rule(&v, "r2")["ttl_left_ms"].as_u64().unwrap() > 590_000, "{v}");
+
+    // The host's own address is allowlisted: a rule on it is refused, naming the entry.
+    let e = refused(&c, &["block", "add", TGT_V4], "is inside allowlist entry");
+    assert!(e.contains(&format!("address of {}", lab.tgt_if)), "{e}");
+    refused(&c, &["block", "add", "127.0.0.1"], "loopback");
+
+    // The table, the metrics and promtool agree.
+    let table = ok(&c, &["rules", "list"]);
+    assert!(table.contains("r1") && table.contains("198.18.0.0/16") && table.contains("lab flood"), "{table}");
+    assert!(table.contains("198.18.5.5/32") && table.contains("partner"), "{table}");
+    let m = c.metrics_until("rule counters in the metrics", |m| {
+        sample(m, "detector_rule_dropped_packets_total{rule=\"r1\"}") == 1000.0
+    });
+    let iface = &lab.tgt_if;
+    assert_eq!(
+        sample(&m, &format!("detector_dropped_packets_total{{iface=\"{iface}\",class=\"udp\",reason=\"rule\"}}")),
+        1000.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            &format!("detector_dropped_packets_total{{iface=\"{iface}\",class=\"udp_amplification\",reason=\"rule\"}}")
+        ),
+        300.0
+    );
+    assert_eq!(sample(&m, "detector_rule_passed_packets_total{rule=\"r1\"}"), 500.0);
+    assert_eq!(sample(&m, "detector_rules{action=\"drop\"}"), 2.0);
+    assert!(sample(&m, "detector_rules_refused_total{reason=\"allowlisted\"}") >= 2.0, "{m}");
+    // Dropped packets are still counted in their class: detection sees them.
+    assert!(common::packets(&m, iface, "udp") >= 2300, "{m}");
+    let (good, said) = promtool_check(&m);
+    assert!(good, "{said}");
+
+    // Removing a rule lets its traffic through again, and its series go.
+    assert!(ok(&c, &["rules", "remove", "r1"]).contains("removed r1"));
+    let through = reaching_stack(&lab, || {
+        send(&lab, &["--kind", "udp", "--count", "200", "--rate", "20000", "--src", "198.18.0.9"])
+    });
+    assert!(through >= 200, "{through}");
+    c.metrics_until("r1's series removed", |m| !m.contains("rule=\"r1\""));
+    refused(&c, &["rules", "remove", "r1"], "no rule or allowlist entry 'r1'");
+}
+
+#[test]
+fn ttl_expiry_restores_traffic() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let c = Controller::start(&lab, &[]);
+    ok(&c, &["block", "add", "198.18.0.0/24", "--ttl", "2s"]);
+    let through = reaching_stack(&lab, || {
+        send(&lab, &["--kind", "udp", "--count", "300", "--rate", "20000", "--src", "198.18.0.1"])
+    });
+    assert!(through <= 5, "{through}");
+    std::thread::sleep(Duration::from_millis(2200));
+    let through = reaching_stack(&lab, || {
+        send(&lab, &["--kind", "udp", "--count", "300", "--rate", "20000", "--src", "198.18.0.1"])
+    });
+    assert!(through >= 300, "only {through} of 300 arrived after the TTL");
+    let v = rules(&c);
+    assert!(v["rules"].as_array().unwrap().is_empty(), "{v}");
+    let m = c.metrics_until("the expiry counted", |m| sample(m, "detector_rules_expired_total") == 1.0);
+    assert_eq!(sample(&m, "detector_rules{action=\"drop\"}"), 0.0);
+}
+
+#[test]
+fn rules_survive_kill_9_and_a_restart_adopts_them() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let mut c = Controller::start(&lab, &[]);
+    ok(&c, &["block", "add", "198.18.0.0/24"]);
+    send(&lab, &["--kind", "udp", "--count", "400", "--rate", "20000", "--src", "198.18.0.1"]);
+    let prog_before = xdp_attached(&lab.tgt_ns, &lab.tgt_if).unwrap().prog_id;
+    assert!(!c.stop_with(libc::SIGKILL).success());
+
+    // No controller: the pinned link and rules keep dropping.
+    let (success, _, err) = cli(&c, &["rules", "list"]);
+    assert!(!success && err.contains("no detector is running with the state directory"), "{err}");
+    let through = reaching_stack(&lab, || {
+        send(&lab, &["--kind", "udp", "--count", "400", "--rate", "20000", "--src", "198.18.0.1"])
+    });
+    assert!(through <= 5, "{through} datagrams got through with the controller dead");
+    assert!(xdp_attached(&lab.tgt_ns, &lab.tgt_if).is_some());
+
+    // A restart adopts the link: one program, the same rule, counters carried on.
+    let mut c = Controller::start(&lab, &[]);
+    assert!(c.log_text().contains("replaced in the pinned link"), "{}", c.log_text());
+    let attached = xdp_attached(&lab.tgt_ns, &lab.tgt_if).unwrap();
+    assert_ne!(attached.prog_id, prog_before, "the new controller's program runs");
+    let v = rules(&c);
+    assert_eq!(v["rules"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(rule(&v, "r1")["dropped_packets"], 800, "counted while dead too: {v}");
+    send(&lab, &["--kind", "udp", "--count", "200", "--rate", "20000", "--src", "198.18.0.1"]);
+    assert_eq!(rule(&rules(&c), "r1")["dropped_packets"], 1000);
+    let out = ok(&c, &["block", "add", "198.51.100.0/24"]);
+    assert!(out.contains("r2"), "ids carry on: {out}");
+
+    // A normal stop keeps rules in force (the default)...
+    assert!(c.stop_with(libc::SIGTERM).success());
+    assert!(c.log_text().contains("stay in force"), "{}", c.log_text());
+    assert!(xdp_attached(&lab.tgt_ns, &lab.tgt_if).is_some());
+    let through = reaching_stack(&lab, || {
+        send(&lab, &["--kind", "udp", "--count", "100", "--rate", "20000", "--src", "198.18.0.1"])
+    });
+    assert!(through <= 5, "{through}");
+    // ...until `detector detach` removes everything.
+    let out = detector_in(&lab.tgt_ns, &["detach", "--iface", &lab.tgt_if]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(xdp_attached(&lab.tgt_ns, &lab.tgt_if), None);
+    let through = reaching_stack(&lab, || {
+        send(&lab, &["--kind", "udp", "--count", "100", "--rate", "20000", "--src", "198.18.0.1"])
+    });
+    assert!(through >= 100, "{through}");
+
+    // --on-stop detach: the stop removes program and rules.
+    let mut c = Controller::start(&lab, &["--on-stop", "detach"]);
+    assert_eq!(rules(&c)["rules"].as_array().unwrap().len(), 2, "the rules file outlived the detach");
+    assert!(c.stop_with(libc::SIGTERM).success());
+    assert_eq!(xdp_attached(&lab.tgt_ns, &lab.tgt_if), None);
+    let c = Controller::start(&lab, &[]);
+    assert!(rules(&c)["rules"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_full_table_refuses_and_bad_input_is_named() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let config = lab.dir.join("small.yaml");
+    std::fs::write(&config, "mitigation:\n  max_rules: 2\n").unwrap();
+    let c = Controller::start(&lab, &["--config", config.to_str().unwrap()]);
+    ok(&c, &["block", "add", "198.18.0.0/24"]);
+    ok(&c, &["ratelimit", "add", "198.18.1.0/24", "--pps", "100"]);
+    refused(&c, &["block", "add", "198.18.2.0/24"], "the rule table is full (2 rules)");
+    let m =
+        c.metrics_until("the refusal counted", |m| sample(m, "detector_rules_refused_total{reason=\"full\"}") == 1.0);
+    assert_eq!(sample(&m, "detector_rule_table_capacity{table=\"rules\"}"), 2.0);
+    assert!(c.log_text().contains("the rule table is full"), "logged too");
+    // Nothing was evicted.
+    assert_eq!(rules(&c)["rules"].as_array().unwrap().len(), 2);
+
+    refused(&c, &["block", "add", "198.18.0.0/24"], "rule r1 already matches the same packets");
+    refused(&c, &["block", "add", "10.0.0.1/8"], "has host bits set; did you mean 10.0.0.0/8?");
+    refused(&c, &["block", "add", "300.0.0.0/8"], "'300.0.0.0' is not an IP address");
+    refused(&c, &["block", "add", "10.0.0.0/40"], "at most 32");
+    refused(&c, &["block", "add", "10.0.0.0/8", "--port", "0"], "0 is not in 1..=65535");
+    refused(&c, &["block", "add", "10.0.0.0/8", "--port", "70000"], "70000");
+    refused(&c, &["block", "add", "10.0.0.0/8", "--ttl", "soon"], "'soon' is not a duration");
+    refused(&c, &["block", "add", "10.0.0.0/8", "--class", "udpp"], "unknown traffic class 'udpp'");
+    refused(&c, &["ratelimit", "add", "10.0.0.0/8", "--pps", "0"], "rate 0 packets per second is out of range");
+    refused(&c, &["rules", "remove", "a1"], "cannot be removed");
+    refused(&c, &["rules", "remove", "../x"], "is not a rule id");
+
+    // With no controller on a state directory, the verbs say so.
+    let other = lab.dir.join("nobody");
+    std::fs::create_dir_all(&other).unwrap();
+    let out = detector_in(&lab.tgt_ns, &["block", "add", "10.0.0.0/8", "--state-dir", other.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no detector is running with the state directory"), "{err}");
+    // A bad allowlist in the configuration stops the start, naming the line.
+    std::fs::write(&config, "mitigation:\n  allowlist:\n    - 10.1.2.3/8\n").unwrap();
+    let out = detector_in(&lab.tgt_ns, &["run", "--iface", &lab.tgt_if, "--config", config.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("small.yaml:3:5") && err.contains("10.0.0.0/8"), "{err}");
+}
+
+/// Receives UDP on `port` in namespace `ns` until `until`, counting
+/// datagrams per source address. Returns the counts and the time from the
+/// first datagram to the last.
+fn receive(ns: &str, port: u16, until: Instant) -> (HashMap<Ipv4Addr, u64>, Duration) {
+    let _in = NetnsGuard::enter(ns).unwrap();
+    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).unwrap();
+    let size: libc::c_int = 32 << 20;
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &size as *const _ as *const libc::c_void,
+            4,
+        );
+    }
+    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut counts = HashMap::new();
+    let mut buf = [0u8; 2048];
+    let (mut first, mut last) = (None, Instant::now());
+    while Instant::now() < until {
+        if let Ok((_, from)) = sock.recv_from(&mut buf) {
+            let now = Instant::now();
+            first.get_or_insert(now);
+            last = now;
+            if let std::net::IpAddr::V4(a) = from.ip() {
+                *counts.entry(a).or_insert(0) += 1;
+            }
+        }
+    }
+    (counts, first.map(|f| last - f).unwrap_or_default())
+}
+
+#[test]
+fn a_rate_limit_admits_its_rate_per_source() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let c = Controller::start(&lab, &[]);
+    let pps = 50;
+    ok(&c, &["ratelimit", "add", "198.18.0.0/16", "--pps", &pps.to_string(), "--burst", "5", "--class", "udp"]);
+    let mac = lab.tgt_mac().unwrap().iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let port = 9999;
+    let until = Instant::now() + Duration::from_secs(5);
+    let recv = {
+        let ns = lab.tgt_ns.clone();
+        std::thread::spawn(move || receive(&ns, port, until))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // 1,000 sources, as fast as the fast engine goes, for 3 s.
+    let out = detector_in(
+        &lab.gen_ns,
+        &[
+            "flood",
+            "--iface",
+            &lab.gen_if,
+            "--dst",
+            TGT_V4,
+            "--dst-mac",
+            &mac,
+            "--dst-port",
+            &port.to_string(),
+            "--kind",
+            "udp",
+            "--rate",
+            "max",
+            "--duration",
+            "3s",
+            "--src",
+            "198.18.0.0/16",
+            "--sources",
+            "1000",
+            "--engine",
+            "fast",
+        ],
+    );
+    let report = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}");
+    let (counts, window) = recv.join().unwrap();
+    let v = rules(&c);
+    let r = rule(&v, "r1");
+    let (dropped, passed) = (r["dropped_packets"].as_u64().unwrap(), r["passed_packets"].as_u64().unwrap());
+    let offered_pps = (dropped + passed) as f64 / 3.0;
+    eprintln!("offered {offered_pps:.0} pps from 1000 sources; admitted {passed}, dropped {dropped}; window {window:?}; flood: {report}");
+    assert_eq!(counts.len(), 1000, "every source got some through");
+    let expect = pps as f64 * window.as_secs_f64() + 5.0;
+    let mut worst: f64 = 0.0;
+    for (src, n) in &counts {
+        let err = (*n as f64 - expect) / expect;
+        worst = worst.max(err.abs());
+        assert!(err.abs() <= 0.10, "{src}: {n} admitted, {expect:.0} expected (±10%)");
+    }
+    eprintln!("worst per-source deviation {:.1}%", worst * 100.0);
+    let total: u64 = counts.values().sum();
+    assert!((total as f64 - passed as f64).abs() / (passed as f64) < 0.02, "socket got {total}, rule passed {passed}");
+}
