@@ -268,7 +268,7 @@ fn a_full_table_refuses_and_bad_input_is_named() {
     let lab = Lab::new().unwrap();
     let config = lab.dir.join("small.yaml");
     std::fs::write(&config, "mitigation:\n  max_rules: 2\n").unwrap();
-    let c = Controller::start(&lab, &["--config", config.to_str().unwrap()]);
+    let mut c = Controller::start(&lab, &["--config", config.to_str().unwrap()]);
     ok(&c, &["block", "add", "198.18.0.0/24"]);
     ok(&c, &["ratelimit", "add", "198.18.1.0/24", "--pps", "100"]);
     refused(&c, &["block", "add", "198.18.2.0/24"], "the rule table is full (2 rules)");
@@ -297,6 +297,14 @@ fn a_full_table_refuses_and_bad_input_is_named() {
     let out = detector_in(&lab.tgt_ns, &["block", "add", "10.0.0.0/8", "--state-dir", other.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no detector is running with the state directory"), "{err}");
+    // Pinned maps keep their sizes: a restart with other sizes is refused,
+    // saying how to start afresh, and leaves the rules in force.
+    assert!(c.stop_with(libc::SIGTERM).success());
+    let dir = c.state_dir.to_str().unwrap().to_string();
+    let out = detector_in(&lab.tgt_ns, &["run", "--iface", &lab.tgt_if, "--state-dir", &dir]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("are configured; run `detector detach --iface"), "{err}");
+    assert!(xdp_attached(&lab.tgt_ns, &lab.tgt_if).is_some());
     // A bad allowlist in the configuration stops the start, naming the line.
     std::fs::write(&config, "mitigation:\n  allowlist:\n    - 10.1.2.3/8\n").unwrap();
     let out = detector_in(&lab.tgt_ns, &["run", "--iface", &lab.tgt_if, "--config", config.to_str().unwrap()]);

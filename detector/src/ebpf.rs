@@ -32,6 +32,8 @@ pub enum LoadError {
     Seed(String),
     #[error("the pinned map {path} holds {found} entries but {want} are configured; run `detector detach --iface {iface}` to start afresh (its rules are lost), or restore the old size")]
     PinnedSize { path: String, iface: String, found: u32, want: u32 },
+    #[error("the pinned map {path} was made by another version of detector (keys of {key} bytes, values of {value}); run `detector detach --iface {iface}` to start afresh (its rules are lost)")]
+    PinnedLayout { path: String, iface: String, key: u32, value: u32 },
 }
 
 /// The verifier's last words, which say why it refused (the whole log is
@@ -108,11 +110,31 @@ pub fn load_counting(opts: &CountingOptions) -> Result<Ebpf, LoadError> {
     let ebpf =
         loader.load(DETECTOR_OBJECT).map_err(|e| LoadError::Object { object: "detector", source: Box::new(e) })?;
     if let Some((dir, iface)) = &opts.pins {
-        // A reused pin keeps the size it was created with.
+        // A reused pin keeps the layout and size it was created with.
+        use core::mem::size_of;
+        use detector_common::{
+            maps::ClassCounters,
+            rules::{Bucket, BucketKey, PrefixData, RuleCounters, RuleEntry},
+        };
+        for (name, key, value) in [
+            (RULES_MAP, 4 + size_of::<PrefixData>(), size_of::<RuleEntry>()),
+            (RULE_STATS_MAP, 4, size_of::<RuleCounters>()),
+            (BUCKETS_MAP, size_of::<BucketKey>(), size_of::<Bucket>()),
+            (DROP_STATS_MAP, 4, size_of::<ClassCounters>()),
+            (CLASS_STATS_MAP, 4, size_of::<ClassCounters>()),
+        ] {
+            if let Some(info) = ebpf.map(name).and_then(map_info) {
+                if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
+                    let path = dir.join(name).display().to_string();
+                    let (key, value) = (info.key_size(), info.value_size());
+                    return Err(LoadError::PinnedLayout { path, iface: iface.clone(), key, value });
+                }
+            }
+        }
         for (name, want) in
             [(RULES_MAP, opts.trie_entries()), (RULE_STATS_MAP, opts.max_rules + 1), (BUCKETS_MAP, opts.max_buckets)]
         {
-            let found = ebpf.map(name).and_then(max_entries).unwrap_or(want);
+            let found = ebpf.map(name).and_then(map_info).map(|i| i.max_entries()).unwrap_or(want);
             if found != want {
                 let path = dir.join(name).display().to_string();
                 return Err(LoadError::PinnedSize { path, iface: iface.clone(), found, want });
@@ -122,14 +144,14 @@ pub fn load_counting(opts: &CountingOptions) -> Result<Ebpf, LoadError> {
     Ok(ebpf)
 }
 
-/// The kernel's capacity of a map (of the kinds pinned here).
-fn max_entries(map: &aya::maps::Map) -> Option<u32> {
+/// The kernel's view of a map (of the kinds pinned here).
+fn map_info(map: &aya::maps::Map) -> Option<aya::maps::MapInfo> {
     use aya::maps::Map;
     let data = match map {
         Map::LpmTrie(d) | Map::PerCpuArray(d) | Map::LruHashMap(d) | Map::HashMap(d) | Map::Array(d) => d,
         _ => return None,
     };
-    data.info().ok().map(|i| i.max_entries())
+    data.info().ok()
 }
 
 /// Creates the flood object's maps.
