@@ -3,15 +3,17 @@
 //! same machine, with the same frames.
 
 mod detection;
+mod firewall;
 mod frames;
 mod live;
 mod report;
+mod rulepaths;
 mod testrun;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Result;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 #[derive(Parser)]
 #[command(name = "detector-bench")]
@@ -20,23 +22,62 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Write the results into this Markdown file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "only")]
     write: Option<PathBuf>,
+    /// Run only this part and print its section (for a quick look while
+    /// working on it; the written report always has every part).
+    #[arg(long, value_name = "PART")]
+    only: Option<Part>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Part {
+    /// Dropping a flood: iptables, nftables and XDP.
+    Firewall,
+    /// ns per packet along each mitigation path (test runs).
+    Rules,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     let repeat: u32 = if args.quick { 1_000_000 } else { 10_000_000 };
     let seconds = if args.quick { 2 } else { 5 };
+    // Cheap droppers leave few softirq ticks to count (4 ms each here):
+    // longer floods keep the sampling error small.
+    let firewall_seconds = Duration::from_secs(if args.quick { 3 } else { 12 });
+    match args.only {
+        Some(Part::Firewall) => {
+            let fw = firewall_part(firewall_seconds)?;
+            println!("{}", report::firewall_section(&fw));
+            return Ok(());
+        }
+        Some(Part::Rules) => {
+            println!("{}", report::rule_paths_section(&rulepaths::paths(repeat)?, repeat));
+            return Ok(());
+        }
+        None => {}
+    }
 
     eprintln!("bench: BPF_PROG_TEST_RUN, {repeat} repeats per frame");
     let per_class = testrun::per_class(repeat)?;
+    eprintln!("bench: BPF_PROG_TEST_RUN along the mitigation paths, {repeat} repeats each");
+    let rule_paths = rulepaths::paths(repeat)?;
     eprintln!("bench: live-frames flood into a veth, {seconds} s per run");
     let live = live::floods(seconds)?;
     eprintln!("bench: the controller: detection time, and polls under a spoofed flood");
     let detection = detection::run(20, if args.quick { 3 } else { 5 })?;
+    let firewall = firewall_part(firewall_seconds)?;
 
-    let r = report::Report { repeat, seconds, per_class, live, detection, command: command_line(args.quick) };
+    let r = report::Report {
+        repeat,
+        seconds,
+        per_class,
+        rule_paths,
+        live,
+        detection,
+        firewall,
+        command: command_line(args.quick),
+    };
     let text = r.markdown();
     println!("{text}");
     if let Some(path) = args.write {
@@ -44,6 +85,11 @@ fn main() -> Result<()> {
         eprintln!("bench: wrote {}", path.display());
     }
     Ok(())
+}
+
+fn firewall_part(per_dropper: Duration) -> Result<firewall::Comparison> {
+    eprintln!("bench: dropping a flood: iptables, nftables and XDP, {per_dropper:?} per dropper");
+    firewall::compare(per_dropper, firewall::xdp_droppers())
 }
 
 fn command_line(quick: bool) -> String {

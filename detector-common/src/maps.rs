@@ -1,8 +1,8 @@
 //! Map names, keys and values of the counting program.
 
-use crate::class::CLASS_COUNT;
+use crate::{class::CLASS_COUNT, rules::DROP_REASON_COUNT};
 
-/// Per-CPU array indexed by [`crate::TrafficClass`] id, value [`ClassCounters`].
+/// Per-CPU array indexed by [`crate::TrafficClass`] id, value [`ClassStats`].
 pub const CLASS_STATS_MAP: &str = "CLASS_STATS";
 /// LRU per-CPU hash of [`SourceKey`] to [`SourceStats`].
 pub const SOURCE_STATS_MAP: &str = "SOURCE_STATS";
@@ -24,6 +24,16 @@ pub const DEFAULT_MAX_SOURCES: u32 = 16_384;
 pub struct ClassCounters {
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// Per class, per CPU: everything seen, and what of it was dropped, per
+/// [`crate::rules::DropReason`]. One entry, so the program that counts a
+/// packet can count its drop through the same pointer, with no second lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassStats {
+    pub seen: ClassCounters,
+    pub dropped: [ClassCounters; DROP_REASON_COUNT],
 }
 
 /// A source address. IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`) so both
@@ -62,6 +72,7 @@ pub struct SourceStats {
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::ClassCounters {}
+    unsafe impl aya::Pod for super::ClassStats {}
     unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::SourceStats {}
 }
@@ -75,6 +86,8 @@ mod tests {
     fn layouts() {
         assert_eq!(size_of::<ClassCounters>(), 16);
         assert_eq!(offset_of!(ClassCounters, bytes), 8);
+        assert_eq!(size_of::<ClassStats>(), 48);
+        assert_eq!(offset_of!(ClassStats, dropped), 16);
         assert_eq!(size_of::<SourceKey>(), 16);
         assert_eq!(align_of::<SourceKey>(), 1);
         assert_eq!(size_of::<SourceStats>(), 16 + 8 * CLASS_COUNT);

@@ -15,9 +15,6 @@ pub const RULES_MAP: &str = "RULES";
 pub const RULE_STATS_MAP: &str = "RULE_STATS";
 /// LRU hash of [`BucketKey`] to [`Bucket`]: per-source rate-limit state.
 pub const BUCKETS_MAP: &str = "BUCKETS";
-/// Per-CPU array of [`crate::maps::ClassCounters`] indexed by
-/// `reason * CLASS_COUNT + class`: what was dropped, why, and of which class.
-pub const DROP_STATS_MAP: &str = "DROP_STATS";
 
 /// Rule slots per trie entry: the most rules that may cover one prefix.
 pub const MAX_SLOTS: usize = 8;
@@ -28,7 +25,7 @@ pub const DEFAULT_MAX_ALLOW: u32 = 1024;
 /// Default number of sources with a live rate-limit bucket.
 pub const DEFAULT_MAX_BUCKETS: u32 = 65_536;
 
-/// Why a packet was dropped: the first index of [`DROP_STATS_MAP`].
+/// Why a packet was dropped: the index in [`crate::maps::ClassStats::dropped`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
@@ -49,16 +46,7 @@ impl DropReason {
             DropReason::RateLimit => "rate_limit",
         }
     }
-
-    /// The index of (`self`, `class`) in [`DROP_STATS_MAP`].
-    #[inline(always)]
-    pub const fn slot(self, class: usize) -> u32 {
-        (self as usize * CLASS_COUNT + class) as u32
-    }
 }
-
-/// Size of [`DROP_STATS_MAP`].
-pub const DROP_STATS_LEN: u32 = (DROP_REASON_COUNT * CLASS_COUNT) as u32;
 
 /// [`RuleSlot::action`]: empty slot.
 pub const ACTION_NONE: u8 = 0;
@@ -242,6 +230,5 @@ mod tests {
             }
         }
         assert_eq!(admitted, 10);
-        assert_eq!(DropReason::RateLimit.slot(2), (CLASS_COUNT + 2) as u32);
     }
 }

@@ -310,7 +310,6 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
         events,
         mitigator: mitigator.clone(),
         rule_prev: HashMap::new(),
-        drop_prev: HashMap::new(),
     };
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
@@ -411,8 +410,6 @@ struct Loop<'a> {
     mitigator: SharedMitigator,
     /// Last counters seen per (interface, rule id), for the metrics' increments.
     rule_prev: HashMap<(String, String), RuleCounters>,
-    /// Last drop totals seen per (interface, reason, class).
-    drop_prev: HashMap<(String, usize, usize), (u64, u64)>,
 }
 
 impl Loop<'_> {
@@ -496,6 +493,17 @@ impl Loop<'_> {
             let l = ClassLabels { iface: iface.clone(), class: class.name().into() };
             self.metrics.packets.get_or_create(&l).inc_by(delta(p.packets, c.packets));
             self.metrics.bytes.get_or_create(&l).inc_by(delta(p.bytes, c.bytes));
+        }
+        for reason in DropReason::ALL {
+            let (prev, now) = (&probe.prev.dropped[reason as usize], &cur.dropped[reason as usize]);
+            for (class, (p, c)) in TrafficClass::ALL.iter().zip(prev.iter().zip(now.iter())) {
+                if c.packets == 0 {
+                    continue;
+                }
+                let l = DropLabels { iface: iface.clone(), class: class.name().into(), reason: reason.name().into() };
+                self.metrics.dropped_packets.get_or_create(&l).inc_by(delta(p.packets, c.packets));
+                self.metrics.dropped_bytes.get_or_create(&l).inc_by(delta(p.bytes, c.bytes));
+            }
         }
         probe.prev = cur;
 
@@ -613,20 +621,6 @@ impl Loop<'_> {
             self.rule_prev.keys().map(|(_, id)| id.clone()).filter(|id| !live.contains(id)).collect();
         for id in gone {
             self.forget_rule(&id);
-        }
-        for (iface, totals) in m.drops() {
-            let Ok(totals) = totals else { continue };
-            for reason in DropReason::ALL {
-                for class in TrafficClass::ALL {
-                    let c = totals[reason as usize][class.index()];
-                    let key = (iface.to_string(), reason as usize, class.index());
-                    let (pp, pb) = self.drop_prev.insert(key, (c.packets, c.bytes)).unwrap_or((0, 0));
-                    let l =
-                        DropLabels { iface: iface.into(), class: class.name().into(), reason: reason.name().into() };
-                    self.metrics.dropped_packets.get_or_create(&l).inc_by(delta(pp, c.packets));
-                    self.metrics.dropped_bytes.get_or_create(&l).inc_by(delta(pb, c.bytes));
-                }
-            }
         }
     }
 

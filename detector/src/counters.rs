@@ -8,7 +8,7 @@ use aya::{
     Ebpf,
 };
 use detector_common::{
-    maps::{ClassCounters, SourceKey, SourceStats, CLASS_STATS_MAP, EPOCH_MAP, SOURCE_STATS_MAP},
+    maps::{ClassStats, SourceKey, SourceStats, CLASS_STATS_MAP, EPOCH_MAP, SOURCE_STATS_MAP},
     sample::{PacketSample, SampleControl, SAMPLES_MAP, SAMPLE_CONTROL_MAP},
     sketch::EPOCH_MASK,
     CLASS_COUNT,
@@ -31,7 +31,7 @@ pub enum CounterError {
 
 /// The counting program's maps, owned apart from the program.
 pub struct CounterMaps {
-    classes: PerCpuArray<MapData, ClassCounters>,
+    classes: PerCpuArray<MapData, ClassStats>,
     sources: PerCpuHashMap<MapData, SourceKey, SourceStats>,
     epoch: Array<MapData, u32>,
     next_epoch: u32,
@@ -61,16 +61,20 @@ impl CounterMaps {
         self.capacity
     }
 
-    /// Cumulative per-class counters, summed over CPUs.
+    /// Cumulative per-class counters (seen and dropped), summed over CPUs.
     pub fn classes(&self) -> Result<ClassSnapshot, CounterError> {
         let mut snap = ClassSnapshot::default();
         for i in 0..CLASS_COUNT as u32 {
             let per_cpu =
                 self.classes.get(&i, 0).map_err(|source| CounterError::Read { map: CLASS_STATS_MAP, source })?;
-            let c = &mut snap.counters[i as usize];
+            let class = i as usize;
             for v in per_cpu.iter() {
-                c.packets += v.packets;
-                c.bytes += v.bytes;
+                snap.counters[class].packets += v.seen.packets;
+                snap.counters[class].bytes += v.seen.bytes;
+                for (total, d) in snap.dropped.iter_mut().zip(v.dropped.iter()) {
+                    total[class].packets += d.packets;
+                    total[class].bytes += d.bytes;
+                }
             }
         }
         Ok(snap)

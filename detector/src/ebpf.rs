@@ -6,10 +6,7 @@ use std::path::PathBuf;
 use aya::{Ebpf, EbpfLoader};
 use detector_common::{
     maps::{CLASS_STATS_MAP, SOURCE_STATS_MAP},
-    rules::{
-        BUCKETS_MAP, DEFAULT_MAX_ALLOW, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, DROP_STATS_MAP, RULES_MAP,
-        RULE_STATS_MAP,
-    },
+    rules::{BUCKETS_MAP, DEFAULT_MAX_ALLOW, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, RULES_MAP, RULE_STATS_MAP},
 };
 use thiserror::Error;
 
@@ -88,7 +85,7 @@ impl CountingOptions {
 }
 
 /// The maps pinned with the link: everything a restart must find again.
-pub const PINNED_MAPS: [&str; 5] = [RULES_MAP, RULE_STATS_MAP, BUCKETS_MAP, DROP_STATS_MAP, CLASS_STATS_MAP];
+pub const PINNED_MAPS: [&str; 4] = [RULES_MAP, RULE_STATS_MAP, BUCKETS_MAP, CLASS_STATS_MAP];
 
 /// Creates the counting object's maps, with a fresh random hash seed.
 pub fn load_counting(opts: &CountingOptions) -> Result<Ebpf, LoadError> {
@@ -113,15 +110,14 @@ pub fn load_counting(opts: &CountingOptions) -> Result<Ebpf, LoadError> {
         // A reused pin keeps the layout and size it was created with.
         use core::mem::size_of;
         use detector_common::{
-            maps::ClassCounters,
+            maps::ClassStats,
             rules::{Bucket, BucketKey, PrefixData, RuleCounters, RuleEntry},
         };
         for (name, key, value) in [
             (RULES_MAP, 4 + size_of::<PrefixData>(), size_of::<RuleEntry>()),
             (RULE_STATS_MAP, 4, size_of::<RuleCounters>()),
             (BUCKETS_MAP, size_of::<BucketKey>(), size_of::<Bucket>()),
-            (DROP_STATS_MAP, 4, size_of::<ClassCounters>()),
-            (CLASS_STATS_MAP, 4, size_of::<ClassCounters>()),
+            (CLASS_STATS_MAP, 4, size_of::<ClassStats>()),
         ] {
             if let Some(info) = ebpf.map(name).and_then(map_info) {
                 if (info.key_size() as usize, info.value_size() as usize) != (key, value) {

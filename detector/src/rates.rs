@@ -2,12 +2,15 @@
 
 use std::time::Duration;
 
-use detector_common::{maps::ClassCounters, TrafficClass, CLASS_COUNT};
+use detector_common::{maps::ClassCounters, rules::DROP_REASON_COUNT, TrafficClass, CLASS_COUNT};
 
 /// Cumulative per-class counters of one interface, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClassSnapshot {
+    /// Everything seen, dropped or not.
     pub counters: [ClassCounters; CLASS_COUNT],
+    /// Of that, dropped by a mitigation rule, per [`detector_common::rules::DropReason`].
+    pub dropped: [[ClassCounters; CLASS_COUNT]; DROP_REASON_COUNT],
 }
 
 impl ClassSnapshot {

@@ -36,7 +36,8 @@ enum Cmd {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
-    /// Measure the XDP program and the controller; writes BENCHMARKS.md.
+    /// Measure the XDP program, the controller, and dropping a flood in
+    /// iptables, nftables and XDP; writes BENCHMARKS.md.
     Bench {
         /// Shorter runs, for a quick look (figures are noisier).
         #[arg(long)]
@@ -44,6 +45,10 @@ enum Cmd {
         /// Print the results without writing BENCHMARKS.md.
         #[arg(long)]
         no_write: bool,
+        /// Run only this part and print it (never written to BENCHMARKS.md,
+        /// which holds the whole report): `firewall` or `rules`.
+        #[arg(long, value_name = "PART")]
+        only: Option<String>,
     },
 }
 
@@ -78,7 +83,7 @@ fn run(cli: Cli) -> Result<()> {
             setup::test_tools()?;
             test(&root, filter.as_deref())
         }
-        Cmd::Bench { quick, no_write } => {
+        Cmd::Bench { quick, no_write, only } => {
             setup::toolchain()?;
             setup::bench_tools()?;
             cargo(&root, &["build", "--release", "-p", "detector", "-p", "detector-bench"])?;
@@ -86,8 +91,14 @@ fn run(cli: Cli) -> Result<()> {
             if quick {
                 cmd.arg("--quick");
             }
-            if !no_write {
-                cmd.arg("--write").arg(root.join("BENCHMARKS.md"));
+            match only {
+                Some(part) => {
+                    cmd.arg("--only").arg(part);
+                }
+                None if !no_write => {
+                    cmd.arg("--write").arg(root.join("BENCHMARKS.md"));
+                }
+                None => {}
             }
             exec(cmd)
         }

@@ -142,13 +142,22 @@ pub fn test_tools() -> Result<()> {
     apt_install(&missing, "the tests")
 }
 
-/// What the bench compares against: iptables and nftables are not needed
-/// yet; the bench needs only the lab's `ip`.
+/// What the bench needs: `ip` for the lab, and for the firewall comparison
+/// the droppers XDP is measured against (`iptables`, `nft`) and `ethtool`,
+/// which turns GRO on so the target's veth runs NAPI without XDP.
 pub fn bench_tools() -> Result<()> {
-    if which("ip").is_none() {
-        return apt_install(&["iproute2"], "the bench");
+    let mut missing = Vec::new();
+    for (tool, package) in [("ip", "iproute2"), ("iptables", "iptables"), ("nft", "nftables"), ("ethtool", "ethtool")] {
+        if which(tool).is_none() && which_sbin(tool).is_none() {
+            missing.push(package);
+        }
     }
-    Ok(())
+    apt_install(&missing, "the bench")
+}
+
+/// `which`, also looking in the sbin directories a non-root PATH may lack.
+fn which_sbin(name: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/sbin"].into_iter().map(|d| Path::new(d).join(name)).find(|p| p.is_file())
 }
 
 fn apt_install(packages: &[&str], for_what: &str) -> Result<()> {

@@ -9,13 +9,7 @@ use aya::{
     util::nr_cpus,
     Ebpf,
 };
-use detector_common::{
-    maps::ClassCounters,
-    rules::{
-        DropReason, PrefixData, RuleCounters, RuleEntry, DROP_REASON_COUNT, DROP_STATS_MAP, RULES_MAP, RULE_STATS_MAP,
-    },
-    CLASS_COUNT,
-};
+use detector_common::rules::{PrefixData, RuleCounters, RuleEntry, RULES_MAP, RULE_STATS_MAP};
 use thiserror::Error;
 
 use super::{
@@ -40,13 +34,9 @@ pub enum KernelError {
 pub struct RuleMaps {
     rules: LpmTrie<MapData, PrefixData, RuleEntry>,
     stats: PerCpuArray<MapData, RuleCounters>,
-    drops: PerCpuArray<MapData, ClassCounters>,
     /// What the trie holds now.
     applied: Plan,
 }
-
-/// Dropped packets and bytes, by reason and class.
-pub type DropTotals = [[ClassCounters; CLASS_COUNT]; DROP_REASON_COUNT];
 
 impl RuleMaps {
     /// Takes the maps out of a loaded counting object, reading back what a
@@ -56,9 +46,7 @@ impl RuleMaps {
         let rules = LpmTrie::try_from(ebpf::take_map(ebpf, "detector", RULES_MAP)?).map_err(layout(RULES_MAP))?;
         let stats =
             PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", RULE_STATS_MAP)?).map_err(layout(RULE_STATS_MAP))?;
-        let drops =
-            PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", DROP_STATS_MAP)?).map_err(layout(DROP_STATS_MAP))?;
-        let mut maps = RuleMaps { rules, stats, drops, applied: Plan::new() };
+        let mut maps = RuleMaps { rules, stats, applied: Plan::new() };
         maps.applied = maps.read_trie()?;
         Ok(maps)
     }
@@ -129,23 +117,5 @@ impl RuleMaps {
             c.passed_bytes += v.passed_bytes;
         }
         Ok(c)
-    }
-
-    /// Everything dropped so far, by reason and class.
-    pub fn drops(&self) -> Result<DropTotals, KernelError> {
-        let mut out = [[ClassCounters::default(); CLASS_COUNT]; DROP_REASON_COUNT];
-        for reason in DropReason::ALL {
-            for (class, total) in out[reason as usize].iter_mut().enumerate() {
-                let per_cpu = self
-                    .drops
-                    .get(&reason.slot(class), 0)
-                    .map_err(|source| KernelError::Read { map: DROP_STATS_MAP, source })?;
-                for v in per_cpu.iter() {
-                    total.packets += v.packets;
-                    total.bytes += v.bytes;
-                }
-            }
-        }
-        Ok(out)
     }
 }

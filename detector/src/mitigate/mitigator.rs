@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::{
-    kernel::{DropTotals, KernelError, RuleMaps},
+    kernel::{KernelError, RuleMaps},
     plan::Clock,
     prefix::Prefix,
     rule::{Rule, RuleRequest},
@@ -255,11 +255,6 @@ impl Mitigator {
     /// A rule's counters on each interface.
     pub fn counters(&self, index: u32) -> Vec<(&str, RuleCounters)> {
         self.ifaces.iter().filter_map(|(i, m)| m.counters(index).ok().map(|c| (i.as_str(), c))).collect()
-    }
-
-    /// What each interface dropped, by reason and class.
-    pub fn drops(&self) -> Vec<(&str, Result<DropTotals, KernelError>)> {
-        self.ifaces.iter().map(|(i, m)| (i.as_str(), m.drops())).collect()
     }
 
     /// Trie entries in use on the fullest interface.

@@ -9,10 +9,10 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, LpmTrie, LruHashMap, PerCpuArray},
 };
 use detector_common::{
-    maps::ClassCounters,
+    maps::ClassStats,
     rules::{
         gcra, Bucket, BucketKey, DropReason, PrefixData, RuleCounters, RuleEntry, RuleSlot, ACTION_DROP,
-        ACTION_RATE_LIMIT, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, DROP_STATS_LEN, ENTRY_ALLOW, MAX_SLOTS,
+        ACTION_RATE_LIMIT, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, ENTRY_ALLOW, MAX_SLOTS,
     },
 };
 
@@ -31,17 +31,14 @@ static RULE_STATS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(DEF
 #[map]
 static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::with_max_entries(DEFAULT_MAX_BUCKETS, 0);
 
-/// Dropped packets and bytes by reason and class.
-#[map]
-static DROP_STATS: PerCpuArray<ClassCounters> = PerCpuArray::with_max_entries(DROP_STATS_LEN, 0);
-
 /// CAS attempts on a shared bucket before giving up on the packet (dropped:
 /// under that much contention the source is far over any limit).
 const CAS_TRIES: usize = 4;
 
-/// True when the packet must be dropped.
+/// True when the packet must be dropped; a drop is counted in `stats`, the
+/// packet's class entry.
 #[inline(always)]
-pub fn drops(src: &[u8; 16], class: u32, ports: Ports, len: u64) -> bool {
+pub fn drops(src: &[u8; 16], class: u32, ports: Ports, len: u64, stats: *mut ClassStats) -> bool {
     let Some(entry) = RULES.get(Key::new(128, *src)) else {
         return false;
     };
@@ -64,7 +61,7 @@ pub fn drops(src: &[u8; 16], class: u32, ports: Ports, len: u64) -> bool {
                         ACTION_RATE_LIMIT => !admit(s, src, len, now),
                         _ => false,
                     };
-                count(s, class, len, drop);
+                count(s, len, drop, stats);
                 return drop;
             }
         }
@@ -74,7 +71,7 @@ pub fn drops(src: &[u8; 16], class: u32, ports: Ports, len: u64) -> bool {
 }
 
 #[inline(always)]
-fn count(s: &RuleSlot, class: u32, len: u64, drop: bool) {
+fn count(s: &RuleSlot, len: u64, drop: bool, stats: *mut ClassStats) {
     if let Some(c) = RULE_STATS.get_ptr_mut(s.index) {
         unsafe {
             if drop {
@@ -88,11 +85,10 @@ fn count(s: &RuleSlot, class: u32, len: u64, drop: bool) {
     }
     if drop {
         let reason = if s.action == ACTION_DROP { DropReason::Rule } else { DropReason::RateLimit };
-        if let Some(c) = DROP_STATS.get_ptr_mut(reason.slot(class as usize)) {
-            unsafe {
-                (*c).packets += 1;
-                (*c).bytes += len;
-            }
+        unsafe {
+            let d = &mut (*stats).dropped[reason as usize];
+            d.packets += 1;
+            d.bytes += len;
         }
     }
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use detector_common::{
-    maps::{ClassCounters, SourceKey, SourceStats, DEFAULT_MAX_SOURCES},
+    maps::{ClassStats, SourceKey, SourceStats, DEFAULT_MAX_SOURCES},
     sample::{next_gap, PacketSample, SampleControl, SAMPLES_RING_BYTES},
     sketch::{self, SketchRow, Window, EPOCH_MASK, SKETCH_DEPTH},
     CLASS_COUNT,
@@ -17,9 +17,10 @@ use crate::{
     parse::{parse, Ports},
 };
 
-/// Per class: cumulative packets and bytes. Exact whatever the sources.
+/// Per class: cumulative packets and bytes, seen and dropped. Exact
+/// whatever the sources.
 #[map]
-static CLASS_STATS: PerCpuArray<ClassCounters> = PerCpuArray::with_max_entries(CLASS_COUNT as u32, 0);
+static CLASS_STATS: PerCpuArray<ClassStats> = PerCpuArray::with_max_entries(CLASS_COUNT as u32, 0);
 
 /// Per admitted source: cumulative packets, bytes and packets per class.
 #[map]
@@ -58,16 +59,17 @@ pub fn detector(ctx: XdpContext) -> u32 {
     let parsed = parse(start, end);
     let class = parsed.class as u32;
 
-    if let Some(c) = CLASS_STATS.get_ptr_mut(class) {
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += len;
-        }
+    let Some(stats) = CLASS_STATS.get_ptr_mut(class) else {
+        return xdp_action::XDP_PASS;
+    };
+    unsafe {
+        (*stats).seen.packets += 1;
+        (*stats).seen.bytes += len;
     }
     if let Some(src) = parsed.src {
         // Counted in its class first: detection sees a flood it mitigates.
         // A dropped packet's source is already known; it is not tracked.
-        if mitigate::drops(&src, class, parsed.ports, len) {
+        if mitigate::drops(&src, class, parsed.ports, len, stats) {
             return xdp_action::XDP_DROP;
         }
         track_source(src, class, parsed.ports, len);
