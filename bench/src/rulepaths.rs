@@ -84,6 +84,14 @@ pub fn paths(repeat: u32) -> Result<Vec<PathCost>> {
             Box::new(|s| s.add_rule(&request("drop", "198.18.0.0/16"), 0).map(|_| ()).map_err(Into::into)),
         ),
         (
+            "prefix drop with a TTL",
+            XDP_DROP,
+            Box::new(|s| {
+                let req = RuleRequest { ttl_ms: Some(3_600_000), ..request("drop", "198.18.0.0/16") };
+                s.add_rule(&req, clock_now().wall_ms).map(|_| ()).map_err(Into::into)
+            }),
+        ),
+        (
             "rate-limited admit",
             XDP_PASS,
             Box::new(move |s| s.add_rule(&rate(1_000_000_000, 10_000_000), 0).map(|_| ()).map_err(Into::into)),

@@ -67,6 +67,9 @@ pub const ALL_CLASSES: u32 = (1 << CLASS_COUNT) - 1;
 /// source's next admission time advances by `interval_ns` per packet (and
 /// by `len * byte_interval_ps / 1000` for a byte limit), and a packet is
 /// admitted while that time is no more than the tolerance ahead of now.
+/// With the coarse clock, "now" moves a tick at a time: the admitted rate
+/// over any longer span is exact, and within one tick a source may get up
+/// to a tick's worth of packets (pps x 1-10 ms) on top of its burst.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleSlot {
@@ -80,8 +83,10 @@ pub struct RuleSlot {
     pub dport: u16,
     pub action: u8,
     pub _pad: [u8; 3],
-    /// `CLOCK_MONOTONIC` (`bpf_ktime_get_ns`) time after which the slot no
-    /// longer matches, so a TTL holds even while no controller runs; 0: never.
+    /// `CLOCK_MONOTONIC` time after which the slot no longer matches, so a
+    /// TTL holds even while no controller runs; 0: never. The program reads
+    /// the coarse clock (`bpf_ktime_get_coarse_ns`, one scheduler tick of
+    /// resolution, half the cost of the precise one).
     pub expires_ns: u64,
     /// Rate limit: nanoseconds per admitted packet.
     pub interval_ns: u64,
@@ -230,5 +235,23 @@ mod tests {
             }
         }
         assert_eq!(admitted, 10);
+    }
+
+    #[test]
+    fn gcra_on_a_coarse_clock_keeps_the_rate() {
+        // 1000 pps, burst 5, a clock that moves 4 ms at a time, a source
+        // sending 100 times that: over 10 s it gets 10 s worth plus the burst.
+        let (interval, tolerance, tick) = (1_000_000, 4_000_000, 4_000_000);
+        let mut tat = 0;
+        let mut admitted = 0u64;
+        for i in 0..1_000_000u64 {
+            let precise = 1_000_000_000 + i * 10_000;
+            let now = precise - precise % tick;
+            if let Some(t) = gcra(tat, now, interval, tolerance) {
+                tat = t;
+                admitted += 1;
+            }
+        }
+        assert!((10_000..=10_010).contains(&admitted), "{admitted}");
     }
 }

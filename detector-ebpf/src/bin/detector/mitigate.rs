@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{lpm_trie::Key, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -52,7 +52,7 @@ pub fn drops(src: &[u8; 16], class: u32, ports: Ports, len: u64, stats: *mut Cla
         }
         if s.matches(class, ports.src, ports.dst) {
             if (s.expires_ns != 0 || s.action == ACTION_RATE_LIMIT) && now == 0 {
-                now = unsafe { bpf_ktime_get_ns() };
+                now = unsafe { bpf_ktime_get_coarse_ns() };
             }
             if s.expires_ns == 0 || now < s.expires_ns {
                 let drop = entry.allow != ENTRY_ALLOW
