@@ -145,6 +145,18 @@ fn block_allow_and_scoped_rules_drop_exactly_their_match() {
     let e = refused(&c, &["block", "add", TGT_V4], "is inside allowlist entry");
     assert!(e.contains(&format!("address of {}", lab.tgt_if)), "{e}");
     refused(&c, &["block", "add", "127.0.0.1"], "loopback");
+    // An address the host gains while running is allowlisted within seconds.
+    let out = std::process::Command::new("ip")
+        .args(["-n", &lab.tgt_ns, "addr", "add", "192.0.2.77/24", "dev", &lab.tgt_if])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rules(&c)["allow"].as_array().unwrap().iter().any(|a| a["prefix"] == "192.0.2.77/32") {
+        assert!(Instant::now() < deadline, "the new address was not allowlisted:\n{}", c.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    refused(&c, &["block", "add", "192.0.2.77"], "is inside allowlist entry");
 
     // The table, the metrics and promtool agree.
     let table = ok(&c, &["rules", "list"]);

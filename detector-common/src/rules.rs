@@ -15,6 +15,10 @@ pub const RULES_MAP: &str = "RULES";
 pub const RULE_STATS_MAP: &str = "RULE_STATS";
 /// LRU hash of [`BucketKey`] to [`Bucket`]: per-source rate-limit state.
 pub const BUCKETS_MAP: &str = "BUCKETS";
+/// Array of one `u32`: non-zero while any rule is in force. Without rules
+/// nothing can be dropped, so the program skips the trie lookup (the
+/// allowlist alone never changes a verdict).
+pub const RULES_ACTIVE_MAP: &str = "RULES_ACTIVE";
 
 /// Rule slots per trie entry: the most rules that may cover one prefix.
 pub const MAX_SLOTS: usize = 8;

@@ -44,7 +44,6 @@ use crate::{
         kernel::{KernelError, RuleMaps},
         mitigator::{clock_now, MitigateError, Mitigator},
         pins::{self, LockError, PinError},
-        prefix::{self, Prefix},
         ruleset::{AllowSource, Limits},
     },
     rates::{class_rates, delta, ClassSnapshot},
@@ -126,6 +125,9 @@ const MAX_SAMPLES: usize = 4 * samples::TARGET_PER_POLL;
 
 /// How often rule counters reach the metrics.
 const RULE_METRICS_EVERY: Duration = Duration::from_secs(1);
+/// How often the host's addresses are looked at again (a new address is
+/// allowlisted within this long).
+const HOST_ADDRESSES_EVERY: Duration = Duration::from_secs(5);
 
 /// One attached interface and what the poller remembers about it.
 struct Probe {
@@ -257,6 +259,12 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
             divisor,
         });
     }
+    for other in pins::pinned_interfaces().into_iter().filter(|i| !cfg.ifaces.contains(i)) {
+        tracing::warn!(
+            iface = %other,
+            "an earlier run left its XDP program and rules pinned on '{other}', which this run does not watch; they stay in force until `detector detach --iface {other}`"
+        );
+    }
     allow_host_and_config(&mut mitigator, &cfg.mitigation);
     let expired = mitigator.restore(clock_now()).map_err(|e| RunError::Restore(Box::new(e)))?;
     for r in &expired {
@@ -381,14 +389,8 @@ fn validate(cfg: &RunConfig) -> Result<(), RunError> {
 /// configured allowlist: allowlisted before any rule is restored.
 fn allow_host_and_config(m: &mut Mitigator, cfg: &MitigationConfig) {
     let now = now_ms();
-    for p in prefix::loopback() {
-        m.allow_fixed(p, AllowSource::Host, "loopback", now);
-    }
-    for (ifname, ip) in host::addresses() {
-        m.allow_fixed(Prefix::host(ip), AllowSource::Host, &format!("address of {ifname}"), now);
-    }
-    for gw in host::gateways() {
-        m.allow_fixed(Prefix::host(gw), AllowSource::Host, "default gateway", now);
+    for (p, why) in host::own_prefixes() {
+        m.allow_fixed(p, AllowSource::Host, &why, now);
     }
     for p in &cfg.allowlist {
         m.allow_fixed(*p, AllowSource::Config, "mitigation.allowlist", now);
@@ -422,6 +424,7 @@ impl Loop<'_> {
         let mut last_snapshot = Instant::now();
         let mut last_baselines = Instant::now();
         let mut last_rule_metrics = Instant::now() - RULE_METRICS_EVERY;
+        let mut last_host_scan = Instant::now();
         loop {
             ticker.tick().await;
             let now = Instant::now();
@@ -444,6 +447,10 @@ impl Loop<'_> {
                 last_rule_metrics = now;
             }
             self.poll_rules(rule_metrics);
+            if now.duration_since(last_host_scan) >= HOST_ADDRESSES_EVERY {
+                last_host_scan = now;
+                self.refresh_host_allowlist();
+            }
             self.metrics.poll_duration.observe(now.elapsed().as_secs_f64());
 
             if now.duration_since(last_snapshot) >= SNAPSHOT_EVERY {
@@ -621,6 +628,20 @@ impl Loop<'_> {
             self.rule_prev.keys().map(|(_, id)| id.clone()).filter(|id| !live.contains(id)).collect();
         for id in gone {
             self.forget_rule(&id);
+        }
+    }
+
+    /// Allowlists addresses the host gained since the start.
+    fn refresh_host_allowlist(&self) {
+        let found = host::own_prefixes();
+        let mut m = self.mitigator.lock().unwrap_or_else(|p| p.into_inner());
+        match m.refresh_host(&found, clock_now()) {
+            Ok(added) => {
+                for a in added {
+                    tracing::info!(id = %a.id, prefix = %a.prefix, "allowlisted a new address of the host ({})", a.reason);
+                }
+            }
+            Err(e) => tracing::error!("cannot allowlist a new address of the host: {e}"),
         }
     }
 

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use aya::{Ebpf, EbpfLoader};
 use detector_common::{
     maps::{CLASS_STATS_MAP, SOURCE_STATS_MAP},
-    rules::{BUCKETS_MAP, DEFAULT_MAX_ALLOW, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, RULES_MAP, RULE_STATS_MAP},
+    rules::{
+        BUCKETS_MAP, DEFAULT_MAX_ALLOW, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, RULES_ACTIVE_MAP, RULES_MAP,
+        RULE_STATS_MAP,
+    },
 };
 use thiserror::Error;
 
@@ -85,7 +88,7 @@ impl CountingOptions {
 }
 
 /// The maps pinned with the link: everything a restart must find again.
-pub const PINNED_MAPS: [&str; 4] = [RULES_MAP, RULE_STATS_MAP, BUCKETS_MAP, CLASS_STATS_MAP];
+pub const PINNED_MAPS: [&str; 5] = [RULES_MAP, RULES_ACTIVE_MAP, RULE_STATS_MAP, BUCKETS_MAP, CLASS_STATS_MAP];
 
 /// Creates the counting object's maps, with a fresh random hash seed.
 pub fn load_counting(opts: &CountingOptions) -> Result<Ebpf, LoadError> {
@@ -115,6 +118,7 @@ pub fn load_counting(opts: &CountingOptions) -> Result<Ebpf, LoadError> {
         };
         for (name, key, value) in [
             (RULES_MAP, 4 + size_of::<PrefixData>(), size_of::<RuleEntry>()),
+            (RULES_ACTIVE_MAP, 4, 4),
             (RULE_STATS_MAP, 4, size_of::<RuleCounters>()),
             (BUCKETS_MAP, size_of::<BucketKey>(), size_of::<Bucket>()),
             (CLASS_STATS_MAP, 4, size_of::<ClassStats>()),

@@ -4,6 +4,21 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use super::prefix::{self, Prefix};
+
+/// Everything the host calls its own, with why: loopback, the address of
+/// every interface of this network namespace, and the default gateways.
+pub fn own_prefixes() -> Vec<(Prefix, String)> {
+    let mut out: Vec<(Prefix, String)> = prefix::loopback().into_iter().map(|p| (p, "loopback".to_string())).collect();
+    for (ifname, ip) in addresses() {
+        out.push((Prefix::host(ip), format!("address of {ifname}")));
+    }
+    for gw in gateways() {
+        out.push((Prefix::host(gw), "default gateway".to_string()));
+    }
+    out
+}
+
 /// Every address configured on any interface of this network namespace.
 pub fn addresses() -> Vec<(String, IpAddr)> {
     let mut out = Vec::new();

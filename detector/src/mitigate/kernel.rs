@@ -4,12 +4,12 @@
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        MapData, MapError, PerCpuArray, PerCpuValues,
+        Array, MapData, MapError, PerCpuArray, PerCpuValues,
     },
     util::nr_cpus,
     Ebpf,
 };
-use detector_common::rules::{PrefixData, RuleCounters, RuleEntry, RULES_MAP, RULE_STATS_MAP};
+use detector_common::rules::{PrefixData, RuleCounters, RuleEntry, RULES_ACTIVE_MAP, RULES_MAP, RULE_STATS_MAP};
 use thiserror::Error;
 
 use super::{
@@ -34,6 +34,7 @@ pub enum KernelError {
 pub struct RuleMaps {
     rules: LpmTrie<MapData, PrefixData, RuleEntry>,
     stats: PerCpuArray<MapData, RuleCounters>,
+    active: Array<MapData, u32>,
     /// What the trie holds now.
     applied: Plan,
 }
@@ -46,7 +47,9 @@ impl RuleMaps {
         let rules = LpmTrie::try_from(ebpf::take_map(ebpf, "detector", RULES_MAP)?).map_err(layout(RULES_MAP))?;
         let stats =
             PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", RULE_STATS_MAP)?).map_err(layout(RULE_STATS_MAP))?;
-        let mut maps = RuleMaps { rules, stats, applied: Plan::new() };
+        let active =
+            Array::try_from(ebpf::take_map(ebpf, "detector", RULES_ACTIVE_MAP)?).map_err(layout(RULES_ACTIVE_MAP))?;
+        let mut maps = RuleMaps { rules, stats, active, applied: Plan::new() };
         maps.applied = maps.read_trie()?;
         Ok(maps)
     }
@@ -70,6 +73,7 @@ impl RuleMaps {
     /// Makes the trie hold `plan`: new and changed entries first, then the
     /// removals, so a rule that stays is never missing for a moment.
     pub fn apply(&mut self, plan: &Plan) -> Result<(), KernelError> {
+        let any_rule = plan.values().any(|e| e.slots[0].index != 0);
         let (writes, deletes) = diff(&self.applied, plan);
         for (p, e) in writes {
             let (data, len) = p.key();
@@ -88,7 +92,12 @@ impl RuleMaps {
             }
             self.applied.remove(&p);
         }
-        Ok(())
+        // Set after the trie holds the rules; a first rule applies from here.
+        self.active.set(0, any_rule as u32, 0).map_err(|source| KernelError::Write {
+            map: RULES_ACTIVE_MAP,
+            prefix: "the active flag".into(),
+            source,
+        })
     }
 
     /// Zeroes a rule's counters, before its index is given to a new rule.

@@ -109,6 +109,21 @@ impl Mitigator {
         }
     }
 
+    /// Allowlists host prefixes not yet on the list (an address added since
+    /// the start), and returns them.
+    pub fn refresh_host(&mut self, found: &[(Prefix, String)], clock: Clock) -> Result<Vec<AllowEntry>, MitigateError> {
+        let known: Vec<Prefix> = self.set.allow().iter().map(|a| a.prefix).collect();
+        let new: Vec<&(Prefix, String)> = found.iter().filter(|(p, _)| !known.contains(p)).collect();
+        if new.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.change(clock, |set| {
+            new.iter()
+                .map(|(p, why)| set.add_allow(*p, AllowSource::Host, why, clock.wall_ms).map(|(e, _)| e))
+                .collect()
+        })
+    }
+
     /// Reads the saved rules, drops those that expired while no controller
     /// ran, and makes every interface's trie hold exactly the rest (an
     /// adopted trie keeps enforcing throughout).

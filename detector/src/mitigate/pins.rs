@@ -30,10 +30,27 @@ pub enum PinError {
 
 /// The pin directory of `iface` in this process's network namespace.
 pub fn dir(iface: &str) -> Result<PathBuf, PinError> {
+    Ok(base()?.join(iface))
+}
+
+/// Where this network namespace's interface directories are.
+fn base() -> Result<PathBuf, PinError> {
     let own = fs::metadata("/proc/thread-self/ns/net").map_err(PinError::Netns)?.ino();
     let host = fs::metadata("/proc/1/ns/net").map(|m| m.ino()).ok();
     let base = Path::new(BPFFS).join("detector");
-    Ok(if host == Some(own) { base.join(iface) } else { base.join(format!("netns-{own}")).join(iface) })
+    Ok(if host == Some(own) { base } else { base.join(format!("netns-{own}")) })
+}
+
+/// Interfaces of this network namespace with a pinned link.
+pub fn pinned_interfaces() -> Vec<String> {
+    let Ok(base) = base() else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(base) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|e| exists(&e.path()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("netns-"))
+        .collect()
 }
 
 /// Mounts bpffs on `/sys/fs/bpf` unless it is there (systemd mounts it on
