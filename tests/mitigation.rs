@@ -268,6 +268,9 @@ fn rules_survive_kill_9_and_a_restart_adopts_them() {
     // --on-stop detach: the stop removes program and rules.
     let mut c = Controller::start(&lab, &["--on-stop", "detach"]);
     assert_eq!(rules(&c)["rules"].as_array().unwrap().len(), 2, "the rules file outlived the detach");
+    let out = detector_in(&lab.tgt_ns, &["detach", "--iface", &lab.tgt_if]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("a detector is running on"), "{err}");
     assert!(c.stop_with(libc::SIGTERM).success());
     assert_eq!(xdp_attached(&lab.tgt_ns, &lab.tgt_if), None);
     let c = Controller::start(&lab, &[]);

@@ -187,8 +187,8 @@ pub fn allow(cmd: AddCommand<AllowArgs>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes the XDP program and every pinned rule from the interfaces, now,
-/// whether a controller runs or not (a running one keeps running, blind).
+/// Removes the XDP program and every pinned rule from the interfaces, now.
+/// Refused while a controller drives the interface.
 pub fn detach(args: DetachArgs) -> anyhow::Result<()> {
     privileges::check(Need::Xdp)?;
     for iface in &args.ifaces {
@@ -198,7 +198,16 @@ pub fn detach(args: DetachArgs) -> anyhow::Result<()> {
             println!("{iface}: nothing pinned (no detector state in {})", dir.display());
             continue;
         }
+        // A running controller holds the directory's lock: detaching under
+        // it would leave it counting nothing, unaware.
+        let lock = pins::lock(&dir, iface).map_err(|e| match e {
+            pins::LockError::Busy { .. } => anyhow::anyhow!(
+                "a detector is running on '{iface}'; stop it first (with --on-stop detach, or then run this again)"
+            ),
+            other => other.into(),
+        })?;
         let n = pins::detach_now(&dir)?;
+        drop(lock);
         println!("{iface}: XDP program detached; {n} pinned objects removed from {}", dir.display());
     }
     Ok(())
