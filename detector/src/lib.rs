@@ -20,6 +20,7 @@ pub mod mitigate;
 pub mod netns;
 pub mod privileges;
 pub mod rates;
+pub mod runbook;
 pub mod samples;
 pub mod sources;
 pub mod state;

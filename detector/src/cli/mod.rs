@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod flood;
 mod incidents;
 mod rules;
+mod runbooks;
 
 use detector::{
     controller::{self, RunConfig},
@@ -54,6 +55,9 @@ pub enum Command {
     Allow(rules::AddCommand<rules::AllowArgs>),
     /// Remove the XDP program and every pinned rule from an interface.
     Detach(rules::DetachArgs),
+    /// Check runbook files.
+    #[command(subcommand)]
+    Runbooks(runbooks::RunbooksCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -130,6 +134,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Ratelimit(cmd) => rules::ratelimit(cmd),
         Command::Allow(cmd) => rules::allow(cmd),
         Command::Detach(args) => rules::detach(args),
+        Command::Runbooks(cmd) => runbooks::run(cmd),
     }
 }
 

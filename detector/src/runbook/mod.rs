@@ -1,0 +1,14 @@
+//! Runbooks: YAML files that say what to do when an incident matches.
+//!
+//! - [`schema`]: what a file may say, checked as it is read;
+//! - [`secret`]: `${NAME}` and `${file:PATH}` references, resolved at load;
+//! - [`load`]: a directory of files, with located errors;
+//! - [`trigger`]: which runbooks an incident event fires (pure).
+
+pub mod load;
+pub mod schema;
+pub mod secret;
+pub mod trigger;
+
+#[cfg(test)]
+mod tests;

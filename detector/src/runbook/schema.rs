@@ -1,0 +1,503 @@
+//! What a runbook file may say. Every field is checked while the YAML is
+//! read, so a mistake is reported with its line and column: an unknown
+//! family or step kind, a bad duration or URL, a template that does not
+//! parse or names a variable the context lacks, a missing secret.
+
+use std::{collections::BTreeMap, fmt, time::Duration};
+
+use serde::{de, Deserialize, Deserializer};
+
+use super::secret::{SecretText, SecretUrl};
+use crate::{
+    detect::{family::Family, severity::Severity},
+    mitigate::{prefix::Prefix, rule::class_mask},
+};
+
+/// The variables a template may use: the incident context (see README).
+pub const TEMPLATE_VARIABLES: &[&str] = &[
+    "event",
+    "runbook",
+    "dry_run",
+    "incident_id",
+    "node",
+    "iface",
+    "families",
+    "vectors",
+    "severity",
+    "status",
+    "started_at",
+    "pps",
+    "bps",
+    "peak_pps",
+    "peak_bps",
+    "top_sources",
+    "top_ports",
+    "rules",
+];
+
+/// One runbook: one file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runbook {
+    pub name: Name,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub mode: Mode,
+    pub trigger: Trigger,
+    /// Not again for the same incident within this long.
+    #[serde(default = "default_cooldown", deserialize_with = "top_cooldown")]
+    pub cooldown: Duration,
+    /// Run the next steps after one fails.
+    #[serde(default = "yes")]
+    pub continue_on_error: bool,
+    pub steps: Steps,
+}
+
+// serde_yaml places errors of the top-level mapping's own values at 1:1;
+// their messages start with the field's name (here, and in `Name` and
+// `Steps`), so `load::parse` can point at its line instead.
+fn top_cooldown<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    named(duration(d), "cooldown")
+}
+
+fn named<T, E: de::Error>(r: Result<T, E>, field: &str) -> Result<T, E> {
+    r.map_err(|e| E::custom(format!("{field}: {e}")))
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_cooldown() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// `[a-z0-9_-]`, 1 to 64: it names metrics series and history rows.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name(pub String);
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Name, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty()
+            || s.len() > 64
+            || !s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        {
+            return Err(de::Error::custom(format!(
+                "name: runbook name '{s}' must be 1 to 64 lowercase letters, digits, '-' or '_'"
+            )));
+        }
+        Ok(Name(s))
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    /// Log and record what would be done; change nothing, send nothing.
+    DryRun,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trigger {
+    pub families: Families,
+    #[serde(default)]
+    pub min_severity: MinSeverity,
+    #[serde(default)]
+    pub min_pps: f64,
+    #[serde(default)]
+    pub nodes: Nodes,
+}
+
+/// `[any]`, or a list of families.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Families {
+    Any,
+    These(Vec<Family>),
+}
+
+impl<'de> Deserialize<'de> for Families {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Families, D::Error> {
+        let list = Vec::<String>::deserialize(d)?;
+        if list.is_empty() {
+            return Err(de::Error::custom("trigger.families is empty; list families, or [any]"));
+        }
+        let mut out = Vec::new();
+        for name in &list {
+            if name == "any" {
+                return Ok(Families::Any);
+            }
+            let f = Family::ALL.iter().copied().find(|f| f.name() == name).ok_or_else(|| {
+                let names: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
+                de::Error::custom(format!("unknown family '{name}' (use any, or: {})", names.join(", ")))
+            })?;
+            out.push(f);
+        }
+        Ok(Families::These(out))
+    }
+}
+
+/// `any`, or the lowest severity that fires.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MinSeverity {
+    #[default]
+    Any,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl MinSeverity {
+    pub fn admits(self, s: Severity) -> bool {
+        let floor = match self {
+            MinSeverity::Any => return true,
+            MinSeverity::Low => Severity::Low,
+            MinSeverity::Medium => Severity::Medium,
+            MinSeverity::High => Severity::High,
+            MinSeverity::Critical => Severity::Critical,
+        };
+        s >= floor
+    }
+}
+
+/// `all`, or a list of node names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Nodes {
+    #[default]
+    All,
+    These(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Nodes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Nodes, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::One(s) if s == "all" => Ok(Nodes::All),
+            Raw::One(s) => {
+                Err(de::Error::custom(format!("trigger.nodes: '{s}' is neither all nor a list of node names")))
+            }
+            Raw::Many(v) if v.is_empty() => Err(de::Error::custom("trigger.nodes is an empty list; write all")),
+            Raw::Many(v) => Ok(Nodes::These(v)),
+        }
+    }
+}
+
+/// At least one step.
+#[derive(Clone, Debug)]
+pub struct Steps(pub Vec<Step>);
+
+impl<'de> Deserialize<'de> for Steps {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Steps, D::Error> {
+        let v = Vec::<Step>::deserialize(d)?;
+        if v.is_empty() {
+            return Err(de::Error::custom("steps: a runbook needs at least one step"));
+        }
+        Ok(Steps(v))
+    }
+}
+
+/// One step, written as a map with one key: its kind.
+#[derive(Clone, Debug)]
+pub enum Step {
+    Notify(Notify),
+    Webhook(Webhook),
+    Mitigate(Mitigate),
+    Incident(IncidentStep),
+    Note(Template),
+}
+
+impl Step {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Notify(_) => "notify",
+            Step::Webhook(_) => "webhook",
+            Step::Mitigate(_) => "mitigate",
+            Step::Incident(_) => "incident",
+            Step::Note(_) => "note",
+        }
+    }
+}
+
+const STEP_KINDS: &[&str] = &["notify", "webhook", "mitigate", "incident", "note"];
+
+impl<'de> Deserialize<'de> for Step {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Step, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Step;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a step: a map with one key, its kind ({})", STEP_KINDS.join(", "))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Step, A::Error> {
+                let Some(kind) = map.next_key::<String>()? else {
+                    return Err(de::Error::custom("an empty step; give it a kind"));
+                };
+                let step = match kind.as_str() {
+                    "notify" => Step::Notify(map.next_value()?),
+                    "webhook" => Step::Webhook(map.next_value()?),
+                    "mitigate" => Step::Mitigate(map.next_value()?),
+                    "incident" => Step::Incident(map.next_value()?),
+                    "note" => Step::Note(map.next_value()?),
+                    other => return Err(de::Error::unknown_variant(other, STEP_KINDS)),
+                };
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(de::Error::custom(format!(
+                        "a step has one kind; '{extra}' after '{kind}' starts another (begin it with '- ')"
+                    )));
+                }
+                Ok(step)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Slack,
+    Discord,
+    Pagerduty,
+    Teams,
+    Alertmanager,
+    Webhook,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    pub channel: Channel,
+    /// The incoming webhook (Slack, Discord, Teams, generic), the Events API
+    /// (PagerDuty: `https://events.pagerduty.com/v2/enqueue` by default) or
+    /// Alertmanager's base URL.
+    #[serde(default)]
+    pub url: Option<SecretUrl>,
+    #[serde(default)]
+    pub message: Option<Template>,
+    /// PagerDuty's integration (routing) key.
+    #[serde(default)]
+    pub routing_key: Option<SecretText>,
+    #[serde(default = "default_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default)]
+    pub headers: BTreeMap<String, SecretText>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    pub url: SecretUrl,
+    #[serde(default)]
+    pub headers: BTreeMap<String, SecretText>,
+    /// Signs the body: `X-Detector-Signature: sha256=<hex HMAC-SHA256>`.
+    #[serde(default)]
+    pub secret: Option<SecretText>,
+    #[serde(default = "default_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_retries() -> u32 {
+    3
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MitigateAction {
+    Drop,
+    RateLimit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// One rule per top source of the incident (`top` of them).
+    TopSources,
+    /// One rule for `prefix`.
+    Prefix,
+}
+
+/// A rule (or one per top source) installed through the mitigation layer,
+/// with the runbook and the incident as its origin.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, try_from = "RawMitigate")]
+pub struct Mitigate {
+    pub action: MitigateAction,
+    pub scope: Scope,
+    pub top: usize,
+    pub prefix: Option<Prefix>,
+    pub classes: Vec<String>,
+    pub port: Option<u16>,
+    pub source_port: Option<u16>,
+    pub pps: Option<u64>,
+    pub burst: Option<u64>,
+    pub bps: Option<u64>,
+    pub ttl: Duration,
+    /// Remove the rules when the incident resolves.
+    pub remove_on_resolve: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMitigate {
+    action: MitigateAction,
+    scope: Scope,
+    #[serde(default)]
+    top: Option<usize>,
+    #[serde(default)]
+    prefix: Option<Prefix>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    class: Vec<String>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    source_port: Option<u16>,
+    #[serde(default)]
+    pps: Option<u64>,
+    #[serde(default)]
+    burst: Option<u64>,
+    #[serde(default)]
+    bps: Option<u64>,
+    #[serde(deserialize_with = "duration")]
+    ttl: Duration,
+    #[serde(default = "yes")]
+    remove_on_resolve: bool,
+}
+
+impl TryFrom<RawMitigate> for Mitigate {
+    type Error = String;
+    fn try_from(r: RawMitigate) -> Result<Mitigate, String> {
+        class_mask(&r.class).map_err(|e| format!("mitigate.class: {e}"))?;
+        if r.port == Some(0) || r.source_port == Some(0) {
+            return Err("mitigate: port 0 cannot be matched".into());
+        }
+        match (r.scope, &r.prefix, r.top) {
+            (Scope::Prefix, None, _) => return Err("mitigate: scope prefix needs a prefix".into()),
+            (Scope::Prefix, Some(_), Some(_)) => return Err("mitigate: top applies to scope top_sources only".into()),
+            (Scope::TopSources, Some(_), _) => {
+                return Err("mitigate: prefix applies to scope prefix only (top_sources takes top)".into())
+            }
+            (Scope::TopSources, None, Some(n)) if n == 0 || n > 100 => {
+                return Err(format!("mitigate.top must be 1 to 100, not {n}"))
+            }
+            _ => {}
+        }
+        match r.action {
+            MitigateAction::RateLimit => {
+                let pps = r.pps.ok_or("mitigate: a rate_limit needs pps")?;
+                if pps == 0 || pps > crate::mitigate::rule::MAX_PPS {
+                    return Err(format!("mitigate.pps {pps} is out of range"));
+                }
+            }
+            MitigateAction::Drop if r.pps.is_some() || r.burst.is_some() || r.bps.is_some() => {
+                return Err("mitigate: pps, burst and bps only apply to action rate_limit".into())
+            }
+            MitigateAction::Drop => {}
+        }
+        if r.ttl < Duration::from_secs(1) || r.ttl > crate::mitigate::rule::MAX_TTL {
+            return Err("mitigate.ttl must be between 1s and 365 days".into());
+        }
+        Ok(Mitigate {
+            action: r.action,
+            scope: r.scope,
+            top: r.top.unwrap_or(10),
+            prefix: r.prefix,
+            classes: r.class,
+            port: r.port,
+            source_port: r.source_port,
+            pps: r.pps,
+            burst: r.burst,
+            bps: r.bps,
+            ttl: r.ttl,
+            remove_on_resolve: r.remove_on_resolve,
+        })
+    }
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::One(s) => vec![s],
+        Raw::Many(v) => v,
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetStatus {
+    Acknowledged,
+    Escalated,
+    Resolved,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentStep {
+    pub status: SetStatus,
+}
+
+/// A minijinja template over the incident context, checked at load: it
+/// must parse and use only [`TEMPLATE_VARIABLES`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template(pub String);
+
+impl<'de> Deserialize<'de> for Template {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Template, D::Error> {
+        let src = String::deserialize(d)?;
+        check_template(&src).map_err(de::Error::custom)?;
+        Ok(Template(src))
+    }
+}
+
+pub fn check_template(src: &str) -> Result<(), String> {
+    let env = minijinja::Environment::new();
+    let t = env.template_from_str(src).map_err(|e| format!("template syntax error: {}", e.detail().unwrap_or("")))?;
+    let mut unknown: Vec<String> =
+        t.undeclared_variables(false).into_iter().filter(|v| !TEMPLATE_VARIABLES.contains(&v.as_str())).collect();
+    unknown.sort();
+    if let Some(v) = unknown.first() {
+        return Err(format!(
+            "template uses '{v}', which the incident context does not have (it has: {})",
+            TEMPLATE_VARIABLES.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// A duration like `250ms`, `5s`, `10m`.
+pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| de::Error::custom(format!("'{s}' is not a duration ({e}); write it like 30s, 5m or 1h")))
+}

@@ -1,0 +1,171 @@
+//! Secrets in runbooks: `${NAME}` takes an environment variable,
+//! `${file:/path}` a file's content (trimmed). They are resolved when the
+//! runbook loads, so a missing one is reported then, with its file and
+//! line; afterwards only the reference (`${SLACK_WEBHOOK_URL}`) is ever
+//! shown, logged or stored.
+
+use std::{cell::RefCell, fmt};
+
+use serde::{de, Deserialize, Deserializer};
+
+/// Where `${...}` references are looked up.
+pub trait Lookup {
+    fn env(&self, name: &str) -> Option<String>;
+    fn file(&self, path: &str) -> Result<String, String>;
+}
+
+/// The process environment and the filesystem.
+pub struct Real;
+
+impl Lookup for Real {
+    fn env(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+
+    fn file(&self, path: &str) -> Result<String, String> {
+        std::fs::read_to_string(path).map(|s| s.trim().to_string()).map_err(|e| e.to_string())
+    }
+}
+
+thread_local! {
+    static LOOKUP: RefCell<Option<Box<dyn Lookup>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (a parse) with `lookup` resolving the secrets it meets.
+pub fn with_lookup<T>(lookup: Box<dyn Lookup>, f: impl FnOnce() -> T) -> T {
+    let old = LOOKUP.with(|l| l.replace(Some(lookup)));
+    let out = f();
+    LOOKUP.with(|l| *l.borrow_mut() = old);
+    out
+}
+
+/// Replaces every `${...}` in `raw`; `Err` names what is missing.
+pub fn resolve(raw: &str) -> Result<String, String> {
+    LOOKUP.with(|l| {
+        let l = l.borrow();
+        let real = Real;
+        let lookup: &dyn Lookup = l.as_deref().unwrap_or(&real);
+        let mut out = String::with_capacity(raw.len());
+        let mut rest = raw;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after.find('}').ok_or_else(|| format!("'${{' without a closing '}}' in \"{raw}\""))?;
+            let name = &after[..end];
+            let value = if let Some(path) = name.strip_prefix("file:") {
+                lookup.file(path).map_err(|e| format!("secret file {path} cannot be read: {e}"))?
+            } else {
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!("'${{{name}}}' is not an environment variable name"));
+                }
+                lookup.env(name).ok_or_else(|| format!("environment variable {name} is not set"))?
+            };
+            out.push_str(&value);
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    })
+}
+
+/// A string that may hold secrets: what the file says, and its value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretText {
+    /// As written, with its `${...}` references: safe to show.
+    pub raw: String,
+    value: String,
+}
+
+impl SecretText {
+    /// The resolved value, for the wire only. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+
+    /// True when the text holds a reference (so its value is secret).
+    pub fn is_secret(&self) -> bool {
+        self.raw.contains("${")
+    }
+
+    pub fn plain(s: &str) -> SecretText {
+        SecretText { raw: s.into(), value: s.into() }
+    }
+}
+
+impl fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.raw)
+    }
+}
+
+impl fmt::Display for SecretText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SecretText, D::Error> {
+        let raw = String::deserialize(d)?;
+        let value = resolve(&raw).map_err(de::Error::custom)?;
+        Ok(SecretText { raw, value })
+    }
+}
+
+/// An `http` or `https` URL, possibly with secrets in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretUrl(pub SecretText);
+
+impl<'de> Deserialize<'de> for SecretUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SecretUrl, D::Error> {
+        let t = SecretText::deserialize(d)?;
+        let shown = if t.is_secret() { t.raw.clone() } else { t.expose().to_string() };
+        let url = url::Url::parse(t.expose()).map_err(|e| de::Error::custom(format!("bad URL {shown}: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(de::Error::custom(format!("bad URL {shown}: only http:// and https:// URLs with a host")));
+        }
+        Ok(SecretUrl(t))
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    /// A fixed environment for tests: `SLACK_URL`, `PD_KEY`, `HMAC`.
+    pub struct Fake;
+
+    impl Lookup for Fake {
+        fn env(&self, name: &str) -> Option<String> {
+            match name {
+                "SLACK_URL" => Some("https://hooks.slack.com/services/T0/B0/s3cret".into()),
+                "PD_KEY" => Some("R0UT1NGKEY".into()),
+                "HMAC" => Some("hmac-s3cret".into()),
+                _ => None,
+            }
+        }
+        fn file(&self, path: &str) -> Result<String, String> {
+            if path == "/run/secrets/token" {
+                Ok("t0ken".into())
+            } else {
+                Err("No such file or directory (os error 2)".into())
+            }
+        }
+    }
+
+    #[test]
+    fn references_resolve_and_stay_hidden() {
+        with_lookup(Box::new(Fake), || {
+            assert_eq!(resolve("a ${PD_KEY} b ${file:/run/secrets/token}").unwrap(), "a R0UT1NGKEY b t0ken");
+            assert_eq!(resolve("${NOPE}").unwrap_err(), "environment variable NOPE is not set");
+            assert!(resolve("${file:/nope}").unwrap_err().contains("secret file /nope cannot be read"));
+            assert!(resolve("${bad-name}").unwrap_err().contains("not an environment variable name"));
+            assert!(resolve("${OPEN").unwrap_err().contains("without a closing"));
+            let t: SecretText = serde_yaml::from_str("\"${SLACK_URL}\"").unwrap();
+            assert_eq!(format!("{t:?} {t}"), "\"${SLACK_URL}\" ${SLACK_URL}");
+            assert!(t.expose().contains("s3cret"));
+            let e = serde_yaml::from_str::<SecretUrl>("ftp://x").unwrap_err().to_string();
+            assert!(e.contains("only http:// and https://"), "{e}");
+        });
+    }
+}

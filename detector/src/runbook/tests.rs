@@ -1,0 +1,227 @@
+//! Runbook files: the schema, what a bad file is told, trigger matching
+//! and cooldown over scripted events.
+
+use std::time::Duration;
+
+use super::{
+    load::{self, parse, FileError},
+    schema::{Families, Mode, Runbook, Step},
+    secret::{tests::Fake, Lookup},
+    trigger::{matches, Fired},
+};
+use crate::detect::{
+    family::Family,
+    incident::{EventKind, Incident, Status},
+    severity::Severity,
+};
+
+/// Every variable set, to something URL-shaped.
+struct AnyEnv;
+
+impl Lookup for AnyEnv {
+    fn env(&self, name: &str) -> Option<String> {
+        Some(format!("https://example.test/{name}"))
+    }
+    fn file(&self, _: &str) -> Result<String, String> {
+        Ok("from-a-file".into())
+    }
+}
+
+fn ok(text: &str) -> Runbook {
+    parse("rb.yaml", text, Box::new(Fake)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn err(text: &str) -> FileError {
+    parse("rb.yaml", text, Box::new(Fake)).expect_err("should not parse")
+}
+
+const GOOD: &str = r#"
+name: udp-flood-auto-response
+description: Rate-limit UDP floods per source
+enabled: true
+mode: dry_run
+trigger:
+  families: [udp_flood, dns_amplification]
+  min_severity: medium
+  min_pps: 50000
+  nodes: [edge-1, edge-2]
+cooldown: 2m
+continue_on_error: false
+steps:
+  - mitigate: { action: rate_limit, scope: top_sources, top: 5, class: udp, pps: 50, ttl: 10m }
+  - mitigate: { action: drop, scope: prefix, prefix: 203.0.113.0/24, class: [udp], source_port: 11211, ttl: 1h, remove_on_resolve: false }
+  - notify: { channel: slack, url: "${SLACK_URL}", message: "UDP flood on {{ node }}: {{ pps }} pps" }
+  - notify: { channel: pagerduty, routing_key: "${PD_KEY}", timeout: 2s, retries: 1 }
+  - webhook: { url: "https://hooks.example.test/ddos", secret: "${HMAC}", headers: { X-Team: netops } }
+  - incident: { status: escalated }
+  - note: "Rate limit applied to {{ top_sources | length }} sources"
+"#;
+
+#[test]
+fn a_full_runbook_parses() {
+    let rb = ok(GOOD);
+    assert_eq!(rb.name.0, "udp-flood-auto-response");
+    assert_eq!(rb.mode, Mode::DryRun);
+    assert_eq!(rb.cooldown, Duration::from_secs(120));
+    assert!(!rb.continue_on_error);
+    assert_eq!(rb.trigger.families, Families::These(vec![Family::UdpFlood, Family::DnsAmplification]));
+    let kinds: Vec<&str> = rb.steps.0.iter().map(Step::kind).collect();
+    assert_eq!(kinds, ["mitigate", "mitigate", "notify", "notify", "webhook", "incident", "note"]);
+    let Step::Notify(n) = &rb.steps.0[2] else { panic!() };
+    let url = n.url.as_ref().unwrap();
+    assert_eq!(url.0.to_string(), "${SLACK_URL}", "only the reference is shown");
+    assert!(url.0.expose().starts_with("https://hooks.slack.com/"));
+    assert!(!format!("{rb:?}").contains("s3cret"), "secrets never reach Debug output");
+    let Step::Mitigate(m) = &rb.steps.0[0] else { panic!() };
+    assert_eq!((m.top, m.pps, m.remove_on_resolve), (5, Some(50), true));
+}
+
+#[test]
+fn defaults() {
+    let rb = ok("name: x\ntrigger: { families: [any] }\nsteps: [ { note: hi } ]\n");
+    assert!(rb.enabled && rb.continue_on_error);
+    assert_eq!(rb.mode, Mode::Enforce);
+    assert_eq!(rb.cooldown, Duration::from_secs(300));
+    assert_eq!(rb.trigger.families, Families::Any);
+}
+
+/// (file, line or 0 for "any", what the message must contain)
+const BAD: &[(&str, usize, &str)] = &[
+    ("name: x\ntrigger: { families: [udp_flod] }\nsteps: [ { note: hi } ]\n", 2, "unknown family 'udp_flod' (use any, or: udp_flood, syn_flood"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - shout: hi\n", 4, "unknown variant `shout`, expected one of `notify`, `webhook`, `mitigate`, `incident`, `note`"),
+    ("name: x\ntrigger: { families: [any] }\ncooldown: soon\nsteps: [ { note: hi } ]\n", 3, "'soon' is not a duration"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - webhook: { url: \"not a url\" }\n", 4, "bad URL not a url"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - webhook: { url: \"ftp://files.example.test/\" }\n", 4, "only http:// and https://"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - note: \"{{ node \"\n", 4, "template syntax error"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - note: \"{{ nodes }}\"\n", 4, "template uses 'nodes'"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - notify: { channel: slack, url: \"${NOT_SET}\" }\n", 4, "environment variable NOT_SET is not set"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - webhook: { url: \"https://x.test/\", secret: \"${file:/nope}\" }\n", 4, "secret file /nope cannot be read"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - notify: { channel: sms, url: \"https://x.test/\" }\n", 4, "unknown variant `sms`"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - incident: { status: closed }\n", 4, "unknown variant `closed`"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: rate_limit, scope: top_sources, ttl: 1m }\n", 4, "a rate_limit needs pps"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: prefix, ttl: 1m }\n", 4, "scope prefix needs a prefix"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources, class: udpp, ttl: 1m }\n", 4, "unknown traffic class 'udpp'"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: prefix, prefix: 10.1.2.3/8, ttl: 1m }\n", 4, "did you mean 10.0.0.0/8"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources, pps: 5, ttl: 1m }\n", 4, "only apply to action rate_limit"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources }\n", 4, "missing field `ttl`"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: block, scope: top_sources, ttl: 1m }\n", 4, "unknown variant `block`"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources, top: 0, ttl: 1m }\n", 4, "mitigate.top must be 1 to 100"),
+    ("name: x\ntrigger: { families: [any] }\nsteps: []\n", 3, "at least one step"),
+    ("name: x\ntrigger: { families: [] }\nsteps: [ { note: hi } ]\n", 2, "trigger.families is empty"),
+    ("name: x\ntrigger: { families: [any], min_severity: severe }\nsteps: [ { note: hi } ]\n", 2, "unknown variant `severe`"),
+    ("name: x\ntrigger: { families: [any], nodes: some }\nsteps: [ { note: hi } ]\n", 2, "neither all nor a list"),
+    ("name: x\ntrigger: { families: [any] }\nmode: loud\nsteps: [ { note: hi } ]\n", 3, "unknown variant `loud`, expected `enforce` or `dry_run`"),
+    ("name: x\ntrigger: { families: [any] }\nstepz: [ { note: hi } ]\n", 3, "unknown field `stepz`"),
+    ("name: Bad Name\ntrigger: { families: [any] }\nsteps: [ { note: hi } ]\n", 1, "runbook name 'Bad Name' must be"),
+    ("trigger: { families: [any] }\nsteps: [ { note: hi } ]\n", 0, "missing field `name`"),
+    ("name: x\nsteps: [ { note: hi } ]\n", 0, "missing field `trigger`"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - notify: { channel: slack, url: \"https://x.test/\", timeout: forever }\n", 4, "'forever' is not a duration"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - webhook: { url: \"https://x.test/\", retries: -1 }\n", 4, "steps[0].webhook.retries: invalid type: integer `-1`, expected u32"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources, ttl: 500ms }\n", 4, "ttl must be between 1s and 365 days"),
+    ("name: \"x\ntrigger: {}\n", 0, "found unexpected end of stream"),
+];
+
+#[test]
+fn bad_files_say_what_and_where() {
+    assert!(BAD.len() >= 20);
+    for (text, line, expect) in BAD {
+        let e = err(text);
+        assert!(e.message.contains(expect), "{text:?}: expected {expect:?} in {e}");
+        if *line != 0 {
+            assert_eq!(e.line, *line, "{text:?}: {e}");
+        }
+        assert!(e.to_string().starts_with("rb.yaml:"), "{e}");
+        assert!(!e.to_string().contains("s3cret") && !e.to_string().contains("R0UT1NGKEY"), "{e}");
+    }
+}
+
+#[test]
+fn the_shipped_runbooks_validate() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runbooks");
+    let loaded = load::load_dir(&dir, &|| Box::new(AnyEnv)).unwrap();
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let names: Vec<&str> = loaded.runbooks.iter().map(|l| l.runbook.name.0.as_str()).collect();
+    assert_eq!(
+        names,
+        ["notify-every-attack", "pagerduty-critical", "syn-flood-auto-response", "udp-flood-auto-response"]
+    );
+    assert!(loaded.runbooks.iter().all(|l| l.hash.len() == 64));
+}
+
+#[test]
+fn a_directory_loads_what_it_can_and_names_the_rest() {
+    let dir = std::env::temp_dir().join(format!("detector-runbooks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.yaml"), "name: a\ntrigger: { families: [any] }\nsteps: [ { note: hi } ]\n").unwrap();
+    std::fs::write(dir.join("b.yml"), "name: a\ntrigger: { families: [any] }\nsteps: [ { note: hi } ]\n").unwrap();
+    std::fs::write(dir.join("c.yaml"), "name: c\ntrigger: { families: [nope] }\nsteps: [ { note: hi } ]\n").unwrap();
+    std::fs::write(dir.join("notes.txt"), "not a runbook").unwrap();
+    let loaded = load::load_dir(&dir, &|| Box::new(Fake)).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(loaded.runbooks.len(), 1);
+    assert_eq!(loaded.errors.len(), 2);
+    assert!(loaded.errors[0].to_string().contains("runbook name 'a' is already used by"), "{}", loaded.errors[0]);
+    assert!(loaded.errors[1].to_string().contains("c.yaml:2:"), "{}", loaded.errors[1]);
+    let missing = load::load_dir(std::path::Path::new("/nonexistent/runbooks"), &|| Box::new(Fake)).unwrap_err();
+    assert!(missing.to_string().contains("cannot read the runbook directory"), "{missing}");
+}
+
+fn incident(families: &[Family], severity: Severity, pps: f64) -> Incident {
+    Incident {
+        id: "lab-veth0-20261125T000000.000Z".into(),
+        node: "edge-1".into(),
+        iface: "veth0".into(),
+        families: families.to_vec(),
+        vectors: vec![],
+        severity,
+        status: Status::Active,
+        started_at: 0,
+        ended_at: None,
+        pps,
+        bps: pps * 512.0,
+        peak_pps: pps,
+        peak_bps: pps * 512.0,
+        top_sources: vec![],
+        top_ports: vec![],
+        timeline: vec![],
+    }
+}
+
+#[test]
+fn triggers_match_families_severity_rate_and_nodes() {
+    let rb = ok(GOOD);
+    assert!(matches(&rb, &incident(&[Family::UdpFlood], Severity::High, 60_000.0)));
+    assert!(!matches(&rb, &incident(&[Family::SynFlood], Severity::High, 60_000.0)), "family");
+    assert!(!matches(&rb, &incident(&[Family::UdpFlood], Severity::Low, 60_000.0)), "severity");
+    assert!(!matches(&rb, &incident(&[Family::UdpFlood], Severity::High, 10_000.0)), "rate");
+    let mut elsewhere = incident(&[Family::UdpFlood], Severity::High, 60_000.0);
+    elsewhere.node = "core-9".into();
+    assert!(!matches(&rb, &elsewhere), "node");
+    let mut off = rb.clone();
+    off.enabled = false;
+    assert!(!matches(&off, &incident(&[Family::UdpFlood], Severity::High, 60_000.0)), "disabled");
+    let any = ok("name: any\ntrigger: { families: [any] }\nsteps: [ { note: hi } ]\n");
+    assert!(matches(&any, &incident(&[Family::MultiVector, Family::HttpFlood], Severity::Low, 1.0)));
+}
+
+#[test]
+fn a_runbook_runs_once_per_incident_within_its_cooldown() {
+    let rb = ok(GOOD); // cooldown 2m
+    let books = [&rb];
+    let mut fired = Fired::default();
+    let mut inc = incident(&[Family::UdpFlood], Severity::Medium, 60_000.0);
+    assert_eq!(fired.due(&books, EventKind::Opened, &inc, 1_000), vec![0]);
+    fired.record("udp-flood-auto-response", &inc.id, 1_000);
+    inc.severity = Severity::High;
+    assert!(fired.due(&books, EventKind::SeverityChanged, &inc, 60_000).is_empty(), "inside the cooldown");
+    assert_eq!(fired.due(&books, EventKind::SeverityChanged, &inc, 121_000), vec![0], "after it");
+    assert!(fired.due(&books, EventKind::NoteAdded, &inc, 500_000).is_empty(), "notes fire nothing");
+    assert!(fired.due(&books, EventKind::Resolved, &inc, 500_000).is_empty());
+    assert!(fired.ran("udp-flood-auto-response", &inc.id));
+    // Another incident is another count.
+    let mut other = inc.clone();
+    other.id = "other".into();
+    assert_eq!(fired.due(&books, EventKind::Opened, &other, 2_000), vec![0]);
+    fired.forget(&inc.id);
+    assert!(!fired.ran("udp-flood-auto-response", &inc.id));
+}

@@ -1,0 +1,69 @@
+//! Which runbooks an incident event fires. Pure: the event, the runbooks,
+//! what fired before and the time in; the runbooks to run out.
+
+use std::collections::HashMap;
+
+use super::schema::{Families, Nodes, Runbook};
+use crate::detect::incident::{EventKind, Incident};
+
+/// True when `rb`'s trigger covers the incident as it stands.
+pub fn matches(rb: &Runbook, inc: &Incident) -> bool {
+    let t = &rb.trigger;
+    let family = match &t.families {
+        Families::Any => true,
+        Families::These(list) => list.iter().any(|f| inc.families.contains(f)),
+    };
+    let node = match &t.nodes {
+        Nodes::All => true,
+        Nodes::These(list) => list.contains(&inc.node),
+    };
+    rb.enabled && family && node && t.min_severity.admits(inc.severity) && inc.pps.max(inc.peak_pps) >= t.min_pps
+}
+
+/// The events that may fire a runbook: an incident opening, and every
+/// change of its severity or families.
+pub fn fires_on(kind: EventKind) -> bool {
+    matches!(kind, EventKind::Opened | EventKind::SeverityChanged | EventKind::FamilyAdded)
+}
+
+/// When each runbook last ran for each incident.
+#[derive(Debug, Default)]
+pub struct Fired {
+    last: HashMap<(String, String), u64>,
+}
+
+impl Fired {
+    /// The runbooks (by index in `runbooks`) this event runs at `now_ms`:
+    /// those whose trigger matches and that have not run for this incident
+    /// within their cooldown.
+    pub fn due(&self, runbooks: &[&Runbook], kind: EventKind, inc: &Incident, now_ms: u64) -> Vec<usize> {
+        if !fires_on(kind) {
+            return Vec::new();
+        }
+        runbooks
+            .iter()
+            .enumerate()
+            .filter(|(_, rb)| matches(rb, inc))
+            .filter(|(_, rb)| match self.last.get(&(rb.name.0.clone(), inc.id.clone())) {
+                None => true,
+                Some(t) => now_ms.saturating_sub(*t) >= rb.cooldown.as_millis() as u64,
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    pub fn record(&mut self, runbook: &str, incident: &str, now_ms: u64) {
+        self.last.insert((runbook.to_string(), incident.to_string()), now_ms);
+    }
+
+    /// Has `runbook` run for `incident`? (On resolution, it decides whether
+    /// the runbook's resolve-side work applies.)
+    pub fn ran(&self, runbook: &str, incident: &str) -> bool {
+        self.last.contains_key(&(runbook.to_string(), incident.to_string()))
+    }
+
+    /// Forgets a resolved incident.
+    pub fn forget(&mut self, incident: &str) {
+        self.last.retain(|(_, i), _| i != incident);
+    }
+}
