@@ -3,11 +3,15 @@
 //! - [`schema`]: what a file may say, checked as it is read;
 //! - [`secret`]: `${NAME}` and `${file:PATH}` references, resolved at load;
 //! - [`load`]: a directory of files, with located errors;
-//! - [`trigger`]: which runbooks an incident event fires (pure).
+//! - [`trigger`]: which runbooks an incident event fires (pure);
+//! - [`context`]: the attack context templates and webhooks see;
+//! - [`record`]: what the history keeps of each execution.
 
+pub mod context;
 pub mod load;
 pub mod schema;
 pub mod secret;
+pub mod record;
 pub mod trigger;
 
 #[cfg(test)]
