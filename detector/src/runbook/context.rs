@@ -114,7 +114,7 @@ impl Context {
     /// Renders a template (checked at load) over this context.
     pub fn render(&self, template: &str) -> Result<String, String> {
         let env = minijinja::Environment::new();
-        let value = minijinja::Value::from_serialize(self);
+        let value = minijinja::Value::from(minijinja::value::Serde(self));
         env.render_str(template, value).map_err(|e| format!("template: {e}"))
     }
 
