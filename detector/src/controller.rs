@@ -21,7 +21,7 @@ use detector_common::{
 };
 use prometheus_client::registry::Registry;
 use thiserror::Error;
-use tokio::sync::{broadcast, RwLock};
+use tokio::sync::{broadcast, mpsc, RwLock};
 
 use crate::{
     control::{self, ControlError, SharedMitigator},
@@ -47,6 +47,10 @@ use crate::{
         ruleset::{AllowSource, Limits},
     },
     rates::{class_rates, delta, ClassSnapshot},
+    runbook::{
+        engine::{Engine, Handles, IncidentCommand},
+        load::FileError,
+    },
     samples::{self, SampleView},
     sources::SourceTracker,
     state::{self, Loaded, StateError},
@@ -75,6 +79,8 @@ pub struct RunConfig {
     pub state_dir: PathBuf,
     pub detection: DetectionConfig,
     pub mitigation: MitigationConfig,
+    /// The runbook directory; `None`: no runbooks.
+    pub runbooks: Option<PathBuf>,
 }
 
 #[derive(Debug, Error)]
@@ -107,6 +113,8 @@ pub enum RunError {
     Rules { iface: String, source: Box<KernelError> },
     #[error("restoring the saved rules: {0}")]
     Restore(Box<MitigateError>),
+    #[error("{0}")]
+    Runbooks(FileError),
 }
 
 /// Where the controller's incident events go (the runbook engine listens).
@@ -277,6 +285,25 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     let metrics = Arc::new(metrics);
     metrics.table_capacity.get_or_create(&TableLabels { table: "rules".into() }).set(m.max_rules as i64);
     metrics.table_capacity.get_or_create(&TableLabels { table: "allowlist".into() }).set(m.max_allow as i64);
+
+    // Runbooks: subscribed before the first poll, so no event is missed.
+    let (commands_tx, commands) = mpsc::channel::<IncidentCommand>(256);
+    let history = writer.sender();
+    let (engine, load_errors) = Engine::new(
+        cfg.runbooks.clone(),
+        Handles {
+            mitigator: mitigator.clone(),
+            commands: commands_tx,
+            history: Arc::new(move |ex| {
+                let _ = history.send(StoreCmd::Execution(Box::new(ex)));
+            }),
+            metrics: metrics.clone(),
+        },
+    )
+    .map_err(RunError::Runbooks)?;
+    report_runbooks(&engine, &load_errors, &metrics).await;
+    let engine_task = tokio::spawn(engine.clone().run(events.subscribe()));
+    let reloader = tokio::spawn(reload_on_sighup(engine.clone(), metrics.clone()));
     for f in Family::ALL {
         let _ = metrics.active_incidents.get_or_create(&FamilyLabels { family: f.name().into() });
     }
@@ -318,12 +345,14 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
         events,
         mitigator: mitigator.clone(),
         rule_prev: HashMap::new(),
+        commands,
     };
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
         _ = ctx.poll_forever(&mut probes) => {}
     }
 
+    reloader.abort();
     let _ = stop_http.send(());
     let _ = server_task.await;
     let _ = stop_control.send(());
@@ -361,8 +390,51 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     if let Err(e) = state::save_baselines(&cfg.state_dir, &ctx.detector.baselines()) {
         tracing::error!("{e}");
     }
+    // Closing the event channel ends the engine; executions in flight
+    // finish on their own tasks, which the runtime's shutdown ends.
+    drop(ctx.events);
+    let _ = tokio::time::timeout(Duration::from_secs(2), engine_task).await;
     ctx.writer.finish();
     Ok(())
+}
+
+/// Logs what the runbook directory held, and sets the gauges.
+async fn report_runbooks(engine: &Engine, errors: &[FileError], metrics: &Metrics) {
+    if !engine.has_directory() {
+        tracing::info!(
+            "no runbook directory (pass --runbooks DIR, or create /etc/detector/runbooks): runbooks are off"
+        );
+    }
+    for e in errors {
+        tracing::error!("runbook refused: {e}");
+    }
+    let books = engine.runbooks().await;
+    for l in books.iter() {
+        let rb = &l.runbook;
+        tracing::info!(
+            runbook = %rb.name,
+            file = %l.path.display(),
+            enabled = rb.enabled,
+            dry_run = rb.mode == crate::runbook::schema::Mode::DryRun,
+            "runbook loaded"
+        );
+    }
+    metrics.runbooks_loaded.set(books.len() as i64);
+    metrics.runbook_load_errors.set(errors.len() as i64);
+}
+
+/// SIGHUP reloads the runbook directory.
+async fn reload_on_sighup(engine: Arc<Engine>, metrics: Arc<Metrics>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; runbooks load only at start");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the runbooks");
+        let errors = engine.reload().await;
+        report_runbooks(&engine, &errors, &metrics).await;
+    }
 }
 
 fn validate(cfg: &RunConfig) -> Result<(), RunError> {
@@ -412,6 +484,8 @@ struct Loop<'a> {
     mitigator: SharedMitigator,
     /// Last counters seen per (interface, rule id), for the metrics' increments.
     rule_prev: HashMap<(String, String), RuleCounters>,
+    /// Status changes and notes asked by runbooks.
+    commands: mpsc::Receiver<IncidentCommand>,
 }
 
 impl Loop<'_> {
@@ -427,6 +501,7 @@ impl Loop<'_> {
         let mut last_host_scan = Instant::now();
         loop {
             ticker.tick().await;
+            self.apply_commands();
             let now = Instant::now();
             let elapsed = last_poll.map(|t| now - t).unwrap_or(Duration::ZERO);
             last_poll = Some(now);
@@ -628,6 +703,30 @@ impl Loop<'_> {
             self.rule_prev.keys().map(|(_, id)| id.clone()).filter(|id| !live.contains(id)).collect();
         for id in gone {
             self.forget_rule(&id);
+        }
+    }
+
+    /// Applies the status changes and notes runbooks asked for since the
+    /// last poll; each becomes an incident event like any other.
+    fn apply_commands(&mut self) {
+        while let Ok(cmd) = self.commands.try_recv() {
+            let now = now_ms();
+            match cmd {
+                IncidentCommand::SetStatus { id, status, why, reply } => {
+                    let r = self.detector.set_status(&id, status, now, &why);
+                    let _ = reply.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                    if let Ok(ev) = r {
+                        self.publish(ev);
+                    }
+                }
+                IncidentCommand::AddNote { id, text, reply } => {
+                    let r = self.detector.add_note(&id, &text, now);
+                    let _ = reply.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                    if let Ok(ev) = r {
+                        self.publish(ev);
+                    }
+                }
+            }
         }
     }
 

@@ -1,7 +1,9 @@
 //! The HTTP listener: `/metrics` for Prometheus, `/api/top` for the top
 //! talkers, `/api/incidents` for incident history, `/api/rules` for the
-//! mitigation rules in force (read-only), `/healthz`. Loopback by
-//! default; anywhere else it requires a bearer token on every request.
+//! mitigation rules in force (read-only), `/api/runbooks/executions` for
+//! the runbook executions in the history (`?incident=ID&runbook=NAME&limit=N`),
+//! `/healthz`. Loopback by default; anywhere else it requires a bearer
+//! token on every request.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -65,6 +67,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/incidents", get(incidents_handler))
         .route("/api/incidents/{id}", get(incident_handler))
         .route("/api/rules", get(rules_handler))
+        .route("/api/runbooks/executions", get(executions_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
@@ -89,6 +92,24 @@ struct IncidentsQuery {
     limit: Option<usize>,
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecutionsQuery {
+    /// Only executions for this incident.
+    incident: Option<String>,
+    /// Only executions of this runbook.
+    runbook: Option<String>,
+    /// At most this many, newest first (default 100, at most 10000).
+    limit: Option<usize>,
+}
+
+/// The body of `GET /api/runbooks/executions` (a struct, so each execution
+/// keeps its fields' order).
+#[derive(serde::Serialize)]
+struct Executions {
+    executions: Vec<crate::runbook::record::Execution>,
+}
+
 fn json_error(code: StatusCode, message: String) -> Response {
     (code, Json(serde_json::json!({ "error": message }))).into_response()
 }
@@ -108,6 +129,21 @@ async fn incidents_handler(State(state): State<Arc<AppState>>, Query(q): Query<I
     let query = store::Query { open_only: q.active, limit: q.limit.unwrap_or(100).min(10_000) };
     match read_store(state.state_dir.clone(), move |s| s.incidents(query)).await {
         Ok(list) => Json(serde_json::json!({ "incidents": list })).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn executions_handler(State(state): State<Arc<AppState>>, Query(q): Query<ExecutionsQuery>) -> Response {
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    if limit == 0 {
+        // The store reads 0 as "no limit"; here it means none.
+        return Json(Executions { executions: Vec::new() }).into_response();
+    }
+    // An empty value (`?incident=`) filters nothing, as if absent.
+    let given = |v: Option<String>| v.filter(|v| !v.is_empty());
+    let query = store::ExecutionQuery { incident: given(q.incident), runbook: given(q.runbook), limit };
+    match read_store(state.state_dir.clone(), move |s| s.executions(query)).await {
+        Ok(executions) => Json(Executions { executions }).into_response(),
         Err(r) => r,
     }
 }
@@ -170,5 +206,99 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+
+    /// One request over a fresh connection: status and body.
+    async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+        use std::io::{Read, Write};
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{auth}\r\n");
+        let resp = tokio::task::spawn_blocking(move || {
+            let mut conn = std::net::TcpStream::connect(addr).unwrap();
+            conn.write_all(req.as_bytes()).unwrap();
+            let mut resp = String::new();
+            conn.read_to_string(&mut resp).unwrap();
+            resp
+        })
+        .await
+        .unwrap();
+        let status = resp[9..12].parse().unwrap();
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn runbook_executions_are_served_filtered_and_behind_the_token() {
+        use crate::runbook::record::{Execution, Outcome, StepRecord};
+        let dir = std::env::temp_dir().join(format!("detector-http-executions-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let mut s = Store::open(&dir).unwrap();
+            for (inc, rb, at) in [("inc-a", "block", 1_000u64), ("inc-a", "notify", 2_000), ("inc-b", "block", 3_000)] {
+                let steps = vec![StepRecord {
+                    index: 0,
+                    kind: "note".into(),
+                    started_at: at,
+                    ended_at: at + 1,
+                    outcome: Outcome::Ok,
+                    detail: "noted".into(),
+                    error: None,
+                }];
+                s.record_execution(&Execution {
+                    id: format!("{inc}/{rb}/{at}"),
+                    runbook: rb.into(),
+                    file_hash: "00".repeat(32),
+                    incident_id: inc.into(),
+                    node: "n1".into(),
+                    trigger: "opened".into(),
+                    dry_run: false,
+                    started_at: at,
+                    ended_at: at + 2,
+                    outcome: Outcome::Ok,
+                    steps,
+                })
+                .unwrap();
+            }
+        }
+        let state = Arc::new(AppState {
+            registry: Registry::default(),
+            top: RwLock::new(TopView::default()),
+            token: Some("s3cret".into()),
+            state_dir: dir.clone(),
+            mitigator: None,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        let ids = |body: &str| -> Vec<String> {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            v["executions"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_string()).collect()
+        };
+        let token = Some("s3cret");
+
+        let (code, _) = get(addr, "/api/runbooks/executions", None).await;
+        assert_eq!(code, 401);
+        let (code, body) = get(addr, "/api/runbooks/executions", token).await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(ids(&body), vec!["inc-b/block/3000", "inc-a/notify/2000", "inc-a/block/1000"]);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["executions"][0]["steps"][0]["kind"], "note");
+        assert_eq!(v["executions"][0]["outcome"], "ok");
+        let (_, body) = get(addr, "/api/runbooks/executions?incident=inc-a", token).await;
+        assert_eq!(ids(&body), vec!["inc-a/notify/2000", "inc-a/block/1000"]);
+        let (_, body) = get(addr, "/api/runbooks/executions?runbook=block&limit=1", token).await;
+        assert_eq!(ids(&body), vec!["inc-b/block/3000"]);
+        let (_, body) = get(addr, "/api/runbooks/executions?incident=inc-a&runbook=block", token).await;
+        assert_eq!(ids(&body), vec!["inc-a/block/1000"]);
+        let (_, body) = get(addr, "/api/runbooks/executions?incident=&limit=0", token).await;
+        assert!(ids(&body).is_empty());
+        let (code, _) = get(addr, "/api/runbooks/executions?bogus=1", token).await;
+        assert_eq!(code, 400);
+        let (code, _) = get(addr, "/api/runbooks/executions?limit=many", token).await;
+        assert_eq!(code, 400);
+
+        server.abort();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -79,6 +79,17 @@ pub struct RefusalLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunbookLabels {
+    pub runbook: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub kind: String,
+}
+
 /// Every metric the controller exports.
 pub struct Metrics {
     pub packets: Family<ClassLabels, Counter>,
@@ -106,6 +117,10 @@ pub struct Metrics {
     pub table_capacity: Family<TableLabels, Gauge>,
     pub rules_refused: Family<RefusalLabels, Counter>,
     pub rules_expired: Counter,
+    pub runbook_executions: Family<RunbookLabels, Counter>,
+    pub runbook_step_duration: Family<StepLabels, Histogram, fn() -> Histogram>,
+    pub runbooks_loaded: Gauge,
+    pub runbook_load_errors: Gauge,
 }
 
 impl Metrics {
@@ -138,6 +153,11 @@ impl Metrics {
             table_capacity: Family::default(),
             rules_refused: Family::default(),
             rules_expired: Counter::default(),
+            runbook_executions: Family::default(),
+            // 1 ms .. ~65 s: a map write, up to a webhook's retries.
+            runbook_step_duration: Family::new_with_constructor(step_histogram),
+            runbooks_loaded: Gauge::default(),
+            runbook_load_errors: Gauge::default(),
         };
         registry.register(
             "detector_packets",
@@ -245,6 +265,23 @@ impl Metrics {
             m.rules_refused.clone(),
         );
         registry.register("detector_rules_expired", "Rules removed when their TTL ran out", m.rules_expired.clone());
+        registry.register(
+            "detector_runbook_executions",
+            "Runbook executions, per runbook and outcome (ok, failed, skipped, dry_run)",
+            m.runbook_executions.clone(),
+        );
+        registry.register_with_unit(
+            "detector_runbook_step_duration",
+            "Time taken by one runbook step, per step kind",
+            Unit::Seconds,
+            m.runbook_step_duration.clone(),
+        );
+        registry.register("detector_runbooks_loaded", "Runbooks loaded and enabled or not", m.runbooks_loaded.clone());
+        registry.register(
+            "detector_runbook_load_errors",
+            "Runbook files refused at the last (re)load",
+            m.runbook_load_errors.clone(),
+        );
         // A gauge, not an OpenMetrics info: promtool and the classic text
         // format know no `info` type.
         let build = Family::<BuildLabels, Gauge>::default();
@@ -252,6 +289,11 @@ impl Metrics {
         registry.register("detector_build_info", "Build information; always 1", build);
         m
     }
+}
+
+/// 1 ms .. ~65 s: a map write, up to a webhook's retries.
+fn step_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17))
 }
 
 /// The registry in the classic Prometheus text format (0.0.4), which

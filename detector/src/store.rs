@@ -1,7 +1,9 @@
 //! Incident history in SQLite, in the state directory: the adapter between
 //! the detector's events and the disk. The controller writes from one
-//! thread of its own; readers (the API, `detector incidents`) open their
-//! own connections, which WAL mode lets run beside the writer.
+//! thread of its own; readers (the API, `detector incidents`,
+//! `detector history`) open their own connections, which WAL mode lets run
+//! beside the writer. Runbook executions and their steps live in the same
+//! database, in tables of their own.
 
 use std::{
     path::{Path, PathBuf},
@@ -11,7 +13,10 @@ use std::{
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use thiserror::Error;
 
-use crate::detect::incident::{EventKind, Incident, IncidentEvent, TimelineEntry};
+use crate::{
+    detect::incident::{EventKind, Incident, IncidentEvent, TimelineEntry},
+    runbook::record::{Execution, Outcome, StepRecord},
+};
 
 pub const DB_FILE: &str = "detector.db";
 const SCHEMA_VERSION: i64 = 1;
@@ -24,7 +29,7 @@ pub enum StoreError {
     TooNew { path: PathBuf, found: i64 },
     #[error("no incident history at {0} yet (the controller creates it on its first start)")]
     Missing(PathBuf),
-    #[error("database {path}: a stored incident does not parse: {reason}")]
+    #[error("database {path}: a stored record does not parse: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }
 
@@ -37,6 +42,17 @@ pub struct Store {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Query {
     pub open_only: bool,
+    pub limit: usize,
+}
+
+/// Which runbook executions to list.
+#[derive(Clone, Debug, Default)]
+pub struct ExecutionQuery {
+    /// Only executions for this incident id.
+    pub incident: Option<String>,
+    /// Only executions of the runbook of this name.
+    pub runbook: Option<String>,
+    /// At most this many, newest first; 0 for all.
     pub limit: usize,
 }
 
@@ -71,6 +87,31 @@ impl Store {
                  detail TEXT NOT NULL
              );
              CREATE INDEX IF NOT EXISTS events_by_incident ON incident_events(incident_id, seq);
+             CREATE TABLE IF NOT EXISTS runbook_executions (
+                 id TEXT PRIMARY KEY,
+                 runbook TEXT NOT NULL,
+                 file_hash TEXT NOT NULL,
+                 incident_id TEXT NOT NULL,
+                 node TEXT NOT NULL,
+                 trigger TEXT NOT NULL,
+                 dry_run INTEGER NOT NULL,
+                 started_at INTEGER NOT NULL,
+                 ended_at INTEGER NOT NULL,
+                 outcome TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS executions_by_incident ON runbook_executions(incident_id);
+             CREATE INDEX IF NOT EXISTS executions_by_start ON runbook_executions(started_at);
+             CREATE TABLE IF NOT EXISTS runbook_steps (
+                 execution_id TEXT NOT NULL REFERENCES runbook_executions(id),
+                 idx INTEGER NOT NULL,
+                 kind TEXT NOT NULL,
+                 started_at INTEGER NOT NULL,
+                 ended_at INTEGER NOT NULL,
+                 outcome TEXT NOT NULL,
+                 detail TEXT NOT NULL,
+                 error TEXT,
+                 PRIMARY KEY (execution_id, idx)
+             );
              PRAGMA user_version = 1;",
         )
         .map_err(err)?;
@@ -144,6 +185,160 @@ impl Store {
         Ok(self.incidents(Query { open_only: true, limit: 0 })?.into_iter().filter(|i| i.node == node).collect())
     }
 
+    /// Records a runbook execution with its steps, in one transaction. A
+    /// second write of the same id replaces the first (and all its steps):
+    /// an execution is written when it starts and again when it ends.
+    pub fn record_execution(&mut self, ex: &Execution) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = move |source| StoreError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(&err)?;
+        tx.execute("DELETE FROM runbook_steps WHERE execution_id = ?1", params![ex.id]).map_err(&err)?;
+        tx.execute(
+            "INSERT INTO runbook_executions
+                 (id, runbook, file_hash, incident_id, node, trigger, dry_run, started_at, ended_at, outcome)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT(id) DO UPDATE SET
+                 runbook = excluded.runbook, file_hash = excluded.file_hash,
+                 incident_id = excluded.incident_id, node = excluded.node, trigger = excluded.trigger,
+                 dry_run = excluded.dry_run, started_at = excluded.started_at,
+                 ended_at = excluded.ended_at, outcome = excluded.outcome",
+            params![
+                ex.id,
+                ex.runbook,
+                ex.file_hash,
+                ex.incident_id,
+                ex.node,
+                ex.trigger,
+                ex.dry_run,
+                ex.started_at as i64,
+                ex.ended_at as i64,
+                ex.outcome.name()
+            ],
+        )
+        .map_err(&err)?;
+        {
+            let mut stmt = tx
+                .prepare(
+                    "INSERT INTO runbook_steps (execution_id, idx, kind, started_at, ended_at, outcome, detail, error)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(&err)?;
+            for st in &ex.steps {
+                stmt.execute(params![
+                    ex.id,
+                    st.index as i64,
+                    st.kind,
+                    st.started_at as i64,
+                    st.ended_at as i64,
+                    st.outcome.name(),
+                    st.detail,
+                    st.error
+                ])
+                .map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)
+    }
+
+    /// Runbook executions, newest first, each with its steps in order.
+    pub fn executions(&self, q: ExecutionQuery) -> Result<Vec<Execution>, StoreError> {
+        // A database an older detector wrote, read before any newer one
+        // opened it for writing, has no such table: it has no executions.
+        let has_table: bool = self
+            .conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runbook_executions')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.err())?;
+        if !has_table {
+            return Ok(Vec::new());
+        }
+        let limit = if q.limit == 0 { i64::MAX } else { q.limit as i64 };
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, runbook, file_hash, incident_id, node, trigger, dry_run, started_at, ended_at, outcome
+                 FROM runbook_executions
+                 WHERE (?1 IS NULL OR incident_id = ?1) AND (?2 IS NULL OR runbook = ?2)
+                 ORDER BY started_at DESC, id DESC
+                 LIMIT ?3",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![q.incident, q.runbook, limit], |r| {
+                Ok((
+                    Execution {
+                        id: r.get(0)?,
+                        runbook: r.get(1)?,
+                        file_hash: r.get(2)?,
+                        incident_id: r.get(3)?,
+                        node: r.get(4)?,
+                        trigger: r.get(5)?,
+                        dry_run: r.get(6)?,
+                        started_at: r.get::<_, i64>(7)? as u64,
+                        ended_at: r.get::<_, i64>(8)? as u64,
+                        outcome: Outcome::Ok,
+                        steps: Vec::new(),
+                    },
+                    r.get::<_, String>(9)?,
+                ))
+            })
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (mut ex, outcome) = row.map_err(self.err())?;
+            ex.outcome = self.outcome(&ex.id, None, &outcome)?;
+            ex.steps = self.steps(&ex.id)?;
+            out.push(ex);
+        }
+        Ok(out)
+    }
+
+    fn steps(&self, execution_id: &str) -> Result<Vec<StepRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT idx, kind, started_at, ended_at, outcome, detail, error
+                 FROM runbook_steps WHERE execution_id = ?1 ORDER BY idx",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![execution_id], |r| {
+                Ok((
+                    StepRecord {
+                        index: r.get::<_, i64>(0)? as usize,
+                        kind: r.get(1)?,
+                        started_at: r.get::<_, i64>(2)? as u64,
+                        ended_at: r.get::<_, i64>(3)? as u64,
+                        outcome: Outcome::Ok,
+                        detail: r.get(5)?,
+                        error: r.get(6)?,
+                    },
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (mut st, outcome) = row.map_err(self.err())?;
+            st.outcome = self.outcome(execution_id, Some(st.index), &outcome)?;
+            out.push(st);
+        }
+        Ok(out)
+    }
+
+    fn outcome(&self, execution_id: &str, step: Option<usize>, name: &str) -> Result<Outcome, StoreError> {
+        Outcome::from_name(name).ok_or_else(|| StoreError::Corrupt {
+            path: self.path.clone(),
+            reason: match step {
+                Some(i) => format!("runbook execution {execution_id}, step {i}: outcome '{name}'"),
+                None => format!("runbook execution {execution_id}: outcome '{name}'"),
+            },
+        })
+    }
+
     fn hydrate(&self, id: &str, data: &str) -> Result<Incident, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt { path: self.path.clone(), reason };
         let mut inc: Incident = serde_json::from_str(data).map_err(|e| corrupt(format!("incident {id}: {e}")))?;
@@ -180,25 +375,54 @@ fn upsert(conn: &Connection, inc: &Incident) -> rusqlite::Result<usize> {
 pub enum StoreCmd {
     Record(Box<IncidentEvent>),
     Snapshot(Box<Incident>),
+    /// A runbook execution, as it starts or as it ends (the later write
+    /// replaces the earlier).
+    Execution(Box<Execution>),
+}
+
+/// What goes down the writer's channel: work, or the word to stop.
+enum Msg {
+    Cmd(StoreCmd),
+    Stop,
 }
 
 /// A writer thread that owns the store: the detection loop hands it work
 /// and never waits for the disk.
 pub struct Writer {
-    tx: mpsc::Sender<StoreCmd>,
+    tx: mpsc::Sender<Msg>,
     handle: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A handle on the writer for other threads and tasks (the runbook engine
+/// records executions through one). It does not keep the writer alive:
+/// [`Writer::finish`] does not wait for these to be dropped, and what is
+/// sent through one after it is refused.
+#[derive(Clone)]
+pub struct StoreSender(mpsc::Sender<Msg>);
+
+impl StoreSender {
+    /// Queues work for the writer; gives it back if the writer has stopped.
+    pub fn send(&self, cmd: StoreCmd) -> Result<(), mpsc::SendError<StoreCmd>> {
+        match self.0.send(Msg::Cmd(cmd)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::SendError(Msg::Cmd(cmd))) => Err(mpsc::SendError(cmd)),
+            Err(mpsc::SendError(Msg::Stop)) => unreachable!("a StoreSender never sends Stop"),
+        }
+    }
 }
 
 impl Writer {
     pub fn spawn(mut store: Store) -> Writer {
-        let (tx, rx) = mpsc::channel::<StoreCmd>();
+        let (tx, rx) = mpsc::channel::<Msg>();
         let handle = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
-                for cmd in rx {
-                    let r = match &cmd {
-                        StoreCmd::Record(ev) => store.record(ev),
-                        StoreCmd::Snapshot(inc) => store.snapshot(inc),
+                for msg in rx {
+                    let r = match &msg {
+                        Msg::Cmd(StoreCmd::Record(ev)) => store.record(ev),
+                        Msg::Cmd(StoreCmd::Snapshot(inc)) => store.snapshot(inc),
+                        Msg::Cmd(StoreCmd::Execution(ex)) => store.record_execution(ex),
+                        Msg::Stop => break,
                     };
                     if let Err(e) = r {
                         tracing::error!("incident history: {e}");
@@ -210,15 +434,20 @@ impl Writer {
     }
 
     pub fn send(&self, cmd: StoreCmd) {
-        if self.tx.send(cmd).is_err() {
+        if self.tx.send(Msg::Cmd(cmd)).is_err() {
             tracing::error!("incident history: the store thread has stopped");
         }
     }
 
-    /// Waits until everything sent has been written.
+    /// A handle to send work from elsewhere (see [`StoreSender`]).
+    pub fn sender(&self) -> StoreSender {
+        StoreSender(self.tx.clone())
+    }
+
+    /// Waits until everything sent before it has been written, then stops
+    /// the thread, whether or not [`StoreSender`]s are still about.
     pub fn finish(mut self) {
-        let (tx, _) = mpsc::channel();
-        drop(std::mem::replace(&mut self.tx, tx));
+        let _ = self.tx.send(Msg::Stop);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -291,6 +520,198 @@ mod tests {
         assert!(s.open_incidents_of("other").unwrap().is_empty());
         assert_eq!(s.incidents(Query { open_only: false, limit: 1 }).unwrap().len(), 1);
         assert!(s.incident("zzz").unwrap().is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("detector-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn step(index: usize, kind: &str, at: u64, outcome: Outcome, error: Option<&str>) -> StepRecord {
+        StepRecord {
+            index,
+            kind: kind.into(),
+            started_at: at,
+            ended_at: at + 5,
+            outcome,
+            detail: format!("{kind} step {index}"),
+            error: error.map(Into::into),
+        }
+    }
+
+    fn execution(incident: &str, runbook: &str, started_at: u64, steps: Vec<StepRecord>) -> Execution {
+        Execution {
+            id: format!("{incident}/{runbook}/{started_at}"),
+            runbook: runbook.into(),
+            file_hash: "ab".repeat(32),
+            incident_id: incident.into(),
+            node: "n1".into(),
+            trigger: "opened".into(),
+            dry_run: false,
+            started_at,
+            ended_at: started_at + 100,
+            outcome: Execution::outcome_of(&steps, false),
+            steps,
+        }
+    }
+
+    fn ids(list: &[Execution]) -> Vec<&str> {
+        list.iter().map(|e| e.id.as_str()).collect()
+    }
+
+    #[test]
+    fn executions_round_trip_with_their_steps_in_order() {
+        let dir = temp_dir("exec-round-trip");
+        let mut ex = execution(
+            "inc-a",
+            "block",
+            1_000,
+            vec![
+                step(0, "notify", 1_000, Outcome::Ok, None),
+                step(1, "webhook", 1_010, Outcome::Failed, Some("HTTP 500")),
+                step(2, "mitigate", 1_020, Outcome::Skipped, Some("an earlier step failed")),
+            ],
+        );
+        ex.dry_run = true;
+        ex.trigger = "severity_changed".into();
+        {
+            let mut s = Store::open(&dir).unwrap();
+            s.record_execution(&ex).unwrap();
+        }
+        // Reopening for writing keeps what is there.
+        drop(Store::open(&dir).unwrap());
+        let s = Store::open_read_only(&dir).unwrap();
+        let got = s.executions(ExecutionQuery::default()).unwrap();
+        assert_eq!(got, vec![ex.clone()]);
+        assert_eq!(got[0].outcome, Outcome::Failed);
+        assert_eq!(got[0].steps.iter().map(|s| s.index).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(got[0].steps[1].error.as_deref(), Some("HTTP 500"));
+        assert_eq!(got[0].steps[0].error, None);
+        // The JSON the API and `detector history --json` print round-trips too.
+        let json = serde_json::to_string(&got[0]).unwrap();
+        assert_eq!(serde_json::from_str::<Execution>(&json).unwrap(), ex);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_second_write_of_an_execution_replaces_the_first() {
+        let dir = temp_dir("exec-replace");
+        let mut s = Store::open(&dir).unwrap();
+        let mut ex = execution("inc-a", "block", 1_000, vec![step(0, "notify", 1_000, Outcome::Ok, None)]);
+        // As it starts: one step done, the rest to come.
+        ex.steps.push(step(1, "webhook", 1_010, Outcome::Skipped, Some("not run yet")));
+        ex.steps.push(step(2, "note", 1_020, Outcome::Skipped, Some("not run yet")));
+        ex.ended_at = ex.started_at;
+        s.record_execution(&ex).unwrap();
+        // As it ends: fewer steps than the first write, other outcomes.
+        let mut end = execution("inc-a", "block", 1_000, vec![step(0, "notify", 1_000, Outcome::Ok, None)]);
+        end.steps.push(step(1, "webhook", 1_010, Outcome::Failed, Some("timeout")));
+        end.outcome = Outcome::Failed;
+        end.ended_at = 2_000;
+        s.record_execution(&end).unwrap();
+        let got = s.executions(ExecutionQuery::default()).unwrap();
+        assert_eq!(got, vec![end]);
+        let steps: i64 = s.conn.query_row("SELECT COUNT(*) FROM runbook_steps", [], |r| r.get(0)).unwrap();
+        assert_eq!(steps, 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn executions_filter_order_and_limit() {
+        let dir = temp_dir("exec-filter");
+        let mut s = Store::open(&dir).unwrap();
+        // Written out of order, on purpose.
+        for (inc, rb, at) in [
+            ("inc-a", "notify", 3_000),
+            ("inc-a", "block", 1_000),
+            ("inc-b", "block", 4_000),
+            ("inc-b", "notify", 2_000),
+        ] {
+            s.record_execution(&execution(inc, rb, at, vec![step(0, "note", at, Outcome::Ok, None)])).unwrap();
+        }
+        let q = |incident: Option<&str>, runbook: Option<&str>, limit| ExecutionQuery {
+            incident: incident.map(Into::into),
+            runbook: runbook.map(Into::into),
+            limit,
+        };
+        let all = s.executions(q(None, None, 0)).unwrap();
+        assert_eq!(ids(&all), vec!["inc-b/block/4000", "inc-a/notify/3000", "inc-b/notify/2000", "inc-a/block/1000"]);
+        assert!(all.iter().all(|e| e.steps.len() == 1));
+        assert_eq!(
+            ids(&s.executions(q(Some("inc-a"), None, 0)).unwrap()),
+            vec!["inc-a/notify/3000", "inc-a/block/1000"]
+        );
+        assert_eq!(
+            ids(&s.executions(q(None, Some("block"), 0)).unwrap()),
+            vec!["inc-b/block/4000", "inc-a/block/1000"]
+        );
+        assert_eq!(ids(&s.executions(q(Some("inc-b"), Some("notify"), 0)).unwrap()), vec!["inc-b/notify/2000"]);
+        assert!(s.executions(q(Some("inc-c"), None, 0)).unwrap().is_empty());
+        assert!(s.executions(q(Some("inc-a"), Some("nope"), 0)).unwrap().is_empty());
+        assert_eq!(ids(&s.executions(q(None, None, 2)).unwrap()), vec!["inc-b/block/4000", "inc-a/notify/3000"]);
+        assert_eq!(ids(&s.executions(q(Some("inc-a"), None, 1)).unwrap()), vec!["inc-a/notify/3000"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_writer_thread_records_executions() {
+        let dir = temp_dir("exec-writer");
+        let w = Writer::spawn(Store::open(&dir).unwrap());
+        let mut ex = execution("inc-a", "block", 1_000, vec![]);
+        ex.outcome = Outcome::Skipped;
+        w.send(StoreCmd::Execution(Box::new(ex.clone())));
+        ex.steps.push(step(0, "notify", 1_000, Outcome::Ok, None));
+        ex.outcome = Outcome::Ok;
+        w.send(StoreCmd::Execution(Box::new(ex.clone())));
+        w.finish();
+        let got = Store::open_read_only(&dir).unwrap().executions(ExecutionQuery::default()).unwrap();
+        assert_eq!(got, vec![ex]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn finishing_the_writer_does_not_wait_for_its_senders() {
+        let dir = temp_dir("exec-sender");
+        let w = Writer::spawn(Store::open(&dir).unwrap());
+        let sender = w.sender();
+        let ex = execution("inc-a", "block", 1_000, vec![step(0, "notify", 1_000, Outcome::Ok, None)]);
+        assert!(sender.clone().send(StoreCmd::Execution(Box::new(ex.clone()))).is_ok());
+        let (done_tx, done) = mpsc::channel();
+        std::thread::spawn(move || {
+            w.finish();
+            let _ = done_tx.send(());
+        });
+        done.recv_timeout(std::time::Duration::from_secs(10)).expect("finish returned while a sender is alive");
+        // Written before the stop; refused after it.
+        let got = Store::open_read_only(&dir).unwrap().executions(ExecutionQuery::default()).unwrap();
+        assert_eq!(got, vec![ex.clone()]);
+        assert!(sender.send(StoreCmd::Execution(Box::new(ex))).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_database_without_execution_tables_has_no_executions() {
+        let dir = temp_dir("exec-old-db");
+        Connection::open(dir.join(DB_FILE))
+            .unwrap()
+            .execute_batch("CREATE TABLE incidents (id TEXT PRIMARY KEY); PRAGMA user_version = 1;")
+            .unwrap();
+        let s = Store::open_read_only(&dir).unwrap();
+        assert!(s.executions(ExecutionQuery::default()).unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_unknown_stored_outcome_is_corrupt() {
+        let dir = temp_dir("exec-corrupt");
+        let mut s = Store::open(&dir).unwrap();
+        s.record_execution(&execution("inc-a", "block", 1_000, vec![])).unwrap();
+        s.conn.execute("UPDATE runbook_executions SET outcome = 'weird'", []).unwrap();
+        let e = s.executions(ExecutionQuery::default()).unwrap_err();
+        assert!(e.to_string().contains("runbook execution inc-a/block/1000: outcome 'weird'"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -75,7 +75,11 @@ fn run(cli: Cli) -> Result<()> {
             build_release(&root)?;
             let bin = root.join("target/release/detector");
             let mut cmd = as_root(&bin);
-            cmd.arg("run").args(args);
+            cmd.arg("run").args(&args);
+            // The repository's runbooks, unless the operator names a directory.
+            if !args.iter().any(|a| a == "--runbooks" || a.starts_with("--runbooks=")) {
+                cmd.arg("--runbooks").arg(root.join("runbooks"));
+            }
             exec(cmd)
         }
         Cmd::Test { filter } => {

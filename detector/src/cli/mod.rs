@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 mod flood;
+mod history;
 mod incidents;
 mod rules;
 mod runbooks;
@@ -58,6 +59,8 @@ pub enum Command {
     /// Check runbook files.
     #[command(subcommand)]
     Runbooks(runbooks::RunbooksCommand),
+    /// Runbook executions from the history in the state directory.
+    History(history::HistoryArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -110,7 +113,15 @@ pub struct RunArgs {
     /// program and every rule). Default: mitigation.on_stop, which is keep.
     #[arg(long, value_name = "keep|detach", value_parser = parse_on_stop)]
     pub on_stop: Option<OnStop>,
+    /// Directory of runbooks (*.yaml) to run on incidents. Default:
+    /// /etc/detector/runbooks if it exists (`cargo xtask run` passes the
+    /// repository's runbooks/).
+    #[arg(long, value_name = "DIR")]
+    pub runbooks: Option<PathBuf>,
 }
+
+/// Where an installed detector looks for runbooks.
+const DEFAULT_RUNBOOKS: &str = "/etc/detector/runbooks";
 
 fn parse_on_stop(s: &str) -> Result<OnStop, String> {
     s.parse()
@@ -135,6 +146,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Allow(cmd) => rules::allow(cmd),
         Command::Detach(args) => rules::detach(args),
         Command::Runbooks(cmd) => runbooks::run(cmd),
+        Command::History(args) => history::run(args),
     }
 }
 
@@ -172,6 +184,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         state_dir: args.state_dir,
         detection: config.detection,
         mitigation,
+        runbooks: match args.runbooks {
+            Some(dir) => Some(dir),
+            None if std::path::Path::new(DEFAULT_RUNBOOKS).is_dir() => Some(DEFAULT_RUNBOOKS.into()),
+            None => None,
+        },
     };
     privileges::check(Need::Xdp)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

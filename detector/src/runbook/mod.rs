@@ -8,10 +8,13 @@
 //! - [`record`]: what the history keeps of each execution.
 
 pub mod context;
+pub mod engine;
 pub mod load;
+pub mod payload;
+pub mod record;
 pub mod schema;
 pub mod secret;
-pub mod record;
+pub mod send;
 pub mod trigger;
 
 #[cfg(test)]

@@ -1,0 +1,360 @@
+//! Runbooks end to end: a UDP flood in a lab fires a runbook that
+//! rate-limits the top sources in XDP, notifies Slack, PagerDuty and a
+//! signed webhook (a local receiver stands in for them), notes and
+//! acknowledges the incident; a dead and a slow endpoint fail on record
+//! while the rest carries on; a dry run changes nothing; at resolution
+//! PagerDuty is resolved and the rules are removed; the history has it all.
+
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use common::{detector_in, flood_in_background as flood, require_root, Controller, Lab};
+use detector::netns::NetnsGuard;
+use serde_json::Value;
+
+#[derive(Clone, Debug)]
+struct Received {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{}: {e}: {}", self.path, self.body))
+    }
+}
+
+/// An HTTP receiver on 127.0.0.1:`port` inside namespace `ns`: answers 202
+/// to everything, after 3 s on `/slow`, and keeps what it got.
+struct Receiver {
+    got: Arc<Mutex<Vec<Received>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    fn start(ns: &str, port: u16) -> Receiver {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, s, ns) = (got.clone(), stop.clone(), ns.to_string());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _in = NetnsGuard::enter(&ns).unwrap();
+            let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            ready_tx.send(()).unwrap();
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let g = g.clone();
+                        std::thread::spawn(move || serve(conn, g));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        ready_rx.recv().unwrap();
+        Receiver { got, stop }
+    }
+
+    fn on(&self, path: &str) -> Vec<Received> {
+        self.got.lock().unwrap().iter().filter(|r| r.path == path).cloned().collect()
+    }
+
+    fn wait_for(&self, what: &str, cond: impl Fn(&Receiver) -> bool, c: &Controller) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; got {:#?}\nlog:\n{}",
+                self.got.lock().unwrap(),
+                c.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(mut conn: TcpStream, got: Arc<Mutex<Vec<Received>>>) {
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let Ok(n) = conn.read(&mut chunk) else { return };
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.lines();
+    let path = lines.next().unwrap_or("").split_whitespace().nth(1).unwrap_or("").to_string();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let Ok(n) = conn.read(&mut chunk) else { return };
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
+    if path == "/slow" {
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    got.lock().unwrap().push(Received { path, headers, body });
+    let _ = conn.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+}
+
+const CONFIG: &str = "\
+detection:
+  hold: 200ms
+  quiet: 1s
+  baseline: { warmup: 1h }
+  families:
+    udp_flood: { pps: 3000 }
+";
+
+const PORT: u16 = 18080;
+
+fn runbooks(lab: &Lab) -> String {
+    let dir = lab.dir.join("runbooks");
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = |name: &str, value: &str| {
+        let p = lab.dir.join(name);
+        std::fs::write(&p, value).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let pd = secret("pd-key", "R0UT1NG");
+    let hmac = secret("hook-secret", "hook-s3cret");
+    let base = format!("http://127.0.0.1:{PORT}");
+    std::fs::write(
+        dir.join("udp.yaml"),
+        format!(
+            r#"name: udp-auto
+trigger: {{ families: [udp_flood] }}
+steps:
+  - mitigate: {{ action: rate_limit, scope: top_sources, top: 10, class: udp, pps: 50, ttl: 10m }}
+  - notify: {{ channel: slack, url: "{base}/slack", message: "UDP flood on {{{{ node }}}}: {{{{ pps | round | int }}}} pps" }}
+  - notify: {{ channel: pagerduty, url: "{base}/pd", routing_key: "${{file:{pd}}}" }}
+  - webhook: {{ url: "{base}/hook", secret: "${{file:{hmac}}}" }}
+  - note: "Rate-limited {{{{ top_sources | length }}}} sources to 50/s"
+  - incident: {{ status: acknowledged }}
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("failing.yaml"),
+        format!(
+            r#"name: failing-endpoints
+trigger: {{ families: [any] }}
+steps:
+  - webhook: {{ url: "http://127.0.0.1:9/dead", timeout: 1s, retries: 1 }}
+  - webhook: {{ url: "{base}/slow", timeout: 500ms, retries: 0 }}
+  - note: "after the failures"
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("dry.yaml"),
+        r#"name: dry
+mode: dry_run
+trigger: { families: [any] }
+steps:
+  - mitigate: { action: drop, scope: prefix, prefix: 198.18.0.0/16, ttl: 10m }
+  - incident: { status: escalated }
+"#,
+    )
+    .unwrap();
+    dir.to_str().unwrap().to_string()
+}
+
+fn cli_json(c: &Controller, args: &[&str]) -> Value {
+    let dir = c.state_dir.to_str().unwrap().to_string();
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["--json", "--state-dir", &dir]);
+    let out = detector_in(&c.ns, &full);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_udp_flood_fires_the_runbook_end_to_end() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let rx = Receiver::start(&lab.tgt_ns, PORT);
+    let cfg = lab.dir.join("detector.yaml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let dir = runbooks(&lab);
+    let c = Controller::start(&lab, &["--config", cfg.to_str().unwrap(), "--runbooks", &dir]);
+    assert!(c.log_text().contains("runbook loaded"), "{}", c.log_text());
+
+    let f = flood(
+        &lab,
+        &[
+            "--kind",
+            "udp",
+            "--rate",
+            "100000",
+            "--duration",
+            "4s",
+            "--src",
+            "198.18.0.0/24",
+            "--sources",
+            "20",
+            "--spread",
+            "seq",
+            "--engine",
+            "fast",
+        ],
+    );
+    rx.wait_for(
+        "slack, pagerduty and the webhook",
+        |r| !r.on("/slack").is_empty() && !r.on("/pd").is_empty() && !r.on("/hook").is_empty(),
+        &c,
+    );
+
+    // Slack: its incoming-webhook shape, the template rendered.
+    let slack = rx.on("/slack")[0].json();
+    assert!(slack["text"].as_str().unwrap().starts_with("UDP flood on lab: "), "{slack}");
+    // PagerDuty Events API v2: trigger, keyed by the incident.
+    let pd = rx.on("/pd")[0].json();
+    assert_eq!(pd["event_action"], "trigger");
+    assert_eq!(pd["routing_key"], "R0UT1NG");
+    let incident = pd["dedup_key"].as_str().unwrap().to_string();
+    assert!(incident.starts_with("lab-"), "{pd}");
+    // The webhook: the attack context, signed.
+    let hook = &rx.on("/hook")[0];
+    let body = hook.json();
+    assert_eq!(body["event"], "attack_start");
+    assert_eq!(body["incident_id"], incident.as_str());
+    assert_eq!(body["runbook"], "udp-auto");
+    assert_eq!(body["dry_run"], false);
+    assert!(body["families"].as_array().unwrap().iter().any(|f| f == "udp_flood"), "{body}");
+    let sig = hook.header("x-detector-signature").expect("signed");
+    assert!(detector::runbook::payload::verify(b"hook-s3cret", hook.body.as_bytes(), sig), "bad signature {sig}");
+
+    // The rate limit is in the XDP maps, from the runbook, and drops.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rules = loop {
+        let v = cli_json(&c, &["rules", "list"]);
+        let rules: Vec<Value> = v["rules"].as_array().unwrap().clone();
+        if !rules.is_empty() && rules.iter().any(|r| r["dropped_packets"].as_u64().unwrap_or(0) > 0) {
+            break rules;
+        }
+        assert!(Instant::now() < deadline, "no runbook rule drops: {v}\n{}", c.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for r in &rules {
+        assert_eq!(r["origin"]["runbook"], "udp-auto", "{r}");
+        assert_eq!(r["origin"]["incident"], incident.as_str(), "{r}");
+        assert_eq!(r["action"]["kind"], "rate_limit", "{r}");
+        let age_s = (rules_now_ms() - r["created_ms"].as_u64().unwrap()) as f64 / 1000.0;
+        let passed = r["passed_packets"].as_u64().unwrap() as f64;
+        assert!(passed <= 50.0 * age_s * 1.1 + 10.0, "{} admitted {passed} in {age_s:.1}s: {r}", r["prefix"]);
+    }
+    assert!(f.join().unwrap().status.success());
+
+    // Resolution: PagerDuty resolves the same key, the webhook gets
+    // attack_end, the rules go.
+    rx.wait_for("the resolve", |r| r.on("/pd").iter().any(|p| p.json()["event_action"] == "resolve"), &c);
+    let resolve = rx.on("/pd").into_iter().find(|p| p.json()["event_action"] == "resolve").unwrap().json();
+    assert_eq!(resolve["dedup_key"], incident.as_str());
+    rx.wait_for("attack_end", |r| r.on("/hook").iter().any(|h| h.json()["event"] == "attack_end"), &c);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cli_json(&c, &["rules", "list"])["rules"].as_array().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "runbook rules still in force after resolution");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The timeline: the note and the status change.
+    let inc = cli_json(&c, &["incidents", &incident]);
+    let timeline = inc["timeline"].as_array().unwrap();
+    assert!(
+        timeline
+            .iter()
+            .any(|e| e["kind"] == "note_added" && e["detail"].as_str().unwrap().starts_with("Rate-limited ")),
+        "{inc}"
+    );
+    assert!(
+        timeline
+            .iter()
+            .any(|e| e["kind"] == "status_changed" && e["detail"].as_str().unwrap().contains("acknowledged")),
+        "{inc}"
+    );
+
+    // The history: every execution, every step.
+    let h = cli_json(&c, &["history", "--incident", &incident]);
+    let ex = h["executions"].as_array().unwrap();
+    let find = |rb: &str, trigger: &str| {
+        ex.iter()
+            .find(|e| e["runbook"] == rb && e["trigger"] == trigger)
+            .unwrap_or_else(|| panic!("no {rb}/{trigger} in {h}"))
+    };
+    let start = find("udp-auto", "opened");
+    assert_eq!(start["outcome"], "ok", "{start}");
+    let kinds: Vec<&str> = start["steps"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["mitigate", "notify", "notify", "webhook", "note", "incident"]);
+    assert!(start["file_hash"].as_str().unwrap().len() == 64);
+    let failing = find("failing-endpoints", "opened");
+    assert_eq!(failing["outcome"], "failed");
+    let steps = failing["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["outcome"], "failed");
+    assert!(steps[0]["error"].as_str().unwrap().contains("127.0.0.1:9"), "{failing}");
+    assert_eq!(steps[1]["outcome"], "failed");
+    assert!(steps[1]["error"].as_str().unwrap().contains("timed out"), "{failing}");
+    assert_eq!(steps[2]["outcome"], "ok", "a failed step does not stop the next: {failing}");
+    let dry = find("dry", "opened");
+    assert_eq!(dry["outcome"], "dry_run");
+    assert!(
+        dry["steps"][0]["detail"].as_str().unwrap().contains("would install 1 rule(s): drop 198.18.0.0/16"),
+        "{dry}"
+    );
+    assert!(dry["steps"][1]["detail"].as_str().unwrap().contains("would set the status to escalated"), "{dry}");
+    assert!(
+        !h.to_string().contains("R0UT1NG") && !h.to_string().contains("hook-s3cret"),
+        "secrets stay out of the history"
+    );
+    let m = c.metrics();
+    assert!(common::sample(&m, "detector_runbook_executions_total{runbook=\"udp-auto\",outcome=\"ok\"}") >= 1.0, "{m}");
+    assert!(
+        common::sample(&m, "detector_runbook_executions_total{runbook=\"failing-endpoints\",outcome=\"failed\"}")
+            >= 1.0
+    );
+    let (good, said) = common::promtool_check(&m);
+    assert!(good, "{said}");
+}
+
+fn rules_now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
