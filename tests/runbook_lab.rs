@@ -358,3 +358,39 @@ fn a_udp_flood_fires_the_runbook_end_to_end() {
 fn rules_now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
+
+#[test]
+fn runbooks_reload_on_change_and_on_sighup_and_a_broken_file_keeps_its_last_good_version() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let dir = lab.dir.join("rb");
+    std::fs::create_dir_all(&dir).unwrap();
+    let book = |name: &str, family: &str| {
+        format!("name: {name}\ntrigger: {{ families: [{family}] }}\nsteps: [ {{ note: hi }} ]\n")
+    };
+    std::fs::write(dir.join("a.yaml"), book("a", "udp_flood")).unwrap();
+    let c = Controller::start(&lab, &["--runbooks", dir.to_str().unwrap()]);
+    c.metrics_until("one runbook", |m| common::sample(m, "detector_runbooks_loaded") == 1.0);
+
+    // A new file is picked up by itself.
+    std::fs::write(dir.join("b.yaml"), book("b", "syn_flood")).unwrap();
+    c.metrics_until("two runbooks", |m| common::sample(m, "detector_runbooks_loaded") == 2.0);
+
+    // A broken edit is reported, and the version before keeps running.
+    std::fs::write(dir.join("a.yaml"), book("a", "udp_flod")).unwrap();
+    let m = c.metrics_until("the refused file", |m| common::sample(m, "detector_runbook_load_errors") == 1.0);
+    assert_eq!(common::sample(&m, "detector_runbooks_loaded"), 2.0, "{}", c.log_text());
+    let log = c.log_text();
+    assert!(log.contains("a.yaml:2:") && log.contains("unknown family 'udp_flod'"), "{log}");
+    assert!(log.contains("keeping the version loaded before"), "{log}");
+
+    // SIGHUP reloads too.
+    unsafe { libc::kill(c.child.as_ref().unwrap().id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !c.log_text().contains("SIGHUP: reloading the runbooks") {
+        assert!(Instant::now() < deadline, "{}", c.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::remove_file(dir.join("b.yaml")).unwrap();
+    c.metrics_until("b gone", |m| common::sample(m, "detector_runbooks_loaded") == 1.0);
+}

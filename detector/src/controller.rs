@@ -304,6 +304,13 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     report_runbooks(&engine, &load_errors, &metrics).await;
     let engine_task = tokio::spawn(engine.clone().run(events.subscribe()));
     let reloader = tokio::spawn(reload_on_sighup(engine.clone(), metrics.clone()));
+    let watcher = engine.directory().map(|dir| {
+        let m = metrics.clone();
+        tokio::spawn(crate::runbook::watch::watch(engine.clone(), dir.to_path_buf(), move |engine, errors| {
+            let m = m.clone();
+            async move { report_runbooks(&engine, &errors, &m).await }
+        }))
+    });
     for f in Family::ALL {
         let _ = metrics.active_incidents.get_or_create(&FamilyLabels { family: f.name().into() });
     }
@@ -353,6 +360,9 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     }
 
     reloader.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
     let _ = stop_http.send(());
     let _ = server_task.await;
     let _ = stop_control.send(());

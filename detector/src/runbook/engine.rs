@@ -112,6 +112,10 @@ impl Engine {
         self.dir.is_some()
     }
 
+    pub fn directory(&self) -> Option<&std::path::Path> {
+        self.dir.as_deref()
+    }
+
     pub async fn runbooks(&self) -> Arc<Vec<Arc<Loaded>>> {
         self.runbooks.read().await.clone()
     }

@@ -5,7 +5,9 @@
 //! - [`load`]: a directory of files, with located errors;
 //! - [`trigger`]: which runbooks an incident event fires (pure);
 //! - [`context`]: the attack context templates and webhooks see;
-//! - [`record`]: what the history keeps of each execution.
+//! - [`record`]: what the history keeps of each execution;
+//! - [`engine`]: running them on incident events; [`payload`] and [`send`]:
+//!   what notifications look like and sending them; [`watch`]: reloading.
 
 pub mod context;
 pub mod engine;
@@ -16,6 +18,7 @@ pub mod schema;
 pub mod secret;
 pub mod send;
 pub mod trigger;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;

@@ -1033,6 +1033,18 @@ mod tests {
         assert_eq!(backoff(u32::MAX), Duration::from_secs(5));
     }
 
+    /// The signed example of `docs/webhook.md` is what the code sends.
+    #[test]
+    fn doc_signature_example() {
+        const BODY: &str = r#"{"event":"attack_start","runbook":"notify-every-attack","dry_run":false,"incident_id":"web1-eth0-20261124T223501.123Z","node":"web1","iface":"eth0","families":["multi_vector","udp_flood","syn_flood"],"vectors":["udp","syn"],"severity":"high","status":"active","started_at":"2026-11-24T22:35:01.123Z","ended_at":null,"pps":1250000.0,"bps":512000000.0,"peak_pps":1400000.0,"peak_bps":570000000.0,"top_sources":[{"addr":"198.51.100.7","pps":400000.0,"share":0.32},{"addr":"2001:db8::1","pps":100000.0,"share":0.08}],"top_ports":[{"proto":"udp","port":53,"pps":900000.0,"share":0.72}],"rules":[{"id":"r3","rule":"r3 drop 198.51.100.7/32 class udp","origin":"runbook udp-flood-auto-response","expires_at":"2026-11-24T22:45:01.123Z"}]}"#;
+        const SIGNATURE: &str = "sha256=8566ec854f961b484469c6537154bc8b10354846ea601c3048bd03c228854a8d";
+        let s = webhook_step("webhook: { url: 'https://hooks.example.test/ddos', secret: example-secret }");
+        let r = webhook(&s, &ctx(AttackEvent::AttackStart));
+        assert_eq!(String::from_utf8(r.body.clone()).unwrap(), BODY);
+        assert_eq!(r.header(SIGNATURE_HEADER), Some(SIGNATURE));
+        assert!(verify(b"example-secret", BODY.as_bytes(), SIGNATURE));
+    }
+
     /// Prints the example bodies of `docs/webhook.md`:
     /// `cargo test -p detector --lib payload::tests::doc_examples -- --ignored --nocapture`.
     #[test]
