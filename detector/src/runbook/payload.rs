@@ -275,21 +275,19 @@ pub fn alertmanager_url(base: &str) -> String {
 }
 
 /// Alertmanager's v2 API: `POST <url>/api/v2/alerts` with an array of one
-/// alert. Its labels are the same on every event of an incident's
-/// lifetime as long as its severity and families do not change:
-/// `alertname` ([`ALERTNAME`]), `incident_id`, `node`, `iface`, `severity`
-/// and `family` (the families, joined by `,`). `annotations` has `summary`
-/// (the message) and `description` (the facts, one per line); `startsAt` is
-/// the attack's start. `endsAt` is sent only with `attack_end`: the
-/// attack's end, or `now_ms` if it has none.
+/// alert. Its labels identify the incident and never change while it
+/// lasts, so `attack_end` resolves the very alert `attack_start` fired:
+/// `alertname` ([`ALERTNAME`]), `incident_id`, `node`, `iface`. The
+/// severity and families change during an attack; they are annotations
+/// (`severity`, `families`), with `summary` (the message) and
+/// `description` (the facts, one per line). `startsAt` is the attack's
+/// start; `endsAt` is sent only with `attack_end`: the attack's end, or
+/// `now_ms` if it has none.
 ///
-/// Two things about Alertmanager the sender should know. An alert whose
-/// labels changed (the severity rose, a family joined) is a new alert: the
-/// one with the old labels is not resolved by `attack_end`, and ends by
-/// itself after Alertmanager's `resolve_timeout`. And a firing alert with
-/// no `endsAt` also ends after `resolve_timeout` (5m by default) unless it
-/// is posted again: to keep a long attack firing, post the latest
-/// `attack_update` again more often than that.
+/// A firing alert with no `endsAt` ends by itself after Alertmanager's
+/// `resolve_timeout` (5m by default) unless it is posted again: an attack
+/// that lasts longer with no severity or family change shows as resolved
+/// there before it is.
 pub fn alertmanager(step: &Notify, ctx: &Context, message: &str, now_ms: u64) -> Result<Request, String> {
     let base = need_url(step, "alertmanager")?;
     let resolved = base.0.expose().trim_end_matches('/');
@@ -309,12 +307,12 @@ pub fn alertmanager(step: &Notify, ctx: &Context, message: &str, now_ms: u64) ->
             "incident_id": ctx.incident_id,
             "node": ctx.node,
             "iface": ctx.iface,
-            "severity": ctx.severity,
-            "family": ctx.families.join(","),
         },
         "annotations": {
             "summary": text(message, ctx),
             "description": description,
+            "severity": ctx.severity,
+            "families": ctx.families.join(","),
         },
         "startsAt": time_ms::rfc3339(ctx.started_at),
     });
@@ -902,10 +900,10 @@ mod tests {
                 "incident_id": "web1-eth0-20261124T223501.123Z",
                 "node": "web1",
                 "iface": "eth0",
-                "severity": "high",
-                "family": "multi_vector,udp_flood,syn_flood",
             })
         );
+        assert_eq!(a["annotations"]["severity"], "high", "what changes during an attack is no label");
+        assert_eq!(a["annotations"]["families"], "multi_vector,udp_flood,syn_flood");
         assert_eq!(a["annotations"]["summary"], "UDP flood");
         assert!(a["annotations"]["description"].as_str().unwrap().contains("Rate: 1.2M pps, 512.0 Mbit/s"));
         assert_eq!(a["startsAt"], "2026-11-24T22:35:01.123Z");
@@ -1043,19 +1041,5 @@ mod tests {
         assert_eq!(String::from_utf8(r.body.clone()).unwrap(), BODY);
         assert_eq!(r.header(SIGNATURE_HEADER), Some(SIGNATURE));
         assert!(verify(b"example-secret", BODY.as_bytes(), SIGNATURE));
-    }
-
-    /// Prints the example bodies of `docs/webhook.md`:
-    /// `cargo test -p detector --lib payload::tests::doc_examples -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn doc_examples() {
-        let s = webhook_step("webhook: { url: 'https://hooks.example.test/ddos', secret: example-secret }");
-        for event in [AttackEvent::AttackStart, AttackEvent::AttackEnd] {
-            let r = webhook(&s, &ctx(event));
-            let v = json(&r);
-            println!("{}\n{:?}\n", serde_json::to_string_pretty(&v).unwrap(), r.shown_headers);
-            println!("{}\n", String::from_utf8(r.body).unwrap());
-        }
     }
 }

@@ -225,3 +225,32 @@ fn a_runbook_runs_once_per_incident_within_its_cooldown() {
     fired.forget(&inc.id);
     assert!(!fired.ran("udp-flood-auto-response", &inc.id));
 }
+
+#[test]
+fn templates_render_the_attack_context() {
+    use super::context::{AttackEvent, Context};
+    use crate::detect::incident::TopSource;
+    let mut inc = incident(&[Family::MultiVector, Family::UdpFlood, Family::SynFlood], Severity::High, 61_500.4);
+    inc.top_sources = vec![TopSource { addr: "198.51.100.9".parse().unwrap(), pps: 30_100.0, share: 0.49 }];
+    let ctx = Context::new(EventKind::Opened, &inc, "udp-auto", false, vec![]);
+    assert_eq!(ctx.event, AttackEvent::AttackStart);
+    let text = ctx
+        .render("{{ event }} {{ families | join(', ') }} on {{ node }}/{{ iface }}: {{ pps | round | int }} pps from {{ top_sources[0].addr }} ({{ severity }}, {{ runbook }})")
+        .unwrap();
+    assert_eq!(
+        text,
+        "attack_start multi_vector, udp_flood, syn_flood on edge-1/veth0: 61500 pps from 198.51.100.9 (high, udp-auto)"
+    );
+    // Every variable the loader admits exists in the context.
+    for v in super::schema::TEMPLATE_VARIABLES {
+        let out = ctx.render(&format!("{{% if {v} is defined %}}yes{{% endif %}}")).unwrap();
+        assert_eq!(out, "yes", "{v}");
+    }
+    let end = Context::new(EventKind::Resolved, &inc, "udp-auto", true, vec![]);
+    assert_eq!(end.event, AttackEvent::AttackEnd);
+    assert!(
+        end.summary().starts_with("attack_end on edge-1 (veth0): multi_vector, udp_flood, syn_flood"),
+        "{}",
+        end.summary()
+    );
+}
