@@ -18,6 +18,11 @@ use crate::{rates::ClassRate, samples::SampleView, sources::SourceRate};
 
 const FAMILIES: usize = Family::DETECTED.len();
 
+/// The hold is counted in whole poll windows, whose lengths come from the
+/// wall clock in milliseconds: two 100 ms windows may add up to 199 ms.
+/// Without this slack a 200 ms hold took a third poll about half the time.
+const HOLD_SLACK_MS: u64 = 5;
+
 /// One poll of one interface, as the detector needs it.
 pub struct Observation<'a> {
     pub iface: &'a str,
@@ -225,7 +230,7 @@ impl Detector {
             let t = &mut st.tracks[f.index()];
             t.signal = signal;
             // The rate covers the whole interval: a change dates from its start.
-            let interval_start = now.saturating_sub((obs.seconds * 1000.0) as u64);
+            let interval_start = now.saturating_sub((obs.seconds * 1000.0).round() as u64);
             if signal.above() {
                 t.below_since = None;
                 t.above_since.get_or_insert(interval_start);
@@ -254,7 +259,7 @@ impl Detector {
         // 3. Families held above their threshold long enough.
         let triggered: Vec<Family> = Family::DETECTED
             .into_iter()
-            .filter(|f| st.tracks[f.index()].above_since.is_some_and(|s| now.saturating_sub(s) >= hold))
+            .filter(|f| st.tracks[f.index()].above_since.is_some_and(|s| now.saturating_sub(s) + HOLD_SLACK_MS >= hold))
             .collect();
 
         // 4. Open, grow, update or resolve the interface's incident.

@@ -195,14 +195,15 @@ impl Mitigator {
     }
 
     pub fn add_rule(&mut self, req: &RuleRequest, clock: Clock) -> Result<Rule, MitigateError> {
-        let rule = self.change(clock, |set| set.add_rule(req, clock.wall_ms))?;
-        // A reused index starts from zero. The slot was empty until now, so
-        // at most a few packets raced in between.
-        for (iface, maps) in &mut self.ifaces {
-            if let Err(e) = maps.reset_counters(rule.index) {
-                tracing::warn!(iface, "{e}");
+        // A reused index starts from zero, before any slot points at it.
+        if let Some(index) = self.set.free_index() {
+            for (iface, maps) in &mut self.ifaces {
+                if let Err(e) = maps.reset_counters(index) {
+                    tracing::warn!(iface, "{e}");
+                }
             }
         }
+        let rule = self.change(clock, |set| set.add_rule(req, clock.wall_ms))?;
         tracing::info!(rule = %rule.describe(), reason = %rule.reason, origin = ?rule.origin, "rule added");
         Ok(rule)
     }

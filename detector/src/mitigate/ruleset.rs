@@ -191,9 +191,7 @@ impl RuleSet {
         // The most telling refusal first: a pointless or repeated rule is
         // that, whether or not there is room.
         self.conflicts(&rule)?;
-        rule.index = (1..=self.limits.max_rules)
-            .find(|i| !self.rules.iter().any(|r| r.index == *i))
-            .ok_or(RuleError::RulesFull(self.limits.max_rules))?;
+        rule.index = self.free_index().ok_or(RuleError::RulesFull(self.limits.max_rules))?;
         self.rules.push(rule.clone());
         // Checked on the real plan, so an overlap refused here is refused
         // before the kernel sees anything.
@@ -255,6 +253,11 @@ impl RuleSet {
             std::mem::take(&mut self.rules).into_iter().partition(|r| r.expires_ms.is_some_and(|t| t <= now_ms));
         self.rules = kept;
         gone
+    }
+
+    /// The counters index the next rule gets.
+    pub fn free_index(&self) -> Option<u32> {
+        (1..=self.limits.max_rules).find(|i| !self.rules.iter().any(|r| r.index == *i))
     }
 
     /// Removes every rule.
