@@ -6,6 +6,7 @@ mod detection;
 mod firewall;
 mod frames;
 mod live;
+mod reaction;
 mod report;
 mod rulepaths;
 mod testrun;
@@ -36,6 +37,8 @@ enum Part {
     Firewall,
     /// ns per packet along each mitigation path (test runs).
     Rules,
+    /// From a flood's first frame to the first packet a runbook's rule drops.
+    Reaction,
 }
 
 fn main() -> Result<()> {
@@ -45,6 +48,7 @@ fn main() -> Result<()> {
     // Cheap droppers leave few softirq ticks to count (4 ms each here):
     // longer floods keep the sampling error small.
     let firewall_seconds = Duration::from_secs(if args.quick { 3 } else { 12 });
+    let reaction_trials = if args.quick { 5 } else { 20 };
     match args.only {
         Some(Part::Firewall) => {
             let fw = firewall_part(firewall_seconds)?;
@@ -53,6 +57,10 @@ fn main() -> Result<()> {
         }
         Some(Part::Rules) => {
             println!("{}", report::rule_paths_section(&rulepaths::paths(repeat)?, repeat));
+            return Ok(());
+        }
+        Some(Part::Reaction) => {
+            println!("{}", report::reaction_section(&reaction_part(reaction_trials)?));
             return Ok(());
         }
         None => {}
@@ -66,6 +74,7 @@ fn main() -> Result<()> {
     let live = live::floods(seconds)?;
     eprintln!("bench: the controller: detection time, and polls under a spoofed flood");
     let detection = detection::run(20, if args.quick { 3 } else { 5 })?;
+    let reaction = reaction_part(reaction_trials)?;
     let firewall = firewall_part(firewall_seconds)?;
 
     let r = report::Report {
@@ -75,6 +84,7 @@ fn main() -> Result<()> {
         rule_paths,
         live,
         detection,
+        reaction,
         firewall,
         command: command_line(args.quick),
     };
@@ -90,6 +100,11 @@ fn main() -> Result<()> {
 fn firewall_part(per_dropper: Duration) -> Result<firewall::Comparison> {
     eprintln!("bench: dropping a flood: iptables, nftables and XDP, {per_dropper:?} per dropper");
     firewall::compare(per_dropper, firewall::xdp_droppers())
+}
+
+fn reaction_part(trials: usize) -> Result<reaction::ReactionFigures> {
+    eprintln!("bench: reaction: a flood's first frame to the first drop by a runbook's rule, {trials} trials");
+    reaction::run(trials)
 }
 
 fn command_line(quick: bool) -> String {

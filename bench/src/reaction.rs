@@ -1,0 +1,381 @@
+//! From a flood's first frame to the first packet a runbook's rule drops:
+//! the whole loop a user relies on (detection, the incident event, the
+//! runbook engine, the rule in XDP), as a user runs it. Each trial has its
+//! own lab and its own `detector run` with one runbook.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use detector::{
+    detect::incident::time_ms,
+    lab::{self, Lab},
+    mitigate::pins,
+    netns::NetnsGuard,
+};
+use serde_json::Value;
+
+const PORT: u16 = 9477;
+pub const RUNBOOK: &str = "bench-drop";
+pub const FLOOD_PPS: u64 = 50_000;
+pub const FLOOR_PPS: u64 = 5_000;
+pub const SOURCES: u32 = 20;
+pub const TOP: u32 = 10;
+/// The default poll interval (not passed: the controller runs as a user
+/// would run it) and the configured hold time.
+pub const INTERVAL_MS: u64 = 100;
+pub const HOLD_MS: u64 = 200;
+/// How often the rule list is read while waiting for a drop.
+pub const POLL_MS: u64 = 40;
+/// A trial that has no dropping rule this long after the flood started fails.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn config() -> String {
+    format!(
+        "detection:\n  hold: {HOLD_MS}ms\n  baseline: {{ warmup: 1h }}\n  families:\n    udp_flood: {{ pps: {FLOOR_PPS} }}\n"
+    )
+}
+
+fn runbook() -> String {
+    format!(
+        "name: {RUNBOOK}\ntrigger: {{ families: [udp_flood] }}\nsteps:\n  - mitigate: {{ action: drop, scope: top_sources, top: {TOP}, class: udp, ttl: 10m }}\n"
+    )
+}
+
+/// One trial's wall-clock times, Unix milliseconds.
+#[derive(Clone, Debug)]
+pub struct Trial {
+    /// The flood's first frame (`first_frame_ms` of its JSON report).
+    pub first_frame_ms: u64,
+    /// The incident's `opened` timeline entry.
+    pub opened_ms: u64,
+    /// The earliest `created_ms` among the runbook's rules that dropped.
+    pub first_drop_ms: u64,
+    /// Rules the runbook had installed when the first drop was seen.
+    pub rules: usize,
+}
+
+impl Trial {
+    pub fn total_ms(&self) -> f64 {
+        self.first_drop_ms as f64 - self.first_frame_ms as f64
+    }
+
+    pub fn detect_ms(&self) -> f64 {
+        self.opened_ms as f64 - self.first_frame_ms as f64
+    }
+
+    pub fn install_ms(&self) -> f64 {
+        self.first_drop_ms as f64 - self.opened_ms as f64
+    }
+}
+
+pub struct ReactionFigures {
+    pub trials: Vec<Trial>,
+}
+
+impl ReactionFigures {
+    pub fn total(&self) -> Vec<f64> {
+        self.trials.iter().map(Trial::total_ms).collect()
+    }
+
+    pub fn detect(&self) -> Vec<f64> {
+        self.trials.iter().map(Trial::detect_ms).collect()
+    }
+
+    pub fn install(&self) -> Vec<f64> {
+        self.trials.iter().map(Trial::install_ms).collect()
+    }
+}
+
+pub fn run(trials: usize) -> Result<ReactionFigures> {
+    let bin = std::env::current_exe()?.with_file_name("detector");
+    if !bin.exists() {
+        bail!("{} is missing: run the bench through `cargo xtask bench`", bin.display());
+    }
+    let mut out = Vec::new();
+    for t in 0..trials {
+        // Floods start at phases spread evenly over a poll interval, as
+        // real floods land anywhere in one.
+        let stagger = Duration::from_millis(t as u64 * INTERVAL_MS / trials as u64);
+        let trial = one(&bin, stagger).with_context(|| format!("reaction trial {}", t + 1))?;
+        eprintln!(
+            "bench:   reaction trial {:>2}: {:.0} ms to the first drop ({:.0} ms to the incident, {:.0} ms to the rule; {} rules)",
+            t + 1,
+            trial.total_ms(),
+            trial.detect_ms(),
+            trial.install_ms(),
+            trial.rules
+        );
+        out.push(trial);
+    }
+    Ok(ReactionFigures { trials: out })
+}
+
+/// One trial in a fresh lab. The lab is declared first, so it is dropped
+/// last, after the flood and the controller (on error too).
+fn one(bin: &Path, stagger: Duration) -> Result<Trial> {
+    let lab = Lab::new()?;
+    let books = lab.dir.join("runbooks");
+    std::fs::create_dir_all(&books)?;
+    std::fs::write(books.join("bench-drop.yaml"), runbook())?;
+    let cfg = lab.dir.join("detector.yaml");
+    std::fs::write(&cfg, config())?;
+    let state = lab.dir.join("state");
+    std::fs::create_dir_all(&state)?;
+
+    let mut ctl = Controller::start(&lab, bin, &books, &cfg, &state)?;
+    std::thread::sleep(stagger);
+    let result = measure(&lab, bin, &mut ctl, &state);
+    let stopped = ctl.stop();
+    let clean = detached(&lab);
+    let trial = result.map_err(|e| anyhow!("{e:#}\ncontroller log (tail):\n{}", ctl.log_tail()))?;
+    let status = stopped?;
+    if !status.success() {
+        bail!("`detector run` exited with {status} on SIGTERM\n{}", ctl.log_tail());
+    }
+    clean?;
+    Ok(trial)
+}
+
+fn measure(lab: &Lab, bin: &Path, ctl: &mut Controller, state: &Path) -> Result<Trial> {
+    let mut flood = Flood::start(lab, bin)?;
+    let started = Instant::now();
+    let state_arg = state.to_str().ok_or_else(|| anyhow!("state dir is not UTF-8"))?;
+    let (rules, view) = loop {
+        ctl.check_alive()?;
+        let v = cli_json(&lab.tgt_ns, bin, &["rules", "list", "--json", "--state-dir", state_arg])?;
+        let ours: Vec<Value> = v["rules"]
+            .as_array()
+            .ok_or_else(|| anyhow!("no rules array: {v}"))?
+            .iter()
+            .filter(|r| r["origin"]["runbook"] == RUNBOOK)
+            .cloned()
+            .collect();
+        if ours.iter().any(|r| r["dropped_packets"].as_u64().unwrap_or(0) > 0) {
+            break (ours, v);
+        }
+        if started.elapsed() > TIMEOUT {
+            bail!("no rule of runbook {RUNBOOK} dropped a packet within {TIMEOUT:?} of the flood's start: {v}");
+        }
+        std::thread::sleep(Duration::from_millis(POLL_MS));
+    };
+    let report = flood.stop()?;
+    let first_frame_ms = report["first_frame_ms"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no first_frame_ms in the flood's report: {report}"))?;
+    let first_drop_ms = rules
+        .iter()
+        .filter(|r| r["dropped_packets"].as_u64().unwrap_or(0) > 0)
+        .filter_map(|r| r["created_ms"].as_u64())
+        .min()
+        .ok_or_else(|| anyhow!("no created_ms on the dropping rules: {view}"))?;
+    let incident = rules
+        .iter()
+        .find_map(|r| r["origin"]["incident"].as_str())
+        .ok_or_else(|| anyhow!("the runbook's rules name no incident: {view}"))?
+        .to_string();
+
+    let v = cli_json(&lab.tgt_ns, bin, &["incidents", &incident, "--json", "--state-dir", state_arg])?;
+    let opened_ms = v["timeline"]
+        .as_array()
+        .and_then(|t| t.iter().find(|e| e["kind"] == "opened"))
+        .and_then(|e| e["at"].as_str())
+        .and_then(time_ms::parse)
+        .ok_or_else(|| anyhow!("incident {incident} has no opened entry: {v}"))?;
+
+    // Every time comes from SystemTime::now() on this machine (the flood,
+    // the detection loop, the rule layer), so they compare; the order of
+    // cause and effect checks it.
+    if !(first_frame_ms <= opened_ms && opened_ms <= first_drop_ms) {
+        bail!(
+            "times out of order: first frame {first_frame_ms}, incident opened {opened_ms}, rule created {first_drop_ms} (Unix ms)"
+        );
+    }
+    Ok(Trial { first_frame_ms, opened_ms, first_drop_ms, rules: rules.len() })
+}
+
+/// `detector ARGS` in namespace `ns`, stdout parsed as JSON.
+fn cli_json(ns: &str, bin: &Path, args: &[&str]) -> Result<Value> {
+    let mut cmd = Lab::command_in(ns, bin);
+    cmd.args(args);
+    let out = finish(spawn_piped(cmd)?, Duration::from_secs(10))?;
+    if !out.status.success() {
+        bail!("`detector {}`: {}: {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("`detector {}` printed no JSON", args.join(" ")))
+}
+
+fn spawn_piped(mut cmd: Command) -> Result<Child> {
+    Ok(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?)
+}
+
+/// Waits for `child` and its output; after `timeout` it is killed and the
+/// wait fails (a hung command must not hang the bench).
+fn finish(child: Child, timeout: Duration) -> Result<Output> {
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => Ok(out?),
+        Err(_) => {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = rx.recv_timeout(Duration::from_secs(5));
+            bail!("still running after {timeout:?}: killed")
+        }
+    }
+}
+
+/// `detector flood` out of the generator's end, as detection.rs floods.
+struct Flood {
+    child: Option<Child>,
+}
+
+impl Flood {
+    fn start(lab: &Lab, bin: &Path) -> Result<Flood> {
+        let mut cmd = Lab::command_in(&lab.gen_ns, bin);
+        cmd.args(["flood", "--iface", &lab.gen_if, "--engine", "fast", "--kind", "udp", "--rate"])
+            .arg(FLOOD_PPS.to_string())
+            .args(["--duration", "3s", "--src", "198.18.0.0/24", "--sources"])
+            .arg(SOURCES.to_string())
+            .args(["--spread", "seq", "--dst", lab::TGT_V4, "--json"]);
+        Ok(Flood { child: Some(spawn_piped(cmd).context("starting detector flood")?) })
+    }
+
+    /// Stops the flood early (SIGTERM: it reports what it sent) and returns
+    /// its JSON report.
+    fn stop(&mut self) -> Result<Value> {
+        let child = self.child.take().ok_or_else(|| anyhow!("flood already stopped"))?;
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let out = finish(child, Duration::from_secs(10)).context("detector flood")?;
+        if !out.status.success() {
+            bail!("detector flood: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("detector flood's report: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = finish(child, Duration::from_secs(10));
+        }
+    }
+}
+
+/// `detector run` in the lab's target namespace, logging to the lab's
+/// directory; stopped with SIGTERM (and `--on-stop detach`) at the latest
+/// when dropped.
+struct Controller {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Controller {
+    fn start(lab: &Lab, bin: &Path, books: &Path, cfg: &Path, state: &Path) -> Result<Controller> {
+        let log = lab.dir.join("run.log");
+        let file = std::fs::File::create(&log)?;
+        let child = Lab::command_in(&lab.tgt_ns, bin)
+            .args(["run", "--iface", &lab.tgt_if, "--node", "bench", "--on-stop", "detach"])
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{PORT}"))
+            .arg("--runbooks")
+            .arg(books)
+            .arg("--config")
+            .arg(cfg)
+            .arg("--state-dir")
+            .arg(state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .context("starting detector run")?;
+        let mut c = Controller { child: Some(child), log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while lab::http_get(&lab.tgt_ns, PORT, "/healthz", None).map(|r| r.0).unwrap_or(0) != 200 {
+            if let Err(e) = c.check_alive() {
+                bail!("{e}\n{}", c.log_tail());
+            }
+            if Instant::now() > deadline {
+                bail!("the controller did not come up within 20 s\n{}", c.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !std::fs::read_to_string(&c.log).unwrap_or_default().contains("runbook loaded") {
+            // Say so, but carry on: the trial fails on its own if the
+            // runbook never fires.
+            eprintln!("bench:   the controller's log does not say the runbook loaded:\n{}", c.log_tail());
+        }
+        Ok(c)
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        let child = self.child.as_mut().ok_or_else(|| anyhow!("controller stopped"))?;
+        if let Some(status) = child.try_wait()? {
+            bail!("`detector run` exited early ({status})");
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then the exit status; killed after 15 s.
+    fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().ok_or_else(|| anyhow!("controller already stopped"))?;
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("`detector run` did not exit within 15 s of SIGTERM: killed\n{}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+/// After the stop: `--on-stop detach` must have left no pinned state for
+/// the lab's interface. Anything left is removed (the lab's namespace goes
+/// next; pins in bpffs would outlive it) and reported.
+fn detached(lab: &Lab) -> Result<()> {
+    let (ns, ifname) = (lab.tgt_ns.clone(), lab.tgt_if.clone());
+    let left = std::thread::spawn(move || -> Result<Option<usize>> {
+        let _in = NetnsGuard::enter(&ns)?;
+        let dir = pins::dir(&ifname)?;
+        if !dir.exists() {
+            return Ok(None);
+        }
+        Ok(Some(pins::detach_now(&dir)?))
+    })
+    .join()
+    .map_err(|_| anyhow!("pin check panicked"))??;
+    if let Some(n) = left {
+        bail!("`--on-stop detach` left {n} pins for {} (removed now)", lab.tgt_if);
+    }
+    Ok(())
+}
