@@ -50,6 +50,11 @@ enum Cmd {
         #[arg(long, value_name = "PART")]
         only: Option<String>,
     },
+    /// The whole product in one run (as root): a UDP flood in a lab,
+    /// detected, rate-limited in XDP by a runbook, notified to a local
+    /// stand-in for Slack, PagerDuty and a webhook, resolved; the lab is
+    /// removed afterwards.
+    Demo,
 }
 
 fn main() -> ExitCode {
@@ -105,6 +110,22 @@ fn run(cli: Cli) -> Result<()> {
                 None => {}
             }
             exec(cmd)
+        }
+        Cmd::Demo => {
+            setup::toolchain()?;
+            setup::test_tools()?;
+            cargo(&root, &["build", "--release", "-p", "detector", "-p", "detector-demo"])?;
+            let mut cmd = as_root(&root.join("target/release/detector-demo"));
+            cmd.arg("--detector")
+                .arg(root.join("target/release/detector"))
+                .arg("--runbooks")
+                .arg(root.join("runbooks"));
+            // Replace this process: on Ctrl-C a waiting xtask would die at
+            // once and hand the terminal back while the demo still cleans
+            // its lab up; this way the shell waits for the cleanup.
+            use std::os::unix::process::CommandExt as _;
+            let err = cmd.exec();
+            Err(err).with_context(|| format!("starting {:?}", cmd.get_program()))
         }
     }
 }

@@ -118,8 +118,25 @@ impl Context {
         env.render_str(template, value).map_err(|e| format!("template: {e}"))
     }
 
-    /// A one-line summary for messages with no template of their own.
+    /// A one-line summary for messages with no template of their own, and
+    /// for every notification at the attack's end (a start template talks
+    /// of a running attack).
     pub fn summary(&self) -> String {
+        if self.event == AttackEvent::AttackEnd {
+            let lasted = self
+                .ended_at
+                .map(|e| format!(" after {:.1}s", e.saturating_sub(self.started_at) as f64 / 1000.0))
+                .unwrap_or_default();
+            return format!(
+                "Attack on {} ({}) is over{lasted}: {}, peak {:.0} pps, severity {}, status {}",
+                self.node,
+                self.iface,
+                self.families.join(", "),
+                self.peak_pps,
+                self.severity,
+                self.status
+            );
+        }
         format!(
             "{} on {} ({}): {}, {:.0} pps, severity {}, status {}",
             self.event.name(),

@@ -716,7 +716,7 @@ mod tests {
         assert_eq!(message(&blank, &c).unwrap(), c.summary());
         let end = ctx(AttackEvent::AttackEnd);
         assert_eq!(message(&with, &end).unwrap(), end.summary());
-        assert!(end.summary().starts_with("attack_end on web1 (eth0)"));
+        assert!(end.summary().starts_with("Attack on web1 (eth0) is over"), "{}", end.summary());
         assert_eq!(message(&with, &ctx(AttackEvent::AttackUpdate)).unwrap(), "web1: high");
     }
 
