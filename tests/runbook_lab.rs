@@ -394,3 +394,128 @@ fn runbooks_reload_on_change_and_on_sighup_and_a_broken_file_keeps_its_last_good
     std::fs::remove_file(dir.join("b.yaml")).unwrap();
     c.metrics_until("b gone", |m| common::sample(m, "detector_runbooks_loaded") == 1.0);
 }
+
+/// The demo's severity scale: 100k pps over a 3,000 pps floor is critical,
+/// so every shipped runbook that covers UDP floods fires.
+const SHIPPED_CONFIG: &str = "\
+detection:
+  hold: 200ms
+  quiet: 1s
+  baseline: { warmup: 1h }
+  severity:
+    ratios: { medium: 2, high: 5, critical: 10 }
+    pps: { medium: 100000, high: 1000000, critical: 5000000 }
+  families:
+    udp_flood: { pps: 3000 }
+";
+
+#[test]
+fn the_shipped_runbooks_answer_a_udp_flood() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let rx = Receiver::start(&lab.tgt_ns, PORT);
+    // The shipped files, but PagerDuty's step sent to the receiver.
+    let dir = lab.dir.join("shipped");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runbooks");
+    for e in std::fs::read_dir(&shipped).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.ends_with(".yaml") {
+            continue;
+        }
+        let mut text = std::fs::read_to_string(e.path()).unwrap();
+        if name == "pagerduty-critical.yaml" {
+            let with_url = format!("      channel: pagerduty\n      url: \"http://127.0.0.1:{PORT}/pd\"\n");
+            assert!(text.contains("      channel: pagerduty\n"), "{text}");
+            text = text.replace("      channel: pagerduty\n", &with_url);
+        }
+        std::fs::write(dir.join(&name), text).unwrap();
+    }
+    let cfg = lab.dir.join("detector.yaml");
+    std::fs::write(&cfg, SHIPPED_CONFIG).unwrap();
+    let slack = format!("http://127.0.0.1:{PORT}/slack");
+    let hook = format!("http://127.0.0.1:{PORT}/hook");
+    let env = [
+        ("SLACK_WEBHOOK_URL", slack.as_str()),
+        ("DETECTOR_WEBHOOK_URL", hook.as_str()),
+        ("DETECTOR_WEBHOOK_SECRET", "shipped-s3cret"),
+        ("PAGERDUTY_ROUTING_KEY", "R0UT1NG"),
+    ];
+    let c = Controller::start_with_env(
+        &lab,
+        &["--config", cfg.to_str().unwrap(), "--runbooks", dir.to_str().unwrap()],
+        &env,
+    );
+    assert!(!c.log_text().contains("runbook refused"), "{}", c.log_text());
+
+    let f = flood(
+        &lab,
+        &[
+            "--kind",
+            "udp",
+            "--rate",
+            "100000",
+            "--duration",
+            "3s",
+            "--src",
+            "198.18.0.0/24",
+            "--sources",
+            "10",
+            "--spread",
+            "seq",
+            "--engine",
+            "fast",
+        ],
+    );
+    rx.wait_for(
+        "both Slack messages, PagerDuty and the webhook",
+        |r| r.on("/slack").len() >= 2 && !r.on("/pd").is_empty() && !r.on("/hook").is_empty(),
+        &c,
+    );
+    let texts: Vec<String> = rx.on("/slack").iter().map(|s| s.json()["text"].as_str().unwrap().to_string()).collect();
+    assert!(
+        texts.iter().any(|t| t.starts_with("UDP flood on lab (") && t.contains("rate-limited 10 sources to 50/s")),
+        "{texts:?}"
+    );
+    assert!(texts.iter().any(|t| t.starts_with("udp_flood on lab (")), "{texts:?}");
+    let pd = rx.on("/pd")[0].json();
+    assert_eq!(
+        (pd["event_action"].as_str(), pd["payload"]["severity"].as_str()),
+        (Some("trigger"), Some("critical")),
+        "{pd}"
+    );
+    let hook = &rx.on("/hook")[0];
+    assert!(detector::runbook::payload::verify(
+        b"shipped-s3cret",
+        hook.body.as_bytes(),
+        hook.header("x-detector-signature").unwrap()
+    ));
+
+    // udp-flood-auto-response's rate limits hold each source to 50/s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = cli_json(&c, &["rules", "list"]);
+        let rules = v["rules"].as_array().unwrap();
+        if rules.len() == 10 && rules.iter().all(|r| r["dropped_packets"].as_u64().unwrap() > 0) {
+            for r in rules {
+                assert_eq!(r["origin"]["runbook"], "udp-flood-auto-response", "{r}");
+                let age_s = (rules_now_ms() - r["created_ms"].as_u64().unwrap()) as f64 / 1000.0;
+                assert!(r["passed_packets"].as_u64().unwrap() as f64 <= 50.0 * age_s * 1.1 + 10.0, "{r}");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}\n{}", c.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(f.join().unwrap().status.success());
+    rx.wait_for("PagerDuty's resolve", |r| r.on("/pd").iter().any(|p| p.json()["event_action"] == "resolve"), &c);
+    let incident = pd["dedup_key"].as_str().unwrap().to_string();
+    let h = cli_json(&c, &["history", "--incident", &incident]);
+    let runbooks: Vec<&str> =
+        h["executions"].as_array().unwrap().iter().map(|e| e["runbook"].as_str().unwrap()).collect();
+    for rb in ["udp-flood-auto-response", "notify-every-attack", "pagerduty-critical"] {
+        assert!(runbooks.contains(&rb), "{rb} not in {h}");
+    }
+    assert!(!runbooks.contains(&"syn-flood-auto-response"), "a UDP flood does not fire the SYN runbook");
+    assert!(h["executions"].as_array().unwrap().iter().all(|e| e["outcome"] == "ok"), "{h}");
+}

@@ -114,7 +114,16 @@ impl Controller {
         Self::spawn(lab, &lab.tgt_if, addr, extra)
     }
 
+    /// As [`Controller::start`], with these environment variables set.
+    pub fn start_with_env(lab: &Lab, extra: &[&str], env: &[(&str, &str)]) -> Controller {
+        Self::spawn_env(lab, &lab.tgt_if, &format!("127.0.0.1:{METRICS_PORT}"), extra, env)
+    }
+
     fn spawn(lab: &Lab, iface: &str, addr: &str, extra: &[&str]) -> Controller {
+        Self::spawn_env(lab, iface, addr, extra, &[])
+    }
+
+    fn spawn_env(lab: &Lab, iface: &str, addr: &str, extra: &[&str], env: &[(&str, &str)]) -> Controller {
         let log = lab.dir.join("run.log");
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let state_dir = state_dir(lab);
@@ -131,6 +140,7 @@ impl Controller {
             .arg("--state-dir")
             .arg(&state_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
