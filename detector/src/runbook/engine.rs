@@ -19,8 +19,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, RwLock, Semaphore};
 use super::{
     context::{Context, RuleSummary},
     load::{load_dir, FileError, Loaded},
+    payload,
     record::{Execution, Outcome, StepRecord},
-    schema::{IncidentStep, Mitigate, MitigateAction, Mode, Notify, Runbook, Scope, SetStatus, Step, Webhook},
+    schema::{Channel, IncidentStep, Mitigate, MitigateAction, Mode, Notify, Runbook, Scope, SetStatus, Step, Webhook},
     secret::Real,
     send,
     trigger::Fired,
@@ -78,6 +79,10 @@ pub struct Engine {
     network: Arc<Semaphore>,
     http: reqwest::Client,
     h: Handles,
+    /// The latest state of every open incident some runbook ran for.
+    open: Mutex<HashMap<String, Incident>>,
+    /// Alertmanager steps being kept firing: (incident, runbook, step).
+    keepalive: Mutex<std::collections::HashSet<(String, String, usize)>>,
 }
 
 fn now_ms() -> u64 {
@@ -104,6 +109,8 @@ impl Engine {
             network: Arc::new(Semaphore::new(MAX_NETWORK_STEPS)),
             http: send::client(),
             h,
+            open: Mutex::new(HashMap::new()),
+            keepalive: Mutex::new(std::collections::HashSet::new()),
         };
         Ok((Arc::new(engine), errors))
     }
@@ -177,6 +184,14 @@ impl Engine {
             }
             due.into_iter().map(|i| books[i].clone()).collect()
         };
+        {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            if resolved {
+                open.remove(&inc.id);
+            } else {
+                open.insert(inc.id.clone(), inc.clone());
+            }
+        }
         let kind = if resolved { EventKind::Resolved } else { ev.kind };
         for loaded in due {
             self.enqueue(Job { loaded, kind, incident: inc.clone() });
@@ -206,8 +221,36 @@ impl Engine {
         }
     }
 
+    /// Posts a firing Alertmanager alert again every
+    /// [`payload::ALERTMANAGER_RESEND`] while its incident is open, with the
+    /// incident's latest figures (see [`payload::alertmanager`]).
+    fn keep_firing(self: &Arc<Self>, job: &Job, index: usize, n: &Notify) {
+        let key = (job.incident.id.clone(), job.loaded.runbook.name.0.clone(), index);
+        if !self.keepalive.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone()) {
+            return;
+        }
+        let (me, n, runbook) = (self.clone(), n.clone(), job.loaded.runbook.name.0.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(payload::ALERTMANAGER_RESEND).await;
+                let latest = me.open.lock().unwrap_or_else(|p| p.into_inner()).get(&key.0).cloned();
+                let Some(inc) = latest else { break };
+                let ctx = me.context(EventKind::SeverityChanged, &inc, &runbook, false);
+                let sent = match send::notify_request(&n, &ctx, &ctx.summary()) {
+                    Ok(req) => send::deliver(&me.http, &req, n.timeout, n.retries).await,
+                    Err(e) => Err(e),
+                };
+                match sent {
+                    Ok(_) => tracing::debug!(incident = %key.0, runbook, "Alertmanager alert posted again"),
+                    Err(e) => tracing::warn!(incident = %key.0, runbook, "posting the Alertmanager alert again: {e}"),
+                }
+            }
+            me.keepalive.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        });
+    }
+
     /// Runs one runbook for one event and records it.
-    async fn execute(&self, job: Job) {
+    async fn execute(self: &Arc<Self>, job: Job) {
         let rb = &job.loaded.runbook;
         let inc = &job.incident;
         let dry_run = rb.mode == Mode::DryRun;
@@ -228,6 +271,11 @@ impl Engine {
                 }
             };
             failed |= outcome == Outcome::Failed;
+            if let Step::Notify(n) = step {
+                if n.channel == Channel::Alertmanager && outcome == Outcome::Ok && job.kind != EventKind::Resolved {
+                    self.keep_firing(&job, index, n);
+                }
+            }
             self.h
                 .metrics
                 .runbook_step_duration

@@ -41,6 +41,11 @@ pub const SIGNATURE_HEADER: &str = "X-Detector-Signature";
 /// `attack_start`, `attack_update` or `attack_end`, on generic webhooks.
 pub const EVENT_HEADER: &str = "X-Detector-Event";
 
+/// How often a firing Alertmanager alert is posted again.
+pub const ALERTMANAGER_RESEND: Duration = Duration::from_secs(60);
+/// How far ahead a firing alert's `endsAt` is (four resends, as Prometheus).
+pub const ALERTMANAGER_FIRING_FOR: Duration = Duration::from_secs(240);
+
 /// Base delay of [`backoff`].
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 /// Longest delay [`backoff`] returns.
@@ -284,10 +289,10 @@ pub fn alertmanager_url(base: &str) -> String {
 /// start; `endsAt` is sent only with `attack_end`: the attack's end, or
 /// `now_ms` if it has none.
 ///
-/// A firing alert with no `endsAt` ends by itself after Alertmanager's
-/// `resolve_timeout` (5m by default) unless it is posted again: an attack
-/// that lasts longer with no severity or family change shows as resolved
-/// there before it is.
+/// A firing alert carries `endsAt` [`ALERTMANAGER_FIRING_FOR`] ahead, as
+/// Prometheus does, and the engine posts it again every
+/// [`ALERTMANAGER_RESEND`] while the incident lasts: a long attack keeps
+/// firing, and if the detector dies its alert ends by itself soon after.
 pub fn alertmanager(step: &Notify, ctx: &Context, message: &str, now_ms: u64) -> Result<Request, String> {
     let base = need_url(step, "alertmanager")?;
     let resolved = base.0.expose().trim_end_matches('/');
@@ -316,9 +321,12 @@ pub fn alertmanager(step: &Notify, ctx: &Context, message: &str, now_ms: u64) ->
         },
         "startsAt": time_ms::rfc3339(ctx.started_at),
     });
-    if ctx.event == AttackEvent::AttackEnd {
-        alert["endsAt"] = Value::String(time_ms::rfc3339(ctx.ended_at.unwrap_or(now_ms)));
-    }
+    let ends_at = if ctx.event == AttackEvent::AttackEnd {
+        ctx.ended_at.unwrap_or(now_ms)
+    } else {
+        now_ms + ALERTMANAGER_FIRING_FOR.as_millis() as u64
+    };
+    alert["endsAt"] = Value::String(time_ms::rfc3339(ends_at));
     Ok(finish(url, shown_url, &step.headers, &[], to_bytes(&json!([alert]))))
 }
 
@@ -907,12 +915,12 @@ mod tests {
         assert_eq!(a["annotations"]["summary"], "UDP flood");
         assert!(a["annotations"]["description"].as_str().unwrap().contains("Rate: 1.2M pps, 512.0 Mbit/s"));
         assert_eq!(a["startsAt"], "2026-11-24T22:35:01.123Z");
-        assert!(a.get("endsAt").is_none(), "a firing alert has no endsAt");
+        assert_eq!(a["endsAt"], time_ms::rfc3339(now + 240_000), "firing: ends unless posted again");
         assert!(a.get("generatorURL").is_none());
         assert_eq!(time_ms::parse(a["startsAt"].as_str().unwrap()), Some(START));
 
         let update = json(&alertmanager(&s, &ctx(AttackEvent::AttackUpdate), "m", now).unwrap());
-        assert!(update[0].get("endsAt").is_none());
+        assert_eq!(update[0]["endsAt"], time_ms::rfc3339(now + 240_000));
 
         let resolved = json(&alertmanager(&s, &ctx(AttackEvent::AttackEnd), "over", now).unwrap());
         assert_eq!(resolved[0]["labels"], a["labels"], "the same labels, so Alertmanager resolves the same alert");
