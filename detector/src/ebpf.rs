@@ -159,6 +159,9 @@ pub fn load_flood() -> Result<Ebpf, LoadError> {
     Ebpf::load(FLOOD_OBJECT).map_err(|e| LoadError::Object { object: "flood", source: Box::new(e) })
 }
 
+/// Tries at loading a program when the verifier is interrupted (as libbpf).
+const LOAD_ATTEMPTS: u32 = 5;
+
 /// Loads program `name` of `ebpf` (an XDP program) into the kernel.
 pub fn load_xdp<'a>(
     ebpf: &'a mut Ebpf,
@@ -168,13 +171,34 @@ pub fn load_xdp<'a>(
     let missing = || LoadError::MissingProgram { object, program: name };
     let prog: &mut aya::programs::Xdp =
         ebpf.program_mut(name).ok_or_else(missing)?.try_into().map_err(|_| missing())?;
-    prog.load().map_err(|e| match e {
-        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
-            LoadError::Program { program: name, reason: io_error.to_string(), verifier_log: verifier_log.to_string() }
+    // The verifier gives up with EAGAIN when a signal (a child's SIGCHLD,
+    // say) arrives while it works; libbpf tries again, and so do we.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match prog.load() {
+            Ok(()) => return Ok(prog),
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts < LOAD_ATTEMPTS =>
+            {
+                tracing::debug!(program = name, attempts, "the verifier was interrupted; loading again");
+            }
+            Err(aya::programs::ProgramError::LoadError { io_error, verifier_log }) => {
+                return Err(LoadError::Program {
+                    program: name,
+                    reason: io_error.to_string(),
+                    verifier_log: verifier_log.to_string(),
+                })
+            }
+            Err(other) => {
+                return Err(LoadError::Program {
+                    program: name,
+                    reason: other.to_string(),
+                    verifier_log: String::new(),
+                })
+            }
         }
-        other => LoadError::Program { program: name, reason: other.to_string(), verifier_log: String::new() },
-    })?;
-    Ok(prog)
+    }
 }
 
 /// Takes map `name` out of `ebpf` so it can be owned next to the program.

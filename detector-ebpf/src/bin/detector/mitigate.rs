@@ -50,32 +50,48 @@ pub fn drops(src: &[u8; 16], class: u32, ports: Ports, len: u64, stats: *mut Cla
     let Some(entry) = RULES.get(Key::new(128, *src)) else {
         return false;
     };
+    // First the slot that decides (cheap checks only), then its action,
+    // written once: the verifier walks the action's branches once, not
+    // once per slot.
     let mut now = 0u64;
+    let mut found = MAX_SLOTS;
     let mut i = 0;
     while i < MAX_SLOTS {
         let s = &entry.slots[i];
         if s.index == 0 {
             // Slots are packed: the first empty one ends the list.
-            return false;
+            break;
         }
         if s.matches(class, ports.src, ports.dst) {
-            if (s.expires_ns != 0 || s.action == ACTION_RATE_LIMIT) && now == 0 {
+            if s.expires_ns == 0 {
+                found = i;
+                break;
+            }
+            if now == 0 {
                 now = unsafe { bpf_ktime_get_coarse_ns() };
             }
-            if s.expires_ns == 0 || now < s.expires_ns {
-                let drop = entry.allow != ENTRY_ALLOW
-                    && match s.action {
-                        ACTION_DROP => true,
-                        ACTION_RATE_LIMIT => !admit(s, src, len, now),
-                        _ => false,
-                    };
-                count(s, len, drop, stats);
-                return drop;
+            if now < s.expires_ns {
+                found = i;
+                break;
             }
         }
         i += 1;
     }
-    false
+    if found >= MAX_SLOTS {
+        return false;
+    }
+    let s = &entry.slots[found];
+    if s.action == ACTION_RATE_LIMIT && now == 0 {
+        now = unsafe { bpf_ktime_get_coarse_ns() };
+    }
+    let drop = entry.allow != ENTRY_ALLOW
+        && match s.action {
+            ACTION_DROP => true,
+            ACTION_RATE_LIMIT => !admit(s, src, len, now),
+            _ => false,
+        };
+    count(s, len, drop, stats);
+    drop
 }
 
 #[inline(always)]
