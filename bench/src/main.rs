@@ -39,6 +39,8 @@ enum Part {
     Rules,
     /// From a flood's first frame to the first packet a runbook's rule drops.
     Reaction,
+    /// The program's own ns per packet under a live flood, beside the empty one.
+    Live,
 }
 
 fn main() -> Result<()> {
@@ -61,6 +63,12 @@ fn main() -> Result<()> {
         }
         Some(Part::Reaction) => {
             println!("{}", report::reaction_section(&reaction_part(reaction_trials)?));
+            return Ok(());
+        }
+        Some(Part::Live) => {
+            for r in live::floods(seconds)? {
+                println!("{:<70} {:<8} {:>8.1} ns/packet", r.scenario.label(), r.program, r.ns_per_packet);
+            }
             return Ok(());
         }
         None => {}

@@ -46,7 +46,7 @@ enum Cmd {
         #[arg(long)]
         no_write: bool,
         /// Run only this part and print it (never written to BENCHMARKS.md,
-        /// which holds the whole report): `firewall`, `rules` or `reaction`.
+        /// which holds the whole report): `firewall`, `rules`, `reaction` or `live`.
         #[arg(long, value_name = "PART")]
         only: Option<String>,
     },
