@@ -519,3 +519,60 @@ fn the_shipped_runbooks_answer_a_udp_flood() {
     assert!(!runbooks.contains(&"syn-flood-auto-response"), "a UDP flood does not fire the SYN runbook");
     assert!(h["executions"].as_array().unwrap().iter().all(|e| e["outcome"] == "ok"), "{h}");
 }
+
+#[test]
+fn rules_a_runbook_installed_are_removed_at_resolution_even_after_a_restart() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let dir = lab.dir.join("rb");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("drop.yaml"),
+        "name: drop-top\ntrigger: { families: [udp_flood] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources, top: 5, class: udp, ttl: 1h }\n",
+    )
+    .unwrap();
+    let cfg = lab.dir.join("detector.yaml");
+    // A long quiet, so the incident is still open across the restart.
+    std::fs::write(&cfg, CONFIG.replace("quiet: 1s", "quiet: 4s")).unwrap();
+    let args = ["--config", cfg.to_str().unwrap(), "--runbooks", dir.to_str().unwrap()];
+    let mut c = Controller::start(&lab, &args);
+    let f = flood(
+        &lab,
+        &[
+            "--kind",
+            "udp",
+            "--rate",
+            "50000",
+            "--duration",
+            "1500ms",
+            "--src",
+            "198.18.0.0/24",
+            "--sources",
+            "5",
+            "--spread",
+            "seq",
+            "--engine",
+            "fast",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cli_json(&c, &["rules", "list"])["rules"].as_array().unwrap().len() < 5 {
+        assert!(Instant::now() < deadline, "{}", c.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(f.join().unwrap().status.success());
+    // Restart while the incident is open: the runbook's rules stay (keep).
+    assert!(c.stop_with(libc::SIGTERM).success());
+    let c = Controller::start(&lab, &args);
+    assert_eq!(cli_json(&c, &["rules", "list"])["rules"].as_array().unwrap().len(), 5);
+    // The resumed incident resolves; the new controller removes the rules.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cli_json(&c, &["rules", "list"])["rules"].as_array().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "rules left after resolution:\n{}", c.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let h = cli_json(&c, &["history", "--runbook", "drop-top"]);
+    let resolved =
+        h["executions"].as_array().unwrap().iter().find(|e| e["trigger"] == "resolved").expect("a resolve run");
+    assert!(resolved["steps"][0]["detail"].as_str().unwrap().starts_with("removed 5 rule(s)"), "{resolved}");
+}

@@ -54,11 +54,21 @@ pub struct Origin {
     pub runbook: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incident: Option<String>,
+    /// The runbook step (from 0) that installed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
 }
 
 impl Origin {
     pub fn operator() -> Origin {
-        Origin { by: "operator".into(), runbook: None, incident: None }
+        Origin { by: "operator".into(), runbook: None, incident: None, step: None }
+    }
+
+    /// True when runbook `runbook`'s step `step` installed it for `incident`.
+    pub fn is_step(&self, runbook: &str, incident: &str, step: usize) -> bool {
+        self.runbook.as_deref() == Some(runbook)
+            && self.incident.as_deref() == Some(incident)
+            && self.step == Some(step)
     }
 
     /// Operator rules are never removed to make room, nor by a runbook.

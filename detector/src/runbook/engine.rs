@@ -74,8 +74,6 @@ pub struct Engine {
     fired: Mutex<Fired>,
     /// One queue per (incident, runbook): executions of a pair run in order.
     queues: Mutex<HashMap<(String, String), mpsc::UnboundedSender<Job>>>,
-    /// Rules each (incident, runbook) installed, for `remove_on_resolve`.
-    installed: Mutex<HashMap<(String, String), Vec<String>>>,
     network: Arc<Semaphore>,
     http: reqwest::Client,
     h: Handles,
@@ -105,7 +103,6 @@ impl Engine {
             runbooks: RwLock::new(Arc::new(books.into_iter().map(Arc::new).collect())),
             fired: Mutex::new(Fired::default()),
             queues: Mutex::new(HashMap::new()),
-            installed: Mutex::new(HashMap::new()),
             network: Arc::new(Semaphore::new(MAX_NETWORK_STEPS)),
             http: send::client(),
             h,
@@ -170,9 +167,22 @@ impl Engine {
         let resolved = ev.kind == EventKind::Resolved || inc.status == Status::Resolved;
         let now = now_ms();
         let due: Vec<Arc<Loaded>> = if resolved {
+            // Rules in force say which runbooks ran even across a restart
+            // of the controller (which forgets `fired`).
+            let with_rules: Vec<String> = {
+                let m = self.h.mitigator.lock().unwrap_or_else(|p| p.into_inner());
+                m.rules()
+                    .iter()
+                    .filter(|r| r.origin.incident.as_deref() == Some(inc.id.as_str()))
+                    .filter_map(|r| r.origin.runbook.clone())
+                    .collect()
+            };
             let mut fired = self.fired.lock().unwrap_or_else(|p| p.into_inner());
-            let ran: Vec<Arc<Loaded>> =
-                books.iter().filter(|l| fired.ran(&l.runbook.name.0, &inc.id)).cloned().collect();
+            let ran: Vec<Arc<Loaded>> = books
+                .iter()
+                .filter(|l| fired.ran(&l.runbook.name.0, &inc.id) || with_rules.contains(&l.runbook.name.0))
+                .cloned()
+                .collect();
             fired.forget(&inc.id);
             ran
         } else {
@@ -264,7 +274,7 @@ impl Engine {
                 (Outcome::Skipped, String::new(), Some("an earlier step failed (continue_on_error: false)".to_string()))
             } else {
                 let ctx = self.context(job.kind, inc, &rb.name.0, dry_run);
-                match self.step(step, &job, &ctx, dry_run).await {
+                match self.step(index, step, &job, &ctx, dry_run).await {
                     Ok((o, d)) => (o, d, None),
                     Err(StepError::Skip(why)) => (Outcome::Skipped, String::new(), Some(why)),
                     Err(StepError::Fail(why)) => (Outcome::Failed, String::new(), Some(why)),
@@ -332,11 +342,18 @@ impl Engine {
         Context::new(kind, inc, runbook, dry_run, rules)
     }
 
-    async fn step(&self, step: &Step, job: &Job, ctx: &Context, dry_run: bool) -> Result<(Outcome, String), StepError> {
+    async fn step(
+        &self,
+        index: usize,
+        step: &Step,
+        job: &Job,
+        ctx: &Context,
+        dry_run: bool,
+    ) -> Result<(Outcome, String), StepError> {
         let resolving = job.kind == EventKind::Resolved;
         match step {
-            Step::Mitigate(m) if resolving => self.unmitigate(m, job, dry_run).await,
-            Step::Mitigate(m) => self.mitigate(m, job, dry_run).await,
+            Step::Mitigate(m) if resolving => self.unmitigate(index, m, job, dry_run).await,
+            Step::Mitigate(m) => self.mitigate(index, m, job, dry_run).await,
             Step::Incident(_) | Step::Note(_) if resolving => Err(StepError::Skip("the incident is resolved".into())),
             Step::Incident(s) => self.set_status(s, job, dry_run).await,
             Step::Note(t) => {
@@ -389,7 +406,7 @@ impl Engine {
     }
 
     /// The rule requests a mitigate step makes for this incident.
-    fn requests(m: &Mitigate, job: &Job) -> Vec<RuleRequest> {
+    fn requests(index: usize, m: &Mitigate, job: &Job) -> Vec<RuleRequest> {
         let rb = &job.loaded.runbook;
         let inc = &job.incident;
         let prefixes: Vec<Prefix> = match m.scope {
@@ -417,13 +434,20 @@ impl Engine {
                     by: "runbook".into(),
                     runbook: Some(rb.name.0.clone()),
                     incident: Some(inc.id.clone()),
+                    step: Some(index),
                 }),
             })
             .collect()
     }
 
-    async fn mitigate(&self, m: &Mitigate, job: &Job, dry_run: bool) -> Result<(Outcome, String), StepError> {
-        let reqs = Self::requests(m, job);
+    async fn mitigate(
+        &self,
+        index: usize,
+        m: &Mitigate,
+        job: &Job,
+        dry_run: bool,
+    ) -> Result<(Outcome, String), StepError> {
+        let reqs = Self::requests(index, m, job);
         if reqs.is_empty() {
             return Err(StepError::Skip("the incident has no top sources yet".into()));
         }
@@ -448,10 +472,6 @@ impl Engine {
                 Err(e) => errors.push(format!("{what}: {e}")),
             }
         }
-        let key = (job.incident.id.clone(), job.loaded.runbook.name.0.clone());
-        if m.remove_on_resolve {
-            self.installed.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().extend(added.clone());
-        }
         let detail = format!(
             "installed {} rule(s){}{}{}",
             added.len(),
@@ -465,14 +485,24 @@ impl Engine {
         Ok((Outcome::Ok, detail))
     }
 
-    /// At resolution: removes the rules this runbook installed for the
-    /// incident, if the step says so.
-    async fn unmitigate(&self, m: &Mitigate, job: &Job, dry_run: bool) -> Result<(Outcome, String), StepError> {
+    /// At resolution: removes the rules this step installed for the
+    /// incident, if it says so. They are found by their origin, so this
+    /// works across a restart of the controller too.
+    async fn unmitigate(
+        &self,
+        index: usize,
+        m: &Mitigate,
+        job: &Job,
+        dry_run: bool,
+    ) -> Result<(Outcome, String), StepError> {
         if !m.remove_on_resolve {
             return Err(StepError::Skip("remove_on_resolve is false: the rules run out with their TTL".into()));
         }
-        let key = (job.incident.id.clone(), job.loaded.runbook.name.0.clone());
-        let ids = self.installed.lock().unwrap_or_else(|p| p.into_inner()).remove(&key).unwrap_or_default();
+        let (rb, inc) = (&job.loaded.runbook.name.0, &job.incident.id);
+        let ids: Vec<String> = {
+            let m = self.h.mitigator.lock().unwrap_or_else(|p| p.into_inner());
+            m.rules().iter().filter(|r| r.origin.is_step(rb, inc, index)).map(|r| r.id.clone()).collect()
+        };
         if ids.is_empty() {
             return Err(StepError::Skip("no rules of this runbook are in force".into()));
         }
