@@ -242,6 +242,8 @@ fn remove_netns_pins(ino: u64) {
         }
     }
     let _ = std::fs::remove_dir(&dir);
+    // And the top directory, if that left it empty (never if in use).
+    let _ = std::fs::remove_dir(Path::new(crate::mitigate::pins::BPFFS).join("detector"));
 }
 
 /// Network namespaces in use: named ones and those of running processes.
