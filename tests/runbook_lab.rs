@@ -7,131 +7,19 @@
 
 mod common;
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::{detector_in, flood_in_background as flood, require_root, Controller, Lab};
-use detector::netns::NetnsGuard;
+use detector::{clock::now_ms, lab::receiver::Receiver};
 use serde_json::Value;
 
-#[derive(Clone, Debug)]
-struct Received {
-    path: String,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+/// Waits until `cond` holds of what the receiver got (20 s at most).
+fn wait_for(rx: &Receiver, what: &str, cond: impl Fn(&Receiver) -> bool, c: &Controller) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond(rx) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; got {:#?}\nlog:\n{}", rx.all(), c.log_text());
+        std::thread::sleep(Duration::from_millis(100));
     }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{}: {e}: {}", self.path, self.body))
-    }
-}
-
-/// An HTTP receiver on 127.0.0.1:`port` inside namespace `ns`: answers 202
-/// to everything, after 3 s on `/slow`, and keeps what it got.
-struct Receiver {
-    got: Arc<Mutex<Vec<Received>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Receiver {
-    fn start(ns: &str, port: u16) -> Receiver {
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (g, s, ns) = (got.clone(), stop.clone(), ns.to_string());
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _in = NetnsGuard::enter(&ns).unwrap();
-            let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-            listener.set_nonblocking(true).unwrap();
-            ready_tx.send(()).unwrap();
-            while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, _)) => {
-                        let g = g.clone();
-                        std::thread::spawn(move || serve(conn, g));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        ready_rx.recv().unwrap();
-        Receiver { got, stop }
-    }
-
-    fn on(&self, path: &str) -> Vec<Received> {
-        self.got.lock().unwrap().iter().filter(|r| r.path == path).cloned().collect()
-    }
-
-    fn wait_for(&self, what: &str, cond: impl Fn(&Receiver) -> bool, c: &Controller) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !cond(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; got {:#?}\nlog:\n{}",
-                self.got.lock().unwrap(),
-                c.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn serve(mut conn: TcpStream, got: Arc<Mutex<Vec<Received>>>) {
-    conn.set_nonblocking(false).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        let Ok(n) = conn.read(&mut chunk) else { return };
-        if n == 0 {
-            return;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let mut lines = head.lines();
-    let path = lines.next().unwrap_or("").split_whitespace().nth(1).unwrap_or("").to_string();
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    while buf.len() < head_end + len {
-        let Ok(n) = conn.read(&mut chunk) else { return };
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
-    if path == "/slow" {
-        std::thread::sleep(Duration::from_secs(3));
-    }
-    got.lock().unwrap().push(Received { path, headers, body });
-    let _ = conn.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
 }
 
 const CONFIG: &str = "\
@@ -212,7 +100,7 @@ fn cli_json(c: &Controller, args: &[&str]) -> Value {
 fn a_udp_flood_fires_the_runbook_end_to_end() {
     require_root!();
     let lab = Lab::new().unwrap();
-    let rx = Receiver::start(&lab.tgt_ns, PORT);
+    let rx = Receiver::start(&lab.tgt_ns, PORT).unwrap();
     let cfg = lab.dir.join("detector.yaml");
     std::fs::write(&cfg, CONFIG).unwrap();
     let dir = runbooks(&lab);
@@ -238,7 +126,8 @@ fn a_udp_flood_fires_the_runbook_end_to_end() {
             "fast",
         ],
     );
-    rx.wait_for(
+    wait_for(
+        &rx,
         "slack, pagerduty and the webhook",
         |r| !r.on("/slack").is_empty() && !r.on("/pd").is_empty() && !r.on("/hook").is_empty(),
         &c,
@@ -279,7 +168,7 @@ fn a_udp_flood_fires_the_runbook_end_to_end() {
         assert_eq!(r["origin"]["runbook"], "udp-auto", "{r}");
         assert_eq!(r["origin"]["incident"], incident.as_str(), "{r}");
         assert_eq!(r["action"]["kind"], "rate_limit", "{r}");
-        let age_s = (rules_now_ms() - r["created_ms"].as_u64().unwrap()) as f64 / 1000.0;
+        let age_s = (now_ms() - r["created_ms"].as_u64().unwrap()) as f64 / 1000.0;
         let passed = r["passed_packets"].as_u64().unwrap() as f64;
         assert!(passed <= 50.0 * age_s * 1.1 + 10.0, "{} admitted {passed} in {age_s:.1}s: {r}", r["prefix"]);
     }
@@ -287,10 +176,10 @@ fn a_udp_flood_fires_the_runbook_end_to_end() {
 
     // Resolution: PagerDuty resolves the same key, the webhook gets
     // attack_end, the rules go.
-    rx.wait_for("the resolve", |r| r.on("/pd").iter().any(|p| p.json()["event_action"] == "resolve"), &c);
+    wait_for(&rx, "the resolve", |r| r.on("/pd").iter().any(|p| p.json()["event_action"] == "resolve"), &c);
     let resolve = rx.on("/pd").into_iter().find(|p| p.json()["event_action"] == "resolve").unwrap().json();
     assert_eq!(resolve["dedup_key"], incident.as_str());
-    rx.wait_for("attack_end", |r| r.on("/hook").iter().any(|h| h.json()["event"] == "attack_end"), &c);
+    wait_for(&rx, "attack_end", |r| r.on("/hook").iter().any(|h| h.json()["event"] == "attack_end"), &c);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cli_json(&c, &["rules", "list"])["rules"].as_array().unwrap().is_empty() {
         assert!(Instant::now() < deadline, "runbook rules still in force after resolution");
@@ -355,10 +244,6 @@ fn a_udp_flood_fires_the_runbook_end_to_end() {
     assert!(good, "{said}");
 }
 
-fn rules_now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
 #[test]
 fn runbooks_reload_on_change_and_on_sighup_and_a_broken_file_keeps_its_last_good_version() {
     require_root!();
@@ -413,7 +298,7 @@ detection:
 fn the_shipped_runbooks_answer_a_udp_flood() {
     require_root!();
     let lab = Lab::new().unwrap();
-    let rx = Receiver::start(&lab.tgt_ns, PORT);
+    let rx = Receiver::start(&lab.tgt_ns, PORT).unwrap();
     // The shipped files, but PagerDuty's step sent to the receiver.
     let dir = lab.dir.join("shipped");
     std::fs::create_dir_all(&dir).unwrap();
@@ -467,7 +352,8 @@ fn the_shipped_runbooks_answer_a_udp_flood() {
             "fast",
         ],
     );
-    rx.wait_for(
+    wait_for(
+        &rx,
         "both Slack messages, PagerDuty and the webhook",
         |r| r.on("/slack").len() >= 2 && !r.on("/pd").is_empty() && !r.on("/hook").is_empty(),
         &c,
@@ -499,7 +385,7 @@ fn the_shipped_runbooks_answer_a_udp_flood() {
         if rules.len() == 10 && rules.iter().all(|r| r["dropped_packets"].as_u64().unwrap() > 0) {
             for r in rules {
                 assert_eq!(r["origin"]["runbook"], "udp-flood-auto-response", "{r}");
-                let age_s = (rules_now_ms() - r["created_ms"].as_u64().unwrap()) as f64 / 1000.0;
+                let age_s = (now_ms() - r["created_ms"].as_u64().unwrap()) as f64 / 1000.0;
                 assert!(r["passed_packets"].as_u64().unwrap() as f64 <= 50.0 * age_s * 1.1 + 10.0, "{r}");
             }
             break;
@@ -508,7 +394,7 @@ fn the_shipped_runbooks_answer_a_udp_flood() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(f.join().unwrap().status.success());
-    rx.wait_for("PagerDuty's resolve", |r| r.on("/pd").iter().any(|p| p.json()["event_action"] == "resolve"), &c);
+    wait_for(&rx, "PagerDuty's resolve", |r| r.on("/pd").iter().any(|p| p.json()["event_action"] == "resolve"), &c);
     let incident = pd["dedup_key"].as_str().unwrap().to_string();
     let h = cli_json(&c, &["history", "--incident", &incident]);
     let runbooks: Vec<&str> =

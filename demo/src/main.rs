@@ -16,7 +16,6 @@
 //! bench or test run) sweeps the labs of processes that are gone.
 
 mod procs;
-mod receiver;
 mod watch;
 
 use std::{
@@ -125,7 +124,7 @@ fn demo(args: &Args, lab: &Lab) -> Result<()> {
     println!("  attacker  {:<20} {:<15} {}", lab.gen_ns, lab.gen_if, detector::lab::GEN_V4);
     println!("  target    {:<20} {:<15} {} ({mac})", lab.tgt_ns, lab.tgt_if, detector::lab::TGT_V4);
 
-    let rx = receiver::Receiver::start(&lab.tgt_ns, RECEIVER_PORT)?;
+    let rx = detector::lab::receiver::Receiver::start(&lab.tgt_ns, RECEIVER_PORT)?;
     let base = format!("http://127.0.0.1:{RECEIVER_PORT}");
     println!(
         "Receiver: {base} inside the target namespace stands in for Slack (/slack), PagerDuty (/pagerduty) and \

@@ -6,10 +6,11 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::Path,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
+use detector::lab::receiver::{Received, Receiver};
 use detector::{
     detect::incident::{EventKind, Incident, Status},
     lab::Lab,
@@ -18,10 +19,7 @@ use detector::{
 };
 use serde_json::Value;
 
-use crate::{
-    procs::{self, Flood},
-    receiver::{Received, Receiver},
-};
+use crate::procs::{self, Flood};
 
 pub struct Watch<'a> {
     pub bin: &'a Path,
@@ -32,9 +30,7 @@ pub struct Watch<'a> {
     pub secret: &'a [u8],
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub use detector::clock::now_ms;
 
 /// `+1.23s`: `at` from `t0`, both Unix milliseconds.
 fn rel(t0: u64, at: u64) -> String {

@@ -12,7 +12,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use detector_common::{
@@ -24,6 +24,7 @@ use thiserror::Error;
 use tokio::sync::{broadcast, mpsc, RwLock};
 
 use crate::{
+    clock::now_ms,
     control::{self, ControlError, SharedMitigator},
     counters::{CounterError, CounterMaps},
     detect::{
@@ -152,10 +153,6 @@ impl Probe {
     fn iface(&self) -> &str {
         &self.attachment.iface
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Runs until `shutdown` resolves; then detaches everything and returns.

@@ -6,6 +6,7 @@
 //! [`xdp`] (attach and detach), [`counters`] (the maps), [`flood`] (the
 //! generator). [`controller`] is the poll loop that joins them.
 
+pub mod clock;
 pub mod control;
 pub mod controller;
 pub mod counters;

@@ -321,7 +321,5 @@ pub fn clock_now() -> Clock {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     let mono_ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-    let wall_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    Clock { wall_ms, mono_ns }
+    Clock { wall_ms: crate::clock::now_ms(), mono_ns }
 }

@@ -11,7 +11,7 @@ use std::{
     collections::HashMap,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use tokio::sync::{broadcast, mpsc, oneshot, RwLock, Semaphore};
@@ -27,6 +27,7 @@ use super::{
     trigger::Fired,
 };
 use crate::{
+    clock::now_ms,
     control::SharedMitigator,
     detect::incident::{EventKind, Incident, IncidentEvent, Status},
     metrics::{Metrics, RunbookLabels, StepLabels},
@@ -81,10 +82,6 @@ pub struct Engine {
     open: Mutex<HashMap<String, Incident>>,
     /// Alertmanager steps being kept firing: (incident, runbook, step).
     keepalive: Mutex<std::collections::HashSet<(String, String, usize)>>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Engine {

@@ -3,7 +3,9 @@
 //! retries (see [`payload::retryable`] and [`payload::backoff`]). Errors
 //! name the URL as the runbook wrote it, never its resolved value.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::now_ms;
 
 use super::{
     context::Context,
@@ -25,10 +27,6 @@ pub fn client() -> reqwest::Client {
             tracing::error!("building the HTTP client: {e}; using the defaults");
             reqwest::Client::new()
         })
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 pub fn notify_request(n: &Notify, ctx: &Context, message: &str) -> Result<Request, String> {

@@ -12,6 +12,8 @@
 //! MLD reports of its own: every frame the target sees is one a test sent.
 //! (The generator crafts IPv6 frames regardless; they need no addresses.)
 
+pub mod receiver;
+
 use std::{
     path::Path,
     process::{Command, Output},

@@ -1,6 +1,7 @@
 //! A tiny HTTP receiver inside a lab namespace, standing in for Slack,
-//! PagerDuty and the generic webhook: it keeps every request (path,
-//! headers, body) and answers `202 Accepted`.
+//! PagerDuty and the generic webhook in the tests and the demo: it keeps
+//! every request (path, headers, body) and answers `202 Accepted`, after
+//! 3 s on `/slow` (an endpoint slower than a runbook step's timeout).
 
 use std::{
     io::{Read as _, Write as _},
@@ -12,8 +13,13 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{anyhow, Result};
-use detector::netns::NetnsGuard;
+use crate::{clock::now_ms, netns::NetnsGuard};
+
+type Result<T> = std::io::Result<T>;
+
+fn error(what: String) -> std::io::Error {
+    std::io::Error::other(what)
+}
 
 #[derive(Clone, Debug)]
 pub struct Received {
@@ -52,7 +58,7 @@ impl Receiver {
             let _in = match NetnsGuard::enter(&ns) {
                 Ok(g) => g,
                 Err(e) => {
-                    let _ = ready_tx.send(Err(anyhow!("entering namespace {ns}: {e}")));
+                    let _ = ready_tx.send(Err(error(format!("entering namespace {ns}: {e}"))));
                     return;
                 }
             };
@@ -65,7 +71,7 @@ impl Receiver {
                     l
                 }
                 Err(e) => {
-                    let _ = ready_tx.send(Err(anyhow!("binding 127.0.0.1:{port} in {ns}: {e}")));
+                    let _ = ready_tx.send(Err(error(format!("binding 127.0.0.1:{port} in {ns}: {e}"))));
                     return;
                 }
             };
@@ -79,13 +85,18 @@ impl Receiver {
                 }
             }
         });
-        ready_rx.recv().map_err(|_| anyhow!("the receiver thread died"))??;
+        ready_rx.recv().map_err(|_| error("the receiver thread died".into()))??;
         Ok(Receiver { got, stop })
     }
 
     /// Everything received so far, in arrival order.
     pub fn all(&self) -> Vec<Received> {
         self.got.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What was received on `path`, in arrival order.
+    pub fn on(&self, path: &str) -> Vec<Received> {
+        self.all().into_iter().filter(|r| r.path == path).collect()
     }
 }
 
@@ -129,6 +140,9 @@ fn serve(mut conn: TcpStream, got: Arc<Mutex<Vec<Received>>>) {
         buf.extend_from_slice(&chunk[..n]);
     }
     let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
-    got.lock().unwrap_or_else(|p| p.into_inner()).push(Received { path, at_ms: crate::watch::now_ms(), headers, body });
+    if path == "/slow" {
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    got.lock().unwrap_or_else(|p| p.into_inner()).push(Received { path, at_ms: now_ms(), headers, body });
     let _ = conn.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
 }
