@@ -160,6 +160,8 @@ impl Watch<'_> {
                 EventKind::StatusChanged => format!("incident status {}", e.detail),
                 EventKind::NoteAdded => format!("incident note: \"{}\"", e.detail),
                 EventKind::SeverityChanged | EventKind::FamilyAdded => format!("incident: {}", e.detail),
+                // Never in a timeline.
+                EventKind::Updated => continue,
             };
             lines.push((e.at, text));
         }

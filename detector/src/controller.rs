@@ -539,6 +539,14 @@ impl Loop<'_> {
                 last_snapshot = now;
                 for inc in self.detector.open_incidents() {
                     self.writer.send(StoreCmd::Snapshot(Box::new(inc.clone())));
+                    // For runbooks only: no timeline entry, no history row.
+                    let _ = self.events.send(IncidentEvent {
+                        kind: EventKind::Updated,
+                        at: wall,
+                        detail: String::new(),
+                        family: None,
+                        incident: inc.clone(),
+                    });
                 }
             }
             if now.duration_since(last_baselines) >= BASELINES_EVERY {

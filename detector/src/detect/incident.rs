@@ -51,6 +51,10 @@ pub enum EventKind {
     NoteAdded,
     StatusChanged,
     Resolved,
+    /// The incident's figures as they stand, sent to runbooks every second
+    /// (so a trigger that becomes true as an attack grows still fires);
+    /// never in a timeline.
+    Updated,
 }
 
 impl EventKind {
@@ -62,6 +66,7 @@ impl EventKind {
             EventKind::NoteAdded => "note_added",
             EventKind::StatusChanged => "status_changed",
             EventKind::Resolved => "resolved",
+            EventKind::Updated => "updated",
         }
     }
 

@@ -216,12 +216,20 @@ fn a_runbook_runs_once_per_incident_within_its_cooldown() {
     assert!(fired.due(&books, EventKind::SeverityChanged, &inc, 60_000).is_empty(), "inside the cooldown");
     assert_eq!(fired.due(&books, EventKind::SeverityChanged, &inc, 121_000), vec![0], "after it");
     assert!(fired.due(&books, EventKind::NoteAdded, &inc, 500_000).is_empty(), "notes fire nothing");
+    assert!(fired.due(&books, EventKind::Updated, &inc, 500_000).is_empty(), "updates fire only what never ran");
     assert!(fired.due(&books, EventKind::Resolved, &inc, 500_000).is_empty());
     assert!(fired.ran("udp-flood-auto-response", &inc.id));
     // Another incident is another count.
     let mut other = inc.clone();
     other.id = "other".into();
     assert_eq!(fired.due(&books, EventKind::Opened, &other, 2_000), vec![0]);
+    // An attack that grows past min_pps after it opened fires at its next update.
+    let mut growing = incident(&[Family::UdpFlood], Severity::Medium, 40_000.0);
+    growing.id = "growing".into();
+    assert!(fired.due(&books, EventKind::Opened, &growing, 3_000).is_empty(), "below min_pps at the start");
+    growing.pps = 60_000.0;
+    growing.peak_pps = 60_000.0;
+    assert_eq!(fired.due(&books, EventKind::Updated, &growing, 4_000), vec![0]);
     fired.forget(&inc.id);
     assert!(!fired.ran("udp-flood-auto-response", &inc.id));
 }

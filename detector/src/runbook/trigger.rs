@@ -20,10 +20,12 @@ pub fn matches(rb: &Runbook, inc: &Incident) -> bool {
     rb.enabled && family && node && t.min_severity.admits(inc.severity) && inc.pps.max(inc.peak_pps) >= t.min_pps
 }
 
-/// The events that may fire a runbook: an incident opening, and every
-/// change of its severity or families.
+/// The events that may fire a runbook: an incident opening, every change
+/// of its severity or families, and its periodic update (which fires only
+/// runbooks that have not run for it: a trigger that became true as the
+/// attack grew, `min_pps` say).
 pub fn fires_on(kind: EventKind) -> bool {
-    matches!(kind, EventKind::Opened | EventKind::SeverityChanged | EventKind::FamilyAdded)
+    matches!(kind, EventKind::Opened | EventKind::SeverityChanged | EventKind::FamilyAdded | EventKind::Updated)
 }
 
 /// When each runbook last ran for each incident.
@@ -46,6 +48,7 @@ impl Fired {
             .filter(|(_, rb)| matches(rb, inc))
             .filter(|(_, rb)| match self.last.get(&(rb.name.0.clone(), inc.id.clone())) {
                 None => true,
+                Some(_) if kind == EventKind::Updated => false,
                 Some(t) => now_ms.saturating_sub(*t) >= rb.cooldown.as_millis() as u64,
             })
             .map(|(i, _)| i)
