@@ -12,8 +12,6 @@ use std::{
 
 use common::{require_root, Lab};
 use detector::{
-    counters::CounterMaps,
-    ebpf::{self, CountingOptions},
     flood::{
         self,
         exact::PacketSocket,
@@ -22,9 +20,11 @@ use detector::{
         FloodPlan, Limit, Rate,
     },
     iface,
+    kernel::counters::CounterMaps,
+    kernel::ebpf::{self, CountingOptions},
+    kernel::xdp::{self, Attachment, ModeChoice},
     rates::ClassSnapshot,
     sources::{addr_key, key_addr},
-    xdp::{self, Attachment, ModeChoice},
 };
 use detector_common::{TrafficClass, CLASS_COUNT};
 

@@ -20,8 +20,7 @@ use std::{process::Command, time::Duration};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use detector::{
-    counters::CounterMaps,
-    ebpf::{self, CountingOptions},
+    clock::Clock,
     flood::{
         self,
         frame::{self, FrameSpec, Kind},
@@ -29,16 +28,19 @@ use detector::{
         FloodPlan, FloodReport, Limit, Rate,
     },
     iface,
+    kernel::{
+        counters::CounterMaps,
+        ebpf::{self, CountingOptions},
+        rules::RuleMaps,
+        xdp::{self, ModeChoice},
+    },
     lab::{Lab, TGT_V4},
     mitigate::{
-        kernel::RuleMaps,
-        mitigator::clock_now,
         prefix::Prefix,
         rule::RuleRequest,
         ruleset::{AllowSource, Limits, RuleSet},
     },
     netns::NetnsGuard,
-    xdp::{self, ModeChoice},
 };
 use detector_common::{
     maps::DEFAULT_MAX_SOURCES,
@@ -346,7 +348,7 @@ fn detector_xdp(action: Action) -> Setup {
             req.burst = Some(5);
         }
         set.add_rule(&req, 0)?;
-        rules.apply(&set.plan(clock_now())?)?;
+        rules.apply(&set.plan(Clock::now())?)?;
         let attachment = xdp::attach(obj, ifname, ModeChoice::Native, false, None)?;
         Ok(Box::new(Detector { _attachment: attachment, counters }))
     })

@@ -15,8 +15,6 @@ use aya::{
     sys::{enable_stats, Stats},
 };
 use detector::{
-    counters::CounterMaps,
-    ebpf::{self, CountingOptions},
     flood::{
         self,
         frame::{self, FrameSpec, Kind},
@@ -24,9 +22,11 @@ use detector::{
         FloodPlan, Limit, Rate,
     },
     iface,
+    kernel::counters::CounterMaps,
+    kernel::ebpf::{self, CountingOptions},
+    kernel::xdp::{self, ModeChoice},
     lab::Lab,
     sources::SourceTracker,
-    xdp::{self, ModeChoice},
 };
 use detector_common::{flood::PASS_PROGRAM, maps::DEFAULT_MAX_SOURCES, TrafficClass};
 

@@ -12,8 +12,8 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use detector::{
     detect::incident::time_ms,
+    kernel::pins,
     lab::{self, Lab},
-    mitigate::pins,
     netns::NetnsGuard,
 };
 use serde_json::Value;

@@ -5,10 +5,12 @@
 use anyhow::{ensure, Context as _, Result};
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use detector::{
-    ebpf::{self, CountingOptions},
+    clock::Clock,
+    kernel::{
+        ebpf::{self, CountingOptions},
+        rules::RuleMaps,
+    },
     mitigate::{
-        kernel::RuleMaps,
-        mitigator::clock_now,
         prefix::Prefix,
         rule::RuleRequest,
         ruleset::{AllowSource, Limits, RuleSet},
@@ -88,7 +90,7 @@ pub fn paths(repeat: u32) -> Result<Vec<PathCost>> {
             XDP_DROP,
             Box::new(|s| {
                 let req = RuleRequest { ttl_ms: Some(3_600_000), ..request("drop", "198.18.0.0/16") };
-                s.add_rule(&req, clock_now().wall_ms).map(|_| ()).map_err(Into::into)
+                s.add_rule(&req, Clock::now().wall_ms).map(|_| ()).map_err(Into::into)
             }),
         ),
         (
@@ -103,7 +105,7 @@ pub fn paths(repeat: u32) -> Result<Vec<PathCost>> {
     for (label, want, setup) in cases {
         let mut set = base()?;
         setup(&mut set)?;
-        rule_maps.apply(&set.plan(clock_now())?)?;
+        rule_maps.apply(&set.plan(Clock::now())?)?;
         // Warm the path (the rate limit's first packet takes the burst).
         run(det, &frame, 2)?;
         let (_, verdict) = run(det, &frame, 1)?;

@@ -4,8 +4,8 @@
 use anyhow::{ensure, Context as _, Result};
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use detector::{
-    counters::CounterMaps,
-    ebpf::{self, CountingOptions},
+    kernel::counters::CounterMaps,
+    kernel::ebpf::{self, CountingOptions},
 };
 use detector_common::{
     flood::PASS_PROGRAM,

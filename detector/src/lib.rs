@@ -1,20 +1,25 @@
 //! The detector's controller library: everything the `detector` binary does,
 //! in modules a test can drive.
 //!
-//! Pure parts (no kernel, no clock, no I/O): [`rates`], [`sources`], [`view`],
-//! [`flood::frame`]. Kernel adapters: [`ebpf`] (the embedded objects),
-//! [`xdp`] (attach and detach), [`counters`] (the maps), [`flood`] (the
-//! generator). [`controller`] is the poll loop that joins them.
+//! - Pure cores (data and a time in, decisions out; no kernel, clock or I/O):
+//!   [`rates`], [`sources`], [`samples`], [`view`], [`detect`], the rule
+//!   engine in [`mitigate`] (`prefix`, `rule`, `ruleset`, `plan`), runbook
+//!   matching in [`runbook`], [`flood::frame`].
+//! - Adapters at the edges: [`kernel`] (the XDP objects, attaching, the BPF
+//!   maps, bpffs pins), [`history`] (SQLite), [`statedir`] (the state
+//!   directory's files), [`api`] (the HTTP listener and the control socket),
+//!   [`clock`], [`config`] (the configuration file).
+//! - [`controller`] wires them together for `detector run`.
 
+pub mod api;
 pub mod clock;
-pub mod control;
+pub mod config;
 pub mod controller;
-pub mod counters;
 pub mod detect;
-pub mod ebpf;
 pub mod flood;
-pub mod http;
+pub mod history;
 pub mod iface;
+pub mod kernel;
 pub mod lab;
 pub mod metrics;
 pub mod mitigate;
@@ -24,7 +29,5 @@ pub mod rates;
 pub mod runbook;
 pub mod samples;
 pub mod sources;
-pub mod state;
-pub mod store;
+pub mod statedir;
 pub mod view;
-pub mod xdp;

@@ -7,10 +7,25 @@
 
 use std::sync::atomic::AtomicU64;
 
+use detector_common::{
+    rules::{DropReason, RuleCounters},
+    TrafficClass,
+};
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
+};
+
+use crate::{
+    detect::{
+        baseline::ClassBaseline,
+        family::Family as AttackFamily,
+        incident::{EventKind, Incident, IncidentEvent},
+    },
+    mitigate::rule::Rule,
+    rates::{delta, ClassSnapshot},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,6 +105,11 @@ pub struct StepLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabels {
+    pub file: String,
+}
+
 /// Every metric the controller exports.
 pub struct Metrics {
     pub packets: Family<ClassLabels, Counter>,
@@ -121,6 +141,10 @@ pub struct Metrics {
     pub runbook_step_duration: Family<StepLabels, Histogram, fn() -> Histogram>,
     pub runbooks_loaded: Gauge,
     pub runbook_load_errors: Gauge,
+    pub history_dropped: Counter,
+    pub history_write_errors: Counter,
+    pub history_backlog: Gauge,
+    pub state_write_errors: Family<FileLabels, Counter>,
 }
 
 impl Metrics {
@@ -158,6 +182,10 @@ impl Metrics {
             runbook_step_duration: Family::new_with_constructor(step_histogram),
             runbooks_loaded: Gauge::default(),
             runbook_load_errors: Gauge::default(),
+            history_dropped: Counter::default(),
+            history_write_errors: Counter::default(),
+            history_backlog: Gauge::default(),
+            state_write_errors: Family::default(),
         };
         registry.register(
             "detector_packets",
@@ -282,12 +310,202 @@ impl Metrics {
             "Runbook files refused at the last (re)load",
             m.runbook_load_errors.clone(),
         );
+        registry.register(
+            "detector_history_dropped",
+            "Incident history entries dropped because the disk did not keep up (queue or backlog full) or refused them for good",
+            m.history_dropped.clone(),
+        );
+        registry.register(
+            "detector_history_write_errors",
+            "Incident history writes the disk refused (full, read-only, I/O error); each is tried again",
+            m.history_write_errors.clone(),
+        );
+        registry.register(
+            "detector_history_backlog",
+            "Incident history entries waiting to be written",
+            m.history_backlog.clone(),
+        );
+        registry.register(
+            "detector_state_write_errors",
+            "Writes of a state directory file (rules.json, baselines.json) that failed; each is tried again",
+            m.state_write_errors.clone(),
+        );
         // A gauge, not an OpenMetrics info: promtool and the classic text
         // format know no `info` type.
         let build = Family::<BuildLabels, Gauge>::default();
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").to_string() }).set(1);
         registry.register("detector_build_info", "Build information; always 1", build);
         m
+    }
+}
+
+/// Recording. Every label set is built here, so a series is named the same
+/// way wherever it is written.
+impl Metrics {
+    /// An interface's program is attached (or adopted): its mode and
+    /// per-source capacity, and every class exported from the start at zero.
+    pub fn interface_attached(&self, iface: &str, mode: &str, source_capacity: u32) {
+        self.attached.get_or_create(&AttachLabels { iface: iface.into(), mode: mode.into() }).set(1.0);
+        self.source_capacity.get_or_create(&IfaceLabels { iface: iface.into() }).set(source_capacity as i64);
+        for class in TrafficClass::ALL {
+            let l = ClassLabels { iface: iface.into(), class: class.name().into() };
+            let _ = self.packets.get_or_create(&l);
+            let _ = self.bytes.get_or_create(&l);
+        }
+    }
+
+    /// The packets and bytes seen and dropped since the previous snapshot.
+    pub fn count_classes(&self, iface: &str, prev: &ClassSnapshot, cur: &ClassSnapshot) {
+        for (class, (p, c)) in TrafficClass::ALL.iter().zip(prev.counters.iter().zip(cur.counters.iter())) {
+            let l = ClassLabels { iface: iface.into(), class: class.name().into() };
+            self.packets.get_or_create(&l).inc_by(delta(p.packets, c.packets));
+            self.bytes.get_or_create(&l).inc_by(delta(p.bytes, c.bytes));
+        }
+        for reason in DropReason::ALL {
+            let (before, now) = (&prev.dropped[reason as usize], &cur.dropped[reason as usize]);
+            for (class, (p, c)) in TrafficClass::ALL.iter().zip(before.iter().zip(now.iter())) {
+                if c.packets == 0 {
+                    continue;
+                }
+                let l = DropLabels { iface: iface.into(), class: class.name().into(), reason: reason.name().into() };
+                self.dropped_packets.get_or_create(&l).inc_by(delta(p.packets, c.packets));
+                self.dropped_bytes.get_or_create(&l).inc_by(delta(p.bytes, c.bytes));
+            }
+        }
+    }
+
+    pub fn poll_failed(&self, iface: &str) {
+        self.poll_errors.get_or_create(&IfaceLabels { iface: iface.into() }).inc();
+    }
+
+    /// Sources tracked after a poll, and how many idle ones it removed.
+    pub fn sources(&self, iface: &str, tracked: usize, pruned: usize) {
+        let l = IfaceLabels { iface: iface.into() };
+        if pruned > 0 {
+            self.sources_pruned.get_or_create(&l).inc_by(pruned as u64);
+        }
+        self.source_entries.get_or_create(&l).set(tracked as i64);
+    }
+
+    pub fn sample_divisor(&self, iface: &str, divisor: u32) {
+        self.sample_divisor.get_or_create(&IfaceLabels { iface: iface.into() }).set(divisor as i64);
+    }
+
+    /// Counts an incident opening, or a family joining one.
+    pub fn incident_event(&self, ev: &IncidentEvent) {
+        let inc = &ev.incident;
+        let families: Vec<AttackFamily> = match ev.kind {
+            EventKind::Opened => inc.families.clone(),
+            EventKind::FamilyAdded => ev.family.into_iter().collect(),
+            _ => return,
+        };
+        for f in families {
+            let l = IncidentLabels { family: f.name().into(), severity: inc.severity.name().into() };
+            self.incidents.get_or_create(&l).inc();
+        }
+    }
+
+    /// Open incidents per family (every family exported, at zero if none).
+    pub fn active_incidents<'a>(&self, open: impl Iterator<Item = &'a Incident>) {
+        let open: Vec<&Incident> = open.collect();
+        for f in AttackFamily::ALL {
+            let n = open.iter().filter(|i| i.families.contains(&f)).count();
+            self.active_incidents.get_or_create(&FamilyLabels { family: f.name().into() }).set(n as i64);
+        }
+    }
+
+    /// An interface's learned levels and current thresholds.
+    pub fn baselines(
+        &self,
+        iface: &str,
+        classes: impl Iterator<Item = (TrafficClass, ClassBaseline)>,
+        thresholds: impl Iterator<Item = (AttackFamily, f64)>,
+    ) {
+        for (c, b) in classes {
+            let l = ClassLabels { iface: iface.into(), class: c.name().into() };
+            self.baseline_pps.get_or_create(&l).set(b.pps.mean);
+            self.baseline_bytes.get_or_create(&l).set(b.bps.mean / 8.0);
+        }
+        for (f, pps) in thresholds {
+            self.threshold_pps
+                .get_or_create(&IfaceFamilyLabels { iface: iface.into(), family: f.name().into() })
+                .set(pps);
+        }
+    }
+
+    /// The rule and allowlist tables' capacity (fixed at start).
+    pub fn rule_tables_capacity(&self, max_rules: u32, max_allow: u32) {
+        self.table_capacity.get_or_create(&TableLabels { table: "rules".into() }).set(max_rules as i64);
+        self.table_capacity.get_or_create(&TableLabels { table: "allowlist".into() }).set(max_allow as i64);
+    }
+
+    /// Rules in force per action, and the tables' use.
+    pub fn rules_in_force(&self, rules: &[Rule], allow_entries: usize) {
+        for action in ["drop", "rate_limit"] {
+            let n = rules.iter().filter(|r| r.action.name() == action).count();
+            self.rules.get_or_create(&ActionLabels { action: action.into() }).set(n as i64);
+        }
+        self.table_entries.get_or_create(&TableLabels { table: "rules".into() }).set(rules.len() as i64);
+        self.table_entries.get_or_create(&TableLabels { table: "allowlist".into() }).set(allow_entries as i64);
+    }
+
+    /// A rule's counters moved from `prev` to `cur` (on one interface).
+    pub fn rule_counters(&self, rule: &str, prev: &RuleCounters, cur: &RuleCounters) {
+        let l = RuleLabels { rule: rule.into() };
+        self.rule_dropped_packets.get_or_create(&l).inc_by(delta(prev.dropped_packets, cur.dropped_packets));
+        self.rule_dropped_bytes.get_or_create(&l).inc_by(delta(prev.dropped_bytes, cur.dropped_bytes));
+        self.rule_passed_packets.get_or_create(&l).inc_by(delta(prev.passed_packets, cur.passed_packets));
+        self.rule_passed_bytes.get_or_create(&l).inc_by(delta(prev.passed_bytes, cur.passed_bytes));
+    }
+
+    /// A removed rule's series leave the metrics (the label set stays bounded).
+    pub fn forget_rule(&self, rule: &str) {
+        let l = RuleLabels { rule: rule.into() };
+        self.rule_dropped_packets.remove(&l);
+        self.rule_dropped_bytes.remove(&l);
+        self.rule_passed_packets.remove(&l);
+        self.rule_passed_bytes.remove(&l);
+    }
+
+    pub fn rule_expired(&self) {
+        self.rules_expired.inc();
+    }
+
+    /// A rule or allowlist change refused, by the reason's stable name.
+    pub fn rule_refused(&self, reason: &str) {
+        self.rules_refused.get_or_create(&RefusalLabels { reason: reason.into() }).inc();
+    }
+
+    pub fn runbook_execution(&self, runbook: &str, outcome: &str) {
+        self.runbook_executions
+            .get_or_create(&RunbookLabels { runbook: runbook.into(), outcome: outcome.into() })
+            .inc();
+    }
+
+    pub fn runbook_step(&self, kind: &str, seconds: f64) {
+        self.runbook_step_duration.get_or_create(&StepLabels { kind: kind.into() }).observe(seconds);
+    }
+
+    pub fn history_dropped(&self, n: u64) {
+        self.history_dropped.inc_by(n);
+    }
+
+    pub fn history_write_failed(&self) {
+        self.history_write_errors.inc();
+    }
+
+    pub fn history_backlog(&self, n: usize) {
+        self.history_backlog.set(n as i64);
+    }
+
+    pub fn state_write_failed(&self, file: &str) {
+        self.state_write_errors.get_or_create(&FileLabels { file: file.into() }).inc();
+    }
+
+    /// How many runbooks loaded, and how many files were refused.
+    pub fn runbooks(&self, loaded: usize, refused: usize) {
+        self.runbooks_loaded.set(loaded as i64);
+        self.runbook_load_errors.set(refused as i64);
     }
 }
 

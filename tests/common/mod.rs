@@ -252,9 +252,9 @@ pub fn packets(text: &str, iface: &str, class: &str) -> u64 {
 }
 
 /// The XDP attachment of an interface as `ip -d link` shows it, if any.
-pub fn xdp_attached(ns: &str, ifname: &str) -> Option<detector::xdp::Existing> {
+pub fn xdp_attached(ns: &str, ifname: &str) -> Option<detector::kernel::xdp::Existing> {
     let out = Command::new("ip").args(["-n", ns, "-j", "-d", "link", "show", "dev", ifname]).output().unwrap();
-    detector::xdp::parse_ip_link_xdp(&String::from_utf8_lossy(&out.stdout))
+    detector::kernel::xdp::parse_ip_link_xdp(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// `promtool check metrics` on a metrics text: (ok, what it said).

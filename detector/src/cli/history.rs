@@ -6,8 +6,8 @@ use std::{path::PathBuf, time::Duration};
 
 use detector::{
     detect::incident::time_ms,
+    history::{ExecutionQuery, Store},
     runbook::record::Execution,
-    store::{ExecutionQuery, Store},
 };
 
 #[derive(clap::Args, Debug)]
@@ -25,7 +25,7 @@ pub struct HistoryArgs {
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub limit: usize,
     /// The state directory `detector run` uses.
-    #[arg(long, value_name = "DIR", default_value = detector::state::DEFAULT_STATE_DIR)]
+    #[arg(long, value_name = "DIR", default_value = detector::statedir::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use detector::{
     detect::incident::{time_ms, Incident},
-    store::{Query, Store},
+    history::{Query, Store},
 };
 
 #[derive(clap::Args, Debug)]
@@ -23,7 +23,7 @@ pub struct IncidentsArgs {
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub limit: usize,
     /// The state directory `detector run` uses.
-    #[arg(long, value_name = "DIR", default_value = detector::state::DEFAULT_STATE_DIR)]
+    #[arg(long, value_name = "DIR", default_value = detector::statedir::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
 }
 

@@ -13,11 +13,11 @@ mod rules;
 mod runbooks;
 
 use detector::{
+    config::ConfigFile,
     controller::{self, RunConfig},
-    detect::config::ConfigFile,
+    kernel::xdp::ModeChoice,
     mitigate::config::OnStop,
     privileges::{self, Need},
-    xdp::ModeChoice,
 };
 
 #[derive(Parser, Debug)]
@@ -106,7 +106,7 @@ pub struct RunArgs {
     pub node: Option<String>,
     /// Where incident history, learned baselines, rules and the control
     /// socket are kept.
-    #[arg(long, value_name = "DIR", default_value = detector::state::DEFAULT_STATE_DIR)]
+    #[arg(long, value_name = "DIR", default_value = detector::statedir::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// On SIGINT/SIGTERM: keep (rules in force stay in the kernel until
     /// their TTLs, and the next start adopts them) or detach (remove the

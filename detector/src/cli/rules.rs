@@ -6,10 +6,10 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use detector::{
-    control::{AllowRequest, Client},
+    api::control::{AllowRequest, Client},
+    kernel::pins,
     mitigate::{
         mitigator::{RuleView, RulesView},
-        pins,
         prefix::Prefix,
         rule::{Rule, RuleRequest},
         ruleset::Removed,
@@ -22,7 +22,7 @@ use super::parse_duration;
 #[derive(clap::Args, Debug)]
 pub struct StateDirArg {
     /// The state directory of the `detector run` to talk to.
-    #[arg(long, value_name = "DIR", default_value = detector::state::DEFAULT_STATE_DIR)]
+    #[arg(long, value_name = "DIR", default_value = detector::statedir::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
 }
 

@@ -11,7 +11,7 @@ use aya::{
 use detector_common::flood::{FloodConfig, FLOOD_CONFIG_MAP, FLOOD_PROGRAM, SPREAD_RANDOM, SPREAD_SEQUENTIAL};
 
 use super::{sources::Spread, stopped, Engine, FloodError, FloodPlan, FloodReport, Limit, Rate};
-use crate::ebpf;
+use crate::kernel::ebpf;
 
 /// Frames per test run: big enough to amortise the syscall, small enough to
 /// notice a stop request or a deadline within a fraction of a second.
@@ -128,7 +128,7 @@ fn send(prog: &Xdp, ifindex: u32, frame: &[u8], ctx: &[u8], share: Share, start:
         match prog.test_run(opts) {
             Ok(_) => sent += chunk,
             Err(e) => {
-                let reason = crate::xdp::error_chain(&e);
+                let reason = crate::kernel::xdp::error_chain(&e);
                 // Interrupted by our own stop signal: report what was sent.
                 if stopped() {
                     break;

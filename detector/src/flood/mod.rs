@@ -146,7 +146,7 @@ impl FloodReport {
 #[derive(Debug, Error)]
 pub enum FloodError {
     #[error(transparent)]
-    Load(#[from] crate::ebpf::LoadError),
+    Load(#[from] crate::kernel::ebpf::LoadError),
     #[error("configuring the flood program failed: {0}")]
     Config(String),
     #[error("the kernel refused the BPF test run on ifindex {ifindex}: {reason}")]

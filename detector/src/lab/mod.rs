@@ -237,15 +237,15 @@ fn netns_inode(ns: &str) -> Option<u64> {
 
 /// Removes what controllers pinned from inside the namespace `ino`.
 fn remove_netns_pins(ino: u64) {
-    let dir = Path::new(crate::mitigate::pins::BPFFS).join("detector").join(format!("netns-{ino}"));
+    let dir = Path::new(crate::kernel::pins::BPFFS).join("detector").join(format!("netns-{ino}"));
     if let Ok(ifaces) = std::fs::read_dir(&dir) {
         for i in ifaces.flatten() {
-            let _ = crate::mitigate::pins::detach_now(&i.path());
+            let _ = crate::kernel::pins::detach_now(&i.path());
         }
     }
     let _ = std::fs::remove_dir(&dir);
     // And the top directory, if that left it empty (never if in use).
-    let _ = std::fs::remove_dir(Path::new(crate::mitigate::pins::BPFFS).join("detector"));
+    let _ = std::fs::remove_dir(Path::new(crate::kernel::pins::BPFFS).join("detector"));
 }
 
 /// Network namespaces in use: named ones and those of running processes.
@@ -292,5 +292,5 @@ fn sweep_dead_labs() {
             let _ = ip(&["netns", "del", name]);
         }
     }
-    crate::mitigate::pins::sweep_dead_netns(&live_netns());
+    crate::kernel::pins::sweep_dead_netns(&live_netns());
 }

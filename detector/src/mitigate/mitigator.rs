@@ -1,27 +1,27 @@
 //! The rule set bound to the kernel: every change goes to the rule set
-//! (pure), then to the state directory, then to each interface's maps. A
-//! change any of them refuses is rolled back, so the three never disagree
-//! for longer than one call.
+//! (pure), then to each interface's maps; a change an interface refuses is
+//! rolled back, so the set and the kernel never disagree for longer than
+//! one call. Then the set is handed to the state directory's writer
+//! (`rules.json`), which never makes a change wait: a full disk does not
+//! stop mitigation, and the file catches up when it can.
 
-use std::{
-    fs,
-    io::Write as _,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use detector_common::rules::RuleCounters;
+
+use crate::{
+    clock::Clock,
+    kernel::rules::{KernelError, RuleMaps},
+    statedir::{self, FileWriter, RULES_FILE},
+};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::{
-    kernel::{KernelError, RuleMaps},
-    plan::Clock,
     prefix::Prefix,
     rule::{Rule, RuleRequest},
     ruleset::{AllowEntry, AllowSource, Limits, Removed, RuleError, RuleSet, Saved},
 };
-
-pub const RULES_FILE: &str = "rules.json";
 
 #[derive(Debug, Error)]
 pub enum MitigateError {
@@ -29,8 +29,6 @@ pub enum MitigateError {
     Rule(#[from] RuleError),
     #[error("interface '{iface}': {source}")]
     Kernel { iface: String, source: Box<KernelError> },
-    #[error("cannot record the rules in {path}: {source}")]
-    Save { path: String, source: std::io::Error },
 }
 
 impl MitigateError {
@@ -46,7 +44,7 @@ impl MitigateError {
             MitigateError::Rule(RuleError::Plan(_)) => "overlap",
             MitigateError::Rule(RuleError::NotFound(_)) => "not_found",
             MitigateError::Rule(RuleError::Protected { .. }) => "protected",
-            MitigateError::Kernel { .. } | MitigateError::Save { .. } => "internal",
+            MitigateError::Kernel { .. } => "internal",
         }
     }
 }
@@ -86,11 +84,14 @@ pub struct Mitigator {
     set: RuleSet,
     ifaces: Vec<(String, RuleMaps)>,
     state_dir: PathBuf,
+    files: FileWriter,
 }
 
 impl Mitigator {
-    pub fn new(limits: Limits, state_dir: &Path) -> Mitigator {
-        Mitigator { set: RuleSet::new(limits), ifaces: Vec::new(), state_dir: state_dir.to_path_buf() }
+    /// Rules saved in `state_dir` (read by [`Mitigator::restore`]) and
+    /// written through `files`.
+    pub fn new(limits: Limits, state_dir: &Path, files: FileWriter) -> Mitigator {
+        Mitigator { set: RuleSet::new(limits), ifaces: Vec::new(), state_dir: state_dir.to_path_buf(), files }
     }
 
     pub fn add_interface(&mut self, iface: &str, maps: RuleMaps) {
@@ -129,21 +130,28 @@ impl Mitigator {
     /// adopted trie keeps enforcing throughout).
     pub fn restore(&mut self, clock: Clock) -> Result<Vec<Rule>, MitigateError> {
         let path = self.state_dir.join(RULES_FILE);
-        let saved = match fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<Saved>(&bytes) {
+        let saved = match statedir::read(&self.state_dir, RULES_FILE) {
+            statedir::Read::Bytes(bytes) => match serde_json::from_slice::<Saved>(&bytes) {
                 Ok(s) => s,
                 Err(e) => {
-                    let aside = path.with_extension("json.unreadable");
-                    tracing::error!(
-                        "{} is unreadable ({e}); moved to {}; starting with no rules",
-                        path.display(),
-                        aside.display()
-                    );
-                    let _ = fs::rename(&path, &aside);
+                    match statedir::move_aside(&path) {
+                        Ok(aside) => tracing::error!(
+                            "{} is unreadable ({e}); moved to {}; starting with no rules",
+                            path.display(),
+                            aside.display()
+                        ),
+                        Err(m) => {
+                            tracing::error!("{} is unreadable ({e}) and cannot be moved aside: {m}", path.display())
+                        }
+                    }
                     Saved::default()
                 }
             },
-            Err(_) => Saved::default(),
+            statedir::Read::Missing => Saved::default(),
+            statedir::Read::Failed(why) => {
+                tracing::error!("cannot read the saved rules: {why}; starting with no rules");
+                Saved::default()
+            }
         };
         for (rule, why) in self.set.restore(saved) {
             tracing::warn!(rule = %rule.describe(), "saved rule not restored: {why}");
@@ -153,30 +161,20 @@ impl Mitigator {
         Ok(expired)
     }
 
-    /// Writes the rule set to the state directory and every interface.
+    /// Writes the rule set to every interface, then hands it to the state
+    /// directory's writer.
     fn commit(&mut self, clock: Clock) -> Result<(), MitigateError> {
-        self.save()?;
         let plan = self.set.plan(clock).map_err(RuleError::from)?;
         for (iface, maps) in &mut self.ifaces {
             maps.apply(&plan)
                 .map_err(|source| MitigateError::Kernel { iface: iface.clone(), source: Box::new(source) })?;
         }
+        self.files.save_json(RULES_FILE, &self.set.saved());
         Ok(())
     }
 
-    fn save(&self) -> Result<(), MitigateError> {
-        let path = self.state_dir.join(RULES_FILE);
-        let err = |source| MitigateError::Save { path: path.display().to_string(), source };
-        let tmp = self.state_dir.join(format!(".{RULES_FILE}.tmp"));
-        let json = serde_json::to_vec_pretty(&self.set.saved()).expect("rules serialize");
-        let mut f = fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&json).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        fs::rename(&tmp, &path).map_err(err)
-    }
-
-    /// Applies a change to a copy of the rule set; keeps it only if the
-    /// disk and every interface took it.
+    /// Applies a change to a copy of the rule set; keeps it only if every
+    /// interface took it.
     fn change<T>(
         &mut self,
         clock: Clock,
@@ -314,12 +312,4 @@ impl Mitigator {
             interfaces: self.ifaces.iter().map(|(i, _)| i.clone()).collect(),
         }
     }
-}
-
-/// The kernel's `CLOCK_MONOTONIC` and the wall clock, read together.
-pub fn clock_now() -> Clock {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let mono_ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-    Clock { wall_ms: crate::clock::now_ms(), mono_ns }
 }

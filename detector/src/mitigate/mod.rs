@@ -2,12 +2,14 @@
 //!
 //! - [`prefix`], [`rule`], [`ruleset`] and [`plan`] are pure: what a rule
 //!   is, which rules are in force, and the trie that enforces them.
+//! - [`host`] finds the host's own addresses (always allowlisted);
+//!   [`mitigator`] binds the rule set to the state directory and to each
+//!   interface's maps ([`crate::kernel::rules`]).
+//! - [`config`]: the `mitigation:` section of the configuration file.
 
 pub mod config;
 pub mod host;
-pub mod kernel;
 pub mod mitigator;
-pub mod pins;
 pub mod plan;
 pub mod prefix;
 pub mod rule;

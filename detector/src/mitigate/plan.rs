@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use detector_common::rules::{RuleEntry, RuleSlot, ACTION_DROP, ACTION_RATE_LIMIT, ENTRY_ALLOW, MAX_SLOTS};
 use thiserror::Error;
 
+use crate::clock::Clock;
+
 use super::{
     prefix::Prefix,
     rule::{Action, Rule},
@@ -23,22 +25,6 @@ pub type Plan = BTreeMap<Prefix, RuleEntry>;
 pub enum PlanError {
     #[error("{prefix} would be covered by {count} rules ({ids}); at most {MAX_SLOTS} rules may cover one address")]
     TooManyOverlapping { prefix: Prefix, count: usize, ids: String },
-}
-
-/// Converts wall-clock milliseconds to the kernel's `CLOCK_MONOTONIC`
-/// nanoseconds (what `bpf_ktime_get_ns` reads).
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    pub wall_ms: u64,
-    pub mono_ns: u64,
-}
-
-impl Clock {
-    pub fn mono_ns_at(&self, wall_ms: u64) -> u64 {
-        let delta_ns = (wall_ms as i128 - self.wall_ms as i128) * 1_000_000;
-        // A time already past expires at once (1 ns after boot is long gone).
-        (self.mono_ns as i128 + delta_ns).max(1) as u64
-    }
 }
 
 /// The slot a rule becomes in the kernel.

@@ -7,8 +7,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::clock::Clock;
+
 use super::{
-    plan::{self, Clock, Plan, PlanError},
+    plan::{self, Plan, PlanError},
     prefix::Prefix,
     rule::{Checked, RequestError, Rule, RuleRequest},
 };

@@ -27,12 +27,12 @@ use super::{
     trigger::Fired,
 };
 use crate::{
-    clock::now_ms,
-    control::SharedMitigator,
+    api::control::SharedMitigator,
+    clock::{now_ms, Clock},
     detect::incident::{EventKind, Incident, IncidentEvent, Status},
     metrics::{Metrics, RunbookLabels, StepLabels},
     mitigate::{
-        mitigator::{clock_now, MitigateError},
+        mitigator::MitigateError,
         prefix::Prefix,
         rule::{Origin, RuleRequest},
         ruleset::RuleError,
@@ -456,7 +456,7 @@ impl Engine {
         let mitigator = self.h.mitigator.clone();
         let results = tokio::task::spawn_blocking(move || {
             let mut m = mitigator.lock().unwrap_or_else(|p| p.into_inner());
-            reqs.into_iter().map(|r| (what(&r), m.add_rule(&r, clock_now()))).collect::<Vec<_>>()
+            reqs.into_iter().map(|r| (what(&r), m.add_rule(&r, Clock::now()))).collect::<Vec<_>>()
         })
         .await
         .map_err(|e| StepError::Fail(e.to_string()))?;
@@ -510,7 +510,7 @@ impl Engine {
         let removed = tokio::task::spawn_blocking(move || {
             let mut m = mitigator.lock().unwrap_or_else(|p| p.into_inner());
             // A rule already gone (expired, removed by an operator) is fine.
-            ids.into_iter().filter(|id| m.remove(id, clock_now()).is_ok()).collect::<Vec<_>>()
+            ids.into_iter().filter(|id| m.remove(id, Clock::now()).is_ok()).collect::<Vec<_>>()
         })
         .await
         .map_err(|e| StepError::Fail(e.to_string()))?;

@@ -75,7 +75,7 @@ pub async fn deliver(
             }
             Err(e) => {
                 // Without the URL: its resolved form may hold a secret.
-                last = format!("{}: {}", req.shown_url, crate::xdp::error_chain(&e.without_url()));
+                last = format!("{}: {}", req.shown_url, crate::kernel::xdp::error_chain(&e.without_url()));
             }
         }
     }

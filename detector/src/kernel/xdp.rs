@@ -18,7 +18,10 @@ use aya::{
 use detector_common::maps::DETECTOR_PROGRAM;
 use thiserror::Error;
 
-use crate::{ebpf, iface, mitigate::pins};
+use crate::{
+    iface,
+    kernel::{ebpf, pins},
+};
 
 /// What the operator asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

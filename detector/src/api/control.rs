@@ -28,9 +28,10 @@ use thiserror::Error;
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::{
-    metrics::{Metrics, RefusalLabels},
+    clock::Clock,
+    metrics::Metrics,
     mitigate::{
-        mitigator::{clock_now, MitigateError, Mitigator, RulesView},
+        mitigator::{MitigateError, Mitigator, RulesView},
         prefix::Prefix,
         rule::{Rule, RuleRequest},
         ruleset::{AllowEntry, Removed, RuleError},
@@ -111,7 +112,7 @@ fn status_of(e: &MitigateError) -> StatusCode {
         | MitigateError::Rule(RuleError::Allowlisted { .. })
         | MitigateError::Rule(RuleError::Plan(_)) => StatusCode::CONFLICT,
         MitigateError::Rule(RuleError::Request(_)) => StatusCode::BAD_REQUEST,
-        MitigateError::Kernel { .. } | MitigateError::Save { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        MitigateError::Kernel { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -131,7 +132,7 @@ async fn with_mitigator<T: Send + 'static>(
     out.map_err(|e| {
         let kind = e.kind();
         if kind != "not_found" {
-            s.metrics.rules_refused.get_or_create(&RefusalLabels { reason: kind.into() }).inc();
+            s.metrics.rule_refused(kind);
         }
         if kind == "full" {
             tracing::warn!("rule refused: {e}");
@@ -143,7 +144,7 @@ async fn with_mitigator<T: Send + 'static>(
 }
 
 async fn list(State(s): State<ControlState>) -> Response {
-    match with_mitigator(&s, |m| Ok(m.view(clock_now().wall_ms))).await {
+    match with_mitigator(&s, |m| Ok(m.view(Clock::now().wall_ms))).await {
         Ok(v) => Json(v).into_response(),
         Err(r) => r,
     }
@@ -157,7 +158,7 @@ async fn add_rule(
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    match with_mitigator(&s, move |m| m.add_rule(&req, clock_now())).await {
+    match with_mitigator(&s, move |m| m.add_rule(&req, Clock::now())).await {
         Ok(rule) => (StatusCode::CREATED, Json(rule)).into_response(),
         Err(r) => r,
     }
@@ -176,14 +177,14 @@ async fn add_allow(
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let reason = req.reason.unwrap_or_default();
-    match with_mitigator(&s, move |m| m.add_allow(prefix, &reason, clock_now())).await {
+    match with_mitigator(&s, move |m| m.add_allow(prefix, &reason, Clock::now())).await {
         Ok((entry, overridden)) => (StatusCode::CREATED, Json(AllowAdded { entry, overridden })).into_response(),
         Err(r) => r,
     }
 }
 
 async fn remove(State(s): State<ControlState>, UrlPath(id): UrlPath<String>) -> Response {
-    match with_mitigator(&s, move |m| m.remove(&id, clock_now())).await {
+    match with_mitigator(&s, move |m| m.remove(&id, Clock::now())).await {
         Ok(removed) => Json(removed).into_response(),
         Err(r) => r,
     }

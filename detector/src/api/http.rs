@@ -5,7 +5,11 @@
 //! `/healthz`. Loopback by default; anywhere else it requires a bearer
 //! token on every request.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+};
 
 use axum::{
     extract::{Path, Query, Request, State},
@@ -17,12 +21,12 @@ use axum::{
 };
 use prometheus_client::registry::Registry;
 use thiserror::Error;
-use tokio::{net::TcpListener, sync::RwLock};
+use tokio::net::TcpListener;
 
 use crate::{
     detect::incident::Incident,
+    history::{self, Store},
     metrics,
-    store::{self, Store},
     view::TopView,
 };
 
@@ -35,15 +39,16 @@ pub enum HttpError {
 }
 
 /// What the handlers read.
-pub struct AppState {
+pub struct ApiState {
     pub registry: Registry,
-    pub top: RwLock<TopView>,
+    /// The top-talker view, replaced by the poll loop after every poll.
+    pub top: Arc<RwLock<TopView>>,
     pub token: Option<String>,
     /// Where the incident history is; handlers open it read-only.
     pub state_dir: PathBuf,
     /// The rules in force, for `GET /api/rules` (changes go through the
     /// control socket only).
-    pub mitigator: Option<crate::control::SharedMitigator>,
+    pub mitigator: Option<super::control::SharedMitigator>,
 }
 
 /// Refuses a non-loopback address without a token.
@@ -60,7 +65,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
     TcpListener::bind(addr).await.map_err(|source| HttpError::Bind { addr, source })
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/api/top", get(top_handler))
@@ -73,13 +78,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn metrics_handler(State(state): State<Arc<AppState>>) -> Response {
+async fn metrics_handler(State(state): State<Arc<ApiState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics::encode(&state.registry))
         .into_response()
 }
 
-async fn top_handler(State(state): State<Arc<AppState>>) -> Json<TopView> {
-    Json(state.top.read().await.clone())
+async fn top_handler(State(state): State<Arc<ApiState>>) -> Json<TopView> {
+    Json(state.top.read().unwrap_or_else(|p| p.into_inner()).clone())
 }
 
 #[derive(serde::Deserialize)]
@@ -117,7 +122,7 @@ fn json_error(code: StatusCode, message: String) -> Response {
 /// Runs a read on the history off the async threads.
 async fn read_store<T: Send + 'static>(
     dir: PathBuf,
-    f: impl FnOnce(&Store) -> Result<T, store::StoreError> + Send + 'static,
+    f: impl FnOnce(&Store) -> Result<T, history::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
     tokio::task::spawn_blocking(move || Store::open_read_only(&dir).and_then(|s| f(&s)))
         .await
@@ -125,15 +130,15 @@ async fn read_store<T: Send + 'static>(
         .map_err(|e| json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
-async fn incidents_handler(State(state): State<Arc<AppState>>, Query(q): Query<IncidentsQuery>) -> Response {
-    let query = store::Query { open_only: q.active, limit: q.limit.unwrap_or(100).min(10_000) };
+async fn incidents_handler(State(state): State<Arc<ApiState>>, Query(q): Query<IncidentsQuery>) -> Response {
+    let query = history::Query { open_only: q.active, limit: q.limit.unwrap_or(100).min(10_000) };
     match read_store(state.state_dir.clone(), move |s| s.incidents(query)).await {
         Ok(list) => Json(serde_json::json!({ "incidents": list })).into_response(),
         Err(r) => r,
     }
 }
 
-async fn executions_handler(State(state): State<Arc<AppState>>, Query(q): Query<ExecutionsQuery>) -> Response {
+async fn executions_handler(State(state): State<Arc<ApiState>>, Query(q): Query<ExecutionsQuery>) -> Response {
     let limit = q.limit.unwrap_or(100).min(10_000);
     if limit == 0 {
         // The store reads 0 as "no limit"; here it means none.
@@ -141,14 +146,14 @@ async fn executions_handler(State(state): State<Arc<AppState>>, Query(q): Query<
     }
     // An empty value (`?incident=`) filters nothing, as if absent.
     let given = |v: Option<String>| v.filter(|v| !v.is_empty());
-    let query = store::ExecutionQuery { incident: given(q.incident), runbook: given(q.runbook), limit };
+    let query = history::ExecutionQuery { incident: given(q.incident), runbook: given(q.runbook), limit };
     match read_store(state.state_dir.clone(), move |s| s.executions(query)).await {
         Ok(executions) => Json(Executions { executions }).into_response(),
         Err(r) => r,
     }
 }
 
-async fn incident_handler(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+async fn incident_handler(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Response {
     let wanted = id.clone();
     match read_store(state.state_dir.clone(), move |s| s.incident(&wanted)).await {
         Ok(Some(inc)) => Json::<Incident>(inc).into_response(),
@@ -157,18 +162,18 @@ async fn incident_handler(State(state): State<Arc<AppState>>, Path(id): Path<Str
     }
 }
 
-async fn rules_handler(State(state): State<Arc<AppState>>) -> Response {
+async fn rules_handler(State(state): State<Arc<ApiState>>) -> Response {
     let Some(m) = state.mitigator.clone() else {
         return json_error(StatusCode::NOT_FOUND, "no rules here".into());
     };
-    let now = crate::mitigate::mitigator::clock_now().wall_ms;
+    let now = crate::clock::Clock::now().wall_ms;
     match tokio::task::spawn_blocking(move || m.lock().unwrap_or_else(|p| p.into_inner()).view(now)).await {
         Ok(view) => Json(view).into_response(),
         Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
-async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+async fn require_token(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
     if let Some(expected) = state.token.as_deref() {
         let given = req
             .headers()
@@ -261,9 +266,9 @@ mod tests {
                 .unwrap();
             }
         }
-        let state = Arc::new(AppState {
+        let state = Arc::new(ApiState {
             registry: Registry::default(),
-            top: RwLock::new(TopView::default()),
+            top: Arc::new(RwLock::new(TopView::default())),
             token: Some("s3cret".into()),
             state_dir: dir.clone(),
             mitigator: None,

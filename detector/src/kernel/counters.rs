@@ -15,7 +15,7 @@ use detector_common::{
 };
 use thiserror::Error;
 
-use crate::{ebpf, rates::ClassSnapshot};
+use crate::{kernel::ebpf, rates::ClassSnapshot};
 
 #[derive(Debug, Error)]
 pub enum CounterError {

@@ -12,11 +12,11 @@ use aya::{
 use detector_common::rules::{PrefixData, RuleCounters, RuleEntry, RULES_ACTIVE_MAP, RULES_MAP, RULE_STATS_MAP};
 use thiserror::Error;
 
-use super::{
+use super::ebpf;
+use crate::mitigate::{
     plan::{diff, Plan},
     prefix::Prefix,
 };
-use crate::ebpf;
 
 #[derive(Debug, Error)]
 pub enum KernelError {

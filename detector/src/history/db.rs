@@ -1,18 +1,18 @@
-//! Incident history in SQLite, in the state directory: the adapter between
-//! the detector's events and the disk. The controller writes from one
-//! thread of its own; readers (the API, `detector incidents`,
-//! `detector history`) open their own connections, which WAL mode lets run
-//! beside the writer. Runbook executions and their steps live in the same
-//! database, in tables of their own.
+//! The history's database: SQLite in the state directory. The writer
+//! thread ([`super::writer`]) owns one read-write connection; readers (the
+//! API, `detector incidents`, `detector history`) open their own read-only
+//! ones, which WAL mode lets run beside it. Incidents and their timelines,
+//! runbook executions and their steps live in tables of their own.
 
 use std::{
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    sync::mpsc,
 };
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use thiserror::Error;
 
+use super::HistoryCmd;
 use crate::{
     detect::incident::{EventKind, Incident, IncidentEvent, TimelineEntry},
     runbook::record::{Execution, Outcome, StepRecord},
@@ -36,6 +36,9 @@ pub enum StoreError {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The database file's identity when it was opened (device, inode):
+    /// a file deleted under a running writer is noticed.
+    file: Option<(u64, u64)>,
 }
 
 /// Which incidents to list.
@@ -115,7 +118,8 @@ impl Store {
              PRAGMA user_version = 1;",
         )
         .map_err(err)?;
-        Ok(Store { conn, path })
+        let file = identity(&path);
+        Ok(Store { conn, path, file })
     }
 
     /// Opens an existing database for reading only.
@@ -129,11 +133,36 @@ impl Store {
                 .map_err(|source| StoreError::Sqlite { path: path.clone(), source })?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(|source| StoreError::Sqlite { path: path.clone(), source })?;
-        Ok(Store { conn, path })
+        Ok(Store { conn, path, file: None })
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
         |source| StoreError::Sqlite { path: self.path.clone(), source }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The state directory it lives in.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// False when the file this store writes is no longer the one at its
+    /// path (deleted, or replaced).
+    pub fn is_current(&self) -> bool {
+        self.file.is_none() || identity(&self.path) == self.file
+    }
+
+    /// Does one piece of the writer's work.
+    pub fn apply(&mut self, cmd: &HistoryCmd) -> Result<(), StoreError> {
+        match cmd {
+            HistoryCmd::Record(ev) => self.record(ev),
+            HistoryCmd::Snapshot(inc) => self.snapshot(inc),
+            HistoryCmd::Execution(ex) => self.record_execution(ex),
+        }
     }
 
     /// Records an event: the incident as it now is, and its timeline entry.
@@ -359,6 +388,31 @@ impl Store {
     }
 }
 
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+impl StoreError {
+    /// True for a refusal that may pass (a full or read-only disk, an I/O
+    /// error, a busy database): the write is worth trying again.
+    pub fn is_transient(&self) -> bool {
+        use rusqlite::ErrorCode::*;
+        match self {
+            StoreError::Sqlite { source: rusqlite::Error::SqliteFailure(e, _), .. } => matches!(
+                e.code,
+                DiskFull
+                    | SystemIoFailure
+                    | CannotOpen
+                    | ReadOnly
+                    | DatabaseBusy
+                    | DatabaseLocked
+                    | FileLockingProtocolFailed
+            ),
+            _ => false,
+        }
+    }
+}
+
 fn upsert(conn: &Connection, inc: &Incident) -> rusqlite::Result<usize> {
     // The timeline lives in incident_events; the row keeps the rest.
     let mut row = inc.clone();
@@ -371,118 +425,13 @@ fn upsert(conn: &Connection, inc: &Incident) -> rusqlite::Result<usize> {
     )
 }
 
-/// What the writer thread is asked to do.
-pub enum StoreCmd {
-    Record(Box<IncidentEvent>),
-    Snapshot(Box<Incident>),
-    /// A runbook execution, as it starts or as it ends (the later write
-    /// replaces the earlier).
-    Execution(Box<Execution>),
-}
-
-/// What goes down the writer's channel: work, or the word to stop.
-enum Msg {
-    Cmd(StoreCmd),
-    Stop,
-}
-
-/// A writer thread that owns the store: the detection loop hands it work
-/// and never waits for the disk.
-pub struct Writer {
-    tx: mpsc::Sender<Msg>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-/// A handle on the writer for other threads and tasks (the runbook engine
-/// records executions through one). It does not keep the writer alive:
-/// [`Writer::finish`] does not wait for these to be dropped, and what is
-/// sent through one after it is refused.
-#[derive(Clone)]
-pub struct StoreSender(mpsc::Sender<Msg>);
-
-impl StoreSender {
-    /// Queues work for the writer; gives it back if the writer has stopped.
-    pub fn send(&self, cmd: StoreCmd) -> Result<(), mpsc::SendError<StoreCmd>> {
-        match self.0.send(Msg::Cmd(cmd)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::SendError(Msg::Cmd(cmd))) => Err(mpsc::SendError(cmd)),
-            Err(mpsc::SendError(Msg::Stop)) => unreachable!("a StoreSender never sends Stop"),
-        }
-    }
-}
-
-impl Writer {
-    pub fn spawn(mut store: Store) -> Writer {
-        let (tx, rx) = mpsc::channel::<Msg>();
-        let handle = std::thread::Builder::new()
-            .name("store".into())
-            .spawn(move || {
-                for msg in rx {
-                    let r = match &msg {
-                        Msg::Cmd(StoreCmd::Record(ev)) => store.record(ev),
-                        Msg::Cmd(StoreCmd::Snapshot(inc)) => store.snapshot(inc),
-                        Msg::Cmd(StoreCmd::Execution(ex)) => store.record_execution(ex),
-                        Msg::Stop => break,
-                    };
-                    if let Err(e) = r {
-                        tracing::error!("incident history: {e}");
-                    }
-                }
-            })
-            .expect("spawning the store thread");
-        Writer { tx, handle: Some(handle) }
-    }
-
-    pub fn send(&self, cmd: StoreCmd) {
-        if self.tx.send(Msg::Cmd(cmd)).is_err() {
-            tracing::error!("incident history: the store thread has stopped");
-        }
-    }
-
-    /// A handle to send work from elsewhere (see [`StoreSender`]).
-    pub fn sender(&self) -> StoreSender {
-        StoreSender(self.tx.clone())
-    }
-
-    /// Waits until everything sent before it has been written, then stops
-    /// the thread, whether or not [`StoreSender`]s are still about.
-    pub fn finish(mut self) {
-        let _ = self.tx.send(Msg::Stop);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::{family::Family, incident::Status, severity::Severity};
-
-    fn incident(id: &str, started_at: u64) -> Incident {
-        Incident {
-            id: id.into(),
-            node: "n1".into(),
-            iface: "eth0".into(),
-            families: vec![Family::SynFlood],
-            vectors: vec!["syn".into()],
-            severity: Severity::High,
-            status: Status::Active,
-            started_at,
-            ended_at: None,
-            pps: 10.0,
-            bps: 80.0,
-            peak_pps: 12.0,
-            peak_bps: 96.0,
-            top_sources: vec![],
-            top_ports: vec![],
-            timeline: vec![],
-        }
-    }
-
-    fn event(inc: &Incident, kind: EventKind, at: u64, detail: &str) -> IncidentEvent {
-        IncidentEvent { kind, at, detail: detail.into(), family: None, incident: inc.clone() }
-    }
+    use crate::{
+        detect::{incident::Status, severity::Severity},
+        history::fixtures::{event, execution, incident, step, temp_dir},
+    };
 
     #[test]
     fn events_build_the_timeline_and_survive_reopening() {
@@ -521,41 +470,6 @@ mod tests {
         assert_eq!(s.incidents(Query { open_only: false, limit: 1 }).unwrap().len(), 1);
         assert!(s.incident("zzz").unwrap().is_none());
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("detector-store-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    fn step(index: usize, kind: &str, at: u64, outcome: Outcome, error: Option<&str>) -> StepRecord {
-        StepRecord {
-            index,
-            kind: kind.into(),
-            started_at: at,
-            ended_at: at + 5,
-            outcome,
-            detail: format!("{kind} step {index}"),
-            error: error.map(Into::into),
-        }
-    }
-
-    fn execution(incident: &str, runbook: &str, started_at: u64, steps: Vec<StepRecord>) -> Execution {
-        Execution {
-            id: format!("{incident}/{runbook}/{started_at}"),
-            runbook: runbook.into(),
-            file_hash: "ab".repeat(32),
-            incident_id: incident.into(),
-            node: "n1".into(),
-            trigger: "opened".into(),
-            dry_run: false,
-            started_at,
-            ended_at: started_at + 100,
-            outcome: Execution::outcome_of(&steps, false),
-            steps,
-        }
     }
 
     fn ids(list: &[Execution]) -> Vec<&str> {
@@ -653,42 +567,6 @@ mod tests {
         assert!(s.executions(q(Some("inc-a"), Some("nope"), 0)).unwrap().is_empty());
         assert_eq!(ids(&s.executions(q(None, None, 2)).unwrap()), vec!["inc-b/block/4000", "inc-a/notify/3000"]);
         assert_eq!(ids(&s.executions(q(Some("inc-a"), None, 1)).unwrap()), vec!["inc-a/notify/3000"]);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn the_writer_thread_records_executions() {
-        let dir = temp_dir("exec-writer");
-        let w = Writer::spawn(Store::open(&dir).unwrap());
-        let mut ex = execution("inc-a", "block", 1_000, vec![]);
-        ex.outcome = Outcome::Skipped;
-        w.send(StoreCmd::Execution(Box::new(ex.clone())));
-        ex.steps.push(step(0, "notify", 1_000, Outcome::Ok, None));
-        ex.outcome = Outcome::Ok;
-        w.send(StoreCmd::Execution(Box::new(ex.clone())));
-        w.finish();
-        let got = Store::open_read_only(&dir).unwrap().executions(ExecutionQuery::default()).unwrap();
-        assert_eq!(got, vec![ex]);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn finishing_the_writer_does_not_wait_for_its_senders() {
-        let dir = temp_dir("exec-sender");
-        let w = Writer::spawn(Store::open(&dir).unwrap());
-        let sender = w.sender();
-        let ex = execution("inc-a", "block", 1_000, vec![step(0, "notify", 1_000, Outcome::Ok, None)]);
-        assert!(sender.clone().send(StoreCmd::Execution(Box::new(ex.clone()))).is_ok());
-        let (done_tx, done) = mpsc::channel();
-        std::thread::spawn(move || {
-            w.finish();
-            let _ = done_tx.send(());
-        });
-        done.recv_timeout(std::time::Duration::from_secs(10)).expect("finish returned while a sender is alive");
-        // Written before the stop; refused after it.
-        let got = Store::open_read_only(&dir).unwrap().executions(ExecutionQuery::default()).unwrap();
-        assert_eq!(got, vec![ex.clone()]);
-        assert!(sender.send(StoreCmd::Execution(Box::new(ex))).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -1,0 +1,412 @@
+//! `detector run`: the wiring. It builds the parts, hands each its inputs,
+//! starts them, and stops them in order on shutdown.
+//!
+//! - [`probe`]: one watched interface (its program, its maps);
+//! - [`poll`]: the poll loop, on a thread of its own;
+//! - the history writer ([`crate::history`]), the state files' writer
+//!   ([`crate::statedir`]), the listeners ([`crate::api`]) and the runbook
+//!   engine ([`crate::runbook::engine`]) each own their thread or task.
+//!
+//! The decisions all of them feed on live in the pure modules
+//! ([`crate::rates`], [`crate::sources`], [`crate::samples`],
+//! [`crate::detect`], [`crate::mitigate`]).
+
+pub mod poll;
+pub mod probe;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{atomic::AtomicU64, Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use detector_common::TrafficClass;
+use prometheus_client::registry::Registry;
+use thiserror::Error;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::{
+    api::{
+        control::{self, ControlError, SharedMitigator},
+        http::{self, ApiState, HttpError},
+        serve,
+    },
+    clock::{now_ms, Clock},
+    detect::{
+        config::DetectionConfig,
+        incident::{IncidentEvent, Status},
+        Detector,
+    },
+    history::{HistoryCmd, Store, StoreError, Writer},
+    kernel::{
+        counters::CounterError,
+        pins::{self, LockError, PinError},
+        rules::KernelError,
+        xdp::{AttachError, ModeChoice},
+    },
+    metrics::Metrics,
+    mitigate::{
+        config::{MitigationConfig, OnStop},
+        host,
+        mitigator::{MitigateError, Mitigator},
+        ruleset::{AllowSource, Limits},
+    },
+    runbook::{
+        engine::{Engine, Handles, IncidentCommand},
+        load::FileError,
+    },
+    statedir::{self, FileWriter, Loaded, StateError},
+    view::TopView,
+};
+
+use self::{poll::Poller, probe::Probe};
+
+/// Everything `detector run` was told.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub ifaces: Vec<String>,
+    pub mode: ModeChoice,
+    pub force: bool,
+    pub interval: Duration,
+    pub metrics_addr: SocketAddr,
+    pub api_token: Option<String>,
+    pub max_sources: u32,
+    pub top_n: usize,
+    /// A source unchanged this long is removed from the per-source map.
+    pub idle_after: Duration,
+    /// How often the summary line is logged.
+    pub summary_every: Duration,
+    /// This host's name in incidents.
+    pub node: String,
+    pub state_dir: PathBuf,
+    pub detection: DetectionConfig,
+    pub mitigation: MitigationConfig,
+    /// The runbook directory; `None`: no runbooks.
+    pub runbooks: Option<PathBuf>,
+}
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error("interface '{iface}': {source}")]
+    Counters { iface: String, source: Box<CounterError> },
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("interface '{0}' is named twice")]
+    DuplicateInterface(String),
+    #[error("no interface given: pass --iface at least once")]
+    NoInterface,
+    #[error("the poll interval must be between 10ms and 60s, not {0:?}")]
+    Interval(Duration),
+    #[error("'{0}' is not a usable node name (1 to 64 letters, digits, '.', '-' or '_')")]
+    Node(String),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("interface '{iface}': {source}")]
+    Rules { iface: String, source: Box<KernelError> },
+    #[error("restoring the saved rules: {0}")]
+    Restore(Box<MitigateError>),
+    #[error("{0}")]
+    Runbooks(FileError),
+    #[error("cannot start the {what} thread: {source}")]
+    Thread { what: &'static str, source: std::io::Error },
+}
+
+/// Where the controller's incident events go (the runbook engine listens).
+/// Sending never waits: a receiver that falls behind loses events, and is
+/// told so by the channel.
+pub type EventSender = broadcast::Sender<IncidentEvent>;
+
+/// Room for this many events per receiver before it lags.
+pub const EVENT_CAPACITY: usize = 1024;
+
+/// How long a stop waits for the state files to reach the disk.
+const FLUSH_ON_STOP: Duration = Duration::from_secs(2);
+
+/// Runs until `shutdown` resolves; then stops everything in order and
+/// returns.
+pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    validate(&cfg)?;
+    http::check_exposure(cfg.metrics_addr, cfg.api_token.as_deref())?;
+    let listener = http::bind(cfg.metrics_addr).await?;
+    // A missing interface is reported before anything touches the disk.
+    for iface in &cfg.ifaces {
+        crate::iface::index(iface).map_err(AttachError::from)?;
+    }
+    let cfg = Arc::new(cfg);
+
+    statedir::ensure_dir(&cfg.state_dir)?;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let store = Store::open(&cfg.state_dir)?;
+    let resumed = store.open_incidents_of(&cfg.node)?;
+    let history = Writer::spawn(store, Some(metrics.clone()));
+    let files = FileWriter::spawn(&cfg.state_dir, Some(metrics.clone()))
+        .map_err(|source| RunError::Thread { what: "state files", source })?;
+
+    let mut detector = Detector::new(cfg.detection.clone(), cfg.node.clone());
+    load_baselines(&cfg, &mut detector);
+    let now = now_ms();
+    for inc in resumed {
+        let id = inc.id.clone();
+        let watched = cfg.ifaces.contains(&inc.iface);
+        let iface = inc.iface.clone();
+        detector.resume(inc, now);
+        if watched {
+            tracing::info!(id, iface, "resuming an incident open at the last stop");
+        } else if let Ok(ev) =
+            detector.set_status(&id, Status::Resolved, now, &format!("interface {iface} is no longer watched"))
+        {
+            history.send(HistoryCmd::Record(Box::new(ev)));
+        }
+    }
+
+    let control_listener = control::bind(&cfg.state_dir).await?;
+    let m = &cfg.mitigation;
+    let mut mitigator =
+        Mitigator::new(Limits { max_rules: m.max_rules, max_allow: m.max_allow }, &cfg.state_dir, files.clone());
+    let mut probes = Vec::new();
+    for iface in &cfg.ifaces {
+        // On error the probes attached so far are dropped, which detaches them.
+        probes.push(Probe::attach(&cfg, iface, &mut mitigator, &metrics)?);
+    }
+    for other in pins::pinned_interfaces().into_iter().filter(|i| !cfg.ifaces.contains(i)) {
+        tracing::warn!(
+            iface = %other,
+            "an earlier run left its XDP program and rules pinned on '{other}', which this run does not watch; they stay in force until `detector detach --iface {other}`"
+        );
+    }
+    allow_host_and_config(&mut mitigator, &cfg.mitigation);
+    let expired = mitigator.restore(Clock::now()).map_err(|e| RunError::Restore(Box::new(e)))?;
+    for r in &expired {
+        tracing::info!(rule = %r.describe(), "rule expired while no controller ran");
+    }
+    if !mitigator.rules().is_empty() {
+        tracing::info!(rules = mitigator.rules().len(), "rules restored from the state directory");
+    }
+    let mitigator: SharedMitigator = Arc::new(Mutex::new(mitigator));
+    metrics.rule_tables_capacity(m.max_rules, m.max_allow);
+
+    // Runbooks: subscribed before the first poll, so no event is missed.
+    let (commands_tx, commands) = mpsc::channel::<IncidentCommand>(256);
+    let executions = history.sender();
+    let (engine, load_errors) = Engine::new(
+        cfg.runbooks.clone(),
+        Handles {
+            mitigator: mitigator.clone(),
+            commands: commands_tx,
+            history: Arc::new(move |ex| {
+                let _ = executions.send(HistoryCmd::Execution(Box::new(ex)));
+            }),
+            metrics: metrics.clone(),
+        },
+    )
+    .map_err(RunError::Runbooks)?;
+    report_runbooks(&engine, &load_errors, &metrics).await;
+    let engine_task = tokio::spawn(engine.clone().run(events.subscribe()));
+    let reloader = tokio::spawn(reload_on_sighup(engine.clone(), metrics.clone()));
+    let watcher = engine.directory().map(|dir| {
+        let m = metrics.clone();
+        tokio::spawn(crate::runbook::watch::watch(engine.clone(), dir.to_path_buf(), move |engine, errors| {
+            let m = m.clone();
+            async move { report_runbooks(&engine, &errors, &m).await }
+        }))
+    });
+    metrics.active_incidents(std::iter::empty());
+
+    let top = Arc::new(RwLock::new(TopView::default()));
+    let last_poll = Arc::new(AtomicU64::new(0));
+    let api = Arc::new(ApiState {
+        registry,
+        top: top.clone(),
+        token: cfg.api_token.clone(),
+        state_dir: cfg.state_dir.clone(),
+        mitigator: Some(mitigator.clone()),
+    });
+    let http_server = serve::spawn(listener, http::router(api));
+    tracing::info!(addr = %cfg.metrics_addr, "serving /metrics, /api/top, /api/incidents and /healthz");
+    let control_server = serve::spawn(control_listener, control::router(mitigator.clone(), metrics.clone()));
+    tracing::info!(socket = %cfg.state_dir.join(control::SOCKET).display(), "control API listening");
+
+    let poller = Poller::new(
+        cfg.clone(),
+        metrics.clone(),
+        top,
+        detector,
+        history,
+        files.clone(),
+        events,
+        mitigator.clone(),
+        commands,
+        last_poll,
+    );
+    let running = poller.spawn(probes).map_err(|source| RunError::Thread { what: "poll", source })?;
+    shutdown.await;
+    tracing::info!("shutting down");
+
+    reloader.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    // The poll loop ends after the poll in progress.
+    let (poller, probes) = tokio::task::spawn_blocking(move || running.stop()).await.expect("the poll loop stops");
+    http_server.stop().await;
+    control_server.stop().await;
+    let _ = std::fs::remove_file(cfg.state_dir.join(control::SOCKET));
+    stop_mitigation(&cfg, &mitigator, probes);
+
+    // Open incidents stay open: the next start resumes them.
+    for inc in poller.detector.open_incidents() {
+        poller.history.send(HistoryCmd::Snapshot(Box::new(inc.clone())));
+    }
+    poller.save_baselines();
+    // Closing the event channel ends the engine; executions in flight
+    // finish on their own tasks, which the runtime's shutdown ends.
+    let Poller { history, events, .. } = poller;
+    drop(events);
+    let _ = tokio::time::timeout(Duration::from_secs(2), engine_task).await;
+    let files_done = tokio::task::spawn_blocking(move || files.finish(FLUSH_ON_STOP));
+    let history_done = tokio::task::spawn_blocking(move || history.finish());
+    let _ = files_done.await;
+    let _ = history_done.await;
+    Ok(())
+}
+
+/// Loads the saved baselines into `detector`, saying what it found.
+fn load_baselines(cfg: &RunConfig, detector: &mut Detector) {
+    match statedir::load_baselines(&cfg.state_dir) {
+        Loaded::Baselines(b) => {
+            detector.load_baselines(&b);
+            for iface in &cfg.ifaces {
+                let learned =
+                    detector.class_baseline(iface, TrafficClass::Udp).map(|b| b.learned_seconds).unwrap_or(0.0);
+                tracing::info!(
+                    iface,
+                    learned = %humantime::format_duration(Duration::from_secs(learned as u64)),
+                    warm = detector.warm(iface),
+                    "baselines loaded from the state directory"
+                );
+            }
+        }
+        Loaded::None => tracing::info!(
+            warmup = %humantime::format_duration(cfg.detection.baseline.warmup),
+            "no saved baselines: learning normal traffic; until the warm-up ends only the static floors raise incidents"
+        ),
+        Loaded::Unreadable(why) => tracing::warn!("saved baselines unreadable, learning afresh: {why}"),
+    }
+}
+
+/// On stop: rules in force stay in the kernel (`on_stop: keep`) with the
+/// program pinned, or everything is cleared and detached.
+fn stop_mitigation(cfg: &RunConfig, mitigator: &SharedMitigator, probes: Vec<Probe>) {
+    let in_force = {
+        let mut m = mitigator.lock().unwrap_or_else(|p| p.into_inner());
+        m.expire(Clock::now());
+        if cfg.mitigation.on_stop == OnStop::Detach {
+            if let Err(e) = m.clear(Clock::now()) {
+                tracing::error!("clearing the rules: {e}");
+            }
+        }
+        m.rules().len()
+    };
+    for probe in probes {
+        let iface = probe.attachment.iface.clone();
+        if in_force > 0 && cfg.mitigation.on_stop == OnStop::Keep {
+            tracing::info!(
+                iface,
+                rules = in_force,
+                "XDP program and rules stay in force (until their TTLs run out, or the next start adopts them); `detector detach --iface {iface}` removes them"
+            );
+            continue;
+        }
+        match probe.attachment.detach() {
+            Ok(()) => tracing::info!(iface, "XDP program detached"),
+            Err(e) => tracing::error!(iface, "{e}"),
+        }
+    }
+}
+
+/// Logs what the runbook directory held, and sets the gauges.
+async fn report_runbooks(engine: &Engine, errors: &[FileError], metrics: &Metrics) {
+    if !engine.has_directory() {
+        tracing::info!(
+            "no runbook directory (pass --runbooks DIR, or create /etc/detector/runbooks): runbooks are off"
+        );
+    }
+    for e in errors {
+        tracing::error!("runbook refused: {e}");
+    }
+    let books = engine.runbooks().await;
+    for l in books.iter() {
+        let rb = &l.runbook;
+        tracing::info!(
+            runbook = %rb.name,
+            file = %l.path.display(),
+            enabled = rb.enabled,
+            dry_run = rb.mode == crate::runbook::schema::Mode::DryRun,
+            "runbook loaded"
+        );
+    }
+    metrics.runbooks(books.len(), errors.len());
+}
+
+/// SIGHUP reloads the runbook directory.
+async fn reload_on_sighup(engine: Arc<Engine>, metrics: Arc<Metrics>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; runbooks load only at start");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the runbooks");
+        let errors = engine.reload().await;
+        report_runbooks(&engine, &errors, &metrics).await;
+    }
+}
+
+fn validate(cfg: &RunConfig) -> Result<(), RunError> {
+    if cfg.ifaces.is_empty() {
+        return Err(RunError::NoInterface);
+    }
+    for (i, a) in cfg.ifaces.iter().enumerate() {
+        crate::iface::validate_name(a).map_err(AttachError::from)?;
+        if cfg.ifaces[..i].contains(a) {
+            return Err(RunError::DuplicateInterface(a.clone()));
+        }
+    }
+    if cfg.interval < Duration::from_millis(10) || cfg.interval > Duration::from_secs(60) {
+        return Err(RunError::Interval(cfg.interval));
+    }
+    let n = &cfg.node;
+    if n.is_empty() || n.len() > 64 || !n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')) {
+        return Err(RunError::Node(n.clone()));
+    }
+    Ok(())
+}
+
+/// The host's own addresses, default gateways and loopback, and the
+/// configured allowlist: allowlisted before any rule is restored.
+fn allow_host_and_config(m: &mut Mitigator, cfg: &MitigationConfig) {
+    let now = now_ms();
+    for (p, why) in host::own_prefixes() {
+        m.allow_fixed(p, AllowSource::Host, &why, now);
+    }
+    for p in &cfg.allowlist {
+        m.allow_fixed(*p, AllowSource::Config, "mitigation.allowlist", now);
+    }
+    tracing::info!(
+        entries = m.allow().len(),
+        "allowlist: the host's own addresses, gateways, loopback and the configured prefixes"
+    );
+}

@@ -1,0 +1,139 @@
+//! One watched interface: its program attached (or adopted from the pins of
+//! an earlier run), its counting maps, and what the poller remembers of it
+//! from one poll to the next.
+
+use std::time::Duration;
+
+use detector_common::{sample::PacketSample, CLASS_COUNT};
+
+use crate::{
+    kernel::{
+        counters::{CounterError, CounterMaps},
+        ebpf::{self, CountingOptions},
+        pins,
+        rules::RuleMaps,
+        xdp::{self, AttachError, Attachment},
+    },
+    metrics::Metrics,
+    mitigate::mitigator::Mitigator,
+    rates::{class_rates, ClassRate, ClassSnapshot},
+    samples::{self, SampleView},
+    sources::{SourceTracker, SourcesUpdate},
+};
+
+use super::{RunConfig, RunError};
+
+/// Samples read per interface per poll, at most.
+const MAX_SAMPLES: usize = 4 * samples::TARGET_PER_POLL;
+/// One packet in this many is sampled at the start; the poller adapts it.
+const FIRST_DIVISOR: u32 = 64;
+
+pub struct Probe {
+    pub attachment: Attachment,
+    /// Held while this controller drives the interface's pinned state.
+    _lock: std::fs::File,
+    maps: CounterMaps,
+    prev: ClassSnapshot,
+    tracker: SourceTracker,
+    divisor: u32,
+}
+
+/// What one poll of an interface read.
+pub struct Reading {
+    pub rates: [ClassRate; CLASS_COUNT],
+    pub sources: SourcesUpdate,
+    /// Sources tracked after idle ones were removed.
+    pub tracked: usize,
+    pub samples: Vec<PacketSample>,
+    /// The divisor the samples were taken at.
+    pub divisor: u32,
+}
+
+impl Probe {
+    /// Loads the counting program for `iface`, attaches it (adopting the
+    /// pinned link of an earlier run), hands its rule maps to `mitigator`.
+    /// Dropping the probe detaches the program unless it is pinned.
+    pub fn attach(
+        cfg: &RunConfig,
+        iface: &str,
+        mitigator: &mut Mitigator,
+        metrics: &Metrics,
+    ) -> Result<Probe, RunError> {
+        let counters_err = |source| RunError::Counters { iface: iface.to_string(), source: Box::new(source) };
+        let m = &cfg.mitigation;
+        let pin_dir = pins::dir(iface)?;
+        pins::prepare(&pin_dir)?;
+        let lock = pins::lock(&pin_dir, iface)?;
+        let opts = CountingOptions {
+            max_sources: cfg.max_sources,
+            max_rules: m.max_rules,
+            max_allow: m.max_allow,
+            max_buckets: m.max_rate_limited_sources,
+            pins: Some((pin_dir.clone(), iface.to_string())),
+        };
+        let mut obj = ebpf::load_counting(&opts).map_err(AttachError::from)?;
+        let mut maps = CounterMaps::take(&mut obj).map_err(counters_err)?;
+        let rule_maps = RuleMaps::take(&mut obj)
+            .map_err(|source| RunError::Rules { iface: iface.to_string(), source: Box::new(source) })?;
+        maps.set_sample_divisor(FIRST_DIVISOR).map_err(counters_err)?;
+        let attachment = xdp::attach(obj, iface, cfg.mode, cfg.force, Some(&pin_dir))?;
+        if attachment.adopted {
+            tracing::info!(
+                iface,
+                mode = %attachment.mode,
+                entries = rule_maps.entries(),
+                "XDP program replaced in the pinned link of an earlier run; its rules and counters carry on"
+            );
+        } else {
+            tracing::info!(iface, mode = %attachment.mode, "XDP program attached");
+        }
+        mitigator.add_interface(iface, rule_maps);
+        metrics.interface_attached(iface, attachment.mode.name(), maps.source_capacity());
+        Ok(Probe {
+            attachment,
+            _lock: lock,
+            maps,
+            prev: ClassSnapshot::default(),
+            tracker: SourceTracker::new(cfg.idle_after),
+            divisor: FIRST_DIVISOR,
+        })
+    }
+
+    pub fn iface(&self) -> &str {
+        &self.attachment.iface
+    }
+
+    /// Reads the maps: class rates over `elapsed`, the active sources, the
+    /// samples; starts a new heavy-hitter window, prunes idle sources and
+    /// adapts the sampling. Counters go to `metrics` as they are read.
+    pub fn read(&mut self, mono: Duration, elapsed: Duration, metrics: &Metrics) -> Result<Reading, CounterError> {
+        let cur = self.maps.classes()?;
+        let sources = self.maps.sources()?;
+        self.maps.new_window()?;
+        let drained = self.maps.drain_samples(MAX_SAMPLES);
+
+        let rates = class_rates(&self.prev, &cur, elapsed);
+        metrics.count_classes(self.iface(), &self.prev, &cur);
+        self.prev = cur;
+
+        let update = self.tracker.update(mono, elapsed, &sources);
+        let pruned = if update.idle.is_empty() { 0 } else { self.maps.remove_sources(&update.idle) };
+        let tracked = self.tracker.len();
+        metrics.sources(self.iface(), tracked, pruned);
+
+        // Samples were taken at the divisor in force during this interval.
+        let divisor = self.divisor;
+        let next = samples::next_divisor(divisor, drained.len());
+        if next != divisor && self.maps.set_sample_divisor(next).is_ok() {
+            self.divisor = next;
+        }
+        metrics.sample_divisor(self.iface(), self.divisor);
+        Ok(Reading { rates, sources: update, tracked, samples: drained, divisor })
+    }
+}
+
+impl Reading {
+    pub fn sample_view(&self, seconds: f64) -> SampleView {
+        SampleView::new(&self.samples, self.divisor, seconds)
+    }
+}

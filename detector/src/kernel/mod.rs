@@ -1,0 +1,14 @@
+//! The kernel adapters: the one place the controller touches BPF.
+//!
+//! - [`ebpf`]: the XDP objects embedded in the binary, and loading them;
+//! - [`xdp`]: attaching the counting program to an interface, and detaching;
+//! - [`counters`]: reading the counting program's maps;
+//! - [`rules`]: writing a compiled rule plan into the rule maps;
+//! - [`pins`]: where links and maps are pinned in bpffs so rules outlive
+//!   the controller.
+
+pub mod counters;
+pub mod ebpf;
+pub mod pins;
+pub mod rules;
+pub mod xdp;
