@@ -191,6 +191,14 @@ pub fn allow(cmd: AddCommand<AllowArgs>) -> anyhow::Result<()> {
 /// Refused while a controller drives the interface.
 pub fn detach(args: DetachArgs) -> anyhow::Result<()> {
     privileges::check(Need::Xdp)?;
+    for s in pins::sweep_gone() {
+        println!(
+            "{}: the interface no longer exists; {} pinned objects left behind removed from {}",
+            s.iface,
+            s.pins,
+            s.dir.display()
+        );
+    }
     for iface in &args.ifaces {
         detector::iface::validate_name(iface)?;
         let dir = pins::dir(iface)?;

@@ -176,6 +176,14 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     let m = &cfg.mitigation;
     let mut mitigator =
         Mitigator::new(Limits { max_rules: m.max_rules, max_allow: m.max_allow }, &cfg.state_dir, files.clone());
+    for s in pins::sweep_gone() {
+        tracing::warn!(
+            iface = %s.iface,
+            dir = %s.dir.display(),
+            pins = s.pins,
+            "removed the pinned state an earlier run left for an interface that no longer exists (its rules could never act again)"
+        );
+    }
     let mut probes = Vec::new();
     for iface in &cfg.ifaces {
         // On error the probes attached so far are dropped, which detaches them.
@@ -236,8 +244,12 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     });
     let http_server = serve::spawn(listener, http::router(api));
     tracing::info!(addr = %cfg.metrics_addr, "serving /metrics, /api/top, /api/incidents and /healthz");
-    let control_server = serve::spawn(control_listener, control::router(mitigator.clone(), metrics.clone()));
+    let control_server = Arc::new(tokio::sync::Mutex::new(Some(serve::spawn(
+        control_listener,
+        control::router(mitigator.clone(), metrics.clone()),
+    ))));
     tracing::info!(socket = %cfg.state_dir.join(control::SOCKET).display(), "control API listening");
+    let keeper = tokio::spawn(keep_state_dir(cfg.clone(), mitigator.clone(), metrics.clone(), control_server.clone()));
 
     let poller = Poller::new(
         cfg.clone(),
@@ -261,8 +273,11 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     }
     // The poll loop ends after the poll in progress.
     let (poller, probes) = tokio::task::spawn_blocking(move || running.stop()).await.expect("the poll loop stops");
+    keeper.abort();
     http_server.stop().await;
-    control_server.stop().await;
+    if let Some(server) = control_server.lock().await.take() {
+        server.stop().await;
+    }
     let _ = std::fs::remove_file(cfg.state_dir.join(control::SOCKET));
     stop_mitigation(&cfg, &mitigator, probes);
 
@@ -281,6 +296,52 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     let _ = files_done.await;
     let _ = history_done.await;
     Ok(())
+}
+
+/// How often the state directory's presence is checked.
+const STATE_DIR_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps the state directory usable while running: one removed (by hand,
+/// or by a cleanup job) is recreated, the control socket is bound again so
+/// the CLI still reaches this controller, and the rules are written again.
+/// (The history's writer starts a new database by itself.)
+async fn keep_state_dir(
+    cfg: Arc<RunConfig>,
+    mitigator: SharedMitigator,
+    metrics: Arc<Metrics>,
+    control_server: Arc<tokio::sync::Mutex<Option<serve::Server>>>,
+) {
+    let socket = cfg.state_dir.join(control::SOCKET);
+    let mut tick = tokio::time::interval(STATE_DIR_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if socket.exists() {
+            continue;
+        }
+        tracing::error!(
+            dir = %cfg.state_dir.display(),
+            "the control socket is gone (was the state directory removed?); recreating it"
+        );
+        if let Err(e) = statedir::ensure_dir(&cfg.state_dir) {
+            tracing::error!("{e}");
+            continue;
+        }
+        let listener = match control::bind(&cfg.state_dir).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("{e}");
+                continue;
+            }
+        };
+        let new = serve::spawn(listener, control::router(mitigator.clone(), metrics.clone()));
+        let old = control_server.lock().await.replace(new);
+        if let Some(old) = old {
+            old.stop().await;
+        }
+        mitigator.lock().unwrap_or_else(|p| p.into_inner()).save();
+        tracing::info!(socket = %socket.display(), "control API listening again; rules written again");
+    }
 }
 
 /// Loads the saved baselines into `detector`, saying what it found.

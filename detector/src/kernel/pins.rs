@@ -133,6 +133,90 @@ pub fn sweep_dead_netns(live: &[u64]) -> usize {
     n
 }
 
+/// Pins left for an interface that no longer exists, found and removed by
+/// [`sweep_gone`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Swept {
+    /// The pin directory that was removed.
+    pub dir: PathBuf,
+    /// The interface's name (the directory's).
+    pub iface: String,
+    /// Pinned objects removed.
+    pub pins: usize,
+}
+
+/// Removes the pins of interfaces that are gone, in any network namespace:
+/// a deleted namespace takes its interfaces with it, and the kernel then
+/// leaves their XDP links attached to nothing (`ifindex` 0). Their rules
+/// can never act again, and would otherwise stay in bpffs forever. A
+/// directory another controller holds is left alone.
+pub fn sweep_gone() -> Vec<Swept> {
+    let root = Path::new(BPFFS).join("detector");
+    let mut dirs = Vec::new();
+    for e in fs::read_dir(&root).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with("netns-") {
+            dirs.extend(fs::read_dir(e.path()).into_iter().flatten().flatten().map(|i| i.path()));
+        } else {
+            dirs.push(e.path());
+        }
+    }
+    let mut out = Vec::new();
+    for dir in dirs {
+        if !dir.is_dir() || link_ifindex(&dir.join(LINK_PIN)).map_or(true, |i| i != 0) {
+            continue;
+        }
+        let iface = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let Ok(lock) = lock(&dir, &iface) else { continue };
+        match remove(&dir) {
+            Ok(pins) => out.push(Swept { dir: dir.clone(), iface, pins }),
+            Err(e) => tracing::warn!("{e}"),
+        }
+        drop(lock);
+    }
+    out
+}
+
+/// The interface index the XDP link pinned at `pin` is attached to; 0 once
+/// its interface is gone.
+fn link_ifindex(pin: &Path) -> io::Result<u32> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let fd = obj_get(pin)?;
+    // struct bpf_link_info: type, id, prog_id (u32 each), then a union
+    // aligned to 8 bytes whose xdp member is { u32 ifindex } (offset 16).
+    let mut info = [0u64; 16];
+    // union bpf_attr, info: { u32 bpf_fd; u32 info_len; u64 info }.
+    let mut attr = [0u64; 18];
+    attr[0] = (std::os::fd::AsRawFd::as_raw_fd(&fd) as u32 as u64) | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: attr and info are live, writable buffers of the sizes given.
+    if unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, attr.as_mut_ptr(), 144u32) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    const BPF_LINK_TYPE_XDP: u64 = 6;
+    if info[0] & 0xffff_ffff != BPF_LINK_TYPE_XDP {
+        return Err(io::Error::other("the pinned link is not an XDP link"));
+    }
+    Ok((info[2] & 0xffff_ffff) as u32)
+}
+
+/// `BPF_OBJ_GET`: a descriptor for the object pinned at `pin`.
+fn obj_get(pin: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // union bpf_attr, obj_get: { u64 pathname; u32 bpf_fd; u32 file_flags }.
+    let mut attr = [0u64; 18];
+    attr[0] = path.as_ptr() as u64;
+    // SAFETY: attr is a live buffer of 144 bytes; pathname outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), 144u32) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// Takes the interface's pin directory for this process (an exclusive
 /// `flock`, released when the file closes, even on `kill -9`): two
 /// controllers must never drive one interface's rules.
@@ -169,21 +253,12 @@ pub fn detach_now(dir: &Path) -> Result<usize, PinError> {
 /// `BPF_OBJ_GET` on the pin, then `BPF_LINK_DETACH` (aya 0.14 exposes
 /// neither a link's descriptor nor this command).
 fn link_detach(pin: &Path) -> io::Result<()> {
-    use std::os::fd::FromRawFd as _;
-    const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_LINK_DETACH: libc::c_long = 34;
-    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
-    // union bpf_attr: obj_get is { u64 pathname; u32 bpf_fd; u32 file_flags },
-    // link_detach is { u32 link_fd }.
-    let mut attr = [0u64; 18];
-    attr[0] = path.as_ptr() as u64;
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), 144u32) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let fd = obj_get(pin)?;
+    // union bpf_attr, link_detach: { u32 link_fd }.
     let mut attr = [0u64; 18];
     attr[0] = std::os::fd::AsRawFd::as_raw_fd(&fd) as u32 as u64;
+    // SAFETY: attr is a live buffer of 144 bytes.
     if unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), 144u32) } != 0 {
         return Err(io::Error::last_os_error());
     }

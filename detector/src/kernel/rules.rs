@@ -65,6 +65,11 @@ impl RuleMaps {
         Ok(plan)
     }
 
+    /// What the trie holds now.
+    pub fn applied(&self) -> &Plan {
+        &self.applied
+    }
+
     /// Number of entries in the trie now.
     pub fn entries(&self) -> usize {
         self.applied.len()

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::{
+    plan::{rules_in, KernelRule},
     prefix::Prefix,
     rule::{Rule, RuleRequest},
     ruleset::{AllowEntry, AllowSource, Limits, Removed, RuleError, RuleSet, Saved},
@@ -125,9 +126,12 @@ impl Mitigator {
         })
     }
 
-    /// Reads the saved rules, drops those that expired while no controller
-    /// ran, and makes every interface's trie hold exactly the rest (an
-    /// adopted trie keeps enforcing throughout).
+    /// Reads the saved rules, reconciles them with what the pinned tries of
+    /// an earlier run hold (see [`RuleSet::restore`]: the kernel wins, so a
+    /// missing, stale or unreadable `rules.json` never loses a rule in
+    /// force), drops those that expired while no controller ran, and makes
+    /// every interface's trie hold exactly the rest (an adopted trie keeps
+    /// enforcing throughout).
     pub fn restore(&mut self, clock: Clock) -> Result<Vec<Rule>, MitigateError> {
         let path = self.state_dir.join(RULES_FILE);
         let saved = match statedir::read(&self.state_dir, RULES_FILE) {
@@ -136,7 +140,7 @@ impl Mitigator {
                 Err(e) => {
                     match statedir::move_aside(&path) {
                         Ok(aside) => tracing::error!(
-                            "{} is unreadable ({e}); moved to {}; starting with no rules",
+                            "{} is unreadable ({e}); moved to {}; rules in force are read back from the kernel",
                             path.display(),
                             aside.display()
                         ),
@@ -149,16 +153,54 @@ impl Mitigator {
             },
             statedir::Read::Missing => Saved::default(),
             statedir::Read::Failed(why) => {
-                tracing::error!("cannot read the saved rules: {why}; starting with no rules");
+                tracing::error!("cannot read the saved rules: {why}; rules in force are read back from the kernel");
                 Saved::default()
             }
         };
-        for (rule, why) in self.set.restore(saved) {
+        let kernel = self.kernel_rules();
+        let r = self.set.restore(saved, kernel.as_deref(), clock);
+        for (rule, why) in &r.refused {
             tracing::warn!(rule = %rule.describe(), "saved rule not restored: {why}");
+        }
+        for (a, why) in &r.refused_allow {
+            tracing::warn!(id = %a.id, prefix = %a.prefix, "saved allowlist entry not restored: {why}");
+        }
+        for rule in &r.stale {
+            tracing::warn!(rule = %rule.describe(), "saved rule not restored: the kernel no longer holds it (removed while the state directory could not be written)");
+        }
+        for rule in &r.recovered {
+            tracing::warn!(rule = %rule.describe(), "rule in force recovered from the kernel; rules.json had no record of it, so its reason and origin are lost");
         }
         let expired = self.set.expire(clock.wall_ms);
         self.commit(clock)?;
         Ok(expired)
+    }
+
+    /// The rules the interfaces' adopted tries hold, if any interface
+    /// adopted one (a fresh attach starts empty).
+    fn kernel_rules(&self) -> Option<Vec<KernelRule>> {
+        let adopted: Vec<(&str, Vec<KernelRule>)> = self
+            .ifaces
+            .iter()
+            .filter(|(_, m)| m.entries() > 0)
+            .map(|(i, m)| (i.as_str(), rules_in(m.applied())))
+            .collect();
+        let (_, first) = adopted.first()?;
+        let mut all = first.clone();
+        for (iface, rules) in &adopted[1..] {
+            for k in rules {
+                match all.iter().find(|a| a.index == k.index) {
+                    Some(a) if a != k => tracing::warn!(
+                        iface,
+                        index = k.index,
+                        "the pinned tries disagree on a rule; the first interface's is kept"
+                    ),
+                    Some(_) => {}
+                    None => all.push(k.clone()),
+                }
+            }
+        }
+        Some(all)
     }
 
     /// Writes the rule set to every interface, then hands it to the state
@@ -169,8 +211,15 @@ impl Mitigator {
             maps.apply(&plan)
                 .map_err(|source| MitigateError::Kernel { iface: iface.clone(), source: Box::new(source) })?;
         }
-        self.files.save_json(RULES_FILE, &self.set.saved());
+        self.save();
         Ok(())
+    }
+
+    /// Hands the rule set to the state directory's writer (it is written
+    /// after every change; this writes it again, for a directory that was
+    /// recreated).
+    pub fn save(&self) {
+        self.files.save_json(RULES_FILE, &self.set.saved());
     }
 
     /// Applies a change to a copy of the rule set; keeps it only if every

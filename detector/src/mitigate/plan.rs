@@ -8,14 +8,17 @@
 
 use std::collections::BTreeMap;
 
-use detector_common::rules::{RuleEntry, RuleSlot, ACTION_DROP, ACTION_RATE_LIMIT, ENTRY_ALLOW, MAX_SLOTS};
+use detector_common::{
+    rules::{RuleEntry, RuleSlot, ACTION_DROP, ACTION_RATE_LIMIT, ALL_CLASSES, ENTRY_ALLOW, MAX_SLOTS},
+    TrafficClass,
+};
 use thiserror::Error;
 
 use crate::clock::Clock;
 
 use super::{
     prefix::Prefix,
-    rule::{Action, Rule},
+    rule::{class_mask, Action, Rule},
 };
 
 /// The trie's contents: one entry per prefix.
@@ -101,11 +104,93 @@ pub fn diff<'a>(old: &Plan, new: &'a Plan) -> (Vec<(&'a Prefix, &'a RuleEntry)>,
     (writes, deletes)
 }
 
+/// A rule as the kernel holds it: what a trie left by an earlier run says,
+/// without the id, reason and origin only the state directory keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelRule {
+    /// Its counters' index (the rule's identity in the kernel).
+    pub index: u32,
+    /// The shortest prefix whose entry holds it: the rule's own (entries of
+    /// longer prefixes inherit it).
+    pub prefix: Prefix,
+    pub slot: RuleSlot,
+}
+
+impl KernelRule {
+    /// Traffic classes of the slot's mask, as a rule names them: `tcp`,
+    /// `udp` and `icmp` for whole groups, single classes for the rest,
+    /// nothing for every class.
+    pub fn classes(&self) -> Vec<String> {
+        let mut mask = self.slot.class_mask;
+        if mask & ALL_CLASSES == ALL_CLASSES {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for group in ["tcp", "udp", "icmp"] {
+            let bits = class_mask(&[group.to_string()]).unwrap_or(0);
+            if bits != 0 && mask & bits == bits {
+                out.push(group.to_string());
+                mask &= !bits;
+            }
+        }
+        for c in TrafficClass::ALL {
+            if mask & (1 << c.index()) != 0 {
+                out.push(c.name().to_string());
+            }
+        }
+        out
+    }
+
+    /// The slot's action, back in a rule's terms (rates rounded to whole
+    /// packets and bytes per second).
+    pub fn action(&self) -> Option<Action> {
+        let s = &self.slot;
+        match s.action {
+            ACTION_DROP => Some(Action::Drop),
+            ACTION_RATE_LIMIT if s.interval_ns > 0 => {
+                let pps = (1e9 / s.interval_ns as f64).round().max(1.0) as u64;
+                let burst = s.tolerance_ns / s.interval_ns + 1;
+                let (bps, byte_burst) = if s.byte_interval_ps > 0 {
+                    let bps = (1e12 / s.byte_interval_ps as f64).round().max(1.0) as u64;
+                    (Some(bps), Some(s.byte_tolerance_ns * 1000 / s.byte_interval_ps))
+                } else {
+                    (None, None)
+                };
+                Some(Action::RateLimit { pps, burst, bps, byte_burst })
+            }
+            _ => None,
+        }
+    }
+
+    /// When the slot stops matching, on the wall clock; `None`: never.
+    pub fn expires_ms(&self, clock: Clock) -> Option<u64> {
+        (self.slot.expires_ns != 0).then(|| {
+            let delta_ms = (self.slot.expires_ns as i128 - clock.mono_ns as i128) / 1_000_000;
+            (clock.wall_ms as i128 + delta_ms).max(0) as u64
+        })
+    }
+}
+
+/// The rules a trie holds: one per counters index, at the shortest prefix
+/// that carries it. The inverse of [`plan`], for a trie an earlier run left
+/// pinned when the state directory's copy is missing or unreadable.
+pub fn rules_in(plan: &Plan) -> Vec<KernelRule> {
+    let mut out: BTreeMap<u32, KernelRule> = BTreeMap::new();
+    for (prefix, entry) in plan {
+        for slot in entry.slots.iter().filter(|s| s.index != 0) {
+            let shorter = out.get(&slot.index).is_none_or(|k| prefix.bits() < k.prefix.bits());
+            if shorter {
+                out.insert(slot.index, KernelRule { index: slot.index, prefix: *prefix, slot: *slot });
+            }
+        }
+    }
+    out.into_values().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::mitigate::rule::Origin;
-    use detector_common::{rules::ALL_CLASSES, TrafficClass};
 
     fn rule(id: u32, prefix: &str, action: Action) -> Rule {
         Rule {
@@ -215,5 +300,47 @@ mod tests {
         let (w, d) = diff(&new, &old);
         assert_eq!(w.len(), 1);
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn the_rules_a_trie_holds_are_read_back() {
+        let wide = rule(1, "10.0.0.0/8", Action::Drop);
+        let mut narrow = rule(
+            2,
+            "10.1.0.0/16",
+            Action::RateLimit { pps: 50, burst: 7, bps: Some(3_000_000), byte_burst: Some(400_000) },
+        );
+        narrow.classes = vec!["udp".into(), "tcp_syn".into()];
+        narrow.dport = Some(53);
+        narrow.expires_ms = Some(CLOCK.wall_ms + 60_000);
+        let mut v6 = rule(5, "2001:db8::/32", Action::Drop);
+        v6.classes = vec!["icmp".into(), "tcp".into()];
+        let rules = [&wide, &narrow, &v6];
+        let plan = plan(&rules, &[p("10.1.2.3/32")], CLOCK).unwrap();
+        let back = rules_in(&plan);
+        assert_eq!(
+            back.iter().map(|k| (k.index, k.prefix)).collect::<Vec<_>>(),
+            vec![(1, p("10.0.0.0/8")), (2, p("10.1.0.0/16")), (5, p("2001:db8::/32")),]
+        );
+        for (k, r) in back.iter().zip(rules) {
+            assert_eq!(k.slot, slot(r, CLOCK));
+            assert_eq!(k.expires_ms(CLOCK), r.expires_ms);
+            assert_eq!(class_mask(&k.classes()).unwrap(), r.class_mask());
+            // A rule rebuilt from what the kernel holds plans to the same slot
+            // (rates come back rounded: 3 Mbyte/s reads as 3000003).
+            let mut rebuilt = r.clone();
+            rebuilt.action = k.action().unwrap();
+            rebuilt.classes = k.classes();
+            assert_eq!(slot(&rebuilt, CLOCK), k.slot, "{}", r.id);
+        }
+        assert_eq!(back[0].action(), Some(Action::Drop));
+        assert_eq!(
+            back[1].action(),
+            Some(Action::RateLimit { pps: 50, burst: 7, bps: Some(3_000_003), byte_burst: Some(400_000) })
+        );
+        assert_eq!(back[1].classes(), vec!["udp", "tcp_syn"]);
+        assert_eq!(back[2].classes(), vec!["tcp", "icmp"]);
+        assert!(back[0].classes().is_empty());
+        assert!(rules_in(&Plan::new()).is_empty());
     }
 }

@@ -64,6 +64,11 @@ impl Origin {
         Origin { by: "operator".into(), runbook: None, incident: None, step: None }
     }
 
+    /// A rule found in the kernel that the state directory had no record of.
+    pub fn recovered() -> Origin {
+        Origin { by: "recovered".into(), runbook: None, incident: None, step: None }
+    }
+
     /// True when runbook `runbook`'s step `step` installed it for `incident`.
     pub fn is_step(&self, runbook: &str, incident: &str, step: usize) -> bool {
         self.runbook.as_deref() == Some(runbook)
@@ -289,12 +294,19 @@ impl RuleRequest {
             }
         };
         let reason = self.reason.clone().unwrap_or_default();
-        if reason.chars().count() > MAX_REASON || reason.chars().any(char::is_control) {
-            return Err(RequestError::Reason);
-        }
+        check_reason(&reason)?;
         let origin = self.origin.clone().unwrap_or_else(Origin::operator);
         Ok(Checked { prefix, classes, sport: self.sport, dport: self.dport, action, ttl, reason, origin })
     }
+}
+
+/// A rule's or an allowlist entry's reason: at most [`MAX_REASON`]
+/// characters, no control characters (it reaches logs and terminals).
+pub fn check_reason(reason: &str) -> Result<(), RequestError> {
+    if reason.chars().count() > MAX_REASON || reason.chars().any(char::is_control) {
+        return Err(RequestError::Reason);
+    }
+    Ok(())
 }
 
 /// The most rules that may cover one address: the XDP entry's slot count.

@@ -9,10 +9,12 @@ use thiserror::Error;
 
 use crate::clock::Clock;
 
+use detector_common::rules::RuleSlot;
+
 use super::{
-    plan::{self, Plan, PlanError},
+    plan::{self, KernelRule, Plan, PlanError},
     prefix::Prefix,
-    rule::{Checked, RequestError, Rule, RuleRequest},
+    rule::{check_reason, Action, Checked, Origin, RequestError, Rule, RuleRequest},
 };
 
 /// Where an allowlist entry comes from.
@@ -84,6 +86,83 @@ pub enum Removed {
     Allow(AllowEntry),
 }
 
+/// What [`RuleSet::restore`] did beside restoring, for the log.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// Saved rules not restored, and why.
+    pub refused: Vec<(Rule, String)>,
+    /// Saved allowlist entries not restored, and why.
+    pub refused_allow: Vec<(AllowEntry, String)>,
+    /// Saved rules the pinned tries no longer hold (removed while the file
+    /// could not be written): not restored.
+    pub stale: Vec<Rule>,
+    /// Rules the pinned tries hold that the file lacked: recovered.
+    pub recovered: Vec<Rule>,
+}
+
+/// The reason a recovered rule carries.
+pub const RECOVERED_REASON: &str = "recovered from the kernel: the state directory had no record of it";
+
+/// The number in a rule id `r<N>`.
+fn rule_id(id: &str) -> Option<u64> {
+    id.strip_prefix('r').filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).and_then(|n| n.parse().ok())
+}
+
+/// The number in an allowlist id `a<N>`.
+fn allow_id(id: &str) -> Option<u64> {
+    id.strip_prefix('a').filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).and_then(|n| n.parse().ok())
+}
+
+/// A saved rule, checked as a new rule is: through [`RuleRequest::check`],
+/// which every other way in also takes. Returns its id's number.
+fn check_saved(r: &Rule, ids: &[String]) -> Result<u64, String> {
+    let n = rule_id(&r.id).ok_or_else(|| format!("'{}' is not a rule id", r.id))?;
+    if ids.contains(&r.id) {
+        return Err(format!("id {} is used twice", r.id));
+    }
+    let (pps, burst, bps) = match &r.action {
+        Action::Drop => (None, None, None),
+        Action::RateLimit { pps, burst, bps, .. } => (Some(*pps), Some(*burst), *bps),
+    };
+    let req = RuleRequest {
+        action: r.action.name().into(),
+        prefix: r.prefix.to_string(),
+        classes: r.classes.clone(),
+        sport: r.sport,
+        dport: r.dport,
+        pps,
+        burst,
+        bps,
+        ttl_ms: None,
+        reason: Some(r.reason.clone()),
+        origin: Some(r.origin.clone()),
+    };
+    let c = req.check().map_err(|e| e.to_string())?;
+    let same_action = match (&c.action, &r.action) {
+        (Action::Drop, Action::Drop) => true,
+        (Action::RateLimit { pps: a, burst: b, bps: c, .. }, Action::RateLimit { pps: x, burst: y, bps: z, .. }) => {
+            (a, b, c) == (x, y, z)
+        }
+        _ => false,
+    };
+    if !same_action || c.classes != r.classes {
+        return Err("its fields are not in the form a rule is saved in".into());
+    }
+    if r.expires_ms.is_some_and(|t| t < r.created_ms) {
+        return Err("it expires before it was created".into());
+    }
+    Ok(n)
+}
+
+/// Two slots that match the same packets the same way (the expiry, which
+/// the wall clock converts, may differ by a clock adjustment).
+fn same_slot(a: &RuleSlot, b: &RuleSlot) -> bool {
+    let both_expire = (a.expires_ns == 0) == (b.expires_ns == 0);
+    let mut a = *a;
+    a.expires_ns = b.expires_ns;
+    a == *b && both_expire
+}
+
 #[derive(Clone, Debug)]
 pub struct RuleSet {
     limits: Limits,
@@ -98,30 +177,114 @@ impl RuleSet {
         RuleSet { limits, rules: Vec::new(), allow: Vec::new(), next_rule: 1, next_allow: 1 }
     }
 
-    /// Restores what was saved, under the current limits. Rules that no
-    /// longer fit (lower limits, a now-allowlisted prefix) are returned with
-    /// the reason, for the log; they are not installed.
-    pub fn restore(&mut self, saved: Saved) -> Vec<(Rule, RuleError)> {
-        self.next_rule = self.next_rule.max(saved.next_rule);
-        self.next_allow = self.next_allow.max(saved.next_allow);
+    /// Restores what was saved, under the current limits, each saved rule
+    /// and allowlist entry checked as a new one would be (a hand-edited or
+    /// damaged file cannot install a rule the API would refuse).
+    ///
+    /// `kernel` is what the pinned tries of an earlier run hold, when there
+    /// are any: the rules really in force. It wins over the file, which may
+    /// be stale (a disk that was full) or unreadable: a saved rule the
+    /// kernel no longer holds is not restored, and a rule the kernel holds
+    /// that the file lacks is recovered from its slot (without its id,
+    /// reason and origin, which only the file kept). Without pinned tries
+    /// (a fresh attach), the file is all there is.
+    pub fn restore(&mut self, saved: Saved, kernel: Option<&[KernelRule]>, clock: Clock) -> Restored {
+        let mut out = Restored::default();
+        let mut ids: Vec<String> = Vec::new();
+        let mut next_rule = saved.next_rule;
+        let mut next_allow = saved.next_allow;
         for a in saved.allow {
-            if a.source == AllowSource::Operator && !self.allow.iter().any(|e| e.prefix == a.prefix) {
-                self.allow.push(a);
+            let why = match allow_id(&a.id) {
+                _ if a.source != AllowSource::Operator => Some("only operator entries are saved".to_string()),
+                None => Some(format!("'{}' is not an allowlist id", a.id)),
+                Some(_) if ids.contains(&a.id) => Some(format!("id {} is used twice", a.id)),
+                Some(_) if check_reason(&a.reason).is_err() => Some(RequestError::Reason.to_string()),
+                Some(_) if self.allow.iter().any(|e| e.prefix == a.prefix) => None,
+                Some(n) => {
+                    next_allow = next_allow.max(n + 1);
+                    ids.push(a.id.clone());
+                    if self.allow.len() as u32 >= self.limits.max_allow {
+                        Some(RuleError::AllowFull(self.limits.max_allow).to_string())
+                    } else {
+                        self.allow.push(a.clone());
+                        None
+                    }
+                }
+            };
+            if let Some(why) = why {
+                out.refused_allow.push((a, why));
             }
         }
-        let mut dropped = Vec::new();
+        let mut checked: Vec<Rule> = Vec::new();
         for r in saved.rules {
+            match check_saved(&r, &ids) {
+                Ok(n) => {
+                    next_rule = next_rule.max(n + 1);
+                    ids.push(r.id.clone());
+                    checked.push(r);
+                }
+                Err(why) => out.refused.push((r, why)),
+            }
+        }
+        self.next_rule = self.next_rule.max(next_rule);
+        self.next_allow = self.next_allow.max(next_allow);
+
+        let to_install: Vec<Rule> = match kernel {
+            None => checked,
+            Some(kernel) => {
+                let mut keep = Vec::new();
+                for r in checked {
+                    let found = kernel.iter().any(|k| {
+                        k.index == r.index && k.prefix == r.prefix && same_slot(&k.slot, &plan::slot(&r, clock))
+                    });
+                    if found {
+                        keep.push(r);
+                    } else {
+                        out.stale.push(r);
+                    }
+                }
+                for k in kernel {
+                    if keep.iter().any(|r| r.index == k.index) {
+                        continue;
+                    }
+                    let expires_ms = k.expires_ms(clock);
+                    if expires_ms.is_some_and(|t| t <= clock.wall_ms) {
+                        continue;
+                    }
+                    let Some(action) = k.action() else { continue };
+                    let rule = Rule {
+                        id: format!("r{}", self.next_rule),
+                        index: k.index,
+                        prefix: k.prefix,
+                        classes: k.classes(),
+                        sport: (k.slot.sport != 0).then_some(k.slot.sport),
+                        dport: (k.slot.dport != 0).then_some(k.slot.dport),
+                        action,
+                        reason: RECOVERED_REASON.into(),
+                        origin: Origin::recovered(),
+                        created_ms: clock.wall_ms,
+                        expires_ms,
+                    };
+                    self.next_rule += 1;
+                    out.recovered.push(rule.clone());
+                    keep.push(rule);
+                }
+                keep
+            }
+        };
+        for r in to_install {
             if let Err(e) = self.admit(&r) {
-                dropped.push((r, e));
+                out.refused.push((r, e.to_string()));
                 continue;
             }
             self.rules.push(r);
             if let Err(e) = self.plan(Clock { wall_ms: 0, mono_ns: 0 }) {
                 let r = self.rules.pop().expect("just pushed");
-                dropped.push((r, e.into()));
+                out.refused.push((r, e.to_string()));
             }
         }
-        dropped
+        out.recovered.retain(|r| self.rules.iter().any(|o| o.id == r.id));
+        out
     }
 
     /// Checks a rule against the allowlist, the capacity and the rules in force.
@@ -404,11 +567,104 @@ mod tests {
         // A new start where 10.1.0.0/16 is now the host's own network.
         let mut fresh = RuleSet::new(LIMITS);
         fresh.add_allow(p("10.1.0.0/16"), AllowSource::Host, "address of eth1", 0).unwrap();
-        let dropped = fresh.restore(back);
-        assert_eq!(dropped.len(), 1);
-        assert_eq!(dropped[0].0.prefix, p("10.1.0.0/16"));
+        let r = fresh.restore(back, None, CLOCK);
+        assert_eq!(r.refused.len(), 1);
+        assert_eq!(r.refused[0].0.prefix, p("10.1.0.0/16"));
         assert_eq!(fresh.rules().len(), 1);
         assert_eq!(fresh.rules()[0].index, 1, "indexes survive, and with them the counters");
         assert_eq!(fresh.add_rule(&drop("198.51.100.0/24"), 0).unwrap().id, "r3");
+    }
+
+    const CLOCK: Clock = Clock { wall_ms: 1_000_000, mono_ns: 5_000_000_000 };
+
+    fn saved_with(rules: Vec<Rule>) -> Saved {
+        Saved { next_rule: 1, next_allow: 1, rules, allow: vec![] }
+    }
+
+    #[test]
+    fn saved_rules_are_checked_like_new_ones() {
+        let mut set = RuleSet::new(LIMITS);
+        let good = set.add_rule(&drop("10.0.0.0/8"), 0).unwrap();
+        let mut zero = good.clone();
+        zero.id = "r7".into();
+        zero.index = 2;
+        zero.prefix = p("192.0.2.0/24");
+        zero.action = Action::RateLimit { pps: 0, burst: 0, bps: None, byte_burst: None };
+        let mut twice = good.clone();
+        twice.index = 3;
+        twice.prefix = p("198.51.100.0/24");
+        let mut bad_id = good.clone();
+        bad_id.id = "x1".into();
+        bad_id.index = 4;
+        bad_id.prefix = p("203.0.113.0/24");
+        let mut control = good.clone();
+        control.id = "r9".into();
+        control.index = 4;
+        control.prefix = p("203.0.113.0/24");
+        control.reason = "a\u{1b}[2Jb".into();
+        let mut high = good.clone();
+        high.id = "r40".into();
+        high.index = 2;
+        high.prefix = p("100.64.0.0/10");
+
+        let mut fresh = RuleSet::new(LIMITS);
+        let mut saved = saved_with(vec![good.clone(), zero, twice, bad_id, control, high]);
+        saved.next_rule = 2;
+        let r = fresh.restore(saved, None, CLOCK);
+        let refused: Vec<(&str, &str)> = r.refused.iter().map(|(r, why)| (r.id.as_str(), why.as_str())).collect();
+        assert_eq!(refused.len(), 4, "{refused:?}");
+        assert!(refused[0].0 == "r7" && refused[0].1.contains("rate 0"), "{refused:?}");
+        assert!(refused[1].0 == "r1" && refused[1].1.contains("used twice"), "{refused:?}");
+        assert!(refused[2].0 == "x1" && refused[2].1.contains("not a rule id"), "{refused:?}");
+        assert!(refused[3].0 == "r9" && refused[3].1.contains("control characters"), "{refused:?}");
+        assert_eq!(fresh.rules().iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["r1", "r40"]);
+        // A new rule never takes an id a restored one has.
+        assert_eq!(fresh.add_rule(&drop("192.0.2.0/24"), 0).unwrap().id, "r41");
+    }
+
+    #[test]
+    fn the_kernel_wins_over_a_stale_or_lost_file() {
+        let mut before = RuleSet::new(LIMITS);
+        let mut req = drop("10.0.0.0/8");
+        req.reason = Some("kept".into());
+        let kept = before.add_rule(&req, CLOCK.wall_ms).unwrap();
+        let removed = before.add_rule(&drop("192.0.2.0/24"), CLOCK.wall_ms).unwrap();
+        let saved = before.saved();
+        // Since the file was written: r2 removed, a rate limit added, and
+        // the disk full throughout.
+        before.remove(&removed.id).unwrap();
+        let mut rl = RuleRequest {
+            action: "rate_limit".into(),
+            prefix: "198.51.100.0/24".into(),
+            pps: Some(100),
+            classes: vec!["udp".into()],
+            dport: Some(27015),
+            ..Default::default()
+        };
+        rl.ttl_ms = Some(600_000);
+        let added = before.add_rule(&rl, CLOCK.wall_ms).unwrap();
+        let in_kernel = plan::rules_in(&before.plan(CLOCK).unwrap());
+
+        let mut after = RuleSet::new(LIMITS);
+        let r = after.restore(saved, Some(&in_kernel), CLOCK);
+        assert_eq!(r.stale.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["r2"]);
+        assert_eq!(r.recovered.len(), 1);
+        let got: Vec<&Rule> = after.rules().iter().collect();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], &kept, "a rule the file and the kernel agree on keeps its id and reason");
+        let rec = got[1];
+        assert_eq!((rec.index, rec.prefix, rec.dport), (added.index, added.prefix, added.dport));
+        assert_eq!(rec.classes, vec!["udp"]);
+        assert_eq!(rec.action, added.action);
+        assert_eq!(rec.expires_ms, added.expires_ms);
+        assert_eq!(rec.origin, Origin::recovered());
+        assert_ne!(rec.id, kept.id);
+        assert_eq!(after.plan(CLOCK).unwrap(), before.plan(CLOCK).unwrap(), "the kernel is left as it was");
+
+        // An unreadable file (nothing saved): everything comes back from the kernel.
+        let mut lost = RuleSet::new(LIMITS);
+        let r = lost.restore(Saved::default(), Some(&in_kernel), CLOCK);
+        assert_eq!(r.recovered.len(), 2);
+        assert_eq!(lost.plan(CLOCK).unwrap(), before.plan(CLOCK).unwrap());
     }
 }
