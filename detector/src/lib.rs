@@ -13,6 +13,7 @@ pub mod counters;
 pub mod detect;
 pub mod ebpf;
 pub mod flood;
+pub mod format;
 pub mod http;
 pub mod iface;
 pub mod lab;
