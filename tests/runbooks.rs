@@ -116,6 +116,36 @@ fn without_secrets_references_and_everything_else_are_still_checked() {
             "  - mitigate: { action: rate_limit, scope: top_sources, pps: 50, burst: 0, ttl: 1m }\n",
             "burst 0 is out of range",
         ),
+        (
+            "pps.yaml",
+            "  - mitigate: { action: rate_limit, scope: top_sources, pps: 0, ttl: 1m }\n",
+            "rate 0 packets per second is out of range",
+        ),
+        (
+            "bps.yaml",
+            "  - mitigate: { action: rate_limit, scope: top_sources, pps: 5, bps: 10, ttl: 1m }\n",
+            "byte rate 10",
+        ),
+        (
+            "ttl.yaml",
+            "  - mitigate: { action: drop, scope: top_sources, ttl: 500ms }\n",
+            "ttl must be between 1s and 365 days",
+        ),
+        (
+            "class.yaml",
+            "  - mitigate: { action: drop, scope: top_sources, class: udpp, ttl: 1m }\n",
+            "unknown traffic class 'udpp'",
+        ),
+        (
+            "port.yaml",
+            "  - mitigate: { action: drop, scope: top_sources, port: 0, ttl: 1m }\n",
+            "port 0 cannot be matched",
+        ),
+        (
+            "drop.yaml",
+            "  - mitigate: { action: drop, scope: top_sources, burst: 5, ttl: 1m }\n",
+            "only apply to a rate_limit rule",
+        ),
     ];
     for (file, step, expect) in bad {
         let d = Dir::new(file.trim_end_matches(".yaml"), &[(file, &format!("{HEAD}{step}"))]);
