@@ -434,3 +434,24 @@ async fn a_reload_never_stalls_the_runtime() {
     );
     assert_eq!(e.runbooks().await.len(), 2);
 }
+
+/// The new outcomes go through the real history and come back, and a
+/// second write of an execution replaces the first, steps and all.
+#[test]
+fn running_and_interrupted_executions_round_trip_through_the_store() {
+    use crate::store::{ExecutionQuery, Store};
+    let s = Scratch::new("store");
+    let mut store = Store::open(&s.0).unwrap();
+    let mut ex = ran("inc-1", "rb", 1_000, Outcome::Running);
+    ex.steps.push(StepRecord::pending(1, "notify", 1_000));
+    store.record_execution(&ex).unwrap();
+    let got = store.executions(ExecutionQuery::default()).unwrap();
+    assert_eq!(got, [ex.clone()]);
+    assert_eq!(outcomes(&got[0]), [Outcome::Pending, Outcome::Pending]);
+    ex.interrupt(2_000, true);
+    store.record_execution(&ex).unwrap();
+    let got = store.executions(ExecutionQuery::default()).unwrap();
+    assert_eq!(got, [ex]);
+    assert_eq!(got[0].outcome, Outcome::Interrupted);
+    assert_eq!(outcomes(&got[0]), [Outcome::Interrupted, Outcome::Skipped]);
+}
