@@ -396,7 +396,17 @@ fn the_shipped_runbooks_answer_a_udp_flood() {
     assert!(f.join().unwrap().status.success());
     wait_for(&rx, "PagerDuty's resolve", |r| r.on("/pd").iter().any(|p| p.json()["event_action"] == "resolve"), &c);
     let incident = pd["dedup_key"].as_str().unwrap().to_string();
-    let h = cli_json(&c, &["history", "--incident", &incident]);
+    // The history holds executions from their start (`running`): wait for
+    // the resolve side to finish.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let h = loop {
+        let h = cli_json(&c, &["history", "--incident", &incident]);
+        if h["executions"].as_array().unwrap().iter().all(|e| e["outcome"] != "running") {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "executions still running: {h}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let runbooks: Vec<&str> =
         h["executions"].as_array().unwrap().iter().map(|e| e["runbook"].as_str().unwrap()).collect();
     for rb in ["udp-flood-auto-response", "notify-every-attack", "pagerduty-critical"] {
@@ -457,8 +467,16 @@ fn rules_a_runbook_installed_are_removed_at_resolution_even_after_a_restart() {
         assert!(Instant::now() < deadline, "rules left after resolution:\n{}", c.log_text());
         std::thread::sleep(Duration::from_millis(200));
     }
-    let h = cli_json(&c, &["history", "--runbook", "drop-top"]);
-    let resolved =
-        h["executions"].as_array().unwrap().iter().find(|e| e["trigger"] == "resolved").expect("a resolve run");
+    // Its step is recorded as it finishes, just after the rules go.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let resolved = loop {
+        let h = cli_json(&c, &["history", "--runbook", "drop-top"]);
+        let done = h["executions"].as_array().unwrap().iter().find(|e| e["trigger"] == "resolved").cloned();
+        match done {
+            Some(e) if e["steps"][0]["outcome"] != "pending" => break e,
+            _ => assert!(Instant::now() < deadline, "no finished resolve run in {h}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(resolved["steps"][0]["detail"].as_str().unwrap().starts_with("removed 5 rule(s)"), "{resolved}");
 }

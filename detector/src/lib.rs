@@ -17,6 +17,7 @@ pub mod config;
 pub mod controller;
 pub mod detect;
 pub mod flood;
+pub mod format;
 pub mod history;
 pub mod iface;
 pub mod kernel;

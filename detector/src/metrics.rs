@@ -374,6 +374,11 @@ impl Metrics {
         }
     }
 
+    /// One poll of every interface took `seconds`.
+    pub fn poll_took(&self, seconds: f64) {
+        self.poll_duration.observe(seconds);
+    }
+
     pub fn poll_failed(&self, iface: &str) {
         self.poll_errors.get_or_create(&IfaceLabels { iface: iface.into() }).inc();
     }

@@ -7,6 +7,7 @@ use detector_common::{TrafficClass, CLASS_COUNT};
 use serde::Serialize;
 
 use crate::{
+    format::{bits, pps},
     rates::ClassRate,
     sources::{top_sources, SourceRate, TopSource},
 };
@@ -71,30 +72,14 @@ pub fn iface_view(
 /// One compact log line: totals, then the three busiest classes with their
 /// top source.
 pub fn summary_line(v: &IfaceView) -> String {
-    let mut s = format!("{} pps {}", si(v.pps), bits(v.bps));
+    let mut s = format!("{}, {}", pps(v.pps), bits(v.bps));
     for c in v.classes.iter().take(3) {
-        s.push_str(&format!(" | {} {} pps", c.class, si(c.pps)));
+        s.push_str(&format!(" | {} {}", c.class, pps(c.pps)));
         if let Some(t) = c.top_sources.first() {
             s.push_str(&format!(" (top {} {:.0}%)", t.addr, t.share * 100.0));
         }
     }
     s
-}
-
-fn si(x: f64) -> String {
-    if x >= 1e9 {
-        format!("{:.2}G", x / 1e9)
-    } else if x >= 1e6 {
-        format!("{:.2}M", x / 1e6)
-    } else if x >= 1e3 {
-        format!("{:.1}k", x / 1e3)
-    } else {
-        format!("{x:.0}")
-    }
-}
-
-fn bits(bps: f64) -> String {
-    format!("{}bit/s", si(bps))
 }
 
 #[cfg(test)]
@@ -118,6 +103,6 @@ mod tests {
         assert!(v.classes[1].top_sources.is_empty());
         assert_eq!(v.pps, 20_100.0);
         let line = summary_line(&v);
-        assert_eq!(line, "20.1k pps 10.24Mbit/s | udp 20.0k pps (top 198.18.0.1 75%) | tcp_syn 100 pps");
+        assert_eq!(line, "20.1k pps, 10.2 Mbit/s | udp 20.0k pps (top 198.18.0.1 75%) | tcp_syn 100 pps");
     }
 }

@@ -121,11 +121,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
 }
 
-fn request(action: &str, m: &MatchArgs) -> anyhow::Result<RuleRequest> {
-    // Checked here too, so a typo fails before the controller is asked.
-    m.prefix.parse::<Prefix>().map_err(anyhow::Error::msg)?;
+fn request(action: &str, m: &MatchArgs) -> RuleRequest {
     let ttl_ms = m.ttl.map(|d| d.as_millis() as u64);
-    Ok(RuleRequest {
+    RuleRequest {
         action: action.into(),
         prefix: m.prefix.clone(),
         classes: m.classes.clone(),
@@ -134,7 +132,14 @@ fn request(action: &str, m: &MatchArgs) -> anyhow::Result<RuleRequest> {
         ttl_ms,
         reason: m.reason.clone(),
         ..Default::default()
-    })
+    }
+}
+
+/// Checks `req` with the rule check the controller applies, so a typo
+/// fails before the controller is asked.
+fn checked(req: RuleRequest) -> anyhow::Result<RuleRequest> {
+    req.check()?;
+    Ok(req)
 }
 
 pub fn rules(cmd: RulesCommand) -> anyhow::Result<()> {
@@ -158,7 +163,7 @@ pub fn rules(cmd: RulesCommand) -> anyhow::Result<()> {
 
 pub fn block(cmd: AddCommand<BlockArgs>) -> anyhow::Result<()> {
     let AddCommand::Add(args) = cmd;
-    let req = request("drop", &args.m)?;
+    let req = checked(request("drop", &args.m))?;
     let rule = runtime()?.block_on(Client::new(&args.m.dir.state_dir).add_rule(&req))?;
     print_added(&rule);
     Ok(())
@@ -166,10 +171,12 @@ pub fn block(cmd: AddCommand<BlockArgs>) -> anyhow::Result<()> {
 
 pub fn ratelimit(cmd: AddCommand<RateLimitArgs>) -> anyhow::Result<()> {
     let AddCommand::Add(args) = cmd;
-    let mut req = request("rate_limit", &args.m)?;
-    req.pps = Some(args.pps);
-    req.burst = args.burst;
-    req.bps = args.bps;
+    let req = checked(RuleRequest {
+        pps: Some(args.pps),
+        burst: args.burst,
+        bps: args.bps,
+        ..request("rate_limit", &args.m)
+    })?;
     let rule = runtime()?.block_on(Client::new(&args.m.dir.state_dir).add_rule(&req))?;
     print_added(&rule);
     Ok(())

@@ -1,13 +1,15 @@
 //! `detector runbooks validate DIR`: checks a runbook directory the way
-//! the controller loads it, for CI pipelines. Secrets are resolved from
-//! this environment, so a missing one is an error here too.
+//! the controller loads it, for CI pipelines: structure, rules, templates,
+//! limits, and the syntax of `${...}` references. A CI pipeline has no
+//! production secrets, so they are resolved only with `--secrets` (from
+//! this environment and filesystem, as `detector run` does).
 
 use std::path::PathBuf;
 
 use detector::runbook::{
     load::load_dir,
     schema::{Families, Mode, Step},
-    secret::Real,
+    secret::{Lookup, Real, Unresolved},
 };
 
 #[derive(clap::Subcommand, Debug)]
@@ -16,12 +18,23 @@ pub enum RunbooksCommand {
     Validate {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
+        /// Also resolve every ${NAME} and ${file:PATH} reference, as
+        /// `detector run` does: a missing secret fails the check.
+        #[arg(long)]
+        secrets: bool,
     },
 }
 
 pub fn run(cmd: RunbooksCommand) -> anyhow::Result<()> {
-    let RunbooksCommand::Validate { dir } = cmd;
-    let loaded = load_dir(&dir, &|| Box::new(Real)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let RunbooksCommand::Validate { dir, secrets } = cmd;
+    let lookup = move || -> Box<dyn Lookup> {
+        if secrets {
+            Box::new(Real)
+        } else {
+            Box::new(Unresolved)
+        }
+    };
+    let loaded = load_dir(&dir, &lookup).map_err(|e| anyhow::anyhow!("{e}"))?;
     for l in &loaded.runbooks {
         let rb = &l.runbook;
         let families = match &rb.trigger.families {
@@ -51,6 +64,11 @@ pub fn run(cmd: RunbooksCommand) -> anyhow::Result<()> {
     }
     if loaded.runbooks.is_empty() {
         anyhow::bail!("no runbooks (*.yaml, *.yml) in {}", dir.display());
+    }
+    if !secrets {
+        println!(
+            "secrets not resolved (their syntax is checked); pass --secrets to resolve them as `detector run` does"
+        );
     }
     Ok(())
 }

@@ -39,7 +39,7 @@ use crate::{
         incident::{IncidentEvent, Status},
         Detector,
     },
-    history::{HistoryCmd, Store, StoreError, Writer},
+    history::{ExecutionQuery, HistoryCmd, Store, StoreError, Writer},
     kernel::{
         counters::CounterError,
         pins::{self, LockError, PinError},
@@ -54,7 +54,7 @@ use crate::{
         ruleset::{AllowSource, Limits},
     },
     runbook::{
-        engine::{Engine, Handles, IncidentCommand},
+        engine::{Engine, Handles, IncidentCommand, SHUTDOWN_GRACE},
         load::FileError,
     },
     statedir::{self, FileWriter, Loaded, StateError},
@@ -151,6 +151,12 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     let metrics = Arc::new(Metrics::register(&mut registry));
     let store = Store::open(&cfg.state_dir)?;
     let resumed = store.open_incidents_of(&cfg.node)?;
+    // What runbooks did for the resumed incidents: their cooldowns hold
+    // across the restart, and runs the last stop cut short are recorded so.
+    let mut ran = Vec::new();
+    for inc in &resumed {
+        ran.extend(store.executions(ExecutionQuery { incident: Some(inc.id.clone()), runbook: None, limit: 0 })?);
+    }
     let history = Writer::spawn(store, Some(metrics.clone()));
     let files = FileWriter::spawn(&cfg.state_dir, Some(metrics.clone()))
         .map_err(|source| RunError::Thread { what: "state files", source })?;
@@ -209,7 +215,7 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     // Runbooks: subscribed before the first poll, so no event is missed.
     let (commands_tx, commands) = mpsc::channel::<IncidentCommand>(256);
     let executions = history.sender();
-    let (engine, load_errors) = Engine::new(
+    let (engine, load_errors) = Engine::load(
         cfg.runbooks.clone(),
         Handles {
             mitigator: mitigator.clone(),
@@ -220,7 +226,9 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
             metrics: metrics.clone(),
         },
     )
+    .await
     .map_err(RunError::Runbooks)?;
+    engine.resume(&ran);
     report_runbooks(&engine, &load_errors, &metrics).await;
     let engine_task = tokio::spawn(engine.clone().run(events.subscribe()));
     let reloader = tokio::spawn(reload_on_sighup(engine.clone(), metrics.clone()));
@@ -271,6 +279,17 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     if let Some(w) = watcher {
         w.abort();
     }
+    // Runbook executions in flight get a grace to finish (the poll loop
+    // still answers their status changes and notes); the rest are recorded
+    // as interrupted.
+    let stopped = engine.shutdown(SHUTDOWN_GRACE).await;
+    if stopped.finished + stopped.interrupted > 0 {
+        tracing::info!(
+            finished = stopped.finished,
+            interrupted = stopped.interrupted,
+            "runbook executions in flight at the stop"
+        );
+    }
     // The poll loop ends after the poll in progress.
     let (poller, probes) = tokio::task::spawn_blocking(move || running.stop()).await.expect("the poll loop stops");
     keeper.abort();
@@ -286,11 +305,10 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
         poller.history.send(HistoryCmd::Snapshot(Box::new(inc.clone())));
     }
     poller.save_baselines();
-    // Closing the event channel ends the engine; executions in flight
-    // finish on their own tasks, which the runtime's shutdown ends.
+    // Closing the event channel ends the engine's listener.
     let Poller { history, events, .. } = poller;
     drop(events);
-    let _ = tokio::time::timeout(Duration::from_secs(2), engine_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), engine_task).await;
     let files_done = tokio::task::spawn_blocking(move || files.finish(FLUSH_ON_STOP));
     let history_done = tokio::task::spawn_blocking(move || history.finish());
     let _ = files_done.await;

@@ -166,7 +166,7 @@ impl Poller {
             if host_scan.due(now) {
                 self.refresh_host_allowlist();
             }
-            self.metrics.poll_duration.observe(now.elapsed().as_secs_f64());
+            self.metrics.poll_took(now.elapsed().as_secs_f64());
             self.last_poll.store(wall, std::sync::atomic::Ordering::Relaxed);
 
             if snapshot.due(now) {

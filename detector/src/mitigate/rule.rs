@@ -184,7 +184,7 @@ pub enum RequestError {
     MissingRate,
     #[error("rate {0} packets per second is out of range (1 to {MAX_PPS})")]
     Rate(u64),
-    #[error("burst {0} is out of range (1 to 10000000)")]
+    #[error("burst {0} is out of range (1 to {MAX_BURST})")]
     Burst(u64),
     #[error("byte rate {0} bytes per second is out of range (1500 to 100000000000)")]
     ByteRate(u64),
@@ -244,10 +244,44 @@ pub struct Checked {
     pub origin: Origin,
 }
 
-impl RuleRequest {
-    /// Validates every field; the first problem is the error.
-    pub fn check(&self) -> Result<Checked, RequestError> {
-        let prefix: Prefix = self.prefix.parse().map_err(RequestError::Prefix)?;
+/// What a rule does and to which packets, checked: everything but the
+/// prefix it applies to and who asked for it. A runbook's `mitigate` step
+/// holds one, checked when the runbook loads, so the rules it asks for at
+/// an incident cannot be refused for their shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Lowercase, sorted, without duplicates.
+    pub classes: Vec<String>,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+    pub action: Action,
+    pub ttl: Option<Duration>,
+    pub reason: String,
+}
+
+/// The fields of a rule's shape as given, unchecked (see [`ShapeRequest::check`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ShapeRequest<'a> {
+    /// `drop` or `rate_limit` (`ratelimit`, `rate-limit`).
+    pub action: &'a str,
+    pub classes: &'a [String],
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+    pub pps: Option<u64>,
+    pub burst: Option<u64>,
+    pub bps: Option<u64>,
+    pub ttl_ms: Option<u64>,
+    pub reason: Option<&'a str>,
+}
+
+/// Highest burst of a rate limit, in packets.
+pub const MAX_BURST: u64 = 10_000_000;
+
+impl ShapeRequest<'_> {
+    /// The one check of a rule's shape, for every entry point: the CLI and
+    /// the control API (through [`RuleRequest::check`]) and the runbook
+    /// schema. The first problem is the error.
+    pub fn check(&self) -> Result<Shape, RequestError> {
         let mut classes: Vec<String> = self.classes.iter().map(|c| c.trim().to_ascii_lowercase()).collect();
         classes.sort();
         classes.dedup();
@@ -255,7 +289,7 @@ impl RuleRequest {
         if self.sport == Some(0) || self.dport == Some(0) {
             return Err(RequestError::PortZero);
         }
-        let action = match self.action.as_str() {
+        let action = match self.action {
             "drop" => {
                 if self.pps.is_some() || self.burst.is_some() || self.bps.is_some() {
                     return Err(RequestError::RateOnDrop);
@@ -268,9 +302,10 @@ impl RuleRequest {
                     return Err(RequestError::Rate(pps));
                 }
                 // Default burst: a tenth of a second's worth, at least 5
-                // packets (iptables' hashlimit default).
-                let burst = self.burst.unwrap_or((pps / 10).max(5));
-                if burst == 0 || burst > 10_000_000 {
+                // packets (iptables' hashlimit default), at most the
+                // highest burst (so a high rate given alone is valid).
+                let burst = self.burst.unwrap_or((pps / 10).clamp(5, MAX_BURST));
+                if burst == 0 || burst > MAX_BURST {
                     return Err(RequestError::Burst(burst));
                 }
                 if let Some(b) = self.bps {
@@ -293,10 +328,66 @@ impl RuleRequest {
                 Some(d)
             }
         };
-        let reason = self.reason.clone().unwrap_or_default();
+        let reason = self.reason.unwrap_or_default().to_string();
         check_reason(&reason)?;
+        Ok(Shape { classes, sport: self.sport, dport: self.dport, action, ttl, reason })
+    }
+}
+
+impl Shape {
+    /// The request for this shape at `prefix`, with `reason` (made fit:
+    /// control characters become spaces, and it is cut to [`MAX_REASON`])
+    /// and `origin`. Its [`RuleRequest::check`] gives back this shape.
+    pub fn request(&self, prefix: Prefix, reason: &str, origin: Origin) -> RuleRequest {
+        let (pps, burst, bps) = match &self.action {
+            Action::Drop => (None, None, None),
+            Action::RateLimit { pps, burst, bps, .. } => (Some(*pps), Some(*burst), *bps),
+        };
+        RuleRequest {
+            action: self.action.name().to_string(),
+            prefix: prefix.to_string(),
+            classes: self.classes.clone(),
+            sport: self.sport,
+            dport: self.dport,
+            pps,
+            burst,
+            bps,
+            ttl_ms: self.ttl.map(|d| d.as_millis() as u64),
+            reason: Some(fit_reason(reason)),
+            origin: Some(origin),
+        }
+    }
+}
+
+/// `text` as a reason a rule accepts: control characters become spaces,
+/// and it is cut to [`MAX_REASON`] characters.
+pub fn fit_reason(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_REASON).collect()
+}
+
+impl RuleRequest {
+    /// The fields of the request that make its shape.
+    pub fn shape(&self) -> ShapeRequest<'_> {
+        ShapeRequest {
+            action: &self.action,
+            classes: &self.classes,
+            sport: self.sport,
+            dport: self.dport,
+            pps: self.pps,
+            burst: self.burst,
+            bps: self.bps,
+            ttl_ms: self.ttl_ms,
+            reason: self.reason.as_deref(),
+        }
+    }
+
+    /// Validates every field: the prefix, then the shape
+    /// ([`ShapeRequest::check`]); the first problem is the error.
+    pub fn check(&self) -> Result<Checked, RequestError> {
+        let prefix: Prefix = self.prefix.parse().map_err(RequestError::Prefix)?;
+        let Shape { classes, sport, dport, action, ttl, reason } = self.shape().check()?;
         let origin = self.origin.clone().unwrap_or_else(Origin::operator);
-        Ok(Checked { prefix, classes, sport: self.sport, dport: self.dport, action, ttl, reason, origin })
+        Ok(Checked { prefix, classes, sport, dport, action, ttl, reason, origin })
     }
 }
 
@@ -366,6 +457,67 @@ mod tests {
         let mut r = drop("10.0.0.0/8");
         r.reason = Some("a\nb".into());
         assert!(err(r).contains("control characters"));
+    }
+
+    #[test]
+    fn one_shape_check_behind_every_request() {
+        let mut r = drop("10.0.0.0/8");
+        r.action = "rate_limit".into();
+        r.pps = Some(50);
+        r.burst = Some(0);
+        assert_eq!(r.check().unwrap_err(), RequestError::Burst(0));
+        assert_eq!(r.shape().check().unwrap_err(), RequestError::Burst(0));
+        r.burst = Some(MAX_BURST + 1);
+        assert!(r.check().unwrap_err().to_string().contains("burst 10000001 is out of range (1 to 10000000)"));
+        // A tiny rate's default burst is 5; a large one's a tenth of it, at
+        // most the highest burst.
+        r.burst = None;
+        assert_eq!(r.check().unwrap().action, Action::RateLimit { pps: 50, burst: 5, bps: None, byte_burst: None });
+        r.pps = Some(MAX_PPS);
+        assert_eq!(
+            r.check().unwrap().action,
+            Action::RateLimit { pps: MAX_PPS, burst: MAX_BURST, bps: None, byte_burst: None }
+        );
+        // The prefix is checked first, the shape after.
+        r.prefix = "nope".into();
+        assert!(matches!(r.check().unwrap_err(), RequestError::Prefix(_)));
+    }
+
+    #[test]
+    fn a_shape_makes_requests_that_check_back_to_it() {
+        let classes = vec!["UDP".to_string(), "tcp_syn".into(), "udp".into()];
+        let raw = ShapeRequest {
+            action: "rate-limit",
+            classes: &classes,
+            sport: Some(123),
+            dport: Some(53),
+            pps: Some(1000),
+            burst: None,
+            bps: Some(1_000_000),
+            ttl_ms: Some(600_000),
+            reason: None,
+        };
+        let shape = raw.check().unwrap();
+        assert_eq!(shape.classes, ["tcp_syn", "udp"]);
+        let origin = Origin { by: "runbook".into(), runbook: Some("rb".into()), incident: None, step: Some(0) };
+        let long = format!("udp_flood on eth0\n{}", "x".repeat(400));
+        let req = shape.request("198.51.100.7/32".parse().unwrap(), &long, origin.clone());
+        let c = req.check().unwrap();
+        assert_eq!(
+            Shape {
+                classes: c.classes,
+                sport: c.sport,
+                dport: c.dport,
+                action: c.action,
+                ttl: c.ttl,
+                reason: String::new()
+            },
+            shape
+        );
+        assert_eq!(c.reason.chars().count(), MAX_REASON);
+        assert!(c.reason.starts_with("udp_flood on eth0 x"), "control characters become spaces");
+        assert_eq!(c.origin, origin);
+        assert_eq!(fit_reason("a\tb"), "a b");
     }
 
     #[test]

@@ -6,22 +6,35 @@
 //! work waits for its start work); everything else runs side by side. A
 //! slow or dead endpoint holds up only its own step, for at most its
 //! timeout times its tries.
+//!
+//! The history holds an execution from its start (`running`, its steps
+//! `pending`) and is updated as each step finishes, so a controller killed
+//! mid-run leaves a trace; [`Engine::shutdown`] gives executions in flight
+//! a grace and records the rest as `interrupted`, and [`Engine::resume`]
+//! marks those a killed controller left `running`. Loading and reloading
+//! the runbook files runs on a blocking thread, never on the runtime.
 
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
-use tokio::sync::{broadcast, mpsc, oneshot, RwLock, Semaphore};
+use tokio::{
+    sync::{broadcast, mpsc, oneshot, Notify as Wake, RwLock, Semaphore},
+    task::JoinSet,
+};
 
 use super::{
     context::{Context, RuleSummary},
-    load::{load_dir, FileError, Loaded},
+    load::{load_dir, DirLoad, FileError, Loaded},
     payload,
     record::{Execution, Outcome, StepRecord},
-    schema::{Channel, IncidentStep, Mitigate, MitigateAction, Mode, Notify, Runbook, Scope, SetStatus, Step, Webhook},
+    schema::{Channel, IncidentStep, Mitigate, Mode, Notify, Runbook, Scope, SetStatus, Step, Webhook},
     secret::Real,
     send,
     trigger::Fired,
@@ -30,7 +43,7 @@ use crate::{
     api::control::SharedMitigator,
     clock::{now_ms, Clock},
     detect::incident::{EventKind, Incident, IncidentEvent, Status},
-    metrics::{Metrics, RunbookLabels, StepLabels},
+    metrics::Metrics,
     mitigate::{
         mitigator::MitigateError,
         prefix::Prefix,
@@ -46,8 +59,14 @@ pub enum IncidentCommand {
     AddNote { id: String, text: String, reply: oneshot::Sender<Result<(), String>> },
 }
 
-/// Where finished executions go (the history).
+/// Where executions go (the history): each is sent when it starts, again
+/// after each step, and when it ends, always whole and with the same id, so
+/// the last one sent replaces the others.
 pub type HistorySink = Arc<dyn Fn(Execution) + Send + Sync>;
+
+/// A grace that suits the controller's stop: long enough for a step that
+/// answers (a webhook, a rule), short of systemd's stop timeout.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// At most this many network steps at once, over every runbook.
 const MAX_NETWORK_STEPS: usize = 32;
@@ -64,9 +83,26 @@ pub struct Handles {
 
 /// One queued run: a runbook and the event it answers.
 struct Job {
+    /// Its key in [`Engine::inflight`].
+    seq: u64,
     loaded: Arc<Loaded>,
     kind: EventKind,
     incident: Incident,
+}
+
+/// An execution queued or under way, as the history has it so far.
+struct Tracked {
+    ex: Execution,
+    started: bool,
+}
+
+/// What [`Engine::shutdown`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stopped {
+    /// Executions in flight that finished within the grace.
+    pub finished: usize,
+    /// Executions recorded as `interrupted` (under way or still queued).
+    pub interrupted: usize,
 }
 
 pub struct Engine {
@@ -82,20 +118,34 @@ pub struct Engine {
     open: Mutex<HashMap<String, Incident>>,
     /// Alertmanager steps being kept firing: (incident, runbook, step).
     keepalive: Mutex<std::collections::HashSet<(String, String, usize)>>,
+    /// Executions queued or under way, by job number.
+    inflight: Mutex<HashMap<u64, Tracked>>,
+    next_job: AtomicU64,
+    /// Woken when `inflight` empties.
+    idle: Wake,
+    /// Set by [`Engine::shutdown`]: no new executions.
+    stopping: AtomicBool,
+    /// The queue workers and keep-alive loops, aborted at shutdown.
+    tasks: Mutex<JoinSet<()>>,
 }
 
 impl Engine {
-    /// Loads `dir` (if any). Files that fail are returned for the log; the
+    /// Loads `dir` (if any) on a blocking thread, so a slow file never
+    /// holds up the runtime. Files that fail are returned for the log; the
     /// others run.
-    pub fn new(dir: Option<PathBuf>, h: Handles) -> Result<(Arc<Engine>, Vec<FileError>), FileError> {
-        let (books, errors) = match &dir {
+    pub async fn load(dir: Option<PathBuf>, h: Handles) -> Result<(Arc<Engine>, Vec<FileError>), FileError> {
+        let (books, errors) = match dir.clone() {
             Some(d) => {
-                let l = load_dir(d, &|| Box::new(Real))?;
+                let l = load_off_runtime(d).await?;
                 (l.runbooks, l.errors)
             }
             None => (Vec::new(), Vec::new()),
         };
-        let engine = Engine {
+        Ok((Arc::new(Engine::with(dir, books, h)), errors))
+    }
+
+    fn with(dir: Option<PathBuf>, books: Vec<Loaded>, h: Handles) -> Engine {
+        Engine {
             dir,
             runbooks: RwLock::new(Arc::new(books.into_iter().map(Arc::new).collect())),
             fired: Mutex::new(Fired::default()),
@@ -105,8 +155,132 @@ impl Engine {
             h,
             open: Mutex::new(HashMap::new()),
             keepalive: Mutex::new(std::collections::HashSet::new()),
+            inflight: Mutex::new(HashMap::new()),
+            next_job: AtomicU64::new(0),
+            idle: Wake::new(),
+            stopping: AtomicBool::new(false),
+            tasks: Mutex::new(JoinSet::new()),
+        }
+    }
+
+    /// Seeds what the engine knows from the history after a restart:
+    /// `executions` are those of the incidents the controller resumed.
+    ///
+    /// - Each runbook that ran for an incident counts as having run when
+    ///   that execution started, so the incident's next events respect its
+    ///   cooldown, a periodic update does not run it again, and its
+    ///   resolution runs its resolve side.
+    /// - An execution still `running` was cut short by a controller that
+    ///   died: it is recorded again as `interrupted`.
+    ///
+    /// Call it before the first incident event. Returns how many executions
+    /// were marked interrupted.
+    pub fn resume(&self, executions: &[Execution]) -> usize {
+        let now = now_ms();
+        let mut marked = 0;
+        {
+            let mut fired = self.fired.lock().unwrap_or_else(|p| p.into_inner());
+            for ex in executions.iter().filter(|ex| ex.trigger != EventKind::Resolved.name()) {
+                fired.seed(&ex.runbook, &ex.incident_id, ex.started_at);
+            }
+        }
+        for ex in executions.iter().filter(|ex| matches!(ex.outcome, Outcome::Running | Outcome::Pending)) {
+            let mut ex = ex.clone();
+            ex.interrupt(now, true);
+            tracing::warn!(runbook = %ex.runbook, incident = %ex.incident_id, execution = %ex.id, "a runbook execution was cut short by the last stop; recorded as interrupted");
+            self.count(&ex);
+            (self.h.history)(ex);
+            marked += 1;
+        }
+        marked
+    }
+
+    /// Stops taking incident events, waits up to `grace` for the executions
+    /// in flight (queued ones behind them do not start), and records every
+    /// one that did not finish as `interrupted`, with the steps it ran.
+    /// Call it when the controller stops, before the history's writer
+    /// finishes.
+    pub async fn shutdown(&self, grace: Duration) -> Stopped {
+        self.stopping.store(true, Ordering::SeqCst);
+        let before = self.in_flight();
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.in_flight() == 0 || tokio::time::timeout_at(deadline, idle).await.is_err() {
+                break;
+            }
+        }
+        let now = now_ms();
+        let left: Vec<Tracked> = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut left: Vec<Tracked> = inflight.drain().map(|(_, t)| t).collect();
+            left.sort_by_key(|t| t.ex.started_at);
+            for t in &mut left {
+                t.ex.interrupt(now, t.started);
+                (self.h.history)(t.ex.clone());
+            }
+            left
         };
-        Ok((Arc::new(engine), errors))
+        for t in &left {
+            tracing::warn!(runbook = %t.ex.runbook, incident = %t.ex.incident_id, execution = %t.ex.id, "runbook execution interrupted by the stop");
+            self.count(&t.ex);
+        }
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).abort_all();
+        let stopped = Stopped { finished: before.saturating_sub(left.len()), interrupted: left.len() };
+        if before > 0 {
+            tracing::info!(
+                finished = stopped.finished,
+                interrupted = stopped.interrupted,
+                "runbook executions in flight at the stop"
+            );
+        }
+        stopped
+    }
+
+    /// Executions queued or under way.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn count(&self, ex: &Execution) {
+        self.h.metrics.runbook_execution(&ex.runbook, ex.outcome.name());
+    }
+
+    /// Changes a tracked execution and, if `write`, sends it to the
+    /// history. False when it is no longer tracked (shutdown recorded it as
+    /// interrupted): what its task does after that is not recorded.
+    fn update(&self, seq: u64, write: bool, f: impl FnOnce(&mut Tracked)) -> bool {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(t) = inflight.get_mut(&seq) else { return false };
+        f(t);
+        if write {
+            (self.h.history)(t.ex.clone());
+        }
+        true
+    }
+
+    /// Records a tracked execution's last state and stops tracking it.
+    fn finish(&self, seq: u64, f: impl FnOnce(&mut Tracked)) -> Option<Execution> {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = inflight.remove(&seq)?;
+        f(&mut t);
+        (self.h.history)(t.ex.clone());
+        if inflight.is_empty() {
+            self.idle.notify_waiters();
+        }
+        Some(t.ex)
+    }
+
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
     }
 
     pub fn has_directory(&self) -> bool {
@@ -121,12 +295,13 @@ impl Engine {
         self.runbooks.read().await.clone()
     }
 
-    /// Loads the directory again. A file that now fails keeps its previous
-    /// version running (a typo does not switch a runbook off); the set is
-    /// swapped in one step.
+    /// Loads the directory again, on a blocking thread (detection never
+    /// waits for it). A file that now fails keeps its previous version
+    /// running (a typo does not switch a runbook off); the set is swapped
+    /// in one step.
     pub async fn reload(&self) -> Vec<FileError> {
         let Some(dir) = &self.dir else { return Vec::new() };
-        let loaded = match load_dir(dir, &|| Box::new(Real)) {
+        let loaded = match load_off_runtime(dir.clone()).await {
             Ok(l) => l,
             Err(e) => return vec![e],
         };
@@ -159,6 +334,10 @@ impl Engine {
     }
 
     async fn handle(self: &Arc<Self>, ev: IncidentEvent) {
+        if self.is_stopping() {
+            tracing::debug!(incident = %ev.incident.id, "stopping: incident event left to the next start");
+            return;
+        }
         let books = self.runbooks().await;
         let inc = &ev.incident;
         let resolved = ev.kind == EventKind::Resolved || inc.status == Status::Resolved;
@@ -201,24 +380,39 @@ impl Engine {
         }
         let kind = if resolved { EventKind::Resolved } else { ev.kind };
         for loaded in due {
-            self.enqueue(Job { loaded, kind, incident: inc.clone() });
+            self.enqueue(loaded, kind, inc.clone());
         }
         if resolved {
             self.queues.lock().unwrap_or_else(|p| p.into_inner()).retain(|(i, _), _| *i != inc.id);
         }
     }
 
-    /// Hands the job to its (incident, runbook) queue, starting the queue's
-    /// worker if there is none.
-    fn enqueue(self: &Arc<Self>, job: Job) {
+    /// Hands the run to its (incident, runbook) queue, starting the queue's
+    /// worker if there is none; it is tracked from now on.
+    fn enqueue(self: &Arc<Self>, loaded: Arc<Loaded>, kind: EventKind, incident: Incident) {
+        if self.is_stopping() {
+            return;
+        }
+        let seq = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let ex = planned(&loaded, kind, &incident, now_ms());
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).insert(seq, Tracked { ex, started: false });
+        let job = Job { seq, loaded, kind, incident };
         let key = (job.incident.id.clone(), job.loaded.runbook.name.0.clone());
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let tx = queues.entry(key).or_insert_with(|| {
             let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
             let me = self.clone();
-            tokio::spawn(async move {
+            self.spawn(async move {
+                let mut last_start = 0;
                 while let Some(job) = rx.recv().await {
-                    me.execute(job).await;
+                    if me.is_stopping() {
+                        // Queued behind one that ran into the stop: never started.
+                        if let Some(ex) = me.finish(job.seq, |t| t.ex.interrupt(now_ms(), false)) {
+                            me.count(&ex);
+                        }
+                        continue;
+                    }
+                    last_start = me.execute(job, last_start).await;
                 }
             });
             tx
@@ -237,13 +431,17 @@ impl Engine {
             return;
         }
         let (me, n, runbook) = (self.clone(), n.clone(), job.loaded.runbook.name.0.clone());
-        tokio::spawn(async move {
+        self.spawn(async move {
             loop {
                 tokio::time::sleep(payload::ALERTMANAGER_RESEND).await;
+                if me.is_stopping() {
+                    break;
+                }
                 let latest = me.open.lock().unwrap_or_else(|p| p.into_inner()).get(&key.0).cloned();
                 let Some(inc) = latest else { break };
                 let ctx = me.context(EventKind::SeverityChanged, &inc, &runbook, false);
-                let sent = match send::notify_request(&n, &ctx, &ctx.summary()) {
+                let message = payload::message(&n, &ctx).unwrap_or_else(|_| ctx.summary());
+                let sent = match send::notify_request(&n, &ctx, &message) {
                     Ok(req) => send::deliver(&me.http, &req, n.timeout, n.retries).await,
                     Err(e) => Err(e),
                 };
@@ -256,12 +454,28 @@ impl Engine {
         });
     }
 
-    /// Runs one runbook for one event and records it.
-    async fn execute(self: &Arc<Self>, job: Job) {
+    /// Runs one runbook for one event, recording it as it goes: at its
+    /// start, after each step, at its end. `last_start` is when the previous
+    /// execution of this (incident, runbook) started; ids stay distinct even
+    /// within one millisecond. Returns when this one started.
+    async fn execute(self: &Arc<Self>, job: Job, last_start: u64) -> u64 {
         let rb = &job.loaded.runbook;
         let inc = &job.incident;
         let dry_run = rb.mode == Mode::DryRun;
-        let started_at = now_ms();
+        let started_at = now_ms().max(last_start + 1);
+        let id = execution_id(&inc.id, &rb.name.0, started_at);
+        let started = self.update(job.seq, true, |t| {
+            t.started = true;
+            t.ex.id = id;
+            t.ex.started_at = started_at;
+            t.ex.ended_at = started_at;
+            for s in &mut t.ex.steps {
+                (s.started_at, s.ended_at) = (started_at, started_at);
+            }
+        });
+        if !started {
+            return started_at;
+        }
         let mut steps = Vec::new();
         let mut failed = false;
         for (index, step) in rb.steps.0.iter().enumerate() {
@@ -283,11 +497,7 @@ impl Engine {
                     self.keep_firing(&job, index, n);
                 }
             }
-            self.h
-                .metrics
-                .runbook_step_duration
-                .get_or_create(&StepLabels { kind: step.kind().into() })
-                .observe(t0.elapsed().as_secs_f64());
+            self.h.metrics.runbook_step(step.kind(), t0.elapsed().as_secs_f64());
             match (&outcome, &error) {
                 (Outcome::Failed, Some(e)) => {
                     tracing::warn!(runbook = %rb.name, incident = %inc.id, step = index, kind = step.kind(), "step failed: {e}")
@@ -297,7 +507,7 @@ impl Engine {
                     "{}", if detail.is_empty() { error.clone().unwrap_or_default() } else { detail.clone() }
                 ),
             }
-            steps.push(StepRecord {
+            let record = StepRecord {
                 index,
                 kind: step.kind().to_string(),
                 started_at: step_start,
@@ -305,27 +515,27 @@ impl Engine {
                 outcome,
                 detail,
                 error,
-            });
+            };
+            let last = index + 1 == rb.steps.0.len();
+            if !last {
+                let r = record.clone();
+                self.update(job.seq, true, move |t| {
+                    t.ex.ended_at = r.ended_at;
+                    t.ex.steps[index] = r;
+                });
+            }
+            steps.push(record);
         }
         let outcome = Execution::outcome_of(&steps, dry_run);
-        self.h
-            .metrics
-            .runbook_executions
-            .get_or_create(&RunbookLabels { runbook: rb.name.0.clone(), outcome: outcome.name().into() })
-            .inc();
-        (self.h.history)(Execution {
-            id: format!("{}/{}/{}", inc.id, rb.name, started_at),
-            runbook: rb.name.0.clone(),
-            file_hash: job.loaded.hash.clone(),
-            incident_id: inc.id.clone(),
-            node: inc.node.clone(),
-            trigger: job.kind.name().to_string(),
-            dry_run,
-            started_at,
-            ended_at: now_ms(),
-            outcome,
-            steps,
-        });
+        let ended_at = now_ms();
+        if let Some(ex) = self.finish(job.seq, |t| {
+            t.ex.steps = steps;
+            t.ex.outcome = outcome;
+            t.ex.ended_at = ended_at;
+        }) {
+            self.count(&ex);
+        }
+        started_at
     }
 
     fn context(&self, kind: EventKind, inc: &Incident, runbook: &str, dry_run: bool) -> Context {
@@ -402,41 +612,6 @@ impl Engine {
         Ok((Outcome::Ok, format!("status set to {status}")))
     }
 
-    /// The rule requests a mitigate step makes for this incident.
-    fn requests(index: usize, m: &Mitigate, job: &Job) -> Vec<RuleRequest> {
-        let rb = &job.loaded.runbook;
-        let inc = &job.incident;
-        let prefixes: Vec<Prefix> = match m.scope {
-            Scope::Prefix => m.prefix.into_iter().collect(),
-            Scope::TopSources => inc.top_sources.iter().take(m.top).map(|s| Prefix::host(s.addr)).collect(),
-        };
-        let families: Vec<&str> = inc.families.iter().map(|f| f.name()).collect();
-        prefixes
-            .into_iter()
-            .map(|p| RuleRequest {
-                action: match m.action {
-                    MitigateAction::Drop => "drop".into(),
-                    MitigateAction::RateLimit => "rate_limit".into(),
-                },
-                prefix: p.to_string(),
-                classes: m.classes.clone(),
-                sport: m.source_port,
-                dport: m.port,
-                pps: m.pps,
-                burst: m.burst,
-                bps: m.bps,
-                ttl_ms: Some(m.ttl.as_millis() as u64),
-                reason: Some(format!("{} on {}", families.join(", "), inc.iface)),
-                origin: Some(Origin {
-                    by: "runbook".into(),
-                    runbook: Some(rb.name.0.clone()),
-                    incident: Some(inc.id.clone()),
-                    step: Some(index),
-                }),
-            })
-            .collect()
-    }
-
     async fn mitigate(
         &self,
         index: usize,
@@ -444,7 +619,7 @@ impl Engine {
         job: &Job,
         dry_run: bool,
     ) -> Result<(Outcome, String), StepError> {
-        let reqs = Self::requests(index, m, job);
+        let reqs = rule_requests(index, m, &job.loaded.runbook.name.0, &job.incident);
         if reqs.is_empty() {
             return Err(StepError::Skip("the incident has no top sources yet".into()));
         }
@@ -518,12 +693,7 @@ impl Engine {
     }
 
     async fn notify(&self, n: &Notify, ctx: &Context, dry_run: bool) -> Result<(Outcome, String), StepError> {
-        let message = match (&n.message, ctx.event) {
-            (Some(t), super::context::AttackEvent::AttackStart | super::context::AttackEvent::AttackUpdate) => {
-                ctx.render(&t.0).map_err(StepError::Fail)?
-            }
-            _ => ctx.summary(),
-        };
+        let message = payload::message(n, ctx).map_err(StepError::Fail)?;
         let req = send::notify_request(n, ctx, &message).map_err(StepError::Fail)?;
         if dry_run {
             return Ok((Outcome::DryRun, format!("would send to {}: {message}", req.shown_url)));
@@ -542,6 +712,58 @@ impl Engine {
         let sent = send::deliver(&self.http, &req, w.timeout, w.retries).await.map_err(StepError::Fail)?;
         Ok((Outcome::Ok, sent))
     }
+}
+
+/// `<incident id>/<runbook>/<started_at ms>`: unique, and sorts by time.
+fn execution_id(incident: &str, runbook: &str, started_at: u64) -> String {
+    format!("{incident}/{runbook}/{started_at}")
+}
+
+/// An execution as it is queued: `running`, every step `pending`.
+fn planned(loaded: &Loaded, kind: EventKind, inc: &Incident, now: u64) -> Execution {
+    let rb = &loaded.runbook;
+    Execution {
+        id: execution_id(&inc.id, &rb.name.0, now),
+        runbook: rb.name.0.clone(),
+        file_hash: loaded.hash.clone(),
+        incident_id: inc.id.clone(),
+        node: inc.node.clone(),
+        trigger: kind.name().to_string(),
+        dry_run: rb.mode == Mode::DryRun,
+        started_at: now,
+        ended_at: now,
+        outcome: Outcome::Running,
+        steps: rb.steps.0.iter().enumerate().map(|(i, s)| StepRecord::pending(i, s.kind(), now)).collect(),
+    }
+}
+
+/// Loads a runbook directory on a blocking thread.
+async fn load_off_runtime(dir: PathBuf) -> Result<DirLoad, FileError> {
+    let shown = dir.display().to_string();
+    tokio::task::spawn_blocking(move || load_dir(&dir, &|| Box::new(Real))).await.unwrap_or_else(|e| {
+        Err(FileError { file: shown, line: 0, column: 0, message: format!("loading the runbooks failed: {e}") })
+    })
+}
+
+/// The rule requests mitigate step `index` of `runbook` makes for `inc`:
+/// one per top source (at most `top`), or one for the step's prefix. The
+/// step's shape was checked at load, so the mitigation layer cannot refuse
+/// them for their shape (only for where they apply: an allowlisted source,
+/// a rule already in force, a full table).
+pub fn rule_requests(index: usize, m: &Mitigate, runbook: &str, inc: &Incident) -> Vec<RuleRequest> {
+    let prefixes: Vec<Prefix> = match m.scope {
+        Scope::Prefix => m.prefix.into_iter().collect(),
+        Scope::TopSources => inc.top_sources.iter().take(m.top).map(|s| Prefix::host(s.addr)).collect(),
+    };
+    let families: Vec<&str> = inc.families.iter().map(|f| f.name()).collect();
+    let reason = format!("{} on {}", families.join(", "), inc.iface);
+    let origin = Origin {
+        by: "runbook".into(),
+        runbook: Some(runbook.to_string()),
+        incident: Some(inc.id.clone()),
+        step: Some(index),
+    };
+    prefixes.into_iter().map(|p| m.shape.request(p, &reason, origin.clone())).collect()
 }
 
 enum StepError {

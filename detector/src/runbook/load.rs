@@ -1,16 +1,22 @@
 //! Reading a directory of runbooks. Each `*.yaml` / `*.yml` file is one
 //! runbook; a file that does not parse or validate is reported with its
 //! file, line and column and skipped, and the others still load.
+//!
+//! Loading is blocking work (files, secrets, parsing): the engine runs it
+//! on a blocking thread, never on the async runtime, and
+//! [`super::limits`] bounds what one file may cost.
 
 use std::{
     collections::BTreeMap,
     fmt,
+    io::Read as _,
     path::{Path, PathBuf},
 };
 
 use sha2::{Digest, Sha256};
 
 use super::{
+    limits,
     schema::Runbook,
     secret::{self, Lookup},
 };
@@ -44,8 +50,14 @@ impl fmt::Display for FileError {
     }
 }
 
-/// Parses one runbook file's text.
+/// Parses one runbook file's text, after [`limits::check`].
 pub fn parse(file: &str, text: &str, lookup: Box<dyn Lookup>) -> Result<Runbook, FileError> {
+    limits::check(text).map_err(|r| FileError {
+        file: file.to_string(),
+        line: r.line,
+        column: r.column,
+        message: r.message,
+    })?;
     secret::with_lookup(lookup, || serde_yaml::from_str::<Runbook>(text)).map_err(|e| {
         let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
         let mut message = e.to_string();
@@ -98,8 +110,12 @@ pub fn load_dir(dir: &Path, lookup: &dyn Fn() -> Box<dyn Lookup>) -> Result<DirL
     let mut names: BTreeMap<String, String> = BTreeMap::new();
     for path in files {
         let file = path.display().to_string();
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
+        let bytes = match read_capped(&path) {
+            Ok(Ok(b)) => b,
+            Ok(Err(r)) => {
+                out.errors.push(FileError { file, line: r.line, column: r.column, message: r.message });
+                continue;
+            }
             Err(e) => {
                 out.errors.push(FileError { file, line: 0, column: 0, message: format!("cannot read it: {e}") });
                 continue;
@@ -128,4 +144,18 @@ pub fn load_dir(dir: &Path, lookup: &dyn Fn() -> Box<dyn Lookup>) -> Result<DirL
         }
     }
     Ok(out)
+}
+
+/// A file's bytes, reading no more than one past [`limits::MAX_FILE_BYTES`]:
+/// a huge file is refused without being read whole.
+fn read_capped(path: &Path) -> std::io::Result<Result<Vec<u8>, limits::Refusal>> {
+    let f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut bytes = Vec::new();
+    f.take(limits::MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes)?;
+    let len = len.max(bytes.len() as u64);
+    Ok(match limits::size(&bytes, len) {
+        Some(r) => Err(r),
+        None => Ok(bytes),
+    })
 }

@@ -7,10 +7,16 @@ use std::{collections::BTreeMap, fmt, time::Duration};
 
 use serde::{de, Deserialize, Deserializer};
 
-use super::secret::{SecretText, SecretUrl};
+use super::{
+    limits::MAX_STEPS,
+    secret::{SecretText, SecretUrl},
+};
 use crate::{
     detect::{family::Family, severity::Severity},
-    mitigate::{prefix::Prefix, rule::class_mask},
+    mitigate::{
+        prefix::Prefix,
+        rule::{Shape, ShapeRequest},
+    },
 };
 
 /// The variables a template may use: the incident context (see README).
@@ -201,17 +207,36 @@ impl<'de> Deserialize<'de> for Nodes {
     }
 }
 
-/// At least one step.
+/// At least one step, at most [`MAX_STEPS`].
 #[derive(Clone, Debug)]
 pub struct Steps(pub Vec<Step>);
 
 impl<'de> Deserialize<'de> for Steps {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Steps, D::Error> {
-        let v = Vec::<Step>::deserialize(d)?;
-        if v.is_empty() {
-            return Err(de::Error::custom("steps: a runbook needs at least one step"));
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Steps;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of steps")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Steps, A::Error> {
+                let mut v = Vec::new();
+                while let Some(step) = seq.next_element::<Step>()? {
+                    if v.len() == MAX_STEPS {
+                        // Refused at the 101st: the rest is not deserialized.
+                        return Err(de::Error::custom(format!(
+                            "a runbook has at most {MAX_STEPS} steps; this one has more"
+                        )));
+                    }
+                    v.push(step);
+                }
+                if v.is_empty() {
+                    return Err(de::Error::custom("a runbook needs at least one step"));
+                }
+                Ok(Steps(v))
+            }
         }
-        Ok(Steps(v))
+        d.deserialize_seq(V)
     }
 }
 
@@ -348,17 +373,15 @@ pub enum Scope {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, try_from = "RawMitigate")]
 pub struct Mitigate {
-    pub action: MitigateAction,
     pub scope: Scope,
+    /// How many top sources (scope `top_sources`).
     pub top: usize,
+    /// The one prefix (scope `prefix`).
     pub prefix: Option<Prefix>,
-    pub classes: Vec<String>,
-    pub port: Option<u16>,
-    pub source_port: Option<u16>,
-    pub pps: Option<u64>,
-    pub burst: Option<u64>,
-    pub bps: Option<u64>,
-    pub ttl: Duration,
+    /// What each rule does and matches, checked at load by the rule check
+    /// itself ([`ShapeRequest::check`]): the rules a step asks for at an
+    /// incident cannot be refused for their shape.
+    pub shape: Shape,
     /// Remove the rules when the incident resolves.
     pub remove_on_resolve: bool,
 }
@@ -390,51 +413,44 @@ struct RawMitigate {
     remove_on_resolve: bool,
 }
 
+/// The most rules one `top_sources` step installs.
+pub const MAX_TOP: usize = 100;
+
 impl TryFrom<RawMitigate> for Mitigate {
     type Error = String;
     fn try_from(r: RawMitigate) -> Result<Mitigate, String> {
-        class_mask(&r.class).map_err(|e| format!("mitigate.class: {e}"))?;
-        if r.port == Some(0) || r.source_port == Some(0) {
-            return Err("mitigate: port 0 cannot be matched".into());
-        }
         match (r.scope, &r.prefix, r.top) {
             (Scope::Prefix, None, _) => return Err("mitigate: scope prefix needs a prefix".into()),
             (Scope::Prefix, Some(_), Some(_)) => return Err("mitigate: top applies to scope top_sources only".into()),
             (Scope::TopSources, Some(_), _) => {
                 return Err("mitigate: prefix applies to scope prefix only (top_sources takes top)".into())
             }
-            (Scope::TopSources, None, Some(n)) if n == 0 || n > 100 => {
-                return Err(format!("mitigate.top must be 1 to 100, not {n}"))
+            (Scope::TopSources, None, Some(n)) if n == 0 || n > MAX_TOP => {
+                return Err(format!("mitigate.top must be 1 to {MAX_TOP}, not {n}"))
             }
             _ => {}
         }
-        match r.action {
-            MitigateAction::RateLimit => {
-                let pps = r.pps.ok_or("mitigate: a rate_limit needs pps")?;
-                if pps == 0 || pps > crate::mitigate::rule::MAX_PPS {
-                    return Err(format!("mitigate.pps {pps} is out of range"));
-                }
-            }
-            MitigateAction::Drop if r.pps.is_some() || r.burst.is_some() || r.bps.is_some() => {
-                return Err("mitigate: pps, burst and bps only apply to action rate_limit".into())
-            }
-            MitigateAction::Drop => {}
-        }
-        if r.ttl < Duration::from_secs(1) || r.ttl > crate::mitigate::rule::MAX_TTL {
-            return Err("mitigate.ttl must be between 1s and 365 days".into());
-        }
-        Ok(Mitigate {
-            action: r.action,
-            scope: r.scope,
-            top: r.top.unwrap_or(10),
-            prefix: r.prefix,
-            classes: r.class,
-            port: r.port,
-            source_port: r.source_port,
+        let shape = ShapeRequest {
+            action: match r.action {
+                MitigateAction::Drop => "drop",
+                MitigateAction::RateLimit => "rate_limit",
+            },
+            classes: &r.class,
+            sport: r.source_port,
+            dport: r.port,
             pps: r.pps,
             burst: r.burst,
             bps: r.bps,
-            ttl: r.ttl,
+            ttl_ms: Some(u64::try_from(r.ttl.as_millis()).unwrap_or(u64::MAX)),
+            reason: None,
+        }
+        .check()
+        .map_err(|e| format!("mitigate: {e}"))?;
+        Ok(Mitigate {
+            scope: r.scope,
+            top: r.top.unwrap_or(10),
+            prefix: r.prefix,
+            shape,
             remove_on_resolve: r.remove_on_resolve,
         })
     }

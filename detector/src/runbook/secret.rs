@@ -1,8 +1,11 @@
 //! Secrets in runbooks: `${NAME}` takes an environment variable,
-//! `${file:/path}` a file's content (trimmed). They are resolved when the
-//! runbook loads, so a missing one is reported then, with its file and
-//! line; afterwards only the reference (`${SLACK_WEBHOOK_URL}`) is ever
-//! shown, logged or stored.
+//! `${file:/path}` a file's content (trimmed). The controller resolves them
+//! when the runbook loads ([`Real`]), so a missing one is reported then,
+//! with its file and line; afterwards only the reference
+//! (`${SLACK_WEBHOOK_URL}`) is ever shown, logged or stored.
+//!
+//! `detector runbooks validate` checks only the references' syntax by
+//! default ([`Unresolved`]): a CI pipeline has no production secrets.
 
 use std::{cell::RefCell, fmt};
 
@@ -12,6 +15,33 @@ use serde::{de, Deserialize, Deserializer};
 pub trait Lookup {
     fn env(&self, name: &str) -> Option<String>;
     fn file(&self, path: &str) -> Result<String, String>;
+    /// False when references are only checked, never looked up (see
+    /// [`Unresolved`]).
+    fn resolves(&self) -> bool {
+        true
+    }
+}
+
+/// Checks the syntax of references and looks none up: for validating a
+/// runbook directory where its secrets are not (a CI pipeline). Each
+/// reference stands for [`PLACEHOLDER`]; a runbook loaded this way must
+/// never run.
+pub struct Unresolved;
+
+/// What a reference stands for when it is not resolved: valid as a URL's
+/// host, port, path, query or password, so the URL around it is checked.
+pub const PLACEHOLDER: &str = "0";
+
+impl Lookup for Unresolved {
+    fn env(&self, _: &str) -> Option<String> {
+        Some(PLACEHOLDER.into())
+    }
+    fn file(&self, _: &str) -> Result<String, String> {
+        Ok(PLACEHOLDER.into())
+    }
+    fn resolves(&self) -> bool {
+        false
+    }
 }
 
 /// The process environment and the filesystem.
@@ -39,7 +69,13 @@ pub fn with_lookup<T>(lookup: Box<dyn Lookup>, f: impl FnOnce() -> T) -> T {
     out
 }
 
-/// Replaces every `${...}` in `raw`; `Err` names what is missing.
+/// True unless the current parse only checks references ([`Unresolved`]).
+pub fn resolving() -> bool {
+    LOOKUP.with(|l| l.borrow().as_ref().is_none_or(|l| l.resolves()))
+}
+
+/// Replaces every `${...}` in `raw`; `Err` names what is missing, or what
+/// is not a reference.
 pub fn resolve(raw: &str) -> Result<String, String> {
     LOOKUP.with(|l| {
         let l = l.borrow();
@@ -53,6 +89,9 @@ pub fn resolve(raw: &str) -> Result<String, String> {
             let end = after.find('}').ok_or_else(|| format!("'${{' without a closing '}}' in \"{raw}\""))?;
             let name = &after[..end];
             let value = if let Some(path) = name.strip_prefix("file:") {
+                if path.trim().is_empty() {
+                    return Err(format!("'${{{name}}}' names no file; write ${{file:/path/to/secret}}"));
+                }
                 lookup.file(path).map_err(|e| format!("secret file {path} cannot be read: {e}"))?
             } else {
                 if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -119,6 +158,10 @@ pub struct SecretUrl(pub SecretText);
 impl<'de> Deserialize<'de> for SecretUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SecretUrl, D::Error> {
         let t = SecretText::deserialize(d)?;
+        if !resolving() && t.raw.trim_start().starts_with("${") {
+            // The scheme and host are the secret's: nothing to check yet.
+            return Ok(SecretUrl(t));
+        }
         let shown = if t.is_secret() { t.raw.clone() } else { t.expose().to_string() };
         let url = url::Url::parse(t.expose()).map_err(|e| de::Error::custom(format!("bad URL {shown}: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
@@ -166,6 +209,29 @@ pub mod tests {
             assert!(t.expose().contains("s3cret"));
             let e = serde_yaml::from_str::<SecretUrl>("ftp://x").unwrap_err().to_string();
             assert!(e.contains("only http:// and https://"), "{e}");
+            assert!(resolve("${file:}").unwrap_err().contains("names no file"));
+            assert!(resolving());
         });
+    }
+
+    #[test]
+    fn unresolved_checks_the_syntax_only() {
+        with_lookup(Box::new(Unresolved), || {
+            assert!(!resolving());
+            assert_eq!(resolve("Bearer ${NOT_SET_ANYWHERE}").unwrap(), "Bearer 0");
+            assert_eq!(resolve("${file:/nonexistent/secret}").unwrap(), "0");
+            assert!(resolve("${bad-name}").unwrap_err().contains("not an environment variable name"));
+            assert!(resolve("${OPEN").unwrap_err().contains("without a closing"));
+            assert!(resolve("${file:}").unwrap_err().contains("names no file"));
+            // A whole-URL reference cannot be checked; one inside a URL is.
+            assert!(serde_yaml::from_str::<SecretUrl>("\"${SLACK_WEBHOOK_URL}\"").is_ok());
+            let ok: SecretUrl = serde_yaml::from_str("\"https://${HOST}:${PORT}/x?t=${TOKEN}\"").unwrap();
+            assert_eq!(ok.0.to_string(), "https://${HOST}:${PORT}/x?t=${TOKEN}");
+            let e = serde_yaml::from_str::<SecretUrl>("\"ftp://x/${TOKEN}\"").unwrap_err().to_string();
+            assert!(e.contains("only http:// and https://"), "{e}");
+            let e = serde_yaml::from_str::<SecretUrl>("\"https://${A/x\"").unwrap_err().to_string();
+            assert!(e.contains("without a closing"), "{e}");
+        });
+        assert!(resolving(), "the real lookup is back after the parse");
     }
 }

@@ -4,15 +4,20 @@
 use std::time::Duration;
 
 use super::{
+    engine::rule_requests,
+    limits::MAX_STEPS,
     load::{self, parse, FileError},
     schema::{Families, Mode, Runbook, Step},
     secret::{tests::Fake, Lookup},
     trigger::{matches, Fired},
 };
-use crate::detect::{
-    family::Family,
-    incident::{EventKind, Incident, Status},
-    severity::Severity,
+use crate::{
+    detect::{
+        family::Family,
+        incident::{EventKind, Incident, Status, TopSource},
+        severity::Severity,
+    },
+    mitigate::rule::{Action, RuleRequest, Shape},
 };
 
 /// Every variable set, to something URL-shaped.
@@ -73,7 +78,10 @@ fn a_full_runbook_parses() {
     assert!(url.0.expose().starts_with("https://hooks.slack.com/"));
     assert!(!format!("{rb:?}").contains("s3cret"), "secrets never reach Debug output");
     let Step::Mitigate(m) = &rb.steps.0[0] else { panic!() };
-    assert_eq!((m.top, m.pps, m.remove_on_resolve), (5, Some(50), true));
+    assert_eq!((m.top, m.remove_on_resolve), (5, true));
+    assert_eq!(m.shape.action, Action::RateLimit { pps: 50, burst: 5, bps: None, byte_burst: None });
+    assert_eq!(m.shape.classes, ["udp"]);
+    assert_eq!(m.shape.ttl, Some(Duration::from_secs(600)));
 }
 
 #[test]
@@ -98,11 +106,11 @@ const BAD: &[(&str, usize, &str)] = &[
     ("name: x\ntrigger: { families: [any] }\nsteps:\n  - webhook: { url: \"https://x.test/\", secret: \"${file:/nope}\" }\n", 4, "secret file /nope cannot be read"),
     ("name: x\ntrigger: { families: [any] }\nsteps:\n  - notify: { channel: sms, url: \"https://x.test/\" }\n", 4, "unknown variant `sms`"),
     ("name: x\ntrigger: { families: [any] }\nsteps:\n  - incident: { status: closed }\n", 4, "unknown variant `closed`"),
-    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: rate_limit, scope: top_sources, ttl: 1m }\n", 4, "a rate_limit needs pps"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: rate_limit, scope: top_sources, ttl: 1m }\n", 4, "mitigate: a rate limit needs a rate: pps from 1 to 1000000000"),
     ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: prefix, ttl: 1m }\n", 4, "scope prefix needs a prefix"),
-    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources, class: udpp, ttl: 1m }\n", 4, "unknown traffic class 'udpp'"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources, class: udpp, ttl: 1m }\n", 4, "mitigate: unknown traffic class 'udpp'"),
     ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: prefix, prefix: 10.1.2.3/8, ttl: 1m }\n", 4, "did you mean 10.0.0.0/8"),
-    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources, pps: 5, ttl: 1m }\n", 4, "only apply to action rate_limit"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources, pps: 5, ttl: 1m }\n", 4, "mitigate: pps, burst and bps only apply to a rate_limit rule"),
     ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources }\n", 4, "missing field `ttl`"),
     ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: block, scope: top_sources, ttl: 1m }\n", 4, "unknown variant `block`"),
     ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources, top: 0, ttl: 1m }\n", 4, "mitigate.top must be 1 to 100"),
@@ -117,7 +125,7 @@ const BAD: &[(&str, usize, &str)] = &[
     ("name: x\nsteps: [ { note: hi } ]\n", 0, "missing field `trigger`"),
     ("name: x\ntrigger: { families: [any] }\nsteps:\n  - notify: { channel: slack, url: \"https://x.test/\", timeout: forever }\n", 4, "'forever' is not a duration"),
     ("name: x\ntrigger: { families: [any] }\nsteps:\n  - webhook: { url: \"https://x.test/\", retries: -1 }\n", 4, "steps[0].webhook.retries: invalid type: integer `-1`, expected u32"),
-    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources, ttl: 500ms }\n", 4, "ttl must be between 1s and 365 days"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources, ttl: 500ms }\n", 4, "mitigate: ttl must be between 1s and 365 days"),
     ("name: \"x\ntrigger: {}\n", 0, "found unexpected end of stream"),
 ];
 
@@ -219,6 +227,13 @@ fn a_runbook_runs_once_per_incident_within_its_cooldown() {
     assert!(fired.due(&books, EventKind::Updated, &inc, 500_000).is_empty(), "updates fire only what never ran");
     assert!(fired.due(&books, EventKind::Resolved, &inc, 500_000).is_empty());
     assert!(fired.ran("udp-flood-auto-response", &inc.id));
+    // Seeded from the history after a restart: the latest run counts, in any order.
+    let mut seeded = Fired::default();
+    seeded.seed("udp-flood-auto-response", &inc.id, 100_000);
+    seeded.seed("udp-flood-auto-response", &inc.id, 1_000);
+    assert!(seeded.due(&books, EventKind::Updated, &inc, 150_000).is_empty(), "it ran before the restart");
+    assert!(seeded.due(&books, EventKind::SeverityChanged, &inc, 200_000).is_empty(), "within its cooldown");
+    assert_eq!(seeded.due(&books, EventKind::SeverityChanged, &inc, 220_000), vec![0], "after it");
     // Another incident is another count.
     let mut other = inc.clone();
     other.id = "other".into();
@@ -262,4 +277,143 @@ fn templates_render_the_attack_context() {
         "{}",
         end.summary()
     );
+}
+
+#[test]
+fn steps_are_limited() {
+    let many = |n: usize| format!("name: x\ntrigger: {{ families: [any] }}\nsteps:\n{}", "  - note: hi\n".repeat(n));
+    assert_eq!(ok(&many(MAX_STEPS)).steps.0.len(), MAX_STEPS);
+    let e = err(&many(MAX_STEPS + 1));
+    assert_eq!(e.message, "steps: a runbook has at most 100 steps; this one has more", "{e}");
+    assert_eq!(e.line, 4, "the steps' first line: {e}");
+    // As many as fit in the size limit: refused fast.
+    let t0 = std::time::Instant::now();
+    let e = err(&many(5_000));
+    assert!(t0.elapsed() < Duration::from_millis(500), "{:?}", t0.elapsed());
+    assert!(e.message.contains("at most 100 steps"), "{e}");
+}
+
+/// A tiny deterministic generator, so the sweep is the same on every run.
+struct Lcg(u64);
+
+impl Lcg {
+    fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        &from[(self.0 >> 33) as usize % from.len()]
+    }
+}
+
+/// Mitigate steps made of every kind of value, good and bad: a step loads
+/// exactly when the rule check accepts its fields, and the requests a
+/// loaded step makes at an incident are all accepted by the rule check,
+/// with the shape the step holds.
+#[test]
+fn a_mitigate_step_that_loads_makes_rules_the_rule_check_accepts() {
+    let actions = ["drop", "rate_limit"];
+    let classes: [&[&str]; 6] = [&[], &[], &["udp"], &["tcp_syn", "udp"], &["UDP"], &["udpp"]];
+    // Mostly good values, so that many steps load; each bad one is refused.
+    let ports = [None, None, None, Some(53), Some(65535), Some(0u32)];
+    let rates = [Some(1u64), Some(50), Some(50), Some(1_000_000_000), None, Some(0), Some(1_000_000_001)];
+    let bursts = [None, None, None, Some(1u64), Some(5_000), Some(10_000_000), Some(0), Some(10_000_001)];
+    let byte_rates = [None, None, None, Some(1500u64), Some(100_000_000_000), Some(10), Some(100_000_000_001)];
+    let ttls = [
+        ("1s", 1_000u64),
+        ("10m", 600_000),
+        ("10m", 600_000),
+        ("365days", 365 * 86_400_000),
+        ("500ms", 500),
+        ("366days", 366 * 86_400_000),
+    ];
+    let tops = [None, Some(1usize), Some(10), Some(100), Some(0), Some(101)];
+    let mut inc = incident(&[Family::UdpFlood, Family::SynFlood], Severity::High, 60_000.0);
+    inc.top_sources = (1..=120)
+        .map(|i| TopSource { addr: format!("198.51.100.{i}").parse().unwrap(), pps: 100.0, share: 0.01 })
+        .collect();
+    inc.iface = "veth0\u{7}".into();
+    let mut rng = Lcg(7);
+    let (mut loaded, mut refused) = (0, 0);
+    for _ in 0..2000 {
+        let action = *rng.pick(&actions);
+        let class: Vec<String> = rng.pick(&classes).iter().map(|c| c.to_string()).collect();
+        let (port, source_port) = (*rng.pick(&ports), *rng.pick(&ports));
+        let (mut pps, mut burst, mut bps) = (*rng.pick(&rates), *rng.pick(&bursts), *rng.pick(&byte_rates));
+        if action == "drop" && *rng.pick(&[true, true, true, false]) {
+            // A drop with rate fields is refused; mostly, give none.
+            (pps, burst, bps) = (None, None, None);
+        }
+        let (ttl, ttl_ms) = *rng.pick(&ttls);
+        let top = *rng.pick(&tops);
+        let prefix_scope = rng.pick(&[false, true]) == &true;
+        let mut fields = vec![format!("action: {action}"), format!("ttl: {ttl}"), format!("class: {class:?}")];
+        if prefix_scope {
+            fields.push("scope: prefix".into());
+            fields.push("prefix: 203.0.113.0/24".into());
+        } else {
+            fields.push("scope: top_sources".into());
+            if let Some(t) = top {
+                fields.push(format!("top: {t}"));
+            }
+        }
+        for (name, v) in [
+            ("port", port.map(u64::from)),
+            ("source_port", source_port.map(u64::from)),
+            ("pps", pps),
+            ("burst", burst),
+            ("bps", bps),
+        ] {
+            if let Some(v) = v {
+                fields.push(format!("{name}: {v}"));
+            }
+        }
+        let text =
+            format!("name: x\ntrigger: {{ families: [any] }}\nsteps:\n  - mitigate: {{ {} }}\n", fields.join(", "));
+        // What the rule check says of the same fields, as the API gets them.
+        let direct = RuleRequest {
+            action: action.into(),
+            prefix: "203.0.113.0/24".into(),
+            classes: class.clone(),
+            sport: source_port.map(|p| p as u16),
+            dport: port.map(|p| p as u16),
+            pps,
+            burst,
+            bps,
+            ttl_ms: Some(ttl_ms),
+            reason: None,
+            origin: None,
+        }
+        .check();
+        match parse("rb.yaml", &text, Box::new(Fake)) {
+            Ok(rb) => {
+                loaded += 1;
+                let direct = direct.unwrap_or_else(|e| panic!("{text} loaded, but the rule check says: {e}"));
+                let Step::Mitigate(m) = &rb.steps.0[0] else { panic!() };
+                let reqs = rule_requests(0, m, "x", &inc);
+                let want = if prefix_scope { 1 } else { top.unwrap_or(10) };
+                assert_eq!(reqs.len(), want, "{text}");
+                for r in &reqs {
+                    let c = r.check().unwrap_or_else(|e| panic!("{text}: the request {r:?} is refused: {e}"));
+                    let shape = Shape {
+                        classes: c.classes,
+                        sport: c.sport,
+                        dport: c.dport,
+                        action: c.action,
+                        ttl: c.ttl,
+                        reason: String::new(),
+                    };
+                    assert_eq!(shape, m.shape, "{text}");
+                    assert_eq!(shape.action, direct.action, "{text}");
+                    assert!(c.origin.is_step("x", &inc.id, 0));
+                }
+            }
+            Err(e) => {
+                refused += 1;
+                // Refused for the rule's shape exactly when the rule check refuses it;
+                // otherwise for a field only runbooks have (top, port 0 is both).
+                let scope_problem = !prefix_scope && top.is_some_and(|t| t == 0 || t > 100);
+                assert!(direct.is_err() || scope_problem, "{text} was refused ({e}), yet the rule check accepts it");
+                assert_eq!(e.line, 4, "{text}: {e}");
+            }
+        }
+    }
+    assert!(loaded > 100 && refused > 100, "the sweep covers both: {loaded} loaded, {refused} refused");
 }

@@ -59,6 +59,14 @@ impl Fired {
         self.last.insert((runbook.to_string(), incident.to_string()), now_ms);
     }
 
+    /// Remembers that `runbook` ran for `incident` at `at_ms`, unless a
+    /// later run is known: for seeding from the history after a restart,
+    /// in any order.
+    pub fn seed(&mut self, runbook: &str, incident: &str, at_ms: u64) {
+        let t = self.last.entry((runbook.to_string(), incident.to_string())).or_insert(at_ms);
+        *t = (*t).max(at_ms);
+    }
+
     /// Has `runbook` run for `incident`? (On resolution, it decides whether
     /// the runbook's resolve-side work applies.)
     pub fn ran(&self, runbook: &str, incident: &str) -> bool {
