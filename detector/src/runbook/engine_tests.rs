@@ -29,6 +29,7 @@ use crate::{
     },
     metrics::Metrics,
     mitigate::{mitigator::Mitigator, ruleset::Limits},
+    statedir::FileWriter,
 };
 
 /// A scratch directory, removed on drop.
@@ -74,7 +75,11 @@ async fn engine(dir: &Path, state: &Path) -> (Arc<Engine>, History, broadcast::S
         }
     });
     let h = Handles {
-        mitigator: Arc::new(Mutex::new(Mitigator::new(Limits { max_rules: 64, max_allow: 64 }, state))),
+        mitigator: Arc::new(Mutex::new(Mitigator::new(
+            Limits { max_rules: 64, max_allow: 64 },
+            state,
+            FileWriter::spawn(state, None).unwrap(),
+        ))),
         commands,
         history: Arc::new(move |ex| sink.lock().unwrap().push(ex)),
         metrics: Arc::new(Metrics::register(&mut Registry::default())),
