@@ -9,6 +9,8 @@ pub mod kernel;
 pub mod mitigator;
 pub mod pins;
 pub mod plan;
+#[cfg(test)]
+mod plan_props;
 pub mod prefix;
 pub mod rule;
 pub mod ruleset;
