@@ -16,8 +16,10 @@ pub const END: &str = "<!-- end fuzz -->";
 /// One fuzz run, as the section reports it.
 pub struct Figures<'a> {
     pub tally: &'a Tally,
-    /// Regression frames replayed before the generated ones.
+    /// Regression frames replayed before the generated ones, and how many
+    /// of them the two sides disagreed on.
     pub replayed: usize,
+    pub replay_mismatches: u64,
     pub seed: u64,
     pub seconds: f64,
     pub command: String,
@@ -32,12 +34,15 @@ pub fn section(f: &Figures) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{BEGIN}");
     let _ = writeln!(s, "## The parser, fuzzed against a reference\n");
-    let _ =
-        writeln!(s, "Measured by `{}` (as root) on {}, seed {}. Machine: {}.\n", f.command, f.date, f.seed, f.machine);
     let _ = writeln!(
         s,
-        "Generated frames (every class, random VLAN stacks, IPv4 options and IHL values, IPv6 extension chains, fragments, lies in every length field, bit flips, truncation at every byte of some frames, odd lengths) run one by one through the XDP program under `BPF_PROG_TEST_RUN`, each compared with the reference classifier written from the README's class table (`detector-common/src/reference.rs`): the class the program counted it in, and its verdict (`XDP_PASS`, no rule installed). The {} frames of the regression corpus (`tests/fuzz/regressions.txt`) run first.\n",
-        f.replayed
+        "Measured by `{}` (as root) on {}, seed {} (`--seed {}` runs the same frames again). Machine: {}.\n",
+        f.command, f.date, f.seed, f.seed, f.machine
+    );
+    let _ = writeln!(
+        s,
+        "Generated frames (every class, random VLAN stacks, IPv4 options and IHL values, IPv6 extension chains, fragments, lies in every length field, bit flips, truncation at every byte of some frames, odd lengths) run one by one through the XDP program under `BPF_PROG_TEST_RUN`, each compared with the reference classifier written from the README's class table (`detector-common/src/reference.rs`): the class the program counted it in, and its verdict (`XDP_PASS`, no rule installed). The {} frames of the regression corpus (`tests/fuzz/regressions.txt`: up to ten frames of each kind of mismatch a run has found, each fixed since) run first: {} mismatches.\n",
+        f.replayed, f.replay_mismatches
     );
     let rate = t.frames as f64 / f.seconds.max(1e-9);
     let _ = writeln!(s, "| frames run | mismatches | frames/s | refused by the kernel |");
@@ -52,7 +57,7 @@ pub fn section(f: &Figures) -> String {
     for c in TrafficClass::ALL {
         let _ = writeln!(s, "| {} | {} |", c.name(), t.per_class[c.index()]);
     }
-    let _ = writeln!(s, "{END}");
+    let _ = writeln!(s, "\n{END}");
     s
 }
 
@@ -74,7 +79,9 @@ pub fn splice(doc: &str, section: &str) -> String {
     out
 }
 
-/// `/proc/cpuinfo`'s model name and the number of CPUs.
+/// `/proc/cpuinfo`'s model name, the number of CPUs, the kernel, and the
+/// load when the run started (the machine may be shared, and frames per
+/// second depend on it).
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -87,7 +94,11 @@ pub fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into());
+    format!("{cpu}, {cores} cores, Linux {}, load average {load} at the start", kernel.trim())
 }
 
 #[cfg(test)]
@@ -98,6 +109,7 @@ mod tests {
         section(&Figures {
             tally: t,
             replayed: 3,
+            replay_mismatches: 0,
             seed: 42,
             seconds: 2.0,
             command: "cargo xtask fuzz".into(),

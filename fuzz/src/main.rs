@@ -73,6 +73,7 @@ fn run(args: Args) -> Result<bool> {
             u64::from_le_bytes(b)
         }
     };
+    let machine = benchmarks::machine();
     let mut program = Program::load().context("loading the detector's XDP program")?;
 
     let regressions = corpus::read(&args.regressions)?;
@@ -163,11 +164,12 @@ fn run(args: Args) -> Result<bool> {
         let figures = benchmarks::Figures {
             tally: &tally,
             replayed: regressions.len(),
+            replay_mismatches: replay.mismatches,
             seed,
             seconds,
             command: args.command.clone(),
             date,
-            machine: benchmarks::machine(),
+            machine,
         };
         let doc = match std::fs::read_to_string(path) {
             Ok(d) => d,
