@@ -99,6 +99,8 @@ fn main() -> Result<()> {
     let text = r.markdown();
     println!("{text}");
     if let Some(path) = args.write {
+        // Sections other tools keep in the file (the fuzz figure) stay.
+        let text = report::keep_marked_sections(&std::fs::read_to_string(&path).unwrap_or_default(), text);
         std::fs::write(&path, &text)?;
         eprintln!("bench: wrote {}", path.display());
     }

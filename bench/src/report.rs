@@ -58,6 +58,34 @@ pub fn rule_paths_section(paths: &[PathCost], repeat: u32) -> String {
     s
 }
 
+/// BENCHMARKS.md also holds sections other tools write, each between a
+/// `<!-- begin NAME -->` and an `<!-- end NAME -->` line (`cargo xtask fuzz`
+/// writes `fuzz`). A rewrite by the bench keeps every such section of `old`
+/// that `new` does not hold, as it was, after the bench's own.
+pub fn keep_marked_sections(old: &str, mut new: String) -> String {
+    let mut rest = old;
+    while let Some(b) = rest.find("<!-- begin ") {
+        let from_begin = &rest[b..];
+        let Some(name) = from_begin["<!-- begin ".len()..].split_once(" -->").map(|(n, _)| n.to_string()) else {
+            break;
+        };
+        let end = format!("<!-- end {name} -->");
+        let Some(e) = from_begin.find(&end) else {
+            break;
+        };
+        let block = &from_begin[..e + end.len()];
+        if !new.contains(&format!("<!-- begin {name} -->")) {
+            if !new.ends_with("\n\n") {
+                new.push_str(if new.ends_with('\n') { "\n" } else { "\n\n" });
+            }
+            new.push_str(block);
+            new.push('\n');
+        }
+        rest = &from_begin[e + end.len()..];
+    }
+    new
+}
+
 /// The counting path may cost at most this many times the empty program.
 const TARGET_RATIO: f64 = 3.0;
 
@@ -355,4 +383,25 @@ pub fn firewall_section(c: &Comparison) -> String {
 fn xdp_for(c: &Comparison, action: Action) -> Option<&DropRun> {
     let xdp = || c.runs.iter().filter(|r| r.layer == Layer::Xdp);
     xdp().find(|r| r.action == action).or_else(|| xdp().next())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_marked_sections;
+
+    #[test]
+    fn a_rewrite_keeps_the_sections_other_tools_wrote() {
+        let fuzz = "<!-- begin fuzz -->\n## Fuzz\n\n| 1 |\n<!-- end fuzz -->";
+        let old = format!("# Benchmarks\n\nold figures\n\n{fuzz}\n\n## Trailing\n");
+        let new = keep_marked_sections(&old, "# Benchmarks\n\nnew figures\n".to_string());
+        assert_eq!(new, format!("# Benchmarks\n\nnew figures\n\n{fuzz}\n"));
+        // Kept once, however often the bench rewrites.
+        assert_eq!(
+            keep_marked_sections(&new, "# Benchmarks\n\nnewer\n".into()).matches("<!-- begin fuzz -->").count(),
+            1
+        );
+        // A section the new report writes itself is not doubled.
+        assert_eq!(keep_marked_sections(&old, format!("# B\n{fuzz}\n")), format!("# B\n{fuzz}\n"));
+        assert_eq!(keep_marked_sections("no markers", "x\n".into()), "x\n");
+    }
 }

@@ -12,29 +12,32 @@ pub enum TrafficClass {
     TcpSyn = 0,
     /// TCP with SYN and ACK.
     TcpSynAck = 1,
-    /// TCP with RST.
+    /// TCP with RST, without SYN.
     TcpRst = 2,
     /// Any other TCP segment (ACK, FIN, PSH, data) that is not an HTTP request.
     TcpAck = 3,
-    /// TCP to port 80 or 8080 whose payload starts with an HTTP method.
+    /// TCP without SYN or RST to port 80 or 8080 whose payload starts with
+    /// an HTTP method (its first four bytes: see the README's class table).
     HttpRequest = 4,
     /// UDP that is none of the more specific UDP classes.
     Udp = 5,
-    /// UDP to port 53.
+    /// UDP to port 53, not from port 53.
     DnsQuery = 6,
     /// UDP from port 53.
     DnsResponse = 7,
-    /// UDP from a well-known reflector port (see [`AMPLIFICATION_PORTS`]).
+    /// UDP from a well-known reflector port (see [`AMPLIFICATION_PORTS`]),
+    /// not from or to port 53.
     UdpAmplification = 8,
     /// ICMP over IPv4.
     Icmp = 9,
-    /// ICMPv6.
+    /// ICMPv6 over IPv6.
     Icmpv6 = 10,
-    /// Any IPv4 or IPv6 fragment (first or later).
+    /// Any IPv4 fragment (first or later), any IPv6 packet with a fragment header.
     Fragment = 11,
     /// IP with another transport (GRE, ESP, SCTP, ...).
     OtherIp = 12,
-    /// Not IP after the Ethernet and VLAN headers (ARP, LLDP, ...).
+    /// Not IP after the Ethernet header and up to two VLAN tags (ARP, LLDP,
+    /// a third tag, ...).
     NonIp = 13,
     /// A frame that ends before a header it announces, carries an impossible
     /// length, or chains more IPv6 extension headers than the parser walks.

@@ -10,6 +10,9 @@
 pub mod class;
 pub mod flood;
 pub mod maps;
+/// Userspace only: the fuzzer's reference, never part of the XDP object.
+#[cfg(not(target_arch = "bpf"))]
+pub mod reference;
 pub mod rules;
 pub mod sample;
 pub mod sketch;

@@ -2,6 +2,7 @@
 //! needs, builds, runs, tests and benchmarks. Product code never shells out
 //! to cargo; this does.
 
+mod fuzz;
 mod setup;
 
 use std::{
@@ -55,6 +56,20 @@ enum Cmd {
     /// stand-in for Slack, PagerDuty and a webhook, resolved; the lab is
     /// removed afterwards.
     Demo,
+    /// Fuzz the XDP parser against the reference classifier (as root):
+    /// generated and mutated frames under BPF_PROG_TEST_RUN; mismatches go
+    /// to tests/fuzz/regressions.txt, the figures to BENCHMARKS.md.
+    Fuzz {
+        /// Frames to run through the program.
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        /// Seed of the frame generator (default: a random one, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print the figures without writing BENCHMARKS.md.
+        #[arg(long)]
+        no_write: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -127,6 +142,7 @@ fn run(cli: Cli) -> Result<()> {
             let err = cmd.exec();
             Err(err).with_context(|| format!("starting {:?}", cmd.get_program()))
         }
+        Cmd::Fuzz { frames, seed, no_write } => fuzz::run(&root, fuzz::Options { frames, seed, no_write }),
     }
 }
 

@@ -11,6 +11,8 @@ pub mod config;
 pub mod host;
 pub mod mitigator;
 pub mod plan;
+#[cfg(test)]
+mod plan_props;
 pub mod prefix;
 pub mod rule;
 pub mod ruleset;

@@ -56,14 +56,22 @@ pub fn slot(rule: &Rule, clock: Clock) -> RuleSlot {
 
 /// Which of two rules covering the same address decides first: drops before
 /// rate limits (the stronger action wins), then the longer prefix, then the
-/// narrower scope, then the older rule.
-fn precedence(r: &Rule) -> (u8, std::cmp::Reverse<u8>, u32, u32) {
+/// narrower scope (more ports given, then fewer classes), then the older
+/// rule. Older is by the rule's number, not its counter index: indexes are
+/// reused as rules come and go, so a new rule can hold a lower one.
+fn precedence(r: &Rule) -> (u8, std::cmp::Reverse<u8>, u32, u64, u32) {
     let action = match r.action {
         Action::Drop => 0,
         Action::RateLimit { .. } => 1,
     };
     let ports = r.sport.is_none() as u32 + r.dport.is_none() as u32;
-    (action, std::cmp::Reverse(r.prefix.bits()), ports * 64 + r.class_mask().count_ones(), r.index)
+    (action, std::cmp::Reverse(r.prefix.bits()), ports * 64 + r.class_mask().count_ones(), number(r), r.index)
+}
+
+/// A rule's number: ids are `r<N>`, given in creation order and never
+/// reused. An id of another form sorts after every numbered one.
+fn number(r: &Rule) -> u64 {
+    r.id.strip_prefix('r').and_then(|n| n.parse().ok()).unwrap_or(u64::MAX)
 }
 
 /// Builds the trie's contents. Fails, naming the prefix and the rules, when
@@ -286,6 +294,24 @@ mod tests {
         let err = plan(&refs, &[], CLOCK).unwrap_err();
         assert!(err.to_string().starts_with("10.0.0.0/8 would be covered by 9 rules (r1, r2"), "{err}");
         assert!(plan(&refs[..8], &[], CLOCK).is_ok());
+    }
+
+    /// Found by the property test (`plan_props`): with equal action, prefix
+    /// and scope width, the older rule must decide even when a newer one
+    /// reused a lower counter index.
+    #[test]
+    fn among_equals_the_older_rule_decides_whatever_its_index() {
+        let limit = |pps| Action::RateLimit { pps, burst: 5, bps: None, byte_burst: None };
+        let mut older = rule(7, "10.0.0.0/8", limit(10));
+        older.classes = vec!["icmp".into(), "tcp_syn".into()];
+        let mut newer = rule(1, "10.0.0.0/8", limit(1000));
+        newer.id = "r9".into();
+        newer.classes = vec!["icmp".into(), "tcp_synack".into()];
+        for rules in [[&older, &newer], [&newer, &older]] {
+            let plan = plan(&rules, &[], CLOCK).unwrap();
+            let e = lookup(&plan, "10.1.2.3").unwrap();
+            assert_eq!((e.slots[0].index, e.slots[1].index), (7, 1), "r7 is older than r9");
+        }
     }
 
     #[test]

@@ -162,7 +162,7 @@ fn ipv4(start: usize, end: usize, off: usize) -> Parsed {
         return Parsed::fragment(src);
     }
     let proto = unsafe { u8_at(ip, 9) };
-    Parsed::from(transport(start, end, off + ihl, off + total, proto), src)
+    Parsed::from(transport(start, end, off + ihl, off + total, proto, false), src)
 }
 
 #[inline(always)]
@@ -188,17 +188,21 @@ fn ipv6(start: usize, end: usize, off: usize) -> Parsed {
         let unit = match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH => 8,
             IPPROTO_AH => 4,
-            IPPROTO_FRAGMENT => {
-                return Parsed::fragment(src);
-            }
+            // 8 bytes, always; only its presence is needed.
+            IPPROTO_FRAGMENT => 0,
             _ => break,
         };
+        // Every extension header, the fragment header too, must be there
+        // before it counts: one the payload ends before is malformed.
         if l4 + 8 > limit {
             return Parsed::bare(TrafficClass::Malformed);
         }
         let Some(ext) = header(start, end, l4, 8) else {
             return Parsed::bare(TrafficClass::Malformed);
         };
+        if unit == 0 {
+            return Parsed::fragment(src);
+        }
         next = unsafe { u8_at(ext, 0) };
         let len = unsafe { u8_at(ext, 1) } as usize;
         // Extension lengths do not count their first unit (AH: first two).
@@ -211,7 +215,7 @@ fn ipv6(start: usize, end: usize, off: usize) -> Parsed {
     if l4 > limit {
         return Parsed::bare(TrafficClass::Malformed);
     }
-    Parsed::from(transport(start, end, l4, limit, next), src)
+    Parsed::from(transport(start, end, l4, limit, next, true), src)
 }
 
 #[inline(always)]
@@ -220,9 +224,11 @@ fn is_ipv6_ext(next: u8) -> bool {
 }
 
 /// Classifies the transport header at `l4`; `limit` is where the IP packet
-/// ends (Ethernet padding after it is not payload).
+/// ends (Ethernet padding after it is not payload). ICMP is ICMP over IPv4
+/// only, ICMPv6 over IPv6 only: the other family's number is another
+/// transport.
 #[inline(always)]
-fn transport(start: usize, end: usize, l4: usize, limit: usize, proto: u8) -> Transport {
+fn transport(start: usize, end: usize, l4: usize, limit: usize, proto: u8, v6: bool) -> Transport {
     match proto {
         IPPROTO_TCP => tcp(start, end, l4, limit),
         IPPROTO_UDP => {
@@ -244,11 +250,11 @@ fn transport(start: usize, end: usize, l4: usize, limit: usize, proto: u8) -> Tr
             };
             Transport { class, ports }
         }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+        IPPROTO_ICMP | IPPROTO_ICMPV6 if (proto == IPPROTO_ICMPV6) == v6 => {
             if l4 + 4 > limit || header(start, end, l4, 4).is_none() {
                 return Transport::bare(TrafficClass::Malformed);
             }
-            Transport::bare(if proto == IPPROTO_ICMP { TrafficClass::Icmp } else { TrafficClass::Icmpv6 })
+            Transport::bare(if v6 { TrafficClass::Icmpv6 } else { TrafficClass::Icmp })
         }
         _ => Transport::bare(TrafficClass::OtherIp),
     }
