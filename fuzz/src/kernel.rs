@@ -10,7 +10,7 @@
 //! wrong class cannot pass unseen.
 
 // The controller's module paths this crate uses, in one place.
-use detector::ebpf::{self, CountingOptions, LoadError};
+use detector::kernel::ebpf::{self, CountingOptions, LoadError};
 use detector_common::{
     maps::{ClassStats, CLASS_STATS_MAP, DEFAULT_MAX_SOURCES, DETECTOR_PROGRAM},
     TrafficClass, CLASS_COUNT,

@@ -26,6 +26,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
+use crate::clock::Clock;
 use detector_common::{
     rules::{RuleEntry, ACTION_DROP, ACTION_RATE_LIMIT, ENTRY_ALLOW, MAX_SLOTS},
     TrafficClass,
@@ -36,7 +37,7 @@ use proptest::{
 };
 
 use super::{
-    plan::{Clock, Plan},
+    plan::Plan,
     prefix::Prefix,
     rule::{Action, Rule, RuleRequest},
     ruleset::{AllowEntry, AllowSource, Limits, RuleError, RuleSet},
