@@ -234,9 +234,14 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
         state_dir: cfg.state_dir.clone(),
         mitigator: Some(mitigator.clone()),
     });
-    let http_server = serve::spawn(listener, http::router(api));
+    let http_server = serve::spawn(listener, http::router(api), serve::Limits::http(), metrics.clone());
     tracing::info!(addr = %cfg.metrics_addr, "serving /metrics, /api/top, /api/incidents and /healthz");
-    let control_server = serve::spawn(control_listener, control::router(mitigator.clone(), metrics.clone()));
+    let control_server = serve::spawn(
+        control_listener,
+        control::router(mitigator.clone(), metrics.clone()),
+        serve::Limits::control(),
+        metrics.clone(),
+    );
     tracing::info!(socket = %cfg.state_dir.join(control::SOCKET).display(), "control API listening");
 
     let poller = Poller::new(
