@@ -289,9 +289,7 @@ impl RuleRequest {
             }
         };
         let reason = self.reason.clone().unwrap_or_default();
-        if reason.chars().count() > MAX_REASON || reason.chars().any(char::is_control) {
-            return Err(RequestError::Reason);
-        }
+        check_reason(&reason)?;
         let origin = self.origin.clone().unwrap_or_else(Origin::operator);
         Ok(Checked { prefix, classes, sport: self.sport, dport: self.dport, action, ttl, reason, origin })
     }
@@ -299,6 +297,16 @@ impl RuleRequest {
 
 /// The most rules that may cover one address: the XDP entry's slot count.
 pub const MAX_OVERLAP: usize = MAX_SLOTS;
+
+/// The one check of an operator's reason text, for rules and allowlist
+/// entries alike: at most [`MAX_REASON`] characters, no control characters
+/// (it is printed in tables and logs). Refused, never trimmed.
+pub fn check_reason(reason: &str) -> Result<(), RequestError> {
+    if reason.chars().count() > MAX_REASON || reason.chars().any(char::is_control) {
+        return Err(RequestError::Reason);
+    }
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {
