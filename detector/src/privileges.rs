@@ -87,6 +87,8 @@ pub struct FdLimit {
 /// what the administrator allowed. The listeners size their connection caps
 /// from the result ([`fd_limit`]), keeping descriptors in reserve for the
 /// BPF maps, the state directory and the control socket.
+// `rlim_t` is not u64 on every target.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_fd_limit() -> std::io::Result<FdLimit> {
     let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the struct it is given.
@@ -105,6 +107,7 @@ pub fn raise_fd_limit() -> std::io::Result<FdLimit> {
 }
 
 /// The current soft limit on open descriptors (1024 if it cannot be read).
+#[allow(clippy::unnecessary_cast)]
 pub fn fd_limit() -> u64 {
     let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the struct it is given.

@@ -146,7 +146,7 @@ fn json_error(code: StatusCode, message: String) -> Response {
 /// How many history reads run at once. Each holds a read-only connection
 /// (up to three descriptors) and a page in memory on a blocking thread; the
 /// rest wait their turn, within the request time limit.
-const HISTORY_READERS: usize = 4;
+const HISTORY_READERS: usize = 2;
 
 /// The page size asked for, checked: every listing is bounded.
 fn page_limit(limit: Option<usize>) -> Result<usize, String> {
@@ -165,6 +165,16 @@ fn page_limit(limit: Option<usize>) -> Result<usize, String> {
 fn page(limit: Option<usize>, before: Option<String>) -> Result<(usize, Option<history::Cursor>), String> {
     let before = before.filter(|b| !b.is_empty()).map(|b| b.parse::<history::Cursor>()).transpose()?;
     Ok((page_limit(limit)?, before))
+}
+
+/// A JSON response, encoded where it is called: on the blocking thread of
+/// a history read, so a page of a thousand incidents never holds up an
+/// async worker (and with it `/metrics`, `/healthz` or the control socket).
+fn to_json(value: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 /// Runs a read on the history off the async threads, a few at a time.
@@ -195,14 +205,12 @@ async fn incidents_handler(
         Ok((limit, before)) => history::Query { open_only: q.active, limit, before },
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
     };
-    match read_store(&reads, state.state_dir.clone(), move |s| s.incident_page(&query)).await {
-        Ok(page) => {
-            history::report_skipped(&state.state_dir.join(history::DB_FILE), &page.skipped);
-            Json(Listing { items: Incidents { incidents: page.items }, next: page.next, skipped: page.skipped })
-                .into_response()
-        }
-        Err(r) => r,
-    }
+    let listing = read_store(&reads, state.state_dir.clone(), move |s| {
+        let page = s.incident_page(&query)?;
+        history::report_skipped(s.path(), &page.skipped);
+        Ok(to_json(&Listing { items: Incidents { incidents: page.items }, next: page.next, skipped: page.skipped }))
+    });
+    listing.await.unwrap_or_else(|r| r)
 }
 
 async fn executions_handler(
@@ -218,14 +226,12 @@ async fn executions_handler(
         }
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
     };
-    match read_store(&reads, state.state_dir.clone(), move |s| s.execution_page(&query)).await {
-        Ok(page) => {
-            history::report_skipped(&state.state_dir.join(history::DB_FILE), &page.skipped);
-            Json(Listing { items: Executions { executions: page.items }, next: page.next, skipped: page.skipped })
-                .into_response()
-        }
-        Err(r) => r,
-    }
+    let listing = read_store(&reads, state.state_dir.clone(), move |s| {
+        let page = s.execution_page(&query)?;
+        history::report_skipped(s.path(), &page.skipped);
+        Ok(to_json(&Listing { items: Executions { executions: page.items }, next: page.next, skipped: page.skipped }))
+    });
+    listing.await.unwrap_or_else(|r| r)
 }
 
 async fn incident_handler(
@@ -234,8 +240,8 @@ async fn incident_handler(
     Path(id): Path<String>,
 ) -> Response {
     let wanted = id.clone();
-    match read_store(&reads, state.state_dir.clone(), move |s| s.incident(&wanted)).await {
-        Ok(Some(inc)) => Json::<Incident>(inc).into_response(),
+    match read_store(&reads, state.state_dir.clone(), move |s| Ok(s.incident(&wanted)?.map(|i| to_json(&i)))).await {
+        Ok(Some(body)) => body,
         Ok(None) => json_error(StatusCode::NOT_FOUND, format!("no incident with id '{id}'")),
         Err(r) => r,
     }

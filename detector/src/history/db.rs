@@ -19,7 +19,7 @@
 //! begun, so a damaged file never stops detection.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fmt,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -418,12 +418,18 @@ impl Store {
             it.collect::<Result<_, _>>().map_err(self.err())?
         };
         let more = rows.len() > limit;
+        let mut rows = rows;
+        rows.truncate(limit);
+        let ids: Vec<&str> = rows.iter().filter_map(|r| r.id.as_deref()).collect();
+        let mut events = self.events_of(&ids)?;
         let mut page = Page::default();
-        for row in rows.into_iter().take(limit) {
+        for row in &rows {
             page.next = Some(cursor_after(row.started_at, &row.id));
             let name = row.name();
             let parsed = match (&row.id, &row.data) {
-                (Some(id), Ok(data)) => self.hydrate(id, data, &mut page.skipped)?,
+                (Some(id), Ok(data)) => {
+                    Self::hydrate(id, data, events.remove(id).unwrap_or_default(), &mut page.skipped)
+                }
                 (None, _) => Err("the id is not text".to_string()),
                 (_, Err(e)) => Err(format!("its data is unreadable: {e}")),
             };
@@ -464,7 +470,8 @@ impl Store {
         };
         let data = data.map_err(corrupt)?;
         let mut skipped = Vec::new();
-        let inc = self.hydrate(id, &data, &mut skipped)?.map_err(corrupt)?;
+        let events = self.events_of(&[id])?.remove(id).unwrap_or_default();
+        let inc = Self::hydrate(id, &data, events, &mut skipped).map_err(corrupt)?;
         Ok(Some((inc, skipped)))
     }
 
@@ -684,33 +691,40 @@ impl Store {
         Ok(out)
     }
 
-    /// The incident in `data` with its timeline; `Err(reason)` if the row
-    /// does not parse. Events that do not parse are added to `skipped`.
-    fn hydrate(
-        &self,
-        id: &str,
-        data: &str,
-        skipped: &mut Vec<Skipped>,
-    ) -> Result<Result<Incident, String>, StoreError> {
-        let mut inc: Incident = match serde_json::from_str(data) {
-            Ok(i) => i,
-            Err(e) => return Ok(Err(format!("its data does not parse: {e}"))),
-        };
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT seq, at, kind, detail FROM incident_events WHERE incident_id = ?1 ORDER BY seq")
-            .map_err(self.err())?;
+    /// The timeline events of these incidents, in order, read in one query
+    /// (a page of a thousand incidents is one query, not a thousand).
+    fn events_of(&self, ids: &[&str]) -> Result<HashMap<String, Vec<EventRow>>, StoreError> {
+        let mut out: HashMap<String, Vec<EventRow>> = HashMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let sql = format!(
+            "SELECT incident_id, seq, at, kind, detail FROM incident_events WHERE incident_id IN ({}) ORDER BY incident_id, seq",
+            vec!["?"; ids.len()].join(",")
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(self.err())?;
         let rows = stmt
-            .query_map(params![id], |r| {
-                let seq: i64 = r.get(0)?;
+            .query_map(rusqlite::params_from_iter(ids), |r| {
+                let (id, seq): (String, i64) = (r.get(0)?, r.get(1)?);
                 let fields =
-                    (|| -> rusqlite::Result<(i64, String, String)> { Ok((r.get(1)?, r.get(2)?, r.get(3)?)) })();
-                Ok((seq, fields.map_err(|e| e.to_string())))
+                    (|| -> rusqlite::Result<(i64, String, String)> { Ok((r.get(2)?, r.get(3)?, r.get(4)?)) })();
+                Ok((id, seq, fields.map_err(|e| e.to_string())))
             })
             .map_err(self.err())?;
-        inc.timeline.clear();
         for row in rows {
-            let (seq, fields) = row.map_err(self.err())?;
+            let (id, seq, fields) = row.map_err(self.err())?;
+            out.entry(id).or_default().push((seq, fields));
+        }
+        Ok(out)
+    }
+
+    /// The incident in `data` with its timeline from `events`; `Err(reason)`
+    /// if the row does not parse. Events that do not parse are added to
+    /// `skipped`.
+    fn hydrate(id: &str, data: &str, events: Vec<EventRow>, skipped: &mut Vec<Skipped>) -> Result<Incident, String> {
+        let mut inc: Incident = serde_json::from_str(data).map_err(|e| format!("its data does not parse: {e}"))?;
+        inc.timeline.clear();
+        for (seq, fields) in events {
             let reason = match fields {
                 Ok((at, kind, detail)) => match EventKind::parse(&kind) {
                     Some(kind) => {
@@ -723,9 +737,13 @@ impl Store {
             };
             skipped.push(Skipped { id: id.to_string(), reason });
         }
-        Ok(Ok(inc))
+        Ok(inc)
     }
 }
+
+/// A timeline event as read: its sequence number, and (at, kind, detail)
+/// or why it does not read.
+type EventRow = (i64, Result<(i64, String, String), String>);
 
 /// A `runbook_executions` row as read: rowid, id, start time (for the
 /// cursor), and the execution with its outcome's name, or why it does not
