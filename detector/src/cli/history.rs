@@ -49,8 +49,9 @@ pub fn run(args: HistoryArgs) -> anyhow::Result<()> {
     };
     if args.json {
         outln!("{{\n  \"executions\": [")?;
-        let walked =
-            out::walk(args.limit, before, read, |n, ex: &Execution| out::json_item(if n == 0 { "" } else { "," }, ex))?;
+        let mut list = out::JsonList::default();
+        let walked = out::walk(args.limit, before, read, |_, ex: &Execution| list.push(ex))?;
+        list.finish()?;
         outln!("  ],")?;
         outln!("  \"next\": {},", serde_json::to_string(&walked.next)?)?;
         outln!("  \"skipped\": {}\n}}", serde_json::to_string(&walked.skipped)?)?;
@@ -83,7 +84,7 @@ pub fn run(args: HistoryArgs) -> anyhow::Result<()> {
         outln!("{what}")?;
     }
     if let Some(next) = walked.next {
-        eprintln!("more: --before '{next}' for the next {}, --limit 0 for all", args.limit);
+        out::note(&format!("more: --before '{next}' for the next {}, --limit 0 for all", args.limit));
     }
     Ok(())
 }

@@ -42,7 +42,7 @@ pub fn run(args: IncidentsArgs) -> anyhow::Result<()> {
             .incident_report(id)?
             .ok_or_else(|| anyhow::anyhow!("no incident with id '{id}' in {}", args.state_dir.display()))?;
         for s in &skipped {
-            eprintln!("warning: skipped part of {} in the history: {}", s.id, s.reason);
+            out::note(&format!("warning: skipped part of {} in the history: {}", s.id, s.reason));
         }
         if args.json {
             outln!("{}", serde_json::to_string_pretty(&inc)?)?;
@@ -54,8 +54,9 @@ pub fn run(args: IncidentsArgs) -> anyhow::Result<()> {
     let read = |limit, before| store.incident_page(&Query { open_only: args.active, limit, before });
     if args.json {
         outln!("{{\n  \"incidents\": [")?;
-        let walked =
-            out::walk(args.limit, before, read, |n, i: &Incident| out::json_item(if n == 0 { "" } else { "," }, i))?;
+        let mut list = out::JsonList::default();
+        let walked = out::walk(args.limit, before, read, |_, i: &Incident| list.push(i))?;
+        list.finish()?;
         outln!("  ],")?;
         outln!("  \"next\": {},", serde_json::to_string(&walked.next)?)?;
         outln!("  \"skipped\": {}\n}}", serde_json::to_string(&walked.skipped)?)?;
@@ -91,7 +92,7 @@ pub fn run(args: IncidentsArgs) -> anyhow::Result<()> {
         outln!("no {}incidents", if args.active { "open " } else { "" })?;
     }
     if let Some(next) = walked.next {
-        eprintln!("more: --before '{next}' for the next {}, --limit 0 for all", args.limit);
+        out::note(&format!("more: --before '{next}' for the next {}, --limit 0 for all", args.limit));
     }
     Ok(())
 }

@@ -28,14 +28,38 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
-/// Prints `value` as indented JSON, the first line prefixed with `lead`
-/// (inside a listing being streamed).
-pub fn json_item(lead: &str, value: &impl serde::Serialize) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    for (i, line) in text.lines().enumerate() {
-        outln!("{}    {line}", if i == 0 { lead } else { "" })?;
+/// A line on stderr (a warning, a hint), after what stdout holds so far, so
+/// the two stay in order on a terminal.
+pub fn note(line: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    eprintln!("{line}");
+}
+
+/// A JSON array printed as its items come, indented to sit in an object
+/// (`"incidents": [ ... ]`): each item is held until the next arrives, so
+/// the comma goes after it, where a reader expects it.
+#[derive(Default)]
+pub struct JsonList {
+    pending: Option<String>,
+}
+
+impl JsonList {
+    pub fn push(&mut self, value: &impl serde::Serialize) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(value)?;
+        let indented = text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
+        if let Some(before) = self.pending.replace(indented) {
+            outln!("{before},")?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    pub fn finish(self) -> Result<(), StdoutError> {
+        match self.pending {
+            Some(last) => outln!("{last}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Where a walk through a listing stopped.
@@ -61,7 +85,7 @@ pub fn walk<T>(
         let want = if limit == 0 { MAX_PAGE } else { (limit - walked.shown).min(MAX_PAGE) };
         let page = read(want, before.take())?;
         for s in &page.skipped {
-            eprintln!("warning: skipped {} in the history: {}", s.id, s.reason);
+            note(&format!("warning: skipped {} in the history: {}", s.id, s.reason));
         }
         walked.skipped.extend(page.skipped);
         for item in &page.items {
