@@ -12,6 +12,11 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     match cli::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout went away (`detector incidents | head -1`):
+        // what it wanted was printed; exit quietly, like `rg` and `fd`.
+        Err(e) if e.chain().any(|c| c.downcast_ref::<cli::out::StdoutError>().is_some_and(|o| o.is_closed_pipe())) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             // One line: the error and its causes, no backtrace.
             eprintln!("error: {e:#}");

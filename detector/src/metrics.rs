@@ -110,6 +110,20 @@ pub struct FileLabels {
     pub file: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReasonLabels {
+    pub listener: String,
+    pub reason: String,
+}
+
+/// Why a listener closed a connection on its own (the `reason` label).
+pub const CONNECTION_CLOSE_REASONS: [&str; 4] = ["full", "evicted", "header_timeout", "idle_timeout"];
+
 /// Every metric the controller exports.
 pub struct Metrics {
     pub packets: Family<ClassLabels, Counter>,
@@ -145,6 +159,12 @@ pub struct Metrics {
     pub history_write_errors: Counter,
     pub history_backlog: Gauge,
     pub state_write_errors: Family<FileLabels, Counter>,
+    pub api_connections: Family<ListenerLabels, Gauge>,
+    pub api_connection_limit: Family<ListenerLabels, Gauge>,
+    pub api_connections_accepted: Family<ListenerLabels, Counter>,
+    pub api_connections_closed: Family<ListenerReasonLabels, Counter>,
+    pub api_requests_timed_out: Family<ListenerLabels, Counter>,
+    pub api_accept_errors: Family<ListenerLabels, Counter>,
 }
 
 impl Metrics {
@@ -186,6 +206,12 @@ impl Metrics {
             history_write_errors: Counter::default(),
             history_backlog: Gauge::default(),
             state_write_errors: Family::default(),
+            api_connections: Family::default(),
+            api_connection_limit: Family::default(),
+            api_connections_accepted: Family::default(),
+            api_connections_closed: Family::default(),
+            api_requests_timed_out: Family::default(),
+            api_accept_errors: Family::default(),
         };
         registry.register(
             "detector_packets",
@@ -329,6 +355,36 @@ impl Metrics {
             "detector_state_write_errors",
             "Writes of a state directory file (rules.json, baselines.json) that failed; each is tried again",
             m.state_write_errors.clone(),
+        );
+        registry.register(
+            "detector_api_connections",
+            "Connections open on a listener (http: the metrics and API port; control: the control socket)",
+            m.api_connections.clone(),
+        );
+        registry.register(
+            "detector_api_connection_limit",
+            "Most connections a listener keeps open at once",
+            m.api_connection_limit.clone(),
+        );
+        registry.register(
+            "detector_api_connections_accepted",
+            "Connections a listener accepted",
+            m.api_connections_accepted.clone(),
+        );
+        registry.register(
+            "detector_api_connections_closed",
+            "Connections a listener closed on its own, per reason: full (refused, every connection had a request in progress), evicted (idle, closed to make room), header_timeout, idle_timeout",
+            m.api_connections_closed.clone(),
+        );
+        registry.register(
+            "detector_api_requests_timed_out",
+            "Requests answered 503 because they took longer than the listener's request time limit",
+            m.api_requests_timed_out.clone(),
+        );
+        registry.register(
+            "detector_api_accept_errors",
+            "Failed accepts on a listener (out of descriptors or memory)",
+            m.api_accept_errors.clone(),
         );
         // A gauge, not an OpenMetrics info: promtool and the classic text
         // format know no `info` type.
@@ -505,6 +561,48 @@ impl Metrics {
 
     pub fn state_write_failed(&self, file: &str) {
         self.state_write_errors.get_or_create(&FileLabels { file: file.into() }).inc();
+    }
+
+    /// A listener starts: its cap, and its series exported at zero.
+    pub fn api_listener(&self, listener: &str, max_connections: usize) {
+        let l = ListenerLabels { listener: listener.into() };
+        self.api_connection_limit.get_or_create(&l).set(max_connections as i64);
+        self.api_connections.get_or_create(&l).set(0);
+        let _ = self.api_connections_accepted.get_or_create(&l);
+        let _ = self.api_requests_timed_out.get_or_create(&l);
+        let _ = self.api_accept_errors.get_or_create(&l);
+        for reason in CONNECTION_CLOSE_REASONS {
+            let _ = self
+                .api_connections_closed
+                .get_or_create(&ListenerReasonLabels { listener: listener.into(), reason: reason.into() });
+        }
+    }
+
+    pub fn api_connection_opened(&self, listener: &str) {
+        let l = ListenerLabels { listener: listener.into() };
+        self.api_connections_accepted.get_or_create(&l).inc();
+        self.api_connections.get_or_create(&l).inc();
+    }
+
+    /// A connection that was open has ended, for whatever reason.
+    pub fn api_connection_ended(&self, listener: &str) {
+        self.api_connections.get_or_create(&ListenerLabels { listener: listener.into() }).dec();
+    }
+
+    /// The listener closed (or refused) a connection on its own; `reason`
+    /// is one of [`CONNECTION_CLOSE_REASONS`].
+    pub fn api_connection_closed(&self, listener: &str, reason: &str) {
+        self.api_connections_closed
+            .get_or_create(&ListenerReasonLabels { listener: listener.into(), reason: reason.into() })
+            .inc();
+    }
+
+    pub fn api_request_timed_out(&self, listener: &str) {
+        self.api_requests_timed_out.get_or_create(&ListenerLabels { listener: listener.into() }).inc();
+    }
+
+    pub fn api_accept_failed(&self, listener: &str) {
+        self.api_accept_errors.get_or_create(&ListenerLabels { listener: listener.into() }).inc();
     }
 
     /// How many runbooks loaded, and how many files were refused.

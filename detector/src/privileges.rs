@@ -1,5 +1,6 @@
 //! Which capabilities this process has, so a missing one is named before
-//! the kernel answers with a bare EPERM.
+//! the kernel answers with a bare EPERM; and the descriptor limit, raised
+//! at start so the listeners' caps leave room for everything else.
 
 use std::fs;
 
@@ -72,6 +73,50 @@ pub fn check(need: Need) -> Result<(), PrivilegeError> {
     check_caps(effective()?, need)
 }
 
+/// The descriptor limits (soft, hard) before and after [`raise_fd_limit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdLimit {
+    pub before: u64,
+    pub now: u64,
+    pub hard: u64,
+}
+
+/// Raises this process's soft limit on open descriptors (RLIMIT_NOFILE) to
+/// its hard limit. Distributions start services with a soft limit of 1024
+/// for the sake of `select(2)`, which nothing here uses; the hard limit is
+/// what the administrator allowed. The listeners size their connection caps
+/// from the result ([`fd_limit`]), keeping descriptors in reserve for the
+/// BPF maps, the state directory and the control socket.
+// `rlim_t` is not u64 on every target.
+#[allow(clippy::unnecessary_cast)]
+pub fn raise_fd_limit() -> std::io::Result<FdLimit> {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = r.rlim_cur as u64;
+    if r.rlim_cur < r.rlim_max {
+        let raised = libc::rlimit { rlim_cur: r.rlim_max, rlim_max: r.rlim_max };
+        // SAFETY: setrlimit reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(FdLimit { before, now: fd_limit(), hard: r.rlim_max as u64 })
+}
+
+/// The current soft limit on open descriptors (1024 if it cannot be read).
+#[allow(clippy::unnecessary_cast)]
+pub fn fd_limit() -> u64 {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 1024;
+    }
+    r.rlim_cur as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +141,13 @@ mod tests {
         assert_eq!(check_caps(sys_admin_net, Need::Xdp), Ok(()));
         let err = check_caps(sys_admin_net, Need::Flood).unwrap_err().to_string();
         assert!(err.starts_with("missing CAP_NET_RAW"), "{err}");
+    }
+
+    #[test]
+    fn the_descriptor_limit_is_raised_to_the_hard_limit() {
+        let l = raise_fd_limit().unwrap();
+        assert_eq!(l.now, l.hard);
+        assert!(l.now >= l.before);
+        assert_eq!(fd_limit(), l.hard);
     }
 }

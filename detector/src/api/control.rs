@@ -5,7 +5,8 @@
 //! `detector block add … --state-dir X` with no other setting.
 //!
 //! - `GET /v1/rules`: everything in force, with counters
-//! - `POST /v1/rules` ([`RuleRequest`]): add a drop or rate-limit rule
+//! - `POST /v1/rules` ([`RuleRequest`]): add a drop or rate-limit rule (an
+//!   `origin` is refused: what comes through the socket is the operator's)
 //! - `POST /v1/allow` ([`AllowRequest`]): add an allowlist entry
 //! - `DELETE /v1/rules/{id}`: remove a rule or an operator allowlist entry
 
@@ -33,7 +34,7 @@ use crate::{
     mitigate::{
         mitigator::{MitigateError, Mitigator, RulesView},
         prefix::Prefix,
-        rule::{Rule, RuleRequest},
+        rule::{check_reason, Rule, RuleRequest},
         ruleset::{AllowEntry, Removed, RuleError},
     },
 };
@@ -158,6 +159,17 @@ async fn add_rule(
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
+    // Whoever reaches the socket is the operator: a rule that claimed to be
+    // a runbook's would be removed when "its" incident resolves, and would
+    // hide who added it. Runbooks set their origin in the controller, not
+    // through here.
+    if req.origin.is_some() {
+        s.metrics.rule_refused("invalid");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`origin` cannot be set through the control socket: rules added here are the operator's".into(),
+        );
+    }
     match with_mitigator(&s, move |m| m.add_rule(&req, Clock::now())).await {
         Ok(rule) => (StatusCode::CREATED, Json(rule)).into_response(),
         Err(r) => r,
@@ -177,6 +189,11 @@ async fn add_allow(
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let reason = req.reason.unwrap_or_default();
+    // The same check as a rule's reason: refused, never trimmed.
+    if let Err(e) = check_reason(&reason) {
+        s.metrics.rule_refused("invalid");
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
     match with_mitigator(&s, move |m| m.add_allow(prefix, &reason, Clock::now())).await {
         Ok((entry, overridden)) => (StatusCode::CREATED, Json(AllowAdded { entry, overridden })).into_response(),
         Err(r) => r,
@@ -266,5 +283,85 @@ impl Client {
         }
         serde_json::from_slice(&bytes)
             .map_err(|e| ControlError::BadAnswer { status: status.as_u16(), reason: e.to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::{
+        api::serve,
+        mitigate::{
+            rule::{Origin, RequestError, MAX_REASON},
+            ruleset::Limits,
+        },
+        statedir::FileWriter,
+    };
+
+    /// A control socket in a scratch directory, over a mitigator with no
+    /// interface (rules are kept, nothing reaches a kernel).
+    async fn control(name: &str) -> (PathBuf, serve::Server, SharedMitigator) {
+        let dir = std::env::temp_dir().join(format!("detector-control-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = FileWriter::spawn(&dir, None).unwrap();
+        let mitigator: SharedMitigator =
+            Arc::new(Mutex::new(Mitigator::new(Limits { max_rules: 16, max_allow: 16 }, &dir, files)));
+        let metrics = Arc::new(Metrics::register(&mut Registry::default()));
+        let listener = bind(&dir).await.unwrap();
+        let server =
+            serve::spawn(listener, router(mitigator.clone(), metrics.clone()), serve::Limits::control(), metrics);
+        (dir, server, mitigator)
+    }
+
+    fn drop_rule(prefix: &str) -> RuleRequest {
+        RuleRequest { action: "drop".into(), prefix: prefix.into(), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn the_socket_refuses_a_caller_supplied_origin() {
+        let (dir, server, mitigator) = control("origin").await;
+        let client = Client::new(&dir);
+        let mut req = drop_rule("203.0.113.0/24");
+        req.origin = Some(Origin {
+            by: "runbook".into(),
+            runbook: Some("udp-flood".into()),
+            incident: Some("n1-eth0-x".into()),
+            step: Some(0),
+        });
+        let e = client.add_rule(&req).await.unwrap_err().to_string();
+        assert_eq!(e, "`origin` cannot be set through the control socket: rules added here are the operator's");
+        assert!(mitigator.lock().unwrap().rules().is_empty());
+        // Without one, the rule is the operator's.
+        let rule = client.add_rule(&drop_rule("203.0.113.0/24")).await.unwrap();
+        assert!(rule.origin.is_operator());
+        server.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn an_allowlist_reason_is_checked_exactly_like_a_rules() {
+        let (dir, server, mitigator) = control("reason").await;
+        let client = Client::new(&dir);
+        let long = "x".repeat(MAX_REASON + 1);
+        for bad in ["ticket\n4711", "bell\u{7}", long.as_str()] {
+            let mut rule = drop_rule("203.0.113.0/24");
+            rule.reason = Some(bad.into());
+            let rule_err = client.add_rule(&rule).await.unwrap_err().to_string();
+            let allow = AllowRequest { prefix: "192.0.2.10".into(), reason: Some(bad.into()) };
+            let allow_err = client.add_allow(&allow).await.unwrap_err().to_string();
+            assert_eq!(allow_err, rule_err);
+            assert_eq!(allow_err, RequestError::Reason.to_string());
+        }
+        assert!(mitigator.lock().unwrap().allow().is_empty(), "a bad reason was trimmed and kept");
+        // The longest allowed reason is kept whole.
+        let ok = "y".repeat(MAX_REASON);
+        let added =
+            client.add_allow(&AllowRequest { prefix: "192.0.2.10".into(), reason: Some(ok.clone()) }).await.unwrap();
+        assert_eq!(added.entry.reason, ok);
+        server.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

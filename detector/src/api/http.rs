@@ -4,6 +4,11 @@
 //! the runbook executions in the history (`?incident=ID&runbook=NAME&limit=N`),
 //! `/healthz`. Loopback by default; anywhere else it requires a bearer
 //! token on every request.
+//!
+//! Listings are pages: `limit` is 1 to 1000 (default 100; 0 is refused),
+//! and `before=<next>` continues where the previous page's `next` points,
+//! so a client walks the whole history in pages of bounded size. Rows that
+//! do not parse are left out, listed in `skipped`, and logged once.
 
 use std::{
     net::SocketAddr,
@@ -17,11 +22,11 @@ use axum::{
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
-    Json, Router,
+    Extension, Json, Router,
 };
 use prometheus_client::registry::Registry;
 use thiserror::Error;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::{
     detect::incident::Incident,
@@ -74,6 +79,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/rules", get(rules_handler))
         .route("/api/runbooks/executions", get(executions_handler))
         .route("/healthz", get(|| async { "ok\n" }))
+        .layer(Extension(Arc::new(Semaphore::new(HISTORY_READERS))))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
@@ -93,8 +99,10 @@ struct IncidentsQuery {
     /// Only incidents not yet resolved.
     #[serde(default)]
     active: bool,
-    /// At most this many, newest first (default 100).
+    /// At most this many, newest first (1 to 1000, default 100).
     limit: Option<usize>,
+    /// Start after this row: the `next` of the previous page.
+    before: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -104,12 +112,28 @@ struct ExecutionsQuery {
     incident: Option<String>,
     /// Only executions of this runbook.
     runbook: Option<String>,
-    /// At most this many, newest first (default 100, at most 10000).
+    /// At most this many, newest first (1 to 1000, default 100).
     limit: Option<usize>,
+    /// Start after this row: the `next` of the previous page.
+    before: Option<String>,
 }
 
-/// The body of `GET /api/runbooks/executions` (a struct, so each execution
-/// keeps its fields' order).
+/// The body of a listing: one page, the cursor to the next (`null` on the
+/// last), and the rows of this page left out because they do not parse. A
+/// struct, so each item keeps its fields' order.
+#[derive(serde::Serialize)]
+struct Listing<T> {
+    #[serde(flatten)]
+    items: T,
+    next: Option<history::Cursor>,
+    skipped: Vec<history::Skipped>,
+}
+
+#[derive(serde::Serialize)]
+struct Incidents {
+    incidents: Vec<Incident>,
+}
+
 #[derive(serde::Serialize)]
 struct Executions {
     executions: Vec<crate::runbook::record::Execution>,
@@ -119,44 +143,105 @@ fn json_error(code: StatusCode, message: String) -> Response {
     (code, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-/// Runs a read on the history off the async threads.
+/// How many history reads run at once. Each holds a read-only connection
+/// (up to three descriptors) and a page in memory on a blocking thread; the
+/// rest wait their turn, within the request time limit.
+const HISTORY_READERS: usize = 2;
+
+/// The page size asked for, checked: every listing is bounded.
+fn page_limit(limit: Option<usize>) -> Result<usize, String> {
+    match limit {
+        None => Ok(history::DEFAULT_PAGE),
+        Some(n) if (1..=history::MAX_PAGE).contains(&n) => Ok(n),
+        Some(n) => Err(format!(
+            "limit {n} is out of range: 1 to {} (default {}); walk further with `before`, the `next` of each page",
+            history::MAX_PAGE,
+            history::DEFAULT_PAGE
+        )),
+    }
+}
+
+/// The page size and where to start, checked (a 400 names what is wrong).
+fn page(limit: Option<usize>, before: Option<String>) -> Result<(usize, Option<history::Cursor>), String> {
+    let before = before.filter(|b| !b.is_empty()).map(|b| b.parse::<history::Cursor>()).transpose()?;
+    Ok((page_limit(limit)?, before))
+}
+
+/// A JSON response, encoded where it is called: on the blocking thread of
+/// a history read, so a page of a thousand incidents never holds up an
+/// async worker (and with it `/metrics`, `/healthz` or the control socket).
+fn to_json(value: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Runs a read on the history off the async threads, a few at a time.
 async fn read_store<T: Send + 'static>(
+    reads: &Semaphore,
     dir: PathBuf,
     f: impl FnOnce(&Store) -> Result<T, history::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
+    let _turn = reads.acquire().await.map_err(|e| json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     tokio::task::spawn_blocking(move || Store::open_read_only(&dir).and_then(|s| f(&s)))
         .await
         .map_err(|e| json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        .map_err(|e| {
+            let code = match e {
+                history::StoreError::Missing(_) => StatusCode::NOT_FOUND,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            json_error(code, e.to_string())
+        })
 }
 
-async fn incidents_handler(State(state): State<Arc<ApiState>>, Query(q): Query<IncidentsQuery>) -> Response {
-    let query = history::Query { open_only: q.active, limit: q.limit.unwrap_or(100).min(10_000) };
-    match read_store(state.state_dir.clone(), move |s| s.incidents(query)).await {
-        Ok(list) => Json(serde_json::json!({ "incidents": list })).into_response(),
-        Err(r) => r,
-    }
+async fn incidents_handler(
+    State(state): State<Arc<ApiState>>,
+    Extension(reads): Extension<Arc<Semaphore>>,
+    Query(q): Query<IncidentsQuery>,
+) -> Response {
+    let query = match page(q.limit, q.before) {
+        Ok((limit, before)) => history::Query { open_only: q.active, limit, before },
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+    };
+    let listing = read_store(&reads, state.state_dir.clone(), move |s| {
+        let page = s.incident_page(&query)?;
+        history::report_skipped(s.path(), &page.skipped);
+        Ok(to_json(&Listing { items: Incidents { incidents: page.items }, next: page.next, skipped: page.skipped }))
+    });
+    listing.await.unwrap_or_else(|r| r)
 }
 
-async fn executions_handler(State(state): State<Arc<ApiState>>, Query(q): Query<ExecutionsQuery>) -> Response {
-    let limit = q.limit.unwrap_or(100).min(10_000);
-    if limit == 0 {
-        // The store reads 0 as "no limit"; here it means none.
-        return Json(Executions { executions: Vec::new() }).into_response();
-    }
+async fn executions_handler(
+    State(state): State<Arc<ApiState>>,
+    Extension(reads): Extension<Arc<Semaphore>>,
+    Query(q): Query<ExecutionsQuery>,
+) -> Response {
     // An empty value (`?incident=`) filters nothing, as if absent.
     let given = |v: Option<String>| v.filter(|v| !v.is_empty());
-    let query = history::ExecutionQuery { incident: given(q.incident), runbook: given(q.runbook), limit };
-    match read_store(state.state_dir.clone(), move |s| s.executions(query)).await {
-        Ok(executions) => Json(Executions { executions }).into_response(),
-        Err(r) => r,
-    }
+    let query = match page(q.limit, q.before) {
+        Ok((limit, before)) => {
+            history::ExecutionQuery { incident: given(q.incident), runbook: given(q.runbook), limit, before }
+        }
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+    };
+    let listing = read_store(&reads, state.state_dir.clone(), move |s| {
+        let page = s.execution_page(&query)?;
+        history::report_skipped(s.path(), &page.skipped);
+        Ok(to_json(&Listing { items: Executions { executions: page.items }, next: page.next, skipped: page.skipped }))
+    });
+    listing.await.unwrap_or_else(|r| r)
 }
 
-async fn incident_handler(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Response {
+async fn incident_handler(
+    State(state): State<Arc<ApiState>>,
+    Extension(reads): Extension<Arc<Semaphore>>,
+    Path(id): Path<String>,
+) -> Response {
     let wanted = id.clone();
-    match read_store(state.state_dir.clone(), move |s| s.incident(&wanted)).await {
-        Ok(Some(inc)) => Json::<Incident>(inc).into_response(),
+    match read_store(&reads, state.state_dir.clone(), move |s| Ok(s.incident(&wanted)?.map(|i| to_json(&i)))).await {
+        Ok(Some(body)) => body,
         Ok(None) => json_error(StatusCode::NOT_FOUND, format!("no incident with id '{id}'")),
         Err(r) => r,
     }
@@ -175,23 +260,32 @@ async fn rules_handler(State(state): State<Arc<ApiState>>) -> Response {
 
 async fn require_token(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
     if let Some(expected) = state.token.as_deref() {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
+        if !given.is_some_and(|g| token_matches(g.as_bytes(), expected.as_bytes())) {
             return (StatusCode::UNAUTHORIZED, "a valid bearer token is required\n").into_response();
         }
     }
     next.run(req).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// case-insensitive (RFC 7235 section 2.1: `bearer`, `BEARER`) and any
+/// spaces or tabs may follow it.
+fn bearer_token(value: &str) -> Option<&str> {
+    let value = value.trim_matches([' ', '\t']);
+    let (scheme, token) = value.split_once([' ', '\t'])?;
+    let token = token.trim_start_matches([' ', '\t']);
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Compares the SHA-256 digests of both, every byte, whatever their
+/// lengths: how long it takes tells nothing about the expected token, not
+/// even its length.
+fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    use sha2::{Digest as _, Sha256};
+    let (a, b) = (Sha256::digest(given), Sha256::digest(expected));
+    let diff = a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 #[cfg(test)]
@@ -208,15 +302,21 @@ mod tests {
         assert!(check_exposure(any, None).is_err());
         assert!(check_exposure(any, Some("")).is_err());
         assert!(check_exposure(any, Some("s3cret")).is_ok());
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(token_matches(b"abc", b"abc"));
+        assert!(!token_matches(b"abc", b"abd"));
+        assert!(!token_matches(b"abc", b"abcd"));
+        assert!(!token_matches(b"", b"abc"));
     }
 
     /// One request over a fresh connection: status and body.
     async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+        get_with(addr, path, &token.map(|t| format!("Authorization: Bearer {t}")).unwrap_or_default()).await
+    }
+
+    /// As [`get`], with this header line (if not empty).
+    async fn get_with(addr: SocketAddr, path: &str, header: &str) -> (u16, String) {
         use std::io::{Read, Write};
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let auth = if header.is_empty() { String::new() } else { format!("{header}\r\n") };
         let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{auth}\r\n");
         let resp = tokio::task::spawn_blocking(move || {
             let mut conn = std::net::TcpStream::connect(addr).unwrap();
@@ -275,7 +375,8 @@ mod tests {
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        let metrics = Arc::new(crate::metrics::Metrics::register(&mut Registry::default()));
+        let server = super::super::serve::spawn(listener, router(state), super::super::serve::Limits::http(), metrics);
         let ids = |body: &str| -> Vec<String> {
             let v: serde_json::Value = serde_json::from_str(body).unwrap();
             v["executions"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_string()).collect()
@@ -296,14 +397,130 @@ mod tests {
         assert_eq!(ids(&body), vec!["inc-b/block/3000"]);
         let (_, body) = get(addr, "/api/runbooks/executions?incident=inc-a&runbook=block", token).await;
         assert_eq!(ids(&body), vec!["inc-a/block/1000"]);
-        let (_, body) = get(addr, "/api/runbooks/executions?incident=&limit=0", token).await;
-        assert!(ids(&body).is_empty());
+        let (_, body) = get(addr, "/api/runbooks/executions?incident=&limit=1", token).await;
+        assert_eq!(ids(&body), vec!["inc-b/block/3000"]);
+        let (code, body) = get(addr, "/api/runbooks/executions?limit=0", token).await;
+        assert_eq!(code, 400, "{body}");
+        assert!(body.contains("limit 0 is out of range: 1 to 1000"), "{body}");
         let (code, _) = get(addr, "/api/runbooks/executions?bogus=1", token).await;
         assert_eq!(code, 400);
         let (code, _) = get(addr, "/api/runbooks/executions?limit=many", token).await;
         assert_eq!(code, 400);
 
-        server.abort();
+        server.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in
+            ["Bearer s3cret", "bearer s3cret", "BEARER s3cret", "Bearer   s3cret", "bEaReR\ts3cret", " Bearer s3cret "]
+        {
+            assert_eq!(bearer_token(v), Some("s3cret"), "{v:?}");
+        }
+        for v in ["Basic s3cret", "Bearer", "Bearer ", "Bearers3cret", "s3cret", ""] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn incidents_are_served_in_bounded_pages_and_bad_rows_are_named() {
+        use crate::{
+            detect::{family::Family, incident::Status, severity::Severity},
+            history::fixtures::incident,
+        };
+        let dir = std::env::temp_dir().join(format!("detector-http-paging-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let n = 2_501u64;
+        {
+            let mut s = Store::open(&dir).unwrap();
+            for i in 0..n {
+                let mut inc = incident(&format!("inc-{i:05}"), 10_000 + i / 3);
+                inc.families = vec![Family::UdpFlood];
+                inc.severity = Severity::Low;
+                if i % 2 == 0 {
+                    inc.status = Status::Resolved;
+                }
+                s.snapshot(&inc).unwrap();
+            }
+        }
+        rusqlite::Connection::open(dir.join(history::DB_FILE))
+            .unwrap()
+            .execute("UPDATE incidents SET data = 'not json' WHERE id = 'inc-02499'", [])
+            .unwrap();
+        let state = Arc::new(ApiState {
+            registry: Registry::default(),
+            top: Arc::new(RwLock::new(TopView::default())),
+            token: Some("s3cret".into()),
+            state_dir: dir.clone(),
+            mitigator: None,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(crate::metrics::Metrics::register(&mut Registry::default()));
+        let server = super::super::serve::spawn(listener, router(state), super::super::serve::Limits::http(), metrics);
+        let token = Some("s3cret");
+        let json = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap();
+
+        // No limit: a page of 100, and where to go on.
+        let (code, body) = get(addr, "/api/incidents", token).await;
+        assert_eq!(code, 200);
+        let v = json(&body);
+        assert_eq!(v["incidents"].as_array().unwrap().len(), 99, "the bad row is left out");
+        assert_eq!(v["skipped"][0]["id"], "inc-02499");
+        assert!(v["skipped"][0]["reason"].as_str().unwrap().contains("does not parse"), "{body}");
+        assert_eq!(v["next"], "10800,inc-02401");
+        // limit=0 (once: everything) and too large a page are refused.
+        for bad in ["limit=0", "limit=1001", "before=yesterday"] {
+            let (code, body) = get(addr, &format!("/api/incidents?{bad}"), token).await;
+            assert_eq!(code, 400, "{bad}: {body}");
+            assert!(json(&body)["error"].as_str().is_some(), "{body}");
+        }
+        // Walking with `before` visits every incident once, newest first;
+        // no page is larger than asked.
+        let mut seen: Vec<String> = Vec::new();
+        let mut path = "/api/incidents?limit=1000".to_string();
+        let mut skipped = 0;
+        loop {
+            let (code, body) = get(addr, &path, token).await;
+            assert_eq!(code, 200, "{body}");
+            assert!(body.len() < 2_000_000, "a page of {} bytes", body.len());
+            let v = json(&body);
+            assert!(v["incidents"].as_array().unwrap().len() <= 1000);
+            seen.extend(v["incidents"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()));
+            skipped += v["skipped"].as_array().unwrap().len();
+            match v["next"].as_str() {
+                Some(next) => path = format!("/api/incidents?limit=1000&before={next}"),
+                None => break,
+            }
+        }
+        assert_eq!(skipped, 1);
+        let expected: Vec<String> = (0..n).rev().filter(|&i| i != 2499).map(|i| format!("inc-{i:05}")).collect();
+        assert_eq!(seen, expected);
+        // Open ones only, the same way.
+        let (_, body) = get(addr, "/api/incidents?active=true&limit=1000", token).await;
+        let v = json(&body);
+        assert!(v["incidents"].as_array().unwrap().iter().all(|i| i["status"] == "active"));
+        // 1000 rows read, one of them the bad one (inc-02499 is open).
+        assert_eq!(v["incidents"].as_array().unwrap().len(), 999);
+        assert_eq!(v["skipped"].as_array().unwrap().len(), 1);
+        assert!(v["next"].is_string());
+        // Any case of the scheme is accepted.
+        let (code, _) = get_with(addr, "/api/incidents?limit=1", "Authorization: bearer s3cret").await;
+        assert_eq!(code, 200);
+        let (code, _) = get_with(addr, "/api/incidents?limit=1", "Authorization: BEARER \t s3cret").await;
+        assert_eq!(code, 200);
+        let (code, _) = get_with(addr, "/api/incidents?limit=1", "Authorization: Bearer s3cre").await;
+        assert_eq!(code, 401);
+        // One incident that does not parse is an error naming it, not a 404.
+        let (code, body) = get(addr, "/api/incidents/inc-02499", token).await;
+        assert_eq!(code, 500);
+        assert!(body.contains("incident inc-02499: its data does not parse"), "{body}");
+        let (code, _) = get(addr, "/api/incidents/inc-02498", token).await;
+        assert_eq!(code, 200);
+
+        server.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -16,7 +16,7 @@ use detector::{
 };
 use ipnet::IpNet;
 
-use super::parse_duration;
+use super::{out::outln, parse_duration};
 
 #[derive(clap::Args, Debug)]
 #[command(group = clap::ArgGroup::new("limit").required(true).args(["count", "duration"]))]
@@ -149,11 +149,11 @@ pub fn run(args: FloodArgs) -> anyhow::Result<()> {
 
     let report = flood::run(engine, ifindex, &plan).with_context(|| format!("flooding out of '{}'", args.iface))?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?)?;
     } else {
         let from =
             if sources.count == 1 { sources.first.to_string() } else { format!("{net}, {} sources", sources.count) };
-        println!(
+        outln!(
             "sent {} {} frames ({} bytes each) from {} out of {} in {:.2}s: {:.0} pps, {} engine",
             report.sent,
             args.kind,
@@ -163,7 +163,7 @@ pub fn run(args: FloodArgs) -> anyhow::Result<()> {
             report.seconds,
             report.pps,
             report.engine,
-        );
+        )?;
     }
     Ok(())
 }

@@ -9,6 +9,8 @@ use detector::{
     history::{Query, Store},
 };
 
+use super::out::{self, outln, StdoutError};
+
 #[derive(clap::Args, Debug)]
 pub struct IncidentsArgs {
     /// Show this incident in full, with its timeline.
@@ -19,42 +21,61 @@ pub struct IncidentsArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// At most this many, newest first.
+    /// At most this many, newest first; 0 for the whole history (read a
+    /// page at a time, so memory stays bounded).
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub limit: usize,
+    /// Start after this incident: the cursor a limited listing ends with
+    /// (`<started_at ms>,<id>`).
+    #[arg(long, value_name = "CURSOR")]
+    pub before: Option<String>,
     /// The state directory `detector run` uses.
     #[arg(long, value_name = "DIR", default_value = detector::statedir::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
 }
 
 pub fn run(args: IncidentsArgs) -> anyhow::Result<()> {
+    let before = out::cursor(args.before.as_deref())?;
     let store = Store::open_read_only(&args.state_dir)?;
     if let Some(id) = &args.id {
-        let inc = store
-            .incident(id)?
+        let (inc, skipped) = store
+            .incident_report(id)?
             .ok_or_else(|| anyhow::anyhow!("no incident with id '{id}' in {}", args.state_dir.display()))?;
+        for s in &skipped {
+            out::note(&format!("warning: skipped part of {} in the history: {}", s.id, s.reason));
+        }
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&inc)?);
+            outln!("{}", serde_json::to_string_pretty(&inc)?)?;
         } else {
-            print_one(&inc);
+            print_one(&inc)?;
         }
         return Ok(());
     }
-    let list = store.incidents(Query { open_only: args.active, limit: args.limit })?;
+    let read = |limit, before| store.incident_page(&Query { open_only: args.active, limit, before });
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "incidents": list }))?);
+        outln!("{{\n  \"incidents\": [")?;
+        let mut list = out::JsonList::default();
+        let walked = out::walk(args.limit, before, read, |_, i: &Incident| list.push(i))?;
+        list.finish()?;
+        outln!("  ],")?;
+        outln!("  \"next\": {},", serde_json::to_string(&walked.next)?)?;
+        outln!("  \"skipped\": {}\n}}", serde_json::to_string(&walked.skipped)?)?;
         return Ok(());
     }
-    if list.is_empty() {
-        println!("no {}incidents", if args.active { "open " } else { "" });
-        return Ok(());
-    }
-    println!(
-        "{:<44} {:<9} {:<8} {:<24} {:<20} {:>9} {:>12}  TOP SOURCE",
-        "ID", "STATUS", "SEVERITY", "FAMILIES", "STARTED", "DURATION", "PEAK PPS"
-    );
-    for i in &list {
-        println!(
+    let walked = out::walk(args.limit, before, read, |n, i: &Incident| {
+        if n == 0 {
+            outln!(
+                "{:<44} {:<9} {:<8} {:<24} {:<20} {:>9} {:>12}  TOP SOURCE",
+                "ID",
+                "STATUS",
+                "SEVERITY",
+                "FAMILIES",
+                "STARTED",
+                "DURATION",
+                "PEAK PPS"
+            )?;
+        }
+        outln!(
             "{:<44} {:<9} {:<8} {:<24} {:<20} {:>9} {:>12.0}  {}",
             i.id,
             i.status.name(),
@@ -64,7 +85,14 @@ pub fn run(args: IncidentsArgs) -> anyhow::Result<()> {
             duration(i),
             i.peak_pps,
             i.top_sources.first().map(|s| s.addr.to_string()).unwrap_or_else(|| "-".into())
-        );
+        )?;
+        Ok(())
+    })?;
+    if walked.shown == 0 {
+        outln!("no {}incidents", if args.active { "open " } else { "" })?;
+    }
+    if let Some(next) = walked.next {
+        out::note(&format!("more: --before '{next}' for the next {}, --limit 0 for all", args.limit));
     }
     Ok(())
 }
@@ -83,30 +111,31 @@ fn duration(i: &Incident) -> String {
     }
 }
 
-fn print_one(i: &Incident) {
-    println!("incident  {}", i.id);
-    println!("node      {} ({})", i.node, i.iface);
-    println!("families  {}", families(i));
-    println!("vectors   {}", i.vectors.join(", "));
-    println!("severity  {}", i.severity);
-    println!("status    {}", i.status);
-    println!("started   {}", time_ms::rfc3339(i.started_at));
-    println!("ended     {}", i.ended_at.map(time_ms::rfc3339).unwrap_or_else(|| "-".into()));
-    println!("rate      {:.0} pps, {:.0} bit/s now; peak {:.0} pps, {:.0} bit/s", i.pps, i.bps, i.peak_pps, i.peak_bps);
+fn print_one(i: &Incident) -> Result<(), StdoutError> {
+    outln!("incident  {}", i.id)?;
+    outln!("node      {} ({})", i.node, i.iface)?;
+    outln!("families  {}", families(i))?;
+    outln!("vectors   {}", i.vectors.join(", "))?;
+    outln!("severity  {}", i.severity)?;
+    outln!("status    {}", i.status)?;
+    outln!("started   {}", time_ms::rfc3339(i.started_at))?;
+    outln!("ended     {}", i.ended_at.map(time_ms::rfc3339).unwrap_or_else(|| "-".into()))?;
+    outln!("rate      {:.0} pps, {:.0} bit/s now; peak {:.0} pps, {:.0} bit/s", i.pps, i.bps, i.peak_pps, i.peak_bps)?;
     if !i.top_sources.is_empty() {
-        println!("top sources");
+        outln!("top sources")?;
         for s in &i.top_sources {
-            println!("  {:<40} {:>12.0} pps {:>5.1}%", s.addr, s.pps, s.share * 100.0);
+            outln!("  {:<40} {:>12.0} pps {:>5.1}%", s.addr, s.pps, s.share * 100.0)?;
         }
     }
     if !i.top_ports.is_empty() {
-        println!("top destination ports");
+        outln!("top destination ports")?;
         for p in &i.top_ports {
-            println!("  {}/{:<34} {:>12.0} pps {:>5.1}%", p.proto, p.port, p.pps, p.share * 100.0);
+            outln!("  {}/{:<34} {:>12.0} pps {:>5.1}%", p.proto, p.port, p.pps, p.share * 100.0)?;
         }
     }
-    println!("timeline");
+    outln!("timeline")?;
     for t in &i.timeline {
-        println!("  {}  {:<17} {}", time_ms::rfc3339(t.at), t.kind.name(), t.detail);
+        outln!("  {}  {:<17} {}", time_ms::rfc3339(t.at), t.kind.name(), t.detail)?;
     }
+    Ok(())
 }

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod flood;
 mod history;
 mod incidents;
+pub mod out;
 mod rules;
 mod runbooks;
 
@@ -191,6 +192,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     };
     privileges::check(Need::Xdp)?;
+    // Before anything opens a descriptor: the listeners size their
+    // connection caps from the limit (see `api::serve`).
+    match privileges::raise_fd_limit() {
+        Ok(l) if l.now > l.before => tracing::info!(from = l.before, to = l.now, "raised the open-file limit"),
+        Ok(l) => tracing::debug!(limit = l.now, "open-file limit"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}; the listeners take fewer connections"),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

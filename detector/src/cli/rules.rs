@@ -11,13 +11,16 @@ use detector::{
     mitigate::{
         mitigator::{RuleView, RulesView},
         prefix::Prefix,
-        rule::{Rule, RuleRequest},
+        rule::{check_reason, Rule, RuleRequest},
         ruleset::Removed,
     },
     privileges::{self, Need},
 };
 
-use super::parse_duration;
+use super::{
+    out::{outln, StdoutError},
+    parse_duration,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct StateDirArg {
@@ -148,14 +151,14 @@ pub fn rules(cmd: RulesCommand) -> anyhow::Result<()> {
         RulesCommand::List { json, dir } => {
             let view = rt.block_on(Client::new(&dir.state_dir).list())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
+                outln!("{}", serde_json::to_string_pretty(&view)?)?;
             } else {
-                print_view(&view);
+                print_view(&view)?;
             }
         }
         RulesCommand::Remove { id, dir } => match rt.block_on(Client::new(&dir.state_dir).remove(&id))? {
-            Removed::Rule(r) => println!("removed {}", r.describe()),
-            Removed::Allow(a) => println!("removed allowlist entry {} {}", a.id, a.prefix),
+            Removed::Rule(r) => outln!("removed {}", r.describe())?,
+            Removed::Allow(a) => outln!("removed allowlist entry {} {}", a.id, a.prefix)?,
         },
     }
     Ok(())
@@ -165,7 +168,7 @@ pub fn block(cmd: AddCommand<BlockArgs>) -> anyhow::Result<()> {
     let AddCommand::Add(args) = cmd;
     let req = checked(request("drop", &args.m))?;
     let rule = runtime()?.block_on(Client::new(&args.m.dir.state_dir).add_rule(&req))?;
-    print_added(&rule);
+    print_added(&rule)?;
     Ok(())
 }
 
@@ -178,18 +181,19 @@ pub fn ratelimit(cmd: AddCommand<RateLimitArgs>) -> anyhow::Result<()> {
         ..request("rate_limit", &args.m)
     })?;
     let rule = runtime()?.block_on(Client::new(&args.m.dir.state_dir).add_rule(&req))?;
-    print_added(&rule);
+    print_added(&rule)?;
     Ok(())
 }
 
 pub fn allow(cmd: AddCommand<AllowArgs>) -> anyhow::Result<()> {
     let AddCommand::Add(args) = cmd;
     args.prefix.parse::<Prefix>().map_err(anyhow::Error::msg)?;
+    check_reason(args.reason.as_deref().unwrap_or_default())?;
     let req = AllowRequest { prefix: args.prefix.clone(), reason: args.reason.clone() };
     let added = runtime()?.block_on(Client::new(&args.dir.state_dir).add_allow(&req))?;
-    println!("added allowlist entry {} {}", added.entry.id, added.entry.prefix);
+    outln!("added allowlist entry {} {}", added.entry.id, added.entry.prefix)?;
     for r in added.overridden {
-        println!("note: {} no longer applies to {}", r.describe(), added.entry.prefix);
+        outln!("note: {} no longer applies to {}", r.describe(), added.entry.prefix)?;
     }
     Ok(())
 }
@@ -210,7 +214,7 @@ pub fn detach(args: DetachArgs) -> anyhow::Result<()> {
         detector::iface::validate_name(iface)?;
         let dir = pins::dir(iface)?;
         if !dir.exists() {
-            println!("{iface}: nothing pinned (no detector state in {})", dir.display());
+            outln!("{iface}: nothing pinned (no detector state in {})", dir.display())?;
             continue;
         }
         // A running controller holds the directory's lock: detaching under
@@ -223,51 +227,57 @@ pub fn detach(args: DetachArgs) -> anyhow::Result<()> {
         })?;
         let n = pins::detach_now(&dir)?;
         drop(lock);
-        println!("{iface}: XDP program detached; {n} pinned objects removed from {}", dir.display());
+        outln!("{iface}: XDP program detached; {n} pinned objects removed from {}", dir.display())?;
     }
     Ok(())
 }
 
-fn print_added(r: &Rule) {
+fn print_added(r: &Rule) -> Result<(), StdoutError> {
     match r.expires_ms {
-        Some(t) => println!(
+        Some(t) => outln!(
             "added {} (expires in {})",
             r.describe(),
             humantime::format_duration(Duration::from_secs(t.saturating_sub(r.created_ms) / 1000))
         ),
-        None => println!("added {}", r.describe()),
+        None => outln!("added {}", r.describe()),
     }
 }
 
-fn print_view(v: &RulesView) {
-    println!(
+fn print_view(v: &RulesView) -> Result<(), StdoutError> {
+    outln!(
         "{} of {} rules, {} of {} allowlist entries, on {}",
         v.capacity.rules,
         v.capacity.max_rules,
         v.capacity.allow,
         v.capacity.max_allow,
         v.interfaces.join(", ")
-    );
+    )?;
     if v.rules.is_empty() {
-        println!("no rules");
+        outln!("no rules")?;
     } else {
-        println!(
+        outln!(
             "{:<6} {:<48} {:>10} {:>14} {:>14}  {:<16} reason",
-            "id", "rule", "ttl left", "dropped pkts", "passed pkts", "origin"
-        );
+            "id",
+            "rule",
+            "ttl left",
+            "dropped pkts",
+            "passed pkts",
+            "origin"
+        )?;
         for r in &v.rules {
-            print_rule(r);
+            print_rule(r)?;
         }
     }
-    println!("allowlist:");
+    outln!("allowlist:")?;
     for a in &v.allow {
         let source =
             serde_json::to_value(a.source).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-        println!("  {:<6} {:<43} {:<9} {}", a.id, a.prefix.to_string(), source, a.reason);
+        outln!("  {:<6} {:<43} {:<9} {}", a.id, a.prefix.to_string(), source, a.reason)?;
     }
+    Ok(())
 }
 
-fn print_rule(v: &RuleView) {
+fn print_rule(v: &RuleView) -> Result<(), StdoutError> {
     let r = &v.rule;
     let what = r.describe();
     let what = what.split_once(' ').map(|(_, rest)| rest).unwrap_or(&what);
@@ -280,8 +290,14 @@ fn print_rule(v: &RuleView) {
         (None, Some(i)) => format!("incident {i}"),
         _ => r.origin.by.clone(),
     };
-    println!(
+    outln!(
         "{:<6} {:<48} {:>10} {:>14} {:>14}  {:<16} {}",
-        r.id, what, ttl, v.dropped_packets, v.passed_packets, origin, r.reason
-    );
+        r.id,
+        what,
+        ttl,
+        v.dropped_packets,
+        v.passed_packets,
+        origin,
+        r.reason
+    )
 }

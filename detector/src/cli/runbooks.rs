@@ -12,6 +12,8 @@ use detector::runbook::{
     secret::{Lookup, Real, Unresolved},
 };
 
+use super::out::outln;
+
 #[derive(clap::Subcommand, Debug)]
 pub enum RunbooksCommand {
     /// Check every runbook in DIR; exit non-zero if any file is refused.
@@ -42,17 +44,17 @@ pub fn run(cmd: RunbooksCommand) -> anyhow::Result<()> {
             Families::These(f) => f.iter().map(|f| f.name()).collect::<Vec<_>>().join(","),
         };
         let steps: Vec<&str> = rb.steps.0.iter().map(Step::kind).collect();
-        println!(
+        outln!(
             "ok   {} ({}): {}{}on {families}; steps: {}",
             rb.name,
             l.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
             if rb.enabled { "" } else { "disabled; " },
             if rb.mode == Mode::DryRun { "dry run; " } else { "" },
             steps.join(", ")
-        );
+        )?;
     }
     for e in &loaded.errors {
-        println!("FAIL {e}");
+        outln!("FAIL {e}")?;
     }
     if !loaded.errors.is_empty() {
         anyhow::bail!(

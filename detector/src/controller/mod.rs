@@ -39,7 +39,7 @@ use crate::{
         incident::{IncidentEvent, Status},
         Detector,
     },
-    history::{ExecutionQuery, HistoryCmd, Store, StoreError, Writer},
+    history::{HistoryCmd, Store, StoreError, Writer},
     kernel::{
         counters::CounterError,
         pins::{self, LockError, PinError},
@@ -151,11 +151,17 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     let metrics = Arc::new(Metrics::register(&mut registry));
     let store = Store::open(&cfg.state_dir)?;
     let resumed = store.open_incidents_of(&cfg.node)?;
-    // What runbooks did for the resumed incidents: their cooldowns hold
-    // across the restart, and runs the last stop cut short are recorded so.
+    // What runbooks did for the resumed incidents (their cooldowns hold
+    // across the restart), and every run the last stop cut short (recorded
+    // as interrupted).
     let mut ran = Vec::new();
     for inc in &resumed {
-        ran.extend(store.executions(ExecutionQuery { incident: Some(inc.id.clone()), runbook: None, limit: 0 })?);
+        ran.extend(store.executions_of(&inc.id)?);
+    }
+    for id in store.incidents_with_unfinished_executions()? {
+        if !resumed.iter().any(|i| i.id == id) {
+            ran.extend(store.executions_of(&id)?.into_iter().filter(|e| e.outcome.is_unfinished()));
+        }
     }
     let history = Writer::spawn(store, Some(metrics.clone()));
     let files = FileWriter::spawn(&cfg.state_dir, Some(metrics.clone()))
@@ -250,11 +256,13 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
         state_dir: cfg.state_dir.clone(),
         mitigator: Some(mitigator.clone()),
     });
-    let http_server = serve::spawn(listener, http::router(api));
+    let http_server = serve::spawn(listener, http::router(api), serve::Limits::http(), metrics.clone());
     tracing::info!(addr = %cfg.metrics_addr, "serving /metrics, /api/top, /api/incidents and /healthz");
     let control_server = Arc::new(tokio::sync::Mutex::new(Some(serve::spawn(
         control_listener,
         control::router(mitigator.clone(), metrics.clone()),
+        serve::Limits::control(),
+        metrics.clone(),
     ))));
     tracing::info!(socket = %cfg.state_dir.join(control::SOCKET).display(), "control API listening");
     let keeper = tokio::spawn(keep_state_dir(cfg.clone(), mitigator.clone(), metrics.clone(), control_server.clone()));
@@ -352,7 +360,12 @@ async fn keep_state_dir(
                 continue;
             }
         };
-        let new = serve::spawn(listener, control::router(mitigator.clone(), metrics.clone()));
+        let new = serve::spawn(
+            listener,
+            control::router(mitigator.clone(), metrics.clone()),
+            serve::Limits::control(),
+            metrics.clone(),
+        );
         let old = control_server.lock().await.replace(new);
         if let Some(old) = old {
             old.stop().await;

@@ -8,7 +8,9 @@
 pub mod db;
 pub mod writer;
 
-pub use db::{ExecutionQuery, Query, Store, StoreError, DB_FILE};
+pub use db::{
+    report_skipped, Cursor, ExecutionQuery, Page, Query, Skipped, Store, StoreError, DB_FILE, DEFAULT_PAGE, MAX_PAGE,
+};
 pub use writer::{HistorySender, Writer};
 
 use crate::{

@@ -391,17 +391,18 @@ impl RuleRequest {
     }
 }
 
-/// A rule's or an allowlist entry's reason: at most [`MAX_REASON`]
-/// characters, no control characters (it reaches logs and terminals).
+/// The most rules that may cover one address: the XDP entry's slot count.
+pub const MAX_OVERLAP: usize = MAX_SLOTS;
+
+/// The one check of an operator's reason text, for rules and allowlist
+/// entries alike: at most [`MAX_REASON`] characters, no control characters
+/// (it is printed in tables and logs). Refused, never trimmed.
 pub fn check_reason(reason: &str) -> Result<(), RequestError> {
     if reason.chars().count() > MAX_REASON || reason.chars().any(char::is_control) {
         return Err(RequestError::Reason);
     }
     Ok(())
 }
-
-/// The most rules that may cover one address: the XDP entry's slot count.
-pub const MAX_OVERLAP: usize = MAX_SLOTS;
 
 #[cfg(test)]
 mod tests {

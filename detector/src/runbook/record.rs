@@ -45,6 +45,11 @@ impl Outcome {
         }
     }
 
+    /// True for an execution the history holds as still under way.
+    pub fn is_unfinished(self) -> bool {
+        matches!(self, Outcome::Running | Outcome::Pending)
+    }
+
     pub fn from_name(s: &str) -> Option<Outcome> {
         Outcome::ALL.into_iter().find(|o| o.name() == s)
     }
