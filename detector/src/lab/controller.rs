@@ -24,7 +24,7 @@ use thiserror::Error;
 
 use super::{
     http_get,
-    process::{stop_child, DetectorCommand, Supervision},
+    process::{kill, stop_child, DetectorCommand, Supervision},
     Lab,
 };
 
@@ -208,7 +208,7 @@ impl Controller {
         let deadline = Instant::now() + timeout;
         loop {
             if let Err(e) = self.check_alive() {
-                self.kill();
+                kill(&mut self.child);
                 return Err(e);
             }
             // 401: up, behind a token.
@@ -216,11 +216,11 @@ impl Controller {
                 return Ok(());
             }
             if self.supervision.cancelled() {
-                self.kill();
+                kill(&mut self.child);
                 return Err(ControllerError::Cancelled);
             }
             if Instant::now() > deadline {
-                self.kill();
+                kill(&mut self.child);
                 return Err(ControllerError::NotReady { after: timeout, log_tail: self.log_tail(TAIL) });
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -286,13 +286,6 @@ impl Controller {
     /// SIGTERM, within [`STOP_GRACE`](Self::STOP_GRACE).
     pub fn stop(&mut self) -> Result<ExitStatus, ControllerError> {
         self.stop_with(libc::SIGTERM, Self::STOP_GRACE)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 

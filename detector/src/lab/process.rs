@@ -270,11 +270,11 @@ impl Background {
                 return Ok(out);
             }
             if self.supervision.cancelled() {
-                self.kill();
+                kill(&mut self.child);
                 return Err(ProcessError::Cancelled { what: self.what.clone() });
             }
             if Instant::now() > deadline {
-                self.kill();
+                kill(&mut self.child);
                 return Err(ProcessError::Timeout { what: self.what.clone(), after: timeout });
             }
             std::thread::sleep(POLL);
@@ -290,13 +290,6 @@ impl Background {
         }
         self.wait(grace)
     }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 impl Drop for Background {
@@ -304,6 +297,14 @@ impl Drop for Background {
         if let Some(mut child) = self.child.take() {
             stop_child(&mut child, libc::SIGTERM, Self::DROP_GRACE);
         }
+    }
+}
+
+/// Kills and reaps the child in `slot`, if there is one.
+pub(super) fn kill(slot: &mut Option<Child>) {
+    if let Some(mut child) = slot.take() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
