@@ -2,11 +2,7 @@
 //! frame to an open incident, and what a poll costs (time, memory) while a
 //! flood comes from over a million distinct spoofed sources.
 
-use std::{
-    path::PathBuf,
-    process::{Child, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use detector::{
@@ -18,10 +14,9 @@ use detector::{
         FloodPlan, FloodReport, Limit, Rate,
     },
     iface,
-    lab::{self, Lab},
+    lab::{self, Controller, Lab},
 };
 
-const PORT: u16 = 9477;
 /// Floors low enough for the lab's rates; interval and hold stay default.
 const CONFIG: &str = "detection:\n  quiet: 1s\n  families:\n    syn_flood: { pps: 5000 }\n";
 
@@ -44,56 +39,19 @@ pub struct SpoofFigures {
     pub peak_rss_mb: f64,
 }
 
-/// The controller as a child in the lab's target namespace.
-struct Controller {
-    child: Child,
-    ns: String,
-    _state: PathBuf,
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
 fn start(lab: &Lab) -> Result<Controller> {
-    let bin = std::env::current_exe()?.with_file_name("detector");
-    if !bin.exists() {
-        bail!("{} is missing: run the bench through `cargo xtask bench`", bin.display());
-    }
+    let bin = crate::detector_bin()?;
     let dir = lab.dir.join("state");
     std::fs::create_dir_all(&dir)?;
     let cfg = dir.join("detector.yaml");
     std::fs::write(&cfg, CONFIG)?;
-    let child = Lab::command_in(&lab.tgt_ns, &bin)
-        .args(["run", "--iface", &lab.tgt_if, "--node", "bench", "--metrics-addr", &format!("127.0.0.1:{PORT}")])
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--state-dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting detector run")?;
-    let c = Controller { child, ns: lab.tgt_ns.clone(), _state: dir };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while lab::http_get(&c.ns, PORT, "/healthz", None).map(|r| r.0).unwrap_or(0) != 200 {
-        if Instant::now() > deadline {
-            bail!("the controller did not come up");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // `detector run` in the lab's target namespace, on its target end.
+    let c = Controller::builder(bin, lab).state_dir(&dir).args(["--node", "bench", "--config"]).arg(&cfg).start()?;
     Ok(c)
 }
 
 fn get(c: &Controller, path: &str) -> Result<serde_json::Value> {
-    let (code, body) = lab::http_get(&c.ns, PORT, path, None)?;
-    if code != 200 {
-        bail!("GET {path}: {code} {body}");
-    }
-    Ok(serde_json::from_str(&body)?)
+    Ok(serde_json::from_str(&c.get_ok(path)?)?)
 }
 
 fn plan(kind: Kind, net: &str, spread: Spread, limit: Limit, rate: Rate) -> Result<FloodPlan> {
@@ -196,8 +154,8 @@ pub fn run(trials: usize, spoof_seconds: u64) -> Result<DetectionFigures> {
 
     // A spoofed flood over 10.0.0.0/8 (2^24 addresses), long enough that
     // over a million distinct sources arrive.
-    let before = poll_buckets(&lab::http_get(&c.ns, PORT, "/metrics", None)?.1);
-    let pid = c.child.id();
+    let before = poll_buckets(&c.metrics()?);
+    let pid = c.pid().context("the controller is gone")?;
     let f = flood_in(
         &lab,
         plan(Kind::Udp, "10.0.0.0/8", Spread::Random, Limit::Duration(Duration::from_secs(spoof_seconds)), Rate::Max)?,
@@ -210,7 +168,7 @@ pub fn run(trials: usize, spoof_seconds: u64) -> Result<DetectionFigures> {
     }
     let report = f.join().map_err(|_| anyhow!("flood thread panicked"))??;
     std::thread::sleep(Duration::from_millis(300));
-    let after = poll_buckets(&lab::http_get(&c.ns, PORT, "/metrics", None)?.1);
+    let after = poll_buckets(&c.metrics()?);
     let (polls, p99) = quantile_bound(&before, &after, 0.99);
     let (_, p50) = quantile_bound(&before, &after, 0.50);
     let (_, peak) = rss_mb(pid)?;

@@ -117,6 +117,16 @@ fn reaction_part(trials: usize) -> Result<reaction::ReactionFigures> {
     reaction::run(trials)
 }
 
+/// The `detector` binary beside this one, as `cargo xtask bench` builds
+/// them; the controller runs as a user runs it.
+fn detector_bin() -> Result<PathBuf> {
+    let bin = std::env::current_exe()?.with_file_name("detector");
+    if !bin.exists() {
+        anyhow::bail!("{} is missing: run the bench through `cargo xtask bench`", bin.display());
+    }
+    Ok(bin)
+}
+
 fn command_line(quick: bool) -> String {
     if quick {
         "cargo xtask bench --quick".into()

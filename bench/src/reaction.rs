@@ -4,8 +4,7 @@
 //! own lab and its own `detector run` with one runbook.
 
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -13,12 +12,11 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use detector::{
     detect::incident::time_ms,
     kernel::pins,
-    lab::{self, Lab},
+    lab::{process, Background, Controller, DetectorCommand, Lab},
     netns::NetnsGuard,
 };
 use serde_json::Value;
 
-const PORT: u16 = 9477;
 pub const RUNBOOK: &str = "bench-drop";
 pub const FLOOD_PPS: u64 = 50_000;
 pub const FLOOR_PPS: u64 = 5_000;
@@ -32,6 +30,10 @@ pub const HOLD_MS: u64 = 200;
 pub const POLL_MS: u64 = 40;
 /// A trial that has no dropping rule this long after the flood started fails.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the controller may take to exit on SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// Lines of the controller's log shown with an error.
+const LOG_TAIL: usize = 30;
 
 fn config() -> String {
     format!(
@@ -91,10 +93,7 @@ impl ReactionFigures {
 }
 
 pub fn run(trials: usize) -> Result<ReactionFigures> {
-    let bin = std::env::current_exe()?.with_file_name("detector");
-    if !bin.exists() {
-        bail!("{} is missing: run the bench through `cargo xtask bench`", bin.display());
-    }
+    let bin = crate::detector_bin()?;
     let mut out = Vec::new();
     for t in 0..trials {
         // Floods start at phases spread evenly over a poll interval, as
@@ -123,26 +122,25 @@ fn one(bin: &Path, stagger: Duration) -> Result<Trial> {
     std::fs::write(books.join("bench-drop.yaml"), runbook())?;
     let cfg = lab.dir.join("detector.yaml");
     std::fs::write(&cfg, config())?;
-    let state = lab.dir.join("state");
-    std::fs::create_dir_all(&state)?;
 
-    let mut ctl = Controller::start(&lab, bin, &books, &cfg, &state)?;
+    let mut ctl = start(&lab, bin, &books, &cfg)?;
     std::thread::sleep(stagger);
-    let result = measure(&lab, bin, &mut ctl, &state);
-    let stopped = ctl.stop();
+    let result = measure(&lab, bin, &mut ctl);
+    let stopped = ctl.stop_with(libc::SIGTERM, STOP_GRACE);
     let clean = detached(&lab);
-    let trial = result.map_err(|e| anyhow!("{e:#}\ncontroller log (tail):\n{}", ctl.log_tail()))?;
+    let trial = result.map_err(|e| anyhow!("{e:#}\ncontroller log (tail):\n{}", ctl.log_tail(LOG_TAIL)))?;
     let status = stopped?;
     if !status.success() {
-        bail!("`detector run` exited with {status} on SIGTERM\n{}", ctl.log_tail());
+        bail!("`detector run` exited with {status} on SIGTERM\n{}", ctl.log_tail(LOG_TAIL));
     }
     clean?;
     Ok(trial)
 }
 
-fn measure(lab: &Lab, bin: &Path, ctl: &mut Controller, state: &Path) -> Result<Trial> {
-    let mut flood = Flood::start(lab, bin)?;
+fn measure(lab: &Lab, bin: &Path, ctl: &mut Controller) -> Result<Trial> {
+    let flood = flood(lab, bin)?;
     let started = Instant::now();
+    let state = ctl.state_dir.clone();
     let state_arg = state.to_str().ok_or_else(|| anyhow!("state dir is not UTF-8"))?;
     let (rules, view) = loop {
         ctl.check_alive()?;
@@ -162,7 +160,8 @@ fn measure(lab: &Lab, bin: &Path, ctl: &mut Controller, state: &Path) -> Result<
         }
         std::thread::sleep(Duration::from_millis(POLL_MS));
     };
-    let report = flood.stop()?;
+    let what = flood.what().to_string();
+    let report: Value = process::json_of(&what, &flood.stop(libc::SIGTERM, Duration::from_secs(10))?)?;
     let first_frame_ms = report["first_frame_ms"]
         .as_u64()
         .ok_or_else(|| anyhow!("no first_frame_ms in the flood's report: {report}"))?;
@@ -197,166 +196,36 @@ fn measure(lab: &Lab, bin: &Path, ctl: &mut Controller, state: &Path) -> Result<
     Ok(Trial { first_frame_ms, opened_ms, first_drop_ms, rules: rules.len() })
 }
 
-/// `detector ARGS` in namespace `ns`, stdout parsed as JSON.
+/// `detector ARGS` in namespace `ns`, stdout parsed as JSON; killed (and
+/// an error) after 10 s: a hung command must not hang the bench.
 fn cli_json(ns: &str, bin: &Path, args: &[&str]) -> Result<Value> {
-    let mut cmd = Lab::command_in(ns, bin);
-    cmd.args(args);
-    let out = finish(spawn_piped(cmd)?, Duration::from_secs(10))?;
-    if !out.status.success() {
-        bail!("`detector {}`: {}: {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
-    }
-    serde_json::from_slice(&out.stdout).with_context(|| format!("`detector {}` printed no JSON", args.join(" ")))
+    Ok(DetectorCommand::new(bin, ns).args(args).timeout(Duration::from_secs(10)).json()?)
 }
 
-fn spawn_piped(mut cmd: Command) -> Result<Child> {
-    Ok(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?)
+/// `detector flood` out of the generator's end, as detection.rs floods;
+/// stopped with SIGTERM (it reports what it sent) at the latest when dropped.
+fn flood(lab: &Lab, bin: &Path) -> Result<Background> {
+    let (rate, sources) = (FLOOD_PPS.to_string(), SOURCES.to_string());
+    let args = ["--engine", "fast", "--kind", "udp", "--rate", &rate, "--duration", "3s", "--src", "198.18.0.0/24"];
+    let args = [&args[..], &["--sources", &sources, "--spread", "seq", "--json"]].concat();
+    Ok(DetectorCommand::flood(bin, lab, &args).spawn()?)
 }
 
-/// Waits for `child` and its output; after `timeout` it is killed and the
-/// wait fails (a hung command must not hang the bench).
-fn finish(child: Child, timeout: Duration) -> Result<Output> {
-    let pid = child.id() as i32;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(out) => Ok(out?),
-        Err(_) => {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let _ = rx.recv_timeout(Duration::from_secs(5));
-            bail!("still running after {timeout:?}: killed")
-        }
+/// `detector run` in the lab's target namespace with the runbook; stopped
+/// with SIGTERM (and `--on-stop detach`) at the latest when dropped.
+fn start(lab: &Lab, bin: &Path, books: &Path, cfg: &Path) -> Result<Controller> {
+    let c = Controller::builder(bin, lab)
+        .args(["--node", "bench", "--on-stop", "detach", "--runbooks"])
+        .arg(books)
+        .arg("--config")
+        .arg(cfg)
+        .start()?;
+    if !c.log_text().contains("runbook loaded") {
+        // Say so, but carry on: the trial fails on its own if the
+        // runbook never fires.
+        eprintln!("bench:   the controller's log does not say the runbook loaded:\n{}", c.log_tail(LOG_TAIL));
     }
-}
-
-/// `detector flood` out of the generator's end, as detection.rs floods.
-struct Flood {
-    child: Option<Child>,
-}
-
-impl Flood {
-    fn start(lab: &Lab, bin: &Path) -> Result<Flood> {
-        let mut cmd = Lab::command_in(&lab.gen_ns, bin);
-        cmd.args(["flood", "--iface", &lab.gen_if, "--engine", "fast", "--kind", "udp", "--rate"])
-            .arg(FLOOD_PPS.to_string())
-            .args(["--duration", "3s", "--src", "198.18.0.0/24", "--sources"])
-            .arg(SOURCES.to_string())
-            .args(["--spread", "seq", "--dst", lab::TGT_V4, "--json"]);
-        Ok(Flood { child: Some(spawn_piped(cmd).context("starting detector flood")?) })
-    }
-
-    /// Stops the flood early (SIGTERM: it reports what it sent) and returns
-    /// its JSON report.
-    fn stop(&mut self) -> Result<Value> {
-        let child = self.child.take().ok_or_else(|| anyhow!("flood already stopped"))?;
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let out = finish(child, Duration::from_secs(10)).context("detector flood")?;
-        if !out.status.success() {
-            bail!("detector flood: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
-        }
-        serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("detector flood's report: {}", String::from_utf8_lossy(&out.stdout)))
-    }
-}
-
-impl Drop for Flood {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.take() {
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = finish(child, Duration::from_secs(10));
-        }
-    }
-}
-
-/// `detector run` in the lab's target namespace, logging to the lab's
-/// directory; stopped with SIGTERM (and `--on-stop detach`) at the latest
-/// when dropped.
-struct Controller {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Controller {
-    fn start(lab: &Lab, bin: &Path, books: &Path, cfg: &Path, state: &Path) -> Result<Controller> {
-        let log = lab.dir.join("run.log");
-        let file = std::fs::File::create(&log)?;
-        let child = Lab::command_in(&lab.tgt_ns, bin)
-            .args(["run", "--iface", &lab.tgt_if, "--node", "bench", "--on-stop", "detach"])
-            .arg("--metrics-addr")
-            .arg(format!("127.0.0.1:{PORT}"))
-            .arg("--runbooks")
-            .arg(books)
-            .arg("--config")
-            .arg(cfg)
-            .arg("--state-dir")
-            .arg(state)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .context("starting detector run")?;
-        let mut c = Controller { child: Some(child), log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while lab::http_get(&lab.tgt_ns, PORT, "/healthz", None).map(|r| r.0).unwrap_or(0) != 200 {
-            if let Err(e) = c.check_alive() {
-                bail!("{e}\n{}", c.log_tail());
-            }
-            if Instant::now() > deadline {
-                bail!("the controller did not come up within 20 s\n{}", c.log_tail());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if !std::fs::read_to_string(&c.log).unwrap_or_default().contains("runbook loaded") {
-            // Say so, but carry on: the trial fails on its own if the
-            // runbook never fires.
-            eprintln!("bench:   the controller's log does not say the runbook loaded:\n{}", c.log_tail());
-        }
-        Ok(c)
-    }
-
-    fn check_alive(&mut self) -> Result<()> {
-        let child = self.child.as_mut().ok_or_else(|| anyhow!("controller stopped"))?;
-        if let Some(status) = child.try_wait()? {
-            bail!("`detector run` exited early ({status})");
-        }
-        Ok(())
-    }
-
-    /// SIGTERM, then the exit status; killed after 15 s.
-    fn stop(&mut self) -> Result<std::process::ExitStatus> {
-        let mut child = self.child.take().ok_or_else(|| anyhow!("controller already stopped"))?;
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("`detector run` did not exit within 15 s of SIGTERM: killed\n{}", self.log_tail());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            let _ = self.stop();
-        }
-    }
+    Ok(c)
 }
 
 /// After the stop: `--on-stop detach` must have left no pinned state for

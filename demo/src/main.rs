@@ -26,8 +26,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
-use detector::lab::Lab;
-use procs::Controller;
+use detector::lab::{Controller, Lab};
 
 #[derive(Parser)]
 #[command(name = "detector-demo", about = "A UDP flood in a lab: detected, mitigated, notified, resolved")]
@@ -147,7 +146,8 @@ fn demo(args: &Args, lab: &Lab) -> Result<()> {
         "  SLACK_WEBHOOK_URL, DETECTOR_WEBHOOK_URL, DETECTOR_WEBHOOK_SECRET and PAGERDUTY_ROUTING_KEY point there too."
     );
     let rb = runbooks.to_string_lossy().to_string();
-    let out = procs::detector(&args.detector, &lab.tgt_ns, &["runbooks", "validate", &rb], &env)?;
+    let out =
+        procs::detector(&args.detector, &lab.tgt_ns).args(["runbooks", "validate", &rb]).envs(env.clone()).output()?;
     println!("  `detector runbooks validate` on the copy:");
     print!("{}", indent(&String::from_utf8_lossy(&out.stdout), "    "));
     if !out.status.success() {
@@ -162,31 +162,22 @@ fn demo(args: &Args, lab: &Lab) -> Result<()> {
     );
 
     let state_dir = lab.dir.join("state");
-    let run_args: Vec<String> = [
-        "--iface",
-        &lab.tgt_if,
-        "--state-dir",
-        &state_dir.to_string_lossy(),
-        "--runbooks",
-        &rb,
-        "--config",
-        &config.to_string_lossy(),
-        "--node",
-        NODE,
-        "--interval",
-        "50ms",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut ctl = Controller::spawn(&lab.tgt_ns, &args.detector, &run_args, &env, lab.dir.join("detector.log"))?;
+    // Runs `detector run --iface <tgt_if> --metrics-addr ... --state-dir ...` and these.
+    let mut ctl = Controller::builder(&args.detector, lab)
+        .metrics_addr(&format!("127.0.0.1:{API_PORT}"))
+        .state_dir(&state_dir)
+        .args(["--runbooks", &rb, "--node", NODE, "--interval", "50ms", "--config"])
+        .arg(&config)
+        .envs(env)
+        .log(lab.dir.join("detector.log"))
+        .supervise(procs::supervision())
+        .start()?;
     let result = (|| {
-        ctl.wait_ready(API_PORT)?;
         println!(
             "Detector: `detector run --iface {} --node {NODE} --interval 50ms ...` (pid {}), serving 127.0.0.1:{API_PORT} in \
              the target namespace.",
             lab.tgt_if,
-            ctl.pid()
+            ctl.pid().unwrap_or_default()
         );
         println!();
         let w = watch::Watch {
@@ -194,12 +185,11 @@ fn demo(args: &Args, lab: &Lab) -> Result<()> {
             lab,
             state_dir: &state_dir,
             rx: &rx,
-            api_port: API_PORT,
+            ctl: &ctl,
             secret: WEBHOOK_SECRET.as_bytes(),
         };
+        // `detector flood --iface <gen_if>` and these.
         let flood_args: Vec<String> = [
-            "--iface",
-            &lab.gen_if,
             "--kind",
             "udp",
             "--dst",
@@ -235,7 +225,7 @@ fn demo(args: &Args, lab: &Lab) -> Result<()> {
     })();
     if result.is_err() && !procs::interrupted() {
         eprintln!("detector-demo: the detector's log, last lines:");
-        eprint!("{}", indent(&tail(&ctl.log_text(), 15), "  | "));
+        eprint!("{}", indent(&ctl.log_tail(15), "  | "));
     }
     result
 }
@@ -292,17 +282,17 @@ fn with_pagerduty_url(text: &str, url: &str) -> Result<String> {
 
 /// SIGTERM; with rules still in force (on_stop keep), `detector detach`.
 fn stop(ctl: &mut Controller, bin: &Path, lab: &Lab) -> Result<()> {
-    let status = ctl.stop();
+    let status = ctl.stop()?;
     let log = ctl.log_text();
-    match status {
-        Some(s) if s.success() => println!("Stopped the detector with SIGTERM: it exited 0."),
-        Some(s) => println!("Stopped the detector with SIGTERM: it exited with {s}."),
-        None => bail!("the detector did not exit within 10 s of SIGTERM (killed)"),
+    if status.success() {
+        println!("Stopped the detector with SIGTERM: it exited 0.");
+    } else {
+        println!("Stopped the detector with SIGTERM: it exited with {status}.");
     }
     if log.contains("XDP program detached") {
         println!("  No rule was left in force, so it detached its XDP program from {}.", lab.tgt_if);
     } else if log.contains("stay in force") {
-        let out = procs::detector(bin, &lab.tgt_ns, &["detach", "--iface", &lab.tgt_if], &[])?;
+        let out = procs::detector(bin, &lab.tgt_ns).args(["detach", "--iface", &lab.tgt_if]).output()?;
         println!(
             "  Rules were still in force (on_stop: keep); `detector detach`: {}",
             String::from_utf8_lossy(&out.stdout).trim()
@@ -313,9 +303,4 @@ fn stop(ctl: &mut Controller, bin: &Path, lab: &Lab) -> Result<()> {
 
 fn indent(text: &str, prefix: &str) -> String {
     text.lines().map(|l| format!("{prefix}{l}\n")).collect()
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n") + "\n"
 }

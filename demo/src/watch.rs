@@ -13,20 +13,21 @@ use anyhow::{bail, Context as _, Result};
 use detector::lab::receiver::{Received, Receiver};
 use detector::{
     detect::incident::{EventKind, Incident, Status},
-    lab::Lab,
+    lab::{process, Controller, DetectorCommand, Lab},
     mitigate::mitigator::{RuleView, RulesView},
     runbook::record::Execution,
 };
 use serde_json::Value;
 
-use crate::procs::{self, Flood};
+use crate::procs;
 
 pub struct Watch<'a> {
     pub bin: &'a Path,
     pub lab: &'a Lab,
     pub state_dir: &'a Path,
     pub rx: &'a Receiver,
-    pub api_port: u16,
+    /// The `detector run` whose API it asks.
+    pub ctl: &'a Controller,
     pub secret: &'a [u8],
 }
 
@@ -55,12 +56,7 @@ struct Told {
 
 impl Watch<'_> {
     fn get(&self, path: &str) -> Result<String> {
-        let (code, body) = detector::lab::http_get(&self.lab.tgt_ns, self.api_port, path, None)
-            .with_context(|| format!("GET {path} from the detector"))?;
-        if code != 200 {
-            bail!("GET {path}: HTTP {code}: {}", body.trim());
-        }
-        Ok(body)
+        self.ctl.get_ok(path).context("asking the detector")
     }
 
     fn state_dir(&self) -> String {
@@ -73,14 +69,16 @@ impl Watch<'_> {
     pub fn story(&self, flood_args: &[String], limit: Duration) -> Result<u64> {
         let t0 = now_ms();
         let started = Instant::now();
-        let mut flood = Flood::spawn(&self.lab.gen_ns, self.bin, flood_args)?;
+        let mut flood =
+            DetectorCommand::flood(self.bin, self.lab, flood_args).supervise(procs::supervision()).spawn()?;
         let mut told = Told { next_counters: t0 + 1000, ..Told::default() };
         loop {
             procs::sleep(Duration::from_millis(100))?;
             let mut lines: Vec<(u64, String)> = Vec::new();
             if !told.flood_done {
-                if let Some(report) = flood.finished() {
-                    lines.push((now_ms(), format!("flood over: {}", report?)));
+                if let Some(out) = flood.try_finish()? {
+                    process::check(flood.what(), &out)?;
+                    lines.push((now_ms(), format!("flood over: {}", String::from_utf8_lossy(&out.stdout).trim())));
                     told.flood_done = true;
                 }
             }
@@ -175,7 +173,8 @@ impl Watch<'_> {
     /// Rules added and removed, and every second what XDP dropped.
     fn rules(&self, told: &mut Told, lines: &mut Vec<(u64, String)>) -> Result<()> {
         let sd = self.state_dir();
-        let view: RulesView = procs::detector_json(self.bin, &self.lab.tgt_ns, &["rules", "list", "--state-dir", &sd])?;
+        let view: RulesView =
+            procs::detector(self.bin, &self.lab.tgt_ns).args(["rules", "list", "--state-dir", &sd, "--json"]).json()?;
         let now: BTreeMap<String, RuleView> = view.rules.into_iter().map(|r| (r.rule.id.clone(), r)).collect();
         // New rules, by where they came from.
         let mut added: BTreeMap<String, Vec<&RuleView>> = BTreeMap::new();
@@ -317,7 +316,8 @@ impl Watch<'_> {
     /// The runbook history, oldest first, from `detector history`.
     pub fn history(&self, t0: u64) -> Result<()> {
         let sd = self.state_dir();
-        let v: Value = procs::detector_json(self.bin, &self.lab.tgt_ns, &["history", "--state-dir", &sd])?;
+        let v: Value =
+            procs::detector(self.bin, &self.lab.tgt_ns).args(["history", "--state-dir", &sd, "--json"]).json()?;
         let mut list: Vec<Execution> = serde_json::from_value(v["executions"].clone())?;
         list.sort_by_key(|e| e.started_at);
         println!("Runbook history (`detector history`): {} executions, oldest first.", list.len());

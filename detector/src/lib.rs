@@ -10,6 +10,9 @@
 //!   directory's files), [`api`] (the HTTP listener and the control socket),
 //!   [`clock`], [`config`] (the configuration file).
 //! - [`controller`] wires them together for `detector run`.
+//! - `lab`, behind the `lab` feature (off by default): network-namespace
+//!   labs and the harness that runs a controller, floods and commands in
+//!   them, for the tests, the bench and the demo.
 
 pub mod api;
 pub mod clock;
@@ -21,6 +24,7 @@ pub mod format;
 pub mod history;
 pub mod iface;
 pub mod kernel;
+#[cfg(feature = "lab")]
 pub mod lab;
 pub mod metrics;
 pub mod mitigate;

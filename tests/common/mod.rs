@@ -1,14 +1,17 @@
-//! Shared by the kernel tests: the root check, a `detector run` child in a
-//! lab namespace, HTTP from inside a namespace, and metric parsing.
+//! Shared by the kernel tests: the root check, and thin wrappers over the
+//! lab harness (`detector::lab`) that fail the test with context instead of
+//! returning errors: a `detector run` child, `detector` commands and floods
+//! in a lab namespace, HTTP from inside one; and metric parsing.
 #![allow(dead_code)]
 
 use std::{
     io::Write as _,
     path::PathBuf,
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
+use detector::lab;
 pub use detector::lab::Lab;
 
 /// True when the kernel tests can run. Without root they skip with a
@@ -46,45 +49,31 @@ pub fn detector_bin() -> PathBuf {
 /// still running after a minute is killed and the test fails: a command
 /// expected to fail that runs on instead must not hang the suite.
 pub fn detector_in(ns: &str, args: &[&str]) -> Output {
-    let child = Lab::command_in(ns, &detector_bin())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running detector");
-    let pid = child.id() as i32;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(out) => out.expect("waiting for detector"),
-        Err(_) => {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("`detector {}` was still running after 60 s", args.join(" "));
-        }
-    }
+    lab::DetectorCommand::new(detector_bin(), ns).args(args).output().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `detector flood ARGS` out of the lab's generator end, in the background;
 /// `--dst` defaults to the target's address.
 pub fn flood_in_background(lab: &Lab, args: &[&str]) -> std::thread::JoinHandle<Output> {
-    let mut full: Vec<String> = ["flood", "--iface", &lab.gen_if].iter().map(|s| s.to_string()).collect();
-    if !args.contains(&"--dst") {
-        full.extend(["--dst".to_string(), detector::lab::TGT_V4.to_string()]);
-    }
-    full.extend(args.iter().map(|s| s.to_string()));
-    let ns = lab.gen_ns.clone();
-    std::thread::spawn(move || detector_in(&ns, &full.iter().map(String::as_str).collect::<Vec<_>>()))
+    let flood = lab::DetectorCommand::flood(detector_bin(), lab, args);
+    std::thread::spawn(move || flood.output().unwrap_or_else(|e| panic!("{e}")))
 }
 
-/// A `detector run` child; SIGTERM and reaped on drop.
-pub struct Controller {
-    pub child: Option<Child>,
-    pub ns: String,
-    pub log: PathBuf,
-    /// Its state directory (incident history, baselines).
-    pub state_dir: PathBuf,
+/// A `detector run` child ([`lab::Controller`], whose fields and methods it
+/// derefs to) whose failures fail the test; stopped and reaped on drop.
+pub struct Controller(lab::Controller);
+
+impl std::ops::Deref for Controller {
+    type Target = lab::Controller;
+    fn deref(&self) -> &lab::Controller {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Controller {
+    fn deref_mut(&mut self) -> &mut lab::Controller {
+        &mut self.0
+    }
 }
 
 /// A state directory in the lab's scratch directory (removed with the lab);
@@ -106,73 +95,38 @@ impl Controller {
 
     /// As [`Controller::start`], watching `iface` instead.
     pub fn start_on(lab: &Lab, iface: &str, extra: &[&str]) -> Controller {
-        Self::spawn(lab, iface, &format!("127.0.0.1:{METRICS_PORT}"), extra)
+        Self::spawn(lab, iface, &format!("127.0.0.1:{METRICS_PORT}"), extra, &[])
     }
 
     /// As [`Controller::start`], listening on `addr` (on port 9477).
     pub fn start_with_addr(lab: &Lab, addr: &str, extra: &[&str]) -> Controller {
-        Self::spawn(lab, &lab.tgt_if, addr, extra)
+        Self::spawn(lab, &lab.tgt_if, addr, extra, &[])
     }
 
     /// As [`Controller::start`], with these environment variables set.
     pub fn start_with_env(lab: &Lab, extra: &[&str], env: &[(&str, &str)]) -> Controller {
-        Self::spawn_env(lab, &lab.tgt_if, &format!("127.0.0.1:{METRICS_PORT}"), extra, env)
+        Self::spawn(lab, &lab.tgt_if, &format!("127.0.0.1:{METRICS_PORT}"), extra, env)
     }
 
-    fn spawn(lab: &Lab, iface: &str, addr: &str, extra: &[&str]) -> Controller {
-        Self::spawn_env(lab, iface, addr, extra, &[])
-    }
-
-    fn spawn_env(lab: &Lab, iface: &str, addr: &str, extra: &[&str], env: &[(&str, &str)]) -> Controller {
-        let log = lab.dir.join("run.log");
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
-        let state_dir = state_dir(lab);
-        let has = |flag: &str| extra.contains(&flag);
-        let mut cmd = Lab::command_in(&lab.tgt_ns, &detector_bin());
-        cmd.args(["run", "--iface", iface, "--metrics-addr", addr]);
-        if !has("--interval") {
-            cmd.args(["--interval", "50ms"]);
+    /// A fast poll (`--interval 50ms`) and node `lab` unless `extra` says
+    /// otherwise.
+    fn spawn(lab: &Lab, iface: &str, addr: &str, extra: &[&str], env: &[(&str, &str)]) -> Controller {
+        let mut b = lab::Controller::builder(detector_bin(), lab)
+            .iface(iface)
+            .metrics_addr(addr)
+            .state_dir(state_dir(lab))
+            .envs(env.iter().copied());
+        if !extra.contains(&"--interval") {
+            b = b.args(["--interval", "50ms"]);
         }
-        if !has("--node") {
-            cmd.args(["--node", "lab"]);
+        if !extra.contains(&"--node") {
+            b = b.args(["--node", "lab"]);
         }
-        let child = cmd
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .args(extra)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawning detector run");
-        let mut c = Controller { child: Some(child), ns: lab.tgt_ns.clone(), log, state_dir };
-        c.wait_ready();
-        c
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("detector run exited early ({status}):\n{}", self.log_text());
-            }
-            // 401: up, behind a token.
-            if http_get(&self.ns, "/healthz").is_ok_and(|(code, _)| code == 200 || code == 401) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("detector run never became ready:\n{}", self.log_text());
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        Controller(b.args(extra).start().unwrap_or_else(|e| panic!("{e}")))
     }
 
     pub fn metrics(&self) -> String {
-        let (code, body) = http_get(&self.ns, "/metrics").expect("GET /metrics");
-        assert_eq!(code, 200, "{body}");
-        body
+        self.0.metrics().unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Polls /metrics until `cond` holds or 10 s pass; returns the last text.
@@ -194,39 +148,7 @@ impl Controller {
     /// exited after 10 s is killed and reported as hung (a test must never
     /// hang CI).
     pub fn stop_with(&mut self, sig: i32) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        // `Lab::command_in` execs the detector: the child pid is the detector.
-        unsafe { libc::kill(child.id() as i32, sig) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("detector run did not exit within 10 s of signal {sig}:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    // Never hang; the tests that care stop it explicitly.
-                    let _ = child.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.wait();
-        }
+        self.0.stop_with(sig, lab::Controller::STOP_GRACE).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 

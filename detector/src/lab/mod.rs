@@ -11,8 +11,19 @@
 //! IPv6 is off on both ends, so neither kernel sends router solicitations or
 //! MLD reports of its own: every frame the target sees is one a test sent.
 //! (The generator crafts IPv6 frames regardless; they need no addresses.)
+//!
+//! Around the lab, the harness the tests, the demo and the bench share:
+//! a controller under test ([`controller`]), `detector` commands and floods
+//! run in a namespace ([`process`]), HTTP from inside one ([`http_get`]),
+//! and a stand-in for notification endpoints ([`receiver`]). All of it is
+//! behind the crate's `lab` feature: the production build carries none of it.
 
+pub mod controller;
+pub mod process;
 pub mod receiver;
+
+pub use controller::Controller;
+pub use process::{Background, DetectorCommand, Supervision};
 
 use std::{
     path::Path,
