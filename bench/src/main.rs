@@ -1,6 +1,7 @@
-//! `cargo xtask bench`: figures, not timed tests. Every ratio compares the
-//! detector's XDP program with an empty one measured in the same run, on the
-//! same machine, with the same frames.
+//! `cargo xtask bench`: figures, not timed tests. Every per-packet cost is
+//! the nanoseconds the detector's XDP program adds over an empty one
+//! measured in the same run, on the same machine, with the same frames (a
+//! ratio to the empty program does not carry from one CPU to another).
 
 mod detection;
 mod firewall;

@@ -29,94 +29,94 @@ use crate::{
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClassLabels {
+struct ClassLabels {
     pub iface: String,
     pub class: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct IfaceLabels {
+struct IfaceLabels {
     pub iface: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct IncidentLabels {
+struct IncidentLabels {
     pub family: String,
     pub severity: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FamilyLabels {
+struct FamilyLabels {
     pub family: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct IfaceFamilyLabels {
+struct IfaceFamilyLabels {
     pub iface: String,
     pub family: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BuildLabels {
+struct BuildLabels {
     pub version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AttachLabels {
+struct AttachLabels {
     pub iface: String,
     pub mode: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RuleLabels {
+struct RuleLabels {
     pub rule: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DropLabels {
+struct DropLabels {
     pub iface: String,
     pub class: String,
     pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ActionLabels {
+struct ActionLabels {
     pub action: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TableLabels {
+struct TableLabels {
     pub table: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RefusalLabels {
+struct RefusalLabels {
     pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RunbookLabels {
+struct RunbookLabels {
     pub runbook: String,
     pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StepLabels {
+struct StepLabels {
     pub kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FileLabels {
+struct FileLabels {
     pub file: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ListenerLabels {
+struct ListenerLabels {
     pub listener: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ListenerReasonLabels {
+struct ListenerReasonLabels {
     pub listener: String,
     pub reason: String,
 }
@@ -126,45 +126,45 @@ pub const CONNECTION_CLOSE_REASONS: [&str; 4] = ["full", "evicted", "header_time
 
 /// Every metric the controller exports.
 pub struct Metrics {
-    pub packets: Family<ClassLabels, Counter>,
-    pub bytes: Family<ClassLabels, Counter>,
-    pub poll_duration: Histogram,
-    pub poll_errors: Family<IfaceLabels, Counter>,
-    pub source_entries: Family<IfaceLabels, Gauge>,
-    pub source_capacity: Family<IfaceLabels, Gauge>,
-    pub sources_pruned: Family<IfaceLabels, Counter>,
-    pub attached: Family<AttachLabels, Gauge<f64, AtomicU64>>,
-    pub incidents: Family<IncidentLabels, Counter>,
-    pub active_incidents: Family<FamilyLabels, Gauge>,
-    pub baseline_pps: Family<ClassLabels, Gauge<f64, AtomicU64>>,
-    pub baseline_bytes: Family<ClassLabels, Gauge<f64, AtomicU64>>,
-    pub threshold_pps: Family<IfaceFamilyLabels, Gauge<f64, AtomicU64>>,
-    pub sample_divisor: Family<IfaceLabels, Gauge>,
-    pub rule_dropped_packets: Family<RuleLabels, Counter>,
-    pub rule_dropped_bytes: Family<RuleLabels, Counter>,
-    pub rule_passed_packets: Family<RuleLabels, Counter>,
-    pub rule_passed_bytes: Family<RuleLabels, Counter>,
-    pub dropped_packets: Family<DropLabels, Counter>,
-    pub dropped_bytes: Family<DropLabels, Counter>,
-    pub rules: Family<ActionLabels, Gauge>,
-    pub table_entries: Family<TableLabels, Gauge>,
-    pub table_capacity: Family<TableLabels, Gauge>,
-    pub rules_refused: Family<RefusalLabels, Counter>,
-    pub rules_expired: Counter,
-    pub runbook_executions: Family<RunbookLabels, Counter>,
-    pub runbook_step_duration: Family<StepLabels, Histogram, fn() -> Histogram>,
-    pub runbooks_loaded: Gauge,
-    pub runbook_load_errors: Gauge,
-    pub history_dropped: Counter,
-    pub history_write_errors: Counter,
-    pub history_backlog: Gauge,
-    pub state_write_errors: Family<FileLabels, Counter>,
-    pub api_connections: Family<ListenerLabels, Gauge>,
-    pub api_connection_limit: Family<ListenerLabels, Gauge>,
-    pub api_connections_accepted: Family<ListenerLabels, Counter>,
-    pub api_connections_closed: Family<ListenerReasonLabels, Counter>,
-    pub api_requests_timed_out: Family<ListenerLabels, Counter>,
-    pub api_accept_errors: Family<ListenerLabels, Counter>,
+    packets: Family<ClassLabels, Counter>,
+    bytes: Family<ClassLabels, Counter>,
+    poll_duration: Histogram,
+    poll_errors: Family<IfaceLabels, Counter>,
+    source_entries: Family<IfaceLabels, Gauge>,
+    source_capacity: Family<IfaceLabels, Gauge>,
+    sources_pruned: Family<IfaceLabels, Counter>,
+    attached: Family<AttachLabels, Gauge<f64, AtomicU64>>,
+    incidents: Family<IncidentLabels, Counter>,
+    active_incidents: Family<FamilyLabels, Gauge>,
+    baseline_pps: Family<ClassLabels, Gauge<f64, AtomicU64>>,
+    baseline_bytes: Family<ClassLabels, Gauge<f64, AtomicU64>>,
+    threshold_pps: Family<IfaceFamilyLabels, Gauge<f64, AtomicU64>>,
+    sample_divisor: Family<IfaceLabels, Gauge>,
+    rule_dropped_packets: Family<RuleLabels, Counter>,
+    rule_dropped_bytes: Family<RuleLabels, Counter>,
+    rule_passed_packets: Family<RuleLabels, Counter>,
+    rule_passed_bytes: Family<RuleLabels, Counter>,
+    dropped_packets: Family<DropLabels, Counter>,
+    dropped_bytes: Family<DropLabels, Counter>,
+    rules: Family<ActionLabels, Gauge>,
+    table_entries: Family<TableLabels, Gauge>,
+    table_capacity: Family<TableLabels, Gauge>,
+    rules_refused: Family<RefusalLabels, Counter>,
+    rules_expired: Counter,
+    runbook_executions: Family<RunbookLabels, Counter>,
+    runbook_step_duration: Family<StepLabels, Histogram, fn() -> Histogram>,
+    runbooks_loaded: Gauge,
+    runbook_load_errors: Gauge,
+    history_dropped: Counter,
+    history_write_errors: Counter,
+    history_backlog: Gauge,
+    state_write_errors: Family<FileLabels, Counter>,
+    api_connections: Family<ListenerLabels, Gauge>,
+    api_connection_limit: Family<ListenerLabels, Gauge>,
+    api_connections_accepted: Family<ListenerLabels, Counter>,
+    api_connections_closed: Family<ListenerReasonLabels, Counter>,
+    api_requests_timed_out: Family<ListenerLabels, Counter>,
+    api_accept_errors: Family<ListenerLabels, Counter>,
 }
 
 impl Metrics {

@@ -54,6 +54,28 @@ pub struct ApiState {
     /// The rules in force, for `GET /api/rules` (changes go through the
     /// control socket only).
     pub mitigator: Option<super::control::SharedMitigator>,
+    /// When the poll loop last polled, for `/healthz`; `None`: not checked.
+    pub health: Option<PollHealth>,
+}
+
+/// What `/healthz` checks: the poll loop is alive (it runs on a thread of
+/// its own, so the listener answering says nothing about it).
+#[derive(Clone, Debug)]
+pub struct PollHealth {
+    /// Wall-clock milliseconds of the last poll (the start, before any).
+    pub last_poll_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// A poll loop silent this long is stalled.
+    pub stale_after: std::time::Duration,
+}
+
+impl PollHealth {
+    /// `None` when healthy at `now_ms`; otherwise how long it has been
+    /// silent.
+    pub fn stalled(&self, now_ms: u64) -> Option<std::time::Duration> {
+        let last = self.last_poll_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let silent = std::time::Duration::from_millis(now_ms.saturating_sub(last));
+        (silent > self.stale_after).then_some(silent)
+    }
 }
 
 /// Refuses a non-loopback address without a token.
@@ -78,10 +100,22 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/incidents/{id}", get(incident_handler))
         .route("/api/rules", get(rules_handler))
         .route("/api/runbooks/executions", get(executions_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz_handler))
         .layer(Extension(Arc::new(Semaphore::new(HISTORY_READERS))))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
+}
+
+/// `ok`, or 503 naming how long the poll loop has been silent.
+async fn healthz_handler(State(state): State<Arc<ApiState>>) -> Response {
+    match state.health.as_ref().and_then(|h| h.stalled(crate::clock::now_ms())) {
+        None => "ok\n".into_response(),
+        Some(silent) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the poll loop has not polled for {}\n", humantime::format_duration(silent)),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics_handler(State(state): State<Arc<ApiState>>) -> Response {
@@ -293,6 +327,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn healthz_says_when_the_poll_loop_is_silent() {
+        let h = PollHealth {
+            last_poll_ms: Arc::new(std::sync::atomic::AtomicU64::new(10_000)),
+            stale_after: std::time::Duration::from_secs(2),
+        };
+        assert_eq!(h.stalled(10_000), None);
+        assert_eq!(h.stalled(12_000), None);
+        assert_eq!(h.stalled(12_001), Some(std::time::Duration::from_millis(2_001)));
+        // A clock that went back is not a stall.
+        assert_eq!(h.stalled(5_000), None);
+    }
+
+    #[test]
     fn exposure() {
         let lo: SocketAddr = "127.0.0.1:9477".parse().unwrap();
         let lo6: SocketAddr = "[::1]:9477".parse().unwrap();
@@ -372,6 +419,7 @@ mod tests {
             token: Some("s3cret".into()),
             state_dir: dir.clone(),
             mitigator: None,
+            health: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -455,6 +503,7 @@ mod tests {
             token: Some("s3cret".into()),
             state_dir: dir.clone(),
             mitigator: None,
+            health: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

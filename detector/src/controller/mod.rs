@@ -30,7 +30,7 @@ use tokio::sync::{broadcast, mpsc};
 use crate::{
     api::{
         control::{self, ControlError, SharedMitigator},
-        http::{self, ApiState, HttpError},
+        http::{self, ApiState, HttpError, PollHealth},
         serve,
     },
     clock::{now_ms, Clock},
@@ -131,6 +131,12 @@ pub type EventSender = broadcast::Sender<IncidentEvent>;
 /// Room for this many events per receiver before it lags.
 pub const EVENT_CAPACITY: usize = 1024;
 
+/// How long the poll loop may stay silent before `/healthz` says it is
+/// stalled: ten intervals, and never less than two seconds.
+fn stale_after(interval: Duration) -> Duration {
+    (interval * 10).max(Duration::from_secs(2))
+}
+
 /// How long a stop waits for the state files to reach the disk.
 const FLUSH_ON_STOP: Duration = Duration::from_secs(2);
 
@@ -147,6 +153,10 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     let cfg = Arc::new(cfg);
 
     statedir::ensure_dir(&cfg.state_dir)?;
+    // First, so a second controller on this state directory is refused
+    // before it touches anything in it (it would move a damaged database
+    // aside under the first).
+    let control_listener = control::bind(&cfg.state_dir).await?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let store = Store::open(&cfg.state_dir)?;
@@ -184,7 +194,6 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
         }
     }
 
-    let control_listener = control::bind(&cfg.state_dir).await?;
     let m = &cfg.mitigation;
     let mut mitigator =
         Mitigator::new(Limits { max_rules: m.max_rules, max_allow: m.max_allow }, &cfg.state_dir, files.clone());
@@ -248,13 +257,14 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     metrics.active_incidents(std::iter::empty());
 
     let top = Arc::new(RwLock::new(TopView::default()));
-    let last_poll = Arc::new(AtomicU64::new(0));
+    let last_poll = Arc::new(AtomicU64::new(now_ms()));
     let api = Arc::new(ApiState {
         registry,
         top: top.clone(),
         token: cfg.api_token.clone(),
         state_dir: cfg.state_dir.clone(),
         mitigator: Some(mitigator.clone()),
+        health: Some(PollHealth { last_poll_ms: last_poll.clone(), stale_after: stale_after(cfg.interval) }),
     });
     let http_server = serve::spawn(listener, http::router(api), serve::Limits::http(), metrics.clone());
     tracing::info!(addr = %cfg.metrics_addr, "serving /metrics, /api/top, /api/incidents and /healthz");
