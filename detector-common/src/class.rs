@@ -28,9 +28,9 @@ pub enum TrafficClass {
     /// UDP from a well-known reflector port (see [`AMPLIFICATION_PORTS`]),
     /// not from or to port 53.
     UdpAmplification = 8,
-    /// ICMP over IPv4.
+    /// IP protocol 1, ICMP (over IPv4, or its number over IPv6).
     Icmp = 9,
-    /// ICMPv6 over IPv6.
+    /// IP protocol 58, ICMPv6 (over IPv6, or its number over IPv4).
     Icmpv6 = 10,
     /// Any IPv4 fragment (first or later), any IPv6 packet with a fragment header.
     Fragment = 11,

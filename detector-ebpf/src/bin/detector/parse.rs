@@ -162,7 +162,7 @@ fn ipv4(start: usize, end: usize, off: usize) -> Parsed {
         return Parsed::fragment(src);
     }
     let proto = unsafe { u8_at(ip, 9) };
-    Parsed::from(transport(start, end, off + ihl, off + total, proto, false), src)
+    Parsed::from(transport(start, end, off + ihl, off + total, proto), src)
 }
 
 #[inline(always)]
@@ -188,21 +188,22 @@ fn ipv6(start: usize, end: usize, off: usize) -> Parsed {
         let unit = match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH => 8,
             IPPROTO_AH => 4,
-            // 8 bytes, always; only its presence is needed.
-            IPPROTO_FRAGMENT => 0,
+            // 8 bytes, always; only its presence is needed, but it must be
+            // there: one the payload ends before is malformed.
+            IPPROTO_FRAGMENT => {
+                if l4 + 8 > limit || header(start, end, l4, 8).is_none() {
+                    return Parsed::bare(TrafficClass::Malformed);
+                }
+                return Parsed::fragment(src);
+            }
             _ => break,
         };
-        // Every extension header, the fragment header too, must be there
-        // before it counts: one the payload ends before is malformed.
         if l4 + 8 > limit {
             return Parsed::bare(TrafficClass::Malformed);
         }
         let Some(ext) = header(start, end, l4, 8) else {
             return Parsed::bare(TrafficClass::Malformed);
         };
-        if unit == 0 {
-            return Parsed::fragment(src);
-        }
         next = unsafe { u8_at(ext, 0) };
         let len = unsafe { u8_at(ext, 1) } as usize;
         // Extension lengths do not count their first unit (AH: first two).
@@ -215,7 +216,7 @@ fn ipv6(start: usize, end: usize, off: usize) -> Parsed {
     if l4 > limit {
         return Parsed::bare(TrafficClass::Malformed);
     }
-    Parsed::from(transport(start, end, l4, limit, next, true), src)
+    Parsed::from(transport(start, end, l4, limit, next), src)
 }
 
 #[inline(always)]
@@ -224,11 +225,9 @@ fn is_ipv6_ext(next: u8) -> bool {
 }
 
 /// Classifies the transport header at `l4`; `limit` is where the IP packet
-/// ends (Ethernet padding after it is not payload). ICMP is ICMP over IPv4
-/// only, ICMPv6 over IPv6 only: the other family's number is another
-/// transport.
+/// ends (Ethernet padding after it is not payload).
 #[inline(always)]
-fn transport(start: usize, end: usize, l4: usize, limit: usize, proto: u8, v6: bool) -> Transport {
+fn transport(start: usize, end: usize, l4: usize, limit: usize, proto: u8) -> Transport {
     match proto {
         IPPROTO_TCP => tcp(start, end, l4, limit),
         IPPROTO_UDP => {
@@ -250,11 +249,11 @@ fn transport(start: usize, end: usize, l4: usize, limit: usize, proto: u8, v6: b
             };
             Transport { class, ports }
         }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 if (proto == IPPROTO_ICMPV6) == v6 => {
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             if l4 + 4 > limit || header(start, end, l4, 4).is_none() {
                 return Transport::bare(TrafficClass::Malformed);
             }
-            Transport::bare(if v6 { TrafficClass::Icmpv6 } else { TrafficClass::Icmp })
+            Transport::bare(if proto == IPPROTO_ICMP { TrafficClass::Icmp } else { TrafficClass::Icmpv6 })
         }
         _ => Transport::bare(TrafficClass::OtherIp),
     }
