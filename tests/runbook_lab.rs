@@ -480,3 +480,41 @@ fn rules_a_runbook_installed_are_removed_at_resolution_even_after_a_restart() {
     };
     assert!(resolved["steps"][0]["detail"].as_str().unwrap().starts_with("removed 5 rule(s)"), "{resolved}");
 }
+
+#[test]
+fn a_runbook_does_not_fire_again_for_an_incident_resumed_after_a_restart() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let port = PORT + 1;
+    let rx = Receiver::start(&lab.tgt_ns, port).unwrap();
+    let dir = lab.dir.join("rb-once");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("page.yaml"),
+        format!(
+            "name: page-once\ntrigger: {{ families: [udp_flood] }}\ncooldown: 10m\nsteps:\n  - webhook: {{ url: \"http://127.0.0.1:{port}/page\" }}\n"
+        ),
+    )
+    .unwrap();
+    let cfg = lab.dir.join("detector.yaml");
+    // A long quiet, so the incident is still open across the restart.
+    std::fs::write(&cfg, CONFIG.replace("quiet: 1s", "quiet: 6s")).unwrap();
+    let args = ["--config", cfg.to_str().unwrap(), "--runbooks", dir.to_str().unwrap()];
+    let mut c = Controller::start(&lab, &args);
+    let f = flood(&lab, &["--kind", "udp", "--rate", "20000", "--duration", "1500ms"]);
+    wait_for(&rx, "the page", |rx| rx.on("/page").len() == 1, &c);
+    assert!(f.join().unwrap().status.success());
+    // Restart while the incident is open.
+    assert!(c.stop_with(libc::SIGTERM).success());
+    let c = Controller::start(&lab, &args);
+    assert!(c.log_text().contains("resuming an incident open at the last stop"), "{}", c.log_text());
+    // The resumed incident is seen every second ('updated'); within the
+    // cooldown, the runbook must not page again.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(rx.on("/page").len(), 1, "paged again after the restart:\n{}", c.log_text());
+    let h = cli_json(&c, &["history", "--runbook", "page-once"]);
+    let opened: Vec<&Value> =
+        h["executions"].as_array().unwrap().iter().filter(|e| e["trigger"] != "resolved").collect();
+    assert_eq!(opened.len(), 1, "{h}");
+    assert_eq!(opened[0]["outcome"], "ok", "{h}");
+}
