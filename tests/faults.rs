@@ -12,8 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{detector_in, flood_in_background as flood, require_root, sample, Controller, Lab};
-use detector::{lab::TGT_V4, netns::NetnsGuard};
+use common::{
+    cli, detector_in, flood_in_background as flood, ok, reaching_stack, require_root, rules, sample, send, Controller,
+    Lab,
+};
 use serde_json::Value;
 
 /// Low floors, static only, short quiet.
@@ -76,27 +78,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// `detector ARGS --state-dir <the controller's>` in the target namespace.
-fn cli(c: &Controller, args: &[&str]) -> (bool, String, String) {
-    let mut full: Vec<&str> = args.to_vec();
-    let dir = c.state_dir.to_str().unwrap().to_string();
-    full.extend(["--state-dir", &dir]);
-    let out = detector_in(&c.ns, &full);
-    let (o, e) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
-    assert!(!e.contains("panicked"), "{args:?} panicked:\n{e}");
-    (out.status.success(), o, e)
-}
-
-fn ok(c: &Controller, args: &[&str]) -> String {
-    let (success, out, err) = cli(c, args);
-    assert!(success, "{args:?} failed:\n{err}\nlog:\n{}", c.log_text());
-    out
-}
-
-fn rules(c: &Controller) -> Value {
-    serde_json::from_str(&ok(c, &["rules", "list", "--json"])).unwrap()
-}
-
 fn get_json(c: &Controller, path: &str) -> Value {
     let (code, body) = common::http_get(&c.ns, path).unwrap();
     assert_eq!(code, 200, "{path}: {body}");
@@ -112,40 +93,6 @@ fn wait_for<T>(what: &str, timeout: Duration, c: &Controller, mut f: impl FnMut(
         assert!(Instant::now() < deadline, "timed out waiting for {what}; log:\n{}", c.log_text());
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Frames sent with the exact engine to the target's MAC, so its stack
-/// takes what XDP passes.
-fn send(lab: &Lab, args: &[&str]) {
-    let mac = lab.tgt_mac().unwrap();
-    let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    let mut full = vec!["flood", "--iface", &lab.gen_if, "--dst", TGT_V4, "--dst-mac", &mac, "--engine", "exact"];
-    full.extend(args);
-    let out = detector_in(&lab.gen_ns, &full);
-    assert!(out.status.success(), "flood {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// IP datagrams the target's stack received (`Ip: InReceives`).
-fn ip_in_receives(lab: &Lab) -> u64 {
-    let ns = lab.tgt_ns.clone();
-    std::thread::spawn(move || {
-        let _in = NetnsGuard::enter(&ns).unwrap();
-        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
-        let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
-        let (names, values) = (ip.next().unwrap(), ip.next().unwrap());
-        let i = names.split_whitespace().position(|n| n == "InReceives").unwrap();
-        values.split_whitespace().nth(i).unwrap().parse().unwrap()
-    })
-    .join()
-    .unwrap()
-}
-
-/// Datagrams from 198.18.0.1 that reached the target's stack while `f` ran.
-fn reaching_stack(lab: &Lab, count: u32) -> u64 {
-    let before = ip_in_receives(lab);
-    send(lab, &["--kind", "udp", "--count", &count.to_string(), "--rate", "20000", "--src", "198.18.0.1"]);
-    std::thread::sleep(Duration::from_millis(100));
-    ip_in_receives(lab) - before
 }
 
 fn error_lines(log: &str) -> usize {
@@ -177,7 +124,9 @@ fn a_full_state_directory_stops_neither_detection_nor_mitigation() {
     // Mitigation: a rule goes in and drops, though rules.json cannot be written.
     ok(&c, &["block", "add", "198.18.0.0/24"]);
     ok(&c, &["block", "add", "198.18.1.0/24", "--ttl", "2s"]);
-    let through = reaching_stack(&lab, 300);
+    let through = reaching_stack(&lab, || {
+        send(&lab, &["--kind", "udp", "--count", "300", "--rate", "20000", "--src", "198.18.0.1"])
+    });
     assert!(through <= 5, "{through} datagrams got through a rule with the disk full");
     let v = rules(&c);
     let r1 = v["rules"].as_array().unwrap().iter().find(|r| r["id"] == "r1").unwrap();
@@ -271,7 +220,9 @@ fn corrupted_state_files_never_lose_the_rules_in_force() {
     let rl = list.iter().find(|r| r["prefix"] == "203.0.113.0/24").unwrap();
     assert_eq!(rl["action"]["pps"], 100, "{v}");
     assert_eq!(rl["classes"], serde_json::json!(["udp"]), "{v}");
-    let through = reaching_stack(&lab, 200);
+    let through = reaching_stack(&lab, || {
+        send(&lab, &["--kind", "udp", "--count", "200", "--rate", "20000", "--src", "198.18.0.1"])
+    });
     assert!(through <= 5, "{through} datagrams got through the recovered rule");
     // The recovered set is saved again.
     let saved = wait_for("rules.json written again", Duration::from_secs(5), &c, || {

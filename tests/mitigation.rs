@@ -12,26 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{detector_in, promtool_check, require_root, sample, xdp_attached, Controller, Lab};
+use common::{
+    cli, detector_in, ok, promtool_check, reaching_stack, require_root, rules, sample, send, xdp_attached, Controller,
+    Lab,
+};
 use detector::{lab::TGT_V4, netns::NetnsGuard};
-
-/// `detector ARGS --state-dir <the controller's>` in the target namespace:
-/// (success, stdout, stderr).
-fn cli(c: &Controller, args: &[&str]) -> (bool, String, String) {
-    let mut full: Vec<&str> = args.to_vec();
-    let dir = c.state_dir.to_str().unwrap().to_string();
-    full.extend(["--state-dir", &dir]);
-    let out = detector_in(&c.ns, &full);
-    let (o, e) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
-    assert!(!e.contains("panicked"), "{args:?} panicked:\n{e}");
-    (out.status.success(), o, e)
-}
-
-fn ok(c: &Controller, args: &[&str]) -> String {
-    let (success, out, err) = cli(c, args);
-    assert!(success, "{args:?} failed:\n{err}\nlog:\n{}", c.log_text());
-    out
-}
 
 fn refused(c: &Controller, args: &[&str], expect: &str) -> String {
     let (success, _, err) = cli(c, args);
@@ -43,47 +28,8 @@ fn refused(c: &Controller, args: &[&str], expect: &str) -> String {
     err
 }
 
-/// The rules in force, as `detector rules list --json` prints them.
-fn rules(c: &Controller) -> serde_json::Value {
-    serde_json::from_str(&ok(c, &["rules", "list", "--json"])).unwrap()
-}
-
 fn rule<'a>(v: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
     v["rules"].as_array().unwrap().iter().find(|r| r["id"] == id).unwrap_or_else(|| panic!("no rule {id} in {v}"))
-}
-
-/// Frames sent with the exact engine (every one delivered to the veth),
-/// addressed to the target's MAC so its stack takes them.
-fn send(lab: &Lab, args: &[&str]) {
-    let mac = lab.tgt_mac().unwrap();
-    let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    let mut full = vec!["flood", "--iface", &lab.gen_if, "--dst", TGT_V4, "--dst-mac", &mac, "--engine", "exact"];
-    full.extend(args);
-    let out = detector_in(&lab.gen_ns, &full);
-    assert!(out.status.success(), "flood {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// IP datagrams the target's stack received (`Ip: InReceives`).
-fn ip_in_receives(lab: &Lab) -> u64 {
-    let ns = lab.tgt_ns.clone();
-    std::thread::spawn(move || {
-        let _in = NetnsGuard::enter(&ns).unwrap();
-        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
-        let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
-        let (names, values) = (ip.next().unwrap(), ip.next().unwrap());
-        let i = names.split_whitespace().position(|n| n == "InReceives").unwrap();
-        values.split_whitespace().nth(i).unwrap().parse().unwrap()
-    })
-    .join()
-    .unwrap()
-}
-
-/// Runs `f` and returns how many IP datagrams reached the target's stack meanwhile.
-fn reaching_stack(lab: &Lab, f: impl FnOnce()) -> u64 {
-    let before = ip_in_receives(lab);
-    f();
-    std::thread::sleep(Duration::from_millis(100));
-    ip_in_receives(lab) - before
 }
 
 #[test]

@@ -192,3 +192,63 @@ pub fn promtool_check(text: &str) -> (bool, String) {
     let out = child.wait_with_output().unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
+
+/// `detector ARGS --state-dir <the controller's>` in the target namespace:
+/// (success, stdout, stderr). A panic in the command fails the test.
+pub fn cli(c: &Controller, args: &[&str]) -> (bool, String, String) {
+    let mut full: Vec<&str> = args.to_vec();
+    let dir = c.state_dir.to_str().unwrap().to_string();
+    full.extend(["--state-dir", &dir]);
+    let out = detector_in(&c.ns, &full);
+    let (o, e) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
+    assert!(!e.contains("panicked"), "{args:?} panicked:\n{e}");
+    (out.status.success(), o, e)
+}
+
+/// [`cli`], which must succeed; its stdout.
+pub fn ok(c: &Controller, args: &[&str]) -> String {
+    let (success, out, err) = cli(c, args);
+    assert!(success, "{args:?} failed:\n{err}\nlog:\n{}", c.log_text());
+    out
+}
+
+/// The rules in force, as `detector rules list --json` prints them.
+pub fn rules(c: &Controller) -> serde_json::Value {
+    serde_json::from_str(&ok(c, &["rules", "list", "--json"])).unwrap()
+}
+
+/// Frames sent with the exact engine (every one delivered to the veth),
+/// addressed to the target's MAC so its stack takes them.
+pub fn send(lab: &Lab, args: &[&str]) {
+    let mac = lab.tgt_mac().unwrap();
+    let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let tgt = detector::lab::TGT_V4;
+    let mut full = vec!["flood", "--iface", &lab.gen_if, "--dst", tgt, "--dst-mac", &mac, "--engine", "exact"];
+    full.extend(args);
+    let out = detector_in(&lab.gen_ns, &full);
+    assert!(out.status.success(), "flood {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// IP datagrams the target's stack received (`Ip: InReceives`): counted
+/// on the other side of XDP, not by the detector.
+pub fn ip_in_receives(lab: &Lab) -> u64 {
+    let ns = lab.tgt_ns.clone();
+    std::thread::spawn(move || {
+        let _in = detector::netns::NetnsGuard::enter(&ns).unwrap();
+        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
+        let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+        let (names, values) = (ip.next().unwrap(), ip.next().unwrap());
+        let i = names.split_whitespace().position(|n| n == "InReceives").unwrap();
+        values.split_whitespace().nth(i).unwrap().parse().unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Runs `f` and returns how many IP datagrams reached the target's stack meanwhile.
+pub fn reaching_stack(lab: &Lab, f: impl FnOnce()) -> u64 {
+    let before = ip_in_receives(lab);
+    f();
+    std::thread::sleep(Duration::from_millis(100));
+    ip_in_receives(lab) - before
+}
