@@ -163,6 +163,18 @@ pub struct ExecutionQuery {
     pub before: Option<Cursor>,
 }
 
+/// Ends a listing's query: rows after `before` (newest first, by start
+/// time then id), and one more than `limit`, which says whether a next
+/// page exists.
+fn page_clause(sql: &mut String, args: &mut Vec<Value>, before: Option<&Cursor>, limit: usize) {
+    if let Some(c) = before {
+        sql.push_str(" AND (started_at < ? OR (started_at = ? AND id < ?))");
+        args.extend([c.started_at.into(), c.started_at.into(), c.id.clone().into()]);
+    }
+    sql.push_str(" ORDER BY started_at DESC, id DESC LIMIT ?");
+    args.push((limit as i64 + 1).into());
+}
+
 fn page_size(limit: usize) -> usize {
     if limit == 0 {
         DEFAULT_PAGE
@@ -406,12 +418,7 @@ impl Store {
             sql += " AND node = ?";
             args.push(n.to_string().into());
         }
-        if let Some(c) = &q.before {
-            sql += " AND (started_at < ? OR (started_at = ? AND id < ?))";
-            args.extend([c.started_at.into(), c.started_at.into(), c.id.clone().into()]);
-        }
-        sql += " ORDER BY started_at DESC, id DESC LIMIT ?";
-        args.push((limit as i64 + 1).into());
+        page_clause(&mut sql, &mut args, q.before.as_ref(), limit);
         let rows: Vec<IncidentRow> = {
             let mut stmt = self.conn.prepare(&sql).map_err(self.err())?;
             let it = stmt.query_map(rusqlite::params_from_iter(args), IncidentRow::read).map_err(self.err())?;
@@ -630,12 +637,7 @@ impl Store {
             sql += " AND runbook = ?";
             args.push(r.clone().into());
         }
-        if let Some(c) = &q.before {
-            sql += " AND (started_at < ? OR (started_at = ? AND id < ?))";
-            args.extend([c.started_at.into(), c.started_at.into(), c.id.clone().into()]);
-        }
-        sql += " ORDER BY started_at DESC, id DESC LIMIT ?";
-        args.push((limit as i64 + 1).into());
+        page_clause(&mut sql, &mut args, q.before.as_ref(), limit);
         let rows: Vec<ExecutionRow> = {
             let mut stmt = self.conn.prepare(&sql).map_err(self.err())?;
             let it = stmt

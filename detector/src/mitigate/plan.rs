@@ -149,21 +149,24 @@ impl KernelRule {
         out
     }
 
-    /// The slot's action, back in a rule's terms (rates rounded to whole
-    /// packets and bytes per second).
+    /// The slot's action, back in a rule's terms: the rates and bursts
+    /// that [`slot`] turns into exactly this slot again (a rate may read a
+    /// little above the one first given: 3,000,000 bytes/s comes back as
+    /// 3,000,003, whose interval is the same whole number of picoseconds).
     pub fn action(&self) -> Option<Action> {
         let s = &self.slot;
         match s.action {
             ACTION_DROP => Some(Action::Drop),
             ACTION_RATE_LIMIT if s.interval_ns > 0 => {
-                let pps = (1e9 / s.interval_ns as f64).round().max(1.0) as u64;
+                // The largest rate with this interval: the rule's own rate
+                // lies in (1e9 / (interval + 1), 1e9 / interval], so this one
+                // does too.
+                let pps = (1_000_000_000 / s.interval_ns).max(1);
                 let burst = s.tolerance_ns / s.interval_ns + 1;
-                let (bps, byte_burst) = if s.byte_interval_ps > 0 {
-                    let bps = (1e12 / s.byte_interval_ps as f64).round().max(1.0) as u64;
-                    (Some(bps), Some(s.byte_tolerance_ns * 1000 / s.byte_interval_ps))
-                } else {
-                    (None, None)
-                };
+                // The same for the byte limit: the largest byte rate with
+                // this interval, the smallest byte burst with this tolerance.
+                let bps = 1_000_000_000_000u64.checked_div(s.byte_interval_ps).map(|b| b.max(1));
+                let byte_burst = bps.map(|_| (s.byte_tolerance_ns * 1000).div_ceil(s.byte_interval_ps));
                 Some(Action::RateLimit { pps, burst, bps, byte_burst })
             }
             _ => None,

@@ -231,16 +231,12 @@ pub fn class_mask(names: &[String]) -> Result<u32, RequestError> {
     Ok(mask)
 }
 
-/// A rule checked and ready for an id and an index.
+/// A rule checked and ready for an id and an index: its prefix, its shape
+/// and who asked for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checked {
     pub prefix: Prefix,
-    pub classes: Vec<String>,
-    pub sport: Option<u16>,
-    pub dport: Option<u16>,
-    pub action: Action,
-    pub ttl: Option<Duration>,
-    pub reason: String,
+    pub shape: Shape,
     pub origin: Origin,
 }
 
@@ -385,9 +381,9 @@ impl RuleRequest {
     /// ([`ShapeRequest::check`]); the first problem is the error.
     pub fn check(&self) -> Result<Checked, RequestError> {
         let prefix: Prefix = self.prefix.parse().map_err(RequestError::Prefix)?;
-        let Shape { classes, sport, dport, action, ttl, reason } = self.shape().check()?;
+        let shape = self.shape().check()?;
         let origin = self.origin.clone().unwrap_or_else(Origin::operator);
-        Ok(Checked { prefix, classes, sport, dport, action, ttl, reason, origin })
+        Ok(Checked { prefix, shape, origin })
     }
 }
 
@@ -419,12 +415,15 @@ mod tests {
         r.dport = Some(53);
         r.ttl_ms = Some(60_000);
         let c = r.check().unwrap();
-        assert_eq!(c.classes, vec!["udp"]);
-        assert_eq!(c.ttl, Some(Duration::from_secs(60)));
+        assert_eq!(c.shape.classes, vec!["udp"]);
+        assert_eq!(c.shape.ttl, Some(Duration::from_secs(60)));
         assert!(c.origin.is_operator());
         let rl =
             RuleRequest { action: "rate_limit".into(), prefix: "::/0".into(), pps: Some(50), ..Default::default() };
-        assert_eq!(rl.check().unwrap().action, Action::RateLimit { pps: 50, burst: 5, bps: None, byte_burst: None });
+        assert_eq!(
+            rl.check().unwrap().shape.action,
+            Action::RateLimit { pps: 50, burst: 5, bps: None, byte_burst: None }
+        );
     }
 
     #[test]
@@ -473,10 +472,13 @@ mod tests {
         // A tiny rate's default burst is 5; a large one's a tenth of it, at
         // most the highest burst.
         r.burst = None;
-        assert_eq!(r.check().unwrap().action, Action::RateLimit { pps: 50, burst: 5, bps: None, byte_burst: None });
+        assert_eq!(
+            r.check().unwrap().shape.action,
+            Action::RateLimit { pps: 50, burst: 5, bps: None, byte_burst: None }
+        );
         r.pps = Some(MAX_PPS);
         assert_eq!(
-            r.check().unwrap().action,
+            r.check().unwrap().shape.action,
             Action::RateLimit { pps: MAX_PPS, burst: MAX_BURST, bps: None, byte_burst: None }
         );
         // The prefix is checked first, the shape after.
@@ -504,19 +506,9 @@ mod tests {
         let long = format!("udp_flood on eth0\n{}", "x".repeat(400));
         let req = shape.request("198.51.100.7/32".parse().unwrap(), &long, origin.clone());
         let c = req.check().unwrap();
-        assert_eq!(
-            Shape {
-                classes: c.classes,
-                sport: c.sport,
-                dport: c.dport,
-                action: c.action,
-                ttl: c.ttl,
-                reason: String::new()
-            },
-            shape
-        );
-        assert_eq!(c.reason.chars().count(), MAX_REASON);
-        assert!(c.reason.starts_with("udp_flood on eth0 x"), "control characters become spaces");
+        assert_eq!(Shape { reason: String::new(), ..c.shape.clone() }, shape);
+        assert_eq!(c.shape.reason.chars().count(), MAX_REASON);
+        assert!(c.shape.reason.starts_with("udp_flood on eth0 x"), "control characters become spaces");
         assert_eq!(c.origin, origin);
         assert_eq!(fit_reason("a\tb"), "a b");
     }

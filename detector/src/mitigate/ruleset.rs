@@ -14,7 +14,7 @@ use detector_common::rules::RuleSlot;
 use super::{
     plan::{self, KernelRule, Plan, PlanError},
     prefix::Prefix,
-    rule::{check_reason, Action, Checked, Origin, RequestError, Rule, RuleRequest},
+    rule::{check_reason, Action, Checked, Origin, RequestError, Rule, RuleRequest, ShapeRequest},
 };
 
 /// Where an allowlist entry comes from.
@@ -124,28 +124,30 @@ fn check_saved(r: &Rule, ids: &[String]) -> Result<u64, String> {
         Action::Drop => (None, None, None),
         Action::RateLimit { pps, burst, bps, .. } => (Some(*pps), Some(*burst), *bps),
     };
-    let req = RuleRequest {
-        action: r.action.name().into(),
-        prefix: r.prefix.to_string(),
-        classes: r.classes.clone(),
+    let shape = ShapeRequest {
+        action: r.action.name(),
+        classes: &r.classes,
         sport: r.sport,
         dport: r.dport,
         pps,
         burst,
         bps,
         ttl_ms: None,
-        reason: Some(r.reason.clone()),
-        origin: Some(r.origin.clone()),
-    };
-    let c = req.check().map_err(|e| e.to_string())?;
-    let same_action = match (&c.action, &r.action) {
+        reason: Some(&r.reason),
+    }
+    .check()
+    .map_err(|e| e.to_string())?;
+    // As saved, the fields are in the form the check gives them (sorted
+    // classes, a rate limit's byte burst aside: a recovered rule keeps the
+    // kernel's).
+    let same_action = match (&shape.action, &r.action) {
         (Action::Drop, Action::Drop) => true,
         (Action::RateLimit { pps: a, burst: b, bps: c, .. }, Action::RateLimit { pps: x, burst: y, bps: z, .. }) => {
             (a, b, c) == (x, y, z)
         }
         _ => false,
     };
-    if !same_action || c.classes != r.classes {
+    if !same_action || shape.classes != r.classes {
         return Err("its fields are not in the form a rule is saved in".into());
     }
     if r.expires_ms.is_some_and(|t| t < r.created_ms) {
@@ -344,14 +346,14 @@ impl RuleSet {
             id: format!("r{}", self.next_rule),
             index: 0,
             prefix: c.prefix,
-            classes: c.classes,
-            sport: c.sport,
-            dport: c.dport,
-            action: c.action,
-            reason: c.reason,
+            classes: c.shape.classes,
+            sport: c.shape.sport,
+            dport: c.shape.dport,
+            action: c.shape.action,
+            reason: c.shape.reason,
             origin: c.origin,
             created_ms: now_ms,
-            expires_ms: c.ttl.map(|t| now_ms + t.as_millis() as u64),
+            expires_ms: c.shape.ttl.map(|t| now_ms + t.as_millis() as u64),
         };
         // The most telling refusal first: a pointless or repeated rule is
         // that, whether or not there is room.

@@ -392,16 +392,9 @@ fn a_mitigate_step_that_loads_makes_rules_the_rule_check_accepts() {
                 assert_eq!(reqs.len(), want, "{text}");
                 for r in &reqs {
                     let c = r.check().unwrap_or_else(|e| panic!("{text}: the request {r:?} is refused: {e}"));
-                    let shape = Shape {
-                        classes: c.classes,
-                        sport: c.sport,
-                        dport: c.dport,
-                        action: c.action,
-                        ttl: c.ttl,
-                        reason: String::new(),
-                    };
+                    let shape = Shape { reason: String::new(), ..c.shape };
                     assert_eq!(shape, m.shape, "{text}");
-                    assert_eq!(shape.action, direct.action, "{text}");
+                    assert_eq!(shape.action, direct.shape.action, "{text}");
                     assert!(c.origin.is_step("x", &inc.id, 0));
                 }
             }
