@@ -372,4 +372,27 @@ mod tests {
         assert!(back[0].classes().is_empty());
         assert!(rules_in(&Plan::new()).is_empty());
     }
+
+    #[test]
+    fn a_recovered_rate_limit_plans_to_the_very_same_slot() {
+        // Rates and bursts across their whole ranges (a fixed LCG: the same
+        // cases every run); each slot read back must plan to itself.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |range: std::ops::RangeInclusive<u64>| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            range.start() + (x >> 11) % (range.end() - range.start() + 1)
+        };
+        for _ in 0..200_000 {
+            let pps = next(1..=1_000_000_000);
+            let burst = next(1..=10_000_000);
+            let bps = if next(0..=1) == 1 { Some(next(1500..=100_000_000_000)) } else { None };
+            let byte_burst = bps.map(|b| (b / 10).max(7500) + next(0..=1000));
+            let r = rule(1, "10.0.0.0/8", Action::RateLimit { pps, burst, bps, byte_burst });
+            let s = slot(&r, CLOCK);
+            let k = KernelRule { index: 1, prefix: r.prefix, slot: s };
+            let mut back = r.clone();
+            back.action = k.action().unwrap();
+            assert_eq!(slot(&back, CLOCK), s, "{:?} came back as {:?}", r.action, back.action);
+        }
+    }
 }
