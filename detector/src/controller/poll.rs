@@ -142,8 +142,11 @@ impl Poller {
                 return;
             }
             let now = Instant::now();
-            next = next.max(now - Duration::from_millis(1)) + interval;
-            if next < now {
+            // On time, the next poll is one interval after this one was due;
+            // a poll that fell a whole interval behind delays the rest
+            // instead of bunching them.
+            next += interval;
+            if next <= now {
                 next = now + interval;
             }
 
