@@ -561,6 +561,19 @@ impl Store {
         tx.commit().map_err(&err)
     }
 
+    /// False for a database an older detector wrote, read before any newer
+    /// one opened it for writing: it has no executions table, so no
+    /// executions.
+    fn has_executions(&self) -> Result<bool, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runbook_executions')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.err())
+    }
+
     /// Every execution recorded for `incident`, newest first.
     pub fn executions_of(&self, incident: &str) -> Result<Vec<Execution>, StoreError> {
         let mut q = ExecutionQuery { incident: Some(incident.into()), runbook: None, limit: MAX_PAGE, before: None };
@@ -580,15 +593,7 @@ impl Store {
     /// (a controller killed mid-run): their runs are to be recorded as
     /// interrupted.
     pub fn incidents_with_unfinished_executions(&self) -> Result<Vec<String>, StoreError> {
-        let has_table: bool = self
-            .conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runbook_executions')",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(self.err())?;
-        if !has_table {
+        if !self.has_executions()? {
             return Ok(Vec::new());
         }
         let mut stmt = self
@@ -610,17 +615,7 @@ impl Store {
     /// One page of runbook executions, newest first, each with its steps in
     /// order, the cursor to the next page and the rows left out.
     pub fn execution_page(&self, q: &ExecutionQuery) -> Result<Page<Execution>, StoreError> {
-        // A database an older detector wrote, read before any newer one
-        // opened it for writing, has no such table: it has no executions.
-        let has_table: bool = self
-            .conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runbook_executions')",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(self.err())?;
-        if !has_table {
+        if !self.has_executions()? {
             return Ok(Page::default());
         }
         let limit = page_size(q.limit);
