@@ -9,6 +9,7 @@
 
 pub mod class;
 pub mod flood;
+pub mod known;
 pub mod maps;
 /// Userspace only: the fuzzer's reference, never part of the XDP object.
 #[cfg(not(target_arch = "bpf"))]

@@ -15,6 +15,9 @@ pub const RULES_MAP: &str = "RULES";
 pub const RULE_STATS_MAP: &str = "RULE_STATS";
 /// LRU hash of [`BucketKey`] to [`Bucket`]: per-source rate-limit state.
 pub const BUCKETS_MAP: &str = "BUCKETS";
+/// Array of [`Bucket`] indexed like [`RULE_STATS_MAP`]: the schedule of
+/// each aggregate rate limit, shared by every CPU.
+pub const AGGREGATE_MAP: &str = "AGGREGATE";
 /// Array of one `u32`: non-zero while any rule is in force. Without rules
 /// nothing can be dropped, so the program skips the trie lookup (the
 /// allowlist alone never changes a verdict).
@@ -67,13 +70,21 @@ pub const ALL_CLASSES: u32 = (1 << CLASS_COUNT) - 1;
 
 /// One rule, as far as a packet is concerned.
 ///
+/// Besides the source prefix (the trie's key), a slot matches on class,
+/// port ranges, frame length, TTL and destination prefix. Every range is
+/// inclusive and always set: "any" is the full range (ports 0-65535, which
+/// takes portless packets too), so matching is compares only, with no
+/// special case per field.
+///
 /// Rate limits are a GCRA (the token bucket as virtual scheduling): a
-/// source's next admission time advances by `interval_ns` per packet (and
+/// schedule's next admission time advances by `interval_ns` per packet (and
 /// by `len * byte_interval_ps / 1000` for a byte limit), and a packet is
 /// admitted while that time is no more than the tolerance ahead of now.
-/// With the coarse clock, "now" moves a tick at a time: the admitted rate
-/// over any longer span is exact, and within one tick a source may get up
-/// to a tick's worth of packets (pps x 1-10 ms) on top of its burst.
+/// The schedule is per source ([`BUCKETS_MAP`]), or one for the whole rule
+/// with [`SLOT_AGGREGATE`] ([`AGGREGATE_MAP`]). With the coarse clock,
+/// "now" moves a tick at a time: the admitted rate over any longer span is
+/// exact, and within one tick a schedule may get up to a tick's worth of
+/// packets (pps x 1-10 ms) on top of its burst.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleSlot {
@@ -81,20 +92,34 @@ pub struct RuleSlot {
     pub index: u32,
     /// Bit `c` set: the rule applies to traffic class `c`.
     pub class_mask: u32,
-    /// Source port to match; 0 matches any (and portless packets).
-    pub sport: u16,
-    /// Destination port to match; 0 matches any.
-    pub dport: u16,
+    pub sport_lo: u16,
+    pub sport_hi: u16,
+    pub dport_lo: u16,
+    pub dport_hi: u16,
+    /// Frame length, Ethernet header included.
+    pub len_lo: u16,
+    pub len_hi: u16,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl_lo: u8,
+    pub ttl_hi: u8,
     pub action: u8,
-    pub _pad: [u8; 3],
+    /// [`SLOT_AGGREGATE`], [`SLOT_SPARE_KNOWN`], [`SLOT_DST`].
+    pub flags: u8,
+    pub _pad: u32,
+    /// Destination prefix, IPv4 mapped into IPv6, as two words in the
+    /// packet's byte order; matched when `dst_addr & dst_mask == dst`.
+    /// Only read with [`SLOT_DST`].
+    pub dst: [u64; 2],
+    pub dst_mask: [u64; 2],
     /// `CLOCK_MONOTONIC` time after which the slot no longer matches, so a
     /// TTL holds even while no controller runs; 0: never. The program reads
     /// the coarse clock (`bpf_ktime_get_coarse_ns`, one scheduler tick of
     /// resolution, half the cost of the precise one).
     pub expires_ns: u64,
-    /// Rate limit: nanoseconds per admitted packet.
+    /// Rate limit: nanoseconds per admitted packet; 0: no packet limit
+    /// (an aggregate limit on bytes alone).
     pub interval_ns: u64,
-    /// Rate limit: how far ahead of now a source's schedule may run
+    /// Rate limit: how far ahead of now a schedule may run
     /// (the burst, `(burst - 1) * interval_ns`).
     pub tolerance_ns: u64,
     /// Byte limit: picoseconds per admitted byte; 0: no byte limit.
@@ -103,13 +128,36 @@ pub struct RuleSlot {
     pub byte_tolerance_ns: u64,
 }
 
+/// [`RuleSlot::flags`]: the rate limit is one budget for every packet the
+/// rule matches, kept in [`AGGREGATE_MAP`] at the rule's index.
+pub const SLOT_AGGREGATE: u8 = 1;
+/// [`RuleSlot::flags`]: a source on the known-good list passes this rule
+/// (counted as passed). Set on rules that do not name the source (a /0
+/// prefix): a signature or an aggregate limit must not cut off the
+/// host's real peers, while a rule against a source prefix applies to it.
+pub const SLOT_SPARE_KNOWN: u8 = 2;
+/// [`RuleSlot::flags`]: the rule has a destination prefix.
+pub const SLOT_DST: u8 = 4;
+
+/// A destination address as [`RuleSlot::dst`] compares it.
+#[inline(always)]
+pub const fn dst_words(addr: &[u8; 16]) -> [u64; 2] {
+    [
+        u64::from_ne_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]),
+        u64::from_ne_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]),
+    ]
+}
+
 /// Everything a packet from one prefix can match.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleEntry {
     /// [`ENTRY_ALLOW`] when the prefix is allowlisted.
     pub allow: u8,
-    pub _pad: [u8; 7],
+    /// Non-zero when a slot has a destination prefix ([`SLOT_DST`]): the
+    /// program reads the packet's destination once, before the slots.
+    pub dst: u8,
+    pub _pad: [u8; 6],
     pub slots: [RuleSlot; MAX_SLOTS],
 }
 
@@ -148,14 +196,61 @@ pub struct Bucket {
     pub byte_tat_ns: u64,
 }
 
+/// What a slot matches a packet on, besides its source and destination.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PacketKey {
+    pub class: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub len: u16,
+    pub ttl: u8,
+}
+
 impl RuleSlot {
-    /// True when this slot's scope covers a packet of `class` with these ports.
+    /// A slot that matches every packet, for the controller to narrow.
+    pub const fn any() -> RuleSlot {
+        RuleSlot {
+            index: 0,
+            class_mask: ALL_CLASSES,
+            sport_lo: 0,
+            sport_hi: u16::MAX,
+            dport_lo: 0,
+            dport_hi: u16::MAX,
+            len_lo: 0,
+            len_hi: u16::MAX,
+            ttl_lo: 0,
+            ttl_hi: u8::MAX,
+            action: ACTION_NONE,
+            flags: 0,
+            _pad: 0,
+            dst: [0; 2],
+            dst_mask: [0; 2],
+            expires_ns: 0,
+            interval_ns: 0,
+            tolerance_ns: 0,
+            byte_interval_ps: 0,
+            byte_tolerance_ns: 0,
+        }
+    }
+
+    /// True when this slot's scope covers the packet, the destination
+    /// aside (see [`RuleSlot::covers_dst`]).
     #[inline(always)]
-    pub const fn matches(&self, class: u32, sport: u16, dport: u16) -> bool {
+    pub const fn matches(&self, k: &PacketKey) -> bool {
+        // One unsigned compare per range: below `lo` wraps above `hi - lo`.
         self.action != ACTION_NONE
-            && (self.class_mask >> class) & 1 == 1
-            && (self.sport == 0 || self.sport == sport)
-            && (self.dport == 0 || self.dport == dport)
+            && (self.class_mask >> k.class) & 1 == 1
+            && k.sport.wrapping_sub(self.sport_lo) <= self.sport_hi.wrapping_sub(self.sport_lo)
+            && k.dport.wrapping_sub(self.dport_lo) <= self.dport_hi.wrapping_sub(self.dport_lo)
+            && k.len.wrapping_sub(self.len_lo) <= self.len_hi.wrapping_sub(self.len_lo)
+            && k.ttl.wrapping_sub(self.ttl_lo) <= self.ttl_hi.wrapping_sub(self.ttl_lo)
+    }
+
+    /// True when the destination (as [`dst_words`]) is in the slot's prefix.
+    #[inline(always)]
+    pub const fn covers_dst(&self, dst: &[u64; 2]) -> bool {
+        dst[0] & self.dst_mask[0] == self.dst[0] && dst[1] & self.dst_mask[1] == self.dst[1]
     }
 }
 
@@ -186,14 +281,19 @@ mod tests {
 
     #[test]
     fn layouts() {
-        assert_eq!(size_of::<RuleSlot>(), 56);
+        assert_eq!(size_of::<RuleSlot>(), 104);
         assert_eq!(offset_of!(RuleSlot, class_mask), 4);
-        assert_eq!(offset_of!(RuleSlot, sport), 8);
-        assert_eq!(offset_of!(RuleSlot, dport), 10);
-        assert_eq!(offset_of!(RuleSlot, action), 12);
-        assert_eq!(offset_of!(RuleSlot, expires_ns), 16);
-        assert_eq!(offset_of!(RuleSlot, byte_tolerance_ns), 48);
-        assert_eq!(size_of::<RuleEntry>(), 8 + 56 * MAX_SLOTS);
+        assert_eq!(offset_of!(RuleSlot, sport_lo), 8);
+        assert_eq!(offset_of!(RuleSlot, dport_lo), 12);
+        assert_eq!(offset_of!(RuleSlot, len_lo), 16);
+        assert_eq!(offset_of!(RuleSlot, ttl_lo), 20);
+        assert_eq!(offset_of!(RuleSlot, action), 22);
+        assert_eq!(offset_of!(RuleSlot, flags), 23);
+        assert_eq!(offset_of!(RuleSlot, dst), 32);
+        assert_eq!(offset_of!(RuleSlot, dst_mask), 48);
+        assert_eq!(offset_of!(RuleSlot, expires_ns), 64);
+        assert_eq!(offset_of!(RuleSlot, byte_tolerance_ns), 96);
+        assert_eq!(size_of::<RuleEntry>(), 8 + 104 * MAX_SLOTS);
         assert_eq!(offset_of!(RuleEntry, slots), 8);
         assert_eq!(size_of::<RuleCounters>(), 32);
         assert_eq!(size_of::<BucketKey>(), 20);
@@ -201,18 +301,72 @@ mod tests {
         assert_eq!(size_of::<Bucket>(), 16);
     }
 
+    fn key(class: u32, sport: u16, dport: u16) -> PacketKey {
+        PacketKey { class, sport, dport, len: 100, ttl: 64 }
+    }
+
     #[test]
     fn slot_scope() {
-        let s = RuleSlot { index: 1, class_mask: 1 << 5, dport: 53, action: ACTION_DROP, ..Default::default() };
-        assert!(s.matches(5, 1234, 53));
-        assert!(!s.matches(5, 1234, 54));
-        assert!(!s.matches(6, 1234, 53));
+        let s = RuleSlot {
+            index: 1,
+            class_mask: 1 << 5,
+            dport_lo: 53,
+            dport_hi: 53,
+            action: ACTION_DROP,
+            ..RuleSlot::any()
+        };
+        assert!(s.matches(&key(5, 1234, 53)));
+        assert!(!s.matches(&key(5, 1234, 54)));
+        assert!(!s.matches(&key(6, 1234, 53)));
         let empty = RuleSlot::default();
-        assert!(!empty.matches(5, 0, 0));
-        let any = RuleSlot { index: 2, class_mask: ALL_CLASSES, action: ACTION_DROP, ..Default::default() };
+        assert!(!empty.matches(&key(5, 0, 0)));
+        let any = RuleSlot { index: 2, action: ACTION_DROP, ..RuleSlot::any() };
         for c in 0..CLASS_COUNT as u32 {
-            assert!(any.matches(c, 0, 0));
+            assert!(any.matches(&key(c, 0, 0)));
+            assert!(any.matches(&PacketKey { class: c, sport: 65535, dport: 65535, len: 65535, ttl: 255 }));
+            assert!(any.covers_dst(&dst_words(&[7; 16])));
         }
+    }
+
+    #[test]
+    fn slot_ranges_are_inclusive() {
+        let s = RuleSlot {
+            index: 1,
+            action: ACTION_DROP,
+            sport_lo: 100,
+            sport_hi: 200,
+            len_lo: 60,
+            len_hi: 80,
+            ttl_lo: 40,
+            ttl_hi: 64,
+            ..RuleSlot::any()
+        };
+        let k = PacketKey { class: 0, sport: 100, dport: 9, len: 60, ttl: 40 };
+        assert!(s.matches(&k));
+        assert!(s.matches(&PacketKey { sport: 200, len: 80, ttl: 64, ..k }));
+        assert!(!s.matches(&PacketKey { sport: 99, ..k }));
+        assert!(!s.matches(&PacketKey { sport: 201, ..k }));
+        assert!(!s.matches(&PacketKey { len: 81, ..k }));
+        assert!(!s.matches(&PacketKey { len: 59, ..k }));
+        assert!(!s.matches(&PacketKey { ttl: 39, ..k }));
+        assert!(!s.matches(&PacketKey { ttl: 65, ..k }));
+    }
+
+    #[test]
+    fn destination_prefixes() {
+        // 192.0.2.0/24, mapped: the first 12 bytes and 3 of the address.
+        let mut mask = [0u8; 16];
+        mask[..15].fill(0xff);
+        let mut net = [0u8; 16];
+        net[10] = 0xff;
+        net[11] = 0xff;
+        net[12..15].copy_from_slice(&[192, 0, 2]);
+        let s = RuleSlot { dst: dst_words(&net), dst_mask: dst_words(&mask), ..RuleSlot::any() };
+        let mut a = net;
+        a[15] = 77;
+        assert!(s.covers_dst(&dst_words(&a)));
+        a[14] = 3;
+        assert!(!s.covers_dst(&dst_words(&a)));
     }
 
     #[test]

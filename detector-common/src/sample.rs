@@ -16,21 +16,34 @@ pub const SAMPLE_CONTROL_MAP: &str = "SAMPLE_CONTROL";
 /// Size of the ring buffer in bytes (a power of two, a multiple of the page).
 pub const SAMPLES_RING_BYTES: u32 = 1 << 20;
 
-/// The headers of one sampled packet.
+/// Bytes of transport payload a sample carries.
+pub const PAYLOAD_PREFIX: usize = 16;
+
+/// The headers of one sampled packet: what an attack's signature is
+/// derived from (addresses, ports, length, TTL, TCP flags, and the first
+/// bytes of the payload, which tell a reflected service's answers apart).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PacketSample {
     /// Source address, IPv4 mapped into IPv6.
     pub src: [u8; 16],
+    /// Destination address, IPv4 mapped into IPv6.
+    pub dst: [u8; 16],
     /// Frame length in bytes.
     pub len: u32,
     /// [`crate::TrafficClass`] id.
     pub class: u8,
-    pub _pad: u8,
+    /// IPv4 TTL or IPv6 hop limit; 0 when the packet had no sound IP header.
+    pub ttl: u8,
     /// Transport ports (TCP and UDP), 0 otherwise.
     pub sport: u16,
     pub dport: u16,
-    pub _pad2: u16,
+    /// TCP flags byte (FIN 0x01 .. CWR 0x80); 0 for other transports.
+    pub tcp_flags: u8,
+    /// How many bytes of `payload` the packet had (0 ..= [`PAYLOAD_PREFIX`]).
+    pub payload_len: u8,
+    /// The first bytes of the transport payload, zero-filled past `payload_len`.
+    pub payload: [u8; PAYLOAD_PREFIX],
 }
 
 /// The gap to the next sample for a random `r`: uniform in 1 ..= 2 * divisor
@@ -68,11 +81,16 @@ mod tests {
 
     #[test]
     fn layout() {
-        assert_eq!(size_of::<PacketSample>(), 28);
-        assert_eq!(offset_of!(PacketSample, len), 16);
-        assert_eq!(offset_of!(PacketSample, class), 20);
-        assert_eq!(offset_of!(PacketSample, sport), 22);
-        assert_eq!(offset_of!(PacketSample, dport), 24);
+        assert_eq!(size_of::<PacketSample>(), 60);
+        assert_eq!(offset_of!(PacketSample, dst), 16);
+        assert_eq!(offset_of!(PacketSample, len), 32);
+        assert_eq!(offset_of!(PacketSample, class), 36);
+        assert_eq!(offset_of!(PacketSample, ttl), 37);
+        assert_eq!(offset_of!(PacketSample, sport), 38);
+        assert_eq!(offset_of!(PacketSample, dport), 40);
+        assert_eq!(offset_of!(PacketSample, tcp_flags), 42);
+        assert_eq!(offset_of!(PacketSample, payload_len), 43);
+        assert_eq!(offset_of!(PacketSample, payload), 44);
         assert_eq!(size_of::<SampleControl>(), 4);
         assert!(SAMPLES_RING_BYTES.is_power_of_two());
     }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use aya::{Ebpf, EbpfLoader};
 use detector_common::{
+    known::KNOWN_PEERS_MAP,
     maps::{CLASS_STATS_MAP, SOURCE_STATS_MAP},
     rules::{
         BUCKETS_MAP, DEFAULT_MAX_ALLOW, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, RULES_ACTIVE_MAP, RULES_MAP,
@@ -88,7 +89,8 @@ impl CountingOptions {
 }
 
 /// The maps pinned with the link: everything a restart must find again.
-pub const PINNED_MAPS: [&str; 5] = [RULES_MAP, RULES_ACTIVE_MAP, RULE_STATS_MAP, BUCKETS_MAP, CLASS_STATS_MAP];
+pub const PINNED_MAPS: [&str; 6] =
+    [RULES_MAP, RULES_ACTIVE_MAP, RULE_STATS_MAP, BUCKETS_MAP, CLASS_STATS_MAP, KNOWN_PEERS_MAP];
 
 /// Creates the counting object's maps, with a fresh random hash seed.
 pub fn load_counting(opts: &CountingOptions) -> Result<Ebpf, LoadError> {
@@ -113,7 +115,8 @@ pub fn load_counting(opts: &CountingOptions) -> Result<Ebpf, LoadError> {
         // A reused pin keeps the layout and size it was created with.
         use core::mem::size_of;
         use detector_common::{
-            maps::ClassStats,
+            known::KnownPeer,
+            maps::{ClassStats, SourceKey},
             rules::{Bucket, BucketKey, PrefixData, RuleCounters, RuleEntry},
         };
         for (name, key, value) in [
@@ -122,6 +125,7 @@ pub fn load_counting(opts: &CountingOptions) -> Result<Ebpf, LoadError> {
             (RULE_STATS_MAP, 4, size_of::<RuleCounters>()),
             (BUCKETS_MAP, size_of::<BucketKey>(), size_of::<Bucket>()),
             (CLASS_STATS_MAP, 4, size_of::<ClassStats>()),
+            (KNOWN_PEERS_MAP, size_of::<SourceKey>(), size_of::<KnownPeer>()),
         ] {
             if let Some(info) = ebpf.map(name).and_then(map_info) {
                 if (info.key_size() as usize, info.value_size() as usize) != (key, value) {

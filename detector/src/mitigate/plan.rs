@@ -35,12 +35,16 @@ pub fn slot(rule: &Rule, clock: Clock) -> RuleSlot {
     let mut s = RuleSlot {
         index: rule.index,
         class_mask: rule.class_mask(),
-        sport: rule.sport.unwrap_or(0),
-        dport: rule.dport.unwrap_or(0),
         action: ACTION_DROP,
         expires_ns: rule.expires_ms.map(|t| clock.mono_ns_at(t)).unwrap_or(0),
-        ..Default::default()
+        ..RuleSlot::any()
     };
+    if let Some(p) = rule.sport {
+        (s.sport_lo, s.sport_hi) = (p, p);
+    }
+    if let Some(p) = rule.dport {
+        (s.dport_lo, s.dport_hi) = (p, p);
+    }
     if let Action::RateLimit { pps, burst, bps, byte_burst } = &rule.action {
         s.action = ACTION_RATE_LIMIT;
         s.interval_ns = 1_000_000_000 / (*pps).max(1);
@@ -272,7 +276,7 @@ mod tests {
         r.expires_ms = Some(CLOCK.wall_ms + 2_000);
         let s = slot(&r, CLOCK);
         assert_eq!(s.class_mask, 1 << TrafficClass::TcpSyn.index());
-        assert_eq!((s.sport, s.dport, s.action), (11211, 80, ACTION_DROP));
+        assert_eq!((s.sport_lo, s.sport_hi, s.dport_lo, s.dport_hi, s.action), (11211, 11211, 80, 80, ACTION_DROP));
         assert_eq!(s.expires_ns, CLOCK.mono_ns + 2_000_000_000);
         let mut r = rule(4, "::/0", Action::RateLimit { pps: 1000, burst: 1, bps: Some(1_000_000), byte_burst: None });
         r.expires_ms = Some(1);

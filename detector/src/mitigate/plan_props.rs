@@ -28,7 +28,7 @@ use std::{
 
 use crate::clock::Clock;
 use detector_common::{
-    rules::{RuleEntry, ACTION_DROP, ACTION_RATE_LIMIT, ENTRY_ALLOW, MAX_SLOTS},
+    rules::{PacketKey, RuleEntry, ACTION_DROP, ACTION_RATE_LIMIT, ENTRY_ALLOW, MAX_SLOTS},
     TrafficClass,
 };
 use proptest::{
@@ -296,7 +296,8 @@ fn compiled(plan: &Plan, p: &Packet, now_ns: u64) -> Verdict {
         if s.index == 0 {
             break;
         }
-        if s.matches(p.class as u32, p.sport, p.dport) && (s.expires_ns == 0 || now_ns < s.expires_ns) {
+        let k = PacketKey { class: p.class as u32, sport: p.sport, dport: p.dport, len: 100, ttl: 64 };
+        if s.matches(&k) && (s.expires_ns == 0 || now_ns < s.expires_ns) {
             assert!(s.action == ACTION_DROP || s.action == ACTION_RATE_LIMIT, "slot {s:?}");
             return Verdict::Rule {
                 index: s.index,

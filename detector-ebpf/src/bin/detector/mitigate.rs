@@ -1,6 +1,10 @@
 //! The mitigation verdict: one LPM lookup on the source, then the entry's
 //! slots in order (see `detector_common::rules`). Nothing here decides what
 //! the rules are; the controller writes them.
+//!
+//! A slot that matches decides. Its action is skipped (the packet passes,
+//! counted as passed) for an allowlisted prefix, and for a known-good
+//! source when the slot spares them (rules that do not name a source).
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -9,14 +13,16 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
 };
 use detector_common::{
-    maps::ClassStats,
+    known::{KnownPeer, DEFAULT_MAX_KNOWN},
+    maps::{ClassStats, SourceKey},
     rules::{
-        gcra, Bucket, BucketKey, DropReason, PrefixData, RuleCounters, RuleEntry, RuleSlot, ACTION_DROP,
-        ACTION_RATE_LIMIT, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, ENTRY_ALLOW, MAX_SLOTS,
+        gcra, Bucket, BucketKey, DropReason, PacketKey, PrefixData, RuleCounters, RuleEntry, RuleSlot, ACTION_DROP,
+        ACTION_RATE_LIMIT, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, ENTRY_ALLOW, MAX_SLOTS, SLOT_AGGREGATE,
+        SLOT_DST, SLOT_SPARE_KNOWN,
     },
 };
 
-use crate::parse::Ports;
+use crate::parse::Parsed;
 
 /// Source prefix to the rules that cover it (and its allowlist flag).
 #[map]
@@ -35,6 +41,14 @@ static RULE_STATS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(DEF
 #[map]
 static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::with_max_entries(DEFAULT_MAX_BUCKETS, 0);
 
+/// Per aggregate rate-limit rule index: the rule's one schedule.
+#[map]
+static AGGREGATE: Array<Bucket> = Array::with_max_entries(DEFAULT_MAX_RULES + 1, 0);
+
+/// The host's real peers (see `detector_common::known`).
+#[map]
+pub static KNOWN_PEERS: LruHashMap<SourceKey, KnownPeer> = LruHashMap::with_max_entries(DEFAULT_MAX_KNOWN, 0);
+
 /// CAS attempts on a shared bucket before giving up on the packet (dropped:
 /// under that much contention the source is far over any limit).
 const CAS_TRIES: usize = 4;
@@ -42,13 +56,20 @@ const CAS_TRIES: usize = 4;
 /// True when the packet must be dropped; a drop is counted in `stats`, the
 /// packet's class entry.
 #[inline(always)]
-pub fn drops(src: &[u8; 16], class: u32, ports: Ports, len: u64, stats: *mut ClassStats) -> bool {
+pub fn drops(p: &Parsed, src: &[u8; 16], len: u64, stats: *mut ClassStats) -> bool {
     // An array read, against a trie walk: peacetime traffic pays nothing more.
     if RULES_ACTIVE.get(0).copied().unwrap_or(0) == 0 {
         return false;
     }
     let Some(entry) = RULES.get(Key::new(128, *src)) else {
         return false;
+    };
+    let k = PacketKey {
+        class: p.class as u32,
+        sport: p.ports.src,
+        dport: p.ports.dst,
+        len: if len > 0xffff { 0xffff } else { len as u16 },
+        ttl: p.ttl,
     };
     // First the slot that decides (cheap checks only), then its action,
     // written once: the verifier walks the action's branches once, not
@@ -62,7 +83,7 @@ pub fn drops(src: &[u8; 16], class: u32, ports: Ports, len: u64, stats: *mut Cla
             // Slots are packed: the first empty one ends the list.
             break;
         }
-        if s.matches(class, ports.src, ports.dst) {
+        if s.matches(&k) && (s.flags & SLOT_DST == 0 || s.covers_dst(&p.dst)) {
             if s.expires_ns == 0 {
                 found = i;
                 break;
@@ -81,17 +102,30 @@ pub fn drops(src: &[u8; 16], class: u32, ports: Ports, len: u64, stats: *mut Cla
         return false;
     }
     let s = &entry.slots[found];
+    let spared = entry.allow == ENTRY_ALLOW || (s.flags & SLOT_SPARE_KNOWN != 0 && is_known(src));
     if s.action == ACTION_RATE_LIMIT && now == 0 {
         now = unsafe { bpf_ktime_get_coarse_ns() };
     }
-    let drop = entry.allow != ENTRY_ALLOW
+    let drop = !spared
         && match s.action {
             ACTION_DROP => true,
-            ACTION_RATE_LIMIT => !admit(s, src, len, now),
+            ACTION_RATE_LIMIT => {
+                if s.flags & SLOT_AGGREGATE != 0 {
+                    !admit_aggregate(s, len, now)
+                } else {
+                    !admit(s, src, len, now)
+                }
+            }
             _ => false,
         };
     count(s, len, drop, stats);
     drop
+}
+
+/// True when `src` is a known-good peer.
+#[inline(always)]
+fn is_known(src: &[u8; 16]) -> bool {
+    unsafe { KNOWN_PEERS.get(SourceKey { addr: *src }).is_some() }
 }
 
 #[inline(always)]
@@ -134,6 +168,22 @@ fn admit(s: &RuleSlot, src: &[u8; 16], len: u64, now: u64) -> bool {
         }
     };
     if !take(unsafe { &raw mut (*b).tat_ns }, now, s.interval_ns, s.tolerance_ns) {
+        return false;
+    }
+    if s.byte_interval_ps != 0 {
+        let increment = len * s.byte_interval_ps / 1000;
+        return take(unsafe { &raw mut (*b).byte_tat_ns }, now, increment, s.byte_tolerance_ns);
+    }
+    true
+}
+
+/// Takes one admission from an aggregate rule's one schedule.
+#[inline(always)]
+fn admit_aggregate(s: &RuleSlot, len: u64, now: u64) -> bool {
+    let Some(b) = AGGREGATE.get_ptr_mut(s.index) else {
+        return false;
+    };
+    if s.interval_ns != 0 && !take(unsafe { &raw mut (*b).tat_ns }, now, s.interval_ns, s.tolerance_ns) {
         return false;
     }
     if s.byte_interval_ps != 0 {

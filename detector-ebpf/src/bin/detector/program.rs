@@ -14,7 +14,7 @@ use detector_common::{
 
 use crate::{
     mitigate,
-    parse::{parse, Ports},
+    parse::{self, parse, Parsed},
 };
 
 /// Per class: cumulative packets and bytes, seen and dropped. Exact
@@ -66,22 +66,55 @@ pub fn detector(ctx: XdpContext) -> u32 {
         (*stats).seen.packets += 1;
         (*stats).seen.bytes += len;
     }
-    if let Some(src) = parsed.src {
-        // Counted in its class first: detection sees a flood it mitigates.
-        // A dropped packet's source is already known; it is not tracked.
-        if mitigate::drops(&src, class, parsed.ports, len, stats) {
-            return xdp_action::XDP_DROP;
-        }
-        track_source(src, class, parsed.ports, len);
+    let Some(parsed) = launder(parsed) else {
+        return xdp_action::XDP_PASS;
+    };
+    if !parsed.has_src {
+        return xdp_action::XDP_PASS;
     }
+    let src = parse::bytes(parsed.src);
+    let Some(w) = WINDOW.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // Sampled before the verdict, so an attack's samples go on after its
+    // mitigation starts; and so the header offsets, which only the sample
+    // and a destination rule read, are dead by the rule walk (the verifier
+    // would otherwise walk it once per parser path).
+    sample(w, start, end, parsed, len);
+    // Counted in its class first: detection sees a flood it mitigates.
+    // A dropped packet's source is already known; it is not tracked.
+    if mitigate::drops(parsed, &src, len, stats) {
+        return xdp_action::XDP_DROP;
+    }
+    track_source(w, src, class as usize, len);
     xdp_action::XDP_PASS
+}
+
+/// This CPU's copy of the parser's findings (see [`launder`]).
+#[map]
+static PARSED: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);
+
+/// The parser's findings, written to a map and read back. The verifier
+/// tracks every value the parser computed, so each way through the parser
+/// (a class, a header layout) reaches the code after it in a state of its
+/// own, and that code would be walked once per way (past the verifier's
+/// budget with the rule slots). Read back from a map they are plain
+/// numbers, and the ways meet. Costs a store of the findings in a per-CPU
+/// array, once per packet; the code after reads them from there.
+#[inline(always)]
+fn launder(p: Parsed) -> Option<&'static Parsed> {
+    let slot = PARSED.get_ptr_mut(0)?;
+    unsafe {
+        core::ptr::write_volatile(slot, p);
+        Some(&*slot)
+    }
 }
 
 /// Copies the headers of this packet into the ring buffer when the CPU's
 /// countdown to its next sample runs out. A full ring drops the sample; the
 /// counters are unaffected.
 #[inline(always)]
-fn sample(w: *mut Window, src: [u8; 16], class: u32, ports: Ports, len: u64) {
+fn sample(w: *mut Window, start: usize, end: usize, p: &Parsed, len: u64) {
     unsafe {
         if (*w).sample_countdown > 1 {
             (*w).sample_countdown -= 1;
@@ -93,26 +126,29 @@ fn sample(w: *mut Window, src: [u8; 16], class: u32, ports: Ports, len: u64) {
     if divisor == 0 {
         return;
     }
-    let s = PacketSample {
-        src,
-        len: len as u32,
-        class: class as u8,
-        _pad: 0,
-        sport: ports.src,
-        dport: ports.dst,
-        _pad2: 0,
+    // Written in place in the ring: a sample is larger than the stack
+    // space left to copy it from.
+    let Some(mut entry) = SAMPLES.reserve::<PacketSample>(0) else {
+        return;
     };
-    let _ = SAMPLES.output::<PacketSample>(&s, 0);
+    let s = entry.as_mut_ptr();
+    unsafe {
+        (*s).src = parse::bytes(p.src);
+        (*s).dst = parse::bytes(p.dst);
+        (*s).len = len as u32;
+        (*s).class = p.class as u8;
+        (*s).ttl = p.ttl;
+        (*s).sport = p.ports.src;
+        (*s).dport = p.ports.dst;
+        (*s).tcp_flags = p.tcp_flags;
+        (*s).payload_len = parse::payload_prefix(start, end, &p.at, &mut (*s).payload);
+    }
+    entry.submit(0);
 }
 
 #[inline(always)]
-fn track_source(src: [u8; 16], class_id: u32, ports: Ports, len: u64) {
-    let class = class_id as usize;
+fn track_source(w: *mut Window, src: [u8; 16], class: usize, len: u64) {
     let epoch = EPOCH.get(0).copied().unwrap_or(0) & EPOCH_MASK;
-    let Some(w) = WINDOW.get_ptr_mut(0) else {
-        return;
-    };
-    sample(w, src, class_id, ports, len);
     let total = unsafe {
         if (*w).epoch != epoch {
             (*w).epoch = epoch;
