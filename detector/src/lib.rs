@@ -34,5 +34,6 @@ pub mod rates;
 pub mod runbook;
 pub mod samples;
 pub mod sources;
+pub mod span;
 pub mod statedir;
 pub mod view;
