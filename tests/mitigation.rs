@@ -244,7 +244,14 @@ fn a_full_table_refuses_and_bad_input_is_named() {
     refused(&c, &["block", "add", "10.0.0.1/8"], "has host bits set; did you mean 10.0.0.0/8?");
     refused(&c, &["block", "add", "300.0.0.0/8"], "'300.0.0.0' is not an IP address");
     refused(&c, &["block", "add", "10.0.0.0/40"], "at most 32");
-    refused(&c, &["block", "add", "10.0.0.0/8", "--port", "0"], "0 is not in 1..=65535");
+    refused(&c, &["block", "add", "10.0.0.0/8", "--port", "0"], "port 0 cannot be matched");
+    refused(&c, &["block", "add", "0.0.0.0/0", "--length", "80-60"], "the range 80-60 is inverted");
+    refused(&c, &["block", "add", "0.0.0.0/0", "--length", ""], "is not a number or a range");
+    refused(&c, &["block", "add", "0.0.0.0/0", "--ip-ttl", "50-300"], "300 is out of range (0 to 255)");
+    refused(&c, &["block", "add", "0.0.0.0/0", "--class", "icmp", "--port", "80"], "the rule can match no packet");
+    refused(&c, &["block", "add", "10.0.0.0/8", "--dst", "2001:db8::/32"], "of different IP families");
+    refused(&c, &["ratelimit", "add", "0.0.0.0/0", "--aggregate", "--pps", "0"], "rate 0 packets per second");
+    refused(&c, &["ratelimit", "add", "0.0.0.0/0", "--aggregate"], "an aggregate limit needs a rate");
     refused(&c, &["block", "add", "10.0.0.0/8", "--port", "70000"], "70000");
     refused(&c, &["block", "add", "10.0.0.0/8", "--ttl", "soon"], "'soon' is not a duration");
     refused(&c, &["block", "add", "10.0.0.0/8", "--class", "udpp"], "unknown traffic class 'udpp'");
@@ -367,4 +374,55 @@ fn a_rate_limit_admits_its_rate_per_source() {
     eprintln!("worst per-source deviation {:.1}%", worst * 100.0);
     let total: u64 = counts.values().sum();
     assert!((total as f64 - passed as f64).abs() / (passed as f64) < 0.02, "socket got {total}, rule passed {passed}");
+}
+
+/// Rules on what a spoofed flood's packets have in common (class, port,
+/// length, destination), not on their sources; and an aggregate limit, one
+/// budget for every source together. Counted at the target's stack.
+#[test]
+fn signature_rules_and_aggregate_limits() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let c = Controller::start(&lab, &[]);
+    let out = ok(&c, &["block", "add", "0.0.0.0/0", "--class", "udp", "--dport", "27015", "--length", "100-200"]);
+    assert!(out.contains("r1 drop 0.0.0.0/0 class udp dport 27015 len 100-200"), "{out}");
+    let flood = |port: &str, size: &str, count: &str| {
+        let args = ["--kind", "udp", "--count", count, "--rate", "50000", "--src", "198.18.0.0/16", "--sources", "5000"];
+        reaching_stack(&lab, || send(&lab, &[&args[..], &["--dst-port", port, "--size", size]].concat()))
+    };
+    // 5,000 spoofed sources, the signature's port and length: dropped.
+    let through = flood("27015", "150", "5000");
+    assert!(through <= 50, "{through} of 5000 flood datagrams got through (at most 1% may)");
+    // The same sources to another port, or with another length: untouched.
+    assert!(flood("27016", "150", "1000") >= 1000, "another port passes");
+    assert!(flood("27015", "300", "1000") >= 1000, "another length passes");
+    let v = rules(&c);
+    assert_eq!(rule(&v, "r1")["dropped_packets"], 5000, "{v}");
+    assert_eq!(rule(&v, "r1")["length"], "100-200", "{v}");
+
+    // A destination prefix: only floods to it match.
+    let other = ok(&c, &["block", "add", "0.0.0.0/0", "--class", "udp", "--dport", "27016", "--dst", "198.51.100.0/24"]);
+    assert!(other.contains("dst 198.51.100.0/24"), "{other}");
+    assert!(flood("27016", "150", "500") >= 500, "the lab's target is not in 198.51.100.0/24");
+    ok(&c, &["rules", "remove", "r2"]);
+    let tgt = format!("{TGT_V4}/32");
+    ok(&c, &["block", "add", "0.0.0.0/0", "--class", "udp", "--dport", "27016", "--dst", &tgt]);
+    assert!(flood("27016", "150", "500") <= 5, "a flood at the rule's destination is dropped");
+
+    // One budget for all sources: 2,000 packets per second with a burst of
+    // 200, whatever the number of sources.
+    let out = ok(
+        &c,
+        &["ratelimit", "add", "0.0.0.0/0", "--aggregate", "--pps", "2000", "--burst", "200", "--class", "udp", "--dport", "27017"],
+    );
+    assert!(out.contains("aggregate_limit 0.0.0.0/0 class udp dport 27017 2000/s burst 200"), "{out}");
+    let started = Instant::now();
+    let through = flood("27017", "150", "20000");
+    let secs = started.elapsed().as_secs_f64();
+    // 20,000 datagrams at 50,000/s take 0.4 s or more: at most the burst
+    // and 2,000 a second for the time the flood ran (with a tick of slack).
+    let most = 200.0 + 2000.0 * (secs + 0.02);
+    eprintln!("aggregate: {through} of 20000 admitted in {secs:.2} s (at most {most:.0})");
+    assert!((through as f64) <= most, "{through} admitted, more than {most:.0}");
+    assert!(through >= 200 + 2000 * 4 / 10 - 100, "{through} admitted: the budget was not granted");
 }

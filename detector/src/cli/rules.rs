@@ -15,6 +15,7 @@ use detector::{
         ruleset::Removed,
     },
     privileges::{self, Need},
+    span::Span,
 };
 
 use super::{
@@ -63,12 +64,24 @@ pub struct MatchArgs {
     /// (tcp_syn, dns_response, udp_amplification, ...). Repeat for several.
     #[arg(long = "class", value_name = "CLASS", value_delimiter = ',')]
     pub classes: Vec<String>,
-    /// Only this destination port.
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    pub port: Option<u16>,
-    /// Only this source port (for example 11211, the memcached reflectors).
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    pub source_port: Option<u16>,
+    /// Only this destination port or range (`53`, `1024-65535`).
+    #[arg(long, visible_alias = "dport", value_name = "PORT[-PORT]")]
+    pub port: Option<Span<u16>>,
+    /// Only this source port or range (for example 11211, the memcached
+    /// reflectors).
+    #[arg(long, visible_alias = "sport", value_name = "PORT[-PORT]")]
+    pub source_port: Option<Span<u16>>,
+    /// Only packets to this destination prefix or address.
+    #[arg(long, value_name = "CIDR")]
+    pub dst: Option<String>,
+    /// Only frames of this length in bytes, Ethernet header included
+    /// (`60-80`, `1514`).
+    #[arg(long, value_name = "BYTES[-BYTES]")]
+    pub length: Option<Span<u16>>,
+    /// Only packets whose IPv4 TTL or IPv6 hop limit is in this range
+    /// (`50-64`): spoofed floods often come from one distance.
+    #[arg(long, visible_alias = "hop-limit", value_name = "N[-N]")]
+    pub ip_ttl: Option<Span<u8>>,
     /// Remove the rule after this long (for example 10m, 2h); without it the
     /// rule stays until removed.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -90,14 +103,21 @@ pub struct BlockArgs {
 pub struct RateLimitArgs {
     #[command(flatten)]
     pub m: MatchArgs,
-    /// Packets per second admitted per source address.
-    #[arg(long, value_name = "N")]
-    pub pps: u64,
+    /// Packets per second admitted per source address (with --aggregate:
+    /// for all matching packets together).
+    #[arg(long, value_name = "N", required_unless_present = "aggregate")]
+    pub pps: Option<u64>,
+    /// One budget shared by every matching packet, whatever its source,
+    /// instead of one per source: packets (--pps) and/or bytes (--bps)
+    /// per second.
+    #[arg(long)]
+    pub aggregate: bool,
     /// Packets a source may send at once above the rate (default: a tenth
     /// of a second's worth, at least 5).
     #[arg(long, value_name = "N")]
     pub burst: Option<u64>,
-    /// Also limit each source to this many bytes per second.
+    /// Also limit each source (with --aggregate: all of them together) to
+    /// this many bytes per second.
     #[arg(long, value_name = "N")]
     pub bps: Option<u64>,
 }
@@ -132,6 +152,9 @@ fn request(action: &str, m: &MatchArgs) -> RuleRequest {
         classes: m.classes.clone(),
         sport: m.source_port,
         dport: m.port,
+        dst: m.dst.clone(),
+        length: m.length,
+        ip_ttl: m.ip_ttl,
         ttl_ms,
         reason: m.reason.clone(),
         ..Default::default()
@@ -175,7 +198,8 @@ pub fn block(cmd: AddCommand<BlockArgs>) -> anyhow::Result<()> {
 pub fn ratelimit(cmd: AddCommand<RateLimitArgs>) -> anyhow::Result<()> {
     let AddCommand::Add(args) = cmd;
     let req = checked(RuleRequest {
-        pps: Some(args.pps),
+        pps: args.pps,
+        aggregate: args.aggregate,
         burst: args.burst,
         bps: args.bps,
         ..request("rate_limit", &args.m)

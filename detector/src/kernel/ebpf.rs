@@ -8,7 +8,7 @@ use detector_common::{
     known::KNOWN_PEERS_MAP,
     maps::{CLASS_STATS_MAP, SOURCE_STATS_MAP},
     rules::{
-        BUCKETS_MAP, DEFAULT_MAX_ALLOW, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, RULES_ACTIVE_MAP, RULES_MAP,
+        AGGREGATE_MAP, BUCKETS_MAP, DEFAULT_MAX_ALLOW, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, RULES_ACTIVE_MAP, RULES_MAP,
         RULE_STATS_MAP,
     },
 };
@@ -103,6 +103,7 @@ pub fn load_counting(opts: &CountingOptions) -> Result<Ebpf, LoadError> {
         .map_max_entries(SOURCE_STATS_MAP, opts.max_sources)
         .map_max_entries(RULES_MAP, opts.trie_entries())
         .map_max_entries(RULE_STATS_MAP, opts.max_rules + 1)
+        .map_max_entries(AGGREGATE_MAP, opts.max_rules + 1)
         .map_max_entries(BUCKETS_MAP, opts.max_buckets);
     if let Some((dir, _)) = &opts.pins {
         for name in PINNED_MAPS {

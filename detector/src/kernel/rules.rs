@@ -9,7 +9,9 @@ use aya::{
     util::nr_cpus,
     Ebpf,
 };
-use detector_common::rules::{PrefixData, RuleCounters, RuleEntry, RULES_ACTIVE_MAP, RULES_MAP, RULE_STATS_MAP};
+use detector_common::rules::{
+    Bucket, PrefixData, RuleCounters, RuleEntry, AGGREGATE_MAP, RULES_ACTIVE_MAP, RULES_MAP, RULE_STATS_MAP,
+};
 use thiserror::Error;
 
 use super::ebpf;
@@ -35,6 +37,8 @@ pub struct RuleMaps {
     rules: LpmTrie<MapData, PrefixData, RuleEntry>,
     stats: PerCpuArray<MapData, RuleCounters>,
     active: Array<MapData, u32>,
+    /// Aggregate limits' schedules, by rule index.
+    aggregate: Array<MapData, Bucket>,
     /// What the trie holds now.
     applied: Plan,
 }
@@ -49,7 +53,9 @@ impl RuleMaps {
             PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", RULE_STATS_MAP)?).map_err(layout(RULE_STATS_MAP))?;
         let active =
             Array::try_from(ebpf::take_map(ebpf, "detector", RULES_ACTIVE_MAP)?).map_err(layout(RULES_ACTIVE_MAP))?;
-        let mut maps = RuleMaps { rules, stats, active, applied: Plan::new() };
+        let aggregate =
+            Array::try_from(ebpf::take_map(ebpf, "detector", AGGREGATE_MAP)?).map_err(layout(AGGREGATE_MAP))?;
+        let mut maps = RuleMaps { rules, stats, active, aggregate, applied: Plan::new() };
         maps.applied = maps.read_trie()?;
         Ok(maps)
     }
@@ -105,8 +111,15 @@ impl RuleMaps {
         })
     }
 
-    /// Zeroes a rule's counters, before its index is given to a new rule.
+    /// Zeroes a rule's counters and its aggregate schedule, before its
+    /// index is given to a new rule (a schedule left by a slower limit
+    /// would hold the new one back).
     pub fn reset_counters(&mut self, index: u32) -> Result<(), KernelError> {
+        self.aggregate.set(index, Bucket::default(), 0).map_err(|source| KernelError::Write {
+            map: AGGREGATE_MAP,
+            prefix: format!("index {index}"),
+            source,
+        })?;
         let cpus = nr_cpus().map_err(|(_, e)| KernelError::Read { map: RULE_STATS_MAP, source: MapError::from(e) })?;
         let zero = PerCpuValues::try_from(vec![RuleCounters::default(); cpus]).map_err(|e| KernelError::Write {
             map: RULE_STATS_MAP,

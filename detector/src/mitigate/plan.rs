@@ -9,7 +9,10 @@
 use std::collections::BTreeMap;
 
 use detector_common::{
-    rules::{RuleEntry, RuleSlot, ACTION_DROP, ACTION_RATE_LIMIT, ALL_CLASSES, ENTRY_ALLOW, MAX_SLOTS},
+    rules::{
+        dst_words, RuleEntry, RuleSlot, ACTION_DROP, ACTION_RATE_LIMIT, ALL_CLASSES, ENTRY_ALLOW, MAX_SLOTS,
+        SLOT_AGGREGATE, SLOT_DST, SLOT_SPARE_KNOWN,
+    },
     TrafficClass,
 };
 use thiserror::Error;
@@ -18,8 +21,9 @@ use crate::clock::Clock;
 
 use super::{
     prefix::Prefix,
-    rule::{class_mask, Action, Rule},
+    rule::{class_mask, Action, Match, Rule},
 };
+use crate::span::Span;
 
 /// The trie's contents: one entry per prefix.
 pub type Plan = BTreeMap<Prefix, RuleEntry>;
@@ -39,37 +43,63 @@ pub fn slot(rule: &Rule, clock: Clock) -> RuleSlot {
         expires_ns: rule.expires_ms.map(|t| clock.mono_ns_at(t)).unwrap_or(0),
         ..RuleSlot::any()
     };
-    if let Some(p) = rule.sport {
-        (s.sport_lo, s.sport_hi) = (p, p);
+    let m = &rule.m;
+    if let Some(p) = m.sport {
+        (s.sport_lo, s.sport_hi) = (p.lo, p.hi);
     }
-    if let Some(p) = rule.dport {
-        (s.dport_lo, s.dport_hi) = (p, p);
+    if let Some(p) = m.dport {
+        (s.dport_lo, s.dport_hi) = (p.lo, p.hi);
     }
-    if let Action::RateLimit { pps, burst, bps, byte_burst } = &rule.action {
-        s.action = ACTION_RATE_LIMIT;
-        s.interval_ns = 1_000_000_000 / (*pps).max(1);
-        s.tolerance_ns = s.interval_ns * burst.saturating_sub(1);
-        if let Some(bps) = bps {
-            s.byte_interval_ps = 1_000_000_000_000 / (*bps).max(1);
-            let burst_bytes = byte_burst.unwrap_or(*bps / 10);
-            s.byte_tolerance_ns = burst_bytes * s.byte_interval_ps / 1000;
+    if let Some(l) = m.length {
+        (s.len_lo, s.len_hi) = (l.lo, l.hi);
+    }
+    if let Some(t) = m.ip_ttl {
+        (s.ttl_lo, s.ttl_hi) = (t.lo, t.hi);
+    }
+    if let Some(d) = m.dst {
+        let (net, bits) = d.key();
+        let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+        s.dst = dst_words(&net);
+        s.dst_mask = dst_words(&mask.to_be_bytes());
+        s.flags |= SLOT_DST;
+    }
+    if rule.prefix.is_any_source() {
+        s.flags |= SLOT_SPARE_KNOWN;
+    }
+    let (pps, burst, bps, byte_burst) = match &rule.action {
+        Action::Drop => return s,
+        Action::RateLimit { pps, burst, bps, byte_burst } => (Some(*pps), Some(*burst), *bps, *byte_burst),
+        Action::AggregateLimit { pps, burst, bps, byte_burst } => {
+            s.flags |= SLOT_AGGREGATE;
+            (*pps, *burst, *bps, *byte_burst)
         }
+    };
+    s.action = ACTION_RATE_LIMIT;
+    if let Some(pps) = pps {
+        s.interval_ns = 1_000_000_000 / pps.max(1);
+        s.tolerance_ns = s.interval_ns * burst.unwrap_or(1).saturating_sub(1);
+    }
+    if let Some(bps) = bps {
+        s.byte_interval_ps = 1_000_000_000_000 / bps.max(1);
+        let burst_bytes = byte_burst.unwrap_or(bps / 10);
+        s.byte_tolerance_ns = burst_bytes * s.byte_interval_ps / 1000;
     }
     s
 }
 
 /// Which of two rules covering the same address decides first: drops before
-/// rate limits (the stronger action wins), then the longer prefix, then the
-/// narrower scope (more ports given, then fewer classes), then the older
-/// rule. Older is by the rule's number, not its counter index: indexes are
+/// rate limits, per-source limits before aggregate ones (the stronger action
+/// wins), then the longer prefix, then the narrower scope (more match
+/// fields given, then fewer classes), then the older rule. Older is by the rule's number, not its counter index: indexes are
 /// reused as rules come and go, so a new rule can hold a lower one.
 fn precedence(r: &Rule) -> (u8, std::cmp::Reverse<u8>, u32, u64, u32) {
     let action = match r.action {
         Action::Drop => 0,
         Action::RateLimit { .. } => 1,
+        Action::AggregateLimit { .. } => 2,
     };
-    let ports = r.sport.is_none() as u32 + r.dport.is_none() as u32;
-    (action, std::cmp::Reverse(r.prefix.bits()), ports * 64 + r.class_mask().count_ones(), number(r), r.index)
+    let open = 5 - r.m.narrowing();
+    (action, std::cmp::Reverse(r.prefix.bits()), open * 64 + r.class_mask().count_ones(), number(r), r.index)
 }
 
 /// A rule's number: ids are `r<N>`, given in creation order and never
@@ -101,6 +131,9 @@ pub fn plan(rules: &[&Rule], allow: &[Prefix], clock: Clock) -> Result<Plan, Pla
         }
         for (slot_out, r) in entry.slots.iter_mut().zip(covering) {
             *slot_out = slot(r, clock);
+            if slot_out.flags & SLOT_DST != 0 {
+                entry.dst = 1;
+            }
         }
         out.insert(p, entry);
     }
@@ -161,6 +194,13 @@ impl KernelRule {
         let s = &self.slot;
         match s.action {
             ACTION_DROP => Some(Action::Drop),
+            ACTION_RATE_LIMIT if s.flags & SLOT_AGGREGATE != 0 => {
+                let pps = (s.interval_ns > 0).then(|| (1_000_000_000 / s.interval_ns).max(1));
+                let burst = pps.map(|_| s.tolerance_ns / s.interval_ns + 1);
+                let bps = 1_000_000_000_000u64.checked_div(s.byte_interval_ps).map(|b| b.max(1));
+                let byte_burst = bps.map(|_| (s.byte_tolerance_ns * 1000).div_ceil(s.byte_interval_ps));
+                (pps.is_some() || bps.is_some()).then_some(Action::AggregateLimit { pps, burst, bps, byte_burst })
+            }
             ACTION_RATE_LIMIT if s.interval_ns > 0 => {
                 // The largest rate with this interval: the rule's own rate
                 // lies in (1e9 / (interval + 1), 1e9 / interval], so this one
@@ -177,6 +217,20 @@ impl KernelRule {
         }
     }
 
+    /// The slot's match fields, back in a rule's terms.
+    pub fn matcher(&self) -> Match {
+        let s = &self.slot;
+        let span16 = |lo: u16, hi: u16| (lo, hi) != (0, u16::MAX) && lo <= hi;
+        Match {
+            sport: span16(s.sport_lo, s.sport_hi).then_some(Span { lo: s.sport_lo, hi: s.sport_hi }),
+            dport: span16(s.dport_lo, s.dport_hi).then_some(Span { lo: s.dport_lo, hi: s.dport_hi }),
+            length: span16(s.len_lo, s.len_hi).then_some(Span { lo: s.len_lo, hi: s.len_hi }),
+            ip_ttl: ((s.ttl_lo, s.ttl_hi) != (0, u8::MAX) && s.ttl_lo <= s.ttl_hi)
+                .then_some(Span { lo: s.ttl_lo, hi: s.ttl_hi }),
+            dst: (s.flags & SLOT_DST != 0).then(|| dst_prefix(&s.dst, &s.dst_mask)).flatten(),
+        }
+    }
+
     /// When the slot stops matching, on the wall clock; `None`: never.
     pub fn expires_ms(&self, clock: Clock) -> Option<u64> {
         (self.slot.expires_ns != 0).then(|| {
@@ -184,6 +238,22 @@ impl KernelRule {
             (clock.wall_ms as i128 + delta_ms).max(0) as u64
         })
     }
+}
+
+/// The destination prefix of a slot's words, when the mask is a prefix.
+fn dst_prefix(dst: &[u64; 2], mask: &[u64; 2]) -> Option<Prefix> {
+    let bytes = |w: &[u64; 2]| {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&w[0].to_ne_bytes());
+        b[8..].copy_from_slice(&w[1].to_ne_bytes());
+        u128::from_be_bytes(b)
+    };
+    let m = bytes(mask);
+    let bits = m.leading_ones();
+    if m.count_ones() != bits {
+        return None;
+    }
+    Prefix::from_key(bytes(dst).to_be_bytes(), bits)
 }
 
 /// The rules a trie holds: one per counters index, at the shortest prefix
@@ -213,8 +283,7 @@ mod tests {
             index: id,
             prefix: prefix.parse().unwrap(),
             classes: vec![],
-            sport: None,
-            dport: None,
+            m: Match::default(),
             action,
             reason: String::new(),
             origin: Origin::operator(),
@@ -271,8 +340,8 @@ mod tests {
     fn slot_fields() {
         let mut r = rule(3, "192.0.2.0/24", Action::Drop);
         r.classes = vec!["tcp_syn".into()];
-        r.dport = Some(80);
-        r.sport = Some(11211);
+        r.m.dport = Some(Span::one(80));
+        r.m.sport = Some(Span::one(11211));
         r.expires_ms = Some(CLOCK.wall_ms + 2_000);
         let s = slot(&r, CLOCK);
         assert_eq!(s.class_mask, 1 << TrafficClass::TcpSyn.index());
@@ -289,11 +358,65 @@ mod tests {
     }
 
     #[test]
+    fn signature_slots() {
+        let mut r = rule(5, "0.0.0.0/0", Action::Drop);
+        r.classes = vec!["udp".into()];
+        r.m = Match {
+            sport: Some(Span { lo: 1024, hi: 65535 }),
+            dport: Some(Span::one(27015)),
+            dst: Some("192.0.2.0/24".parse().unwrap()),
+            length: Some(Span { lo: 60, hi: 80 }),
+            ip_ttl: Some(Span { lo: 50, hi: 64 }),
+        };
+        let s = slot(&r, CLOCK);
+        assert_eq!((s.sport_lo, s.sport_hi, s.dport_lo, s.dport_hi), (1024, 65535, 27015, 27015));
+        assert_eq!((s.len_lo, s.len_hi, s.ttl_lo, s.ttl_hi), (60, 80, 50, 64));
+        assert_eq!(s.flags, SLOT_DST | SLOT_SPARE_KNOWN, "a rule on every source spares known peers");
+        let mut addr = [0u8; 16];
+        addr[10..].copy_from_slice(&[0xff, 0xff, 192, 0, 2, 9]);
+        assert!(s.covers_dst(&dst_words(&addr)));
+        addr[14] = 3;
+        assert!(!s.covers_dst(&dst_words(&addr)));
+        // The trie entry knows a slot reads the destination.
+        let plan = plan(&[&r], &[], CLOCK).unwrap();
+        assert_eq!(plan.values().next().unwrap().dst, 1);
+        // Read back from the kernel, the rule is the same rule.
+        let back = rules_in(&plan);
+        assert_eq!(back[0].matcher(), r.m);
+        assert_eq!(back[0].classes(), vec!["udp"]);
+        // A rule that names a source does not spare known peers.
+        let named = rule(6, "198.51.100.0/24", Action::Drop);
+        assert_eq!(slot(&named, CLOCK).flags & SLOT_SPARE_KNOWN, 0);
+        // Any source in IPv6 spares them too; a matcher with every field
+        // open reads back as no fields.
+        let any6 = rule(7, "::/0", Action::Drop);
+        assert_ne!(slot(&any6, CLOCK).flags & SLOT_SPARE_KNOWN, 0);
+        let k = KernelRule { index: 7, prefix: any6.prefix, slot: slot(&any6, CLOCK) };
+        assert_eq!(k.matcher(), Match::default());
+    }
+
+    #[test]
+    fn aggregate_slots_read_back() {
+        for (pps, burst, bps) in [(Some(20_000), Some(2_000), None), (None, None, Some(5_000_000)), (Some(100), Some(5), Some(150_000))] {
+            let byte_burst = bps.map(|b: u64| (b / 10).max(7500));
+            let r = rule(8, "0.0.0.0/0", Action::AggregateLimit { pps, burst, bps, byte_burst });
+            let s = slot(&r, CLOCK);
+            assert_eq!(s.action, ACTION_RATE_LIMIT);
+            assert_ne!(s.flags & SLOT_AGGREGATE, 0);
+            assert_eq!(s.interval_ns == 0, pps.is_none(), "no packet limit without pps");
+            let k = KernelRule { index: 8, prefix: r.prefix, slot: s };
+            let back = k.action().unwrap();
+            let again = rule(8, "0.0.0.0/0", back.clone());
+            assert_eq!(slot(&again, CLOCK), s, "{back:?} plans to the same slot");
+        }
+    }
+
+    #[test]
     fn too_many_rules_on_one_prefix_are_refused_by_name() {
         let rules: Vec<Rule> = (1..=9)
             .map(|i| {
                 let mut r = rule(i, "10.0.0.0/8", Action::Drop);
-                r.dport = Some(i as u16);
+                r.m.dport = Some(Span::one(i as u16));
                 r
             })
             .collect();
@@ -344,7 +467,7 @@ mod tests {
             Action::RateLimit { pps: 50, burst: 7, bps: Some(3_000_000), byte_burst: Some(400_000) },
         );
         narrow.classes = vec!["udp".into(), "tcp_syn".into()];
-        narrow.dport = Some(53);
+        narrow.m.dport = Some(Span::one(53));
         narrow.expires_ms = Some(CLOCK.wall_ms + 60_000);
         let mut v6 = rule(5, "2001:db8::/32", Action::Drop);
         v6.classes = vec!["icmp".into(), "tcp".into()];

@@ -26,7 +26,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use crate::clock::Clock;
+use crate::{clock::Clock, span::Span};
 use detector_common::{
     rules::{PacketKey, RuleEntry, ACTION_DROP, ACTION_RATE_LIMIT, ENTRY_ALLOW, MAX_SLOTS},
     TrafficClass,
@@ -156,13 +156,13 @@ fn rule_spec() -> impl Strategy<Value = RuleSpec> {
         prop::option::of(1u64..1000),
         prop::option::weighted(0.4, 1u64..120),
     )
-        .prop_map(|(prefix, classes, sport, dport, pps, ttl_s)| RuleSpec {
-            prefix,
-            classes,
-            sport,
-            dport,
-            pps,
-            ttl_s,
+        .prop_map(|(prefix, classes, sport, dport, pps, ttl_s)| {
+            // Ports on a scope of portless classes match nothing, and the
+            // rule check refuses them.
+            let ported = classes.is_empty()
+                || classes.iter().any(|c| scope_classes(&[c.to_string()]).iter().any(|k| has_ports(*k)));
+            let (sport, dport) = if ported { (sport, dport) } else { (None, None) };
+            RuleSpec { prefix, classes, sport, dport, pps, ttl_s }
         })
 }
 
@@ -212,6 +212,10 @@ fn holds(p: &Prefix, a: u128) -> bool {
     a & bits(len) == u128::from_be_bytes(net) & bits(len)
 }
 
+fn has_ports(c: TrafficClass) -> bool {
+    super::rule::class_mask(&["tcp".into(), "udp".into()]).unwrap_or(0) & (1 << c.index()) != 0
+}
+
 /// The classes a scope names: the README's groups, or one class; all when empty.
 fn scope_classes(names: &[String]) -> Vec<TrafficClass> {
     use TrafficClass as C;
@@ -244,11 +248,11 @@ fn brute(rules: &[Rule], allow: &[AllowEntry], p: &Packet, now_ms: u64) -> Verdi
         .iter()
         .filter(|r| holds(&r.prefix, p.src))
         .filter(|r| scope_classes(&r.classes).contains(&p.class))
-        .filter(|r| r.sport.is_none_or(|s| s == p.sport) && r.dport.is_none_or(|d| d == p.dport))
+        .filter(|r| r.m.sport.is_none_or(|s| s.contains(p.sport)) && r.m.dport.is_none_or(|d| d.contains(p.dport)))
         .filter(|r| r.expires_ms.is_none_or(|t| now_ms < t))
         .min_by_key(|r| {
             let drop_first = !matches!(r.action, Action::Drop);
-            let ports_open = r.sport.is_none() as u8 + r.dport.is_none() as u8;
+            let ports_open = 5 - r.m.narrowing();
             (drop_first, Reverse(r.prefix.bits()), ports_open, scope_classes(&r.classes).len(), age(r))
         });
     match deciding {
@@ -329,8 +333,8 @@ fn request(s: &RuleSpec) -> RuleRequest {
         action: if s.pps.is_some() { "rate_limit" } else { "drop" }.into(),
         prefix: s.prefix.to_string(),
         classes: s.classes.iter().map(|c| c.to_string()).collect(),
-        sport: s.sport,
-        dport: s.dport,
+        sport: s.sport.map(Span::one),
+        dport: s.dport.map(Span::one),
         pps: s.pps,
         ttl_ms: s.ttl_s.map(|t| t * 1000),
         ..Default::default()
@@ -353,8 +357,7 @@ fn one_case(ops: &[Op], packets: &[Packet]) -> Result<(), TestCaseError> {
                     index: 0,
                     prefix: checked.prefix,
                     classes: checked.shape.classes.clone(),
-                    sport: checked.shape.sport,
-                    dport: checked.shape.dport,
+                    m: checked.shape.m.clone(),
                     action: checked.shape.action.clone(),
                     reason: String::new(),
                     origin: checked.origin.clone(),

@@ -67,6 +67,11 @@ impl Prefix {
         self.len
     }
 
+    /// True for `0.0.0.0/0` and `::/0`: a rule on it names no source.
+    pub fn is_any_source(&self) -> bool {
+        self.len == 0 || (self.len == 96 && self.is_ipv4())
+    }
+
     /// True when the prefix holds exactly one address.
     pub fn is_host(&self) -> bool {
         self.len == 128

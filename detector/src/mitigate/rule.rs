@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::prefix::Prefix;
+use crate::span::{Span, SpanError};
 
 /// The longest TTL a rule may have: a forgotten rule should not outlive a year.
 pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -34,6 +35,18 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         byte_burst: Option<u64>,
     },
+    /// One budget for every packet the rule matches, whatever its source:
+    /// admit `pps` packets and/or `bps` bytes per second, drop the excess.
+    AggregateLimit {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pps: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        burst: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bps: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        byte_burst: Option<u64>,
+    },
 }
 
 impl Action {
@@ -41,6 +54,17 @@ impl Action {
         match self {
             Action::Drop => "drop",
             Action::RateLimit { .. } => "rate_limit",
+            Action::AggregateLimit { .. } => "aggregate_limit",
+        }
+    }
+
+    /// The rates as a request gives them: pps, burst, bps, and whether
+    /// they are one aggregate budget.
+    pub fn rates(&self) -> (Option<u64>, Option<u64>, Option<u64>, bool) {
+        match self {
+            Action::Drop => (None, None, None, false),
+            Action::RateLimit { pps, burst, bps, .. } => (Some(*pps), Some(*burst), *bps, false),
+            Action::AggregateLimit { pps, burst, bps, .. } => (*pps, *burst, *bps, true),
         }
     }
 }
@@ -93,16 +117,65 @@ pub struct Rule {
     /// Traffic classes (and groups) it is scoped to; empty: every class.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub classes: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sport: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dport: Option<u16>,
+    #[serde(flatten)]
+    pub m: Match,
     pub action: Action,
     pub reason: String,
     pub origin: Origin,
     pub created_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_ms: Option<u64>,
+}
+
+/// What a rule matches besides its source prefix and classes; `None`:
+/// anything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Match {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sport: Option<Span<u16>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dport: Option<Span<u16>>,
+    /// Destination prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<Prefix>,
+    /// Frame length in bytes, Ethernet header included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<Span<u16>>,
+    /// IPv4 TTL or IPv6 hop limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_ttl: Option<Span<u8>>,
+}
+
+impl Match {
+    /// How many of its fields narrow the match.
+    pub fn narrowing(&self) -> u32 {
+        self.sport.is_some() as u32
+            + self.dport.is_some() as u32
+            + self.dst.is_some() as u32
+            + self.length.is_some() as u32
+            + self.ip_ttl.is_some() as u32
+    }
+
+    /// ` sport 123 dport 1024-65535 dst 192.0.2.7/32 len 400-1500 ttl 50-60`.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        if let Some(p) = self.sport {
+            s.push_str(&format!(" sport {p}"));
+        }
+        if let Some(p) = self.dport {
+            s.push_str(&format!(" dport {p}"));
+        }
+        if let Some(d) = self.dst {
+            s.push_str(&format!(" dst {d}"));
+        }
+        if let Some(l) = self.length {
+            s.push_str(&format!(" len {l}"));
+        }
+        if let Some(t) = self.ip_ttl {
+            s.push_str(&format!(" ip-ttl {t}"));
+        }
+        s
+    }
 }
 
 impl Rule {
@@ -115,8 +188,7 @@ impl Rule {
     pub fn same_match(&self, other: &Rule) -> bool {
         self.prefix == other.prefix
             && self.class_mask() == other.class_mask()
-            && self.sport == other.sport
-            && self.dport == other.dport
+            && self.m == other.m
             && self.action.name() == other.action.name()
     }
 
@@ -126,19 +198,36 @@ impl Rule {
         if !self.classes.is_empty() {
             s.push_str(&format!(" class {}", self.classes.join(",")));
         }
-        if let Some(p) = self.sport {
-            s.push_str(&format!(" sport {p}"));
+        s.push_str(&self.m.describe());
+        let (pps, burst, bps, _) = self.action.rates();
+        if let Some(pps) = pps {
+            s.push_str(&format!(" {pps}/s"));
         }
-        if let Some(p) = self.dport {
-            s.push_str(&format!(" dport {p}"));
+        if let Some(burst) = burst {
+            s.push_str(&format!(" burst {burst}"));
         }
-        if let Action::RateLimit { pps, burst, bps, .. } = &self.action {
-            s.push_str(&format!(" {pps}/s burst {burst}"));
-            if let Some(b) = bps {
-                s.push_str(&format!(" {b} B/s"));
-            }
+        if let Some(b) = bps {
+            s.push_str(&format!(" {b} B/s"));
         }
         s
+    }
+
+    /// The rule's shape as a request gives it, for checking it again (a
+    /// saved rule is checked as a new one is).
+    pub fn shape_request(&self) -> ShapeRequest<'_> {
+        let (pps, burst, bps, aggregate) = self.action.rates();
+        ShapeRequest {
+            action: if aggregate { "rate_limit" } else { self.action.name() },
+            classes: &self.classes,
+            m: self.m.clone(),
+            aggregate,
+            pps,
+            burst,
+            bps,
+            ttl_ms: None,
+            reason: Some(&self.reason),
+            prefix: Some(self.prefix),
+        }
     }
 }
 
@@ -152,10 +241,24 @@ pub struct RuleRequest {
     pub prefix: String,
     #[serde(default)]
     pub classes: Vec<String>,
+    /// Source port or span (`123`, `"1024-65535"`).
     #[serde(default)]
-    pub sport: Option<u16>,
+    pub sport: Option<Span<u16>>,
+    /// Destination port or span.
     #[serde(default)]
-    pub dport: Option<u16>,
+    pub dport: Option<Span<u16>>,
+    /// Destination prefix.
+    #[serde(default)]
+    pub dst: Option<String>,
+    /// Frame length span in bytes.
+    #[serde(default)]
+    pub length: Option<Span<u16>>,
+    /// IPv4 TTL or IPv6 hop-limit span.
+    #[serde(default)]
+    pub ip_ttl: Option<Span<u8>>,
+    /// A rate limit shared by every matching packet, not per source.
+    #[serde(default)]
+    pub aggregate: bool,
     #[serde(default)]
     pub pps: Option<u64>,
     #[serde(default)]
@@ -180,6 +283,16 @@ pub enum RequestError {
     Class(String),
     #[error("port 0 cannot be matched; give a port from 1 to 65535 or leave it out")]
     PortZero,
+    #[error("{field}: {source}")]
+    Span { field: &'static str, source: SpanError },
+    #[error("dst: {0}")]
+    Dst(String),
+    #[error("length {0} cannot match: a frame is 14 to 65535 bytes")]
+    Length(Span<u16>),
+    #[error("{0}: the rule can match no packet ({1})")]
+    MatchesNothing(&'static str, String),
+    #[error("an aggregate limit needs a rate: pps and/or bps")]
+    MissingAggregateRate,
     #[error("a rate limit needs a rate: pps from 1 to {MAX_PPS}")]
     MissingRate,
     #[error("rate {0} packets per second is out of range (1 to {MAX_PPS})")]
@@ -188,6 +301,8 @@ pub enum RequestError {
     Burst(u64),
     #[error("byte rate {0} bytes per second is out of range (1500 to 100000000000)")]
     ByteRate(u64),
+    #[error("aggregate only applies to a rate_limit rule")]
+    AggregateOnDrop,
     #[error("pps, burst and bps only apply to a rate_limit rule")]
     RateOnDrop,
     #[error("ttl must be between 1s and 365 days")]
@@ -248,26 +363,29 @@ pub struct Checked {
 pub struct Shape {
     /// Lowercase, sorted, without duplicates.
     pub classes: Vec<String>,
-    pub sport: Option<u16>,
-    pub dport: Option<u16>,
+    pub m: Match,
     pub action: Action,
     pub ttl: Option<Duration>,
     pub reason: String,
 }
 
 /// The fields of a rule's shape as given, unchecked (see [`ShapeRequest::check`]).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ShapeRequest<'a> {
     /// `drop` or `rate_limit` (`ratelimit`, `rate-limit`).
     pub action: &'a str,
     pub classes: &'a [String],
-    pub sport: Option<u16>,
-    pub dport: Option<u16>,
+    pub m: Match,
+    /// With `rate_limit`: one budget for the rule, not one per source.
+    pub aggregate: bool,
     pub pps: Option<u64>,
     pub burst: Option<u64>,
     pub bps: Option<u64>,
     pub ttl_ms: Option<u64>,
     pub reason: Option<&'a str>,
+    /// The source prefix, when known: a destination of the other family
+    /// would make a rule that matches nothing.
+    pub prefix: Option<Prefix>,
 }
 
 /// Highest burst of a rate limit, in packets.
@@ -281,16 +399,20 @@ impl ShapeRequest<'_> {
         let mut classes: Vec<String> = self.classes.iter().map(|c| c.trim().to_ascii_lowercase()).collect();
         classes.sort();
         classes.dedup();
-        class_mask(&classes)?;
-        if self.sport == Some(0) || self.dport == Some(0) {
-            return Err(RequestError::PortZero);
-        }
+        let mask = class_mask(&classes)?;
+        self.check_match(mask)?;
         let action = match self.action {
             "drop" => {
                 if self.pps.is_some() || self.burst.is_some() || self.bps.is_some() {
                     return Err(RequestError::RateOnDrop);
                 }
+                if self.aggregate {
+                    return Err(RequestError::AggregateOnDrop);
+                }
                 Action::Drop
+            }
+            "rate_limit" | "ratelimit" | "rate-limit" | "aggregate_limit" if self.aggregate || self.action == "aggregate_limit" => {
+                self.aggregate_action()?
             }
             "rate_limit" | "ratelimit" | "rate-limit" => {
                 let pps = self.pps.ok_or(RequestError::MissingRate)?;
@@ -326,7 +448,68 @@ impl ShapeRequest<'_> {
         };
         let reason = self.reason.unwrap_or_default().to_string();
         check_reason(&reason)?;
-        Ok(Shape { classes, sport: self.sport, dport: self.dport, action, ttl, reason })
+        Ok(Shape { classes, m: self.m.clone(), action, ttl, reason })
+    }
+
+    /// The match fields: spans that can match, a destination of the
+    /// source's family, ports only on classes that have them.
+    fn check_match(&self, mask: u32) -> Result<(), RequestError> {
+        for p in [self.m.sport, self.m.dport].into_iter().flatten() {
+            if p.lo == 0 {
+                return Err(RequestError::PortZero);
+            }
+        }
+        if let Some(l) = self.m.length {
+            if l.hi < 14 {
+                return Err(RequestError::Length(l));
+            }
+        }
+        if self.m.sport.is_some() || self.m.dport.is_some() {
+            let ported = class_mask(&["tcp".to_string(), "udp".to_string()]).unwrap_or(0);
+            if mask & ported == 0 {
+                return Err(RequestError::MatchesNothing(
+                    "sport/dport",
+                    "none of its classes has ports: only TCP and UDP do".into(),
+                ));
+            }
+        }
+        if let (Some(dst), Some(src)) = (self.m.dst, self.prefix) {
+            let any = Prefix::new("::".parse().expect("an address"), 0).expect("a prefix");
+            if src != any && dst.is_ipv4() != src.is_ipv4() && dst != any {
+                return Err(RequestError::MatchesNothing(
+                    "dst",
+                    format!("destination {dst} and source {src} are of different IP families"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// An aggregate limit: pps and/or bps, each with its burst.
+    fn aggregate_action(&self) -> Result<Action, RequestError> {
+        if self.pps.is_none() && self.bps.is_none() {
+            return Err(RequestError::MissingAggregateRate);
+        }
+        let mut burst = None;
+        if let Some(pps) = self.pps {
+            if pps == 0 || pps > MAX_PPS {
+                return Err(RequestError::Rate(pps));
+            }
+            let b = self.burst.unwrap_or((pps / 10).clamp(5, MAX_BURST));
+            if b == 0 || b > MAX_BURST {
+                return Err(RequestError::Burst(b));
+            }
+            burst = Some(b);
+        } else if self.burst.is_some() {
+            return Err(RequestError::MissingRate);
+        }
+        if let Some(b) = self.bps {
+            if !(1500..=100_000_000_000).contains(&b) {
+                return Err(RequestError::ByteRate(b));
+            }
+        }
+        let byte_burst = self.bps.map(|b| (b / 10).max(1500 * 5));
+        Ok(Action::AggregateLimit { pps: self.pps, burst, bps: self.bps, byte_burst })
     }
 }
 
@@ -335,16 +518,17 @@ impl Shape {
     /// control characters become spaces, and it is cut to [`MAX_REASON`])
     /// and `origin`. Its [`RuleRequest::check`] gives back this shape.
     pub fn request(&self, prefix: Prefix, reason: &str, origin: Origin) -> RuleRequest {
-        let (pps, burst, bps) = match &self.action {
-            Action::Drop => (None, None, None),
-            Action::RateLimit { pps, burst, bps, .. } => (Some(*pps), Some(*burst), *bps),
-        };
+        let (pps, burst, bps, aggregate) = self.action.rates();
         RuleRequest {
-            action: self.action.name().to_string(),
+            action: if aggregate { "rate_limit".to_string() } else { self.action.name().to_string() },
             prefix: prefix.to_string(),
             classes: self.classes.clone(),
-            sport: self.sport,
-            dport: self.dport,
+            sport: self.m.sport,
+            dport: self.m.dport,
+            dst: self.m.dst.map(|d| d.to_string()),
+            length: self.m.length,
+            ip_ttl: self.m.ip_ttl,
+            aggregate,
             pps,
             burst,
             bps,
@@ -362,26 +546,32 @@ pub fn fit_reason(text: &str) -> String {
 }
 
 impl RuleRequest {
-    /// The fields of the request that make its shape.
-    pub fn shape(&self) -> ShapeRequest<'_> {
-        ShapeRequest {
+    /// The fields of the request that make its shape (the destination
+    /// prefix parsed, or the error naming it).
+    pub fn shape(&self) -> Result<ShapeRequest<'_>, RequestError> {
+        let dst = match &self.dst {
+            None => None,
+            Some(d) => Some(d.parse::<Prefix>().map_err(RequestError::Dst)?),
+        };
+        Ok(ShapeRequest {
             action: &self.action,
             classes: &self.classes,
-            sport: self.sport,
-            dport: self.dport,
+            m: Match { sport: self.sport, dport: self.dport, dst, length: self.length, ip_ttl: self.ip_ttl },
+            aggregate: self.aggregate,
             pps: self.pps,
             burst: self.burst,
             bps: self.bps,
             ttl_ms: self.ttl_ms,
             reason: self.reason.as_deref(),
-        }
+            prefix: self.prefix.parse().ok(),
+        })
     }
 
     /// Validates every field: the prefix, then the shape
     /// ([`ShapeRequest::check`]); the first problem is the error.
     pub fn check(&self) -> Result<Checked, RequestError> {
         let prefix: Prefix = self.prefix.parse().map_err(RequestError::Prefix)?;
-        let shape = self.shape().check()?;
+        let shape = self.shape()?.check()?;
         let origin = self.origin.clone().unwrap_or_else(Origin::operator);
         Ok(Checked { prefix, shape, origin })
     }
@@ -403,6 +593,7 @@ pub fn check_reason(reason: &str) -> Result<(), RequestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::span::Span;
 
     fn drop(prefix: &str) -> RuleRequest {
         RuleRequest { action: "drop".into(), prefix: prefix.into(), ..Default::default() }
@@ -412,7 +603,7 @@ mod tests {
     fn a_good_request_checks() {
         let mut r = drop("10.0.0.0/8");
         r.classes = vec!["UDP".into(), "udp".into()];
-        r.dport = Some(53);
+        r.dport = Some(Span::one(53));
         r.ttl_ms = Some(60_000);
         let c = r.check().unwrap();
         assert_eq!(c.shape.classes, vec!["udp"]);
@@ -435,7 +626,7 @@ mod tests {
         r.classes = vec!["udpp".into()];
         assert!(err(r).starts_with("unknown traffic class 'udpp'"));
         let mut r = drop("10.0.0.0/8");
-        r.dport = Some(0);
+        r.dport = Some(Span::one(0));
         assert!(err(r).contains("port 0"));
         let mut r = drop("10.0.0.0/8");
         r.action = "block".into();
@@ -460,13 +651,72 @@ mod tests {
     }
 
     #[test]
+    fn signature_requests_check_every_field() {
+        let req = |json: &str| serde_json::from_str::<RuleRequest>(json).map_err(|e| e.to_string());
+        let ok = req(r#"{"action":"drop","prefix":"0.0.0.0/0","classes":["udp"],"dport":27015,"length":"60-80","ip_ttl":"50-64","dst":"192.0.2.0/24"}"#)
+            .unwrap()
+            .check()
+            .unwrap();
+        assert_eq!(ok.shape.m.length, Some(Span { lo: 60, hi: 80 }));
+        assert_eq!(ok.shape.m.dport, Some(Span::one(27015)));
+        // Bad input, each refused with one line naming the field.
+        assert!(req(r#"{"action":"drop","prefix":"0.0.0.0/0","length":"80-60"}"#).unwrap_err().contains("inverted"));
+        assert!(req(r#"{"action":"drop","prefix":"0.0.0.0/0","ip_ttl":"50-300"}"#)
+            .unwrap_err()
+            .contains("300 is out of range (0 to 255)"));
+        assert!(req(r#"{"action":"drop","prefix":"0.0.0.0/0","length":""}"#).is_err());
+        let err = |json: &str| req(json).unwrap().check().unwrap_err().to_string();
+        assert_eq!(
+            err(r#"{"action":"drop","prefix":"0.0.0.0/0","classes":["icmp"],"dport":"1-100"}"#),
+            "sport/dport: the rule can match no packet (none of its classes has ports: only TCP and UDP do)"
+        );
+        assert!(err(r#"{"action":"drop","prefix":"0.0.0.0/0","dport":"0-100"}"#).contains("port 0"));
+        assert!(err(r#"{"action":"drop","prefix":"0.0.0.0/0","length":"1-13"}"#).contains("length 1-13 cannot match"));
+        assert!(err(r#"{"action":"drop","prefix":"10.0.0.0/8","dst":"2001:db8::/32"}"#)
+            .starts_with("dst: the rule can match no packet (destination 2001:db8::/32 and source 10.0.0.0/8"));
+        assert!(err(r#"{"action":"drop","prefix":"0.0.0.0/0","dst":"10.0.0.1/8"}"#).starts_with("dst: "));
+        // Aggregate limits: a rate, not zero; not on a drop.
+        assert_eq!(
+            err(r#"{"action":"rate_limit","aggregate":true,"prefix":"0.0.0.0/0","pps":0}"#),
+            "rate 0 packets per second is out of range (1 to 1000000000)"
+        );
+        assert_eq!(
+            err(r#"{"action":"rate_limit","aggregate":true,"prefix":"0.0.0.0/0"}"#),
+            "an aggregate limit needs a rate: pps and/or bps"
+        );
+        assert!(err(r#"{"action":"rate_limit","aggregate":true,"prefix":"0.0.0.0/0","bps":0}"#).contains("byte rate 0"));
+        assert_eq!(
+            err(r#"{"action":"drop","aggregate":true,"prefix":"0.0.0.0/0"}"#),
+            "aggregate only applies to a rate_limit rule"
+        );
+        let agg = req(r#"{"action":"rate_limit","aggregate":true,"prefix":"0.0.0.0/0","bps":8000000}"#)
+            .unwrap()
+            .check()
+            .unwrap();
+        assert_eq!(
+            agg.shape.action,
+            Action::AggregateLimit { pps: None, burst: None, bps: Some(8_000_000), byte_burst: Some(800_000) }
+        );
+    }
+
+    #[test]
+    fn rules_saved_before_ranges_still_load() {
+        let old = r#"{"id":"r3","index":3,"prefix":"10.0.0.0/8","classes":["udp"],"dport":53,"action":{"kind":"drop"},"reason":"","origin":{"by":"operator"},"created_ms":1}"#;
+        let r: Rule = serde_json::from_str(old).unwrap();
+        assert_eq!(r.m.dport, Some(Span::one(53)));
+        let again: Rule = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(again, r);
+        assert!(serde_json::to_string(&r).unwrap().contains(r#""dport":53"#));
+    }
+
+    #[test]
     fn one_shape_check_behind_every_request() {
         let mut r = drop("10.0.0.0/8");
         r.action = "rate_limit".into();
         r.pps = Some(50);
         r.burst = Some(0);
         assert_eq!(r.check().unwrap_err(), RequestError::Burst(0));
-        assert_eq!(r.shape().check().unwrap_err(), RequestError::Burst(0));
+        assert_eq!(r.shape().unwrap().check().unwrap_err(), RequestError::Burst(0));
         r.burst = Some(MAX_BURST + 1);
         assert!(r.check().unwrap_err().to_string().contains("burst 10000001 is out of range (1 to 10000000)"));
         // A tiny rate's default burst is 5; a large one's a tenth of it, at
@@ -492,13 +742,13 @@ mod tests {
         let raw = ShapeRequest {
             action: "rate-limit",
             classes: &classes,
-            sport: Some(123),
-            dport: Some(53),
+            m: Match { sport: Some(Span::one(123)), dport: Some(Span::one(53)), ..Default::default() },
             pps: Some(1000),
             burst: None,
             bps: Some(1_000_000),
             ttl_ms: Some(600_000),
             reason: None,
+            ..Default::default()
         };
         let shape = raw.check().unwrap();
         assert_eq!(shape.classes, ["tcp_syn", "udp"]);

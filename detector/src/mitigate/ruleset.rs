@@ -14,7 +14,7 @@ use detector_common::rules::RuleSlot;
 use super::{
     plan::{self, KernelRule, Plan, PlanError},
     prefix::Prefix,
-    rule::{check_reason, Action, Checked, Origin, RequestError, Rule, RuleRequest, ShapeRequest},
+    rule::{check_reason, Action, Checked, Origin, RequestError, Rule, RuleRequest},
 };
 
 /// Where an allowlist entry comes from.
@@ -82,7 +82,7 @@ pub struct Saved {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Removed {
-    Rule(Rule),
+    Rule(Box<Rule>),
     Allow(AllowEntry),
 }
 
@@ -120,32 +120,13 @@ fn check_saved(r: &Rule, ids: &[String]) -> Result<u64, String> {
     if ids.contains(&r.id) {
         return Err(format!("id {} is used twice", r.id));
     }
-    let (pps, burst, bps) = match &r.action {
-        Action::Drop => (None, None, None),
-        Action::RateLimit { pps, burst, bps, .. } => (Some(*pps), Some(*burst), *bps),
-    };
-    let shape = ShapeRequest {
-        action: r.action.name(),
-        classes: &r.classes,
-        sport: r.sport,
-        dport: r.dport,
-        pps,
-        burst,
-        bps,
-        ttl_ms: None,
-        reason: Some(&r.reason),
-    }
-    .check()
-    .map_err(|e| e.to_string())?;
+    let shape = r.shape_request().check().map_err(|e| e.to_string())?;
     // As saved, the fields are in the form the check gives them (sorted
     // classes, a rate limit's byte burst aside: a recovered rule keeps the
     // kernel's).
     let same_action = match (&shape.action, &r.action) {
         (Action::Drop, Action::Drop) => true,
-        (Action::RateLimit { pps: a, burst: b, bps: c, .. }, Action::RateLimit { pps: x, burst: y, bps: z, .. }) => {
-            (a, b, c) == (x, y, z)
-        }
-        _ => false,
+        (a, b) => a.name() == b.name() && a.rates() == b.rates(),
     };
     if !same_action || shape.classes != r.classes {
         return Err("its fields are not in the form a rule is saved in".into());
@@ -259,8 +240,7 @@ impl RuleSet {
                         index: k.index,
                         prefix: k.prefix,
                         classes: k.classes(),
-                        sport: (k.slot.sport_lo == k.slot.sport_hi).then_some(k.slot.sport_lo),
-                        dport: (k.slot.dport_lo == k.slot.dport_hi).then_some(k.slot.dport_lo),
+                        m: k.matcher(),
                         action,
                         reason: RECOVERED_REASON.into(),
                         origin: Origin::recovered(),
@@ -347,8 +327,7 @@ impl RuleSet {
             index: 0,
             prefix: c.prefix,
             classes: c.shape.classes,
-            sport: c.shape.sport,
-            dport: c.shape.dport,
+            m: c.shape.m,
             action: c.shape.action,
             reason: c.shape.reason,
             origin: c.origin,
@@ -401,7 +380,7 @@ impl RuleSet {
     /// Removes a rule or an operator allowlist entry by id.
     pub fn remove(&mut self, id: &str) -> Result<Removed, RuleError> {
         if let Some(i) = self.rules.iter().position(|r| r.id == id) {
-            return Ok(Removed::Rule(self.rules.remove(i)));
+            return Ok(Removed::Rule(Box::new(self.rules.remove(i))));
         }
         if let Some(i) = self.allow.iter().position(|a| a.id == id) {
             let a = &self.allow[i];
@@ -462,6 +441,7 @@ fn allow_why(a: &AllowEntry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::span::Span;
 
     const LIMITS: Limits = Limits { max_rules: 4, max_allow: 3 };
 
@@ -531,11 +511,11 @@ mod tests {
         assert_eq!(set.add_rule(&drop("10.0.0.0/8"), 0).unwrap_err(), RuleError::Duplicate("r1".into()));
         for port in 1..=7 {
             let mut r = drop("10.0.0.0/16");
-            r.dport = Some(port);
+            r.dport = Some(Span::one(port));
             set.add_rule(&r, 0).unwrap();
         }
         let mut r = drop("10.0.0.0/24");
-        r.dport = Some(99);
+        r.dport = Some(Span::one(99));
         let err = set.add_rule(&r, 0).unwrap_err();
         assert!(matches!(err, RuleError::Plan(_)), "{err}");
         assert_eq!(set.rules().len(), 8, "the refused rule left nothing behind");
@@ -640,7 +620,7 @@ mod tests {
             prefix: "198.51.100.0/24".into(),
             pps: Some(100),
             classes: vec!["udp".into()],
-            dport: Some(27015),
+            dport: Some(Span::one(27015)),
             ..Default::default()
         };
         rl.ttl_ms = Some(600_000);
@@ -655,7 +635,7 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(got[0], &kept, "a rule the file and the kernel agree on keeps its id and reason");
         let rec = got[1];
-        assert_eq!((rec.index, rec.prefix, rec.dport), (added.index, added.prefix, added.dport));
+        assert_eq!((rec.index, rec.prefix, rec.m.dport), (added.index, added.prefix, added.m.dport));
         assert_eq!(rec.classes, vec!["udp"]);
         assert_eq!(rec.action, added.action);
         assert_eq!(rec.expires_ms, added.expires_ms);

@@ -13,9 +13,10 @@ use super::{
 };
 use crate::{
     detect::{family::Family, severity::Severity},
+    span::Span,
     mitigate::{
         prefix::Prefix,
-        rule::{Shape, ShapeRequest},
+        rule::{Match, Shape, ShapeRequest},
     },
 };
 
@@ -398,9 +399,17 @@ struct RawMitigate {
     #[serde(default, deserialize_with = "one_or_many")]
     class: Vec<String>,
     #[serde(default)]
-    port: Option<u16>,
+    port: Option<Span<u16>>,
     #[serde(default)]
-    source_port: Option<u16>,
+    source_port: Option<Span<u16>>,
+    #[serde(default)]
+    dst: Option<Prefix>,
+    #[serde(default)]
+    length: Option<Span<u16>>,
+    #[serde(default)]
+    ip_ttl: Option<Span<u8>>,
+    #[serde(default)]
+    aggregate: bool,
     #[serde(default)]
     pps: Option<u64>,
     #[serde(default)]
@@ -436,8 +445,9 @@ impl TryFrom<RawMitigate> for Mitigate {
                 MitigateAction::RateLimit => "rate_limit",
             },
             classes: &r.class,
-            sport: r.source_port,
-            dport: r.port,
+            m: Match { sport: r.source_port, dport: r.port, dst: r.dst, length: r.length, ip_ttl: r.ip_ttl },
+            aggregate: r.aggregate,
+            prefix: r.prefix,
             pps: r.pps,
             burst: r.burst,
             bps: r.bps,

@@ -12,6 +12,7 @@ use super::{
     trigger::{matches, Fired},
 };
 use crate::{
+    span::Span,
     detect::{
         family::Family,
         incident::{EventKind, Incident, Status, TopSource},
@@ -372,14 +373,15 @@ fn a_mitigate_step_that_loads_makes_rules_the_rule_check_accepts() {
             action: action.into(),
             prefix: "203.0.113.0/24".into(),
             classes: class.clone(),
-            sport: source_port.map(|p| p as u16),
-            dport: port.map(|p| p as u16),
+            sport: source_port.map(|p| Span::one(p as u16)),
+            dport: port.map(|p| Span::one(p as u16)),
             pps,
             burst,
             bps,
             ttl_ms: Some(ttl_ms),
             reason: None,
             origin: None,
+            ..Default::default()
         }
         .check();
         match parse("rb.yaml", &text, Box::new(Fake)) {
