@@ -16,7 +16,10 @@ use common::{
     cli, detector_in, ok, promtool_check, reaching_stack, require_root, rules, sample, send, xdp_attached, Controller,
     Lab,
 };
-use detector::{lab::TGT_V4, netns::NetnsGuard};
+use detector::{
+    lab::{GEN_V4, TGT_V4},
+    netns::NetnsGuard,
+};
 
 fn refused(c: &Controller, args: &[&str], expect: &str) -> String {
     let (success, _, err) = cli(c, args);
@@ -387,7 +390,8 @@ fn signature_rules_and_aggregate_limits() {
     let out = ok(&c, &["block", "add", "0.0.0.0/0", "--class", "udp", "--dport", "27015", "--length", "100-200"]);
     assert!(out.contains("r1 drop 0.0.0.0/0 class udp dport 27015 len 100-200"), "{out}");
     let flood = |port: &str, size: &str, count: &str| {
-        let args = ["--kind", "udp", "--count", count, "--rate", "50000", "--src", "198.18.0.0/16", "--sources", "5000"];
+        let args =
+            ["--kind", "udp", "--count", count, "--rate", "50000", "--src", "198.18.0.0/16", "--sources", "5000"];
         reaching_stack(&lab, || send(&lab, &[&args[..], &["--dst-port", port, "--size", size]].concat()))
     };
     // 5,000 spoofed sources, the signature's port and length: dropped.
@@ -401,7 +405,8 @@ fn signature_rules_and_aggregate_limits() {
     assert_eq!(rule(&v, "r1")["length"], "100-200", "{v}");
 
     // A destination prefix: only floods to it match.
-    let other = ok(&c, &["block", "add", "0.0.0.0/0", "--class", "udp", "--dport", "27016", "--dst", "198.51.100.0/24"]);
+    let other =
+        ok(&c, &["block", "add", "0.0.0.0/0", "--class", "udp", "--dport", "27016", "--dst", "198.51.100.0/24"]);
     assert!(other.contains("dst 198.51.100.0/24"), "{other}");
     assert!(flood("27016", "150", "500") >= 500, "the lab's target is not in 198.51.100.0/24");
     ok(&c, &["rules", "remove", "r2"]);
@@ -413,7 +418,20 @@ fn signature_rules_and_aggregate_limits() {
     // 200, whatever the number of sources.
     let out = ok(
         &c,
-        &["ratelimit", "add", "0.0.0.0/0", "--aggregate", "--pps", "2000", "--burst", "200", "--class", "udp", "--dport", "27017"],
+        &[
+            "ratelimit",
+            "add",
+            "0.0.0.0/0",
+            "--aggregate",
+            "--pps",
+            "2000",
+            "--burst",
+            "200",
+            "--class",
+            "udp",
+            "--dport",
+            "27017",
+        ],
     );
     assert!(out.contains("aggregate_limit 0.0.0.0/0 class udp dport 27017 2000/s burst 200"), "{out}");
     let started = Instant::now();
@@ -425,4 +443,47 @@ fn signature_rules_and_aggregate_limits() {
     eprintln!("aggregate: {through} of 20000 admitted in {secs:.2} s (at most {most:.0})");
     assert!((through as f64) <= most, "{through} admitted, more than {most:.0}");
     assert!(through >= 200 + 2000 * 4 / 10 - 100, "{through} admitted: the budget was not granted");
+}
+
+/// The egress program learns the peers the host talks to; a rule on every
+/// source (a signature) lets them through, a rule on their own prefix does
+/// not.
+#[test]
+fn known_good_peers_pass_signature_rules() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let c = Controller::start(&lab, &[]);
+    // The host sends a few datagrams to a server on the generator's side,
+    // from an ephemeral port: its own conversation.
+    {
+        let ns = lab.tgt_ns.clone();
+        std::thread::spawn(move || {
+            let _in = NetnsGuard::enter(&ns).unwrap();
+            let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+            for _ in 0..3 {
+                sock.send_to(b"query", (GEN_V4.parse::<Ipv4Addr>().unwrap(), 4000)).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .join()
+        .unwrap();
+    }
+    let m = c.metrics_until("the peer learned", |m| {
+        sample(m, &format!("detector_known_peers_learned{{iface=\"{}\"}}", lab.tgt_if)) >= 1.0
+    });
+    assert_eq!(sample(&m, &format!("detector_known_peers_learning{{iface=\"{}\"}}", lab.tgt_if)), 1.0);
+
+    ok(&c, &["block", "add", "0.0.0.0/0", "--class", "udp", "--dport", "27015"]);
+    let flood = |src: &str, sources: &str| {
+        let args = ["--kind", "udp", "--count", "500", "--rate", "20000", "--dst-port", "27015"];
+        reaching_stack(&lab, || send(&lab, &[&args[..], &["--src", src, "--sources", sources]].concat()))
+    };
+    assert!(flood("198.18.0.0/16", "500") <= 5, "spoofed sources are dropped");
+    assert!(flood(GEN_V4, "1") >= 500, "the known peer passes the signature rule");
+    let v = rules(&c);
+    assert_eq!(rule(&v, "r1")["passed_packets"], 500, "{v}");
+    assert_eq!(rule(&v, "r1")["dropped_packets"], 500, "{v}");
+    // A rule on the peer's own address applies to it.
+    ok(&c, &["block", "add", &format!("{GEN_V4}/32"), "--class", "udp", "--dport", "27015"]);
+    assert!(flood(GEN_V4, "1") <= 5, "a rule naming the source drops it, known or not");
 }

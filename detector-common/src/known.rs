@@ -32,8 +32,47 @@ pub struct KnownPeer {
     pub _pad: u32,
 }
 
+/// Array of one [`LearnControl`], set by the controller.
+pub const LEARN_CONTROL_MAP: &str = "LEARN_CONTROL";
+/// Per-CPU array of one [`LearnState`].
+pub const LEARN_STATE_MAP: &str = "LEARN_STATE";
+/// Name of the egress program in the counting object.
+pub const EGRESS_PROGRAM: &str = "detector_egress";
+/// Default [`LearnControl::budget`].
+pub const DEFAULT_LEARN_BUDGET: u32 = 1024;
+
+/// Whether and how fast the egress program learns peers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LearnControl {
+    /// Non-zero: learn. The controller pauses learning while an incident
+    /// is open on the interface: the host's answers to a spoofed flood
+    /// must not teach it the flood's sources.
+    pub enabled: u32,
+    /// New peers each CPU may learn per epoch (one poll); a bound on how
+    /// many entries anything can push through the LRU between two polls.
+    pub budget: u32,
+}
+
+/// One CPU's learning, per epoch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LearnState {
+    pub epoch: u32,
+    /// New peers learned in `epoch`.
+    pub learned: u32,
+    /// Cumulative: new peers learned.
+    pub learned_total: u64,
+    /// Cumulative: new peers not learned, the epoch's budget spent.
+    pub over_budget_total: u64,
+}
+
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for KnownPeer {}
+mod pod {
+    unsafe impl aya::Pod for super::KnownPeer {}
+    unsafe impl aya::Pod for super::LearnControl {}
+    unsafe impl aya::Pod for super::LearnState {}
+}
 
 #[cfg(test)]
 mod tests {
@@ -44,5 +83,9 @@ mod tests {
     fn layout() {
         assert_eq!(size_of::<KnownPeer>(), 16);
         assert_eq!(offset_of!(KnownPeer, how), 8);
+        assert_eq!(size_of::<LearnControl>(), 8);
+        assert_eq!(size_of::<LearnState>(), 24);
+        assert_eq!(offset_of!(LearnState, learned_total), 8);
+        assert_eq!(offset_of!(LearnState, over_budget_total), 16);
     }
 }

@@ -140,6 +140,9 @@ pub struct Metrics {
     baseline_bytes: Family<ClassLabels, Gauge<f64, AtomicU64>>,
     threshold_pps: Family<IfaceFamilyLabels, Gauge<f64, AtomicU64>>,
     sample_divisor: Family<IfaceLabels, Gauge>,
+    peers_learned: Family<IfaceLabels, Gauge>,
+    peers_over_budget: Family<IfaceLabels, Gauge>,
+    peers_learning: Family<IfaceLabels, Gauge>,
     rule_dropped_packets: Family<RuleLabels, Counter>,
     rule_dropped_bytes: Family<RuleLabels, Counter>,
     rule_passed_packets: Family<RuleLabels, Counter>,
@@ -186,6 +189,9 @@ impl Metrics {
             baseline_bytes: Family::default(),
             threshold_pps: Family::default(),
             sample_divisor: Family::default(),
+            peers_learned: Family::default(),
+            peers_over_budget: Family::default(),
+            peers_learning: Family::default(),
             rule_dropped_packets: Family::default(),
             rule_dropped_bytes: Family::default(),
             rule_passed_packets: Family::default(),
@@ -271,6 +277,23 @@ impl Metrics {
             "detector_sample_divisor",
             "One packet in this many is sampled for ports and reflector services",
             m.sample_divisor.clone(),
+        );
+        // Gauges holding the kernel's cumulative counts (a counter could
+        // not follow a count the kernel restarts with a new object).
+        registry.register(
+            "detector_known_peers_learned",
+            "Known-good peers the egress program learned since it was loaded",
+            m.peers_learned.clone(),
+        );
+        registry.register(
+            "detector_known_peers_over_budget",
+            "New peers the egress program did not learn because a poll's learning budget was spent",
+            m.peers_over_budget.clone(),
+        );
+        registry.register(
+            "detector_known_peers_learning",
+            "1 while the egress program learns known-good peers (0 while the interface is under attack)",
+            m.peers_learning.clone(),
         );
         registry.register(
             "detector_rule_dropped_packets",
@@ -446,6 +469,14 @@ impl Metrics {
             self.sources_pruned.get_or_create(&l).inc_by(pruned as u64);
         }
         self.source_entries.get_or_create(&l).set(tracked as i64);
+    }
+
+    /// The egress program's learning on `iface`.
+    pub fn known_peers(&self, iface: &str, learning: bool, learned: u64, over_budget: u64) {
+        let l = IfaceLabels { iface: iface.into() };
+        self.peers_learning.get_or_create(&l).set(learning as i64);
+        self.peers_learned.get_or_create(&l).set(learned as i64);
+        self.peers_over_budget.get_or_create(&l).set(over_budget as i64);
     }
 
     pub fn sample_divisor(&self, iface: &str, divisor: u32) {

@@ -115,6 +115,8 @@ pub enum RunError {
     Lock(#[from] LockError),
     #[error("interface '{iface}': {source}")]
     Rules { iface: String, source: Box<KernelError> },
+    #[error("interface '{iface}': {reason}")]
+    Egress { iface: String, reason: String },
     #[error("restoring the saved rules: {0}")]
     Restore(Box<MitigateError>),
     #[error("{0}")]

@@ -224,6 +224,8 @@ impl Poller {
         for ev in self.detector.observe(&obs) {
             self.publish(ev);
         }
+        let attacked = self.detector.open_incidents().any(|i| i.iface == iface);
+        probe.set_learning(!attacked, &self.metrics);
         self.publish_baselines(&iface);
         Ok(iface_view(
             probe.attachment.mode.name(),

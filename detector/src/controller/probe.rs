@@ -10,6 +10,7 @@ use crate::{
     kernel::{
         counters::{CounterError, CounterMaps},
         ebpf::{self, CountingOptions},
+        egress::{self, Learning},
         pins,
         rules::RuleMaps,
         xdp::{self, AttachError, Attachment},
@@ -36,6 +37,7 @@ pub struct Probe {
     prev: ClassSnapshot,
     tracker: SourceTracker,
     divisor: u32,
+    learning: Learning,
 }
 
 /// What one poll of an interface read.
@@ -76,7 +78,11 @@ impl Probe {
         let rule_maps = RuleMaps::take(&mut obj)
             .map_err(|source| RunError::Rules { iface: iface.to_string(), source: Box::new(source) })?;
         maps.set_sample_divisor(FIRST_DIVISOR).map_err(counters_err)?;
-        let attachment = xdp::attach(obj, iface, cfg.mode, cfg.force, Some(&pin_dir))?;
+        let learn_err = |e: egress::EgressError| RunError::Egress { iface: iface.to_string(), reason: e.to_string() };
+        let learning = Learning::take(&mut obj).map_err(learn_err)?;
+        let mut attachment = xdp::attach(obj, iface, cfg.mode, cfg.force, Some(&pin_dir))?;
+        let adopted = egress::attach(attachment.ebpf_mut(), iface, &pin_dir).map_err(learn_err)?;
+        tracing::info!(iface, adopted, "egress program learning known-good peers");
         if attachment.adopted {
             tracing::info!(
                 iface,
@@ -96,7 +102,26 @@ impl Probe {
             prev: ClassSnapshot::default(),
             tracker: SourceTracker::new(cfg.idle_after),
             divisor: FIRST_DIVISOR,
+            learning,
         })
+    }
+
+    /// Learning of known-good peers: on in peacetime, off while the
+    /// interface is under attack (the host's answers to a spoofed flood
+    /// must not teach it the flood's sources).
+    pub fn set_learning(&mut self, on: bool, metrics: &Metrics) {
+        if on != self.learning.enabled() {
+            match self.learning.set(on) {
+                Ok(()) => tracing::info!(
+                    iface = self.iface(),
+                    "known-good peer learning {}",
+                    if on { "resumed" } else { "paused" }
+                ),
+                Err(e) => tracing::warn!(iface = self.iface(), "cannot switch peer learning: {e}"),
+            }
+        }
+        let c = self.learning.counts();
+        metrics.known_peers(self.iface(), self.learning.enabled(), c.learned, c.over_budget);
     }
 
     pub fn iface(&self) -> &str {

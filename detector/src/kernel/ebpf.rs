@@ -8,8 +8,8 @@ use detector_common::{
     known::KNOWN_PEERS_MAP,
     maps::{CLASS_STATS_MAP, SOURCE_STATS_MAP},
     rules::{
-        AGGREGATE_MAP, BUCKETS_MAP, DEFAULT_MAX_ALLOW, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, RULES_ACTIVE_MAP, RULES_MAP,
-        RULE_STATS_MAP,
+        AGGREGATE_MAP, BUCKETS_MAP, DEFAULT_MAX_ALLOW, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, RULES_ACTIVE_MAP,
+        RULES_MAP, RULE_STATS_MAP,
     },
 };
 use thiserror::Error;
@@ -27,7 +27,7 @@ pub enum LoadError {
     MissingProgram { object: &'static str, program: &'static str },
     #[error("the {object} object has no map named '{map}'")]
     MissingMap { object: &'static str, map: &'static str },
-    #[error("the kernel refused to load the XDP program '{program}': {reason}{}", verifier_tail(verifier_log))]
+    #[error("the kernel refused to load the BPF program '{program}': {reason}{}", verifier_tail(verifier_log))]
     Program { program: &'static str, reason: String, verifier_log: String },
     #[error("cannot read random bytes for the hash seed: {0}")]
     Seed(String),
@@ -176,13 +176,35 @@ pub fn load_xdp<'a>(
     let missing = || LoadError::MissingProgram { object, program: name };
     let prog: &mut aya::programs::Xdp =
         ebpf.program_mut(name).ok_or_else(missing)?.try_into().map_err(|_| missing())?;
-    // The verifier gives up with EAGAIN when a signal (a child's SIGCHLD,
-    // say) arrives while it works; libbpf tries again, and so do we.
+    verify(name, || prog.load())?;
+    Ok(prog)
+}
+
+/// Loads the egress program `name` of `ebpf` into the kernel.
+pub fn load_classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    object: &'static str,
+    name: &'static str,
+) -> Result<&'a mut aya::programs::SchedClassifier, LoadError> {
+    let missing = || LoadError::MissingProgram { object, program: name };
+    let prog: &mut aya::programs::SchedClassifier =
+        ebpf.program_mut(name).ok_or_else(missing)?.try_into().map_err(|_| missing())?;
+    verify(name, || prog.load())?;
+    Ok(prog)
+}
+
+/// Runs `load` until the verifier finishes: it gives up with EAGAIN when a
+/// signal (a child's SIGCHLD, say) arrives while it works; libbpf tries
+/// again, and so do we.
+fn verify(
+    name: &'static str,
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), LoadError> {
     let mut attempts = 0;
     loop {
         attempts += 1;
-        match prog.load() {
-            Ok(()) => return Ok(prog),
+        match load() {
+            Ok(()) => return Ok(()),
             Err(aya::programs::ProgramError::LoadError { io_error, .. })
                 if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts < LOAD_ATTEMPTS =>
             {

@@ -9,6 +9,7 @@
 
 pub mod counters;
 pub mod ebpf;
+pub mod egress;
 pub mod pins;
 pub mod rules;
 pub mod xdp;

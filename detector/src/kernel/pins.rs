@@ -244,8 +244,10 @@ pub enum LockError {
 /// Forces the XDP link pinned in `dir` off its interface now, even while
 /// a process still holds it, then removes the pins.
 pub fn detach_now(dir: &Path) -> Result<usize, PinError> {
-    if let Err(e) = link_detach(&dir.join(LINK_PIN)) {
-        tracing::debug!("BPF_LINK_DETACH on {}: {e}", dir.display());
+    for pin in [LINK_PIN, super::egress::EGRESS_LINK_PIN] {
+        if let Err(e) = link_detach(&dir.join(pin)) {
+            tracing::debug!("BPF_LINK_DETACH on {}/{pin}: {e}", dir.display());
+        }
     }
     remove(dir)
 }

@@ -150,6 +150,11 @@ impl Attachment {
         Ok(())
     }
 
+    /// The loaded object, for the programs and maps that go with this one.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// True when the program stays attached after this process exits.
     pub fn is_pinned(&self) -> bool {
         matches!(self.hold, Some(Hold::Pinned { .. }))

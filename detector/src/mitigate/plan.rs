@@ -397,7 +397,9 @@ mod tests {
 
     #[test]
     fn aggregate_slots_read_back() {
-        for (pps, burst, bps) in [(Some(20_000), Some(2_000), None), (None, None, Some(5_000_000)), (Some(100), Some(5), Some(150_000))] {
+        for (pps, burst, bps) in
+            [(Some(20_000), Some(2_000), None), (None, None, Some(5_000_000)), (Some(100), Some(5), Some(150_000))]
+        {
             let byte_burst = bps.map(|b: u64| (b / 10).max(7500));
             let r = rule(8, "0.0.0.0/0", Action::AggregateLimit { pps, burst, bps, byte_burst });
             let s = slot(&r, CLOCK);

@@ -411,7 +411,9 @@ impl ShapeRequest<'_> {
                 }
                 Action::Drop
             }
-            "rate_limit" | "ratelimit" | "rate-limit" | "aggregate_limit" if self.aggregate || self.action == "aggregate_limit" => {
+            "rate_limit" | "ratelimit" | "rate-limit" | "aggregate_limit"
+                if self.aggregate || self.action == "aggregate_limit" =>
+            {
                 self.aggregate_action()?
             }
             "rate_limit" | "ratelimit" | "rate-limit" => {

@@ -13,11 +13,11 @@ use super::{
 };
 use crate::{
     detect::{family::Family, severity::Severity},
-    span::Span,
     mitigate::{
         prefix::Prefix,
         rule::{Match, Shape, ShapeRequest},
     },
+    span::Span,
 };
 
 /// The variables a template may use: the incident context (see README).

@@ -12,13 +12,13 @@ use super::{
     trigger::{matches, Fired},
 };
 use crate::{
-    span::Span,
     detect::{
         family::Family,
         incident::{EventKind, Incident, Status, TopSource},
         severity::Severity,
     },
     mitigate::rule::{Action, RuleRequest, Shape},
+    span::Span,
 };
 
 /// Every variable set, to something URL-shaped.

@@ -17,8 +17,8 @@ use detector_common::{
     maps::{ClassStats, SourceKey},
     rules::{
         gcra, Bucket, BucketKey, DropReason, PacketKey, PrefixData, RuleCounters, RuleEntry, RuleSlot, ACTION_DROP,
-        ACTION_RATE_LIMIT, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, ENTRY_ALLOW, MAX_SLOTS, SLOT_AGGREGATE,
-        SLOT_DST, SLOT_SPARE_KNOWN,
+        ACTION_RATE_LIMIT, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, ENTRY_ALLOW, MAX_SLOTS, SLOT_AGGREGATE, SLOT_DST,
+        SLOT_SPARE_KNOWN,
     },
 };
 

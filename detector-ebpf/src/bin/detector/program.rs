@@ -37,7 +37,7 @@ static WINDOW: PerCpuArray<Window> = PerCpuArray::with_max_entries(1, 0);
 
 /// The current epoch; the controller bumps it at every poll.
 #[map]
-static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+pub static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Sampled headers for the controller (ports, reflector services).
 #[map]

@@ -1,0 +1,97 @@
+//! The egress program: learns the host's real peers from what the host
+//! itself sends (see `detector_common::known`). It never changes a verdict.
+//!
+//! A peer is learned from traffic only a real conversation produces: a TCP
+//! segment the host sends without SYN+ACK or RST (it opened the connection,
+//! or the peer completed the handshake), a UDP datagram sent from a port
+//! that is not a DNS or amplification service (its own queries, and a game
+//! or application server's answers to clients). Not from the answers a
+//! spoofed flood draws: SYN-ACKs, resets, ICMP errors, DNS and reflector
+//! replies.
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, TC_ACT_OK},
+    helpers::bpf_ktime_get_coarse_ns,
+    macros::{classifier, map},
+    maps::{Array, PerCpuArray},
+    programs::TcContext,
+};
+use detector_common::{
+    known::{KnownPeer, LearnControl, LearnState, KNOWN_BY_EGRESS},
+    maps::SourceKey,
+    TrafficClass,
+};
+
+use crate::{
+    mitigate::KNOWN_PEERS,
+    parse::{self, parse},
+    program::EPOCH,
+};
+
+#[map]
+static LEARN_CONTROL: Array<LearnControl> = Array::with_max_entries(1, 0);
+
+#[map]
+static LEARN_STATE: PerCpuArray<LearnState> = PerCpuArray::with_max_entries(1, 0);
+
+/// A known peer's time is refreshed at most this often (a write per packet
+/// of a bulk transfer would cost more than it tells).
+const REFRESH_NS: u64 = 1_000_000_000;
+
+#[classifier]
+pub fn detector_egress(ctx: TcContext) -> i32 {
+    learn(ctx.data(), ctx.data_end());
+    TC_ACT_OK as i32
+}
+
+#[inline(always)]
+fn learn(start: usize, end: usize) {
+    let Some(ctl) = LEARN_CONTROL.get(0) else {
+        return;
+    };
+    if ctl.enabled == 0 {
+        return;
+    }
+    let p = parse(start, end);
+    if !p.has_src {
+        return;
+    }
+    let learnable = match p.class {
+        TrafficClass::TcpSyn | TrafficClass::TcpAck | TrafficClass::HttpRequest => true,
+        TrafficClass::Udp | TrafficClass::DnsQuery => true,
+        _ => false,
+    };
+    if !learnable {
+        return;
+    }
+    // The frame's destination is the peer.
+    let key = SourceKey { addr: parse::bytes(p.dst) };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(peer) = KNOWN_PEERS.get_ptr_mut(&key) {
+        unsafe {
+            if now.wrapping_sub((*peer).last_ns) > REFRESH_NS {
+                (*peer).last_ns = now;
+                (*peer).how |= KNOWN_BY_EGRESS;
+            }
+        }
+        return;
+    }
+    let Some(st) = LEARN_STATE.get_ptr_mut(0) else {
+        return;
+    };
+    let epoch = EPOCH.get(0).copied().unwrap_or(0);
+    unsafe {
+        if (*st).epoch != epoch {
+            (*st).epoch = epoch;
+            (*st).learned = 0;
+        }
+        if (*st).learned >= ctl.budget {
+            (*st).over_budget_total += 1;
+            return;
+        }
+        (*st).learned += 1;
+        (*st).learned_total += 1;
+    }
+    let peer = KnownPeer { last_ns: now, how: KNOWN_BY_EGRESS, _pad: 0 };
+    let _ = KNOWN_PEERS.insert(&key, &peer, BPF_NOEXIST as u64);
+}
