@@ -42,10 +42,15 @@ pub enum TrafficClass {
     /// A frame that ends before a header it announces, carries an impossible
     /// length, or chains more IPv6 extension headers than the parser walks.
     Malformed = 14,
+    /// A TCP segment that would be `tcp_ack` or `tcp_rst`, from a known-good
+    /// peer (see [`crate::known`]): part of a conversation the host knows,
+    /// so not counted towards an ACK or RST flood. The parser never gives
+    /// it; the program decides it after the parse.
+    TcpEstablished = 15,
 }
 
 /// Number of traffic classes; the length of every per-class array.
-pub const CLASS_COUNT: usize = 15;
+pub const CLASS_COUNT: usize = 16;
 
 impl TrafficClass {
     /// All classes, in id order.
@@ -65,6 +70,7 @@ impl TrafficClass {
         TrafficClass::OtherIp,
         TrafficClass::NonIp,
         TrafficClass::Malformed,
+        TrafficClass::TcpEstablished,
     ];
 
     /// The class's name as used in metrics labels, logs and the CLI.
@@ -85,6 +91,7 @@ impl TrafficClass {
             TrafficClass::OtherIp => "other_ip",
             TrafficClass::NonIp => "non_ip",
             TrafficClass::Malformed => "malformed",
+            TrafficClass::TcpEstablished => "tcp_established",
         }
     }
 

@@ -42,6 +42,7 @@ fn is_tcp(c: TrafficClass) -> bool {
             | TrafficClass::TcpRst
             | TrafficClass::TcpAck
             | TrafficClass::HttpRequest
+            | TrafficClass::TcpEstablished
     )
 }
 
@@ -60,7 +61,7 @@ impl SampleView {
             if WEB_PORTS.contains(&s.dport) {
                 match class {
                     TrafficClass::TcpSyn => v.web_syn += 1,
-                    TrafficClass::TcpAck | TrafficClass::HttpRequest => v.web_ack += 1,
+                    TrafficClass::TcpAck | TrafficClass::HttpRequest | TrafficClass::TcpEstablished => v.web_ack += 1,
                     _ => {}
                 }
             }

@@ -89,7 +89,9 @@ impl Family {
     /// connections.
     pub fn traffic_classes(self) -> &'static [TrafficClass] {
         match self {
-            Family::HttpFlood => &[TrafficClass::HttpRequest, TrafficClass::TcpSyn, TrafficClass::TcpAck],
+            Family::HttpFlood => {
+                &[TrafficClass::HttpRequest, TrafficClass::TcpSyn, TrafficClass::TcpAck, TrafficClass::TcpEstablished]
+            }
             other => other.classes(),
         }
     }
@@ -130,12 +132,17 @@ mod tests {
             assert_eq!(f.index(), i);
             assert!(!f.classes().is_empty());
         }
-        // Every class that can be an attack belongs to exactly one family.
+        // Every class that can be an attack belongs to exactly one family
+        // (a known peer's segments are not an attack of their own).
         for c in TrafficClass::ALL {
             let n = Family::DETECTED.iter().filter(|f| f.classes().contains(&c)).count();
             let expected = !matches!(
                 c,
-                TrafficClass::TcpSynAck | TrafficClass::OtherIp | TrafficClass::NonIp | TrafficClass::Malformed
+                TrafficClass::TcpSynAck
+                    | TrafficClass::OtherIp
+                    | TrafficClass::NonIp
+                    | TrafficClass::Malformed
+                    | TrafficClass::TcpEstablished
             );
             assert_eq!(n, expected as usize, "{}", c.name());
         }

@@ -225,7 +225,7 @@ fn scope_classes(names: &[String]) -> Vec<TrafficClass> {
     let mut out: Vec<TrafficClass> = Vec::new();
     for n in names {
         let group: Vec<TrafficClass> = match n.as_str() {
-            "tcp" => vec![C::TcpSyn, C::TcpSynAck, C::TcpRst, C::TcpAck, C::HttpRequest],
+            "tcp" => vec![C::TcpSyn, C::TcpSynAck, C::TcpRst, C::TcpAck, C::HttpRequest, C::TcpEstablished],
             "udp" => vec![C::Udp, C::DnsQuery, C::DnsResponse, C::UdpAmplification],
             "icmp" => vec![C::Icmp, C::Icmpv6],
             one => TrafficClass::from_name(one).into_iter().collect(),

@@ -331,6 +331,7 @@ pub fn class_mask(names: &[String]) -> Result<u32, RequestError> {
                     | bit(TrafficClass::TcpSynAck)
                     | bit(TrafficClass::TcpRst)
                     | bit(TrafficClass::TcpAck)
+                    | bit(TrafficClass::TcpEstablished)
                     | bit(TrafficClass::HttpRequest)
             }
             "udp" => {

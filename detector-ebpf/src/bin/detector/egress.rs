@@ -56,11 +56,15 @@ fn learn(start: usize, end: usize) {
     if !p.has_src {
         return;
     }
-    let learnable = match p.class {
-        TrafficClass::TcpSyn | TrafficClass::TcpAck | TrafficClass::HttpRequest => true,
-        TrafficClass::Udp | TrafficClass::DnsQuery => true,
-        _ => false,
-    };
+    let learnable = [
+        TrafficClass::TcpSyn,
+        TrafficClass::TcpAck,
+        TrafficClass::HttpRequest,
+        TrafficClass::Udp,
+        TrafficClass::DnsQuery,
+    ]
+    .iter()
+    .any(|c| *c as u8 == p.class);
     if !learnable {
         return;
     }

@@ -22,7 +22,7 @@ use detector_common::{
     },
 };
 
-use crate::parse::Parsed;
+use crate::{parse::Parsed, program::EPOCH};
 
 /// Source prefix to the rules that cover it (and its allowlist flag).
 #[map]
@@ -126,6 +126,49 @@ pub fn drops(p: &Parsed, src: &[u8; 16], len: u64, stats: *mut ClassStats) -> bo
 #[inline(always)]
 fn is_known(src: &[u8; 16]) -> bool {
     unsafe { KNOWN_PEERS.get(SourceKey { addr: *src }).is_some() }
+}
+
+/// Slots of [`PEER_CACHE`] per CPU.
+const PEER_CACHE_SLOTS: u32 = 256;
+
+/// One CPU's recent known-peer answers, valid for the epoch they were
+/// found in (one poll): a bulk transfer's segments come from one peer, and
+/// an array read and a compare cost a fraction of the hash lookup. A
+/// spoofed flood misses here and pays the lookup, as it should.
+#[map]
+static PEER_CACHE: PerCpuArray<PeerCacheSlot> = PerCpuArray::with_max_entries(PEER_CACHE_SLOTS, 0);
+
+#[repr(C)]
+pub struct PeerCacheSlot {
+    addr: [u64; 2],
+    /// Epoch + 1 when the address was found known; 0: empty.
+    epoch: u32,
+    _pad: u32,
+}
+
+/// True when the source (as the parser's words) is a known-good peer.
+#[inline(always)]
+pub fn is_known_peer(src: &[u64; 2]) -> bool {
+    let h = (src[0] ^ src[1]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let slot = (h >> 56) as u32 % PEER_CACHE_SLOTS;
+    let epoch = EPOCH.get(0).copied().unwrap_or(0).wrapping_add(1);
+    let Some(c) = PEER_CACHE.get_ptr_mut(slot) else {
+        return false;
+    };
+    unsafe {
+        if (*c).epoch == epoch && (*c).addr[0] == src[0] && (*c).addr[1] == src[1] {
+            return true;
+        }
+    }
+    // SAFETY: two u64 are sixteen bytes, at an alignment that suits both.
+    if !is_known(unsafe { &*(src as *const [u64; 2] as *const [u8; 16]) }) {
+        return false;
+    }
+    unsafe {
+        (*c).addr = *src;
+        (*c).epoch = epoch;
+    }
+    true
 }
 
 #[inline(always)]

@@ -47,7 +47,11 @@ pub struct Parsed {
     /// Read here, once: rules on the destination and, in network mode,
     /// per-destination counting need it.
     pub dst: [u64; 2],
-    pub class: TrafficClass,
+    /// The [`TrafficClass`] id: a plain number, not the enum, because the
+    /// program reads it back from a map (see its `launder`), where the
+    /// compiler's knowledge that an enum holds a valid value would let it
+    /// drop the bounds checks the verifier needs.
+    pub class: u8,
     /// The IP header was sound: `src`, `dst` and `ttl` are set.
     pub has_src: bool,
     /// IPv4 TTL or IPv6 hop limit.
@@ -108,7 +112,7 @@ impl Parsed {
         Parsed {
             src: [0; 2],
             dst: [0; 2],
-            class,
+            class: class as u8,
             has_src: false,
             ttl: 0,
             tcp_flags: 0,
@@ -122,7 +126,7 @@ impl Parsed {
         Parsed {
             src: ip.src,
             dst: ip.dst,
-            class: t.class,
+            class: t.class as u8,
             has_src: true,
             ttl: ip.ttl,
             tcp_flags: t.flags,

@@ -9,7 +9,7 @@ use detector_common::{
     maps::{ClassStats, SourceKey, SourceStats, DEFAULT_MAX_SOURCES},
     sample::{next_gap, PacketSample, SampleControl, SAMPLES_RING_BYTES},
     sketch::{self, SketchRow, Window, EPOCH_MASK, SKETCH_DEPTH},
-    CLASS_COUNT,
+    TrafficClass, CLASS_COUNT,
 };
 
 use crate::{
@@ -56,7 +56,18 @@ pub fn detector(ctx: XdpContext) -> u32 {
     let start = ctx.data();
     let end = ctx.data_end();
     let len = (end - start) as u64;
-    let parsed = parse(start, end);
+    let Some(parsed) = launder(parse(start, end)) else {
+        return xdp_action::XDP_PASS;
+    };
+    // An ACK or RST of a conversation the host knows is not part of an
+    // ACK or RST flood; one from a spoofed or unknown source still is.
+    if (parsed.class == TrafficClass::TcpAck as u8 || parsed.class == TrafficClass::TcpRst as u8)
+        && parsed.has_src
+        && mitigate::is_known_peer(&parsed.src)
+    {
+        parsed.class = TrafficClass::TcpEstablished as u8;
+    }
+    let parsed: &Parsed = parsed;
     let class = parsed.class as u32;
 
     let Some(stats) = CLASS_STATS.get_ptr_mut(class) else {
@@ -66,9 +77,6 @@ pub fn detector(ctx: XdpContext) -> u32 {
         (*stats).seen.packets += 1;
         (*stats).seen.bytes += len;
     }
-    let Some(parsed) = launder(parsed) else {
-        return xdp_action::XDP_PASS;
-    };
     if !parsed.has_src {
         return xdp_action::XDP_PASS;
     }
@@ -102,11 +110,11 @@ static PARSED: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);
 /// numbers, and the ways meet. Costs a store of the findings in a per-CPU
 /// array, once per packet; the code after reads them from there.
 #[inline(always)]
-fn launder(p: Parsed) -> Option<&'static Parsed> {
+fn launder(p: Parsed) -> Option<&'static mut Parsed> {
     let slot = PARSED.get_ptr_mut(0)?;
     unsafe {
         core::ptr::write_volatile(slot, p);
-        Some(&*slot)
+        Some(&mut *slot)
     }
 }
 
@@ -136,7 +144,7 @@ fn sample(w: *mut Window, start: usize, end: usize, p: &Parsed, len: u64) {
         (*s).src = parse::bytes(p.src);
         (*s).dst = parse::bytes(p.dst);
         (*s).len = len as u32;
-        (*s).class = p.class as u8;
+        (*s).class = p.class;
         (*s).ttl = p.ttl;
         (*s).sport = p.ports.src;
         (*s).dport = p.ports.dst;
