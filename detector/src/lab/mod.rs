@@ -16,14 +16,17 @@
 //! a controller under test ([`controller`]), `detector` commands and floods
 //! run in a namespace ([`process`]), HTTP from inside one ([`http_get`]),
 //! and a stand-in for notification endpoints ([`receiver`]). For traffic
-//! from real tools and real sockets: the kernel's own counters of a
-//! namespace ([`counters`]). All of it is
+//! from real tools and real sockets: `hping3` run for a while and stopped
+//! ([`hping3`]), the kernel's own counters of a namespace ([`counters`]),
+//! and a UDP server and client that answer and count ([`udp`]). All of it is
 //! behind the crate's `lab` feature: the production build carries none of it.
 
 pub mod controller;
 pub mod counters;
+pub mod hping3;
 pub mod process;
 pub mod receiver;
+pub mod udp;
 
 pub use controller::Controller;
 pub use process::{Background, DetectorCommand, Supervision};

@@ -4,9 +4,9 @@
 //! ([`DetectorCommand::output`], [`DetectorCommand::json`]), or left running
 //! in the background, a flood for instance ([`DetectorCommand::spawn`]),
 //! and stopped with a signal and a grace period. Other programs run in a
-//! namespace the same way ([`Background::spawn_in`]: a traffic tool). No
-//! child outlives its handle: dropping one sends SIGTERM, then SIGKILL, and
-//! reaps it.
+//! namespace the same way ([`Background::spawn_in`]: a traffic tool, see
+//! [`super::hping3`]). No child outlives its handle: dropping one sends
+//! SIGTERM, then SIGKILL, and reaps it.
 
 use std::{
     ffi::{OsStr, OsString},
