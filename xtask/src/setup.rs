@@ -130,7 +130,7 @@ fn bpf_linker(sysroot: &Path) -> Result<()> {
 }
 
 /// What the kernel tests call: `ip` for the lab, `promtool` to check the
-/// metrics text.
+/// metrics text, `hping3` for spoofed floods from a real tool.
 pub fn test_tools() -> Result<()> {
     let mut missing = Vec::new();
     if which("ip").is_none() {
@@ -138,6 +138,10 @@ pub fn test_tools() -> Result<()> {
     }
     if which("promtool").is_none() {
         missing.push("prometheus");
+    }
+    // In /usr/sbin, which a non-root PATH may lack; the lab looks there too.
+    if which("hping3").is_none() && which_sbin("hping3").is_none() {
+        missing.push("hping3");
     }
     apt_install(&missing, "the tests")
 }

@@ -15,12 +15,18 @@
 //! Around the lab, the harness the tests, the demo and the bench share:
 //! a controller under test ([`controller`]), `detector` commands and floods
 //! run in a namespace ([`process`]), HTTP from inside one ([`http_get`]),
-//! and a stand-in for notification endpoints ([`receiver`]). All of it is
+//! and a stand-in for notification endpoints ([`receiver`]). For traffic
+//! from real tools and real sockets: `hping3` run for a while and stopped
+//! ([`hping3`]), the kernel's own counters of a namespace ([`counters`]),
+//! and a UDP server and client that answer and count ([`udp`]). All of it is
 //! behind the crate's `lab` feature: the production build carries none of it.
 
 pub mod controller;
+pub mod counters;
+pub mod hping3;
 pub mod process;
 pub mod receiver;
+pub mod udp;
 
 pub use controller::Controller;
 pub use process::{Background, DetectorCommand, Supervision};
@@ -45,6 +51,8 @@ pub enum LabError {
     NoIp(std::io::Error),
     #[error("cannot enter network namespace {ns}: {source}")]
     Enter { ns: String, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Sysctl { path: String, source: std::io::Error },
 }
 
 /// Two namespaces and the veth pair between them.
@@ -158,6 +166,24 @@ impl Lab {
         c
     }
 
+    /// Adds `cidr` (`192.0.2.10/24`) to `ifname` in namespace `ns`: a second
+    /// host on one side of the lab (a legitimate client beside a generator).
+    pub fn add_addr(&self, ns: &str, ifname: &str, cidr: &str) -> Result<(), LabError> {
+        ip(&["-n", ns, "addr", "add", cidr, "dev", ifname]).map(drop)
+    }
+
+    /// Turns reverse-path filtering off on the target side (`all` and its
+    /// interface), as on a host with a default route: a spoofed source then
+    /// reaches the target's stack, and only the detector stops it. (The lab
+    /// has no default route, and a namespace may inherit `rp_filter` on
+    /// from the host, which drops such sources before any socket sees them.)
+    pub fn accept_spoofed_sources(&self) -> Result<(), LabError> {
+        for conf in ["all", "default", self.tgt_if.as_str()] {
+            sysctl(&self.tgt_ns, &format!("net/ipv4/conf/{conf}/rp_filter"), "0")?;
+        }
+        Ok(())
+    }
+
     /// The target MAC address, for frames the target's stack should accept.
     pub fn tgt_mac(&self) -> Result<[u8; 6], LabError> {
         let _in = self.enter_tgt()?;
@@ -223,22 +249,36 @@ fn dechunk(body: &str) -> String {
     }
 }
 
-/// Writes the interface's `disable_ipv6` sysctl from a thread inside `ns`
-/// (`/proc/sys/net` shows the namespace of the thread that opens it).
+/// Writes the interface's `disable_ipv6` sysctl inside `ns`.
 fn disable_ipv6(ns: &str, ifname: &str) -> Result<(), LabError> {
-    let (ns, ifname) = (ns.to_string(), ifname.to_string());
+    match sysctl(ns, &format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1") {
+        // A kernel without IPv6 sends no IPv6 of its own either.
+        Err(LabError::Sysctl { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// Writes `value` to `/proc/sys/<key>` (`net/ipv4/conf/all/rp_filter`)
+/// from a thread inside `ns` (`/proc/sys/net` shows the namespace of the
+/// thread that opens it): the namespace's setting, never the host's.
+pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<(), LabError> {
+    let (ns, path, value) = (ns.to_string(), format!("/proc/sys/{key}"), value.to_string());
     std::thread::spawn(move || {
         let _in = NetnsGuard::enter(&ns).map_err(|source| LabError::Enter { ns: ns.clone(), source })?;
-        let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
-        match std::fs::write(&path, "1") {
-            Ok(()) => Ok(()),
-            // A kernel without IPv6 sends no IPv6 of its own either.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(LabError::Ip { args: format!("write {path}"), stderr: e.to_string() }),
-        }
+        std::fs::write(&path, value).map_err(|source| LabError::Sysctl { path, source })
     })
     .join()
     .expect("sysctl thread")
+}
+
+/// Where `name` is installed: on `PATH`, or in the sbin directories a
+/// non-root `PATH` may lack (`hping3` lives in `/usr/sbin`).
+pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(std::path::PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 fn netns_inode(ns: &str) -> Option<u64> {

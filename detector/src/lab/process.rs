@@ -3,8 +3,10 @@
 //! completion within a timeout with its output captured
 //! ([`DetectorCommand::output`], [`DetectorCommand::json`]), or left running
 //! in the background, a flood for instance ([`DetectorCommand::spawn`]),
-//! and stopped with a signal and a grace period. No child outlives its
-//! handle: dropping one sends SIGTERM, then SIGKILL, and reaps it.
+//! and stopped with a signal and a grace period. Other programs run in a
+//! namespace the same way ([`Background::spawn_in`]: a traffic tool, see
+//! [`super::hping3`]). No child outlives its handle: dropping one sends
+//! SIGTERM, then SIGKILL, and reaps it.
 
 use std::{
     ffi::{OsStr, OsString},
@@ -147,22 +149,7 @@ impl DetectorCommand {
         let mut cmd = Lab::command_in(&self.ns, &self.bin);
         cmd.args(&self.args).envs(self.env.iter().map(|(k, v)| (k, v)));
         if self.supervision.die_with_parent {
-            use std::os::unix::process::CommandExt as _;
-            let parent = std::process::id();
-            // SAFETY: prctl and getppid are async-signal-safe; nothing
-            // allocates between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // The parent died before the prctl took effect.
-                    if libc::getppid() as u32 != parent {
-                        return Err(std::io::Error::other("the parent is gone"));
-                    }
-                    Ok(())
-                });
-            }
+            die_with_parent(&mut cmd);
         }
         cmd
     }
@@ -170,17 +157,7 @@ impl DetectorCommand {
     /// Starts it in the background; stdin is empty, stdout and stderr are
     /// collected (on threads, so a long output never blocks the child).
     pub fn spawn(&self) -> Result<Background, ProcessError> {
-        let what = self.what();
-        let mut child = self
-            .command()
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| ProcessError::Spawn { what: what.clone(), source })?;
-        let stdout = drain(child.stdout.take());
-        let stderr = drain(child.stderr.take());
-        Ok(Background { child: Some(child), stdout, stderr, what, supervision: self.supervision })
+        Background::spawn(self.command(), self.what(), self.supervision)
     }
 
     /// Runs it to completion, whatever its exit status; killed (and an
@@ -193,6 +170,27 @@ impl DetectorCommand {
     /// error carrying its stderr. (Pass `--json` among the arguments.)
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ProcessError> {
         json_of(&self.what(), &self.output()?)
+    }
+}
+
+/// Gives the child SIGTERM when the thread that spawns it ends (see
+/// [`Supervision::die_with_parent`]).
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    let parent = std::process::id();
+    // SAFETY: prctl and getppid are async-signal-safe; nothing
+    // allocates between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the prctl took effect.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other("the parent is gone"));
+            }
+            Ok(())
+        });
     }
 }
 
@@ -227,7 +225,7 @@ fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> Option<JoinHandl
     }))
 }
 
-/// A `detector` child running in the background. Dropped while it runs,
+/// A child running in the background. Dropped while it runs,
 /// it gets SIGTERM, then SIGKILL after two seconds, and is reaped.
 pub struct Background {
     child: Option<Child>,
@@ -239,6 +237,42 @@ pub struct Background {
 
 impl Background {
     const DROP_GRACE: Duration = Duration::from_secs(2);
+
+    /// Starts `cmd` (any program; [`Lab::command_in`] puts one in a
+    /// namespace) with an empty stdin, its stdout and stderr collected on
+    /// threads. `what` names it in errors.
+    pub fn spawn(mut cmd: Command, what: String, supervision: Supervision) -> Result<Background, ProcessError> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| ProcessError::Spawn { what: what.clone(), source })?;
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
+        Ok(Background { child: Some(child), stdout, stderr, what, supervision })
+    }
+
+    /// `program ARGS` in namespace `ns`, in the background (see
+    /// [`Lab::command_in`]: the pid is the program's own, so signals reach
+    /// it), tied to this process as `supervision` asks.
+    pub fn spawn_in<S: AsRef<OsStr>>(
+        ns: &str,
+        program: &std::path::Path,
+        args: &[S],
+        supervision: Supervision,
+    ) -> Result<Background, ProcessError> {
+        let mut cmd = Lab::command_in(ns, program);
+        cmd.args(args);
+        if supervision.die_with_parent {
+            die_with_parent(&mut cmd);
+        }
+        let what = std::iter::once(program.to_string_lossy())
+            .chain(args.iter().map(|a| a.as_ref().to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        Background::spawn(cmd, what, supervision)
+    }
 
     /// Its pid, while it has not been reaped.
     pub fn pid(&self) -> Option<u32> {

@@ -1,0 +1,245 @@
+//! Spoofed floods from a real tool (hping3) against real UDP services, and
+//! the operator's signature rule (`detector block add 0.0.0.0/0 --class ...
+//! --dport/--sport ... --length ...`) that must drop the flood in XDP while
+//! the service's real users keep working.
+//!
+//! Both ends live in namespaces of their own with no default route: the
+//! target's kernel answers spoofed sources (echoes, ICMP errors), and with
+//! no route those answers go nowhere. Reverse-path filtering is off on the
+//! target, so without a rule the flood reaches its stack, as on a host with
+//! a default route. What reached the target is counted by its own kernel
+//! (`/proc/net/snmp`, UDP datagrams that got to the UDP layer) and by the
+//! server's socket, not by the detector.
+
+mod common;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use common::{ok, require_root, rules, Controller, Lab};
+use detector::lab::{
+    counters::NetCounters,
+    hping3::{Hping3, Hping3Report},
+    udp::{Reply, UdpClient, UdpServer},
+    GEN_V4, TGT_V4,
+};
+
+/// A second host on the generator's side: the legitimate client, which
+/// sends from its own, real address.
+const CLIENT_V4: &str = "192.0.2.10";
+/// How long a flood runs with no rule, to show it reaches the stack.
+const BASELINE: Duration = Duration::from_millis(1500);
+/// From stopping a flood to reading the counters: frames still in flight.
+const SETTLE: Duration = Duration::from_millis(200);
+/// A measured flood must be a flood: at least this many packets sent, or
+/// a share of 1% or 0.1% says little.
+const MIN_FLOOD: u64 = 10_000;
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+fn ip(a: &str) -> IpAddr {
+    IpAddr::V4(a.parse::<Ipv4Addr>().unwrap())
+}
+
+/// The lab for a spoofed flood: spoofed sources accepted by the target's
+/// stack, a controller on the target end.
+fn lab() -> (Lab, Controller) {
+    let lab = Lab::new().unwrap();
+    lab.accept_spoofed_sources().unwrap();
+    let c = Controller::start(&lab, &[]);
+    (lab, c)
+}
+
+fn hping3(lab: &Lab, args: &[&str]) -> Hping3 {
+    Hping3::start(&lab.gen_ns, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn stopped(h: Hping3) -> Hping3Report {
+    h.stop().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs the flood for [`BASELINE`] with no rule in force, and checks that
+/// most of it reaches the target's UDP layer: otherwise the measurement
+/// with the rule would prove nothing (a lab that drops spoofed sources by
+/// itself, say).
+fn baseline(lab: &Lab, flood: &[&str]) {
+    let before = NetCounters::read(&lab.tgt_ns).unwrap();
+    let h = hping3(lab, flood);
+    std::thread::sleep(BASELINE);
+    let r = stopped(h);
+    std::thread::sleep(SETTLE);
+    let reached = NetCounters::read(&lab.tgt_ns).unwrap().since(&before).udp_received();
+    let share = reached as f64 / r.sent.max(1) as f64;
+    eprintln!(
+        "no rule: hping3 sent {} packets in {:.2?} ({:.0} pps); {reached} reached the target's UDP layer ({:.1}%)",
+        r.sent,
+        r.elapsed,
+        r.pps(),
+        share * 100.0
+    );
+    // Random sources include martians (multicast, 0/8, 127/8: about 13%),
+    // which the stack drops before UDP; a veth under a flood may drop some.
+    assert!(share >= 0.5, "without a rule only {reached} of {} datagrams reached the stack:\n{}", r.sent, r.output);
+}
+
+/// The newest rule, as `detector rules list --json` shows it.
+fn last_rule(c: &Controller) -> serde_json::Value {
+    let v = rules(c);
+    v["rules"].as_array().and_then(|r| r.last().cloned()).unwrap_or_else(|| panic!("no rule in {v}"))
+}
+
+#[test]
+fn a_spoofed_flood_on_a_game_port_is_dropped_by_its_signature_while_a_player_keeps_playing() {
+    require_root!();
+    let (lab, c) = lab();
+    lab.add_addr(&lab.gen_ns, &lab.gen_if, &format!("{CLIENT_V4}/24")).unwrap();
+    let port = 27015;
+    let server = UdpServer::start(&lab.tgt_ns, addr("0.0.0.0", port), Reply::Echo).unwrap();
+    // The player, on the game's client port, from its own address.
+    let player = UdpClient::bind(&lab.gen_ns, addr(CLIENT_V4, 27005), addr(TGT_V4, port)).unwrap();
+    // 64 bytes of payload: 106-byte frames, inside the rule's length span.
+    // The player gets through as a known-good peer (the host answered it
+    // before the flood), not by its size.
+    let payload = 64;
+
+    // Playing before the flood.
+    let warm = player.exchange(5, 50.0, payload, Duration::from_millis(500)).unwrap();
+    assert_eq!((warm.sent, warm.answered), (5, 5), "the player was not answered before the flood: {warm:?}");
+
+    let port_s = port.to_string();
+    let flood = ["--udp", "--flood", "--rand-source", "-p", &port_s, "-d", "100", TGT_V4];
+    baseline(&lab, &flood);
+
+    // The operator's signature: UDP to the game port, 60-200 byte frames
+    // (hping3's are 142), from anywhere.
+    let out = ok(&c, &["block", "add", "0.0.0.0/0", "--class", "udp", "--dport", &port_s, "--length", "60-200"]);
+    eprintln!("{}", out.trim());
+
+    // The flood again; the player sends 2,000 datagrams at 1,000/s through it.
+    let before = NetCounters::read(&lab.tgt_ns).unwrap();
+    let at_server = server.stats();
+    let h = hping3(&lab, &flood);
+    std::thread::sleep(Duration::from_millis(200));
+    let ex = player.exchange(2000, 1000.0, payload, Duration::from_millis(500)).unwrap();
+    let r = stopped(h);
+    std::thread::sleep(SETTLE);
+    let delta = NetCounters::read(&lab.tgt_ns).unwrap().since(&before);
+    let now_at_server = server.stats();
+
+    let player_in = now_at_server.count_from(ip(CLIENT_V4)) - at_server.count_from(ip(CLIENT_V4));
+    let flood_at_socket = now_at_server.total_except(ip(CLIENT_V4)) - at_server.total_except(ip(CLIENT_V4));
+    let flood_in = delta.udp_received() - player_in as i64;
+    let share = flood_in as f64 / r.sent.max(1) as f64;
+    eprintln!(
+        "rule in: hping3 sent {} packets in {:.2?} ({:.0} pps); {flood_in} of them reached the target's UDP layer \
+         ({:.3}%), {flood_at_socket} the server's socket",
+        r.sent,
+        r.elapsed,
+        r.pps(),
+        share * 100.0
+    );
+    eprintln!(
+        "player: sent {}, {player_in} reached the server, {} answered (slowest {:.1?}); rule: {}",
+        ex.sent,
+        ex.answered,
+        ex.max_rtt,
+        last_rule(&c)
+    );
+    assert!(r.sent >= MIN_FLOOD, "hping3 sent only {} packets:\n{}", r.sent, r.output);
+    assert!(share <= 0.01, "{flood_in} of {} flood datagrams reached the target's stack (more than 1%)", r.sent);
+    assert_eq!(ex.sent, 2000, "{ex:?}");
+    assert!(
+        player_in * 100 >= ex.sent * 99,
+        "only {player_in} of the player's {} datagrams reached the server",
+        ex.sent
+    );
+    assert!(ex.answered * 100 >= ex.sent * 99, "the player got only {} answers to {}: {ex:?}", ex.answered, ex.sent);
+}
+
+#[test]
+fn an_ntp_reflection_flood_is_dropped_by_its_signature_while_the_hosts_own_ntp_queries_are_answered() {
+    require_root!();
+    let (lab, c) = lab();
+    // A time server on the generator's side, answering 48 bytes (90-byte
+    // frames) to each query, and the target's own NTP client.
+    let ntp = UdpServer::start(&lab.gen_ns, addr(GEN_V4, 123), Reply::Sized(48)).unwrap();
+    let client = UdpClient::bind(&lab.tgt_ns, addr(TGT_V4, 0), ntp.addr()).unwrap();
+    let warm = client.exchange(3, 10.0, 48, Duration::from_millis(500)).unwrap();
+    assert_eq!((warm.sent, warm.answered), (3, 3), "no time before the flood: {warm:?}");
+
+    // Reflected NTP: from port 123, 440 bytes of payload (482-byte frames),
+    // to ever-changing ports from 1024 up, from random reflectors.
+    let flood = ["--udp", "--flood", "--rand-source", "-s", "123", "-k", "-p", "++1024", "-d", "440", TGT_V4];
+    baseline(&lab, &flood);
+
+    let out = ok(
+        &c,
+        &["block", "add", "0.0.0.0/0", "--class", "udp_amplification", "--sport", "123", "--length", "400-1500"],
+    );
+    eprintln!("{}", out.trim());
+
+    // The flood again; the client asks the time 5 times a second through it.
+    let before = NetCounters::read(&lab.tgt_ns).unwrap();
+    let h = hping3(&lab, &flood);
+    std::thread::sleep(Duration::from_millis(200));
+    let ex = client.exchange(12, 5.0, 48, Duration::from_millis(500)).unwrap();
+    let r = stopped(h);
+    std::thread::sleep(SETTLE);
+    let delta = NetCounters::read(&lab.tgt_ns).unwrap().since(&before);
+
+    // The client's answers are the only UDP the target should take in.
+    let flood_in = delta.udp_received() - ex.from_peer as i64;
+    let share = flood_in as f64 / r.sent.max(1) as f64;
+    eprintln!(
+        "rule in: hping3 sent {} packets in {:.2?} ({:.0} pps); {flood_in} of them reached the target's UDP layer \
+         ({:.4}%), {} the client's socket",
+        r.sent,
+        r.elapsed,
+        r.pps(),
+        share * 100.0,
+        ex.from_others
+    );
+    eprintln!(
+        "ntp client: {} queries, {} answered (slowest {:.1?}); rule: {}",
+        ex.sent,
+        ex.answered,
+        ex.max_rtt,
+        last_rule(&c)
+    );
+    assert!(r.sent >= MIN_FLOOD, "hping3 sent only {} packets:\n{}", r.sent, r.output);
+    assert!(share <= 0.001, "{flood_in} of {} reflected datagrams reached the target's stack (more than 0.1%)", r.sent);
+    assert_eq!(ex.sent, 12, "{ex:?}");
+    assert_eq!(ex.answered, ex.sent, "answers lost under the rule: {ex:?}");
+}
+
+/// The harness itself: a flood running when a test panics is stopped and
+/// reaped, and the lab is removed, by unwinding alone.
+#[test]
+fn a_panicking_test_leaves_no_flood_and_no_lab() {
+    require_root!();
+    let (pid, namespaces) = {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let result = std::panic::catch_unwind(move || {
+            let lab = Lab::new().unwrap();
+            let h = hping3(&lab, &["--udp", "--flood", "-p", "9", TGT_V4]);
+            tx.send((h.pid().unwrap(), [lab.gen_ns.clone(), lab.tgt_ns.clone()])).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            panic!("a failed assertion while the flood runs");
+        });
+        assert!(result.is_err());
+        rx.recv().unwrap()
+    };
+    // Reaped: no process, not even a zombie, under that pid (the pid could
+    // be reused, but not by an hping3 this soon).
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    assert_ne!(comm.trim(), "hping3", "hping3 (pid {pid}) outlived the test");
+    let listed = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    for ns in namespaces {
+        assert!(!listed.contains(&ns), "namespace {ns} outlived the test");
+    }
+}
