@@ -243,3 +243,77 @@ fn a_panicking_test_leaves_no_flood_and_no_lab() {
         assert!(!listed.contains(&ns), "namespace {ns} outlived the test");
     }
 }
+
+/// Floors low enough that any flood is one (20,000 pps of ACKs), and far
+/// below what a bulk TCP transfer sends: the transfer must still open
+/// nothing, because its segments belong to a conversation the host knows.
+const BULK_CONFIG: &str = "\
+detection:
+  hold: 200ms
+  quiet: 1s
+  baseline: { warmup: 1h }
+  families:
+    ack_flood: { pps: 20000 }
+    syn_flood: { pps: 20000 }
+    udp_flood: { pps: 20000 }
+";
+
+fn incidents(c: &Controller) -> Vec<serde_json::Value> {
+    let (code, body) = common::http_get(&c.ns, "/api/incidents").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["incidents"].as_array().unwrap().clone()
+}
+
+fn tcp_ack_pps(c: &Controller, iface: &str, class: &str, secs: f64, before: u64) -> (u64, f64) {
+    let now = common::packets(&c.metrics(), iface, class);
+    (now, (now - before) as f64 / secs)
+}
+
+#[test]
+fn bulk_tcp_is_not_an_ack_flood_but_a_spoofed_ack_flood_is() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    lab.accept_spoofed_sources().unwrap();
+    let cfg = lab.dir.join("bulk.yaml");
+    std::fs::write(&cfg, BULK_CONFIG).unwrap();
+    let c = Controller::start(&lab, &["--config", cfg.to_str().unwrap()]);
+    let iperf3 = detector::lab::find_program("iperf3").expect("iperf3 (cargo xtask test installs it)");
+    let supervision = detector::lab::process::Supervision { die_with_parent: true, cancel: None };
+    let _server =
+        detector::lab::process::Background::spawn_in(&lab.tgt_ns, &iperf3, &["-s", "-B", TGT_V4], supervision).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut established = 0;
+    for (what, extra) in [("upload", &[][..]), ("download", &["-R"][..]), ("8 parallel streams", &["-P", "8"][..])] {
+        let before = common::packets(&c.metrics(), &lab.tgt_if, "tcp_established");
+        let mut args = vec!["-c", TGT_V4, "-t", "3", "-J"];
+        args.extend(extra);
+        let out = Lab::command_in(&lab.gen_ns, &iperf3).args(&args).output().unwrap();
+        assert!(out.status.success(), "iperf3 {what}: {}", String::from_utf8_lossy(&out.stdout));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let gbps = report["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
+        let (_, pps) = tcp_ack_pps(&c, &lab.tgt_if, "tcp_established", 3.0, before);
+        eprintln!("iperf3 {what}: {gbps:.1} Gbit/s; {pps:.0} pps of segments from a known peer at the target");
+        assert!(pps > 20_000.0, "{what}: the transfer is not bulk enough to prove anything ({pps:.0} pps)");
+        established = established.max(pps as u64);
+        let open = incidents(&c);
+        assert!(open.is_empty(), "{what} opened an incident: {open:?}");
+    }
+    // A spoofed ACK flood (random sources, no conversation): ack_flood.
+    let h = Hping3::start(&lab.gen_ns, &["-A", "--flood", "--rand-source", "-p", "5201", TGT_V4]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let inc = loop {
+        if let Some(i) = incidents(&c).into_iter().next() {
+            break i;
+        }
+        assert!(std::time::Instant::now() < deadline, "no incident for a spoofed ACK flood");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let r = h.stop().unwrap();
+    eprintln!(
+        "hping3 ACK flood: {:.0} pps (the bulk transfers peaked at {established} pps); incident {}",
+        r.pps(),
+        inc["families"]
+    );
+    assert_eq!(inc["families"], serde_json::json!(["ack_flood"]), "{inc}");
+}

@@ -130,7 +130,8 @@ fn bpf_linker(sysroot: &Path) -> Result<()> {
 }
 
 /// What the kernel tests call: `ip` for the lab, `promtool` to check the
-/// metrics text, `hping3` for spoofed floods from a real tool.
+/// metrics text, `hping3` for spoofed floods from a real tool, `iperf3` for
+/// legitimate bulk TCP.
 pub fn test_tools() -> Result<()> {
     let mut missing = Vec::new();
     if which("ip").is_none() {
@@ -142,6 +143,9 @@ pub fn test_tools() -> Result<()> {
     // In /usr/sbin, which a non-root PATH may lack; the lab looks there too.
     if which("hping3").is_none() && which_sbin("hping3").is_none() {
         missing.push("hping3");
+    }
+    if which("iperf3").is_none() {
+        missing.push("iperf3");
     }
     apt_install(&missing, "the tests")
 }
