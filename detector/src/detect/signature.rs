@@ -19,9 +19,14 @@
 //!    [`DST_SHARE`] of those samples, else none. A lower bar than the other
 //!    fields on purpose: what goes elsewhere is mostly the other hosts'
 //!    ordinary traffic of the same class, which a rule must spare.
-//! 3. The samples of those classes (to that address) are *the attack*; each
-//!    remaining field is chosen on all of them, independently of the
-//!    others, so each reads on its own ("its lengths are 54-60"):
+//! 3. The samples of those classes (to that address) are *the attack*; its
+//!    packets' shape is chosen field by field, first each field on all of
+//!    them, then each again on the samples that fit the other fields. The
+//!    second pass keeps what is not the attack from widening a field: a
+//!    few ordinary SYNs to 443 amid a SYN flood to 80 are outliers of the
+//!    port, and must not stretch the flood's length and TTL to theirs.
+//!    Each field so describes the attack's own packets, and reads on its
+//!    own ("its lengths are 54-60"):
 //!    - **ports**, each direction: the fewest single ports (at most
 //!      [`MAX_PORT_SPANS`]) that carry [`FIELD_COVERAGE`] of the attack
 //!      (a reflected service's source port, the flooded services); failing
@@ -211,18 +216,20 @@ pub fn derive(attack: &[PacketSample], peacetime: &[PacketSample], classes: &[Tr
     let dst = top_dst.filter(|(_, n)| *n as f64 >= DST_SHARE * in_classes.len() as f64).map(|(d, _)| d);
     let core: Vec<PacketSample> = in_classes.into_iter().filter(|s| dst.is_none_or(|d| d == s.dst)).collect();
 
-    // 3. Each remaining field on the same samples.
+    // 3. The packets' shape: each field on all of them, then each again on
+    // those the other fields keep.
     let has_ports = chosen.iter().any(|c| carries_ports(*c));
-    let (dst_ports, src_ports) = if has_ports {
-        (
-            port_spans(&core.iter().map(|s| s.dport).collect::<Vec<_>>()),
-            port_spans(&core.iter().map(|s| s.sport).collect::<Vec<_>>()),
-        )
-    } else {
-        (Vec::new(), Vec::new())
-    };
-    let length = trimmed(&core.iter().map(frame_len).collect::<Vec<_>>()).filter(|s| !s.is_full());
-    let ttl = trimmed(&core.iter().map(|s| s.ttl).collect::<Vec<_>>()).filter(|s| !s.is_full());
+    let mut shape = Shape::default();
+    for field in Field::ALL {
+        shape.choose(field, &core, has_ports);
+    }
+    for field in Field::ALL {
+        let kept: Vec<PacketSample> = core.iter().copied().filter(|s| shape.fits_except(s, field)).collect();
+        if kept.len() >= MIN_SAMPLES {
+            shape.choose(field, &kept, has_ports);
+        }
+    }
+    let Shape { dst_ports, src_ports, length, ttl } = shape;
 
     let mut sig = Signature {
         classes: chosen.iter().map(|c| c.name().to_string()).collect(),
@@ -241,6 +248,58 @@ pub fn derive(attack: &[PacketSample], peacetime: &[PacketSample], classes: &[Tr
     sig.coverage = coverage;
     sig.collateral = collateral;
     Some(sig)
+}
+
+/// The fields chosen from the packets themselves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    DstPorts,
+    SrcPorts,
+    Length,
+    Ttl,
+}
+
+impl Field {
+    const ALL: [Field; 4] = [Field::DstPorts, Field::SrcPorts, Field::Length, Field::Ttl];
+}
+
+#[derive(Default)]
+struct Shape {
+    dst_ports: Vec<Span<u16>>,
+    src_ports: Vec<Span<u16>>,
+    length: Option<Span<u16>>,
+    ttl: Option<Span<u8>>,
+}
+
+impl Shape {
+    /// Chooses one field from `samples`; ports only for classes that have
+    /// them.
+    fn choose(&mut self, field: Field, samples: &[PacketSample], has_ports: bool) {
+        match field {
+            Field::DstPorts if has_ports => {
+                self.dst_ports = port_spans(&samples.iter().map(|s| s.dport).collect::<Vec<_>>())
+            }
+            Field::SrcPorts if has_ports => {
+                self.src_ports = port_spans(&samples.iter().map(|s| s.sport).collect::<Vec<_>>())
+            }
+            Field::DstPorts | Field::SrcPorts => {}
+            Field::Length => {
+                self.length = trimmed(&samples.iter().map(frame_len).collect::<Vec<_>>()).filter(|s| !s.is_full())
+            }
+            Field::Ttl => {
+                self.ttl = trimmed(&samples.iter().map(|s| s.ttl).collect::<Vec<_>>()).filter(|s| !s.is_full())
+            }
+        }
+    }
+
+    /// Whether a sample fits every field but `skip`.
+    fn fits_except(&self, s: &PacketSample, skip: Field) -> bool {
+        let in_any = |spans: &[Span<u16>], v: u16| spans.is_empty() || spans.iter().any(|p| p.contains(v));
+        (skip == Field::DstPorts || in_any(&self.dst_ports, s.dport))
+            && (skip == Field::SrcPorts || in_any(&self.src_ports, s.sport))
+            && (skip == Field::Length || self.length.is_none_or(|l| l.contains(frame_len(s))))
+            && (skip == Field::Ttl || self.ttl.is_none_or(|t| t.contains(s.ttl)))
+    }
 }
 
 /// How many of `n` samples make `share` of them (rounded up).
@@ -508,6 +567,19 @@ mod tests {
         assert_eq!((sig.samples, sig.peacetime_samples), (4000, 4096));
         assert_eq!(sig.to_string(), "tcp_syn dst 10.0.0.2 dport 80 len 54-60 ttl 64");
         assert!(attack.iter().all(|s| sig.matches(s)));
+    }
+
+    #[test]
+    fn ordinary_packets_amid_a_flood_do_not_widen_it() {
+        let mut r = Rng(29);
+        let dst = ip("10.0.0.2");
+        let mut attack = syn_flood(&mut r, 2000, dst, Rng::v4);
+        // 0.6% of real connections to 443, longer and with another TTL.
+        attack.extend((0..12).map(|_| pkt(TrafficClass::TcpSyn, dst, r.range(32768, 60999) as u16, 443, 74, 52)));
+        let sig = derive(&attack, &[], &[TrafficClass::TcpSyn]).expect("a signature");
+        assert_eq!(sig.dst_ports, vec![Span::one(80)]);
+        assert_eq!((sig.length, sig.ttl), (Some(Span { lo: 54, hi: 60 }), Some(Span::one(64))));
+        assert!((sig.coverage - 2000.0 / 2012.0).abs() < 1e-9, "{}", sig.coverage);
     }
 
     #[test]
