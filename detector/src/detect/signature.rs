@@ -736,7 +736,7 @@ mod tests {
         assert_eq!(sig.ttl, None);
         // A spread of lengths, widened to round ends.
         let len = sig.length.expect("a length");
-        assert!(len.lo % 32 == 0 && len.lo >= 96 && len.hi % 32 == 31 && len.hi <= 1535, "{len}");
+        assert!(len.lo.is_multiple_of(32) && len.lo >= 96 && len.hi % 32 == 31 && len.hi <= 1535, "{len}");
     }
 
     #[test]
