@@ -56,6 +56,7 @@ fn incident(node: &str, iface: &str, started_at: u64, status: Status) -> Inciden
         top_ports: (0..10)
             .map(|i| TopPort { proto: "udp".into(), port: 40_000 + i, pps: 3_000.0, share: 0.049 })
             .collect(),
+        signature: None,
         timeline: vec![],
     }
 }

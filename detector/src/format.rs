@@ -31,6 +31,19 @@ pub fn bits(x: f64) -> String {
     }
 }
 
+/// `1,234`: a count with its thousands apart.
+pub fn count(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +60,9 @@ mod tests {
         assert_eq!(bits(1.5e9), "1.5 Gbit/s");
         assert_eq!(si(999.0), (999.0, ""));
         assert_eq!(si(1000.0), (1.0, "k"));
+        assert_eq!(count(0), "0");
+        assert_eq!(count(999), "999");
+        assert_eq!(count(1_234), "1,234");
+        assert_eq!(count(4_096_000), "4,096,000");
     }
 }

@@ -7,7 +7,8 @@ use detector_common::{TrafficClass, CLASS_COUNT};
 use serde::Serialize;
 
 use crate::{
-    format::{bits, pps},
+    detect::signature::Signature,
+    format::{bits, count, pps},
     rates::ClassRate,
     sources::{top_sources, SourceRate, TopSource},
 };
@@ -82,6 +83,19 @@ pub fn summary_line(v: &IfaceView) -> String {
     s
 }
 
+/// An incident's signature on one line: `tcp_syn dst 10.0.0.2 dport 80
+/// len 54-60 ttl 64  covers 99.8%, collateral 0.0% (1,234 samples, 4,096
+/// peacetime)`.
+pub fn signature_line(s: &Signature) -> String {
+    format!(
+        "{s}  covers {:.1}%, collateral {:.1}% ({} samples, {} peacetime)",
+        s.coverage * 100.0,
+        s.collateral * 100.0,
+        count(s.samples),
+        count(s.peacetime_samples)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +118,27 @@ mod tests {
         assert_eq!(v.pps, 20_100.0);
         let line = summary_line(&v);
         assert_eq!(line, "20.1k pps, 10.2 Mbit/s | udp 20.0k pps (top 198.18.0.1 75%) | tcp_syn 100 pps");
+    }
+
+    #[test]
+    fn signature_on_one_line() {
+        let s = Signature {
+            classes: vec!["tcp_syn".into()],
+            dst: Some("10.0.0.2".parse().unwrap()),
+            dst_ports: vec![crate::span::Span::one(80)],
+            src_ports: vec![],
+            length: Some(crate::span::Span { lo: 54, hi: 60 }),
+            ttl: Some(crate::span::Span::one(64)),
+            coverage: 0.998,
+            collateral: 0.0,
+            samples: 1_234,
+            peacetime_samples: 4_096,
+        };
+        assert_eq!(
+            signature_line(&s),
+            "tcp_syn dst 10.0.0.2 dport 80 len 54-60 ttl 64  covers 99.8%, collateral 0.0% (1,234 samples, 4,096 peacetime)"
+        );
+        let any = Signature { dst: None, dst_ports: vec![], length: None, ttl: None, ..s };
+        assert!(signature_line(&any).starts_with("tcp_syn  covers"));
     }
 }

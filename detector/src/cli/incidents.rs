@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use detector::{
     detect::incident::{time_ms, Incident},
     history::{Query, Store},
+    view::signature_line,
 };
 
 use super::out::{self, outln, StdoutError};
@@ -121,6 +122,9 @@ fn print_one(i: &Incident) -> Result<(), StdoutError> {
     outln!("started   {}", time_ms::rfc3339(i.started_at))?;
     outln!("ended     {}", i.ended_at.map(time_ms::rfc3339).unwrap_or_else(|| "-".into()))?;
     outln!("rate      {:.0} pps, {:.0} bit/s now; peak {:.0} pps, {:.0} bit/s", i.pps, i.bps, i.peak_pps, i.peak_bps)?;
+    if let Some(s) = &i.signature {
+        outln!("signature {}", signature_line(s))?;
+    }
     if !i.top_sources.is_empty() {
         outln!("top sources")?;
         for s in &i.top_sources {

@@ -220,6 +220,7 @@ impl Poller {
             classes: &reading.rates,
             sources: &reading.sources.active,
             samples: &samples,
+            packets: &reading.samples,
         };
         for ev in self.detector.observe(&obs) {
             self.publish(ev);

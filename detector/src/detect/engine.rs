@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use detector_common::{TrafficClass, CLASS_COUNT};
+use detector_common::{sample::PacketSample, TrafficClass, CLASS_COUNT};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -13,6 +13,7 @@ use super::{
     family::Family,
     incident::{incident_id, EventKind, Incident, IncidentEvent, Status, TimelineEntry, TopSource},
     severity::{assess, Severity},
+    signature::{self, RecentSamples},
 };
 use crate::{rates::ClassRate, samples::SampleView, sources::SourceRate};
 
@@ -22,6 +23,12 @@ const FAMILIES: usize = Family::DETECTED.len();
 /// wall clock in milliseconds: two 100 ms windows may add up to 199 ms.
 /// Without this slack a 200 ms hold took a third poll about half the time.
 const HOLD_SLACK_MS: u64 = 5;
+
+/// Peacetime samples an interface keeps, and samples an open incident
+/// keeps of its classes: the most recent of each.
+pub const SIGNATURE_SAMPLES: usize = 4096;
+/// An open incident's signature is derived again at most this often (ms).
+const SIGNATURE_EVERY_MS: u64 = 1000;
 
 /// One poll of one interface, as the detector needs it.
 pub struct Observation<'a> {
@@ -34,6 +41,8 @@ pub struct Observation<'a> {
     /// Sources that sent in the interval.
     pub sources: &'a [SourceRate],
     pub samples: &'a SampleView,
+    /// The poll's sampled headers, for the attack's signature.
+    pub packets: &'a [PacketSample],
 }
 
 /// One family's signal in one poll, against its thresholds.
@@ -77,6 +86,14 @@ struct IfaceState {
     baselines: [ClassBaseline; CLASS_COUNT],
     tracks: [Track; FAMILIES],
     incident: Option<Incident>,
+    /// Samples of polls with no incident open and no family above its
+    /// threshold: what a signature's collateral is measured on.
+    peacetime: RecentSamples,
+    /// Samples of the classes of the open incident and of the families
+    /// above their threshold (from the onset, before the incident opens).
+    attack: RecentSamples,
+    /// When the open incident's signature was last derived.
+    signature_at: Option<u64>,
 }
 
 impl IfaceState {
@@ -85,7 +102,38 @@ impl IfaceState {
             baselines: [ClassBaseline::default(); CLASS_COUNT],
             tracks: [Track::default(); FAMILIES],
             incident: None,
+            peacetime: RecentSamples::new(SIGNATURE_SAMPLES),
+            attack: RecentSamples::new(SIGNATURE_SAMPLES),
+            signature_at: None,
         }
+    }
+
+    /// Keeps the poll's samples: all of them in peacetime; else those of
+    /// the classes under attack. The onset counts as attack: samples of a
+    /// family above its threshold never reach the peacetime, even before
+    /// an incident opens.
+    fn keep_samples(&mut self, packets: &[PacketSample]) {
+        let mut watched = [false; CLASS_COUNT];
+        for f in Family::DETECTED {
+            let open = self.incident.as_ref().is_some_and(|i| i.families.contains(&f));
+            if open || self.tracks[f.index()].above_since.is_some() {
+                for c in f.traffic_classes() {
+                    watched[c.index()] = true;
+                }
+            }
+        }
+        if self.incident.is_none() && !watched.contains(&true) {
+            self.peacetime.extend(packets);
+            self.attack.clear();
+        } else {
+            self.attack.extend(packets.iter().filter(|s| watched.get(s.class as usize).copied().unwrap_or(false)));
+        }
+    }
+
+    /// Forgets what belonged to the incident that closed.
+    fn closed(&mut self) {
+        self.attack.clear();
+        self.signature_at = None;
     }
 }
 
@@ -262,7 +310,11 @@ impl Detector {
             .filter(|f| st.tracks[f.index()].above_since.is_some_and(|s| now.saturating_sub(s) + HOLD_SLACK_MS >= hold))
             .collect();
 
-        // 4. Open, grow, update or resolve the interface's incident.
+        // 4. The samples, for signatures (before the incident changes: the
+        // poll it opens in is the attack's).
+        st.keep_samples(obs.packets);
+
+        // 5. Open, grow, update or resolve the interface's incident.
         if st.incident.is_none() && !triggered.is_empty() {
             let started_at = triggered.iter().filter_map(|f| st.tracks[f.index()].above_since).min().unwrap_or(now);
             let mut inc = Incident {
@@ -281,10 +333,13 @@ impl Detector {
                 peak_bps: 0.0,
                 top_sources: Vec::new(),
                 top_ports: Vec::new(),
+                signature: None,
                 timeline: Vec::new(),
             };
             add_families(&mut inc, &triggered);
             refresh(&mut inc, &st.tracks, obs, &cfg);
+            sign(&mut inc, &st.attack, &st.peacetime);
+            st.signature_at = Some(now);
             inc.severity = severity_of(&inc, &st.tracks, &cfg);
             let detail = describe_open(&inc, &st.tracks);
             events.push(record(&mut inc, EventKind::Opened, now, detail));
@@ -294,6 +349,12 @@ impl Detector {
             let was_multi = inc.families.contains(&Family::MultiVector);
             add_families(inc, &new);
             refresh(inc, &st.tracks, obs, &cfg);
+            // Again once a second while it lasts, and at once for a new
+            // family's classes.
+            if !new.is_empty() || st.signature_at.is_none_or(|t| now.saturating_sub(t) >= SIGNATURE_EVERY_MS) {
+                sign(inc, &st.attack, &st.peacetime);
+                st.signature_at = Some(now);
+            }
             for f in &new {
                 let s = st.tracks[f.index()].signal;
                 let detail = format!("{f} at {:.0} pps (threshold {:.0})", s.pps, s.pps_threshold);
@@ -321,6 +382,7 @@ impl Detector {
                 let detail =
                     format!("quiet for {:?}; peak {:.0} pps, {:.0} bps", cfg.quiet, inc.peak_pps, inc.peak_bps);
                 let mut done = st.incident.take().expect("incident present");
+                st.closed();
                 events.push(record(&mut done, EventKind::Resolved, now, detail));
             }
         }
@@ -347,6 +409,7 @@ impl Detector {
         if status == Status::Resolved {
             inc.ended_at = Some(now_ms);
             let mut done = st.incident.take().expect("found");
+            st.closed();
             for t in st.tracks.iter_mut() {
                 t.above_since = None;
             }
@@ -370,6 +433,18 @@ impl Detector {
             .values_mut()
             .find(|s| s.incident.as_ref().is_some_and(|i| i.id == id))
             .ok_or_else(|| DetectError::NoSuchIncident(id.to_string()))
+    }
+}
+
+/// Derives the signature of `inc` from the samples an interface kept; keeps
+/// the last one when there are too few for a new one.
+fn sign(inc: &mut Incident, attack: &RecentSamples, peacetime: &RecentSamples) {
+    let mut classes: Vec<TrafficClass> =
+        inc.detected_families().flat_map(|f| f.traffic_classes().iter().copied()).collect();
+    classes.sort();
+    classes.dedup();
+    if let Some(sig) = signature::derive(attack.samples(), peacetime.samples(), &classes) {
+        inc.signature = Some(sig);
     }
 }
 

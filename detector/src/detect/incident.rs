@@ -5,7 +5,7 @@ use std::{fmt, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::{family::Family, severity::Severity};
+use super::{family::Family, severity::Severity, signature::Signature};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -133,6 +133,10 @@ pub struct Incident {
     pub peak_bps: f64,
     pub top_sources: Vec<TopSource>,
     pub top_ports: Vec<TopPort>,
+    /// The attack's packets as a rule would match them, once there are
+    /// samples enough; absent from incidents stored before signatures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
     pub timeline: Vec<TimelineEntry>,
 }
 
@@ -227,5 +231,17 @@ mod tests {
             assert_eq!(Status::parse(s.name()), Some(s));
         }
         assert_eq!(EventKind::parse("family_added"), Some(EventKind::FamilyAdded));
+    }
+
+    #[test]
+    fn incidents_stored_before_signatures_still_load() {
+        let json = r#"{"id":"n-eth0-20261124T223501.123Z","node":"n","iface":"eth0","families":["syn_flood"],
+            "vectors":["syn"],"severity":"low","status":"active","started_at":"2026-11-24T22:35:01.123Z",
+            "ended_at":null,"pps":1.0,"bps":8.0,"peak_pps":1.0,"peak_bps":8.0,"top_sources":[],
+            "top_ports":[],"timeline":[]}"#;
+        let inc: Incident = serde_json::from_str(json).unwrap();
+        assert_eq!(inc.signature, None);
+        // And none is written while there is none.
+        assert!(!serde_json::to_string(&inc).unwrap().contains("signature"));
     }
 }

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod family;
 pub mod incident;
 pub mod severity;
+pub mod signature;
 
 pub use engine::{Detector, Observation, SavedBaselines, Signal};
 

@@ -11,7 +11,7 @@ use super::{
     incident::{EventKind, IncidentEvent, Status},
     severity::Severity,
 };
-use crate::{rates::ClassRate, samples::SampleView, sources::SourceRate};
+use crate::{rates::ClassRate, samples::SampleView, sources::SourceRate, span::Span};
 
 const POLL: f64 = 0.1;
 const T0: u64 = 1_795_559_700_000;
@@ -76,6 +76,7 @@ impl Run {
                 classes: &classes,
                 sources: &self.sources,
                 samples: &samples,
+                packets: &self.samples,
             };
             out.extend(self.det.observe(&obs));
         }
@@ -371,4 +372,50 @@ fn disabled_families_are_not_watched() {
     let mut r = Run::new(c);
     r.traffic(&[(TrafficClass::Fragment, 100_000.0)], 2.0);
     assert!(r.events.is_empty());
+}
+
+#[test]
+fn an_incident_carries_its_signature_measured_against_peacetime() {
+    let mut r = Run::new(cfg());
+    let syn = |dport: u16, len: u32, ttl: u8| PacketSample {
+        class: TrafficClass::TcpSyn as u8,
+        sport: 40_000,
+        dport,
+        len,
+        ttl,
+        dst: crate::detect::signature::mapped(&"10.0.0.2".parse().unwrap()),
+        ..Default::default()
+    };
+    // Peacetime: connections to 443 (a SYN and ten ACKs a poll).
+    let calm: Vec<PacketSample> = std::iter::once(syn(443, 66, 57))
+        .chain((0..10).map(|_| PacketSample { class: TrafficClass::TcpAck as u8, dport: 443, ..syn(443, 1514, 57) }))
+        .collect();
+    r.samples = calm.clone();
+    r.quiet(2.0);
+    // A SYN flood to 80 on top.
+    r.samples.extend((0..200).map(|_| syn(80, 60, 64)));
+    let ev = r.traffic(&[(TrafficClass::TcpSyn, 5_000.0)], 0.3);
+    let sig = opened(&ev).incident.signature.clone().expect("a signature at open");
+    assert_eq!(sig.classes, vec!["tcp_syn"]);
+    assert_eq!(sig.dst, Some("10.0.0.2".parse().unwrap()));
+    assert_eq!(sig.dst_ports, vec![Span::one(80)]);
+    assert_eq!((sig.length, sig.ttl), (Some(Span::one(60)), Some(Span::one(64))));
+    // The hold's polls are the attack's, not peacetime: 20 calm polls only.
+    assert_eq!(sig.peacetime_samples, 20 * 11);
+    assert_eq!(sig.collateral, 0.0);
+    // Three polls of SYNs (the flood's and the connections'), ACKs aside.
+    assert_eq!(sig.samples, 3 * 201);
+    assert!(sig.coverage > 0.99 && sig.coverage < 1.0, "{}", sig.coverage);
+
+    // Derived again at most once a second.
+    let samples = |r: &Run| r.det.open_incidents().next().unwrap().signature.as_ref().unwrap().samples;
+    r.traffic(&[(TrafficClass::TcpSyn, 5_000.0)], 0.5);
+    assert_eq!(samples(&r), 3 * 201);
+    r.traffic(&[(TrafficClass::TcpSyn, 5_000.0)], 0.5);
+    assert_eq!(samples(&r), 13 * 201);
+    // It stays on the resolved incident; the next peacetime starts anew.
+    r.samples = calm;
+    let ev = r.quiet(6.0);
+    let resolved = ev.iter().find(|e| e.kind == EventKind::Resolved).expect("resolved");
+    assert!(resolved.incident.signature.is_some());
 }

@@ -61,6 +61,7 @@ pub(crate) mod fixtures {
             peak_bps: 96.0,
             top_sources: vec![],
             top_ports: vec![],
+            signature: None,
             timeline: vec![],
         }
     }

@@ -5,7 +5,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    detect::incident::{time_ms, EventKind, Incident, TopPort, TopSource},
+    detect::{
+        incident::{time_ms, EventKind, Incident, TopPort, TopSource},
+        signature::Signature,
+    },
     mitigate::rule::Rule,
 };
 
@@ -82,6 +85,10 @@ pub struct Context {
     pub peak_bps: f64,
     pub top_sources: Vec<TopSource>,
     pub top_ports: Vec<TopPort>,
+    /// The attack's packets as a rule would match them; null until the
+    /// incident has samples enough.
+    #[serde(default)]
+    pub signature: Option<Signature>,
     /// Mitigation rules in force for this incident.
     pub rules: Vec<RuleSummary>,
 }
@@ -107,6 +114,7 @@ impl Context {
             peak_bps: inc.peak_bps,
             top_sources: inc.top_sources.clone(),
             top_ports: inc.top_ports.clone(),
+            signature: inc.signature.clone(),
             rules,
         }
     }

@@ -108,6 +108,7 @@ fn incident(id: &str) -> Incident {
         peak_bps: 3e7,
         top_sources: vec![],
         top_ports: vec![],
+        signature: None,
         timeline: vec![],
     }
 }

@@ -39,6 +39,7 @@ pub const TEMPLATE_VARIABLES: &[&str] = &[
     "peak_bps",
     "top_sources",
     "top_ports",
+    "signature",
     "rules",
 ];
 

@@ -192,6 +192,7 @@ fn incident(families: &[Family], severity: Severity, pps: f64) -> Incident {
         peak_bps: pps * 512.0,
         top_sources: vec![],
         top_ports: vec![],
+        signature: None,
         timeline: vec![],
     }
 }

@@ -11,12 +11,16 @@ pub use crate::runbook::{
     schema::{Notify, Webhook},
 };
 use crate::{
-    detect::incident::{TopPort, TopSource},
+    detect::{
+        incident::{TopPort, TopSource},
+        signature::Signature,
+    },
     runbook::{
         context::RuleSummary,
         schema::Step,
         secret::{with_lookup, Lookup},
     },
+    span::Span,
 };
 
 /// Secrets that are easy to look for: every value holds `s3cret`.
@@ -84,6 +88,18 @@ pub fn ctx(event: AttackEvent) -> Context {
             TopSource { addr: "2001:db8::1".parse::<IpAddr>().unwrap(), pps: 100_000.0, share: 0.08 },
         ],
         top_ports: vec![TopPort { proto: "udp".into(), port: 53, pps: 900_000.0, share: 0.72 }],
+        signature: Some(Signature {
+            classes: vec!["tcp_syn".into(), "udp".into()],
+            dst: Some("203.0.113.10".parse::<IpAddr>().unwrap()),
+            dst_ports: vec![Span::one(53), Span::one(80)],
+            src_ports: vec![],
+            length: Some(Span { lo: 60, hi: 74 }),
+            ttl: Some(Span { lo: 40, hi: 64 }),
+            coverage: 0.993,
+            collateral: 0.002,
+            samples: 4096,
+            peacetime_samples: 4096,
+        }),
         rules: vec![RuleSummary {
             id: "r3".into(),
             rule: "r3 drop 198.51.100.7/32 class udp".into(),
