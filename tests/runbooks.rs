@@ -34,11 +34,20 @@ const SECRETS: &[(&str, &str)] = &[
     ("PAGERDUTY_ROUTING_KEY", "R0UT1NG"),
 ];
 
+const SHIPPED_NAMES: [&str; 6] = [
+    "udp-flood-auto-response",
+    "syn-flood-auto-response",
+    "reflection-auto-response",
+    "flood-signature-response",
+    "notify-every-attack",
+    "pagerduty-critical",
+];
+
 #[test]
 fn the_shipped_runbooks_validate_with_their_secrets_set() {
     let (ok, out, err) = validate(SHIPPED, SECRETS);
     assert!(ok, "{out}{err}");
-    for name in ["udp-flood-auto-response", "syn-flood-auto-response", "notify-every-attack", "pagerduty-critical"] {
+    for name in SHIPPED_NAMES {
         assert!(out.contains(&format!("ok   {name} ")), "{out}");
     }
     assert!(!out.contains("XYZ") && !out.contains("s3cret") && !err.contains("s3cret"), "secrets stay hidden");
@@ -68,7 +77,7 @@ fn a_missing_secret_or_a_bad_file_fails_with_its_place() {
 fn the_shipped_runbooks_validate_without_their_secrets() {
     let (ok, out, err) = validate_without_secrets(SHIPPED);
     assert!(ok, "{out}{err}");
-    for name in ["udp-flood-auto-response", "syn-flood-auto-response", "notify-every-attack", "pagerduty-critical"] {
+    for name in SHIPPED_NAMES {
         assert!(out.contains(&format!("ok   {name} ")), "{out}");
     }
     assert!(out.contains("pass --secrets"), "{out}");

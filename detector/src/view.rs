@@ -133,6 +133,7 @@ mod tests {
             collateral: 0.0,
             samples: 1_234,
             peacetime_samples: 4_096,
+            vectors: None,
         };
         assert_eq!(
             signature_line(&s),

@@ -102,6 +102,12 @@ pub struct Signature {
     pub samples: usize,
     /// Peacetime samples its collateral was measured on.
     pub peacetime_samples: usize,
+    /// For a reflected attack (DNS or amplification replies): the rule on
+    /// the reflected services alone, their classes and source ports (with
+    /// the attacked address and the length span), whatever ports they hit;
+    /// with its own coverage and collateral. `None` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vectors: Option<Box<Signature>>,
 }
 
 impl Signature {
@@ -242,12 +248,24 @@ pub fn derive(attack: &[PacketSample], peacetime: &[PacketSample], classes: &[Tr
         collateral: 0.0,
         samples: attack.len(),
         peacetime_samples: peacetime.len(),
+        vectors: None,
     };
-    let m = Matcher::new(&sig);
-    let (coverage, collateral) = (m.share(&attack), m.share(peacetime));
+    measure(&mut sig, &attack, peacetime);
+    let reflected = |c: &TrafficClass| matches!(c, TrafficClass::UdpAmplification | TrafficClass::DnsResponse);
+    if chosen.iter().all(reflected) && !sig.src_ports.is_empty() {
+        let mut v = Signature { dst_ports: Vec::new(), ttl: None, vectors: None, ..sig.clone() };
+        measure(&mut v, &attack, peacetime);
+        sig.vectors = Some(Box::new(v));
+    }
+    Some(sig)
+}
+
+/// Sets the signature's coverage of `attack` and collateral on `peacetime`.
+fn measure(sig: &mut Signature, attack: &[PacketSample], peacetime: &[PacketSample]) {
+    let m = Matcher::new(sig);
+    let (coverage, collateral) = (m.share(attack), m.share(peacetime));
     sig.coverage = coverage;
     sig.collateral = collateral;
-    Some(sig)
 }
 
 /// The fields chosen from the packets themselves.
@@ -620,6 +638,14 @@ mod tests {
         assert_eq!(sig.ttl, Some(Span { lo: 40, hi: 60 }));
         assert_eq!(sig.collateral, 0.0);
         assert!(sig.coverage >= 0.99, "{}", sig.coverage);
+        // The reflected services alone: any destination port, any TTL; the
+        // length still spares the host's own NTP replies.
+        let v = sig.vectors.as_deref().expect("a reflected attack has vectors");
+        assert_eq!(
+            (v.src_ports.clone(), v.dst_ports.clone(), v.ttl, v.length),
+            (vec![Span::one(123)], vec![], None, sig.length)
+        );
+        assert!(v.coverage >= sig.coverage && v.collateral == 0.0, "{v:?}");
         let json = serde_json::to_value(&sig).unwrap();
         assert_eq!(json["src_ports"], serde_json::json!([123]));
         assert_eq!(json["dst_ports"], serde_json::json!(["1024-65535"]));

@@ -8,6 +8,7 @@
 //! - [`config`]: the `mitigation:` section of the configuration file.
 
 pub mod config;
+pub mod derived;
 pub mod host;
 pub mod mitigator;
 pub mod plan;

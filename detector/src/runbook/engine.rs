@@ -45,9 +45,10 @@ use crate::{
     detect::incident::{EventKind, Incident, IncidentEvent, Status},
     metrics::Metrics,
     mitigate::{
+        derived::rules_from,
         mitigator::MitigateError,
         prefix::Prefix,
-        rule::{Origin, RuleRequest},
+        rule::{Origin, RuleRequest, Shape},
         ruleset::RuleError,
     },
 };
@@ -619,7 +620,7 @@ impl Engine {
         job: &Job,
         dry_run: bool,
     ) -> Result<(Outcome, String), StepError> {
-        let reqs = rule_requests(index, m, &job.loaded.runbook.name.0, &job.incident);
+        let reqs = rule_requests(index, m, &job.loaded.runbook.name.0, &job.incident)?;
         if reqs.is_empty() {
             return Err(StepError::Skip("the incident has no top sources yet".into()));
         }
@@ -746,14 +747,37 @@ async fn load_off_runtime(dir: PathBuf) -> Result<DirLoad, FileError> {
 }
 
 /// The rule requests mitigate step `index` of `runbook` makes for `inc`:
-/// one per top source (at most `top`), or one for the step's prefix. The
-/// step's shape was checked at load, so the mitigation layer cannot refuse
-/// them for their shape (only for where they apply: an allowlisted source,
-/// a rule already in force, a full table).
-pub fn rule_requests(index: usize, m: &Mitigate, runbook: &str, inc: &Incident) -> Vec<RuleRequest> {
-    let prefixes: Vec<Prefix> = match m.scope {
-        Scope::Prefix => m.prefix.into_iter().collect(),
-        Scope::TopSources => inc.top_sources.iter().take(m.top).map(|s| Prefix::host(s.addr)).collect(),
+/// one per top source (at most `top`), one for the step's prefix, or those
+/// of the incident's signature (or its reflected vectors). The step's
+/// shape was checked at load, so the mitigation layer cannot refuse them
+/// for their shape (only for where they apply: an allowlisted source, a
+/// rule already in force, a full table). A signature step with no
+/// signature yet is skipped; one whose rules would cut off too much of the
+/// interface's peacetime traffic fails, saying so.
+pub fn rule_requests(index: usize, m: &Mitigate, runbook: &str, inc: &Incident) -> Result<Vec<RuleRequest>, StepError> {
+    let shaped: Vec<(Prefix, Shape)> = match m.scope {
+        Scope::Prefix => m.prefix.into_iter().map(|p| (p, m.shape.clone())).collect(),
+        Scope::TopSources => {
+            inc.top_sources.iter().take(m.top).map(|s| (Prefix::host(s.addr), m.shape.clone())).collect()
+        }
+        Scope::Signature | Scope::Vectors => {
+            let Some(sig) = inc.signature.as_ref() else {
+                return Err(StepError::Skip("the incident has no signature yet (too few samples)".into()));
+            };
+            let sig = if m.scope == Scope::Vectors {
+                match sig.vectors.as_deref() {
+                    Some(v) => v,
+                    None => {
+                        return Err(StepError::Skip(format!(
+                            "the attack is not reflected: no vectors in its signature ({sig})"
+                        )))
+                    }
+                }
+            } else {
+                sig
+            };
+            rules_from(sig, &m.shape, m.max_collateral).map_err(|e| StepError::Fail(e.to_string()))?
+        }
     };
     let families: Vec<&str> = inc.families.iter().map(|f| f.name()).collect();
     let reason = format!("{} on {}", families.join(", "), inc.iface);
@@ -763,10 +787,10 @@ pub fn rule_requests(index: usize, m: &Mitigate, runbook: &str, inc: &Incident) 
         incident: Some(inc.id.clone()),
         step: Some(index),
     };
-    prefixes.into_iter().map(|p| m.shape.request(p, &reason, origin.clone())).collect()
+    Ok(shaped.into_iter().map(|(p, shape)| shape.request(p, &reason, origin.clone())).collect())
 }
 
-enum StepError {
+pub enum StepError {
     /// Not applicable now; recorded as `skipped` with the reason.
     Skip(String),
     Fail(String),

@@ -14,6 +14,7 @@ use super::{
 use crate::{
     detect::{family::Family, severity::Severity},
     mitigate::{
+        derived::DEFAULT_MAX_COLLATERAL,
         prefix::Prefix,
         rule::{Match, Shape, ShapeRequest},
     },
@@ -368,6 +369,12 @@ pub enum Scope {
     TopSources,
     /// One rule for `prefix`.
     Prefix,
+    /// Rules built from the incident's signature (its classes, ports,
+    /// attacked address, lengths and TTLs), on every source.
+    Signature,
+    /// For a reflected attack: rules on the reflected services (their
+    /// classes and source ports, with the attacked address and lengths).
+    Vectors,
 }
 
 /// A rule (or one per top source) installed through the mitigation layer,
@@ -386,6 +393,9 @@ pub struct Mitigate {
     pub shape: Shape,
     /// Remove the rules when the incident resolves.
     pub remove_on_resolve: bool,
+    /// Scopes `signature` and `vectors`: the largest share of the
+    /// interface's peacetime traffic the rules may also match.
+    pub max_collateral: f64,
 }
 
 #[derive(Deserialize)]
@@ -421,6 +431,29 @@ struct RawMitigate {
     ttl: Duration,
     #[serde(default = "yes")]
     remove_on_resolve: bool,
+    #[serde(default, deserialize_with = "share")]
+    max_collateral: Option<f64>,
+}
+
+/// A share: a number from 0 to 1, or a percentage (`"1%"`, `"0.5%"`).
+fn share<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Num(f64),
+        Text(String),
+    }
+    let v = match Raw::deserialize(d)? {
+        Raw::Num(v) => v,
+        Raw::Text(t) => match t.trim().strip_suffix('%').map(|n| n.trim().parse::<f64>()) {
+            Some(Ok(p)) => p / 100.0,
+            _ => return Err(de::Error::custom(format!("'{t}' is not a share (give 0.01 or 1%)"))),
+        },
+    };
+    if !(0.0..=1.0).contains(&v) || v.is_nan() {
+        return Err(de::Error::custom(format!("{v} is not a share between 0 and 1 (0% and 100%)")));
+    }
+    Ok(Some(v))
 }
 
 /// The most rules one `top_sources` step installs.
@@ -438,7 +471,23 @@ impl TryFrom<RawMitigate> for Mitigate {
             (Scope::TopSources, None, Some(n)) if n == 0 || n > MAX_TOP => {
                 return Err(format!("mitigate.top must be 1 to {MAX_TOP}, not {n}"))
             }
+            (Scope::Signature | Scope::Vectors, Some(_), _) | (Scope::Signature | Scope::Vectors, _, Some(_)) => {
+                return Err("mitigate: prefix and top do not apply to scopes signature and vectors".into())
+            }
             _ => {}
+        }
+        let derived = matches!(r.scope, Scope::Signature | Scope::Vectors);
+        if derived
+            && (r.port.is_some()
+                || r.source_port.is_some()
+                || r.dst.is_some()
+                || r.length.is_some()
+                || r.ip_ttl.is_some())
+        {
+            return Err("mitigate: scope signature and vectors take their match from the incident; leave out port, source_port, dst, length and ip_ttl".into());
+        }
+        if !derived && r.max_collateral.is_some() {
+            return Err("mitigate: max_collateral applies to scopes signature and vectors only".into());
         }
         let shape = ShapeRequest {
             action: match r.action {
@@ -463,6 +512,7 @@ impl TryFrom<RawMitigate> for Mitigate {
             prefix: r.prefix,
             shape,
             remove_on_resolve: r.remove_on_resolve,
+            max_collateral: r.max_collateral.unwrap_or(DEFAULT_MAX_COLLATERAL),
         })
     }
 }

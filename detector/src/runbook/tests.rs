@@ -128,6 +128,12 @@ const BAD: &[(&str, usize, &str)] = &[
     ("name: x\ntrigger: { families: [any] }\nsteps:\n  - webhook: { url: \"https://x.test/\", retries: -1 }\n", 4, "steps[0].webhook.retries: invalid type: integer `-1`, expected u32"),
     ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources, ttl: 500ms }\n", 4, "mitigate: ttl must be between 1s and 365 days"),
     ("name: \"x\ntrigger: {}\n", 0, "found unexpected end of stream"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: signature, port: 80, ttl: 1m }\n", 4, "scope signature and vectors take their match from the incident"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: signature, top: 5, ttl: 1m }\n", 4, "prefix and top do not apply to scopes signature and vectors"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: signature, max_collateral: 2, ttl: 1m }\n", 4, "2 is not a share between 0 and 1"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: vectors, max_collateral: lots, ttl: 1m }\n", 4, "'lots' is not a share (give 0.01 or 1%)"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources, max_collateral: 1%, ttl: 1m }\n", 4, "max_collateral applies to scopes signature and vectors only"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: rate_limit, aggregate: true, scope: signature, pps: 0, ttl: 1m }\n", 4, "mitigate: rate 0 packets per second is out of range"),
 ];
 
 #[test]
@@ -152,7 +158,14 @@ fn the_shipped_runbooks_validate() {
     let names: Vec<&str> = loaded.runbooks.iter().map(|l| l.runbook.name.0.as_str()).collect();
     assert_eq!(
         names,
-        ["notify-every-attack", "pagerduty-critical", "syn-flood-auto-response", "udp-flood-auto-response"]
+        [
+            "flood-signature-response",
+            "notify-every-attack",
+            "pagerduty-critical",
+            "reflection-auto-response",
+            "syn-flood-auto-response",
+            "udp-flood-auto-response"
+        ]
     );
     assert!(loaded.runbooks.iter().all(|l| l.hash.len() == 64));
 }
@@ -390,7 +403,7 @@ fn a_mitigate_step_that_loads_makes_rules_the_rule_check_accepts() {
                 loaded += 1;
                 let direct = direct.unwrap_or_else(|e| panic!("{text} loaded, but the rule check says: {e}"));
                 let Step::Mitigate(m) = &rb.steps.0[0] else { panic!() };
-                let reqs = rule_requests(0, m, "x", &inc);
+                let Ok(reqs) = rule_requests(0, m, "x", &inc) else { panic!("{text}: no requests") };
                 let want = if prefix_scope { 1 } else { top.unwrap_or(10) };
                 assert_eq!(reqs.len(), want, "{text}");
                 for r in &reqs {
@@ -412,4 +425,50 @@ fn a_mitigate_step_that_loads_makes_rules_the_rule_check_accepts() {
         }
     }
     assert!(loaded > 100 && refused > 100, "the sweep covers both: {loaded} loaded, {refused} refused");
+}
+
+/// A `scope: signature` step turns the incident's signature into rules on
+/// every source; with no signature it is skipped, and above its
+/// max_collateral it fails, saying why.
+#[test]
+fn signature_scopes_build_rules_from_the_incident() {
+    use crate::{detect::signature::Signature, runbook::engine::StepError};
+    let text = "name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: rate_limit, aggregate: true, pps: 1000, scope: signature, max_collateral: 0.5%, ttl: 10m }\n  - mitigate: { action: drop, scope: vectors, ttl: 10m }\n";
+    let rb = parse("rb.yaml", text, Box::new(Fake)).unwrap();
+    let (Step::Mitigate(sig_step), Step::Mitigate(vec_step)) = (&rb.steps.0[0], &rb.steps.0[1]) else { panic!() };
+    assert_eq!(sig_step.max_collateral, 0.005);
+    assert_eq!(vec_step.max_collateral, 0.01, "the default is 1%");
+    let mut inc = incident(&[Family::UdpAmplification], Severity::Critical, 500_000.0);
+    assert!(matches!(rule_requests(0, sig_step, "x", &inc), Err(StepError::Skip(_))), "no signature yet");
+    let sig = Signature {
+        classes: vec!["udp_amplification".into()],
+        dst: Some("192.0.2.2".parse().unwrap()),
+        dst_ports: vec![Span { lo: 1024, hi: 65535 }],
+        src_ports: vec![Span::one(123)],
+        length: Some(Span { lo: 440, hi: 500 }),
+        ttl: None,
+        coverage: 0.999,
+        collateral: 0.0,
+        samples: 4096,
+        peacetime_samples: 4096,
+        vectors: None,
+    };
+    inc.signature = Some(sig.clone());
+    let reqs = rule_requests(0, sig_step, "x", &inc).unwrap_or_else(|_| panic!("rules expected"));
+    assert_eq!(reqs.len(), 1);
+    let c = reqs[0].check().unwrap();
+    assert_eq!(c.prefix.to_string(), "0.0.0.0/0");
+    assert!(c.shape.action.name() == "aggregate_limit" && c.shape.m.sport == Some(Span::one(123)), "{c:?}");
+    assert_eq!(c.origin.step, Some(0));
+    // Not reflected (no vectors): the vectors step is skipped.
+    assert!(matches!(rule_requests(1, vec_step, "x", &inc), Err(StepError::Skip(_))));
+    inc.signature.as_mut().unwrap().vectors = Some(Box::new(Signature { dst_ports: vec![], ..sig.clone() }));
+    let reqs = rule_requests(1, vec_step, "x", &inc).unwrap_or_else(|_| panic!("rules expected"));
+    assert_eq!((reqs[0].sport, reqs[0].dport), (Some(Span::one(123)), None));
+    // Too much collateral: the step fails, naming it.
+    inc.signature.as_mut().unwrap().collateral = 0.02;
+    match rule_requests(0, sig_step, "x", &inc) {
+        Err(StepError::Fail(why)) => assert!(why.contains("above max_collateral 0.50%"), "{why}"),
+        _ => panic!("a signature with 2% collateral was installed under a 0.5% limit"),
+    }
 }

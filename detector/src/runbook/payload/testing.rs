@@ -99,6 +99,7 @@ pub fn ctx(event: AttackEvent) -> Context {
             collateral: 0.002,
             samples: 4096,
             peacetime_samples: 4096,
+            vectors: None,
         }),
         rules: vec![RuleSummary {
             id: "r3".into(),
