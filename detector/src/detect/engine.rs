@@ -92,6 +92,11 @@ struct IfaceState {
     /// Samples of the classes of the open incident and of the families
     /// above their threshold (from the onset, before the incident opens).
     attack: RecentSamples,
+    /// The last calm poll's samples, held one poll before they become
+    /// peacetime: a flood that starts late in a poll leaves it below every
+    /// threshold, yet its first packets (sampled at the calm's high rate)
+    /// would fill the peacetime and then count as collateral.
+    pending: Vec<PacketSample>,
     /// When the open incident's signature was last derived.
     signature_at: Option<u64>,
 }
@@ -104,6 +109,7 @@ impl IfaceState {
             incident: None,
             peacetime: RecentSamples::new(SIGNATURE_SAMPLES),
             attack: RecentSamples::new(SIGNATURE_SAMPLES),
+            pending: Vec::new(),
             signature_at: None,
         }
     }
@@ -123,10 +129,16 @@ impl IfaceState {
             }
         }
         if self.incident.is_none() && !watched.contains(&true) {
-            self.peacetime.extend(packets);
+            self.peacetime.extend(&self.pending);
+            self.pending.clear();
+            self.pending.extend_from_slice(packets);
             self.attack.clear();
         } else {
-            self.attack.extend(packets.iter().filter(|s| watched.get(s.class as usize).copied().unwrap_or(false)));
+            let under_attack = |s: &&PacketSample| watched.get(s.class as usize).copied().unwrap_or(false);
+            // The poll before was the onset.
+            self.attack.extend(self.pending.iter().filter(under_attack));
+            self.pending.clear();
+            self.attack.extend(packets.iter().filter(under_attack));
         }
     }
 

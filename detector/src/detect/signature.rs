@@ -12,6 +12,14 @@
 //!
 //! # The algorithm
 //!
+//! 0. **The interface's ordinary traffic goes on during an attack** and is
+//!    sampled with it. A (class, destination port) or (class, source port)
+//!    pair that carries at least [`BACKGROUND_SHARE`] of the peacetime
+//!    samples but less than [`DOMINANT_SHARE`] of the attack's is that
+//!    background: its samples are set aside before the rest (a DNS
+//!    server's 1% of queries amid a flood on a game port must not add port
+//!    53 to the flood's signature, and its collateral to the rule). A pair
+//!    the attack carries more of is the attack, however ordinary.
 //! 1. **Classes**: of the incident's classes, the fewest (busiest first)
 //!    that carry [`FIELD_COVERAGE`] of the attack's samples; the rest is
 //!    other traffic of the same families.
@@ -31,11 +39,12 @@
 //!      [`MAX_PORT_SPANS`]) that carry [`FIELD_COVERAGE`] of the attack
 //!      (a reflected service's source port, the flooded services); failing
 //!      that, the ports that carry [`DOMINANT_SHARE`] each (at most three)
-//!      and one span for the rest, with outliers trimmed at both ends, and
-//!      widened to a round boundary when the rest is spread over many ports
-//!      (sampling sees few of a spread's ends: `1024-65535`, not
-//!      `1187-65529`). A result that spans every port is no restriction:
-//!      empty. Packets without ports (ICMP, fragments) have port 0, as the
+//!      and one span for the rest, with outliers trimmed at both ends. When
+//!      the rest is spread over many ports it is the sender's choice,
+//!      random or counting up from a random start, and the window the
+//!      samples saw says nothing of the next packets' (a counter wraps to
+//!      port 0): no restriction. A result that spans every port is no
+//!      restriction either: empty. Packets without ports (ICMP, fragments) have port 0, as the
 //!      XDP rule sees them; when no class of the attack has ports, the
 //!      ports are left empty;
 //!    - **length** and **TTL**: the span holding all but [`TAIL_SHARE`] of
@@ -73,6 +82,9 @@ pub const MAX_PORT_SPANS: usize = 4;
 /// A port that carries this share of the attack keeps a span of its own
 /// when the rest is spread.
 pub const DOMINANT_SHARE: f64 = 0.05;
+/// A (class, port) pair with this share of the peacetime samples is
+/// ordinary traffic, unless the attack carries [`DOMINANT_SHARE`] of it.
+pub const BACKGROUND_SHARE: f64 = 0.01;
 /// Values (ports, lengths, TTLs) are a spread, whose extremes sampling
 /// misses, from this many distinct ones on.
 const SPREAD_VALUES: usize = 32;
@@ -188,6 +200,7 @@ impl<'a> Matcher<'a> {
 pub fn derive(attack: &[PacketSample], peacetime: &[PacketSample], classes: &[TrafficClass]) -> Option<Signature> {
     let wanted = |c: u8| TrafficClass::from_id(c as u32).is_some_and(|c| classes.is_empty() || classes.contains(&c));
     let attack: Vec<PacketSample> = attack.iter().copied().filter(|s| wanted(s.class)).collect();
+    let attack = without_background(attack, peacetime);
     if attack.len() < MIN_SAMPLES {
         return None;
     }
@@ -258,6 +271,32 @@ pub fn derive(attack: &[PacketSample], peacetime: &[PacketSample], classes: &[Tr
         sig.vectors = Some(Box::new(v));
     }
     Some(sig)
+}
+
+/// The attack's samples without those of the interface's ordinary traffic
+/// (step 0 of the algorithm).
+fn without_background(attack: Vec<PacketSample>, peacetime: &[PacketSample]) -> Vec<PacketSample> {
+    if peacetime.is_empty() || attack.is_empty() {
+        return attack;
+    }
+    // Keys: (class, 0 = destination / 1 = source, port).
+    let pairs = |s: &PacketSample| [(s.class, 0u8, s.dport), (s.class, 1u8, s.sport)];
+    let count = |samples: &[PacketSample]| {
+        let mut m: HashMap<(u8, u8, u16), usize> = HashMap::new();
+        for s in samples {
+            for k in pairs(s) {
+                *m.entry(k).or_default() += 1;
+            }
+        }
+        m
+    };
+    let (calm, hot) = (count(peacetime), count(&attack));
+    let (nc, nh) = (peacetime.len() as f64, attack.len() as f64);
+    let background = |k: &(u8, u8, u16)| {
+        calm.get(k).is_some_and(|&c| c as f64 >= BACKGROUND_SHARE * nc)
+            && hot.get(k).is_some_and(|&h| (h as f64) < DOMINANT_SHARE * nh)
+    };
+    attack.into_iter().filter(|s| !pairs(s).iter().any(background)).collect()
 }
 
 /// Sets the signature's coverage of `attack` and collateral on `peacetime`.
@@ -438,7 +477,15 @@ fn port_spans(ports: &[u16]) -> Vec<Span<u16>> {
     let rest: Vec<(u16, usize)> = asc.into_iter().filter(|(p, _)| !dominant.contains(p)).collect();
     let per_tail = (n - need) / 2;
     let mut spans: Vec<Span<u16>> = dominant.iter().map(|p| Span::one(*p)).collect();
-    spans.extend(trim_span(&rest, per_tail));
+    match trim_span(&rest, per_tail) {
+        // Spread ports are the sender's choice, random or counting up from
+        // a random start and wrapping (hping3 does): the window the samples
+        // saw is not where the next packets go. No restriction.
+        Some(span) if rest.iter().filter(|(p, _)| span.contains(*p)).count() >= SPREAD_VALUES => {
+            return Vec::new();
+        }
+        other => spans.extend(other),
+    }
     let spans = merged(spans);
     if spans.iter().any(|s| s.is_full()) {
         Vec::new()
@@ -632,7 +679,7 @@ mod tests {
         let sig = derive(&attack, &calm, &[TrafficClass::UdpAmplification]).expect("a signature");
         assert_eq!(sig.classes, vec!["udp_amplification"]);
         assert_eq!(sig.src_ports, vec![Span::one(123)]);
-        assert_eq!(sig.dst_ports, vec![Span { lo: 1024, hi: 65535 }]);
+        assert!(sig.dst_ports.is_empty(), "random destination ports are no restriction");
         let len = sig.length.expect("a length");
         assert!(!len.contains(90) && len.lo >= 430 && len.hi <= 490, "{len}");
         assert_eq!(sig.ttl, Some(Span { lo: 40, hi: 60 }));
@@ -648,7 +695,7 @@ mod tests {
         assert!(v.coverage >= sig.coverage && v.collateral == 0.0, "{v:?}");
         let json = serde_json::to_value(&sig).unwrap();
         assert_eq!(json["src_ports"], serde_json::json!([123]));
-        assert_eq!(json["dst_ports"], serde_json::json!(["1024-65535"]));
+        assert_eq!(json["dst_ports"], serde_json::json!([]));
         assert_eq!(serde_json::from_value::<Signature>(json).unwrap(), sig);
     }
 
@@ -767,11 +814,12 @@ mod tests {
 
     #[test]
     fn dominant_ports_and_a_spread() {
-        // Half to DNS, half to random high ports: 53 and 1024-65535, not
-        // every port.
+        // Half to DNS, half to random high ports: the spread is the
+        // sender's choice, so no restriction (a rule on 53 alone would
+        // miss half the attack).
         let mut r = Rng(23);
         let ports: Vec<u16> = (0..4000).map(|i| if i % 2 == 0 { 53 } else { r.range(1024, 65535) as u16 }).collect();
-        assert_eq!(port_spans(&ports), vec![Span::one(53), Span { lo: 1024, hi: 65535 }]);
+        assert_eq!(port_spans(&ports), vec![]);
         // A narrow spread is not widened; adjacent ports join.
         let ports: Vec<u16> = (0..1000).map(|i| 5000 + (i % 10) as u16).collect();
         assert_eq!(port_spans(&ports), vec![Span { lo: 5000, hi: 5009 }]);
@@ -798,5 +846,61 @@ mod tests {
         ring.clear();
         assert!(ring.samples().is_empty());
         RecentSamples::new(0).push(s(1));
+    }
+}
+
+#[cfg(test)]
+mod background_tests {
+    use super::*;
+
+    fn udp(dst: [u8; 16], sport: u16, dport: u16, len: u32) -> PacketSample {
+        PacketSample { class: TrafficClass::Udp as u8, dst, sport, dport, len, ttl: 64, ..Default::default() }
+    }
+
+    /// A service's ordinary 1% amid a flood on another port is background:
+    /// not in the signature, so the rule does not cut it off.
+    #[test]
+    fn ordinary_traffic_amid_a_flood_is_not_the_flood() {
+        let dst = mapped(&"192.0.2.2".parse().unwrap());
+        let calm: Vec<PacketSample> = (0..500).map(|i| udp(dst, 40000 + i, 5353, 60)).collect();
+        let mut attack: Vec<PacketSample> =
+            (0..4000).map(|i| udp(dst, 1024 + (i * 7 % 60000) as u16, 27015, 142)).collect();
+        attack.extend((0..50).map(|i| udp(dst, 41000 + i, 5353, 60)));
+        let sig = derive(&attack, &calm, &[TrafficClass::Udp]).unwrap();
+        assert_eq!(sig.dst_ports, vec![Span::one(27015)], "{sig}");
+        assert_eq!(sig.length, Some(Span::one(142)), "{sig}");
+        assert_eq!(sig.collateral, 0.0);
+        // The same port, flooded: the attack, however ordinary the port.
+        let flood: Vec<PacketSample> = (0..4000).map(|i| udp(dst, 40000 + (i % 500) as u16, 5353, 60)).collect();
+        let sig = derive(&flood, &calm, &[TrafficClass::Udp]).unwrap();
+        assert_eq!(sig.dst_ports, vec![Span::one(5353)]);
+        assert!(sig.collateral > 0.9, "its rule would cut the service off: {sig:?}");
+    }
+}
+
+#[cfg(test)]
+mod spread_tests {
+    use super::*;
+
+    /// hping3 counts its source port up from a random start, and wraps:
+    /// the samples see a window, the next packets are past it. A spread
+    /// of ports is no restriction, never the window.
+    #[test]
+    fn counting_ports_are_not_a_window() {
+        let dst = mapped(&"192.0.2.2".parse().unwrap());
+        let attack: Vec<PacketSample> = (0..3000u16)
+            .map(|i| PacketSample {
+                class: TrafficClass::Udp as u8,
+                dst,
+                sport: 12_416 + i * 2,
+                dport: 27015,
+                len: 142,
+                ttl: 64,
+                ..Default::default()
+            })
+            .collect();
+        let sig = derive(&attack, &[], &[TrafficClass::Udp]).unwrap();
+        assert!(sig.src_ports.is_empty(), "{sig}");
+        assert_eq!(sig.dst_ports, vec![Span::one(27015)]);
     }
 }

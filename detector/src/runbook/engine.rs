@@ -758,7 +758,20 @@ pub fn rule_requests(index: usize, m: &Mitigate, runbook: &str, inc: &Incident) 
     let shaped: Vec<(Prefix, Shape)> = match m.scope {
         Scope::Prefix => m.prefix.into_iter().map(|p| (p, m.shape.clone())).collect(),
         Scope::TopSources => {
-            inc.top_sources.iter().take(m.top).map(|s| (Prefix::host(s.addr), m.shape.clone())).collect()
+            let heavy: Vec<(Prefix, Shape)> = inc
+                .top_sources
+                .iter()
+                .take(m.top)
+                .filter(|s| s.share >= m.min_share)
+                .map(|s| (Prefix::host(s.addr), m.shape.clone()))
+                .collect();
+            if heavy.is_empty() && !inc.top_sources.is_empty() {
+                return Err(StepError::Skip(format!(
+                    "no source sends {:.0}% of the attack (min_share): a spread or spoofed flood",
+                    m.min_share * 100.0
+                )));
+            }
+            heavy
         }
         Scope::Signature | Scope::Vectors => {
             let Some(sig) = inc.signature.as_ref() else {

@@ -396,6 +396,10 @@ pub struct Mitigate {
     /// Scopes `signature` and `vectors`: the largest share of the
     /// interface's peacetime traffic the rules may also match.
     pub max_collateral: f64,
+    /// Scope `top_sources`: the least share of the incident's traffic a
+    /// source must send to get a rule. A spoofed flood has no heavy
+    /// sources, and its top list is the host's ordinary users.
+    pub min_share: f64,
 }
 
 #[derive(Deserialize)]
@@ -433,7 +437,12 @@ struct RawMitigate {
     remove_on_resolve: bool,
     #[serde(default, deserialize_with = "share")]
     max_collateral: Option<f64>,
+    #[serde(default, deserialize_with = "share")]
+    min_share: Option<f64>,
 }
+
+/// Default `min_share` of a `top_sources` step.
+pub const DEFAULT_MIN_SHARE: f64 = 0.05;
 
 /// A share: a number from 0 to 1, or a percentage (`"1%"`, `"0.5%"`).
 fn share<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
@@ -489,6 +498,9 @@ impl TryFrom<RawMitigate> for Mitigate {
         if !derived && r.max_collateral.is_some() {
             return Err("mitigate: max_collateral applies to scopes signature and vectors only".into());
         }
+        if r.scope != Scope::TopSources && r.min_share.is_some() {
+            return Err("mitigate: min_share applies to scope top_sources only".into());
+        }
         let shape = ShapeRequest {
             action: match r.action {
                 MitigateAction::Drop => "drop",
@@ -513,6 +525,7 @@ impl TryFrom<RawMitigate> for Mitigate {
             shape,
             remove_on_resolve: r.remove_on_resolve,
             max_collateral: r.max_collateral.unwrap_or(DEFAULT_MAX_COLLATERAL),
+            min_share: r.min_share.unwrap_or(DEFAULT_MIN_SHARE),
         })
     }
 }

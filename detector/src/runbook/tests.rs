@@ -342,7 +342,7 @@ fn a_mitigate_step_that_loads_makes_rules_the_rule_check_accepts() {
     let tops = [None, Some(1usize), Some(10), Some(100), Some(0), Some(101)];
     let mut inc = incident(&[Family::UdpFlood, Family::SynFlood], Severity::High, 60_000.0);
     inc.top_sources = (1..=120)
-        .map(|i| TopSource { addr: format!("198.51.100.{i}").parse().unwrap(), pps: 100.0, share: 0.01 })
+        .map(|i| TopSource { addr: format!("198.51.100.{i}").parse().unwrap(), pps: 3_000.0, share: 0.05 })
         .collect();
     inc.iface = "veth0\u{7}".into();
     let mut rng = Lcg(7);
@@ -471,4 +471,25 @@ fn signature_scopes_build_rules_from_the_incident() {
         Err(StepError::Fail(why)) => assert!(why.contains("above max_collateral 0.50%"), "{why}"),
         _ => panic!("a signature with 2% collateral was installed under a 0.5% limit"),
     }
+}
+
+/// A spoofed flood's top sources are the host's ordinary users: a
+/// `top_sources` step leaves alone those under its min_share.
+#[test]
+fn top_sources_under_min_share_are_left_alone() {
+    use crate::runbook::engine::StepError;
+    let text = "name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: rate_limit, pps: 50, scope: top_sources, ttl: 10m }\n  - mitigate: { action: drop, scope: top_sources, min_share: 0.5%, ttl: 10m }\n";
+    let rb = parse("rb.yaml", text, Box::new(Fake)).unwrap();
+    let (Step::Mitigate(default), Step::Mitigate(low)) = (&rb.steps.0[0], &rb.steps.0[1]) else { panic!() };
+    assert_eq!((default.min_share, low.min_share), (0.05, 0.005));
+    let mut inc = incident(&[Family::UdpFlood], Severity::High, 100_000.0);
+    inc.top_sources = vec![
+        TopSource { addr: "198.51.100.1".parse().unwrap(), pps: 20_000.0, share: 0.2 },
+        TopSource { addr: "203.0.113.5".parse().unwrap(), pps: 1_000.0, share: 0.01 },
+    ];
+    let reqs = rule_requests(0, default, "x", &inc).unwrap_or_else(|_| panic!("a rule expected"));
+    assert_eq!(reqs.iter().map(|r| r.prefix.as_str()).collect::<Vec<_>>(), ["198.51.100.1/32"]);
+    assert_eq!(rule_requests(1, low, "x", &inc).unwrap_or_else(|_| panic!()).len(), 2);
+    inc.top_sources.remove(0);
+    assert!(matches!(rule_requests(0, default, "x", &inc), Err(StepError::Skip(why)) if why.contains("min_share")));
 }
