@@ -442,7 +442,7 @@ struct RawMitigate {
 }
 
 /// Default `min_share` of a `top_sources` step.
-pub const DEFAULT_MIN_SHARE: f64 = 0.05;
+pub const DEFAULT_MIN_SHARE: f64 = 0.02;
 
 /// A share: a number from 0 to 1, or a percentage (`"1%"`, `"0.5%"`).
 fn share<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {

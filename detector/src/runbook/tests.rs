@@ -481,7 +481,7 @@ fn top_sources_under_min_share_are_left_alone() {
     let text = "name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: rate_limit, pps: 50, scope: top_sources, ttl: 10m }\n  - mitigate: { action: drop, scope: top_sources, min_share: 0.5%, ttl: 10m }\n";
     let rb = parse("rb.yaml", text, Box::new(Fake)).unwrap();
     let (Step::Mitigate(default), Step::Mitigate(low)) = (&rb.steps.0[0], &rb.steps.0[1]) else { panic!() };
-    assert_eq!((default.min_share, low.min_share), (0.05, 0.005));
+    assert_eq!((default.min_share, low.min_share), (0.02, 0.005));
     let mut inc = incident(&[Family::UdpFlood], Severity::High, 100_000.0);
     inc.top_sources = vec![
         TopSource { addr: "198.51.100.1".parse().unwrap(), pps: 20_000.0, share: 0.2 },
