@@ -186,14 +186,14 @@ pub fn paths(repeat: u32) -> Result<Vec<PathCost>> {
         }
         let frame: &[u8] = frame;
         // Warm the path (the rate limit's first packet takes the burst).
-        run(det, &frame, 2)?;
-        let (_, verdict) = run(det, &frame, 1)?;
+        run(det, frame, 2)?;
+        let (_, verdict) = run(det, frame, 1)?;
         ensure!(verdict == want, "{label}: the program returned {verdict}, not {want}");
         let mut d = Vec::new();
         let mut e = Vec::new();
         for _ in 0..3 {
-            d.push(run(det, &frame, repeat / 3)?.0);
-            e.push(run(pass, &frame, repeat / 3)?.0);
+            d.push(run(det, frame, repeat / 3)?.0);
+            e.push(run(pass, frame, repeat / 3)?.0);
         }
         let cost = PathCost {
             label,
