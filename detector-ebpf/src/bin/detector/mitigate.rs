@@ -131,19 +131,21 @@ fn is_known(src: &[u8; 16]) -> bool {
 /// Slots of [`PEER_CACHE`] per CPU.
 const PEER_CACHE_SLOTS: u32 = 256;
 
-/// One CPU's recent known-peer answers, valid for the epoch they were
-/// found in (one poll): a bulk transfer's segments come from one peer, and
-/// an array read and a compare cost a fraction of the hash lookup. A
-/// spoofed flood misses here and pays the lookup, as it should.
+/// One CPU's recent known-peer answers, yes or no, valid for the epoch
+/// they were found in (one poll): a bulk transfer's segments come from one
+/// peer, as do an unknown sender's, and an array read and a compare cost a
+/// fraction of the hash lookup. A spoofed flood misses here and pays the
+/// lookup. A peer learned since is seen as one from the next poll on.
 #[map]
 static PEER_CACHE: PerCpuArray<PeerCacheSlot> = PerCpuArray::with_max_entries(PEER_CACHE_SLOTS, 0);
 
 #[repr(C)]
 pub struct PeerCacheSlot {
     addr: [u64; 2],
-    /// Epoch + 1 when the address was found known; 0: empty.
+    /// Epoch + 1 when the answer was found; 0: empty.
     epoch: u32,
-    _pad: u32,
+    /// 1: known; 0: not.
+    known: u32,
 }
 
 /// True when the source (as the parser's words) is a known-good peer.
@@ -157,18 +159,17 @@ pub fn is_known_peer(src: &[u64; 2]) -> bool {
     };
     unsafe {
         if (*c).epoch == epoch && (*c).addr[0] == src[0] && (*c).addr[1] == src[1] {
-            return true;
+            return (*c).known != 0;
         }
     }
     // SAFETY: two u64 are sixteen bytes, at an alignment that suits both.
-    if !is_known(unsafe { &*(src as *const [u64; 2] as *const [u8; 16]) }) {
-        return false;
-    }
+    let known = is_known(unsafe { &*(src as *const [u64; 2] as *const [u8; 16]) });
     unsafe {
         (*c).addr = *src;
         (*c).epoch = epoch;
+        (*c).known = known as u32;
     }
-    true
+    known
 }
 
 #[inline(always)]
