@@ -70,8 +70,9 @@ fn the_xdp_parser_agrees_with_the_reference_on_the_seed_corpus_and_every_regress
     program.finish().expect("every class counter holds what the frames put there");
     assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 
-    // The seed corpus is worth its name: every class, and the kernel's limit.
-    for c in TrafficClass::ALL {
+    // The seed corpus is worth its name: every class a frame alone can be
+    // (tcp_established needs a known peer), and the kernel's limit.
+    for c in TrafficClass::ALL.into_iter().filter(|c| *c != TrafficClass::TcpEstablished) {
         assert!(tally.per_class[c.index()] > 0, "the seed corpus has no {} frame", c.name());
     }
     assert!(tally.refused > 0, "no frame shorter than an Ethernet header");
