@@ -225,8 +225,9 @@ impl Poller {
         for ev in self.detector.observe(&obs) {
             self.publish(ev);
         }
-        let attacked = self.detector.open_incidents().any(|i| i.iface == iface);
-        probe.set_learning(!attacked, &self.metrics);
+        // From the onset, not from the opening: the hold's polls would
+        // teach the egress program a spoofed flood's sources.
+        probe.set_learning(!self.detector.under_attack(&iface), &self.metrics);
         self.publish_baselines(&iface);
         Ok(iface_view(
             probe.attachment.mode.name(),

@@ -107,8 +107,9 @@ impl Probe {
     }
 
     /// Learning of known-good peers: on in peacetime, off while the
-    /// interface is under attack (the host's answers to a spoofed flood
-    /// must not teach it the flood's sources).
+    /// interface is under attack, from the first poll over a threshold (the
+    /// host's answers to a spoofed flood must not teach it the flood's
+    /// sources).
     pub fn set_learning(&mut self, on: bool, metrics: &Metrics) {
         if on != self.learning.enabled() {
             match self.learning.set(on) {

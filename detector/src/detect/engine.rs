@@ -235,6 +235,12 @@ impl Detector {
         st.incident = Some(incident);
     }
 
+    /// True while `iface` has an open incident or a family above its
+    /// threshold (an attack's onset, before the hold opens an incident).
+    pub fn under_attack(&self, iface: &str) -> bool {
+        self.ifaces.get(iface).is_some_and(|s| s.incident.is_some() || s.tracks.iter().any(|t| t.above_since.is_some()))
+    }
+
     /// Open incidents, one per interface at most.
     pub fn open_incidents(&self) -> impl Iterator<Item = &Incident> {
         self.ifaces.values().filter_map(|s| s.incident.as_ref())

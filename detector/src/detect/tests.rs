@@ -422,3 +422,19 @@ fn an_incident_carries_its_signature_measured_against_peacetime() {
     let resolved = ev.iter().find(|e| e.kind == EventKind::Resolved).expect("resolved");
     assert!(resolved.incident.signature.is_some());
 }
+
+/// Peer learning pauses from the first poll over a threshold, before the
+/// hold opens an incident, and resumes when the incident ends.
+#[test]
+fn under_attack_from_the_onset_to_the_end() {
+    let mut r = Run::new(cfg());
+    r.quiet(1.0);
+    assert!(!r.det.under_attack("eth0"));
+    let ev = r.traffic(&[(TrafficClass::TcpSyn, 5_000.0)], POLL);
+    assert!(ev.iter().all(|e| e.kind != EventKind::Opened), "one poll is within the hold");
+    assert!(r.det.under_attack("eth0"), "above the threshold is the onset");
+    r.traffic(&[(TrafficClass::TcpSyn, 5_000.0)], 1.0);
+    assert!(r.det.under_attack("eth0"));
+    r.quiet(10.0);
+    assert!(!r.det.under_attack("eth0"), "resolved");
+}
