@@ -109,6 +109,23 @@ impl TrafficClass {
         Self::ALL.iter().copied().find(|c| c.name() == name)
     }
 
+    /// TCP and UDP classes: their packets have ports (the others' are 0).
+    pub const fn has_ports(self) -> bool {
+        matches!(
+            self,
+            TrafficClass::TcpSyn
+                | TrafficClass::TcpSynAck
+                | TrafficClass::TcpRst
+                | TrafficClass::TcpAck
+                | TrafficClass::HttpRequest
+                | TrafficClass::TcpEstablished
+                | TrafficClass::Udp
+                | TrafficClass::DnsQuery
+                | TrafficClass::DnsResponse
+                | TrafficClass::UdpAmplification
+        )
+    }
+
     /// The index of this class in per-class arrays.
     pub const fn index(self) -> usize {
         self as usize

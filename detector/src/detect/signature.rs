@@ -237,7 +237,7 @@ pub fn derive(attack: &[PacketSample], peacetime: &[PacketSample], classes: &[Tr
 
     // 3. The packets' shape: each field on all of them, then each again on
     // those the other fields keep.
-    let has_ports = chosen.iter().any(|c| carries_ports(*c));
+    let has_ports = chosen.iter().any(|c| c.has_ports());
     let mut shape = Shape::default();
     for field in Field::ALL {
         shape.choose(field, &core, has_ports);
@@ -362,22 +362,6 @@ impl Shape {
 /// How many of `n` samples make `share` of them (rounded up).
 fn needed(n: usize, share: f64) -> usize {
     ((n as f64 * share).ceil() as usize).min(n)
-}
-
-/// TCP and UDP classes: their packets have ports.
-fn carries_ports(c: TrafficClass) -> bool {
-    matches!(
-        c,
-        TrafficClass::TcpSyn
-            | TrafficClass::TcpSynAck
-            | TrafficClass::TcpRst
-            | TrafficClass::TcpAck
-            | TrafficClass::HttpRequest
-            | TrafficClass::Udp
-            | TrafficClass::DnsQuery
-            | TrafficClass::DnsResponse
-            | TrafficClass::UdpAmplification
-    )
 }
 
 /// The frame length as a rule compares it.

@@ -160,7 +160,7 @@ fn rule_spec() -> impl Strategy<Value = RuleSpec> {
             // Ports on a scope of portless classes match nothing, and the
             // rule check refuses them.
             let ported = classes.is_empty()
-                || classes.iter().any(|c| scope_classes(&[c.to_string()]).iter().any(|k| has_ports(*k)));
+                || classes.iter().any(|c| scope_classes(&[c.to_string()]).iter().any(|k| k.has_ports()));
             let (sport, dport) = if ported { (sport, dport) } else { (None, None) };
             RuleSpec { prefix, classes, sport, dport, pps, ttl_s }
         })
@@ -210,10 +210,6 @@ fn holds(p: &Prefix, a: u128) -> bool {
     let (net, len) = p.key();
     let len = len as u8;
     a & bits(len) == u128::from_be_bytes(net) & bits(len)
-}
-
-fn has_ports(c: TrafficClass) -> bool {
-    super::rule::class_mask(&["tcp".into(), "udp".into()]).unwrap_or(0) & (1 << c.index()) != 0
 }
 
 /// The classes a scope names: the README's groups, or one class; all when empty.

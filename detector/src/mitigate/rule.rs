@@ -468,7 +468,7 @@ impl ShapeRequest<'_> {
             }
         }
         if self.m.sport.is_some() || self.m.dport.is_some() {
-            let ported = class_mask(&["tcp".to_string(), "udp".to_string()]).unwrap_or(0);
+            let ported = TrafficClass::ALL.iter().filter(|c| c.has_ports()).fold(0, |m, c| m | 1 << c.index());
             if mask & ported == 0 {
                 return Err(RequestError::MatchesNothing(
                     "sport/dport",
