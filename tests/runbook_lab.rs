@@ -298,40 +298,7 @@ detection:
 fn the_shipped_runbooks_answer_a_udp_flood() {
     require_root!();
     let lab = Lab::new().unwrap();
-    let rx = Receiver::start(&lab.tgt_ns, PORT).unwrap();
-    // The shipped files, but PagerDuty's step sent to the receiver.
-    let dir = lab.dir.join("shipped");
-    std::fs::create_dir_all(&dir).unwrap();
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runbooks");
-    for e in std::fs::read_dir(&shipped).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if !name.ends_with(".yaml") {
-            continue;
-        }
-        let mut text = std::fs::read_to_string(e.path()).unwrap();
-        if name == "pagerduty-critical.yaml" {
-            let with_url = format!("      channel: pagerduty\n      url: \"http://127.0.0.1:{PORT}/pd\"\n");
-            assert!(text.contains("      channel: pagerduty\n"), "{text}");
-            text = text.replace("      channel: pagerduty\n", &with_url);
-        }
-        std::fs::write(dir.join(&name), text).unwrap();
-    }
-    let cfg = lab.dir.join("detector.yaml");
-    std::fs::write(&cfg, SHIPPED_CONFIG).unwrap();
-    let slack = format!("http://127.0.0.1:{PORT}/slack");
-    let hook = format!("http://127.0.0.1:{PORT}/hook");
-    let env = [
-        ("SLACK_WEBHOOK_URL", slack.as_str()),
-        ("DETECTOR_WEBHOOK_URL", hook.as_str()),
-        ("DETECTOR_WEBHOOK_SECRET", "shipped-s3cret"),
-        ("PAGERDUTY_ROUTING_KEY", "R0UT1NG"),
-    ];
-    let c = Controller::start_with_env(
-        &lab,
-        &["--config", cfg.to_str().unwrap(), "--runbooks", dir.to_str().unwrap()],
-        &env,
-    );
-    assert!(!c.log_text().contains("runbook refused"), "{}", c.log_text());
+    let (c, rx) = common::shipped_runbooks(&lab, SHIPPED_CONFIG, PORT, "shipped-s3cret");
     // Peacetime: ordinary traffic for the signature's collateral to be
     // measured against (without it the signature step refuses to guess).
     common::send(

@@ -331,41 +331,6 @@ detection:
     udp_flood: { pps: 10000 }
 ";
 
-/// A controller with the shipped runbooks, their channels pointed at a
-/// local receiver.
-fn shipped(lab: &Lab) -> (Controller, detector::lab::receiver::Receiver) {
-    let port = 18081;
-    let rx = detector::lab::receiver::Receiver::start(&lab.tgt_ns, port).unwrap();
-    let dir = lab.dir.join("shipped");
-    std::fs::create_dir_all(&dir).unwrap();
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runbooks");
-    for e in std::fs::read_dir(&src).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if name.ends_with(".yaml") {
-            let text = std::fs::read_to_string(e.path()).unwrap().replace(
-                "      channel: pagerduty\n",
-                &format!("      channel: pagerduty\n      url: \"http://127.0.0.1:{port}/pd\"\n"),
-            );
-            std::fs::write(dir.join(&name), text).unwrap();
-        }
-    }
-    let cfg = lab.dir.join("shipped.yaml");
-    std::fs::write(&cfg, SHIPPED_CONFIG).unwrap();
-    let (slack, hook) = (format!("http://127.0.0.1:{port}/slack"), format!("http://127.0.0.1:{port}/hook"));
-    let env = [
-        ("SLACK_WEBHOOK_URL", slack.as_str()),
-        ("DETECTOR_WEBHOOK_URL", hook.as_str()),
-        ("DETECTOR_WEBHOOK_SECRET", "s3cret"),
-        ("PAGERDUTY_ROUTING_KEY", "R0UT1NG"),
-    ];
-    let c = Controller::start_with_env(
-        lab,
-        &["--config", cfg.to_str().unwrap(), "--runbooks", dir.to_str().unwrap()],
-        &env,
-    );
-    (c, rx)
-}
-
 /// Waits for a rule `runbook` installed on every source; returns it.
 fn runbook_rule(c: &Controller, runbook: &str) -> serde_json::Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -418,7 +383,7 @@ fn the_shipped_runbooks_stop_a_spoofed_udp_flood_and_a_reflection() {
     let lab = Lab::new().unwrap();
     lab.accept_spoofed_sources().unwrap();
     lab.add_addr(&lab.gen_ns, &lab.gen_if, &format!("{CLIENT_V4}/24")).unwrap();
-    let (c, rx) = shipped(&lab);
+    let (c, rx) = common::shipped_runbooks(&lab, SHIPPED_CONFIG, 18081, "s3cret");
 
     // The benign background: 1,000 datagrams a second to another service,
     // from one address, all through the test.

@@ -252,3 +252,48 @@ pub fn reaching_stack(lab: &Lab, f: impl FnOnce()) -> u64 {
     std::thread::sleep(Duration::from_millis(100));
     ip_in_receives(lab) - before
 }
+
+/// A controller running the shipped runbooks (`runbooks/`) with `config`,
+/// their Slack, webhook and PagerDuty steps sent to a receiver on
+/// 127.0.0.1:`port` in the target namespace (paths `/slack`, `/hook`,
+/// `/pd`); the webhook secret is `hook_secret`.
+pub fn shipped_runbooks(
+    lab: &Lab,
+    config: &str,
+    port: u16,
+    hook_secret: &str,
+) -> (Controller, detector::lab::receiver::Receiver) {
+    let rx = detector::lab::receiver::Receiver::start(&lab.tgt_ns, port).unwrap();
+    let dir = lab.dir.join("shipped");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runbooks");
+    for e in std::fs::read_dir(&shipped).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.ends_with(".yaml") {
+            continue;
+        }
+        let mut text = std::fs::read_to_string(e.path()).unwrap();
+        if name == "pagerduty-critical.yaml" {
+            let with_url = format!("      channel: pagerduty\n      url: \"http://127.0.0.1:{port}/pd\"\n");
+            assert!(text.contains("      channel: pagerduty\n"), "{text}");
+            text = text.replace("      channel: pagerduty\n", &with_url);
+        }
+        std::fs::write(dir.join(&name), text).unwrap();
+    }
+    let cfg = lab.dir.join("shipped.yaml");
+    std::fs::write(&cfg, config).unwrap();
+    let (slack, hook) = (format!("http://127.0.0.1:{port}/slack"), format!("http://127.0.0.1:{port}/hook"));
+    let env = [
+        ("SLACK_WEBHOOK_URL", slack.as_str()),
+        ("DETECTOR_WEBHOOK_URL", hook.as_str()),
+        ("DETECTOR_WEBHOOK_SECRET", hook_secret),
+        ("PAGERDUTY_ROUTING_KEY", "R0UT1NG"),
+    ];
+    let c = Controller::start_with_env(
+        lab,
+        &["--config", cfg.to_str().unwrap(), "--runbooks", dir.to_str().unwrap()],
+        &env,
+    );
+    assert!(!c.log_text().contains("runbook refused"), "{}", c.log_text());
+    (c, rx)
+}
