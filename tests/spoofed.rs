@@ -435,6 +435,12 @@ fn the_shipped_runbooks_stop_a_spoofed_udp_flood_and_a_reflection() {
     let rule = runbook_rule(&c, "udp-flood-auto-response");
     eprintln!("udp-flood-auto-response: {rule}");
     drop(stopped(h));
+    std::thread::sleep(Duration::from_millis(300));
+    for r in rules(&c)["rules"].as_array().unwrap() {
+        eprintln!("rule in force: {r}");
+    }
+    let inc = incidents(&c);
+    eprintln!("top sources: {}", inc.last().map(|i| i["top_sources"].to_string()).unwrap_or_default());
     let player_in = || server.stats().count_from(ip(CLIENT_V4)) as i64;
     let others = || background() + player_in();
     let (got_in, sent, ex) =
