@@ -17,5 +17,6 @@ pub mod reference;
 pub mod rules;
 pub mod sample;
 pub mod sketch;
+pub mod syncookie;
 
 pub use class::{TrafficClass, CLASS_COUNT};

@@ -86,7 +86,7 @@ mod tests {
     fn layouts() {
         assert_eq!(size_of::<ClassCounters>(), 16);
         assert_eq!(offset_of!(ClassCounters, bytes), 8);
-        assert_eq!(size_of::<ClassStats>(), 48);
+        assert_eq!(size_of::<ClassStats>(), 64);
         assert_eq!(offset_of!(ClassStats, dropped), 16);
         assert_eq!(size_of::<SourceKey>(), 16);
         assert_eq!(align_of::<SourceKey>(), 1);

@@ -40,17 +40,21 @@ pub enum DropReason {
     Rule = 0,
     /// A rate-limit rule matched and the source was over its limit.
     RateLimit = 1,
+    /// A SYN-cookie rule matched: a SYN answered from XDP (it never reaches
+    /// the stack), or an ACK from an unknown source with no valid cookie.
+    SynCookie = 2,
 }
 
-pub const DROP_REASON_COUNT: usize = 2;
+pub const DROP_REASON_COUNT: usize = 3;
 
 impl DropReason {
-    pub const ALL: [DropReason; DROP_REASON_COUNT] = [DropReason::Rule, DropReason::RateLimit];
+    pub const ALL: [DropReason; DROP_REASON_COUNT] = [DropReason::Rule, DropReason::RateLimit, DropReason::SynCookie];
 
     pub const fn name(self) -> &'static str {
         match self {
             DropReason::Rule => "rule",
             DropReason::RateLimit => "rate_limit",
+            DropReason::SynCookie => "syn_cookie",
         }
     }
 }
@@ -61,6 +65,10 @@ pub const ACTION_NONE: u8 = 0;
 pub const ACTION_DROP: u8 = 1;
 /// [`RuleSlot::action`]: admit each source at a rate, drop the excess.
 pub const ACTION_RATE_LIMIT: u8 = 2;
+/// [`RuleSlot::action`]: answer SYNs with a SYN cookie from XDP, pass ACKs
+/// that carry a valid one (or come from a known peer), drop the rest (see
+/// [`crate::syncookie`]).
+pub const ACTION_SYN_COOKIES: u8 = 3;
 
 /// [`RuleEntry::allow`]: the prefix is on the allowlist; nothing here drops.
 pub const ENTRY_ALLOW: u8 = 1;

@@ -297,3 +297,39 @@ pub fn shipped_runbooks(
     assert!(!c.log_text().contains("runbook refused"), "{}", c.log_text());
     (c, rx)
 }
+
+/// A benign background on a thread: `count` UDP datagrams at `rate` a
+/// second from `src` to the target's `port`, sent with `detector flood
+/// --engine exact` from the generator's end (one address, as a real
+/// client). The thread returns the generator's output.
+pub fn background_udp(lab: &Lab, src: &str, port: u16, count: u64, rate: u64) -> std::thread::JoinHandle<Output> {
+    let (gen_ns, gen_if, mac) = (lab.gen_ns.clone(), lab.gen_if.clone(), lab.tgt_mac().unwrap());
+    let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let (src, port, n, rate) = (src.to_string(), port.to_string(), count.to_string(), rate.to_string());
+    std::thread::spawn(move || {
+        detector_in(
+            &gen_ns,
+            &[
+                "flood",
+                "--iface",
+                &gen_if,
+                "--dst",
+                lab::TGT_V4,
+                "--dst-mac",
+                &mac,
+                "--engine",
+                "exact",
+                "--kind",
+                "udp",
+                "--dst-port",
+                &port,
+                "--src",
+                &src,
+                "--count",
+                &n,
+                "--rate",
+                &rate,
+            ],
+        )
+    })
+}

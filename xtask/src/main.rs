@@ -92,6 +92,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Run { args } => {
             setup::toolchain()?;
+            setup::run_tools();
             build_release(&root)?;
             let bin = root.join("target/release/detector");
             let mut cmd = as_root(&bin);

@@ -131,7 +131,8 @@ fn bpf_linker(sysroot: &Path) -> Result<()> {
 
 /// What the kernel tests call: `ip` for the lab, `promtool` to check the
 /// metrics text, `hping3` for spoofed floods from a real tool, `iperf3` for
-/// legitimate bulk TCP.
+/// legitimate bulk TCP, `curl` for real clients of a TCP service, and `nft`,
+/// which SYN cookies need (the controller installs a SYNPROXY rule).
 pub fn test_tools() -> Result<()> {
     let mut missing = Vec::new();
     if which("ip").is_none() {
@@ -147,7 +148,25 @@ pub fn test_tools() -> Result<()> {
     if which("iperf3").is_none() {
         missing.push("iperf3");
     }
+    if which("curl").is_none() {
+        missing.push("curl");
+    }
+    if which("nft").is_none() && which_sbin("nft").is_none() {
+        missing.push("nftables");
+    }
     apt_install(&missing, "the tests")
+}
+
+/// What `detector run` calls: `nft`, for the SYNPROXY rule that SYN cookies
+/// need (the shipped SYN runbook turns them on). Missing and not
+/// installable here (not root, no apt-get), the run still starts: only a
+/// SYN-cookie rule would then be refused, saying why.
+pub fn run_tools() {
+    if which("nft").is_none() && which_sbin("nft").is_none() {
+        if let Err(e) = apt_install(&["nftables"], "SYN cookies (`detector run`)") {
+            eprintln!("xtask: {e}");
+        }
+    }
 }
 
 /// What the bench needs: `ip` for the lab, and for the firewall comparison

@@ -113,7 +113,7 @@ fn status_of(e: &MitigateError) -> StatusCode {
         | MitigateError::Rule(RuleError::Allowlisted { .. })
         | MitigateError::Rule(RuleError::Plan(_)) => StatusCode::CONFLICT,
         MitigateError::Rule(RuleError::Request(_)) => StatusCode::BAD_REQUEST,
-        MitigateError::Kernel { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        MitigateError::Kernel { .. } | MitigateError::SynProxy(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -52,6 +52,10 @@ pub enum Command {
     /// Rate-limit each source address of a prefix in XDP.
     #[command(subcommand)]
     Ratelimit(rules::AddCommand<rules::RateLimitArgs>),
+    /// Answer SYNs to a TCP port with SYN cookies from XDP, and drop the ACKs
+    /// that carry none (a spoofed SYN or ACK flood never reaches the stack).
+    #[command(subcommand)]
+    Syncookies(rules::AddCommand<rules::SynCookiesArgs>),
     /// Allowlist a prefix: no rule ever drops it.
     #[command(subcommand)]
     Allow(rules::AddCommand<rules::AllowArgs>),
@@ -144,6 +148,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Rules(cmd) => rules::rules(cmd),
         Command::Block(cmd) => rules::block(cmd),
         Command::Ratelimit(cmd) => rules::ratelimit(cmd),
+        Command::Syncookies(cmd) => rules::syncookies(cmd),
         Command::Allow(cmd) => rules::allow(cmd),
         Command::Detach(args) => rules::detach(args),
         Command::Runbooks(cmd) => runbooks::run(cmd),

@@ -123,6 +123,28 @@ pub struct RateLimitArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct SynCookiesArgs {
+    /// The TCP port or range to protect (`80`, `8000-8080`); a listener
+    /// must be there.
+    #[arg(long, visible_alias = "dport", value_name = "PORT[-PORT]")]
+    pub port: Span<u16>,
+    /// Only SYNs from this source prefix. Default: every source (`::/0`,
+    /// which covers IPv4 too; `0.0.0.0/0` with an IPv4 --dst).
+    #[arg(long, value_name = "CIDR")]
+    pub source: Option<String>,
+    /// Only SYNs to this destination prefix or address.
+    #[arg(long, value_name = "CIDR")]
+    pub dst: Option<String>,
+    /// Remove the rule after this long (for example 10m, 2h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub dir: StateDirArg,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct AllowArgs {
     /// Prefix or address that must always pass.
     #[arg(value_name = "CIDR")]
@@ -209,6 +231,32 @@ pub fn ratelimit(cmd: AddCommand<RateLimitArgs>) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn syncookies(cmd: AddCommand<SynCookiesArgs>) -> anyhow::Result<()> {
+    let AddCommand::Add(args) = cmd;
+    // `::/0` covers every source, IPv4 ones too (they are mapped into IPv6).
+    let prefix = match (&args.source, args.dst.as_deref().and_then(|d| d.parse::<Prefix>().ok())) {
+        (Some(s), _) => s.clone(),
+        (None, Some(d)) if d.is_ipv4() => "0.0.0.0/0".to_string(),
+        (None, _) => "::/0".to_string(),
+    };
+    let reqs = vec![checked(RuleRequest {
+        action: "syn_cookies".into(),
+        prefix,
+        dport: Some(args.port),
+        dst: args.dst.clone(),
+        ttl_ms: args.ttl.map(|d| d.as_millis() as u64),
+        reason: args.reason.clone(),
+        ..Default::default()
+    })?];
+    let rt = runtime()?;
+    let client = Client::new(&args.dir.state_dir);
+    for req in reqs {
+        let rule = rt.block_on(client.add_rule(&req))?;
+        print_added(&rule)?;
+    }
+    Ok(())
+}
+
 pub fn allow(cmd: AddCommand<AllowArgs>) -> anyhow::Result<()> {
     let AddCommand::Add(args) = cmd;
     args.prefix.parse::<Prefix>().map_err(anyhow::Error::msg)?;
@@ -251,6 +299,9 @@ pub fn detach(args: DetachArgs) -> anyhow::Result<()> {
         })?;
         let n = pins::detach_now(&dir)?;
         drop(lock);
+        if let Err(e) = detector::kernel::syncookie::remove_nft(iface) {
+            eprintln!("{iface}: {e}");
+        }
         outln!("{iface}: XDP program detached; {n} pinned objects removed from {}", dir.display())?;
     }
     Ok(())

@@ -198,7 +198,8 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
 
     let m = &cfg.mitigation;
     let mut mitigator =
-        Mitigator::new(Limits { max_rules: m.max_rules, max_allow: m.max_allow }, &cfg.state_dir, files.clone());
+        Mitigator::new(Limits { max_rules: m.max_rules, max_allow: m.max_allow }, &cfg.state_dir, files.clone())
+            .with_synproxy(|ifaces| crate::kernel::syncookie::apply_nft(ifaces).map_err(|e| e.to_string()));
     for s in pins::sweep_gone() {
         tracing::warn!(
             iface = %s.iface,

@@ -13,6 +13,7 @@ use crate::{
         egress::{self, Learning},
         pins,
         rules::RuleMaps,
+        syncookie,
         xdp::{self, AttachError, Attachment},
     },
     metrics::Metrics,
@@ -83,6 +84,8 @@ impl Probe {
         let mut attachment = xdp::attach(obj, iface, cfg.mode, cfg.force, Some(&pin_dir))?;
         let adopted = egress::attach(attachment.ebpf_mut(), iface, &pin_dir).map_err(learn_err)?;
         tracing::info!(iface, adopted, "egress program learning known-good peers");
+        syncookie::install(attachment.ebpf_mut(), iface)
+            .map_err(|e| RunError::Egress { iface: iface.to_string(), reason: e.to_string() })?;
         if attachment.adopted {
             tracing::info!(
                 iface,

@@ -89,8 +89,18 @@ impl CountingOptions {
 }
 
 /// The maps pinned with the link: everything a restart must find again.
-pub const PINNED_MAPS: [&str; 6] =
-    [RULES_MAP, RULES_ACTIVE_MAP, RULE_STATS_MAP, BUCKETS_MAP, CLASS_STATS_MAP, KNOWN_PEERS_MAP];
+/// The SYN-cookie program's slot among them: a pinned program array keeps
+/// the program it holds, so SYN-cookie rules go on working without a
+/// controller (an array no file holds is emptied by the kernel).
+pub const PINNED_MAPS: [&str; 7] = [
+    RULES_MAP,
+    RULES_ACTIVE_MAP,
+    RULE_STATS_MAP,
+    BUCKETS_MAP,
+    CLASS_STATS_MAP,
+    KNOWN_PEERS_MAP,
+    super::syncookie::SYNCOOKIE_PROGRAM_MAP,
+];
 
 /// Creates the counting object's maps, with a fresh random hash seed.
 pub fn load_counting(opts: &CountingOptions) -> Result<Ebpf, LoadError> {

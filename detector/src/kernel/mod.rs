@@ -4,6 +4,7 @@
 //! - [`xdp`]: attaching the counting program to an interface, and detaching;
 //! - [`counters`]: reading the counting program's maps;
 //! - [`rules`]: writing a compiled rule plan into the rule maps;
+//! - [`syncookie`]: the SYN-cookie program and netfilter's SYNPROXY rule;
 //! - [`pins`]: where links and maps are pinned in bpffs so rules outlive
 //!   the controller.
 
@@ -12,4 +13,5 @@ pub mod ebpf;
 pub mod egress;
 pub mod pins;
 pub mod rules;
+pub mod syncookie;
 pub mod xdp;

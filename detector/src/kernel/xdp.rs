@@ -147,7 +147,8 @@ impl Attachment {
             }
             None => {}
         }
-        Ok(())
+        // Its SYN-cookie rules went with the program: so does SYNPROXY.
+        super::syncookie::remove_nft(&self.iface).map_err(|e| e.to_string())
     }
 
     /// The loaded object, for the programs and maps that go with this one.

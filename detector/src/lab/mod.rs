@@ -26,6 +26,7 @@ pub mod counters;
 pub mod hping3;
 pub mod process;
 pub mod receiver;
+pub mod tcp;
 pub mod udp;
 
 pub use controller::Controller;
@@ -66,6 +67,8 @@ pub struct Lab {
     /// A scratch directory for the lab's files (logs, state, configs),
     /// removed with the lab.
     pub dir: std::path::PathBuf,
+    /// The pass program on the generator's end (see [`Lab::accept_xdp_tx`]).
+    gen_xdp: Option<aya::Ebpf>,
 }
 
 pub const GEN_V4: &str = "192.0.2.1";
@@ -97,6 +100,7 @@ impl Lab {
             gen_if: format!("dl{}g", &tag[tag.len().saturating_sub(11)..]),
             tgt_if: format!("dl{}t", &tag[tag.len().saturating_sub(11)..]),
             dir: std::env::temp_dir().join(format!("{PREFIX}-{pid}-{n}")),
+            gen_xdp: None,
         };
         // From here on, drop cleans up whatever was made.
         lab.build()?;
@@ -181,6 +185,25 @@ impl Lab {
         for conf in ["all", "default", self.tgt_if.as_str()] {
             sysctl(&self.tgt_ns, &format!("net/ipv4/conf/{conf}/rp_filter"), "0")?;
         }
+        Ok(())
+    }
+
+    /// Attaches an XDP program that passes everything to the generator's
+    /// end. A veth delivers the frames its peer's XDP program sends back
+    /// (`XDP_TX`: the SYN-ACKs of SYN cookies) only to an end with an XDP
+    /// program of its own; a real NIC needs nothing of the kind.
+    pub fn accept_xdp_tx(&mut self) -> Result<(), LabError> {
+        let fail = |e: String| LabError::Ip { args: format!("xdp pass on {}", self.gen_if), stderr: e };
+        let _in = self.enter_gen()?;
+        let mut obj = crate::kernel::ebpf::load_flood().map_err(|e| fail(e.to_string()))?;
+        let prog: &mut aya::programs::Xdp = obj
+            .program_mut("pass")
+            .ok_or_else(|| fail("no pass program".into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| fail(e.to_string()))?;
+        prog.load().map_err(|e| fail(e.to_string()))?;
+        prog.attach(&self.gen_if, aya::programs::XdpMode::Driver).map_err(|e| fail(e.to_string()))?;
+        self.gen_xdp = Some(obj);
         Ok(())
     }
 

@@ -34,6 +34,39 @@ pub enum DeriveError {
     TooMany(String, usize),
     #[error("the signature's classes ({sig}) and the step's ({step}) have none in common")]
     NoClasses { sig: String, step: String },
+    #[error("the attack has no destination port to protect with SYN cookies ({0}); give port in the step")]
+    NoPorts(String),
+}
+
+/// The SYN-cookie rules for a SYN flood: one per destination port span,
+/// the step's own `port` if it gives one, else the signature's; on every
+/// source (the attacked address's family when the signature names one).
+/// No collateral limit: cookies drop no legitimate handshake.
+pub fn syn_cookie_rules(sig: Option<&Signature>, step: &Shape) -> Result<Vec<(Prefix, Shape)>, DeriveError> {
+    let ports: Vec<Span<u16>> = match (step.m.dport, sig) {
+        (Some(p), _) => vec![p],
+        (None, Some(s)) if !s.dst_ports.is_empty() => s.dst_ports.clone(),
+        (None, s) => {
+            return Err(DeriveError::NoPorts(s.map(|s| s.to_string()).unwrap_or_else(|| "no signature yet".into())))
+        }
+    };
+    if ports.len() > MAX_DERIVED_RULES {
+        return Err(DeriveError::TooMany(sig.map(|s| s.to_string()).unwrap_or_default(), ports.len()));
+    }
+    let dst = sig.and_then(|s| s.dst);
+    let source: Prefix = match dst {
+        Some(std::net::IpAddr::V4(_)) => "0.0.0.0/0",
+        _ => "::/0",
+    }
+    .parse()
+    .expect("a prefix");
+    Ok(ports
+        .into_iter()
+        .map(|p| {
+            let m = Match { dport: Some(p), dst: dst.map(Prefix::host), ..Default::default() };
+            (source, Shape { m, ..step.clone() })
+        })
+        .collect())
 }
 
 /// The rules for `sig` with the step's action, rates, TTL and reason
@@ -137,6 +170,34 @@ mod tests {
         let rules = rules_from(&two, &drop_shape(&[]), DEFAULT_MAX_COLLATERAL).unwrap();
         assert_eq!(rules.len(), 2);
         assert_eq!(rules[0].0.to_string(), "::/0", "no attacked address: both families");
+    }
+
+    #[test]
+    fn syn_cookies_protect_the_attacked_ports() {
+        let shape = ShapeRequest {
+            action: "syn_cookies",
+            m: Match { dport: Some(Span::one(1)), ..Default::default() },
+            ttl_ms: Some(600_000),
+            ..Default::default()
+        }
+        .check()
+        .unwrap();
+        let mut s = sig();
+        s.classes = vec!["tcp_syn".into()];
+        s.dst_ports = vec![Span::one(80), Span::one(443)];
+        // The step's port wins; without one, the signature's.
+        let rules = syn_cookie_rules(Some(&s), &shape).unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].1.m.dport, Some(Span::one(1)));
+        let open = Shape { m: Match::default(), ..shape.clone() };
+        let rules = syn_cookie_rules(Some(&s), &open).unwrap();
+        assert_eq!(rules.iter().map(|r| r.1.m.dport.unwrap().lo).collect::<Vec<_>>(), vec![80, 443]);
+        assert_eq!(rules[0].0.to_string(), "0.0.0.0/0");
+        assert_eq!(rules[0].1.m.dst, Some("192.0.2.2/32".parse().unwrap()));
+        assert_eq!(rules[0].1.action, Action::SynCookies);
+        s.dst_ports.clear();
+        assert!(matches!(syn_cookie_rules(Some(&s), &open), Err(DeriveError::NoPorts(_))));
+        assert!(matches!(syn_cookie_rules(None, &open), Err(DeriveError::NoPorts(_))));
     }
 
     #[test]

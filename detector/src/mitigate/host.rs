@@ -119,3 +119,48 @@ mod tests {
         assert!(addresses().iter().any(|(_, ip)| ip.is_loopback()));
     }
 }
+
+/// The TCP ports something listens on in this network namespace (IPv4
+/// and IPv6), from `/proc/net/tcp` and `/proc/net/tcp6`.
+pub fn listening_tcp_ports() -> Vec<u16> {
+    let mut ports = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(file) {
+            ports.extend(parse_listeners(&text));
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// The local ports of the sockets in state LISTEN (0A) in the text of
+/// `/proc/net/tcp` or `/proc/net/tcp6`.
+fn parse_listeners(text: &str) -> Vec<u16> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let local = f.nth(1)?;
+            let state = f.nth(1)?;
+            if state != "0A" {
+                return None;
+            }
+            u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod listener_tests {
+    use super::*;
+
+    #[test]
+    fn reads_listeners_only() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1\n\
+   1: 0100007F:0035 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2\n\
+   2: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A 0 0 0 0 0 3\n";
+        assert_eq!(parse_listeners(text), vec![8080, 80]);
+    }
+}

@@ -20,7 +20,7 @@ use thiserror::Error;
 use super::{
     plan::{rules_in, KernelRule},
     prefix::Prefix,
-    rule::{Rule, RuleRequest},
+    rule::{Action, RequestError, Rule, RuleRequest},
     ruleset::{AllowEntry, AllowSource, Limits, Removed, RuleError, RuleSet, Saved},
 };
 
@@ -28,6 +28,8 @@ use super::{
 pub enum MitigateError {
     #[error(transparent)]
     Rule(#[from] RuleError),
+    #[error("{0}")]
+    SynProxy(String),
     #[error("interface '{iface}': {source}")]
     Kernel { iface: String, source: Box<KernelError> },
 }
@@ -45,7 +47,7 @@ impl MitigateError {
             MitigateError::Rule(RuleError::Plan(_)) => "overlap",
             MitigateError::Rule(RuleError::NotFound(_)) => "not_found",
             MitigateError::Rule(RuleError::Protected { .. }) => "protected",
-            MitigateError::Kernel { .. } => "internal",
+            MitigateError::Kernel { .. } | MitigateError::SynProxy(_) => "internal",
         }
     }
 }
@@ -81,18 +83,49 @@ pub struct RulesView {
     pub interfaces: Vec<String>,
 }
 
+/// Installs netfilter's SYNPROXY rule on the named interfaces.
+pub type SynProxyInstall = fn(&[String]) -> Result<(), String>;
+
 pub struct Mitigator {
     set: RuleSet,
     ifaces: Vec<(String, RuleMaps)>,
     state_dir: PathBuf,
     files: FileWriter,
+    /// The TCP ports with a listener (a SYN-cookie rule needs one).
+    listening: fn() -> Vec<u16>,
+    /// Installs netfilter's SYNPROXY rule for these interfaces (see
+    /// `kernel::syncookie`); `None`: not wanted (tests without a kernel).
+    synproxy: Option<SynProxyInstall>,
+    /// Whether the SYNPROXY rule is in place for every interface.
+    synproxy_ready: bool,
 }
 
 impl Mitigator {
     /// Rules saved in `state_dir` (read by [`Mitigator::restore`]) and
     /// written through `files`.
     pub fn new(limits: Limits, state_dir: &Path, files: FileWriter) -> Mitigator {
-        Mitigator { set: RuleSet::new(limits), ifaces: Vec::new(), state_dir: state_dir.to_path_buf(), files }
+        Mitigator {
+            set: RuleSet::new(limits),
+            ifaces: Vec::new(),
+            state_dir: state_dir.to_path_buf(),
+            files,
+            listening: super::host::listening_tcp_ports,
+            synproxy: None,
+            synproxy_ready: false,
+        }
+    }
+
+    /// Installs netfilter's SYNPROXY rule with `install` once a SYN-cookie
+    /// rule is in force (the controller passes the nftables adapter).
+    pub fn with_synproxy(mut self, install: SynProxyInstall) -> Mitigator {
+        self.synproxy = Some(install);
+        self
+    }
+
+    /// Where the listening TCP ports come from (tests give their own).
+    pub fn with_listeners(mut self, listening: fn() -> Vec<u16>) -> Mitigator {
+        self.listening = listening;
+        self
     }
 
     pub fn add_interface(&mut self, iface: &str, maps: RuleMaps) {
@@ -207,6 +240,15 @@ impl Mitigator {
     /// directory's writer.
     fn commit(&mut self, clock: Clock) -> Result<(), MitigateError> {
         let plan = self.set.plan(clock).map_err(RuleError::from)?;
+        // SYNPROXY first: a SYN-cookie rule in XDP without it would answer
+        // SYNs for handshakes nothing completes.
+        if !self.synproxy_ready && self.set.rules().iter().any(|r| r.action == Action::SynCookies) {
+            if let Some(install) = self.synproxy {
+                let ifaces: Vec<String> = self.ifaces.iter().map(|(i, _)| i.clone()).collect();
+                install(&ifaces).map_err(MitigateError::SynProxy)?;
+                self.synproxy_ready = true;
+            }
+        }
         for (iface, maps) in &mut self.ifaces {
             maps.apply(&plan)
                 .map_err(|source| MitigateError::Kernel { iface: iface.clone(), source: Box::new(source) })?;
@@ -242,6 +284,14 @@ impl Mitigator {
     }
 
     pub fn add_rule(&mut self, req: &RuleRequest, clock: Clock) -> Result<Rule, MitigateError> {
+        if req.action == Action::SynCookies.name() || req.action == "syn-cookies" || req.action == "syncookies" {
+            if let Some(dport) = req.dport {
+                let ports = (self.listening)();
+                if !ports.iter().any(|p| dport.contains(*p)) {
+                    return Err(RuleError::Request(RequestError::NoListener(dport)).into());
+                }
+            }
+        }
         // A reused index starts from zero, before any slot points at it.
         if let Some(index) = self.set.free_index() {
             for (iface, maps) in &mut self.ifaces {

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use detector_common::{
     rules::{
-        dst_words, RuleEntry, RuleSlot, ACTION_DROP, ACTION_RATE_LIMIT, ALL_CLASSES, ENTRY_ALLOW, MAX_SLOTS,
-        SLOT_AGGREGATE, SLOT_DST, SLOT_SPARE_KNOWN,
+        dst_words, RuleEntry, RuleSlot, ACTION_DROP, ACTION_RATE_LIMIT, ACTION_SYN_COOKIES, ALL_CLASSES, ENTRY_ALLOW,
+        MAX_SLOTS, SLOT_AGGREGATE, SLOT_DST, SLOT_SPARE_KNOWN,
     },
     TrafficClass,
 };
@@ -68,6 +68,13 @@ pub fn slot(rule: &Rule, clock: Clock) -> RuleSlot {
     }
     let (pps, burst, bps, byte_burst) = match &rule.action {
         Action::Drop => return s,
+        Action::SynCookies => {
+            // Known peers are handled by the SYN-cookie program itself:
+            // their SYNs are answered too, their other segments pass.
+            s.action = ACTION_SYN_COOKIES;
+            s.flags &= !SLOT_SPARE_KNOWN;
+            return s;
+        }
         Action::RateLimit { pps, burst, bps, byte_burst } => (Some(*pps), Some(*burst), *bps, *byte_burst),
         Action::AggregateLimit { pps, burst, bps, byte_burst } => {
             s.flags |= SLOT_AGGREGATE;
@@ -87,16 +94,17 @@ pub fn slot(rule: &Rule, clock: Clock) -> RuleSlot {
     s
 }
 
-/// Which of two rules covering the same address decides first: drops before
-/// rate limits, per-source limits before aggregate ones (the stronger action
+/// Which of two rules covering the same address decides first: drops, then
+/// SYN cookies, then rate limits, per-source limits before aggregate ones (the stronger action
 /// wins), then the longer prefix, then the narrower scope (more match
 /// fields given, then fewer classes), then the older rule. Older is by the rule's number, not its counter index: indexes are
 /// reused as rules come and go, so a new rule can hold a lower one.
 fn precedence(r: &Rule) -> (u8, std::cmp::Reverse<u8>, u32, u64, u32) {
     let action = match r.action {
         Action::Drop => 0,
-        Action::RateLimit { .. } => 1,
-        Action::AggregateLimit { .. } => 2,
+        Action::SynCookies => 1,
+        Action::RateLimit { .. } => 2,
+        Action::AggregateLimit { .. } => 3,
     };
     let open = 5 - r.m.narrowing();
     (action, std::cmp::Reverse(r.prefix.bits()), open * 64 + r.class_mask().count_ones(), number(r), r.index)
@@ -194,6 +202,7 @@ impl KernelRule {
         let s = &self.slot;
         match s.action {
             ACTION_DROP => Some(Action::Drop),
+            ACTION_SYN_COOKIES => Some(Action::SynCookies),
             ACTION_RATE_LIMIT if s.flags & SLOT_AGGREGATE != 0 => {
                 let pps = (s.interval_ns > 0).then(|| (1_000_000_000 / s.interval_ns).max(1));
                 let burst = pps.map(|_| s.tolerance_ns / s.interval_ns + 1);
@@ -322,6 +331,29 @@ mod tests {
         let e = lookup(&plan, "10.2.0.1").unwrap();
         assert_eq!((e.slots[0].index, e.slots[1].index), (1, 0));
         assert!(lookup(&plan, "11.0.0.1").is_none());
+    }
+
+    #[test]
+    fn a_syn_cookie_rule_acts_on_syns_and_what_may_carry_a_cookie_back() {
+        let mut cookies = rule(2, "::/0", Action::SynCookies);
+        cookies.m.dport = Some(crate::span::Span::one(80));
+        let block = rule(1, "10.0.0.0/8", Action::Drop);
+        let plan = plan(&[&cookies, &block], &[], CLOCK).unwrap();
+        let e = lookup(&plan, "192.0.2.9").unwrap();
+        let s = &e.slots[0];
+        assert_eq!(s.action, ACTION_SYN_COOKIES);
+        assert_eq!((s.dport_lo, s.dport_hi), (80, 80));
+        let bit = |c: TrafficClass| 1u32 << c as u32;
+        assert_eq!(
+            s.class_mask,
+            bit(TrafficClass::TcpSyn) | bit(TrafficClass::TcpAck) | bit(TrafficClass::HttpRequest)
+        );
+        // The SYN-cookie program handles known peers itself.
+        assert_eq!(s.flags & detector_common::rules::SLOT_SPARE_KNOWN, 0);
+        // A drop on the source decides first; the slot reads back as the rule's action.
+        let e = lookup(&plan, "10.0.0.1").unwrap();
+        assert_eq!((e.slots[0].index, e.slots[1].index), (1, 2));
+        assert_eq!(KernelRule { index: 2, slot: e.slots[1], prefix: p("::/0") }.action(), Some(Action::SynCookies));
     }
 
     #[test]

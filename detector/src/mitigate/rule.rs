@@ -47,6 +47,10 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         byte_burst: Option<u64>,
     },
+    /// Answer the SYNs to the rule's ports with a SYN cookie from XDP, and
+    /// pass only the segments that carry a valid cookie back or come from
+    /// a known peer (see `detector_common::syncookie`).
+    SynCookies,
 }
 
 impl Action {
@@ -55,6 +59,7 @@ impl Action {
             Action::Drop => "drop",
             Action::RateLimit { .. } => "rate_limit",
             Action::AggregateLimit { .. } => "aggregate_limit",
+            Action::SynCookies => "syn_cookies",
         }
     }
 
@@ -62,7 +67,7 @@ impl Action {
     /// they are one aggregate budget.
     pub fn rates(&self) -> (Option<u64>, Option<u64>, Option<u64>, bool) {
         match self {
-            Action::Drop => (None, None, None, false),
+            Action::Drop | Action::SynCookies => (None, None, None, false),
             Action::RateLimit { pps, burst, bps, .. } => (Some(*pps), Some(*burst), *bps, false),
             Action::AggregateLimit { pps, burst, bps, .. } => (*pps, *burst, *bps, true),
         }
@@ -181,6 +186,9 @@ impl Match {
 impl Rule {
     /// The classes bit mask the XDP slot carries.
     pub fn class_mask(&self) -> u32 {
+        if self.action == Action::SynCookies {
+            return SYN_COOKIE_CLASSES;
+        }
         class_mask(&self.classes).unwrap_or(ALL_CLASSES)
     }
 
@@ -277,8 +285,14 @@ pub struct RuleRequest {
 pub enum RequestError {
     #[error("{0}")]
     Prefix(String),
-    #[error("unknown action '{0}' (use drop or rate_limit)")]
+    #[error("unknown action '{0}' (use drop, rate_limit or syn_cookies)")]
     Action(String),
+    #[error("syn_cookies needs the TCP port or ports it protects: give dport (--port)")]
+    SynCookiesPort,
+    #[error("syn_cookies takes no class: it answers the SYNs and checks the ACKs to its ports")]
+    SynCookiesClass,
+    #[error("dport {0}: no TCP listener on it in this network namespace; syn_cookies would answer SYNs for a service that is not there")]
+    NoListener(Span<u16>),
     #[error("unknown traffic class '{0}' (use tcp, udp, icmp or one of: {list})", list = class_names())]
     Class(String),
     #[error("port 0 cannot be matched; give a port from 1 to 65535 or leave it out")]
@@ -314,6 +328,13 @@ pub enum RequestError {
 fn class_names() -> String {
     TrafficClass::ALL.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
 }
+
+/// The classes a SYN-cookie rule acts on: the SYN it answers, and the
+/// segments that may carry its cookie back (an ACK, or data: the client's
+/// first request may come with it). A known peer's ACKs are
+/// `tcp_established`, outside it: they pass without a check.
+pub const SYN_COOKIE_CLASSES: u32 =
+    1 << TrafficClass::TcpSyn as u32 | 1 << TrafficClass::TcpAck as u32 | 1 << TrafficClass::HttpRequest as u32;
 
 /// The mask of a class scope. `tcp`, `udp` and `icmp` are groups (every
 /// TCP class; every UDP class, DNS and amplification included; ICMP and
@@ -436,6 +457,21 @@ impl ShapeRequest<'_> {
                 }
                 let byte_burst = self.bps.map(|b| (b / 10).max(1500 * 5));
                 Action::RateLimit { pps, burst, bps: self.bps, byte_burst }
+            }
+            "syn_cookies" | "syn-cookies" | "syncookies" => {
+                if self.pps.is_some() || self.burst.is_some() || self.bps.is_some() {
+                    return Err(RequestError::RateOnDrop);
+                }
+                if self.aggregate {
+                    return Err(RequestError::AggregateOnDrop);
+                }
+                if !classes.is_empty() {
+                    return Err(RequestError::SynCookiesClass);
+                }
+                if self.m.dport.is_none() {
+                    return Err(RequestError::SynCookiesPort);
+                }
+                Action::SynCookies
             }
             other => return Err(RequestError::Action(other.into())),
         };
@@ -633,7 +669,19 @@ mod tests {
         assert!(err(r).contains("port 0"));
         let mut r = drop("10.0.0.0/8");
         r.action = "block".into();
-        assert_eq!(err(r), "unknown action 'block' (use drop or rate_limit)");
+        assert_eq!(err(r), "unknown action 'block' (use drop, rate_limit or syn_cookies)");
+        // SYN cookies: for a TCP port, and nothing else.
+        let mut r = drop("0.0.0.0/0");
+        r.action = "syn_cookies".into();
+        assert_eq!(err(r.clone()), "syn_cookies needs the TCP port or ports it protects: give dport (--port)");
+        r.dport = Some(Span::one(80));
+        assert!(r.check().is_ok());
+        let mut c = r.clone();
+        c.classes = vec!["udp".into()];
+        assert_eq!(err(c), "syn_cookies takes no class: it answers the SYNs and checks the ACKs to its ports");
+        let mut c = r.clone();
+        c.pps = Some(5);
+        assert!(err(c).contains("only apply to a rate_limit"));
         let mut r = drop("10.0.0.0/8");
         r.pps = Some(5);
         assert!(err(r).contains("only apply to a rate_limit"));

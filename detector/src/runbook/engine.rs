@@ -45,10 +45,10 @@ use crate::{
     detect::incident::{EventKind, Incident, IncidentEvent, Status},
     metrics::Metrics,
     mitigate::{
-        derived::rules_from,
+        derived::{rules_from, syn_cookie_rules},
         mitigator::MitigateError,
         prefix::Prefix,
-        rule::{Origin, RuleRequest, Shape},
+        rule::{Action, Origin, RuleRequest, Shape},
         ruleset::RuleError,
     },
 };
@@ -772,6 +772,9 @@ pub fn rule_requests(index: usize, m: &Mitigate, runbook: &str, inc: &Incident) 
                 )));
             }
             heavy
+        }
+        Scope::Signature if m.shape.action == Action::SynCookies => {
+            syn_cookie_rules(inc.signature.as_ref(), &m.shape).map_err(|e| StepError::Fail(e.to_string()))?
         }
         Scope::Signature | Scope::Vectors => {
             let Some(sig) = inc.signature.as_ref() else {

@@ -115,6 +115,8 @@ const BAD: &[(&str, usize, &str)] = &[
     ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources }\n", 4, "missing field `ttl`"),
     ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: block, scope: top_sources, ttl: 1m }\n", 4, "unknown variant `block`"),
     ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources, top: 0, ttl: 1m }\n", 4, "mitigate.top must be 1 to 100"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: syn_cookies, scope: top_sources, ttl: 1m }\n", 4, "syn_cookies takes scope signature"),
+    ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: syn_cookies, scope: signature, class: udp, ttl: 1m }\n", 4, "syn_cookies takes no class"),
     ("name: x\ntrigger: { families: [any] }\nsteps: []\n", 3, "at least one step"),
     ("name: x\ntrigger: { families: [] }\nsteps: [ { note: hi } ]\n", 2, "trigger.families is empty"),
     ("name: x\ntrigger: { families: [any], min_severity: severe }\nsteps: [ { note: hi } ]\n", 2, "unknown variant `severe`"),

@@ -14,6 +14,8 @@ mod mitigate;
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod program;
+#[cfg(target_arch = "bpf")]
+mod syncookie;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

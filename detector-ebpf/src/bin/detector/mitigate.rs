@@ -7,22 +7,31 @@
 //! source when the slot spares them (rules that do not name a source).
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{xdp_action, BPF_NOEXIST},
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
+    programs::XdpContext,
 };
 use detector_common::{
-    known::{KnownPeer, DEFAULT_MAX_KNOWN},
+    known::{KnownPeer, DEFAULT_MAX_KNOWN, KNOWN_BY_HANDSHAKE},
     maps::{ClassStats, SourceKey},
     rules::{
         gcra, Bucket, BucketKey, DropReason, PacketKey, PrefixData, RuleCounters, RuleEntry, RuleSlot, ACTION_DROP,
-        ACTION_RATE_LIMIT, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, ENTRY_ALLOW, MAX_SLOTS, SLOT_AGGREGATE, SLOT_DST,
-        SLOT_SPARE_KNOWN,
+        ACTION_RATE_LIMIT, ACTION_SYN_COOKIES, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, ENTRY_ALLOW, MAX_SLOTS,
+        SLOT_AGGREGATE, SLOT_DST, SLOT_SPARE_KNOWN,
     },
 };
 
-use crate::{parse::Parsed, program::EPOCH};
+use crate::{parse::Parsed, program::EPOCH, syncookie};
+
+/// Learns `src` as a peer that completed a handshake.
+#[inline(always)]
+pub fn learn_handshake(src: &[u8; 16]) {
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let peer = KnownPeer { last_ns: now, how: KNOWN_BY_HANDSHAKE, _pad: 0 };
+    let _ = KNOWN_PEERS.insert(&SourceKey { addr: *src }, &peer, BPF_NOEXIST as u64);
+}
 
 /// Source prefix to the rules that cover it (and its allowlist flag).
 #[map]
@@ -53,16 +62,17 @@ pub static KNOWN_PEERS: LruHashMap<SourceKey, KnownPeer> = LruHashMap::with_max_
 /// under that much contention the source is far over any limit).
 const CAS_TRIES: usize = 4;
 
-/// True when the packet must be dropped; a drop is counted in `stats`, the
-/// packet's class entry.
+/// The packet's fate under the rules: `XDP_PASS`, `XDP_DROP`, or `XDP_TX`
+/// (a SYN answered with a cookie, the frame rewritten into the SYN-ACK). A
+/// drop is counted in `stats`, the packet's class entry.
 #[inline(always)]
-pub fn drops(p: &Parsed, src: &[u8; 16], len: u64, stats: *mut ClassStats) -> bool {
+pub fn verdict(ctx: &XdpContext, p: &Parsed, src: &[u8; 16], len: u64, stats: *mut ClassStats) -> u32 {
     // An array read, against a trie walk: peacetime traffic pays nothing more.
     if RULES_ACTIVE.get(0).copied().unwrap_or(0) == 0 {
-        return false;
+        return xdp_action::XDP_PASS;
     }
     let Some(entry) = RULES.get(Key::new(128, *src)) else {
-        return false;
+        return xdp_action::XDP_PASS;
     };
     let k = PacketKey {
         class: p.class as u32,
@@ -99,9 +109,12 @@ pub fn drops(p: &Parsed, src: &[u8; 16], len: u64, stats: *mut ClassStats) -> bo
         i += 1;
     }
     if found >= MAX_SLOTS {
-        return false;
+        return xdp_action::XDP_PASS;
     }
     let s = &entry.slots[found];
+    if s.action == ACTION_SYN_COOKIES {
+        return syn_cookies(ctx, p, s, entry.allow == ENTRY_ALLOW, src, len, stats);
+    }
     let spared = entry.allow == ENTRY_ALLOW || (s.flags & SLOT_SPARE_KNOWN != 0 && is_known(src));
     if s.action == ACTION_RATE_LIMIT && now == 0 {
         now = unsafe { bpf_ktime_get_coarse_ns() };
@@ -119,7 +132,36 @@ pub fn drops(p: &Parsed, src: &[u8; 16], len: u64, stats: *mut ClassStats) -> bo
             _ => false,
         };
     count(s, len, drop, stats);
-    drop
+    if drop {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+/// A SYN-cookie rule's verdict. Any segment it matched from an unknown
+/// source, a SYN or one that may carry a cookie back (an ACK, data, a FIN),
+/// goes to the SYN-cookie program (see `syncookie`), a tail call: it
+/// answers the SYN, or checks the segment's cookie. A known peer's
+/// segments pass, its SYNs too: its handshake is the stack's, as in
+/// peacetime (its ACKs are `tcp_established`, which SYNPROXY would not
+/// see). An allowlisted source is left to the stack. Without the program
+/// (never loaded), everything passes.
+#[inline(always)]
+fn syn_cookies(
+    ctx: &XdpContext,
+    p: &Parsed,
+    s: &RuleSlot,
+    allowed: bool,
+    src: &[u8; 16],
+    len: u64,
+    stats: *mut ClassStats,
+) -> u32 {
+    if !allowed && !is_known_peer(&p.src) {
+        syncookie::hand_over(ctx, s.index);
+    }
+    count(s, len, false, stats);
+    xdp_action::XDP_PASS
 }
 
 /// True when `src` is a known-good peer.
@@ -174,7 +216,13 @@ pub fn is_known_peer(src: &[u64; 2]) -> bool {
 
 #[inline(always)]
 fn count(s: &RuleSlot, len: u64, drop: bool, stats: *mut ClassStats) {
-    if let Some(c) = RULE_STATS.get_ptr_mut(s.index) {
+    count_rule(s.index, s.action, len, drop, stats)
+}
+
+/// Counts a verdict of rule `index` (its action `action`) on a packet.
+#[inline(always)]
+pub fn count_rule(index: u32, action: u8, len: u64, drop: bool, stats: *mut ClassStats) {
+    if let Some(c) = RULE_STATS.get_ptr_mut(index) {
         unsafe {
             if drop {
                 (*c).dropped_packets += 1;
@@ -186,7 +234,11 @@ fn count(s: &RuleSlot, len: u64, drop: bool, stats: *mut ClassStats) {
         }
     }
     if drop {
-        let reason = if s.action == ACTION_DROP { DropReason::Rule } else { DropReason::RateLimit };
+        let reason = match action {
+            ACTION_DROP => DropReason::Rule,
+            ACTION_SYN_COOKIES => DropReason::SynCookie,
+            _ => DropReason::RateLimit,
+        };
         unsafe {
             let d = &mut (*stats).dropped[reason as usize];
             d.packets += 1;

@@ -73,7 +73,10 @@ pub struct Offsets {
     pub payload: u16,
     /// The end of the IP packet (Ethernet padding after it is not payload).
     pub limit: u16,
-    pub _pad: u32,
+    /// The IP header (after Ethernet and VLAN tags).
+    pub l3: u16,
+    /// The transport header (0: none, or not parsed).
+    pub l4: u16,
 }
 
 #[repr(C)]
@@ -88,13 +91,14 @@ struct Transport {
     class: TrafficClass,
     ports: Ports,
     flags: u8,
+    l4: usize,
     payload: usize,
 }
 
 impl Transport {
     #[inline(always)]
     const fn bare(class: TrafficClass) -> Self {
-        Transport { class, ports: Ports { src: 0, dst: 0 }, flags: 0, payload: 0 }
+        Transport { class, ports: Ports { src: 0, dst: 0 }, flags: 0, l4: 0, payload: 0 }
     }
 }
 
@@ -103,6 +107,7 @@ struct Ip {
     src: [u64; 2],
     dst: [u64; 2],
     ttl: u8,
+    l3: usize,
     limit: usize,
 }
 
@@ -117,7 +122,7 @@ impl Parsed {
             ttl: 0,
             tcp_flags: 0,
             ports: Ports { src: 0, dst: 0 },
-            at: Offsets { payload: 0, limit: 0, _pad: 0 },
+            at: Offsets { payload: 0, limit: 0, l3: 0, l4: 0 },
         }
     }
 
@@ -132,7 +137,7 @@ impl Parsed {
             tcp_flags: t.flags,
             ports: t.ports,
             // Frames are shorter than 64 KiB; the casts cannot cut.
-            at: Offsets { payload: t.payload as u16, limit: ip.limit as u16, _pad: 0 },
+            at: Offsets { payload: t.payload as u16, limit: ip.limit as u16, l3: ip.l3 as u16, l4: t.l4 as u16 },
         }
     }
 
@@ -166,7 +171,7 @@ pub fn bytes(w: [u64; 2]) -> [u8; 16] {
 /// check, which the verifier cannot) nor rebuild the address from another
 /// base after the check (the verifier only trusts the checked register).
 #[inline(always)]
-fn header(start: usize, end: usize, off: usize, len: usize) -> Option<usize> {
+pub(crate) fn header(start: usize, end: usize, off: usize, len: usize) -> Option<usize> {
     let p = opaque(start + off);
     if p + len > end {
         None
@@ -179,18 +184,18 @@ fn header(start: usize, end: usize, off: usize, len: usize) -> Option<usize> {
 /// asm block would leave two BTF line entries on one instruction, which the
 /// kernel rejects).
 #[inline(always)]
-fn opaque(mut x: usize) -> usize {
+pub(crate) fn opaque(mut x: usize) -> usize {
     unsafe { core::arch::asm!("{0} = {0}", inout(reg) x, options(pure, nomem, nostack)) };
     x
 }
 
 #[inline(always)]
-unsafe fn u8_at(p: usize, k: usize) -> u8 {
+pub(crate) unsafe fn u8_at(p: usize, k: usize) -> u8 {
     unsafe { *((p + k) as *const u8) }
 }
 
 #[inline(always)]
-unsafe fn be16_at(p: usize, k: usize) -> u16 {
+pub(crate) unsafe fn be16_at(p: usize, k: usize) -> u16 {
     unsafe { u16::from_be(core::ptr::read_unaligned((p + k) as *const u16)) }
 }
 
@@ -236,7 +241,7 @@ fn ipv4(start: usize, end: usize, off: usize) -> Parsed {
     let src = words(mapped(a));
     let d = unsafe { core::ptr::read_unaligned((ip + 16) as *const [u8; 4]) };
     let dst = words(mapped(d));
-    let ip_info = Ip { src, dst, ttl: unsafe { u8_at(ip, 8) }, limit: off + total };
+    let ip_info = Ip { src, dst, ttl: unsafe { u8_at(ip, 8) }, l3: off, limit: off + total };
     // More-fragments flag or a non-zero offset: any piece of a fragmented datagram.
     if unsafe { be16_at(ip, 6) } & 0x3fff != 0 {
         return Parsed::fragment(ip_info);
@@ -263,7 +268,7 @@ fn ipv6(start: usize, end: usize, off: usize) -> Parsed {
     let dst = unsafe {
         [core::ptr::read_unaligned((ip + 24) as *const u64), core::ptr::read_unaligned((ip + 32) as *const u64)]
     };
-    let ip_info = Ip { src, dst, ttl: unsafe { u8_at(ip, 7) }, limit };
+    let ip_info = Ip { src, dst, ttl: unsafe { u8_at(ip, 7) }, l3: off, limit };
     let mut next = unsafe { u8_at(ip, 6) };
     let mut l4 = off + 40;
     let mut i = 0;
@@ -330,14 +335,14 @@ fn transport(start: usize, end: usize, l4: usize, limit: usize, proto: u8) -> Tr
             } else {
                 TrafficClass::Udp
             };
-            Transport { class, ports, flags: 0, payload: l4 + 8 }
+            Transport { class, ports, flags: 0, l4, payload: l4 + 8 }
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             if l4 + 4 > limit || header(start, end, l4, 4).is_none() {
                 return Transport::bare(TrafficClass::Malformed);
             }
             let class = if proto == IPPROTO_ICMP { TrafficClass::Icmp } else { TrafficClass::Icmpv6 };
-            Transport { class, ports: Ports { src: 0, dst: 0 }, flags: 0, payload: l4 + 4 }
+            Transport { class, ports: Ports { src: 0, dst: 0 }, flags: 0, l4, payload: l4 + 4 }
         }
         _ => Transport::bare(TrafficClass::OtherIp),
     }
@@ -372,7 +377,7 @@ fn tcp(start: usize, end: usize, l4: usize, limit: usize) -> Transport {
     } else {
         TrafficClass::TcpAck
     };
-    Transport { class, ports, flags, payload: l4 + doff }
+    Transport { class, ports, flags, l4, payload: l4 + doff }
 }
 
 #[inline(always)]

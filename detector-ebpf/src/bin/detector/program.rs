@@ -20,7 +20,7 @@ use crate::{
 /// Per class: cumulative packets and bytes, seen and dropped. Exact
 /// whatever the sources.
 #[map]
-static CLASS_STATS: PerCpuArray<ClassStats> = PerCpuArray::with_max_entries(CLASS_COUNT as u32, 0);
+pub(crate) static CLASS_STATS: PerCpuArray<ClassStats> = PerCpuArray::with_max_entries(CLASS_COUNT as u32, 0);
 
 /// Per admitted source: cumulative packets, bytes and packets per class.
 #[map]
@@ -91,8 +91,9 @@ pub fn detector(ctx: XdpContext) -> u32 {
     sample(w, start, end, parsed, len);
     // Counted in its class first: detection sees a flood it mitigates.
     // A dropped packet's source is already known; it is not tracked.
-    if mitigate::drops(parsed, &src, len, stats) {
-        return xdp_action::XDP_DROP;
+    match mitigate::verdict(&ctx, parsed, &src, len, stats) {
+        xdp_action::XDP_PASS => {}
+        v => return v,
     }
     track_source(w, src, class as usize, len);
     xdp_action::XDP_PASS
@@ -100,7 +101,7 @@ pub fn detector(ctx: XdpContext) -> u32 {
 
 /// This CPU's copy of the parser's findings (see [`launder`]).
 #[map]
-static PARSED: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static PARSED: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);
 
 /// The parser's findings, written to a map and read back. The verifier
 /// tracks every value the parser computed, so each way through the parser
