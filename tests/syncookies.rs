@@ -202,3 +202,207 @@ fn the_shipped_syn_runbook_answers_a_spoofed_syn_flood_with_cookies() {
     let got = bg_server.stats().count_from("203.0.113.5".parse().unwrap());
     assert!(got * 100 >= bg_count * 99, "the background lost {} of {bg_count} datagrams", bg_count - got);
 }
+
+mod frames {
+    use detector::flood::checksum::{checksum, finish, pseudo_header, sum};
+
+    pub const CLIENT_TSVAL: u32 = 0x0102_0304;
+
+    /// A SYN to port 80 with `options` (a multiple of 4 bytes), IPv4 or IPv6.
+    pub fn syn(v6: bool, src_last: u8, options: &[u8]) -> Vec<u8> {
+        tcp(v6, src_last, 0x02, 1000, 0, options)
+    }
+
+    /// A TCP segment from `...::src_last` (or 198.18.0.src_last) port
+    /// 40000 to port 80, with valid checksums.
+    pub fn tcp(v6: bool, src_last: u8, flags: u8, seq: u32, ack: u32, options: &[u8]) -> Vec<u8> {
+        let th = 20 + options.len();
+        let mut t = vec![0u8; th];
+        t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        t[2..4].copy_from_slice(&80u16.to_be_bytes());
+        t[4..8].copy_from_slice(&seq.to_be_bytes());
+        t[8..12].copy_from_slice(&ack.to_be_bytes());
+        t[12] = ((th / 4) as u8) << 4;
+        t[13] = flags;
+        t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+        t[20..].copy_from_slice(options);
+        let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1];
+        if v6 {
+            f.extend_from_slice(&[0x86, 0xdd]);
+            let mut ip = vec![0u8; 40];
+            ip[0] = 0x60;
+            ip[4..6].copy_from_slice(&(th as u16).to_be_bytes());
+            ip[6] = 6;
+            ip[7] = 64;
+            ip[8..10].copy_from_slice(&[0x20, 0x01]);
+            ip[23] = src_last;
+            ip[24..26].copy_from_slice(&[0x20, 0x01]);
+            ip[39] = 2;
+            let c = finish(sum(pseudo_header(&ip[8..24], &ip[24..40], 6, th), &t));
+            t[16..18].copy_from_slice(&c.to_be_bytes());
+            f.extend_from_slice(&ip);
+        } else {
+            f.extend_from_slice(&[0x08, 0x00]);
+            let mut ip = vec![0u8; 20];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&((20 + th) as u16).to_be_bytes());
+            ip[6] = 0x40;
+            ip[8] = 64;
+            ip[9] = 6;
+            ip[12..16].copy_from_slice(&[198, 18, 0, src_last]);
+            ip[16..20].copy_from_slice(&[192, 0, 2, 2]);
+            let c = checksum(&ip);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            let c = finish(sum(pseudo_header(&ip[12..16], &ip[16..20], 6, th), &t));
+            t[16..18].copy_from_slice(&c.to_be_bytes());
+            f.extend_from_slice(&ip);
+        }
+        f.extend_from_slice(&t);
+        f
+    }
+
+    /// Linux's SYN options: MSS 1460, SACK permitted, timestamps, NOP, window scale 7.
+    pub fn linux_options() -> Vec<u8> {
+        let mut o = vec![2, 4, 0x05, 0xb4, 4, 2, 8, 10];
+        o.extend_from_slice(&CLIENT_TSVAL.to_be_bytes());
+        o.extend_from_slice(&[0, 0, 0, 0, 1, 3, 3, 7]);
+        o
+    }
+
+    /// The IP header and TCP segment of `frame`, checked: lengths agree, the
+    /// IPv4 header checksum and the TCP checksum are valid.
+    pub fn checked(frame: &[u8]) -> (&[u8], &[u8]) {
+        let v6 = frame[12..14] == [0x86, 0xdd];
+        if v6 {
+            let (ip, t) = frame[14..].split_at(40);
+            assert_eq!(u16::from_be_bytes([ip[4], ip[5]]) as usize, t.len(), "payload length");
+            assert_eq!(finish(sum(pseudo_header(&ip[8..24], &ip[24..40], 6, t.len()), t)), 0, "TCP checksum");
+            (ip, t)
+        } else {
+            let (ip, t) = frame[14..].split_at(20);
+            assert_eq!(u16::from_be_bytes([ip[2], ip[3]]) as usize, 20 + t.len(), "total length");
+            assert_eq!(checksum(ip), 0, "IPv4 header checksum");
+            assert_eq!(finish(sum(pseudo_header(&ip[12..16], &ip[16..20], 6, t.len()), t)), 0, "TCP checksum");
+            (ip, t)
+        }
+    }
+}
+
+/// The frames the SYN-cookie program writes, read back from the kernel
+/// (`BPF_PROG_TEST_RUN`), in both families: a SYN-ACK with swapped
+/// addresses and ports, the cookie as its sequence number, the client's
+/// options answered (or none for a bare SYN), valid checksums; the ACK
+/// with that cookie passes, marked, and its source becomes a known peer;
+/// an ACK with a wrong one is dropped.
+#[test]
+fn the_syn_ack_and_the_cookie_check_in_both_families() {
+    use aya::{
+        maps::HashMap as BpfHashMap,
+        programs::{TestRun as _, TestRunOptions},
+    };
+    use detector::{
+        clock::Clock,
+        kernel::{
+            ebpf::{self, CountingOptions},
+            rules::RuleMaps,
+            syncookie,
+        },
+        mitigate::{
+            rule::RuleRequest,
+            ruleset::{Limits, RuleSet},
+        },
+        span::Span,
+    };
+    use detector_common::{
+        known::{KnownPeer, KNOWN_PEERS_MAP},
+        maps::{SourceKey, DETECTOR_PROGRAM},
+    };
+    require_root!();
+    const XDP_DROP: u32 = 1;
+    const XDP_PASS: u32 = 2;
+    const XDP_TX: u32 = 3;
+
+    let mut obj = ebpf::load_counting(&CountingOptions::new(1024)).unwrap();
+    let mut rule_maps = RuleMaps::take(&mut obj).unwrap();
+    let known: BpfHashMap<_, SourceKey, KnownPeer> =
+        BpfHashMap::try_from(ebpf::take_map(&mut obj, "detector", KNOWN_PEERS_MAP).unwrap()).unwrap();
+    syncookie::install(&mut obj, "lo").unwrap();
+    let mut set = RuleSet::new(Limits { max_rules: 16, max_allow: 16 });
+    let req = RuleRequest {
+        action: "syn_cookies".into(),
+        prefix: "::/0".into(),
+        dport: Some(Span::one(80)),
+        ..Default::default()
+    };
+    set.add_rule(&req, 0).unwrap();
+    rule_maps.apply(&set.plan(Clock::now()).unwrap()).unwrap();
+    let prog = ebpf::load_xdp(&mut obj, "detector", DETECTOR_PROGRAM).unwrap();
+    let run = |frame: &[u8]| -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; 256];
+        let r = prog
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+            .unwrap();
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    };
+
+    for v6 in [false, true] {
+        let family = if v6 { "IPv6" } else { "IPv4" };
+        let syn = frames::syn(v6, 7, &frames::linux_options());
+        let (verdict, out) = run(&syn);
+        assert_eq!(verdict, XDP_TX, "{family}: the SYN is answered");
+        assert_eq!((&out[0..6], &out[6..12]), (&syn[6..12], &syn[0..6]), "{family}: Ethernet addresses swapped");
+        let (ip, t) = frames::checked(&out);
+        let (sip, _) = frames::checked(&syn);
+        if v6 {
+            assert_eq!(
+                (&ip[8..24], &ip[24..40], ip[7]),
+                (&sip[24..40], &sip[8..24], 64),
+                "{family}: addresses, hop limit"
+            );
+        } else {
+            assert_eq!((&ip[12..16], &ip[16..20], ip[8]), (&sip[16..20], &sip[12..16], 64), "{family}: addresses, TTL");
+        }
+        assert_eq!((u16::from_be_bytes([t[0], t[1]]), u16::from_be_bytes([t[2], t[3]])), (80, 40000));
+        assert_eq!(t[13], 0x12, "{family}: SYN-ACK");
+        assert_eq!(u32::from_be_bytes([t[8], t[9], t[10], t[11]]), 1001, "{family}: acknowledges the SYN");
+        assert_eq!(t[12] >> 4, 10, "{family}: 20 bytes of options");
+        // What `install` offers for lo's MTU.
+        let mtu: u32 = std::fs::read_to_string("/sys/class/net/lo/mtu").unwrap().trim().parse().unwrap();
+        let cfg = syncookie::config_for(mtu);
+        let mss = if v6 { cfg.mss6 } else { cfg.mss4 };
+        assert_eq!(&t[20..24], &[2, 4, (mss >> 8) as u8, mss as u8], "{family}: MSS");
+        assert_eq!(&t[24..28], &[4, 2, 8, 10], "{family}: SACK permitted, timestamp");
+        let tsval = u32::from_be_bytes([t[28], t[29], t[30], t[31]]);
+        assert_eq!(tsval & 0x3f, 7 | 1 << 4, "{family}: the cookie's timestamp keeps wscale 7 and SACK");
+        assert_eq!(u32::from_be_bytes([t[32], t[33], t[34], t[35]]), frames::CLIENT_TSVAL, "{family}: TSecr");
+        assert_eq!(&t[36..40], &[1, 3, 3, 7], "{family}: window scale 7");
+        let cookie = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+
+        // The client's ACK with the cookie passes, marked for SYNPROXY.
+        let ack = frames::tcp(v6, 7, 0x10, 1001, cookie.wrapping_add(1), &[]);
+        let (verdict, out) = run(&ack);
+        assert_eq!(verdict, XDP_PASS, "{family}: the cookie's ACK passes");
+        let (ip, _) = frames::checked(&out);
+        let dscp = if v6 { ((u16::from_be_bytes([ip[0], ip[1]]) >> 4) & 0xff) as u8 >> 2 } else { ip[1] >> 2 };
+        assert_eq!(dscp, 0x3f, "{family}: marked");
+        let src = if v6 {
+            let mut a = [0u8; 16];
+            a[0..2].copy_from_slice(&[0x20, 0x01]);
+            a[15] = 7;
+            SourceKey { addr: a }
+        } else {
+            SourceKey::from_ipv4_octets([198, 18, 0, 7])
+        };
+        assert!(known.get(&src, 0).is_ok(), "{family}: the client is a known peer now");
+
+        // A wrong cookie from another source is dropped.
+        let bad = frames::tcp(v6, 8, 0x10, 1001, cookie.wrapping_add(2), &[]);
+        assert_eq!(run(&bad).0, XDP_DROP, "{family}: a wrong cookie");
+        // A bare SYN (a flood tool's) gets a SYN-ACK without options.
+        let (verdict, out) = run(&frames::syn(v6, 9, &[]));
+        assert_eq!(verdict, XDP_TX);
+        let (_, t) = frames::checked(&out);
+        assert_eq!((t.len(), t[12] >> 4, t[13]), (20, 5, 0x12), "{family}: a bare SYN-ACK");
+    }
+}

@@ -114,10 +114,16 @@ pub struct OptionScan {
     pub tsval: u32,
 }
 
+/// Options (NOPs included) read from a SYN at most. A SYN carries few:
+/// Linux 5, macOS 8 (with its NOPs), Windows 6. The bound keeps the
+/// verifier's walk of the loop short; options past it are not read (the
+/// SYN-ACK then offers less, never something wrong).
+pub const MAX_OPTION_STEPS: usize = 16;
+
 /// Reads the options of a SYN, `opts[..len]`, keeping its state in `scan`
-/// (see [`OptionScan`]). Stops at the end-of-list option or at an option
-/// that does not fit; what was read before counts. At most one step per
-/// byte, so the loop is bounded for the verifier.
+/// (see [`OptionScan`]). Stops at the end-of-list option, at an option
+/// that does not fit, or after [`MAX_OPTION_STEPS`]; what was read before
+/// counts.
 #[inline(always)]
 pub fn parse_syn_options(opts: &[u8; TCP_MAX_OPTIONS], len: usize, scan: &mut OptionScan) -> SynOptions {
     let len = if len > TCP_MAX_OPTIONS { TCP_MAX_OPTIONS } else { len };
@@ -129,7 +135,7 @@ pub fn parse_syn_options(opts: &[u8; TCP_MAX_OPTIONS], len: usize, scan: &mut Op
     put(&mut scan.sack, 0);
     put(&mut scan.ts, 0);
     let mut steps = 0;
-    while steps < TCP_MAX_OPTIONS {
+    while steps < MAX_OPTION_STEPS {
         steps += 1;
         let i = unsafe { core::ptr::read_volatile(&scan.at) } as usize;
         if i >= len {
@@ -312,6 +318,19 @@ mod tests {
         // End of list ends it.
         let (a, n) = opts(&[0, 4, 2]);
         assert_eq!(parse_syn_options(&a, n, &mut OptionScan::default()), SynOptions::default());
+    }
+
+    #[test]
+    fn a_run_of_nops_ends_the_walk() {
+        // Twenty NOPs and a window scale: past the steps the walk takes.
+        let mut b = [1u8; 23];
+        b[20..].copy_from_slice(&[3, 3, 7]);
+        let (a, n) = opts(&b);
+        assert_eq!(parse_syn_options(&a, n, &mut OptionScan::default()), SynOptions::default());
+        // A macOS SYN fits.
+        let (a, n) = opts(&[2, 4, 5, 0xb4, 1, 3, 3, 6, 1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 0, 4, 2, 0, 0]);
+        let o = parse_syn_options(&a, n, &mut OptionScan::default());
+        assert_eq!(o, SynOptions { wscale: Some(6), sack: true, tsval: Some(9) });
     }
 
     #[test]

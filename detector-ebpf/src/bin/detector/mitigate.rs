@@ -25,12 +25,24 @@ use detector_common::{
 
 use crate::{parse::Parsed, program::EPOCH, syncookie};
 
-/// Learns `src` as a peer that completed a handshake.
+/// Learns `src` (the parser's words) as a peer that completed a
+/// handshake, and says so in this CPU's cache (where it may be cached as
+/// unknown for the rest of the poll): its next segments, on this CPU as
+/// a flow's are, count as `tcp_established` at once.
 #[inline(always)]
-pub fn learn_handshake(src: &[u8; 16]) {
+pub fn learn_handshake(src: &[u64; 2]) {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let peer = KnownPeer { last_ns: now, how: KNOWN_BY_HANDSHAKE, _pad: 0 };
-    let _ = KNOWN_PEERS.insert(&SourceKey { addr: *src }, &peer, BPF_NOEXIST as u64);
+    // SAFETY: two u64 are sixteen bytes.
+    let addr = unsafe { *(src as *const [u64; 2] as *const [u8; 16]) };
+    let _ = KNOWN_PEERS.insert(&SourceKey { addr }, &peer, BPF_NOEXIST as u64);
+    if let Some(c) = PEER_CACHE.get_ptr_mut(cache_slot(src)) {
+        unsafe {
+            (*c).addr = *src;
+            (*c).epoch = EPOCH.get(0).copied().unwrap_or(0).wrapping_add(1);
+            (*c).known = 1;
+        }
+    }
 }
 
 /// Source prefix to the rules that cover it (and its allowlist flag).
@@ -157,7 +169,11 @@ fn syn_cookies(
     len: u64,
     stats: *mut ClassStats,
 ) -> u32 {
-    if !allowed && !is_known_peer(&p.src) {
+    // The map itself, not this CPU's cached answer: a peer learned by its
+    // handshake a moment ago must pass at once (its next segments no
+    // longer carry a valid cookie), and a spoofed source misses the cache
+    // anyway.
+    if !allowed && !is_known(src) {
         syncookie::hand_over(ctx, s.index);
     }
     count(s, len, false, stats);
@@ -190,11 +206,17 @@ pub struct PeerCacheSlot {
     known: u32,
 }
 
+/// The source's slot in [`PEER_CACHE`].
+#[inline(always)]
+fn cache_slot(src: &[u64; 2]) -> u32 {
+    let h = (src[0] ^ src[1]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> 56) as u32 % PEER_CACHE_SLOTS
+}
+
 /// True when the source (as the parser's words) is a known-good peer.
 #[inline(always)]
 pub fn is_known_peer(src: &[u64; 2]) -> bool {
-    let h = (src[0] ^ src[1]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let slot = (h >> 56) as u32 % PEER_CACHE_SLOTS;
+    let slot = cache_slot(src);
     let epoch = EPOCH.get(0).copied().unwrap_or(0).wrapping_add(1);
     let Some(c) = PEER_CACHE.get_ptr_mut(slot) else {
         return false;

@@ -34,7 +34,7 @@ use detector_common::{rules::ACTION_SYN_COOKIES, TrafficClass};
 
 use crate::{
     mitigate,
-    parse::{self, header, opaque, u8_at, Offsets},
+    parse::{header, opaque, u8_at, Offsets},
     program::{CLASS_STATS, PARSED},
 };
 
@@ -76,7 +76,7 @@ pub fn detector_syncookie(ctx: XdpContext) -> u32 {
         return if answered { xdp_action::XDP_TX } else { xdp_action::XDP_PASS };
     }
     if check(&ctx, &p.at) {
-        mitigate::learn_handshake(&parse::bytes(p.src));
+        mitigate::learn_handshake(&p.src);
         mitigate::count_rule(index, ACTION_SYN_COOKIES, len, false, stats);
         return xdp_action::XDP_PASS;
     }
@@ -149,37 +149,38 @@ fn answer_at<const IP: usize>(ctx: &XdpContext, l3: usize, l4: usize) -> bool {
     let Some(ip) = header(ctx.data(), ctx.data_end(), l3, IP + 20) else {
         return false;
     };
-    match unsafe { u8_at(ip + IP, 12) } >> 4 {
-        5 => answer_with::<IP, 20>(ctx, l3),
-        6 => answer_with::<IP, 24>(ctx, l3),
-        7 => answer_with::<IP, 28>(ctx, l3),
-        8 => answer_with::<IP, 32>(ctx, l3),
-        9 => answer_with::<IP, 36>(ctx, l3),
-        10 => answer_with::<IP, 40>(ctx, l3),
-        11 => answer_with::<IP, 44>(ctx, l3),
-        12 => answer_with::<IP, 48>(ctx, l3),
-        13 => answer_with::<IP, 52>(ctx, l3),
-        14 => answer_with::<IP, 56>(ctx, l3),
-        15 => answer_with::<IP, 60>(ctx, l3),
-        _ => false,
-    }
+    // The cookie, and the SYN's options copied out: per TCP header length,
+    // so each copy of this small part has constant sizes.
+    let cookie = match unsafe { u8_at(ip + IP, 12) } >> 4 {
+        5 => cookie_with::<IP, 20>(ctx, l3),
+        6 => cookie_with::<IP, 24>(ctx, l3),
+        7 => cookie_with::<IP, 28>(ctx, l3),
+        8 => cookie_with::<IP, 32>(ctx, l3),
+        9 => cookie_with::<IP, 36>(ctx, l3),
+        10 => cookie_with::<IP, 40>(ctx, l3),
+        11 => cookie_with::<IP, 44>(ctx, l3),
+        12 => cookie_with::<IP, 48>(ctx, l3),
+        13 => cookie_with::<IP, 52>(ctx, l3),
+        14 => cookie_with::<IP, 56>(ctx, l3),
+        15 => cookie_with::<IP, 60>(ctx, l3),
+        _ => None,
+    };
+    let Some((cookie, th)) = cookie else {
+        return false;
+    };
+    synack::<IP>(ctx, l3, cookie, th)
 }
 
-/// [`answer`] for an IP header of `IP` bytes and a TCP header of `TH`.
+/// The SYN's cookie from the kernel's helper, for an IP header of `IP`
+/// bytes and a TCP header of `TH`, with the SYN's options copied to this
+/// CPU's scratch space; and `TH`.
 #[inline(always)]
-fn answer_with<const IP: usize, const TH: usize>(ctx: &XdpContext, l3: usize) -> bool {
-    let (start, end) = (ctx.data(), ctx.data_end());
+fn cookie_with<const IP: usize, const TH: usize>(ctx: &XdpContext, l3: usize) -> Option<(u32, usize)> {
     if l3 > MAX_L3 {
-        return false;
+        return None;
     }
-    let Some(eth) = header(start, end, 0, 14) else {
-        return false;
-    };
-    let Some(ip) = header(start, end, l3, IP + TH) else {
-        return false;
-    };
+    let ip = header(ctx.data(), ctx.data_end(), l3, IP + TH)?;
     let tcp = ip + IP;
-    let flags = unsafe { u8_at(tcp, 13) };
     let value = unsafe {
         if IP == 40 {
             bpf_tcp_raw_gen_syncookie_ipv6(ip as *mut ipv6hdr, tcp as *mut tcphdr, TH as u32)
@@ -188,18 +189,39 @@ fn answer_with<const IP: usize, const TH: usize>(ctx: &XdpContext, l3: usize) ->
         }
     };
     if value < 0 {
-        return false;
+        return None;
     }
-    let cookie = value as u32;
+    let scratch = SYN_OPTIONS.get_ptr_mut(0)?;
+    unsafe {
+        let raw = &raw mut (*scratch).options;
+        core::ptr::copy_nonoverlapping((tcp + 20) as *const u8, raw as *mut u8, TH - 20);
+    }
+    Some((value as u32, TH))
+}
+
+/// Writes the SYN-ACK over the SYN, whose TCP header had `th` bytes: the
+/// options fitted to that room (`fit_options`), each write behind a
+/// bounds check of constant size.
+#[inline(always)]
+fn synack<const IP: usize>(ctx: &XdpContext, l3: usize, cookie: u32, th: usize) -> bool {
     let Some(scratch) = SYN_OPTIONS.get_ptr_mut(0) else {
         return false;
     };
-    let offered = unsafe {
-        let raw = &raw mut (*scratch).options;
-        core::ptr::copy_nonoverlapping((tcp + 20) as *const u8, raw as *mut u8, TH - 20);
-        parse_syn_options(&*raw, TH - 20, &mut (*scratch).scan)
+    let room = if th > 60 { 40 } else { th - 20 };
+    let offered = unsafe { parse_syn_options(&(*scratch).options, room, &mut (*scratch).scan) };
+    let (syn, with_mss) = fit_options(offered, room);
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if l3 > MAX_L3 {
+        return false;
+    }
+    let Some(eth) = header(start, end, 0, 14) else {
+        return false;
     };
-    let (syn, with_mss) = fit_options(offered, TH - 20);
+    let Some(ip) = header(start, end, l3, IP + 20) else {
+        return false;
+    };
+    let tcp = ip + IP;
+    let flags = unsafe { u8_at(tcp, 13) };
     let ecn = flags & (TCP_FLAG_ECE | TCP_FLAG_CWR) == TCP_FLAG_ECE | TCP_FLAG_CWR && syn.tsval.is_some();
     let now_ms = (unsafe { bpf_ktime_get_ns() } / 1_000_000) as u32;
     let cfg = SYNCOOKIE_CONFIG.get(0).copied().unwrap_or_default().or_defaults();
@@ -207,9 +229,6 @@ fn answer_with<const IP: usize, const TH: usize>(ctx: &XdpContext, l3: usize) ->
     let (words, n) = synack_options(mss, cfg.wscale, &syn, ts_cookie(now_ms, &syn, ecn));
     let n = if with_mss { n } else { 0 };
     let tcp_len = 20 + n * 4;
-    // Never more than the room: `fit_options` saw to it; said again for
-    // the verifier.
-    let tcp_len = if tcp_len > TH { TH } else { tcp_len };
 
     unsafe {
         // Ethernet: back where it came from.
@@ -252,20 +271,31 @@ fn answer_with<const IP: usize, const TH: usize>(ctx: &XdpContext, l3: usize) ->
         // the listener has answered.
         core::ptr::write_unaligned((tcp + 14) as *mut u32, 0);
         core::ptr::write_unaligned((tcp + 18) as *mut u16, 0);
-        let mut i = 0;
-        while i < 5 {
-            if i < n && 24 + i * 4 <= TH {
-                core::ptr::write_unaligned((tcp + 20 + i * 4) as *mut u32, words[i].to_be());
-            }
-            i += 1;
+    }
+    // The options, one word at a time, each behind its own check (the SYN
+    // had room for them: `fit_options`).
+    let mut i = 0;
+    while i < 5 {
+        if i < n {
+            let Some(w) = header(start, end, l3, IP + 24 + i * 4) else {
+                return false;
+            };
+            unsafe { core::ptr::write_unaligned((w + IP + 20 + i * 4) as *mut u32, words[i].to_be()) };
         }
-
-        // Checksums from scratch: the SYN's own may be partial (offloaded).
-        let sum = bpf_csum_diff(core::ptr::null_mut(), 0, tcp as *mut u32, tcp_len as u32, 0);
-        if sum < 0 {
-            return false;
-        }
-        let mut s = sum as u64 & 0xffff_ffff;
+        i += 1;
+    }
+    // Checksums from scratch: the SYN's own may be partial (offloaded).
+    let sum = match n {
+        0 => tcp_sum::<IP, 20>(start, end, l3),
+        1 => tcp_sum::<IP, 24>(start, end, l3),
+        4 => tcp_sum::<IP, 36>(start, end, l3),
+        5 => tcp_sum::<IP, 40>(start, end, l3),
+        _ => None,
+    };
+    let Some(mut s) = sum else {
+        return false;
+    };
+    unsafe {
         if IP == 40 {
             let a = core::ptr::read_unaligned((ip + 8) as *const [u32; 8]);
             let mut k = 0;
@@ -293,6 +323,15 @@ fn answer_with<const IP: usize, const TH: usize>(ctx: &XdpContext, l3: usize) ->
     let len = frame_len(ctx) as i32;
     let want = (l3 + IP + tcp_len) as i32;
     unsafe { bpf_xdp_adjust_tail(ctx.ctx, want - len) == 0 }
+}
+
+/// The one's complement sum of the `TH`-byte TCP header after an IP header
+/// of `IP` bytes at `l3`.
+#[inline(always)]
+fn tcp_sum<const IP: usize, const TH: usize>(start: usize, end: usize, l3: usize) -> Option<u64> {
+    let ip = header(start, end, l3, IP + TH)?;
+    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, (ip + IP) as *mut u32, TH as u32, 0) };
+    (sum >= 0).then_some(sum as u64 & 0xffff_ffff)
 }
 
 /// True when the segment's acknowledgment number is a valid cookie for its
