@@ -389,37 +389,7 @@ fn the_shipped_runbooks_stop_a_spoofed_udp_flood_and_a_reflection() {
     // from one address, all through the test.
     let bg_server = UdpServer::start(&lab.tgt_ns, addr("0.0.0.0", 5353), Reply::None).unwrap();
     let bg_count = 40_000u64;
-    let bg = {
-        let (gen_ns, gen_if, mac) = (lab.gen_ns.clone(), lab.gen_if.clone(), lab.tgt_mac().unwrap());
-        let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-        std::thread::spawn(move || {
-            let n = bg_count.to_string();
-            common::detector_in(
-                &gen_ns,
-                &[
-                    "flood",
-                    "--iface",
-                    &gen_if,
-                    "--dst",
-                    TGT_V4,
-                    "--dst-mac",
-                    &mac,
-                    "--engine",
-                    "exact",
-                    "--kind",
-                    "udp",
-                    "--dst-port",
-                    "5353",
-                    "--src",
-                    "203.0.113.5",
-                    "--count",
-                    &n,
-                    "--rate",
-                    "1000",
-                ],
-            )
-        })
-    };
+    let bg = common::background_udp(&lab, "203.0.113.5", 5353, bg_count, 1000);
     let background = || bg_server.stats().count_from(ip("203.0.113.5")) as i64;
 
     // The game server and a player who played before the attack.

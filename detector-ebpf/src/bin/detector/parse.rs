@@ -22,7 +22,6 @@ const MAX_IPV6_EXT: usize = 6;
 
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
@@ -31,9 +30,12 @@ const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_DSTOPTS: u8 = 60;
 const IPPROTO_MH: u8 = 135;
 
-const TCP_SYN: u8 = 0x02;
+pub(crate) const IPPROTO_TCP: u8 = 6;
+pub(crate) const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
+pub(crate) const TCP_ACK: u8 = 0x10;
+pub(crate) const TCP_ECE: u8 = 0x40;
+pub(crate) const TCP_CWR: u8 = 0x80;
 
 /// What the parser learned about one frame. Laid out in words: the
 /// program copies it into a map once per packet (see its `launder`).

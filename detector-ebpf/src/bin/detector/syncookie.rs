@@ -34,7 +34,7 @@ use detector_common::{rules::ACTION_SYN_COOKIES, TrafficClass};
 
 use crate::{
     mitigate,
-    parse::{header, opaque, u8_at, Offsets},
+    parse::{header, opaque, u8_at, Offsets, IPPROTO_TCP, TCP_ACK, TCP_CWR, TCP_ECE, TCP_SYN},
     program::{CLASS_STATS, PARSED},
 };
 
@@ -101,11 +101,6 @@ pub struct SynScratch {
 
 /// The furthest an IP header starts: Ethernet and two VLAN tags.
 const MAX_L3: usize = 22;
-const IPPROTO_TCP: u32 = 6;
-const TCP_FLAG_ECE: u8 = 0x40;
-const TCP_FLAG_CWR: u8 = 0x80;
-const TCP_FLAG_SYN: u8 = 0x02;
-const TCP_FLAG_ACK: u8 = 0x10;
 
 /// The frame's length, as a plain number: the verifier takes the
 /// difference of the two packet pointers, but not arithmetic that LLVM
@@ -222,7 +217,7 @@ fn synack<const IP: usize>(ctx: &XdpContext, l3: usize, cookie: u32, th: usize) 
     };
     let tcp = ip + IP;
     let flags = unsafe { u8_at(tcp, 13) };
-    let ecn = flags & (TCP_FLAG_ECE | TCP_FLAG_CWR) == TCP_FLAG_ECE | TCP_FLAG_CWR && syn.tsval.is_some();
+    let ecn = flags & (TCP_ECE | TCP_CWR) == TCP_ECE | TCP_CWR && syn.tsval.is_some();
     let now_ms = (unsafe { bpf_ktime_get_ns() } / 1_000_000) as u32;
     let cfg = SYNCOOKIE_CONFIG.get(0).copied().unwrap_or_default().or_defaults();
     let mss = if IP == 40 { cfg.mss6 } else { cfg.mss4 };
@@ -266,7 +261,7 @@ fn synack<const IP: usize>(ctx: &XdpContext, l3: usize, cookie: u32, th: usize) 
         core::ptr::write_unaligned((tcp + 4) as *mut u32, cookie.to_be());
         core::ptr::write_unaligned((tcp + 8) as *mut u32, seq.wrapping_add(1).to_be());
         *((tcp + 12) as *mut u8) = ((tcp_len / 4) as u8) << 4;
-        *((tcp + 13) as *mut u8) = TCP_FLAG_SYN | TCP_FLAG_ACK | if ecn { TCP_FLAG_ECE } else { 0 };
+        *((tcp + 13) as *mut u8) = TCP_SYN | TCP_ACK | if ecn { TCP_ECE } else { 0 };
         // Window 0, as SYNPROXY's own SYN-ACK: it opens the window once
         // the listener has answered.
         core::ptr::write_unaligned((tcp + 14) as *mut u32, 0);
@@ -304,11 +299,11 @@ fn synack<const IP: usize>(ctx: &XdpContext, l3: usize, cookie: u32, th: usize) 
                 k += 1;
             }
             s += (tcp_len as u32).to_be() as u64;
-            s += IPPROTO_TCP.to_be() as u64;
+            s += (IPPROTO_TCP as u32).to_be() as u64;
         } else {
             s += core::ptr::read_unaligned((ip + 12) as *const u32) as u64;
             s += core::ptr::read_unaligned((ip + 16) as *const u32) as u64;
-            s += (((IPPROTO_TCP + tcp_len as u32) as u16).to_be()) as u64;
+            s += (((IPPROTO_TCP as u32 + tcp_len as u32) as u16).to_be()) as u64;
         }
         core::ptr::write_unaligned((tcp + 16) as *mut u16, csum_fold(s));
         if IP == 20 {
