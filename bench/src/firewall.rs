@@ -264,7 +264,7 @@ fn flood_from(lab: &Lab, duration: Duration) -> Result<FloodReport> {
 }
 
 /// The first CPU this process may run on.
-fn sender_cpu() -> usize {
+pub(crate) fn sender_cpu() -> usize {
     // SAFETY: a zeroed cpu_set_t is a valid empty set, filled by the kernel.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -275,7 +275,7 @@ fn sender_cpu() -> usize {
     }
 }
 
-fn pin_to(cpu: usize) -> Result<()> {
+pub(crate) fn pin_to(cpu: usize) -> Result<()> {
     // SAFETY: plain libc calls on a local set; pid 0 is the calling thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -288,7 +288,7 @@ fn pin_to(cpu: usize) -> Result<()> {
 }
 
 /// Softirq time of all CPUs so far, from /proc/stat.
-fn softirq_ns() -> Result<u64> {
+pub(crate) fn softirq_ns() -> Result<u64> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -463,7 +463,7 @@ fn counter_packets(v: &serde_json::Value) -> u64 {
 
 /// `tool args` inside namespace `ns`: its stdout, or an error naming the
 /// command with its stderr on one line.
-fn in_netns(ns: &str, tool: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn in_netns(ns: &str, tool: &str, args: &[&str]) -> Result<String> {
     let mut all = vec!["netns", "exec", ns, tool];
     all.extend(args);
     run("ip", &all).map_err(|e| anyhow!("`{tool} {}` in netns {ns}: {e:#}", args.join(" ")))

@@ -10,6 +10,7 @@ mod live;
 mod reaction;
 mod report;
 mod rulepaths;
+mod synflood;
 mod testrun;
 
 use std::{path::PathBuf, time::Duration};
@@ -42,6 +43,8 @@ enum Part {
     Reaction,
     /// The program's own ns per packet under a live flood, beside the empty one.
     Live,
+    /// CPU per spoofed SYN: cookies answered in XDP against the kernel's own.
+    Syncookies,
 }
 
 fn main() -> Result<()> {
@@ -66,6 +69,10 @@ fn main() -> Result<()> {
             println!("{}", report::reaction_section(&reaction_part(reaction_trials)?));
             return Ok(());
         }
+        Some(Part::Syncookies) => {
+            println!("{}", report::syn_cookies_section(&syn_cookies_part(firewall_seconds)?));
+            return Ok(());
+        }
         Some(Part::Live) => {
             for r in live::floods(seconds)? {
                 println!("{:<70} {:<8} {:>8.1} ns/packet", r.scenario.label(), r.program, r.ns_per_packet);
@@ -85,6 +92,7 @@ fn main() -> Result<()> {
     let detection = detection::run(20, if args.quick { 3 } else { 5 })?;
     let reaction = reaction_part(reaction_trials)?;
     let firewall = firewall_part(firewall_seconds)?;
+    let syn_cookies = syn_cookies_part(firewall_seconds)?;
 
     let r = report::Report {
         repeat,
@@ -95,6 +103,7 @@ fn main() -> Result<()> {
         detection,
         reaction,
         firewall,
+        syn_cookies,
         command: command_line(args.quick),
     };
     let text = r.markdown();
@@ -111,6 +120,13 @@ fn main() -> Result<()> {
 fn firewall_part(per_dropper: Duration) -> Result<firewall::Comparison> {
     eprintln!("bench: dropping a flood: iptables, nftables and XDP, {per_dropper:?} per dropper");
     firewall::compare(per_dropper, firewall::xdp_droppers())
+}
+
+fn syn_cookies_part(total: Duration) -> Result<synflood::SynComparison> {
+    eprintln!(
+        "bench: a spoofed SYN flood answered with cookies: XDP, the kernel, and an XDP reflector, {total:?} each"
+    );
+    synflood::compare(total)
 }
 
 fn reaction_part(trials: usize) -> Result<reaction::ReactionFigures> {

@@ -47,7 +47,7 @@ enum Cmd {
         #[arg(long)]
         no_write: bool,
         /// Run only this part and print it (never written to BENCHMARKS.md,
-        /// which holds the whole report): `firewall`, `rules`, `reaction` or `live`.
+        /// which holds the whole report): `firewall`, `rules`, `reaction`, `live` or `syncookies`.
         #[arg(long, value_name = "PART")]
         only: Option<String>,
     },
