@@ -15,7 +15,7 @@
 use aya_ebpf::{
     bindings::{iphdr, ipv6hdr, tcphdr, xdp_action},
     helpers::{
-        bpf_ktime_get_ns,
+        bpf_ktime_get_coarse_ns,
         generated::{
             bpf_csum_diff, bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_check_syncookie_ipv6,
             bpf_tcp_raw_gen_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail,
@@ -218,7 +218,9 @@ fn synack<const IP: usize>(ctx: &XdpContext, l3: usize, cookie: u32, th: usize) 
     let tcp = ip + IP;
     let flags = unsafe { u8_at(tcp, 13) };
     let ecn = flags & (TCP_ECE | TCP_CWR) == TCP_ECE | TCP_CWR && syn.tsval.is_some();
-    let now_ms = (unsafe { bpf_ktime_get_ns() } / 1_000_000) as u32;
+    // The coarse clock (a tick, 1 to 10 ms, at half the cost): TSval only
+    // needs to move forward in about milliseconds.
+    let now_ms = (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000) as u32;
     let cfg = SYNCOOKIE_CONFIG.get(0).copied().unwrap_or_default().or_defaults();
     let mss = if IP == 40 { cfg.mss6 } else { cfg.mss4 };
     let (words, n) = synack_options(mss, cfg.wscale, &syn, ts_cookie(now_ms, &syn, ecn));
