@@ -149,6 +149,24 @@ fn syn_cookies_stop_a_spoofed_syn_flood_while_real_clients_connect() {
     // The rule's counters saw the flood answered.
     let rule = rules(&c)["rules"][0].clone();
     assert!(rule["dropped_packets"].as_u64().unwrap_or(0) >= sent / 2, "{rule}");
+
+    // Every client completed a handshake through a cookie: each is a known
+    // peer now, learned that way, and no spoofed source is.
+    let v: serde_json::Value = serde_json::from_str(&ok(&c, &["peers", "list", "--json", "--limit", "1000"])).unwrap();
+    let peers = v[0]["peers"].as_array().unwrap();
+    for client in clients() {
+        let p =
+            peers.iter().find(|p| p["addr"] == client.as_str()).unwrap_or_else(|| panic!("{client} not known: {v}"));
+        assert!(p["how"].as_array().unwrap().iter().any(|h| h == "handshake"), "{p}");
+    }
+    assert!(
+        peers.iter().all(|p| p["addr"].as_str().unwrap().starts_with("192.0.2.")),
+        "a spoofed source was learned: {v}"
+    );
+    let (okay, _, err) = cli(&c, &["peers", "list", "--limit", "0"]);
+    assert!(!okay && err.trim().lines().count() == 1 && err.contains("limit 0"), "{err}");
+    let out = ok(&c, &["peers", "flush"]);
+    assert!(out.contains(&format!("forgot {} known-good peers", v[0]["total"])), "{out}");
 }
 
 const SHIPPED_CONFIG: &str = "\

@@ -32,7 +32,7 @@ use crate::{
     clock::Clock,
     metrics::Metrics,
     mitigate::{
-        mitigator::{MitigateError, Mitigator, RulesView},
+        mitigator::{MitigateError, Mitigator, PeersView, RulesView},
         prefix::Prefix,
         rule::{check_reason, Rule, RuleRequest},
         ruleset::{AllowEntry, Removed, RuleError},
@@ -98,6 +98,7 @@ pub fn router(mitigator: SharedMitigator, metrics: Arc<Metrics>) -> Router {
         .route("/v1/rules", get(list).post(add_rule))
         .route("/v1/allow", post(add_allow))
         .route("/v1/rules/{id}", delete(remove))
+        .route("/v1/peers", get(peers).delete(flush_peers))
         .with_state(ControlState { mitigator, metrics })
 }
 
@@ -207,6 +208,33 @@ async fn remove(State(s): State<ControlState>, UrlPath(id): UrlPath<String>) -> 
     }
 }
 
+/// `?limit=N`: peers listed per interface (default 100).
+#[derive(Deserialize)]
+struct PeersQuery {
+    limit: Option<usize>,
+}
+
+/// Most peers one listing gives per interface: the map's capacity.
+const MAX_PEERS_LISTED: usize = detector_common::known::DEFAULT_MAX_KNOWN as usize;
+
+async fn peers(State(s): State<ControlState>, q: axum::extract::Query<PeersQuery>) -> Response {
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PEERS_LISTED {
+        return error(StatusCode::BAD_REQUEST, format!("limit {limit} is out of range: 1 to {MAX_PEERS_LISTED}"));
+    }
+    match with_mitigator(&s, move |m| m.peers(limit, Clock::now())).await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn flush_peers(State(s): State<ControlState>) -> Response {
+    match with_mitigator(&s, |m| m.flush_peers()).await {
+        Ok(n) => Json(serde_json::json!({ "flushed": n })).into_response(),
+        Err(r) => r,
+    }
+}
+
 /// The CLI's side: one request to the controller paired by `state_dir`.
 pub struct Client {
     dir: PathBuf,
@@ -223,6 +251,16 @@ impl Client {
 
     pub async fn add_rule(&self, req: &RuleRequest) -> Result<Rule, ControlError> {
         self.call("POST", "/v1/rules", Some(serde_json::to_vec(req).expect("serializable"))).await
+    }
+
+    pub async fn peers(&self, limit: usize) -> Result<Vec<PeersView>, ControlError> {
+        self.call("GET", &format!("/v1/peers?limit={limit}"), None).await
+    }
+
+    /// Forgets every known-good peer; returns how many there were.
+    pub async fn flush_peers(&self) -> Result<usize, ControlError> {
+        let v: serde_json::Value = self.call("DELETE", "/v1/peers", None).await?;
+        Ok(v["flushed"].as_u64().unwrap_or(0) as usize)
     }
 
     pub async fn add_allow(&self, req: &AllowRequest) -> Result<AllowAdded, ControlError> {

@@ -56,6 +56,9 @@ pub enum Command {
     /// that carry none (a spoofed SYN or ACK flood never reaches the stack).
     #[command(subcommand)]
     Syncookies(rules::AddCommand<rules::SynCookiesArgs>),
+    /// List or forget the known-good peers (the sources signature rules spare).
+    #[command(subcommand)]
+    Peers(rules::PeersCommand),
     /// Allowlist a prefix: no rule ever drops it.
     #[command(subcommand)]
     Allow(rules::AddCommand<rules::AllowArgs>),
@@ -149,6 +152,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Block(cmd) => rules::block(cmd),
         Command::Ratelimit(cmd) => rules::ratelimit(cmd),
         Command::Syncookies(cmd) => rules::syncookies(cmd),
+        Command::Peers(cmd) => rules::peers(cmd),
         Command::Allow(cmd) => rules::allow(cmd),
         Command::Detach(args) => rules::detach(args),
         Command::Runbooks(cmd) => runbooks::run(cmd),

@@ -49,6 +49,27 @@ pub enum RulesCommand {
 }
 
 #[derive(clap::Subcommand, Debug)]
+pub enum PeersCommand {
+    /// The known-good peers of each interface, most recently confirmed first.
+    List {
+        /// Peers shown per interface.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        dir: StateDirArg,
+    },
+    /// Forget every known-good peer (they are learned again as the host
+    /// talks to them; learning is paused while an interface is attacked).
+    Flush {
+        #[command(flatten)]
+        dir: StateDirArg,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
 pub enum AddCommand<T: clap::Args> {
     /// Add one.
     Add(T),
@@ -228,6 +249,39 @@ pub fn ratelimit(cmd: AddCommand<RateLimitArgs>) -> anyhow::Result<()> {
     })?;
     let rule = runtime()?.block_on(Client::new(&args.m.dir.state_dir).add_rule(&req))?;
     print_added(&rule)?;
+    Ok(())
+}
+
+pub fn peers(cmd: PeersCommand) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    match cmd {
+        PeersCommand::List { limit, json, dir } => {
+            let views = rt.block_on(Client::new(&dir.state_dir).peers(limit))?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&views)?)?;
+                return Ok(());
+            }
+            for v in views {
+                outln!(
+                    "{}: {} known-good peers{}",
+                    v.iface,
+                    v.total,
+                    if v.total > v.peers.len() {
+                        format!(" (the {} most recent shown)", v.peers.len())
+                    } else {
+                        String::new()
+                    }
+                )?;
+                for p in v.peers {
+                    outln!("  {:<40} {:<18} {}s ago", p.addr.to_string(), p.how.join(","), p.age_s)?;
+                }
+            }
+        }
+        PeersCommand::Flush { dir } => {
+            let n = rt.block_on(Client::new(&dir.state_dir).flush_peers())?;
+            outln!("forgot {n} known-good peers")?;
+        }
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use crate::{
         counters::{CounterError, CounterMaps},
         ebpf::{self, CountingOptions},
         egress::{self, Learning},
+        peers::KnownPeers,
         pins,
         rules::RuleMaps,
         syncookie,
@@ -78,6 +79,8 @@ impl Probe {
         let mut maps = CounterMaps::take(&mut obj).map_err(counters_err)?;
         let rule_maps = RuleMaps::take(&mut obj)
             .map_err(|source| RunError::Rules { iface: iface.to_string(), source: Box::new(source) })?;
+        let peers = KnownPeers::take(&mut obj)
+            .map_err(|source| RunError::Rules { iface: iface.to_string(), source: Box::new(source) })?;
         maps.set_sample_divisor(FIRST_DIVISOR).map_err(counters_err)?;
         let learn_err = |e: egress::EgressError| RunError::Egress { iface: iface.to_string(), reason: e.to_string() };
         let learning = Learning::take(&mut obj).map_err(learn_err)?;
@@ -97,6 +100,7 @@ impl Probe {
             tracing::info!(iface, mode = %attachment.mode, "XDP program attached");
         }
         mitigator.add_interface(iface, rule_maps);
+        mitigator.add_peers(iface, peers);
         metrics.interface_attached(iface, attachment.mode.name(), maps.source_capacity());
         Ok(Probe {
             attachment,

@@ -5,12 +5,14 @@
 //! - [`counters`]: reading the counting program's maps;
 //! - [`rules`]: writing a compiled rule plan into the rule maps;
 //! - [`syncookie`]: the SYN-cookie program and netfilter's SYNPROXY rule;
+//! - [`peers`]: the known-good peers map, for the operator;
 //! - [`pins`]: where links and maps are pinned in bpffs so rules outlive
 //!   the controller.
 
 pub mod counters;
 pub mod ebpf;
 pub mod egress;
+pub mod peers;
 pub mod pins;
 pub mod rules;
 pub mod syncookie;

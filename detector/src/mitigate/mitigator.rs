@@ -11,7 +11,10 @@ use detector_common::rules::RuleCounters;
 
 use crate::{
     clock::Clock,
-    kernel::rules::{KernelError, RuleMaps},
+    kernel::{
+        peers::{KnownPeers, Peer},
+        rules::{KernelError, RuleMaps},
+    },
     statedir::{self, FileWriter, RULES_FILE},
 };
 use serde::{Deserialize, Serialize};
@@ -66,6 +69,16 @@ pub struct RuleView {
     pub passed_bytes: u64,
 }
 
+/// One interface's known-good peers, as `GET /v1/peers` gives them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeersView {
+    pub iface: String,
+    /// How many the map holds.
+    pub total: usize,
+    /// The most recently confirmed, at most the limit asked for.
+    pub peers: Vec<Peer>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Capacity {
     pub rules: usize,
@@ -89,6 +102,8 @@ pub type SynProxyInstall = fn(&[String]) -> Result<(), String>;
 pub struct Mitigator {
     set: RuleSet,
     ifaces: Vec<(String, RuleMaps)>,
+    /// Each interface's known-good peers (see `kernel::peers`).
+    peers: Vec<(String, KnownPeers)>,
     state_dir: PathBuf,
     files: FileWriter,
     /// The TCP ports with a listener (a SYN-cookie rule needs one).
@@ -107,6 +122,7 @@ impl Mitigator {
         Mitigator {
             set: RuleSet::new(limits),
             ifaces: Vec::new(),
+            peers: Vec::new(),
             state_dir: state_dir.to_path_buf(),
             files,
             listening: super::host::listening_tcp_ports,
@@ -130,6 +146,38 @@ impl Mitigator {
 
     pub fn add_interface(&mut self, iface: &str, maps: RuleMaps) {
         self.ifaces.push((iface.to_string(), maps));
+    }
+
+    /// The known-good peers map of `iface`, for `peers` and `flush_peers`.
+    pub fn add_peers(&mut self, iface: &str, peers: KnownPeers) {
+        self.peers.push((iface.to_string(), peers));
+    }
+
+    /// Each interface's known-good peers, at most `limit` per interface
+    /// (the most recently confirmed), with how many there are.
+    pub fn peers(&self, limit: usize, clock: Clock) -> Result<Vec<PeersView>, MitigateError> {
+        self.peers
+            .iter()
+            .map(|(iface, p)| {
+                let mut all = p
+                    .list(clock.mono_ns)
+                    .map_err(|source| MitigateError::Kernel { iface: iface.clone(), source: Box::new(source) })?;
+                let total = all.len();
+                all.truncate(limit);
+                Ok(PeersView { iface: iface.clone(), total, peers: all })
+            })
+            .collect()
+    }
+
+    /// Forgets every known-good peer of every interface; returns how many.
+    pub fn flush_peers(&mut self) -> Result<usize, MitigateError> {
+        let mut n = 0;
+        for (iface, p) in &mut self.peers {
+            n +=
+                p.flush().map_err(|source| MitigateError::Kernel { iface: iface.clone(), source: Box::new(source) })?;
+        }
+        tracing::info!(peers = n, "known-good peers flushed by the operator");
+        Ok(n)
     }
 
     pub fn interfaces(&self) -> impl Iterator<Item = &str> {
