@@ -169,6 +169,36 @@ fn syn_cookies_stop_a_spoofed_syn_flood_while_real_clients_connect() {
     assert!(out.contains(&format!("forgot {} known-good peers", v[0]["total"])), "{out}");
 }
 
+/// IPv6: the SYN-ACK from XDP, the ACK's mark in the traffic class, and
+/// SYNPROXY's IPv6 rule complete real clients' handshakes.
+#[test]
+fn syn_cookies_complete_ipv6_handshakes_through_synproxy() {
+    require_root!();
+    let lab = lab();
+    lab.enable_ipv6().unwrap();
+    let sources: Vec<String> = (0..10).map(|i| format!("2001:db8::{:x}", 0x100 + i)).collect();
+    for s in &sources {
+        lab.add_addr(&lab.gen_ns, &lab.gen_if, &format!("{s}/64")).unwrap();
+    }
+    let server = HttpServer::start(&lab.tgt_ns, SocketAddr::new(detector::lab::TGT_V6.parse().unwrap(), PORT)).unwrap();
+    let c = Controller::start(&lab, &[]);
+    let out = ok(&c, &["syncookies", "add", "--port", &PORT.to_string(), "--dst", detector::lab::TGT_V6]);
+    assert!(out.contains("syn_cookies ::/0 dport 8080 dst 2001:db8::2/128"), "{out}");
+    let url = format!("http://[{}]:{PORT}/", detector::lab::TGT_V6);
+    let curls = curl_many(&lab.gen_ns, &url, 20, Duration::from_secs(3), &sources).unwrap();
+    assert_eq!(curls.succeeded, 20, "{curls:?}\n{}", c.log_text());
+    assert_eq!(server.accepted(), 20);
+    // The first connection of each source went through a cookie.
+    let rule = rules(&c)["rules"][0].clone();
+    assert!(rule["dropped_packets"].as_u64().unwrap() >= 10, "SYNs answered in XDP: {rule}");
+    let v: serde_json::Value = serde_json::from_str(&ok(&c, &["peers", "list", "--json"])).unwrap();
+    for s in &sources {
+        let p = v[0]["peers"].as_array().unwrap().iter().find(|p| p["addr"] == s.as_str());
+        let p = p.unwrap_or_else(|| panic!("{s} not learned: {v}"));
+        assert!(p["how"].as_array().unwrap().iter().any(|h| h == "handshake"), "{p}");
+    }
+}
+
 const SHIPPED_CONFIG: &str = "\
 detection:
   families:

@@ -73,6 +73,9 @@ pub struct Lab {
 
 pub const GEN_V4: &str = "192.0.2.1";
 pub const TGT_V4: &str = "192.0.2.2";
+/// The ends' IPv6 addresses, after [`Lab::enable_ipv6`].
+pub const GEN_V6: &str = "2001:db8::1";
+pub const TGT_V6: &str = "2001:db8::2";
 
 fn ip(args: &[&str]) -> Result<Output, LabError> {
     let out = Command::new("ip").args(args).output().map_err(LabError::NoIp)?;
@@ -172,8 +175,14 @@ impl Lab {
 
     /// Adds `cidr` (`192.0.2.10/24`) to `ifname` in namespace `ns`: a second
     /// host on one side of the lab (a legitimate client beside a generator).
+    /// An IPv6 address is added without duplicate address detection (usable
+    /// at once).
     pub fn add_addr(&self, ns: &str, ifname: &str, cidr: &str) -> Result<(), LabError> {
-        ip(&["-n", ns, "addr", "add", cidr, "dev", ifname]).map(drop)
+        let mut args = vec!["-n", ns, "addr", "add", cidr, "dev", ifname];
+        if cidr.contains(':') {
+            args.push("nodad");
+        }
+        ip(&args).map(drop)
     }
 
     /// Turns reverse-path filtering off on the target side (`all` and its
@@ -184,6 +193,17 @@ impl Lab {
     pub fn accept_spoofed_sources(&self) -> Result<(), LabError> {
         for conf in ["all", "default", self.tgt_if.as_str()] {
             sysctl(&self.tgt_ns, &format!("net/ipv4/conf/{conf}/rp_filter"), "0")?;
+        }
+        Ok(())
+    }
+
+    /// Turns IPv6 on at both ends (a lab has it off: no router
+    /// solicitations or DAD in the counts) and gives them [`GEN_V6`] and
+    /// [`TGT_V6`] (/64, no DAD).
+    pub fn enable_ipv6(&self) -> Result<(), LabError> {
+        for (ns, ifname, v6) in [(&self.gen_ns, &self.gen_if, GEN_V6), (&self.tgt_ns, &self.tgt_if, TGT_V6)] {
+            sysctl(ns, &format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0")?;
+            ip(&["-n", ns, "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"])?;
         }
         Ok(())
     }
