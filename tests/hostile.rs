@@ -51,7 +51,12 @@ fn incident(node: &str, iface: &str, started_at: u64, status: Status) -> Inciden
         peak_pps: 64_210.0,
         peak_bps: 282_524_000.0,
         top_sources: (0..10)
-            .map(|i| TopSource { addr: format!("198.51.100.{i}").parse().unwrap(), pps: 3_000.0, share: 0.049 })
+            .map(|i| TopSource {
+                addr: format!("198.51.100.{i}").parse().unwrap(),
+                pps: 3_000.0,
+                share: 0.049,
+                seen_before_attack: false,
+            })
             .collect(),
         top_ports: (0..10)
             .map(|i| TopPort { proto: "udp".into(), port: 40_000 + i, pps: 3_000.0, share: 0.049 })

@@ -39,6 +39,11 @@ pub struct SourceRate {
     pub pps: f64,
     pub bps: f64,
     pub class_pps: [f64; CLASS_COUNT],
+    /// How long the source has been tracked, as of this poll: since the
+    /// poll it first appeared in (it is forgotten after `idle_after`
+    /// without packets). A source an attack's runbook should never limit
+    /// (the host's users) was there well before the attack.
+    pub seen_for_ms: u64,
 }
 
 /// A top talker of one class.
@@ -53,6 +58,7 @@ pub struct TopSource {
 struct Seen {
     stats: SourceStats,
     last_change: Duration,
+    first_seen: Duration,
 }
 
 /// What one poll of the per-source map gave.
@@ -95,10 +101,11 @@ impl SourceTracker {
             let prev = self.seen.remove(key);
             let before = prev.as_ref().map(|p| p.stats).unwrap_or_default();
             let packets = delta(before.packets, stats.packets);
-            let last_change = match prev {
+            let last_change = match &prev {
                 Some(p) if packets == 0 => p.last_change,
                 _ => now,
             };
+            let first_seen = prev.as_ref().map(|p| p.first_seen).unwrap_or(now);
             if packets == 0 && now.saturating_sub(last_change) >= self.idle_after {
                 out.idle.push(*key);
                 continue;
@@ -113,9 +120,10 @@ impl SourceTracker {
                     pps: per_second(packets as f64, secs),
                     bps: per_second(delta(before.bytes, stats.bytes) as f64 * 8.0, secs),
                     class_pps,
+                    seen_for_ms: now.saturating_sub(first_seen).as_millis() as u64,
                 });
             }
-            next.insert(*key, Seen { stats: *stats, last_change });
+            next.insert(*key, Seen { stats: *stats, last_change, first_seen });
         }
         // Whatever is left was evicted from the LRU map by the kernel.
         self.seen = next;
@@ -176,6 +184,13 @@ mod tests {
         assert_eq!(u.active[0].pps, 100.0);
         assert_eq!(u.active[0].bps, 100.0 * 100.0 * 8.0);
         assert_eq!(u.active[0].class_pps[TrafficClass::Udp.index()], 100.0);
+        // Tracked since its first poll: 1 s, then a new source from zero.
+        assert_eq!(u.active[0].seen_for_ms, 1000);
+        let b = v4("192.0.2.9");
+        let u = t.update(3 * S, S, &[(a, stats(TrafficClass::Udp, 150)), (b, stats(TrafficClass::Udp, 1))]);
+        assert_eq!(u.active.iter().map(|r| r.seen_for_ms).collect::<Vec<_>>(), vec![0], "a, quiet, is not active");
+        let u = t.update(4 * S, S, &[(a, stats(TrafficClass::Udp, 160)), (b, stats(TrafficClass::Udp, 2))]);
+        assert_eq!(u.active.iter().map(|r| r.seen_for_ms).collect::<Vec<_>>(), vec![3000, 1000]);
     }
 
     #[test]

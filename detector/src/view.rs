@@ -108,7 +108,13 @@ mod tests {
         rates[TrafficClass::TcpSyn.index()] = ClassRate { packets: 10, bytes: 600, pps: 100.0, bps: 4_800.0 };
         let mut class_pps = [0.0; CLASS_COUNT];
         class_pps[TrafficClass::Udp.index()] = 15_000.0;
-        let active = vec![SourceRate { addr: "198.18.0.1".parse().unwrap(), pps: 15_000.0, bps: 0.0, class_pps }];
+        let active = vec![SourceRate {
+            addr: "198.18.0.1".parse().unwrap(),
+            pps: 15_000.0,
+            bps: 0.0,
+            class_pps,
+            seen_for_ms: 0,
+        }];
         let v = iface_view("native", 0.1, &rates, &active, 1, 10);
         assert_eq!(v.classes.len(), 2);
         assert_eq!(v.classes[0].class, "udp");

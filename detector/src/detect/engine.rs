@@ -11,7 +11,7 @@ use super::{
     baseline::{self, ClassBaseline},
     config::DetectionConfig,
     family::Family,
-    incident::{incident_id, EventKind, Incident, IncidentEvent, Status, TimelineEntry, TopSource},
+    incident::{incident_id, EventKind, Incident, IncidentEvent, Status, TimelineEntry, TopSource, SEEN_BEFORE_ATTACK},
     severity::{assess, Severity},
     signature::{self, RecentSamples},
 };
@@ -570,12 +570,20 @@ fn refresh(inc: &mut Incident, tracks: &[Track; FAMILIES], obs: &Observation<'_>
     }
 
     // Top talkers of the attack traffic, while it flows.
+    let seen_before = |s: &SourceRate| {
+        obs.now_ms.saturating_sub(s.seen_for_ms) + SEEN_BEFORE_ATTACK.as_millis() as u64 <= inc.started_at
+    };
     let mut top: Vec<TopSource> = obs
         .sources
         .iter()
-        .map(|s| (s.addr, classes.iter().map(|c| s.class_pps[c.index()]).sum::<f64>()))
+        .map(|s| (s, classes.iter().map(|c| s.class_pps[c.index()]).sum::<f64>()))
         .filter(|(_, pps)| *pps > 0.0)
-        .map(|(addr, pps)| TopSource { addr, pps, share: if inc.pps > 0.0 { (pps / inc.pps).min(1.0) } else { 0.0 } })
+        .map(|(s, pps)| TopSource {
+            addr: s.addr,
+            pps,
+            share: if inc.pps > 0.0 { (pps / inc.pps).min(1.0) } else { 0.0 },
+            seen_before_attack: seen_before(s),
+        })
         .collect();
     if !top.is_empty() {
         top.sort_by(|a, b| b.pps.total_cmp(&a.pps).then(a.addr.cmp(&b.addr)));

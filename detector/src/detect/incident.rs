@@ -98,7 +98,17 @@ pub struct TopSource {
     pub addr: IpAddr,
     pub pps: f64,
     pub share: f64,
+    /// The source was sending to the host [`SEEN_BEFORE_ATTACK`] or more
+    /// before the attack's onset: one of its users, not the attack's. A
+    /// runbook's `top_sources` step gives it no rule.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seen_before_attack: bool,
 }
+
+/// How long before an attack's onset a source must have been sending to
+/// count as the host's user ([`TopSource::seen_before_attack`]): longer
+/// than a flood tool's ramp-up, shorter than any real user's session.
+pub const SEEN_BEFORE_ATTACK: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TopPort {

@@ -342,8 +342,14 @@ fn top_sources_and_ports_of_the_attack_traffic() {
     let mut bystander = [0.0; CLASS_COUNT];
     bystander[TrafficClass::Udp.index()] = 900.0;
     r.sources = vec![
-        SourceRate { addr: "198.51.100.7".parse().unwrap(), pps: 4_000.0, bps: 0.0, class_pps: flooder },
-        SourceRate { addr: "203.0.113.1".parse().unwrap(), pps: 900.0, bps: 0.0, class_pps: bystander },
+        SourceRate {
+            addr: "198.51.100.7".parse().unwrap(),
+            pps: 4_000.0,
+            bps: 0.0,
+            class_pps: flooder,
+            seen_for_ms: 0,
+        },
+        SourceRate { addr: "203.0.113.1".parse().unwrap(), pps: 900.0, bps: 0.0, class_pps: bystander, seen_for_ms: 0 },
     ];
     r.samples =
         vec![PacketSample { class: TrafficClass::TcpSyn as u8, sport: 1234, dport: 22, ..Default::default() }; 30];
@@ -363,6 +369,30 @@ fn top_sources_and_ports_of_the_attack_traffic() {
     assert!((inc.top_sources[0].share - 0.8).abs() < 1e-9);
     assert_eq!((inc.top_ports[0].port, inc.top_ports[0].share), (22, 0.75));
     assert_eq!(inc.top_ports[1].port, 80);
+    assert!(!inc.top_sources[0].seen_before_attack, "it appeared with the attack");
+}
+
+#[test]
+fn a_top_source_that_sent_long_before_the_attack_is_marked_as_the_hosts_user() {
+    let mut r = Run::new(cfg());
+    let mut syn = [0.0; CLASS_COUNT];
+    syn[TrafficClass::TcpSyn.index()] = 2_000.0;
+    // A user, tracked for a minute; a flooder, new.
+    r.sources = vec![
+        SourceRate {
+            addr: "203.0.113.1".parse().unwrap(),
+            pps: 2_000.0,
+            bps: 0.0,
+            class_pps: syn,
+            seen_for_ms: 60_000,
+        },
+        SourceRate { addr: "198.51.100.7".parse().unwrap(), pps: 2_000.0, bps: 0.0, class_pps: syn, seen_for_ms: 500 },
+    ];
+    let ev = r.traffic(&[(TrafficClass::TcpSyn, 50_000.0)], 1.0);
+    let inc = &opened(&ev).incident;
+    let user = inc.top_sources.iter().find(|s| s.addr.to_string() == "203.0.113.1").unwrap();
+    let flooder = inc.top_sources.iter().find(|s| s.addr.to_string() == "198.51.100.7").unwrap();
+    assert!(user.seen_before_attack && !flooder.seen_before_attack, "{:?}", inc.top_sources);
 }
 
 #[test]

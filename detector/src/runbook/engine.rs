@@ -42,7 +42,7 @@ use super::{
 use crate::{
     api::control::SharedMitigator,
     clock::{now_ms, Clock},
-    detect::incident::{EventKind, Incident, IncidentEvent, Status},
+    detect::incident::{EventKind, Incident, IncidentEvent, Status, TopSource},
     metrics::Metrics,
     mitigate::{
         derived::{rules_from, syn_cookie_rules},
@@ -758,20 +758,27 @@ pub fn rule_requests(index: usize, m: &Mitigate, runbook: &str, inc: &Incident) 
     let shaped: Vec<(Prefix, Shape)> = match m.scope {
         Scope::Prefix => m.prefix.into_iter().map(|p| (p, m.shape.clone())).collect(),
         Scope::TopSources => {
-            let heavy: Vec<(Prefix, Shape)> = inc
-                .top_sources
-                .iter()
-                .take(m.top)
-                .filter(|s| s.share >= m.min_share)
-                .map(|s| (Prefix::host(s.addr), m.shape.clone()))
-                .collect();
+            let heavy: Vec<&TopSource> =
+                inc.top_sources.iter().take(m.top).filter(|s| s.share >= m.min_share).collect();
             if heavy.is_empty() && !inc.top_sources.is_empty() {
                 return Err(StepError::Skip(format!(
                     "no source sends {:.0}% of the attack (min_share): a spread or spoofed flood",
                     m.min_share * 100.0
                 )));
             }
-            heavy
+            // The host's users, there before the attack, are never limited.
+            let new: Vec<(Prefix, Shape)> = heavy
+                .iter()
+                .filter(|s| !s.seen_before_attack)
+                .map(|s| (Prefix::host(s.addr), m.shape.clone()))
+                .collect();
+            if new.is_empty() && !heavy.is_empty() {
+                return Err(StepError::Skip(
+                    "every top source was sending to the host before the attack began: its users, not the attack's"
+                        .into(),
+                ));
+            }
+            new
         }
         Scope::Signature if m.shape.action == Action::SynCookies => {
             syn_cookie_rules(inc.signature.as_ref(), &m.shape).map_err(|e| StepError::Fail(e.to_string()))?

@@ -271,7 +271,12 @@ fn templates_render_the_attack_context() {
     use super::context::{AttackEvent, Context};
     use crate::detect::incident::TopSource;
     let mut inc = incident(&[Family::MultiVector, Family::UdpFlood, Family::SynFlood], Severity::High, 61_500.4);
-    inc.top_sources = vec![TopSource { addr: "198.51.100.9".parse().unwrap(), pps: 30_100.0, share: 0.49 }];
+    inc.top_sources = vec![TopSource {
+        addr: "198.51.100.9".parse().unwrap(),
+        pps: 30_100.0,
+        share: 0.49,
+        seen_before_attack: false,
+    }];
     let ctx = Context::new(EventKind::Opened, &inc, "udp-auto", false, vec![]);
     assert_eq!(ctx.event, AttackEvent::AttackStart);
     let text = ctx
@@ -344,7 +349,12 @@ fn a_mitigate_step_that_loads_makes_rules_the_rule_check_accepts() {
     let tops = [None, Some(1usize), Some(10), Some(100), Some(0), Some(101)];
     let mut inc = incident(&[Family::UdpFlood, Family::SynFlood], Severity::High, 60_000.0);
     inc.top_sources = (1..=120)
-        .map(|i| TopSource { addr: format!("198.51.100.{i}").parse().unwrap(), pps: 3_000.0, share: 0.05 })
+        .map(|i| TopSource {
+            addr: format!("198.51.100.{i}").parse().unwrap(),
+            pps: 3_000.0,
+            share: 0.05,
+            seen_before_attack: false,
+        })
         .collect();
     inc.iface = "veth0\u{7}".into();
     let mut rng = Lcg(7);
@@ -486,12 +496,30 @@ fn top_sources_under_min_share_are_left_alone() {
     assert_eq!((default.min_share, low.min_share), (0.02, 0.005));
     let mut inc = incident(&[Family::UdpFlood], Severity::High, 100_000.0);
     inc.top_sources = vec![
-        TopSource { addr: "198.51.100.1".parse().unwrap(), pps: 20_000.0, share: 0.2 },
-        TopSource { addr: "203.0.113.5".parse().unwrap(), pps: 1_000.0, share: 0.01 },
+        TopSource { addr: "198.51.100.1".parse().unwrap(), pps: 20_000.0, share: 0.2, seen_before_attack: false },
+        TopSource { addr: "203.0.113.5".parse().unwrap(), pps: 1_000.0, share: 0.01, seen_before_attack: false },
     ];
     let reqs = rule_requests(0, default, "x", &inc).unwrap_or_else(|_| panic!("a rule expected"));
     assert_eq!(reqs.iter().map(|r| r.prefix.as_str()).collect::<Vec<_>>(), ["198.51.100.1/32"]);
     assert_eq!(rule_requests(1, low, "x", &inc).unwrap_or_else(|_| panic!()).len(), 2);
     inc.top_sources.remove(0);
     assert!(matches!(rule_requests(0, default, "x", &inc), Err(StepError::Skip(why)) if why.contains("min_share")));
+}
+
+#[test]
+fn top_sources_that_were_the_hosts_users_before_the_attack_are_left_alone() {
+    use crate::runbook::engine::StepError;
+    let text =
+        "name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources, ttl: 10m }\n";
+    let rb = parse("rb.yaml", text, Box::new(Fake)).unwrap();
+    let Step::Mitigate(m) = &rb.steps.0[0] else { panic!() };
+    let mut inc = incident(&[Family::UdpFlood], Severity::High, 100_000.0);
+    inc.top_sources = vec![
+        TopSource { addr: "203.0.113.5".parse().unwrap(), pps: 30_000.0, share: 0.3, seen_before_attack: true },
+        TopSource { addr: "198.51.100.1".parse().unwrap(), pps: 20_000.0, share: 0.2, seen_before_attack: false },
+    ];
+    let reqs = rule_requests(0, m, "x", &inc).unwrap_or_else(|_| panic!("a rule expected"));
+    assert_eq!(reqs.iter().map(|r| r.prefix.as_str()).collect::<Vec<_>>(), ["198.51.100.1/32"]);
+    inc.top_sources.remove(1);
+    assert!(matches!(rule_requests(0, m, "x", &inc), Err(StepError::Skip(why)) if why.contains("its users")));
 }

@@ -84,8 +84,18 @@ pub fn ctx(event: AttackEvent) -> Context {
         peak_pps: 1_400_000.0,
         peak_bps: 5.7e8,
         top_sources: vec![
-            TopSource { addr: "198.51.100.7".parse::<IpAddr>().unwrap(), pps: 400_000.0, share: 0.32 },
-            TopSource { addr: "2001:db8::1".parse::<IpAddr>().unwrap(), pps: 100_000.0, share: 0.08 },
+            TopSource {
+                addr: "198.51.100.7".parse::<IpAddr>().unwrap(),
+                pps: 400_000.0,
+                share: 0.32,
+                seen_before_attack: false,
+            },
+            TopSource {
+                addr: "2001:db8::1".parse::<IpAddr>().unwrap(),
+                pps: 100_000.0,
+                share: 0.08,
+                seen_before_attack: false,
+            },
         ],
         top_ports: vec![TopPort { proto: "udp".into(), port: 53, pps: 900_000.0, share: 0.72 }],
         signature: Some(Signature {
