@@ -332,12 +332,11 @@ impl Mitigator {
     }
 
     pub fn add_rule(&mut self, req: &RuleRequest, clock: Clock) -> Result<Rule, MitigateError> {
-        if req.action == Action::SynCookies.name() || req.action == "syn-cookies" || req.action == "syncookies" {
-            if let Some(dport) = req.dport {
-                let ports = (self.listening)();
-                if !ports.iter().any(|p| dport.contains(*p)) {
-                    return Err(RuleError::Request(RequestError::NoListener(dport)).into());
-                }
+        let checked = req.check().map_err(RuleError::from)?;
+        // A SYN-cookie rule protects a service: one must be listening.
+        if let (Action::SynCookies, Some(dport)) = (&checked.shape.action, checked.shape.m.dport) {
+            if !(self.listening)().iter().any(|p| dport.contains(*p)) {
+                return Err(RuleError::Request(RequestError::NoListener(dport)).into());
             }
         }
         // A reused index starts from zero, before any slot points at it.
@@ -348,7 +347,7 @@ impl Mitigator {
                 }
             }
         }
-        let rule = self.change(clock, |set| set.add_rule(req, clock.wall_ms))?;
+        let rule = self.change(clock, |set| set.add_checked(checked, clock.wall_ms))?;
         tracing::info!(rule = %rule.describe(), reason = %rule.reason, origin = ?rule.origin, "rule added");
         Ok(rule)
     }

@@ -125,7 +125,7 @@ pub fn verdict(ctx: &XdpContext, p: &Parsed, src: &[u8; 16], len: u64, stats: *m
     }
     let s = &entry.slots[found];
     if s.action == ACTION_SYN_COOKIES {
-        return syn_cookies(ctx, p, s, entry.allow == ENTRY_ALLOW, src, len, stats);
+        return syn_cookies(ctx, s, entry.allow == ENTRY_ALLOW, src, len, stats);
     }
     let spared = entry.allow == ENTRY_ALLOW || (s.flags & SLOT_SPARE_KNOWN != 0 && is_known(src));
     if s.action == ACTION_RATE_LIMIT && now == 0 {
@@ -160,15 +160,7 @@ pub fn verdict(ctx: &XdpContext, p: &Parsed, src: &[u8; 16], len: u64, stats: *m
 /// see). An allowlisted source is left to the stack. Without the program
 /// (never loaded), everything passes.
 #[inline(always)]
-fn syn_cookies(
-    ctx: &XdpContext,
-    p: &Parsed,
-    s: &RuleSlot,
-    allowed: bool,
-    src: &[u8; 16],
-    len: u64,
-    stats: *mut ClassStats,
-) -> u32 {
+fn syn_cookies(ctx: &XdpContext, s: &RuleSlot, allowed: bool, src: &[u8; 16], len: u64, stats: *mut ClassStats) -> u32 {
     // The map itself, not this CPU's cached answer: a peer learned by its
     // handshake a moment ago must pass at once (its next segments no
     // longer carry a valid cookie), and a spoofed source misses the cache
