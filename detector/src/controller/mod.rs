@@ -117,6 +117,8 @@ pub enum RunError {
     Rules { iface: String, source: Box<KernelError> },
     #[error("interface '{iface}': {reason}")]
     Egress { iface: String, reason: String },
+    #[error("interface '{iface}': {reason}")]
+    SynCookies { iface: String, reason: String },
     #[error("restoring the saved rules: {0}")]
     Restore(Box<MitigateError>),
     #[error("{0}")]

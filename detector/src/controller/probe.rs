@@ -88,7 +88,7 @@ impl Probe {
         let adopted = egress::attach(attachment.ebpf_mut(), iface, &pin_dir).map_err(learn_err)?;
         tracing::info!(iface, adopted, "egress program learning known-good peers");
         syncookie::install(attachment.ebpf_mut(), iface)
-            .map_err(|e| RunError::Egress { iface: iface.to_string(), reason: e.to_string() })?;
+            .map_err(|e| RunError::SynCookies { iface: iface.to_string(), reason: e.to_string() })?;
         if attachment.adopted {
             tracing::info!(
                 iface,
