@@ -109,8 +109,8 @@ impl TrafficClass {
         Self::ALL.iter().copied().find(|c| c.name() == name)
     }
 
-    /// TCP and UDP classes: their packets have ports (the others' are 0).
-    pub const fn has_ports(self) -> bool {
+    /// The TCP classes.
+    pub const fn is_tcp(self) -> bool {
         matches!(
             self,
             TrafficClass::TcpSyn
@@ -119,11 +119,20 @@ impl TrafficClass {
                 | TrafficClass::TcpAck
                 | TrafficClass::HttpRequest
                 | TrafficClass::TcpEstablished
-                | TrafficClass::Udp
-                | TrafficClass::DnsQuery
-                | TrafficClass::DnsResponse
-                | TrafficClass::UdpAmplification
         )
+    }
+
+    /// The UDP classes, DNS and amplification included.
+    pub const fn is_udp(self) -> bool {
+        matches!(
+            self,
+            TrafficClass::Udp | TrafficClass::DnsQuery | TrafficClass::DnsResponse | TrafficClass::UdpAmplification
+        )
+    }
+
+    /// TCP and UDP classes: their packets have ports (the others' are 0).
+    pub const fn has_ports(self) -> bool {
+        self.is_tcp() || self.is_udp()
     }
 
     /// The index of this class in per-class arrays.

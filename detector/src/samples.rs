@@ -34,18 +34,6 @@ pub struct SampleView {
     pub seconds: f64,
 }
 
-fn is_tcp(c: TrafficClass) -> bool {
-    matches!(
-        c,
-        TrafficClass::TcpSyn
-            | TrafficClass::TcpSynAck
-            | TrafficClass::TcpRst
-            | TrafficClass::TcpAck
-            | TrafficClass::HttpRequest
-            | TrafficClass::TcpEstablished
-    )
-}
-
 impl SampleView {
     pub fn new(samples: &[PacketSample], divisor: u32, seconds: f64) -> SampleView {
         let mut v =
@@ -92,7 +80,7 @@ impl SampleView {
         for c in classes {
             let cs = &self.classes[c.index()];
             total += cs.count;
-            let proto = if is_tcp(*c) { "tcp" } else { "udp" };
+            let proto = if c.is_tcp() { "tcp" } else { "udp" };
             for (port, k) in &cs.dst_ports {
                 *counts.entry((proto, *port)).or_default() += k;
             }

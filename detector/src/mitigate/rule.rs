@@ -347,20 +347,8 @@ pub fn class_mask(names: &[String]) -> Result<u32, RequestError> {
     let mut mask = 0;
     for n in names {
         mask |= match n.as_str() {
-            "tcp" => {
-                bit(TrafficClass::TcpSyn)
-                    | bit(TrafficClass::TcpSynAck)
-                    | bit(TrafficClass::TcpRst)
-                    | bit(TrafficClass::TcpAck)
-                    | bit(TrafficClass::TcpEstablished)
-                    | bit(TrafficClass::HttpRequest)
-            }
-            "udp" => {
-                bit(TrafficClass::Udp)
-                    | bit(TrafficClass::DnsQuery)
-                    | bit(TrafficClass::DnsResponse)
-                    | bit(TrafficClass::UdpAmplification)
-            }
+            "tcp" => TrafficClass::ALL.iter().filter(|c| c.is_tcp()).fold(0, |m, c| m | bit(*c)),
+            "udp" => TrafficClass::ALL.iter().filter(|c| c.is_udp()).fold(0, |m, c| m | bit(*c)),
             "icmp" => bit(TrafficClass::Icmp) | bit(TrafficClass::Icmpv6),
             other => TrafficClass::from_name(other).map(bit).ok_or_else(|| RequestError::Class(other.into()))?,
         };
