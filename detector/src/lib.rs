@@ -36,4 +36,5 @@ pub mod samples;
 pub mod sources;
 pub mod span;
 pub mod statedir;
+pub mod targets;
 pub mod view;
