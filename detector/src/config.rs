@@ -10,7 +10,7 @@ use std::{path::Path, time::Duration};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::{detect::config::DetectionConfig, mitigate::config::MitigationConfig};
+use crate::{detect::config::DetectionConfig, mitigate::config::MitigationConfig, networks::NetworksConfig};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("{file}:{line}:{column}: {message}")]
@@ -27,6 +27,8 @@ pub struct ConfigError {
 pub struct ConfigFile {
     pub detection: DetectionConfig,
     pub mitigation: MitigationConfig,
+    /// The protected networks; none: the host's own addresses.
+    pub networks: Option<NetworksConfig>,
 }
 
 impl ConfigFile {
@@ -65,6 +67,9 @@ impl ConfigFile {
         let d = &self.detection;
         let err = |message: String| ConfigError { file: file.to_string(), line: 0, column: 0, message };
         self.mitigation.check().map_err(err)?;
+        if let Some(n) = &self.networks {
+            n.check().map_err(err)?;
+        }
         if d.hold > Duration::from_secs(60) {
             return Err(err(format!("detection.hold: {:?} is over a minute; detection would come too late", d.hold)));
         }

@@ -29,6 +29,7 @@ pub mod lab;
 pub mod metrics;
 pub mod mitigate;
 pub mod netns;
+pub mod networks;
 pub mod privileges;
 pub mod rates;
 pub mod runbook;
