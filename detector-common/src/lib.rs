@@ -18,5 +18,6 @@ pub mod rules;
 pub mod sample;
 pub mod sketch;
 pub mod syncookie;
+pub mod targets;
 
 pub use class::{TrafficClass, CLASS_COUNT};

@@ -82,7 +82,14 @@ pub struct Window {
 pub fn hash_addr(addr: &[u8; 16], seed: u64) -> u64 {
     let w0 = u64::from_ne_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]);
     let w1 = u64::from_ne_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]);
-    fmix64(fmix64(seed ^ w0) ^ w1)
+    hash_words(&[w0, w1], seed)
+}
+
+/// [`hash_addr`] of the address held in two words (its bytes in memory
+/// order, as the parser keeps them): the same hash, without the bytes.
+#[inline(always)]
+pub fn hash_words(words: &[u64; 2], seed: u64) -> u64 {
+    fmix64(fmix64(seed ^ words[0]) ^ words[1])
 }
 
 #[inline(always)]
@@ -222,6 +229,9 @@ mod tests {
         }
         assert_eq!(row_index(0xfff << WIDTH_BITS, 0), 0);
         assert_ne!(hash_addr(&v4(1), 1), hash_addr(&v4(1), 2));
+        let a = v4(0xc000_0207);
+        let words = [u64::from_ne_bytes(a[..8].try_into().unwrap()), u64::from_ne_bytes(a[8..].try_into().unwrap())];
+        assert_eq!(hash_words(&words, 9), hash_addr(&a, 9));
     }
 
     #[test]

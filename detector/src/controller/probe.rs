@@ -15,13 +15,15 @@ use crate::{
         pins,
         rules::RuleMaps,
         syncookie,
+        targets::{TargetError, TargetMaps},
         xdp::{self, AttachError, Attachment},
     },
     metrics::Metrics,
-    mitigate::mitigator::Mitigator,
+    mitigate::{mitigator::Mitigator, prefix::Prefix},
     rates::{class_rates, ClassRate, ClassSnapshot},
     samples::{self, SampleView},
     sources::{SourceTracker, SourcesUpdate},
+    targets::{Direction, TargetTracker, TargetsReading},
 };
 
 use super::{RunConfig, RunError};
@@ -40,6 +42,8 @@ pub struct Probe {
     tracker: SourceTracker,
     divisor: u32,
     learning: Learning,
+    targets: TargetMaps,
+    target_tracker: TargetTracker,
 }
 
 /// What one poll of an interface read.
@@ -51,6 +55,9 @@ pub struct Reading {
     pub samples: Vec<PacketSample>,
     /// The divisor the samples were taken at.
     pub divisor: u32,
+    /// Network mode: per protected address and per host group (empty
+    /// while no protected network is installed).
+    pub targets: TargetsReading,
 }
 
 impl Probe {
@@ -70,6 +77,7 @@ impl Probe {
         let lock = pins::lock(&pin_dir, iface)?;
         let opts = CountingOptions {
             max_sources: cfg.max_sources,
+            max_targets: detector_common::targets::DEFAULT_MAX_TARGETS,
             max_rules: m.max_rules,
             max_allow: m.max_allow,
             max_buckets: m.max_rate_limited_sources,
@@ -82,6 +90,7 @@ impl Probe {
         let peers = KnownPeers::take(&mut obj)
             .map_err(|source| RunError::Rules { iface: iface.to_string(), source: Box::new(source) })?;
         maps.set_sample_divisor(FIRST_DIVISOR).map_err(counters_err)?;
+        let targets = TargetMaps::take(&mut obj).map_err(|e| counters_err(e.into()))?;
         let learn_err = |e: egress::EgressError| RunError::Egress { iface: iface.to_string(), reason: e.to_string() };
         let learning = Learning::take(&mut obj).map_err(learn_err)?;
         let mut attachment = xdp::attach(obj, iface, cfg.mode, cfg.force, Some(&pin_dir))?;
@@ -110,6 +119,8 @@ impl Probe {
             tracker: SourceTracker::new(cfg.idle_after),
             divisor: FIRST_DIVISOR,
             learning,
+            targets,
+            target_tracker: TargetTracker::new(cfg.idle_after),
         })
     }
 
@@ -132,6 +143,23 @@ impl Probe {
         metrics.known_peers(self.iface(), self.learning.enabled(), c.learned, c.over_budget);
     }
 
+    /// Installs the protected networks (prefix, host group id below
+    /// `detector_common::targets::MAX_HOSTGROUPS`) in place of the ones in
+    /// force; an empty list turns per-target counting off. Returns whether
+    /// anything changed.
+    pub fn set_protected(&mut self, nets: &[(Prefix, u32)]) -> Result<bool, TargetError> {
+        let changed = self.targets.set_protected(nets)?;
+        if changed {
+            tracing::info!(
+                iface = self.iface(),
+                prefixes = self.targets.protected().len(),
+                groups = self.targets.installed_groups().len(),
+                "protected networks installed"
+            );
+        }
+        Ok(changed)
+    }
+
     pub fn iface(&self) -> &str {
         &self.attachment.iface
     }
@@ -142,6 +170,17 @@ impl Probe {
     pub fn read(&mut self, mono: Duration, elapsed: Duration, metrics: &Metrics) -> Result<Reading, CounterError> {
         let cur = self.maps.classes()?;
         let sources = self.maps.sources()?;
+        // Nothing to read in host mode until the networks are installed,
+        // nor once they are gone and the tracker has forgotten the rest.
+        let (incoming, outgoing, groups) = if self.targets.protected().is_empty() && self.target_tracker.is_empty() {
+            (Vec::new(), Vec::new(), Vec::new())
+        } else {
+            (
+                self.targets.targets(Direction::Incoming)?,
+                self.targets.targets(Direction::Outgoing)?,
+                self.targets.groups()?,
+            )
+        };
         self.maps.new_window()?;
         let drained = self.maps.drain_samples(MAX_SAMPLES);
 
@@ -154,6 +193,14 @@ impl Probe {
         let tracked = self.tracker.len();
         metrics.sources(self.iface(), tracked, pruned);
 
+        let targets = self.target_tracker.update(mono, elapsed, &incoming, &outgoing, &groups);
+        for dir in Direction::ALL {
+            let idle = &targets.idle[dir.index()];
+            if !idle.is_empty() {
+                self.targets.remove_targets(dir, idle);
+            }
+        }
+
         // Samples were taken at the divisor in force during this interval.
         let divisor = self.divisor;
         let next = samples::next_divisor(divisor, drained.len());
@@ -161,7 +208,7 @@ impl Probe {
             self.divisor = next;
         }
         metrics.sample_divisor(self.iface(), self.divisor);
-        Ok(Reading { rates, sources: update, tracked, samples: drained, divisor })
+        Ok(Reading { rates, sources: update, tracked, samples: drained, divisor, targets: targets.reading })
     }
 }
 

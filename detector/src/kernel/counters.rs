@@ -27,6 +27,8 @@ pub enum CounterError {
     Read { map: &'static str, source: MapError },
     #[error("writing map {map} failed: {source}")]
     Write { map: &'static str, source: MapError },
+    #[error(transparent)]
+    Targets(#[from] super::targets::TargetError),
 }
 
 /// The counting program's maps, owned apart from the program.

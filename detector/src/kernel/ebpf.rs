@@ -11,6 +11,7 @@ use detector_common::{
         AGGREGATE_MAP, BUCKETS_MAP, DEFAULT_MAX_ALLOW, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, RULES_ACTIVE_MAP,
         RULES_MAP, RULE_STATS_MAP,
     },
+    targets::{DEFAULT_MAX_TARGETS, TARGETS_IN_MAP, TARGETS_OUT_MAP},
 };
 use thiserror::Error;
 
@@ -60,6 +61,8 @@ fn verifier_tail(log: &str) -> String {
 pub struct CountingOptions {
     /// Capacity of the per-source map.
     pub max_sources: u32,
+    /// Capacity of each per-target map (network mode; incoming, outgoing).
+    pub max_targets: u32,
     /// Capacity of the rules (and of the per-rule counters).
     pub max_rules: u32,
     /// Capacity of the allowlist.
@@ -76,6 +79,7 @@ impl CountingOptions {
     pub fn new(max_sources: u32) -> CountingOptions {
         CountingOptions {
             max_sources,
+            max_targets: DEFAULT_MAX_TARGETS,
             max_rules: DEFAULT_MAX_RULES,
             max_allow: DEFAULT_MAX_ALLOW,
             max_buckets: DEFAULT_MAX_BUCKETS,
@@ -111,6 +115,8 @@ pub fn load_counting(opts: &CountingOptions) -> Result<Ebpf, LoadError> {
     loader
         .override_global("HASH_SEED", &seed, true)
         .map_max_entries(SOURCE_STATS_MAP, opts.max_sources)
+        .map_max_entries(TARGETS_IN_MAP, opts.max_targets)
+        .map_max_entries(TARGETS_OUT_MAP, opts.max_targets)
         .map_max_entries(RULES_MAP, opts.trie_entries())
         .map_max_entries(RULE_STATS_MAP, opts.max_rules + 1)
         .map_max_entries(AGGREGATE_MAP, opts.max_rules + 1)

@@ -6,6 +6,7 @@
 //! - [`rules`]: writing a compiled rule plan into the rule maps;
 //! - [`syncookie`]: the SYN-cookie program and netfilter's SYNPROXY rule;
 //! - [`peers`]: the known-good peers map, for the operator;
+//! - [`targets`]: network mode's protected networks and per-target counters;
 //! - [`pins`]: where links and maps are pinned in bpffs so rules outlive
 //!   the controller.
 
@@ -16,4 +17,5 @@ pub mod peers;
 pub mod pins;
 pub mod rules;
 pub mod syncookie;
+pub mod targets;
 pub mod xdp;

@@ -8,6 +8,9 @@
 //! or application server's answers to clients). Not from the answers a
 //! spoofed flood draws: SYN-ACKs, resets, ICMP errors, DNS and reflector
 //! replies.
+//!
+//! In network mode it also counts what protected addresses send (see
+//! `targets`).
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_OK},
@@ -24,8 +27,9 @@ use detector_common::{
 
 use crate::{
     mitigate::KNOWN_PEERS,
-    parse::{self, parse},
+    parse::{self, parse, Parsed},
     program::EPOCH,
+    targets,
 };
 
 #[map]
@@ -40,20 +44,26 @@ const REFRESH_NS: u64 = 1_000_000_000;
 
 #[classifier]
 pub fn detector_egress(ctx: TcContext) -> i32 {
-    learn(ctx.data(), ctx.data_end());
+    let p = parse(ctx.data(), ctx.data_end());
+    if !p.has_src {
+        return TC_ACT_OK as i32;
+    }
+    // Network mode: what a protected address sends, whether or not
+    // learning is on. A GSO packet leaves as `gso_segs` frames; its length
+    // is the whole payload's (one copy of the headers).
+    let segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
+    let frames = if segs > 1 { segs } else { 1 };
+    targets::count::<{ targets::OUT }>(&p.src, p.class as u32, ctx.len() as u64, frames);
+    learn(&p);
     TC_ACT_OK as i32
 }
 
 #[inline(always)]
-fn learn(start: usize, end: usize) {
+fn learn(p: &Parsed) {
     let Some(ctl) = LEARN_CONTROL.get(0) else {
         return;
     };
     if ctl.enabled == 0 {
-        return;
-    }
-    let p = parse(start, end);
-    if !p.has_src {
         return;
     }
     let learnable = [

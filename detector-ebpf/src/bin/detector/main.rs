@@ -16,6 +16,8 @@ mod parse;
 mod program;
 #[cfg(target_arch = "bpf")]
 mod syncookie;
+#[cfg(target_arch = "bpf")]
+mod targets;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

@@ -15,6 +15,7 @@ use detector_common::{
 use crate::{
     mitigate,
     parse::{self, parse, Parsed},
+    targets,
 };
 
 /// Per class: cumulative packets and bytes, seen and dropped. Exact
@@ -49,7 +50,7 @@ static SAMPLE_CONTROL: Array<SampleControl> = Array::with_max_entries(1, 0);
 
 /// Keys the sketch's hash; set by the controller at load time.
 #[unsafe(no_mangle)]
-static HASH_SEED: u64 = 0;
+pub(crate) static HASH_SEED: u64 = 0;
 
 #[xdp]
 pub fn detector(ctx: XdpContext) -> u32 {
@@ -80,6 +81,8 @@ pub fn detector(ctx: XdpContext) -> u32 {
     if !parsed.has_src {
         return xdp_action::XDP_PASS;
     }
+    // Network mode: per protected destination, before the verdict too.
+    targets::count::<{ targets::IN }>(&parsed.dst, class, len, 1);
     let src = parse::bytes(parsed.src);
     let Some(w) = WINDOW.get_ptr_mut(0) else {
         return xdp_action::XDP_PASS;

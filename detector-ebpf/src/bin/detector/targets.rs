@@ -1,0 +1,195 @@
+//! Network mode: counting per protected address and per host group (see
+//! `detector_common::targets`). The XDP program counts what comes in to a
+//! protected destination, the egress program what a protected source
+//! sends. Never changes a verdict.
+//!
+//! Stack use is a few words: the trie key and the entry a new address is
+//! inserted with are built in a per-CPU scratch value, and the address is
+//! read through a pointer (the XDP program's is in its laundered `PARSED`).
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::map,
+    maps::{lpm_trie::Key, Array, LpmTrie, LruPerCpuHashMap, PerCpuArray},
+};
+use detector_common::{
+    maps::SourceKey,
+    sketch::{self, SketchRow, Window, EPOCH_MASK, SKETCH_DEPTH},
+    targets::{
+        group_index, ProtectedNet, TargetControl, TargetStats, DEFAULT_MAX_TARGETS, DIRECTION_IN, DIRECTION_OUT,
+        MAX_HOSTGROUPS, MAX_PROTECTED,
+    },
+    CLASS_COUNT,
+};
+
+use crate::program::{EPOCH, HASH_SEED};
+
+/// Protected prefix to its host group.
+#[map]
+static PROTECTED: LpmTrie<[u8; 16], ProtectedNet> =
+    LpmTrie::with_max_entries(MAX_PROTECTED, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// Non-zero `enabled` while the trie holds any prefix.
+#[map]
+static TARGET_CONTROL: Array<TargetControl> = Array::with_max_entries(1, 0);
+
+/// Per group and direction: exact totals per class.
+#[map]
+static GROUP_STATS: PerCpuArray<TargetStats> = PerCpuArray::with_max_entries(MAX_HOSTGROUPS * 2, 0);
+
+/// Per admitted protected destination: what it received.
+#[map]
+static TARGETS_IN: LruPerCpuHashMap<SourceKey, TargetStats> =
+    LruPerCpuHashMap::with_max_entries(DEFAULT_MAX_TARGETS, 0);
+
+/// Per admitted protected source: what it sent.
+#[map]
+static TARGETS_OUT: LruPerCpuHashMap<SourceKey, TargetStats> =
+    LruPerCpuHashMap::with_max_entries(DEFAULT_MAX_TARGETS, 0);
+
+/// The heavy-hitter filters: the incoming rows, then the outgoing ones.
+#[map]
+static TARGET_SKETCH: PerCpuArray<SketchRow> = PerCpuArray::with_max_entries(2 * SKETCH_DEPTH as u32, 0);
+
+/// This CPU's current windows: incoming, outgoing.
+#[map]
+static TARGET_WINDOW: PerCpuArray<Window> = PerCpuArray::with_max_entries(2, 0);
+
+/// Per CPU and direction: the trie key being looked up (`prefix_len`
+/// and `addr`, laid out as a `Key<[u8; 16]>` with the address's words
+/// aligned), and the entry a newly admitted address is inserted with (zero
+/// but for the packet's class and group while it is inserted, zero again
+/// after).
+#[repr(C)]
+pub struct Scratch {
+    _pad: u32,
+    prefix_len: u32,
+    addr: [u64; 2],
+    fresh: TargetStats,
+}
+
+#[map]
+static TARGET_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(2, 0);
+
+/// Counts one packet (or `packets`, a GSO packet's segments) of `len`
+/// bytes in `class`, to (`DIR` = in) or from (out) `addr`, the parser's
+/// address words, when the address is protected.
+#[inline(never)]
+pub fn count<const DIR: u32>(addr: &[u64; 2], class: u32, len: u64, packets: u64) {
+    match TARGET_CONTROL.get(0) {
+        Some(c) if c.enabled != 0 => {}
+        _ => return,
+    }
+    if class as usize >= CLASS_COUNT {
+        return;
+    }
+    let c = class as usize;
+    let Some(s) = TARGET_SCRATCH.get_ptr_mut(DIR) else {
+        return;
+    };
+    // SAFETY: a per-CPU value of this program's, on this CPU; a trie key
+    // is a u32 and sixteen bytes, packed, as `prefix_len` and `addr` are.
+    let key = unsafe {
+        (*s).prefix_len = 128;
+        (*s).addr = *addr;
+        &*(core::ptr::addr_of!((*s).prefix_len) as *const Key<[u8; 16]>)
+    };
+    let Some(net) = PROTECTED.get(key) else {
+        return;
+    };
+    let group = net.group;
+    if group >= MAX_HOSTGROUPS {
+        return;
+    }
+    if let Some(g) = GROUP_STATS.get_ptr_mut(group_index(group, DIR)) {
+        unsafe {
+            (*g).packets[c] += packets;
+            (*g).bytes[c] += len;
+        }
+    }
+
+    let Some(w) = TARGET_WINDOW.get_ptr_mut(DIR) else {
+        return;
+    };
+    let epoch = EPOCH.get(0).copied().unwrap_or(0) & EPOCH_MASK;
+    let total = unsafe {
+        if (*w).epoch != epoch {
+            (*w).epoch = epoch;
+            (*w).total = 0;
+        }
+        (*w).total += 1;
+        (*w).total
+    };
+    let seed = unsafe { core::ptr::read_volatile(&HASH_SEED) };
+    let h = sketch::hash_words(unsafe { &(*s).addr }, seed);
+    let mut est = u32::MAX;
+    let mut row = 0;
+    while row < SKETCH_DEPTH {
+        let Some(r) = TARGET_SKETCH.get_ptr_mut(DIR * SKETCH_DEPTH as u32 + row as u32) else {
+            return;
+        };
+        let idx = sketch::row_index(h, row as u32);
+        let ctr = unsafe { &mut (*r).counters[idx] };
+        *ctr = sketch::bump(*ctr, epoch);
+        let n = sketch::count(*ctr);
+        if n < est {
+            est = n;
+        }
+        row += 1;
+    }
+    let weight = sketch::weight(est, total) as u64;
+    if weight == 0 {
+        return;
+    }
+    let map = if DIR == DIRECTION_IN { &TARGETS_IN } else { &TARGETS_OUT };
+    // SAFETY: SourceKey is sixteen bytes, alignment 1.
+    let target = unsafe { &*(core::ptr::addr_of!((*s).addr) as *const SourceKey) };
+    let (n, b) = (weight * packets, weight * len);
+    if add(map, target, group, c, n, b) {
+        return;
+    }
+    // Inserted from the scratch value: a 264-byte entry does not fit on
+    // the stack beside the rest of the program.
+    unsafe {
+        (*s).fresh.group = group;
+        (*s).fresh.packets[c] = n;
+        (*s).fresh.bytes[c] = b;
+    }
+    // NOEXIST: another CPU may have admitted the address a moment ago; then
+    // its entry stays and this CPU's slot in it takes the packet.
+    let inserted = map.insert(target, unsafe { &(*s).fresh }, BPF_NOEXIST as u64);
+    unsafe {
+        (*s).fresh.group = 0;
+        (*s).fresh.packets[c] = 0;
+        (*s).fresh.bytes[c] = 0;
+    }
+    if inserted.is_err() {
+        add(map, target, group, c, n, b);
+    }
+}
+
+/// The egress program's direction.
+pub const OUT: u32 = DIRECTION_OUT;
+/// The XDP program's direction.
+pub const IN: u32 = DIRECTION_IN;
+
+/// Adds to a tracked address's counters; false when it is not tracked.
+#[inline(always)]
+fn add(
+    map: &LruPerCpuHashMap<SourceKey, TargetStats>,
+    key: &SourceKey,
+    group: u32,
+    class: usize,
+    packets: u64,
+    bytes: u64,
+) -> bool {
+    match map.get_ptr_mut(key) {
+        Some(t) => unsafe {
+            (*t).group = group;
+            (*t).packets[class] += packets;
+            (*t).bytes[class] += bytes;
+            true
+        },
+        None => false,
+    }
+}

@@ -1,0 +1,299 @@
+//! Network mode's maps: the protected networks the programs look packets
+//! up in, and what they counted per protected address and per host group
+//! (see `detector_common::targets`). The one place that touches them.
+//! Per-CPU values are summed here; nothing is ever read-then-zeroed. The
+//! heavy-hitter windows follow the counting program's epoch
+//! ([`super::counters::CounterMaps::new_window`]).
+//!
+//! None of these maps is pinned, as the per-source map is not: a new
+//! controller starts them afresh (and installs the protected networks
+//! again); the program it replaces keeps its own until it is gone.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    maps::{lpm_trie::Key, Array, IterableMap as _, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    Ebpf,
+};
+use detector_common::{
+    maps::SourceKey,
+    targets::{
+        group_index, ProtectedNet, TargetControl, TargetStats, GROUP_STATS_MAP, MAX_HOSTGROUPS, MAX_PROTECTED,
+        PROTECTED_MAP, TARGETS_IN_MAP, TARGETS_OUT_MAP, TARGET_CONTROL_MAP,
+    },
+};
+use thiserror::Error;
+
+use crate::{kernel::ebpf, mitigate::prefix::Prefix, targets::Direction};
+
+#[derive(Debug, Error)]
+pub enum TargetError {
+    #[error(transparent)]
+    Load(#[from] ebpf::LoadError),
+    #[error("map {map} has an unexpected type or layout: {source}")]
+    Layout { map: &'static str, source: MapError },
+    #[error("reading map {map} failed: {source}")]
+    Read { map: &'static str, source: MapError },
+    #[error("writing map {map} failed: {source}")]
+    Write { map: &'static str, source: MapError },
+    #[error("host group {group} of {prefix} is out of range (groups are 0 to {})", MAX_HOSTGROUPS - 1)]
+    Group { prefix: Prefix, group: u32 },
+    #[error("{prefix} is given in host groups {first} and {second}")]
+    TwoGroups { prefix: Prefix, first: u32, second: u32 },
+    #[error("{count} protected prefixes are more than the {MAX_PROTECTED} the kernel map holds")]
+    TooMany { count: usize },
+}
+
+/// Network mode's maps, owned apart from the program.
+pub struct TargetMaps {
+    protected: LpmTrie<MapData, [u8; 16], ProtectedNet>,
+    control: Array<MapData, TargetControl>,
+    groups: PerCpuArray<MapData, TargetStats>,
+    incoming: PerCpuHashMap<MapData, SourceKey, TargetStats>,
+    outgoing: PerCpuHashMap<MapData, SourceKey, TargetStats>,
+    /// What the trie holds.
+    installed: BTreeMap<Prefix, u32>,
+    enabled: bool,
+    capacity: u32,
+}
+
+impl TargetMaps {
+    /// Takes the maps out of a loaded counting object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<TargetMaps, TargetError> {
+        let layout = |map| move |source| TargetError::Layout { map, source };
+        let protected =
+            LpmTrie::try_from(ebpf::take_map(ebpf, "detector", PROTECTED_MAP)?).map_err(layout(PROTECTED_MAP))?;
+        let control = Array::try_from(ebpf::take_map(ebpf, "detector", TARGET_CONTROL_MAP)?)
+            .map_err(layout(TARGET_CONTROL_MAP))?;
+        let groups = PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", GROUP_STATS_MAP)?)
+            .map_err(layout(GROUP_STATS_MAP))?;
+        let incoming = PerCpuHashMap::try_from(ebpf::take_map(ebpf, "detector", TARGETS_IN_MAP)?)
+            .map_err(layout(TARGETS_IN_MAP))?;
+        let outgoing = PerCpuHashMap::try_from(ebpf::take_map(ebpf, "detector", TARGETS_OUT_MAP)?)
+            .map_err(layout(TARGETS_OUT_MAP))?;
+        let capacity = incoming.map().info().map(|i| i.max_entries()).unwrap_or(0);
+        let mut maps = TargetMaps {
+            protected,
+            control,
+            groups,
+            incoming,
+            outgoing,
+            installed: BTreeMap::new(),
+            enabled: false,
+            capacity,
+        };
+        // Fresh maps are empty; should they ever be pinned, what an earlier
+        // run left is what `set_protected` must replace.
+        for key in maps.protected.keys().flatten() {
+            if let (Some(p), Ok(net)) = (Prefix::from_key(key.data(), key.prefix_len()), maps.protected.get(&key, 0)) {
+                maps.installed.insert(p, net.group);
+            }
+        }
+        maps.enabled = maps.control.get(&0, 0).map(|c| c.enabled != 0).unwrap_or(false);
+        Ok(maps)
+    }
+
+    /// Capacity of each per-address map.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// The protected prefixes in force, with their groups.
+    pub fn protected(&self) -> &BTreeMap<Prefix, u32> {
+        &self.installed
+    }
+
+    /// The host groups in force, ascending, each once.
+    pub fn installed_groups(&self) -> Vec<u32> {
+        let mut g: Vec<u32> = self.installed.values().copied().collect();
+        g.sort_unstable();
+        g.dedup();
+        g
+    }
+
+    /// Makes the protected networks `nets` (prefix, host group): new
+    /// prefixes are inserted and changed ones updated before stale ones are
+    /// removed, so an address in both the old and the new set is never
+    /// missed. Counting is switched on iff `nets` is not empty. When a
+    /// prefix went or changed group, tracked addresses whose group is no
+    /// longer theirs are removed (they start again, in their new group).
+    /// Returns whether anything changed.
+    pub fn set_protected(&mut self, nets: &[(Prefix, u32)]) -> Result<bool, TargetError> {
+        let mut want = BTreeMap::new();
+        for (prefix, group) in nets {
+            if *group >= MAX_HOSTGROUPS {
+                return Err(TargetError::Group { prefix: *prefix, group: *group });
+            }
+            if let Some(first) = want.insert(*prefix, *group) {
+                if first != *group {
+                    return Err(TargetError::TwoGroups { prefix: *prefix, first, second: *group });
+                }
+            }
+        }
+        if want.len() > MAX_PROTECTED as usize {
+            return Err(TargetError::TooMany { count: want.len() });
+        }
+        if want == self.installed {
+            return self.set_enabled(!want.is_empty()).map(|()| false);
+        }
+        let write = |source| TargetError::Write { map: PROTECTED_MAP, source };
+        if want.is_empty() {
+            self.set_enabled(false)?;
+        }
+        for (prefix, group) in &want {
+            if self.installed.get(prefix) != Some(group) {
+                let (addr, len) = prefix.key();
+                self.protected.insert(&Key::new(len, addr), ProtectedNet { group: *group }, 0).map_err(write)?;
+                self.installed.insert(*prefix, *group);
+            }
+        }
+        let stale: Vec<Prefix> = self.installed.keys().filter(|p| !want.contains_key(p)).copied().collect();
+        for prefix in stale {
+            let (addr, len) = prefix.key();
+            match self.protected.remove(&Key::new(len, addr)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(write(source)),
+            }
+            self.installed.remove(&prefix);
+        }
+        self.set_enabled(!want.is_empty())?;
+        self.regroup();
+        Ok(true)
+    }
+
+    fn set_enabled(&mut self, on: bool) -> Result<(), TargetError> {
+        if on == self.enabled {
+            return Ok(());
+        }
+        self.control
+            .set(0, TargetControl { enabled: on as u32 }, 0)
+            .map_err(|source| TargetError::Write { map: TARGET_CONTROL_MAP, source })?;
+        self.enabled = on;
+        Ok(())
+    }
+
+    /// Removes the tracked addresses whose group is not the one the
+    /// protected networks now give them (or that are no longer protected).
+    fn regroup(&mut self) {
+        for dir in Direction::ALL {
+            let Ok(current) = self.targets(dir) else { continue };
+            let stale: Vec<SourceKey> = current
+                .iter()
+                .filter(|(k, s)| group_of(&self.installed, k) != Some(s.group))
+                .map(|(k, _)| *k)
+                .collect();
+            self.remove_targets(dir, &stale);
+        }
+    }
+
+    /// Every tracked address in `direction` with its cumulative counters,
+    /// summed over CPUs (its group: see [`TargetStats`]).
+    pub fn targets(&self, direction: Direction) -> Result<Vec<(SourceKey, TargetStats)>, TargetError> {
+        let (map, name) = self.map(direction);
+        let mut out = Vec::new();
+        for item in map.iter() {
+            let (key, per_cpu) = match item {
+                Ok(kv) => kv,
+                // Evicted by the kernel between listing and reading: skip it.
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => return Err(TargetError::Read { map: name, source }),
+            };
+            out.push((key, sum(per_cpu.iter(), true)));
+        }
+        Ok(out)
+    }
+
+    /// A group's cumulative totals in `direction`, summed over CPUs.
+    pub fn group(&self, group: u32, direction: Direction) -> Result<TargetStats, TargetError> {
+        let index = group_index(group, direction.index() as u32);
+        let per_cpu =
+            self.groups.get(&index, 0).map_err(|source| TargetError::Read { map: GROUP_STATS_MAP, source })?;
+        let mut s = sum(per_cpu.iter(), false);
+        s.group = group;
+        Ok(s)
+    }
+
+    /// The totals of every installed group, both directions.
+    pub fn groups(&self) -> Result<Vec<(u32, Direction, TargetStats)>, TargetError> {
+        let mut out = Vec::new();
+        for g in self.installed_groups() {
+            for dir in Direction::ALL {
+                out.push((g, dir, self.group(g, dir)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes addresses the tracker found idle. A packet landing between
+    /// the last read and the removal is lost from that address's count only.
+    pub fn remove_targets(&mut self, direction: Direction, keys: &[SourceKey]) -> usize {
+        let map = match direction {
+            Direction::Incoming => &mut self.incoming,
+            Direction::Outgoing => &mut self.outgoing,
+        };
+        keys.iter().filter(|k| map.remove(k).is_ok()).count()
+    }
+
+    fn map(&self, direction: Direction) -> (&PerCpuHashMap<MapData, SourceKey, TargetStats>, &'static str) {
+        match direction {
+            Direction::Incoming => (&self.incoming, TARGETS_IN_MAP),
+            Direction::Outgoing => (&self.outgoing, TARGETS_OUT_MAP),
+        }
+    }
+}
+
+/// The CPUs' copies added up; with `group`, the group is the largest any
+/// copy holds (copies of CPUs that never counted the address hold 0).
+fn sum<'a>(per_cpu: impl Iterator<Item = &'a TargetStats>, group: bool) -> TargetStats {
+    let mut s = TargetStats::default();
+    for v in per_cpu {
+        if group {
+            s.group = s.group.max(v.group);
+        }
+        for (a, b) in s.packets.iter_mut().zip(v.packets.iter()) {
+            *a += *b;
+        }
+        for (a, b) in s.bytes.iter_mut().zip(v.bytes.iter()) {
+            *a += *b;
+        }
+    }
+    s
+}
+
+/// The group of the longest installed prefix holding `key`, as the trie
+/// would answer.
+fn group_of(installed: &BTreeMap<Prefix, u32>, key: &SourceKey) -> Option<u32> {
+    let host = Prefix::from_key(key.addr, 128)?;
+    installed.iter().filter(|(p, _)| p.contains(&host)).max_by_key(|(p, _)| p.bits()).map(|(_, g)| *g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_prefix_gives_the_group() {
+        let mut installed = BTreeMap::new();
+        installed.insert("192.0.2.0/24".parse::<Prefix>().unwrap(), 1);
+        installed.insert("192.0.2.128/25".parse::<Prefix>().unwrap(), 2);
+        installed.insert("2001:db8::/32".parse::<Prefix>().unwrap(), 3);
+        let key = |s: &str| crate::sources::addr_key(s.parse().unwrap());
+        assert_eq!(group_of(&installed, &key("192.0.2.1")), Some(1));
+        assert_eq!(group_of(&installed, &key("192.0.2.200")), Some(2));
+        assert_eq!(group_of(&installed, &key("2001:db8:1::1")), Some(3));
+        assert_eq!(group_of(&installed, &key("198.51.100.1")), None);
+    }
+
+    #[test]
+    fn sums_take_the_group_of_the_cpus_that_counted() {
+        let mut a = TargetStats { group: 5, ..Default::default() };
+        a.packets[3] = 2;
+        a.bytes[3] = 200;
+        let mut b = TargetStats::default();
+        b.packets[3] = 1;
+        b.bytes[3] = 100;
+        let s = sum([b, a].iter(), true);
+        assert_eq!((s.group, s.packets[3], s.bytes[3]), (5, 3, 300));
+        assert_eq!(sum([a].iter(), false).group, 0);
+    }
+}

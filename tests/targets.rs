@@ -1,0 +1,287 @@
+//! Network mode's counting against the real kernel, read straight from
+//! its maps: per host group (exact) and per protected address (behind its
+//! heavy-hitter sketch), incoming in the XDP program and outgoing in the
+//! egress program. Frames are crafted and sent over the lab's veth pair:
+//! from the generator for incoming, out of the target's end for outgoing.
+//! The protected addresses are not the target's own, so its kernel answers
+//! none of them: every frame counted is one a test sent.
+
+mod common;
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{tc::TcAttachOptions, LinkOrder, TcAttachType};
+use common::{require_root, Lab};
+use detector::{
+    flood::{
+        exact::PacketSocket,
+        frame::{self, Frame, FrameSpec, Kind},
+    },
+    iface,
+    kernel::{
+        counters::CounterMaps,
+        ebpf::{self, CountingOptions},
+        targets::TargetMaps,
+        xdp::{self, Attachment, ModeChoice},
+    },
+    mitigate::prefix::Prefix,
+    sources::{addr_key, key_addr},
+    targets::Direction,
+};
+use detector_common::{known::EGRESS_PROGRAM, targets::TargetStats, TrafficClass, CLASS_COUNT};
+
+/// The counting program on the target's end, and, with `egress`, the
+/// egress program (attached here with TCX, its link held by the object;
+/// learning stays off: its switch is never set).
+struct Target {
+    _attachment: Attachment,
+    counters: CounterMaps,
+    targets: TargetMaps,
+}
+
+fn attach(lab: &Lab, egress: bool) -> Target {
+    let _in = lab.enter_tgt().unwrap();
+    let mut obj = ebpf::load_counting(&CountingOptions::new(4096)).unwrap();
+    let counters = CounterMaps::take(&mut obj).unwrap();
+    let targets = TargetMaps::take(&mut obj).unwrap();
+    let mut attachment = xdp::attach(obj, &lab.tgt_if, ModeChoice::Native, false, None).unwrap();
+    if egress {
+        let prog = ebpf::load_classifier(attachment.ebpf_mut(), "detector", EGRESS_PROGRAM).unwrap();
+        prog.attach_with_options(&lab.tgt_if, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .unwrap();
+    }
+    Target { _attachment: attachment, counters, targets }
+}
+
+fn nets(list: &[(&str, u32)]) -> Vec<(Prefix, u32)> {
+    list.iter().map(|(p, g)| (p.parse().unwrap(), *g)).collect()
+}
+
+/// Sends from a thread pinned to one CPU (as `tests/counting.rs`: the
+/// frames all meet one CPU's sketch), from the generator's end or out of
+/// the target's.
+fn send(lab: &Lab, from_target: bool, frames: &[Vec<u8>]) {
+    pin_to_first_cpu();
+    let (_in, ifname) =
+        if from_target { (lab.enter_tgt().unwrap(), &lab.tgt_if) } else { (lab.enter_gen().unwrap(), &lab.gen_if) };
+    let sock = PacketSocket::open(iface::index(ifname).unwrap()).unwrap();
+    for f in frames {
+        sock.send(f).unwrap();
+    }
+}
+
+fn pin_to_first_cpu() {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let mut current: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut current);
+        let first = (0..libc::CPU_SETSIZE as usize).find(|c| libc::CPU_ISSET(*c, &current)).unwrap_or(0);
+        libc::CPU_SET(first, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn build(kind: Kind, src: &str, dst: &str) -> Frame {
+    frame::build(&FrameSpec {
+        kind,
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [0xff; 6],
+        vlans: vec![],
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        src_port: None,
+        dst_port: None,
+        size: None,
+    })
+    .unwrap()
+}
+
+/// Waits until the class counters hold `total` packets (the frames sent
+/// out of the target are not there: this waits for the incoming ones).
+fn counted(t: &Target, total: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while t.counters.classes().unwrap().total_packets() < total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Give a stray extra frame a moment to show up.
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+/// Waits until `group`'s outgoing totals hold `total` packets.
+fn counted_out(t: &Target, group: u32, total: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while packets(&t.targets.group(group, Direction::Outgoing).unwrap()) < total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+fn packets(s: &TargetStats) -> u64 {
+    s.packets.iter().sum()
+}
+
+/// What the per-address map holds for an address's `n` packets in one
+/// window on one CPU, `before` other protected packets into it.
+fn expected_count(n: u32, before: u32) -> u64 {
+    (1..=n).map(|k| detector_common::sketch::weight(k, before + k) as u64).sum()
+}
+
+fn find(list: &[(detector_common::maps::SourceKey, TargetStats)], ip: &str) -> Option<TargetStats> {
+    list.iter().find(|(k, _)| *k == addr_key(ip.parse::<IpAddr>().unwrap())).map(|(_, s)| *s)
+}
+
+fn only(class: TrafficClass, packets: u64, bytes: u64) -> ([u64; CLASS_COUNT], [u64; CLASS_COUNT]) {
+    let (mut p, mut b) = ([0; CLASS_COUNT], [0; CLASS_COUNT]);
+    p[class.index()] = packets;
+    b[class.index()] = bytes;
+    (p, b)
+}
+
+#[test]
+fn protected_destinations_count_in_their_group_and_heavy_ones_per_address() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let mut t = attach(&lab, false);
+    let protected = nets(&[("203.0.113.0/24", 1), ("203.0.113.128/25", 2), ("2001:db8:5::/48", 3)]);
+    assert!(t.targets.set_protected(&protected).unwrap());
+    assert!(!t.targets.set_protected(&protected).unwrap(), "the same networks again change nothing");
+    assert_eq!(t.targets.installed_groups(), vec![1, 2, 3]);
+
+    let a = build(Kind::Udp, "198.51.100.7", "203.0.113.10");
+    let b = build(Kind::Syn, "198.51.100.8", "203.0.113.200");
+    let c = build(Kind::Icmp, "2001:db8:99::1", "2001:db8:5::1");
+    let quiet = build(Kind::Udp, "198.51.100.9", "203.0.113.11");
+    let outside = build(Kind::Udp, "198.51.100.7", "198.18.0.1");
+    let mut frames = vec![a.bytes.clone(); 50];
+    frames.extend(std::iter::repeat_n(b.bytes.clone(), 20));
+    frames.extend(std::iter::repeat_n(c.bytes.clone(), 30));
+    frames.extend(std::iter::repeat_n(quiet.bytes.clone(), 2));
+    frames.extend(std::iter::repeat_n(outside.bytes.clone(), 40));
+    send(&lab, false, &frames);
+    counted(&t, frames.len() as u64);
+
+    // Exact per group: the /25 is longer than the /24, so b is in group 2.
+    let len = |f: &Frame| f.bytes.len() as u64;
+    let g1 = t.targets.group(1, Direction::Incoming).unwrap();
+    let mut want = only(TrafficClass::Udp, 52, 50 * len(&a) + 2 * len(&quiet));
+    assert_eq!((g1.packets, g1.bytes), want);
+    let g2 = t.targets.group(2, Direction::Incoming).unwrap();
+    want = only(TrafficClass::TcpSyn, 20, 20 * len(&b));
+    assert_eq!((g2.packets, g2.bytes), want);
+    let g3 = t.targets.group(3, Direction::Incoming).unwrap();
+    want = only(TrafficClass::Icmpv6, 30, 30 * len(&c));
+    assert_eq!((g3.packets, g3.bytes), want);
+    for g in [0, 1, 2, 3, 4] {
+        assert_eq!(packets(&t.targets.group(g, Direction::Outgoing).unwrap()), 0, "group {g} outgoing");
+    }
+    assert_eq!(packets(&t.targets.group(0, Direction::Incoming).unwrap()), 0);
+    let groups = t.targets.groups().unwrap();
+    assert_eq!(groups.iter().map(|(g, d, _)| (*g, *d)).collect::<Vec<_>>().len(), 6, "three groups, both ways");
+
+    // Per address, from the sketch's admission on (one window: no poller).
+    let incoming = t.targets.targets(Direction::Incoming).unwrap();
+    let (ea, eb, ec) = (expected_count(50, 0), expected_count(20, 50), expected_count(30, 70));
+    let sa = find(&incoming, "203.0.113.10").expect("a tracked");
+    assert_eq!(
+        (sa.group, sa.packets[TrafficClass::Udp.index()], sa.bytes[TrafficClass::Udp.index()]),
+        (1, ea, ea * len(&a))
+    );
+    let sb = find(&incoming, "203.0.113.200").expect("b tracked");
+    assert_eq!((sb.group, sb.packets[TrafficClass::TcpSyn.index()]), (2, eb));
+    let sc = find(&incoming, "2001:db8:5::1").expect("c tracked");
+    assert_eq!((sc.group, sc.packets[TrafficClass::Icmpv6.index()]), (3, ec));
+    assert!(find(&incoming, "203.0.113.11").is_none(), "a two-packet destination was admitted");
+    assert_eq!(incoming.len(), 3, "{:?}", incoming.iter().map(|(k, _)| key_addr(k)).collect::<Vec<_>>());
+    assert!(t.targets.targets(Direction::Outgoing).unwrap().is_empty());
+
+    // Regrouped: the /25 goes, b's address falls back to the /24's group 1;
+    // its entry (group 2) is removed, the others stay.
+    assert!(t.targets.set_protected(&nets(&[("203.0.113.0/24", 1), ("2001:db8:5::/48", 3)])).unwrap());
+    let incoming = t.targets.targets(Direction::Incoming).unwrap();
+    assert!(find(&incoming, "203.0.113.200").is_none(), "an address whose group changed was kept");
+    assert_eq!(incoming.len(), 2);
+    let before = t.counters.classes().unwrap().total_packets();
+    send(&lab, false, &vec![b.bytes.clone(); 10]);
+    counted(&t, before + 10);
+    let g1 = t.targets.group(1, Direction::Incoming).unwrap();
+    assert_eq!(g1.packets[TrafficClass::TcpSyn.index()], 10);
+    assert_eq!(t.targets.group(2, Direction::Incoming).unwrap().packets[TrafficClass::TcpSyn.index()], 20);
+
+    // No protected networks: nothing is looked up or counted any more.
+    assert!(t.targets.set_protected(&[]).unwrap());
+    assert!(t.targets.targets(Direction::Incoming).unwrap().is_empty(), "entries outlived their networks");
+    let before = t.counters.classes().unwrap().total_packets();
+    send(&lab, false, &vec![a.bytes.clone(); 10]);
+    counted(&t, before + 10);
+    let g1 = t.targets.group(1, Direction::Incoming).unwrap();
+    assert_eq!(g1.packets[TrafficClass::Udp.index()], 52);
+    assert!(t.targets.targets(Direction::Incoming).unwrap().is_empty());
+}
+
+#[test]
+fn a_spray_over_a_slash_16_counts_whole_in_its_group_and_leaves_the_map_nearly_empty() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let mut t = attach(&lab, false);
+    t.targets.set_protected(&nets(&[("10.1.0.0/16", 0)])).unwrap();
+    let base = build(Kind::Udp, "198.51.100.7", "10.1.0.0");
+    let heavy = build(Kind::Udp, "198.51.100.7", "10.1.77.77");
+    // Every address of the /16 once, and one of them 2,000 times more
+    // (3% of the packets), interleaved.
+    let mut frames = Vec::with_capacity(65_536 + 2_000);
+    for i in 0..65_536u32 {
+        let mut f = base.bytes.clone();
+        f[14 + 18..14 + 20].copy_from_slice(&(i as u16).to_be_bytes());
+        frames.push(f);
+        if i % 32 == 0 && i / 32 < 2_000 {
+            frames.push(heavy.bytes.clone());
+        }
+    }
+    assert_eq!(frames.len(), 65_536 + 2_000);
+    send(&lab, false, &frames);
+    counted(&t, frames.len() as u64);
+    let g = t.targets.group(0, Direction::Incoming).unwrap();
+    assert_eq!(g.packets[TrafficClass::Udp.index()], frames.len() as u64, "group total not exact");
+    assert_eq!(g.bytes[TrafficClass::Udp.index()], frames.len() as u64 * base.bytes.len() as u64);
+    let tracked = t.targets.targets(Direction::Incoming).unwrap();
+    let h = find(&tracked, "10.1.77.77").expect("the heavy destination is tracked");
+    assert!(h.packets[TrafficClass::Udp.index()] >= 1_500, "{:?}", h.packets);
+    assert!(tracked.len() <= 1 + 10, "{} destinations tracked", tracked.len());
+}
+
+#[test]
+fn what_protected_sources_send_counts_as_outgoing() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let mut t = attach(&lab, true);
+    t.targets.set_protected(&nets(&[("203.0.113.0/24", 7), ("2001:db8:5::/48", 8)])).unwrap();
+    // Out of the target's end, to addresses the generator does not have
+    // (it answers none of them).
+    let a = build(Kind::Udp, "203.0.113.9", "198.51.100.1");
+    let b = build(Kind::Ack, "2001:db8:5::9", "2001:db8:99::1");
+    let outside = build(Kind::Udp, "198.18.0.9", "198.51.100.1");
+    let mut frames = vec![a.bytes.clone(); 30];
+    frames.extend(std::iter::repeat_n(b.bytes.clone(), 12));
+    frames.extend(std::iter::repeat_n(outside.bytes.clone(), 25));
+    send(&lab, true, &frames);
+    counted_out(&t, 7, 30);
+    counted_out(&t, 8, 12);
+
+    let g7 = t.targets.group(7, Direction::Outgoing).unwrap();
+    assert_eq!((g7.packets, g7.bytes), only(TrafficClass::Udp, 30, 30 * a.bytes.len() as u64));
+    let g8 = t.targets.group(8, Direction::Outgoing).unwrap();
+    assert_eq!((g8.packets, g8.bytes), only(TrafficClass::TcpAck, 12, 12 * b.bytes.len() as u64));
+    for g in [7, 8] {
+        assert_eq!(packets(&t.targets.group(g, Direction::Incoming).unwrap()), 0, "group {g} incoming");
+    }
+    let outgoing = t.targets.targets(Direction::Outgoing).unwrap();
+    let sa = find(&outgoing, "203.0.113.9").expect("a tracked");
+    assert_eq!((sa.group, sa.packets[TrafficClass::Udp.index()]), (7, expected_count(30, 0)));
+    let sb = find(&outgoing, "2001:db8:5::9").expect("b tracked");
+    assert_eq!((sb.group, sb.packets[TrafficClass::TcpAck.index()]), (8, expected_count(12, 30)));
+    assert_eq!(outgoing.len(), 2);
+    assert!(t.targets.targets(Direction::Incoming).unwrap().is_empty());
+}
