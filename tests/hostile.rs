@@ -27,6 +27,7 @@ use detector::{
     history::{Store, DB_FILE},
     netns::NetnsGuard,
     runbook::record::{Execution, Outcome, StepRecord},
+    targets::Direction,
 };
 use serde_json::Value;
 
@@ -37,9 +38,13 @@ const T0: u64 = 1_767_225_600_000;
 /// (a realistic size: about 1.5 KB of JSON).
 fn incident(node: &str, iface: &str, started_at: u64, status: Status) -> Incident {
     Incident {
-        id: incident_id(node, iface, started_at),
+        id: incident_id(node, iface, "192.0.2.2", Direction::Incoming, started_at),
         node: node.into(),
         iface: iface.into(),
+        target: "192.0.2.2".into(),
+        hostgroup: "host".into(),
+        direction: Direction::Incoming,
+        target_prefixes: vec!["192.0.2.2/32".parse().unwrap()],
         families: vec![Family::MultiVector, Family::SynFlood, Family::UdpAmplification],
         vectors: vec!["syn".into(), "ntp".into()],
         severity: Severity::High,

@@ -175,6 +175,16 @@ detection:
         let parsed = parse(text).unwrap();
         assert_eq!(parsed.detection, DetectionConfig::default());
         assert_eq!(parsed.mitigation, crate::mitigate::config::MitigationConfig::default());
+        assert_eq!(parsed.networks, None);
+        // The commented example is a valid section.
+        let example: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# networks:"))
+            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let n = parse(&example).unwrap().networks.expect("a networks section");
+        assert_eq!(n.hostgroups[0].name, "customers");
     }
 
     #[test]

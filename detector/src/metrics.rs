@@ -20,12 +20,13 @@ use prometheus_client::{
 
 use crate::{
     detect::{
-        baseline::ClassBaseline,
+        engine::{GroupBaselines, Threshold},
         family::Family as AttackFamily,
         incident::{EventKind, Incident, IncidentEvent},
     },
     mitigate::rule::Rule,
     rates::{delta, ClassSnapshot},
+    targets::{Direction, GroupRate},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,8 +52,20 @@ struct FamilyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct IfaceFamilyLabels {
+struct GroupClassLabels {
     pub iface: String,
+    pub hostgroup: String,
+    pub direction: String,
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ThresholdLabels {
+    pub iface: String,
+    pub hostgroup: String,
+    pub direction: String,
+    /// "address" (one address of the group) or "total" (the whole group).
+    pub scope: String,
     pub family: String,
 }
 
@@ -136,9 +149,11 @@ pub struct Metrics {
     attached: Family<AttachLabels, Gauge<f64, AtomicU64>>,
     incidents: Family<IncidentLabels, Counter>,
     active_incidents: Family<FamilyLabels, Gauge>,
-    baseline_pps: Family<ClassLabels, Gauge<f64, AtomicU64>>,
-    baseline_bytes: Family<ClassLabels, Gauge<f64, AtomicU64>>,
-    threshold_pps: Family<IfaceFamilyLabels, Gauge<f64, AtomicU64>>,
+    baseline_pps: Family<GroupClassLabels, Gauge<f64, AtomicU64>>,
+    baseline_bytes: Family<GroupClassLabels, Gauge<f64, AtomicU64>>,
+    threshold_pps: Family<ThresholdLabels, Gauge<f64, AtomicU64>>,
+    hostgroup_packets: Family<GroupClassLabels, Counter>,
+    hostgroup_bytes: Family<GroupClassLabels, Counter>,
     sample_divisor: Family<IfaceLabels, Gauge>,
     peers_learned: Family<IfaceLabels, Gauge>,
     peers_over_budget: Family<IfaceLabels, Gauge>,
@@ -188,6 +203,8 @@ impl Metrics {
             baseline_pps: Family::default(),
             baseline_bytes: Family::default(),
             threshold_pps: Family::default(),
+            hostgroup_packets: Family::default(),
+            hostgroup_bytes: Family::default(),
             sample_divisor: Family::default(),
             peers_learned: Family::default(),
             peers_over_budget: Family::default(),
@@ -260,18 +277,28 @@ impl Metrics {
         registry.register("detector_active_incidents", "Open incidents per attack family", m.active_incidents.clone());
         registry.register(
             "detector_baseline_packets_per_second",
-            "Learned normal packet rate per interface and class",
+            "Learned normal packet rate of a host group's total per interface, direction and class",
             m.baseline_pps.clone(),
         );
         registry.register(
             "detector_baseline_bytes_per_second",
-            "Learned normal byte rate per interface and class",
+            "Learned normal byte rate of a host group's total per interface, direction and class",
             m.baseline_bytes.clone(),
         );
         registry.register(
             "detector_threshold_packets_per_second",
-            "Current alarm threshold per interface and attack family: the static floor or the learned level, whichever is higher",
+            "Current alarm threshold per interface, host group, direction, scope (one address or the group's total) and attack family: the static floor or the learned level, whichever is higher",
             m.threshold_pps.clone(),
+        );
+        registry.register(
+            "detector_hostgroup_packets",
+            "Packets to (incoming) or from (outgoing) a host group's addresses per interface and class, dropped ones included",
+            m.hostgroup_packets.clone(),
+        );
+        registry.register(
+            "detector_hostgroup_bytes",
+            "Bytes to (incoming) or from (outgoing) a host group's addresses per interface and class, Ethernet header included",
+            m.hostgroup_bytes.clone(),
         );
         registry.register(
             "detector_sample_divisor",
@@ -507,21 +534,50 @@ impl Metrics {
     }
 
     /// An interface's learned levels and current thresholds.
-    pub fn baselines(
-        &self,
-        iface: &str,
-        classes: impl Iterator<Item = (TrafficClass, ClassBaseline)>,
-        thresholds: impl Iterator<Item = (AttackFamily, f64)>,
-    ) {
-        for (c, b) in classes {
-            let l = ClassLabels { iface: iface.into(), class: c.name().into() };
-            self.baseline_pps.get_or_create(&l).set(b.pps.mean);
-            self.baseline_bytes.get_or_create(&l).set(b.bps.mean / 8.0);
+    pub fn baselines(&self, iface: &str, groups: &[(String, Direction, GroupBaselines)], thresholds: &[Threshold]) {
+        for (group, direction, b) in groups {
+            for c in TrafficClass::ALL {
+                let l = GroupClassLabels {
+                    iface: iface.into(),
+                    hostgroup: group.clone(),
+                    direction: direction.name().into(),
+                    class: c.name().into(),
+                };
+                let t = b.total[c.index()];
+                self.baseline_pps.get_or_create(&l).set(t.pps.mean);
+                self.baseline_bytes.get_or_create(&l).set(t.bps.mean / 8.0);
+            }
         }
-        for (f, pps) in thresholds {
-            self.threshold_pps
-                .get_or_create(&IfaceFamilyLabels { iface: iface.into(), family: f.name().into() })
-                .set(pps);
+        for t in thresholds {
+            let l = ThresholdLabels {
+                iface: iface.into(),
+                hostgroup: t.group.clone(),
+                direction: t.direction.name().into(),
+                scope: if t.total { "total" } else { "address" }.into(),
+                family: t.family.name().into(),
+            };
+            self.threshold_pps.get_or_create(&l).set(t.pps);
+        }
+    }
+
+    /// A poll's traffic of each host group (named by `names`, by index).
+    pub fn hostgroups(&self, iface: &str, names: &[&str], groups: &[GroupRate]) {
+        for g in groups {
+            let Some(name) = names.get(g.group) else { continue };
+            for c in TrafficClass::ALL {
+                let r = g.classes[c.index()];
+                if r.packets == 0 && r.bytes == 0 {
+                    continue;
+                }
+                let l = GroupClassLabels {
+                    iface: iface.into(),
+                    hostgroup: name.to_string(),
+                    direction: g.direction.name().into(),
+                    class: c.name().into(),
+                };
+                self.hostgroup_packets.get_or_create(&l).inc_by(r.packets);
+                self.hostgroup_bytes.get_or_create(&l).inc_by(r.bytes);
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! What `/api/top` serves and the summary line logs: the latest rates of
 //! each interface and the top talkers of each class. Built from pure data.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use detector_common::{TrafficClass, CLASS_COUNT};
 use serde::Serialize;
@@ -11,6 +11,7 @@ use crate::{
     format::{bits, count, pps},
     rates::ClassRate,
     sources::{top_sources, SourceRate, TopSource},
+    targets::{Direction, TargetsReading},
 };
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -29,6 +30,86 @@ pub struct IfaceView {
     pub classes: Vec<ClassView>,
     /// Sources tracked in the per-source map.
     pub tracked_sources: usize,
+    /// The busiest protected addresses, receiving (`incoming`) or sending
+    /// (`outgoing`), busiest first per direction.
+    pub top_targets: Vec<TargetView>,
+    /// Every host group's totals per direction.
+    pub hostgroups: Vec<GroupView>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetView {
+    pub addr: IpAddr,
+    pub hostgroup: String,
+    pub direction: Direction,
+    pub pps: f64,
+    pub bps: f64,
+    /// Its classes with traffic, busiest first.
+    pub classes: Vec<ClassRateView>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupView {
+    pub hostgroup: String,
+    pub direction: Direction,
+    pub pps: f64,
+    pub bps: f64,
+    pub classes: Vec<ClassRateView>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ClassRateView {
+    pub class: &'static str,
+    pub pps: f64,
+    pub bps: f64,
+}
+
+fn class_rates(rates: &[ClassRate; CLASS_COUNT]) -> Vec<ClassRateView> {
+    let mut v: Vec<ClassRateView> = TrafficClass::ALL
+        .iter()
+        .zip(rates.iter())
+        .filter(|(_, r)| r.packets > 0)
+        .map(|(c, r)| ClassRateView { class: c.name(), pps: r.pps, bps: r.bps })
+        .collect();
+    v.sort_by(|a, b| b.pps.total_cmp(&a.pps));
+    v
+}
+
+/// The busiest `top_n` protected addresses per direction, and every host
+/// group's totals; `names` are the groups' names by index.
+pub fn targets_view(reading: &TargetsReading, names: &[&str], top_n: usize) -> (Vec<TargetView>, Vec<GroupView>) {
+    let name = |i: usize| names.get(i).map(|n| n.to_string()).unwrap_or_default();
+    let mut targets = Vec::new();
+    for direction in Direction::ALL {
+        let mut v: Vec<TargetView> = reading
+            .targets(direction)
+            .iter()
+            .map(|t| TargetView {
+                addr: t.addr,
+                hostgroup: name(t.group),
+                direction,
+                pps: t.classes.iter().map(|r| r.pps).sum(),
+                bps: t.classes.iter().map(|r| r.bps).sum(),
+                classes: class_rates(&t.classes),
+            })
+            .filter(|t| t.pps > 0.0)
+            .collect();
+        v.sort_by(|a, b| b.pps.total_cmp(&a.pps).then(a.addr.cmp(&b.addr)));
+        v.truncate(top_n);
+        targets.extend(v);
+    }
+    let groups = reading
+        .groups
+        .iter()
+        .map(|g| GroupView {
+            hostgroup: name(g.group),
+            direction: g.direction,
+            pps: g.classes.iter().map(|r| r.pps).sum(),
+            bps: g.classes.iter().map(|r| r.bps).sum(),
+            classes: class_rates(&g.classes),
+        })
+        .collect();
+    (targets, groups)
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -67,6 +148,8 @@ pub fn iface_view(
         bps: rates.iter().map(|r| r.bps).sum(),
         classes,
         tracked_sources,
+        top_targets: Vec::new(),
+        hostgroups: Vec::new(),
     }
 }
 

@@ -66,7 +66,7 @@ pub fn run(args: IncidentsArgs) -> anyhow::Result<()> {
     let walked = out::walk(args.limit, before, read, |n, i: &Incident| {
         if n == 0 {
             outln!(
-                "{:<44} {:<9} {:<8} {:<24} {:<20} {:>9} {:>12}  TOP SOURCE",
+                "{:<52} {:<9} {:<8} {:<24} {:<20} {:>9} {:>12}  TOP SOURCE",
                 "ID",
                 "STATUS",
                 "SEVERITY",
@@ -77,7 +77,7 @@ pub fn run(args: IncidentsArgs) -> anyhow::Result<()> {
             )?;
         }
         outln!(
-            "{:<44} {:<9} {:<8} {:<24} {:<20} {:>9} {:>12.0}  {}",
+            "{:<52} {:<9} {:<8} {:<24} {:<20} {:>9} {:>12.0}  {}",
             i.id,
             i.status.name(),
             i.severity.name(),
@@ -115,6 +115,9 @@ fn duration(i: &Incident) -> String {
 fn print_one(i: &Incident) -> Result<(), StdoutError> {
     outln!("incident  {}", i.id)?;
     outln!("node      {} ({})", i.node, i.iface)?;
+    if !i.target.is_empty() {
+        outln!("target    {} (host group {}, {})", i.target, i.hostgroup, i.direction)?;
+    }
     outln!("families  {}", families(i))?;
     outln!("vectors   {}", i.vectors.join(", "))?;
     outln!("severity  {}", i.severity)?;

@@ -193,6 +193,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         node: args.node.unwrap_or_else(hostname),
         state_dir: args.state_dir,
         detection: config.detection,
+        networks: config.networks,
         mitigation,
         runbooks: match args.runbooks {
             Some(dir) => Some(dir),

@@ -47,6 +47,7 @@ use crate::{
         xdp::{AttachError, ModeChoice},
     },
     metrics::Metrics,
+    networks::{NetworksConfig, Protected},
     mitigate::{
         config::{MitigationConfig, OnStop},
         host,
@@ -82,6 +83,8 @@ pub struct RunConfig {
     pub node: String,
     pub state_dir: PathBuf,
     pub detection: DetectionConfig,
+    /// The protected networks; none: the host's own addresses.
+    pub networks: Option<NetworksConfig>,
     pub mitigation: MitigationConfig,
     /// The runbook directory; `None`: no runbooks.
     pub runbooks: Option<PathBuf>,
@@ -181,7 +184,8 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     let files = FileWriter::spawn(&cfg.state_dir, Some(metrics.clone()))
         .map_err(|source| RunError::Thread { what: "state files", source })?;
 
-    let mut detector = Detector::new(cfg.detection.clone(), cfg.node.clone());
+    let protected = Protected::new(cfg.networks.as_ref(), &cfg.detection.families);
+    let mut detector = Detector::with_protected(cfg.detection.clone(), protected, cfg.node.clone());
     load_baselines(&cfg, &mut detector);
     let now = now_ms();
     for inc in resumed {
@@ -396,8 +400,11 @@ fn load_baselines(cfg: &RunConfig, detector: &mut Detector) {
         Loaded::Baselines(b) => {
             detector.load_baselines(&b);
             for iface in &cfg.ifaces {
-                let learned =
-                    detector.class_baseline(iface, TrafficClass::Udp).map(|b| b.learned_seconds).unwrap_or(0.0);
+                let learned = detector
+                    .iface_baselines(iface)
+                    .iter()
+                    .map(|(_, _, b)| b.total[TrafficClass::Udp.index()].learned_seconds)
+                    .fold(0.0, f64::max);
                 tracing::info!(
                     iface,
                     learned = %humantime::format_duration(Duration::from_secs(learned as u64)),

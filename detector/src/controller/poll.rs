@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use detector_common::{rules::RuleCounters, TrafficClass};
+use detector_common::rules::RuleCounters;
 use tokio::sync::mpsc;
 
 use super::{probe::Probe, EventSender, RunConfig};
@@ -28,7 +28,7 @@ use crate::{
     mitigate::host,
     runbook::engine::IncidentCommand,
     statedir::FileWriter,
-    view::{iface_view, summary_line, TopView},
+    view::{iface_view, summary_line, targets_view, TopView},
 };
 
 /// How often open incidents' figures reach the history (and runbooks see
@@ -131,6 +131,7 @@ impl Poller {
         let mut rule_metrics = Every::now_and_every(RULE_METRICS_EVERY);
         let mut host_scan = Every::new(HOST_ADDRESSES_EVERY, start);
         let mut next = start;
+        self.refresh_protected(probes, true);
         loop {
             let now = Instant::now();
             if next > now {
@@ -168,6 +169,7 @@ impl Poller {
             self.poll_rules(rule_metrics.due(now));
             if host_scan.due(now) {
                 self.refresh_host_allowlist();
+                self.refresh_protected(probes, false);
             }
             self.metrics.poll_took(now.elapsed().as_secs_f64());
             self.last_poll.store(wall, std::sync::atomic::Ordering::Relaxed);
@@ -221,6 +223,7 @@ impl Poller {
             sources: &reading.sources.active,
             samples: &samples,
             packets: &reading.samples,
+            targets: &reading.targets,
         };
         for ev in self.detector.observe(&obs) {
             self.publish(ev);
@@ -229,14 +232,18 @@ impl Poller {
         // teach the egress program a spoofed flood's sources.
         probe.set_learning(!self.detector.under_attack(&iface), &self.metrics);
         self.publish_baselines(&iface);
-        Ok(iface_view(
+        let names: Vec<&str> = self.detector.protected().groups().iter().map(|g| g.name.as_str()).collect();
+        self.metrics.hostgroups(&iface, &names, &reading.targets.groups);
+        let mut view = iface_view(
             probe.attachment.mode.name(),
             seconds,
             &reading.rates,
             &reading.sources.active,
             reading.tracked,
             self.cfg.top_n,
-        ))
+        );
+        (view.top_targets, view.hostgroups) = targets_view(&reading.targets, &names, self.cfg.top_n);
+        Ok(view)
     }
 
     /// An incident event goes to the log, the metrics, the history and the
@@ -325,10 +332,26 @@ impl Poller {
     }
 
     fn publish_baselines(&self, iface: &str) {
-        let classes =
-            TrafficClass::ALL.into_iter().filter_map(|c| self.detector.class_baseline(iface, c).map(|b| (c, b)));
-        let thresholds = self.detector.signals(iface).into_iter().map(|(f, s)| (f, s.pps_threshold));
-        self.metrics.baselines(iface, classes, thresholds);
+        self.metrics.baselines(iface, &self.detector.iface_baselines(iface), &self.detector.thresholds(iface));
+    }
+
+    /// Host mode: protects the host's current addresses, in the detector
+    /// and in every probe's prefix trie; with a `networks:` section, the
+    /// configured prefixes (`always`: install them even when unchanged, at
+    /// start).
+    fn refresh_protected(&mut self, probes: &mut [Probe], always: bool) {
+        let changed = self.detector.set_host_addresses(host::addresses().into_iter().map(|(_, ip)| ip));
+        if !(changed || always) {
+            return;
+        }
+        let entries = self.detector.protected().kernel_entries();
+        for probe in probes.iter_mut() {
+            match probe.set_protected(&entries) {
+                Ok(true) => tracing::info!(iface = probe.iface(), prefixes = entries.len(), "protected networks installed"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(iface = probe.iface(), "cannot install the protected networks: {e}"),
+            }
+        }
     }
 
     /// Hands the learned baselines to the file writer (which never makes

@@ -1,7 +1,10 @@
 //! The detector: per interface, per family, from a poll's rates to incident
 //! events. Pure: the caller passes each poll's data and the time.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+};
 
 use detector_common::{sample::PacketSample, TrafficClass, CLASS_COUNT};
 use serde::{Deserialize, Serialize};
@@ -9,13 +12,20 @@ use thiserror::Error;
 
 use super::{
     baseline::{self, ClassBaseline},
-    config::DetectionConfig,
+    config::{DetectionConfig, FamilyConfig},
     family::Family,
     incident::{incident_id, EventKind, Incident, IncidentEvent, Status, TimelineEntry, TopSource, SEEN_BEFORE_ATTACK},
     severity::{assess, Severity},
     signature::{self, RecentSamples},
 };
-use crate::{rates::ClassRate, samples::SampleView, sources::SourceRate};
+use crate::{
+    mitigate::prefix::Prefix,
+    networks::{Protected, HOST_GROUP},
+    rates::ClassRate,
+    samples::SampleView,
+    sources::SourceRate,
+    targets::{Direction, TargetsReading},
+};
 
 const FAMILIES: usize = Family::DETECTED.len();
 
@@ -43,6 +53,8 @@ pub struct Observation<'a> {
     pub samples: &'a SampleView,
     /// The poll's sampled headers, for the attack's signature.
     pub packets: &'a [PacketSample],
+    /// Per protected address and host group.
+    pub targets: &'a TargetsReading,
 }
 
 /// One family's signal in one poll, against its thresholds.
@@ -82,70 +94,95 @@ struct Track {
     signal: Signal,
 }
 
-struct IfaceState {
-    baselines: [ClassBaseline; CLASS_COUNT],
+/// What an incident is about: an interface, a direction and a target (one
+/// address, or a host group's name for an attack spread over its
+/// addresses). At most one incident per scope at a time.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct ScopeKey {
+    iface: String,
+    direction: Direction,
+    target: String,
+}
+
+/// A scope with an incident open or a family above its threshold. A scope
+/// that is calm again is forgotten: all it has is tracks and samples.
+struct Scope {
+    group: usize,
+    /// The address; none for the group's total.
+    addr: Option<IpAddr>,
     tracks: [Track; FAMILIES],
+    /// The last poll's class rates.
+    classes: [ClassRate; CLASS_COUNT],
     incident: Option<Incident>,
-    /// Samples of polls with no incident open and no family above its
-    /// threshold: what a signature's collateral is measured on.
-    peacetime: RecentSamples,
     /// Samples of the classes of the open incident and of the families
     /// above their threshold (from the onset, before the incident opens).
     attack: RecentSamples,
-    /// The last calm poll's samples, held one poll before they become
-    /// peacetime: a flood that starts late in a poll leaves it below every
-    /// threshold, yet its first packets (sampled at the calm's high rate)
-    /// would fill the peacetime and then count as collateral.
-    pending: Vec<PacketSample>,
     /// When the open incident's signature was last derived.
     signature_at: Option<u64>,
 }
 
-impl IfaceState {
-    fn new() -> Self {
-        IfaceState {
-            baselines: [ClassBaseline::default(); CLASS_COUNT],
+impl Scope {
+    fn new(group: usize, addr: Option<IpAddr>) -> Scope {
+        Scope {
+            group,
+            addr,
             tracks: [Track::default(); FAMILIES],
+            classes: [ClassRate::default(); CLASS_COUNT],
             incident: None,
-            peacetime: RecentSamples::new(SIGNATURE_SAMPLES),
             attack: RecentSamples::new(SIGNATURE_SAMPLES),
-            pending: Vec::new(),
             signature_at: None,
         }
     }
 
-    /// Keeps the poll's samples: all of them in peacetime; else those of
-    /// the classes under attack. The onset counts as attack: samples of a
-    /// family above its threshold never reach the peacetime, even before
-    /// an incident opens.
-    fn keep_samples(&mut self, packets: &[PacketSample]) {
-        let mut watched = [false; CLASS_COUNT];
+    /// Open, or at the onset of one.
+    fn watched(&self) -> bool {
+        self.incident.is_some() || self.tracks.iter().any(|t| t.above_since.is_some())
+    }
+
+    /// Whether family `f` is watched: in the open incident, or above.
+    fn watches(&self, f: Family) -> bool {
+        self.incident.as_ref().is_some_and(|i| i.families.contains(&f)) || self.tracks[f.index()].above_since.is_some()
+    }
+
+    /// The classes of the families it watches.
+    fn watched_classes(&self) -> [bool; CLASS_COUNT] {
+        let mut w = [false; CLASS_COUNT];
         for f in Family::DETECTED {
-            let open = self.incident.as_ref().is_some_and(|i| i.families.contains(&f));
-            if open || self.tracks[f.index()].above_since.is_some() {
+            if self.watches(f) {
                 for c in f.traffic_classes() {
-                    watched[c.index()] = true;
+                    w[c.index()] = true;
                 }
             }
         }
-        if self.incident.is_none() && !watched.contains(&true) {
-            self.peacetime.extend(&self.pending);
-            self.pending.clear();
-            self.pending.extend_from_slice(packets);
-            self.attack.clear();
-        } else {
-            let under_attack = |s: &&PacketSample| watched.get(s.class as usize).copied().unwrap_or(false);
-            // The poll before was the onset.
-            self.attack.extend(self.pending.iter().filter(under_attack));
-            self.pending.clear();
-            self.attack.extend(packets.iter().filter(under_attack));
-        }
+        w
     }
+}
 
-    /// Forgets what belonged to the incident that closed.
-    fn closed(&mut self) {
-        self.attack.clear();
-        self.signature_at = None;
+/// A host group's learned levels in one direction on one interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupBaselines {
+    /// The group's total per class.
+    pub total: [ClassBaseline; CLASS_COUNT],
+    /// Its busiest address per class: what one address normally gets.
+    pub address: [ClassBaseline; CLASS_COUNT],
+}
+
+struct IfaceState {
+    /// Per (group name, direction).
+    baselines: BTreeMap<(String, Direction), GroupBaselines>,
+    /// Samples of no watched scope, from polls before: what a signature's
+    /// collateral is measured on.
+    peacetime: RecentSamples,
+    /// The last poll's samples of no watched scope, held one poll before
+    /// they become peacetime: a flood that starts late in a poll leaves it
+    /// below every threshold, yet its first packets (sampled at the calm's
+    /// high rate) would fill the peacetime and then count as collateral.
+    pending: Vec<PacketSample>,
+}
+
+impl IfaceState {
+    fn new() -> Self {
+        IfaceState { baselines: BTreeMap::new(), peacetime: RecentSamples::new(SIGNATURE_SAMPLES), pending: Vec::new() }
     }
 }
 
@@ -153,11 +190,23 @@ impl IfaceState {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SavedBaselines {
     pub version: u32,
-    /// Interface -> class name -> baseline.
+    /// Version 1 only: interface -> class name -> baseline (the whole
+    /// interface's; loaded as host mode's group).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub interfaces: BTreeMap<String, BTreeMap<String, ClassBaseline>>,
+    /// Interface -> host group -> direction -> levels.
+    #[serde(default)]
+    pub groups: BTreeMap<String, BTreeMap<String, BTreeMap<Direction, SavedGroup>>>,
 }
 
-pub const BASELINES_VERSION: u32 = 1;
+/// One group's levels as saved: class name -> baseline.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SavedGroup {
+    pub total: BTreeMap<String, ClassBaseline>,
+    pub address: BTreeMap<String, ClassBaseline>,
+}
+
+pub const BASELINES_VERSION: u32 = 2;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DetectError {
@@ -170,241 +219,421 @@ pub enum DetectError {
 pub struct Detector {
     cfg: DetectionConfig,
     node: String,
+    protected: Protected,
     ifaces: BTreeMap<String, IfaceState>,
+    scopes: BTreeMap<ScopeKey, Scope>,
+}
+
+/// A threshold in force (see [`Detector::thresholds`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Threshold {
+    pub group: String,
+    pub direction: Direction,
+    /// For the group's total; else for one of its addresses.
+    pub total: bool,
+    pub family: Family,
+    pub pps: f64,
+}
+
+/// One scope's input in one poll.
+struct Input {
+    key: ScopeKey,
+    group: usize,
+    addr: Option<IpAddr>,
+    classes: [ClassRate; CLASS_COUNT],
 }
 
 impl Detector {
+    /// Host mode: the host's addresses, once [`Detector::set_host_addresses`]
+    /// names them.
     pub fn new(cfg: DetectionConfig, node: impl Into<String>) -> Detector {
-        Detector { cfg, node: node.into(), ifaces: BTreeMap::new() }
+        let protected = Protected::new(None, &cfg.families);
+        Detector::with_protected(cfg, protected, node)
+    }
+
+    pub fn with_protected(cfg: DetectionConfig, protected: Protected, node: impl Into<String>) -> Detector {
+        Detector {
+            cfg,
+            node: node.into(),
+            protected,
+            ifaces: BTreeMap::new(),
+            scopes: BTreeMap::new(),
+        }
     }
 
     pub fn config(&self) -> &DetectionConfig {
         &self.cfg
     }
 
+    pub fn protected(&self) -> &Protected {
+        &self.protected
+    }
+
+    /// Host mode: protects exactly these addresses; true when that changed.
+    pub fn set_host_addresses(&mut self, addrs: impl IntoIterator<Item = IpAddr>) -> bool {
+        self.protected.set_host_addresses(addrs)
+    }
+
     fn iface(&mut self, iface: &str) -> &mut IfaceState {
         self.ifaces.entry(iface.to_string()).or_insert_with(IfaceState::new)
     }
 
-    /// Takes learned baselines saved by an earlier run.
+    /// Takes learned baselines saved by an earlier run. A version 1 file
+    /// (one set per interface) becomes host mode's group, incoming.
     pub fn load_baselines(&mut self, saved: &SavedBaselines) {
-        for (iface, classes) in &saved.interfaces {
-            let st = self.iface(iface);
-            for (name, b) in classes {
+        let classes = |m: &BTreeMap<String, ClassBaseline>| {
+            let mut out = [ClassBaseline::default(); CLASS_COUNT];
+            for (name, b) in m {
                 if let Some(c) = TrafficClass::from_name(name) {
-                    st.baselines[c.index()] = *b;
+                    out[c.index()] = *b;
+                }
+            }
+            out
+        };
+        for (iface, m) in &saved.interfaces {
+            let b = classes(m);
+            let g = GroupBaselines { total: b, address: b };
+            self.iface(iface).baselines.insert((HOST_GROUP.to_string(), Direction::Incoming), g);
+        }
+        for (iface, groups) in &saved.groups {
+            for (group, dirs) in groups {
+                for (dir, sg) in dirs {
+                    let g = GroupBaselines { total: classes(&sg.total), address: classes(&sg.address) };
+                    self.iface(iface).baselines.insert((group.clone(), *dir), g);
                 }
             }
         }
     }
 
     pub fn baselines(&self) -> SavedBaselines {
-        SavedBaselines {
-            version: BASELINES_VERSION,
-            interfaces: self
-                .ifaces
-                .iter()
-                .map(|(i, st)| {
-                    let classes =
-                        TrafficClass::ALL.iter().map(|c| (c.name().to_string(), st.baselines[c.index()])).collect();
-                    (i.clone(), classes)
-                })
-                .collect(),
+        let named = |b: &[ClassBaseline; CLASS_COUNT]| {
+            TrafficClass::ALL.iter().map(|c| (c.name().to_string(), b[c.index()])).collect::<BTreeMap<_, _>>()
+        };
+        let mut groups: BTreeMap<String, BTreeMap<String, BTreeMap<Direction, SavedGroup>>> = BTreeMap::new();
+        for (iface, st) in &self.ifaces {
+            for ((group, dir), b) in &st.baselines {
+                groups.entry(iface.clone()).or_default().entry(group.clone()).or_default().insert(
+                    *dir,
+                    SavedGroup { total: named(&b.total), address: named(&b.address) },
+                );
+            }
         }
+        SavedBaselines { version: BASELINES_VERSION, interfaces: BTreeMap::new(), groups }
     }
 
-    /// The baseline of one class, if the interface is known.
-    pub fn class_baseline(&self, iface: &str, class: TrafficClass) -> Option<ClassBaseline> {
-        self.ifaces.get(iface).map(|st| st.baselines[class.index()])
+    /// The learned total of one class of a group, incoming, if known.
+    pub fn class_baseline(&self, iface: &str, group: &str, class: TrafficClass) -> Option<ClassBaseline> {
+        self.group_baselines(iface, group, Direction::Incoming).map(|b| b.total[class.index()])
     }
 
-    /// Whether an interface's baselines have finished their warm-up.
+    /// Every group's learned levels on an interface.
+    pub fn iface_baselines(&self, iface: &str) -> Vec<(String, Direction, GroupBaselines)> {
+        self.ifaces
+            .get(iface)
+            .map(|st| st.baselines.iter().map(|((g, d), b)| (g.clone(), *d, *b)).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn group_baselines(&self, iface: &str, group: &str, direction: Direction) -> Option<&GroupBaselines> {
+        self.ifaces.get(iface)?.baselines.get(&(group.to_string(), direction))
+    }
+
+    /// Whether an interface's incoming baselines, every group's, have
+    /// finished their warm-up.
     pub fn warm(&self, iface: &str) -> bool {
-        self.ifaces.get(iface).is_some_and(|st| st.baselines.iter().all(|b| b.warm(&self.cfg.baseline)))
+        let Some(st) = self.ifaces.get(iface) else { return false };
+        let mut any = false;
+        for ((_, dir), b) in &st.baselines {
+            if *dir == Direction::Incoming {
+                any = true;
+                if !b.total.iter().chain(b.address.iter()).all(|c| c.warm(&self.cfg.baseline)) {
+                    return false;
+                }
+            }
+        }
+        any
     }
 
     /// Continues an incident found open at start instead of opening another.
     pub fn resume(&mut self, mut incident: Incident, now_ms: u64) {
-        let st = self.iface(&incident.iface.clone());
+        let key = ScopeKey {
+            iface: incident.iface.clone(),
+            direction: incident.direction,
+            target: incident.target.clone(),
+        };
+        let addr: Option<IpAddr> = incident.target.parse().ok();
+        let group = self.protected.index_of(&incident.hostgroup).unwrap_or(0);
+        let mut scope = Scope::new(group, addr);
         for f in incident.detected_families() {
             // Until the first poll says otherwise, it is below: it resolves
             // after the quiet period unless the attack goes on.
-            st.tracks[f.index()].below_since = Some(now_ms);
+            scope.tracks[f.index()].below_since = Some(now_ms);
         }
         incident.ended_at = None;
-        st.incident = Some(incident);
+        scope.incident = Some(incident);
+        self.iface(&key.iface.clone());
+        self.scopes.insert(key, scope);
     }
 
     /// True while `iface` has an open incident or a family above its
-    /// threshold (an attack's onset, before the hold opens an incident).
+    /// threshold, in any scope (an attack's onset, before the hold opens
+    /// an incident).
     pub fn under_attack(&self, iface: &str) -> bool {
-        self.ifaces.get(iface).is_some_and(|s| s.incident.is_some() || s.tracks.iter().any(|t| t.above_since.is_some()))
+        self.scopes.iter().any(|(k, s)| k.iface == iface && s.watched())
     }
 
-    /// Open incidents, one per interface at most.
+    /// Open incidents: one per interface, direction and target at most.
     pub fn open_incidents(&self) -> impl Iterator<Item = &Incident> {
-        self.ifaces.values().filter_map(|s| s.incident.as_ref())
+        self.scopes.values().filter_map(|s| s.incident.as_ref())
     }
 
-    /// The signals of the last poll of an interface (for metrics and tests).
-    pub fn signals(&self, iface: &str) -> Vec<(Family, Signal)> {
-        self.ifaces
-            .get(iface)
-            .map(|st| Family::DETECTED.iter().map(|f| (*f, st.tracks[f.index()].signal)).collect())
-            .unwrap_or_default()
+    /// The packet-rate thresholds in force on an interface, for metrics:
+    /// per group, direction and family, for one address and for the
+    /// group's total (the static floor or the learned level, whichever is
+    /// higher).
+    pub fn thresholds(&self, iface: &str) -> Vec<Threshold> {
+        let zero = [ClassRate::default(); CLASS_COUNT];
+        let mut out = Vec::new();
+        for group in self.protected.groups() {
+            for direction in Direction::ALL {
+                let learned = self.group_baselines(iface, &group.name, direction);
+                for total in [false, true] {
+                    let Some(floors) = group.floors(direction, total) else { continue };
+                    for f in Family::DETECTED {
+                        let Some(fc) = floors.get(f).filter(|fc| fc.enabled) else { continue };
+                        let b = learned.map(|b| if total { &b.total } else { &b.address });
+                        let s = signal(f, fc, &zero, b, &self.cfg, 0.0);
+                        out.push(Threshold {
+                            group: group.name.clone(),
+                            direction,
+                            total,
+                            family: f,
+                            pps: s.pps_threshold,
+                        });
+                    }
+                }
+            }
+        }
+        out
     }
 
-    /// Takes one poll; returns what happened to incidents.
+    /// Takes one poll of one interface; returns what happened to incidents.
     pub fn observe(&mut self, obs: &Observation<'_>) -> Vec<IncidentEvent> {
         let cfg = self.cfg.clone();
-        let node = self.node.clone();
         let now = obs.now_ms;
-        let hold = cfg.hold.as_millis() as u64;
-        let quiet = cfg.quiet.as_millis() as u64;
-        let st = self.iface(obs.iface);
-        let mut events = Vec::new();
+        // The rate covers the whole interval: a change dates from its start.
+        let interval_start = now.saturating_sub((obs.seconds * 1000.0).round() as u64);
+        self.iface(obs.iface);
 
-        // 1. Signals against thresholds.
-        for f in Family::DETECTED {
-            let Some(fc) = cfg.families.get(f).filter(|fc| fc.enabled) else {
-                st.tracks[f.index()] = Track::default();
-                continue;
-            };
-            let classes = f.classes();
-            let pps: f64 = classes.iter().map(|c| obs.classes[c.index()].pps).sum();
-            let bps: f64 = classes.iter().map(|c| obs.classes[c.index()].bps).sum();
-            let warm = classes.iter().all(|c| st.baselines[c.index()].warm(&cfg.baseline));
-            let (dyn_pps, dyn_bps) = if warm {
-                let p = baseline::sum(classes.iter().map(|c| st.baselines[c.index()].pps));
-                let b = baseline::sum(classes.iter().map(|c| st.baselines[c.index()].bps));
-                (baseline::abnormal_above(&p, &cfg.baseline), baseline::abnormal_above(&b, &cfg.baseline))
-            } else {
-                (0.0, 0.0)
-            };
-            let signal = Signal {
-                pps,
-                bps,
-                pps_threshold: (fc.pps as f64).max(dyn_pps),
-                bps_threshold: fc.bps.map(|b| (b as f64).max(dyn_bps)),
-                connections: if f == Family::HttpFlood { obs.samples.web_connections_pps() } else { 0.0 },
-                connections_threshold: if f == Family::HttpFlood {
-                    fc.new_connections_pps.map(|c| c as f64)
-                } else {
-                    None
-                },
-            };
-            let t = &mut st.tracks[f.index()];
-            t.signal = signal;
-            // The rate covers the whole interval: a change dates from its start.
-            let interval_start = now.saturating_sub((obs.seconds * 1000.0).round() as u64);
-            if signal.above() {
-                t.below_since = None;
-                t.above_since.get_or_insert(interval_start);
-            } else {
-                t.above_since = None;
-                t.below_since.get_or_insert(interval_start);
+        // The poll's samples per attacked address and per group.
+        let mut group_cache: HashMap<IpAddr, Option<usize>> = HashMap::new();
+        let mut by_dst: HashMap<IpAddr, Vec<PacketSample>> = HashMap::new();
+        let mut by_group: HashMap<usize, Vec<PacketSample>> = HashMap::new();
+        for s in obs.packets {
+            let dst = sample_addr(&s.dst);
+            let g = *group_cache.entry(dst).or_insert_with(|| self.protected.group_of(dst));
+            if let Some(g) = g {
+                by_dst.entry(dst).or_default().push(*s);
+                by_group.entry(g).or_default().push(*s);
+            }
+        }
+        let divisor = obs.samples.divisor;
+        let view_of = |samples: Option<&Vec<PacketSample>>| {
+            SampleView::new(samples.map(|v| v.as_slice()).unwrap_or(&[]), divisor, obs.seconds)
+        };
+
+        // 1. Signals: every address, then every group's total.
+        let groups = self.protected.groups().to_vec();
+        for direction in Direction::ALL {
+            for (gi, group) in groups.iter().enumerate() {
+                let Some(floors) = group.floors(direction, false) else { continue };
+                let learned = self.ifaces[obs.iface].baselines.get(&(group.name.clone(), direction)).copied();
+                let mut inputs: Vec<Input> = obs
+                    .targets
+                    .targets(direction)
+                    .iter()
+                    .filter(|t| t.group == gi)
+                    .map(|t| Input {
+                        key: ScopeKey { iface: obs.iface.to_string(), direction, target: t.addr.to_string() },
+                        group: gi,
+                        addr: Some(t.addr),
+                        classes: t.classes,
+                    })
+                    .collect();
+                // Scopes with no traffic this poll go below.
+                for (k, s) in &self.scopes {
+                    let mine = k.iface == obs.iface && k.direction == direction && s.group == gi;
+                    if mine && s.addr.is_some() && !inputs.iter().any(|i| i.key == *k) {
+                        inputs.push(Input {
+                            key: k.clone(),
+                            group: gi,
+                            addr: s.addr,
+                            classes: [ClassRate::default(); CLASS_COUNT],
+                        });
+                    }
+                }
+                for input in inputs {
+                    let connections = match (direction, input.addr) {
+                        (Direction::Incoming, Some(a)) => view_of(by_dst.get(&a)).web_connections_pps(),
+                        _ => 0.0,
+                    };
+                    let signals: Vec<(Family, Signal)> = Family::DETECTED
+                        .iter()
+                        .filter_map(|f| {
+                            let fc = floors.get(*f).filter(|fc| fc.enabled)?;
+                            Some((*f, signal(*f, fc, &input.classes, learned.as_ref().map(|b| &b.address), &cfg, connections)))
+                        })
+                        .collect();
+                    track(&mut self.scopes, &input, &signals, interval_start);
+                }
+
+                // The group's total, less what its attacked addresses
+                // account for: many addresses each below their floor,
+                // together above the group's.
+                let Some(total_floors) = group.floors(direction, true) else { continue };
+                let Some(total) = obs.targets.group(gi, direction) else { continue };
+                let key = ScopeKey { iface: obs.iface.to_string(), direction, target: group.name.clone() };
+                let mut signals = Vec::new();
+                for f in Family::DETECTED {
+                    let Some(fc) = total_floors.get(f).filter(|fc| fc.enabled) else { continue };
+                    let mut s = signal(f, fc, &total.classes, learned.as_ref().map(|b| &b.total), &cfg, 0.0);
+                    for (k, sc) in &self.scopes {
+                        if k.iface == obs.iface
+                            && k.direction == direction
+                            && sc.group == gi
+                            && sc.addr.is_some()
+                            && sc.watches(f)
+                        {
+                            let a = sc.tracks[f.index()].signal;
+                            s.pps = (s.pps - a.pps).max(0.0);
+                            s.bps = (s.bps - a.bps).max(0.0);
+                        }
+                    }
+                    signals.push((f, s));
+                }
+                let input = Input { key, group: gi, addr: None, classes: total.classes };
+                track(&mut self.scopes, &input, &signals, interval_start);
             }
         }
 
-        // 2. Baselines learn from classes that are not under attack.
-        let frozen: Vec<TrafficClass> = Family::DETECTED
+        // 2. Baselines learn from classes no scope of the group watches.
+        for direction in Direction::ALL {
+            for (gi, group) in self.protected.groups().iter().enumerate() {
+                if group.floors(direction, false).is_none() {
+                    continue;
+                }
+                let Some(total) = obs.targets.group(gi, direction) else { continue };
+                let mut frozen = [false; CLASS_COUNT];
+                for (k, s) in &self.scopes {
+                    if k.iface == obs.iface && k.direction == direction && s.group == gi {
+                        for (i, w) in s.watched_classes().iter().enumerate() {
+                            frozen[i] |= *w;
+                        }
+                    }
+                }
+                let mut busiest = [ClassRate::default(); CLASS_COUNT];
+                for t in obs.targets.targets(direction).iter().filter(|t| t.group == gi) {
+                    for (b, c) in busiest.iter_mut().zip(t.classes.iter()) {
+                        if c.pps > b.pps {
+                            *b = *c;
+                        }
+                    }
+                }
+                let st = self.ifaces.get_mut(obs.iface).expect("made above");
+                let b = st.baselines.entry((group.name.clone(), direction)).or_default();
+                for c in TrafficClass::ALL {
+                    if !frozen[c.index()] {
+                        let (r, a) = (total.classes[c.index()], busiest[c.index()]);
+                        b.total[c.index()].learn(r.pps, r.bps, obs.seconds, &cfg.baseline);
+                        b.address[c.index()].learn(a.pps, a.bps, obs.seconds, &cfg.baseline);
+                    }
+                }
+            }
+        }
+
+        // 3. The samples, for signatures (before incidents change: the poll
+        // one opens in is the attack's).
+        self.keep_samples(obs.iface, obs.packets, &mut group_cache);
+
+        // 4. Open, grow, update or resolve each scope's incident.
+        let several = self
+            .scopes
             .iter()
-            .filter(|f| {
-                st.tracks[f.index()].above_since.is_some()
-                    || st.incident.as_ref().is_some_and(|i| i.families.contains(f))
-            })
-            .flat_map(|f| f.classes().iter().copied())
-            .collect();
-        for c in TrafficClass::ALL {
-            if !frozen.contains(&c) {
-                let r = obs.classes[c.index()];
-                st.baselines[c.index()].learn(r.pps, r.bps, obs.seconds, &cfg.baseline);
-            }
-        }
-
-        // 3. Families held above their threshold long enough.
-        let triggered: Vec<Family> = Family::DETECTED
-            .into_iter()
-            .filter(|f| st.tracks[f.index()].above_since.is_some_and(|s| now.saturating_sub(s) + HOLD_SLACK_MS >= hold))
-            .collect();
-
-        // 4. The samples, for signatures (before the incident changes: the
-        // poll it opens in is the attack's).
-        st.keep_samples(obs.packets);
-
-        // 5. Open, grow, update or resolve the interface's incident.
-        if st.incident.is_none() && !triggered.is_empty() {
-            let started_at = triggered.iter().filter_map(|f| st.tracks[f.index()].above_since).min().unwrap_or(now);
-            let mut inc = Incident {
-                id: incident_id(&node, obs.iface, started_at),
-                node: node.clone(),
-                iface: obs.iface.to_string(),
-                families: Vec::new(),
-                vectors: Vec::new(),
-                severity: Severity::Low,
-                status: Status::Active,
-                started_at,
-                ended_at: None,
-                pps: 0.0,
-                bps: 0.0,
-                peak_pps: 0.0,
-                peak_bps: 0.0,
-                top_sources: Vec::new(),
-                top_ports: Vec::new(),
-                signature: None,
-                timeline: Vec::new(),
+            .filter(|(k, s)| k.iface == obs.iface && k.direction == Direction::Incoming && s.watched())
+            .count()
+            > 1;
+        let mut events = Vec::new();
+        let keys: Vec<ScopeKey> = self.scopes.keys().filter(|k| k.iface == obs.iface).cloned().collect();
+        for key in keys {
+            let sc = self.scopes.get_mut(&key).expect("listed");
+            let group = self.protected.group(sc.group);
+            let group_name = group.map(|g| g.name.clone()).unwrap_or_default();
+            let prefixes = match sc.addr {
+                Some(a) => vec![Prefix::host(a)],
+                None => group.map(|g| g.prefixes.clone()).unwrap_or_default(),
             };
-            add_families(&mut inc, &triggered);
-            refresh(&mut inc, &st.tracks, obs, &cfg);
-            sign(&mut inc, &st.attack, &st.peacetime);
-            st.signature_at = Some(now);
-            inc.severity = severity_of(&inc, &st.tracks, &cfg);
-            let detail = describe_open(&inc, &st.tracks);
-            events.push(record(&mut inc, EventKind::Opened, now, detail));
-            st.incident = Some(inc);
-        } else if let Some(inc) = st.incident.as_mut() {
-            let new: Vec<Family> = triggered.iter().copied().filter(|f| !inc.families.contains(f)).collect();
-            let was_multi = inc.families.contains(&Family::MultiVector);
-            add_families(inc, &new);
-            refresh(inc, &st.tracks, obs, &cfg);
-            // Again once a second while it lasts, and at once for a new
-            // family's classes.
-            if !new.is_empty() || st.signature_at.is_none_or(|t| now.saturating_sub(t) >= SIGNATURE_EVERY_MS) {
-                sign(inc, &st.attack, &st.peacetime);
-                st.signature_at = Some(now);
-            }
-            for f in &new {
-                let s = st.tracks[f.index()].signal;
-                let detail = format!("{f} at {:.0} pps (threshold {:.0})", s.pps, s.pps_threshold);
-                events.push(family_added(inc, *f, now, detail));
-            }
-            if !was_multi && inc.families.contains(&Family::MultiVector) {
-                let detail = format!("multi_vector: {}", names(inc.detected_families()));
-                events.push(family_added(inc, Family::MultiVector, now, detail));
-            }
-            let sev = severity_of(inc, &st.tracks, &cfg);
-            if sev > inc.severity {
-                let detail = format!("{} -> {sev} at {:.0} pps", inc.severity, inc.pps);
-                inc.severity = sev;
-                events.push(record(inc, EventKind::SeverityChanged, now, detail));
-            }
-            let all_quiet = inc.detected_families().all(|f| {
-                let t = &st.tracks[f.index()];
-                t.above_since.is_none() && t.below_since.is_some_and(|b| now.saturating_sub(b) >= quiet)
-            });
-            if all_quiet {
-                let ended =
-                    inc.detected_families().filter_map(|f| st.tracks[f.index()].below_since).max().unwrap_or(now);
-                inc.ended_at = Some(ended);
-                inc.status = Status::Resolved;
-                let detail =
-                    format!("quiet for {:?}; peak {:.0} pps, {:.0} bps", cfg.quiet, inc.peak_pps, inc.peak_bps);
-                let mut done = st.incident.take().expect("incident present");
-                st.closed();
-                events.push(record(&mut done, EventKind::Resolved, now, detail));
+            let samples = match (key.direction, sc.addr) {
+                (Direction::Incoming, Some(a)) => view_of(by_dst.get(&a)),
+                (Direction::Incoming, None) => view_of(by_group.get(&sc.group)),
+                (Direction::Outgoing, _) => view_of(None),
+            };
+            // Top sources: when several targets are attacked at once, those
+            // seen in this one's sampled attack packets.
+            let sources: Vec<SourceRate> = match key.direction {
+                Direction::Outgoing => Vec::new(),
+                Direction::Incoming if several => {
+                    let seen: HashSet<IpAddr> = sc.attack.samples().iter().map(|s| sample_addr(&s.src)).collect();
+                    obs.sources.iter().filter(|s| seen.contains(&s.addr)).cloned().collect()
+                }
+                Direction::Incoming => obs.sources.to_vec(),
+            };
+            let ctx = ScopeContext { classes: sc.classes, samples: &samples, sources: &sources, now_ms: now };
+            let peacetime = &self.ifaces[obs.iface].peacetime;
+            let target = Target { key: &key, group: &group_name, prefixes };
+            events.extend(step(sc, &target, &self.node, &cfg, &ctx, peacetime));
+        }
+        // 5. Calm scopes are forgotten.
+        self.scopes.retain(|k, s| k.iface != obs.iface || s.watched());
+        events
+    }
+
+    /// Keeps the poll's samples: when nothing on the interface is watched,
+    /// all of them go to the peacetime (a poll late); else those of a
+    /// watched scope's classes go to its attack samples. The onset counts
+    /// as attack: samples of a family above its threshold never reach the
+    /// peacetime, even before an incident opens.
+    fn keep_samples(&mut self, iface: &str, packets: &[PacketSample], groups: &mut HashMap<IpAddr, Option<usize>>) {
+        let watched: Vec<(ScopeKey, [bool; CLASS_COUNT])> = self
+            .scopes
+            .iter()
+            .filter(|(k, s)| k.iface == iface && k.direction == Direction::Incoming && s.watched())
+            .map(|(k, s)| (k.clone(), s.watched_classes()))
+            .collect();
+        let st = self.ifaces.get_mut(iface).expect("made by observe");
+        if watched.is_empty() {
+            st.peacetime.extend(&st.pending);
+            st.pending.clear();
+            st.pending.extend_from_slice(packets);
+            return;
+        }
+        // The poll before was the onset.
+        let pending = std::mem::take(&mut st.pending);
+        for s in pending.iter().chain(packets.iter()) {
+            let dst = sample_addr(&s.dst);
+            let group = *groups.entry(dst).or_insert_with(|| self.protected.group_of(dst));
+            let Some(gi) = group else { continue };
+            let group_name = self.protected.group(gi).map(|g| g.name.as_str()).unwrap_or_default();
+            let dst_name = dst.to_string();
+            for (k, classes) in &watched {
+                let hit = (k.target == dst_name || k.target == group_name)
+                    && classes.get(s.class as usize).copied().unwrap_or(false);
+                if hit {
+                    if let Some(sc) = self.scopes.get_mut(k) {
+                        sc.attack.push(*s);
+                    }
+                }
             }
         }
-        events
     }
 
     /// Sets an open incident's status (by an operator or a runbook).
@@ -416,8 +645,8 @@ impl Detector {
         now_ms: u64,
         why: &str,
     ) -> Result<IncidentEvent, DetectError> {
-        let st = self.find(id)?;
-        let inc = st.incident.as_mut().expect("found");
+        let sc = self.find(id)?;
+        let inc = sc.incident.as_mut().expect("found");
         let detail = if why.is_empty() {
             format!("{} -> {status}", inc.status)
         } else {
@@ -426,9 +655,10 @@ impl Detector {
         inc.status = status;
         if status == Status::Resolved {
             inc.ended_at = Some(now_ms);
-            let mut done = st.incident.take().expect("found");
-            st.closed();
-            for t in st.tracks.iter_mut() {
+            let mut done = sc.incident.take().expect("found");
+            sc.attack.clear();
+            sc.signature_at = None;
+            for t in sc.tracks.iter_mut() {
                 t.above_since = None;
             }
             return Ok(record(&mut done, EventKind::StatusChanged, now_ms, detail));
@@ -441,17 +671,192 @@ impl Detector {
         if text.trim().is_empty() {
             return Err(DetectError::EmptyNote);
         }
-        let st = self.find(id)?;
-        let inc = st.incident.as_mut().expect("found");
+        let sc = self.find(id)?;
+        let inc = sc.incident.as_mut().expect("found");
         Ok(record(inc, EventKind::NoteAdded, now_ms, text.trim().to_string()))
     }
 
-    fn find(&mut self, id: &str) -> Result<&mut IfaceState, DetectError> {
-        self.ifaces
+    fn find(&mut self, id: &str) -> Result<&mut Scope, DetectError> {
+        self.scopes
             .values_mut()
             .find(|s| s.incident.as_ref().is_some_and(|i| i.id == id))
             .ok_or_else(|| DetectError::NoSuchIncident(id.to_string()))
     }
+}
+
+/// Updates (or starts, when a family is above) a scope's tracks.
+fn track(scopes: &mut BTreeMap<ScopeKey, Scope>, input: &Input, signals: &[(Family, Signal)], interval_start: u64) {
+    let sc = match scopes.get_mut(&input.key) {
+        Some(sc) => sc,
+        None if signals.iter().any(|(_, s)| s.above()) => {
+            scopes.entry(input.key.clone()).or_insert_with(|| Scope::new(input.group, input.addr))
+        }
+        None => return,
+    };
+    sc.classes = input.classes;
+    for f in Family::DETECTED {
+        let t = &mut sc.tracks[f.index()];
+        let Some((_, signal)) = signals.iter().find(|(g, _)| *g == f) else {
+            *t = Track::default();
+            continue;
+        };
+        t.signal = *signal;
+        if signal.above() {
+            t.below_since = None;
+            t.above_since.get_or_insert(interval_start);
+        } else {
+            t.above_since = None;
+            t.below_since.get_or_insert(interval_start);
+        }
+    }
+}
+
+/// The address a sample's 16 bytes stand for (IPv4 mapped).
+fn sample_addr(bytes: &[u8; 16]) -> IpAddr {
+    crate::sources::key_addr(&detector_common::maps::SourceKey { addr: *bytes })
+}
+
+/// One family's signal from a scope's class rates, against its floor and,
+/// once warm, its learned level.
+fn signal(
+    f: Family,
+    fc: &FamilyConfig,
+    classes: &[ClassRate; CLASS_COUNT],
+    learned: Option<&[ClassBaseline; CLASS_COUNT]>,
+    cfg: &DetectionConfig,
+    connections: f64,
+) -> Signal {
+    let fcl = f.classes();
+    let pps: f64 = fcl.iter().map(|c| classes[c.index()].pps).sum();
+    let bps: f64 = fcl.iter().map(|c| classes[c.index()].bps).sum();
+    let (dyn_pps, dyn_bps) = match learned {
+        Some(b) if fcl.iter().all(|c| b[c.index()].warm(&cfg.baseline)) => {
+            let p = baseline::sum(fcl.iter().map(|c| b[c.index()].pps));
+            let q = baseline::sum(fcl.iter().map(|c| b[c.index()].bps));
+            (baseline::abnormal_above(&p, &cfg.baseline), baseline::abnormal_above(&q, &cfg.baseline))
+        }
+        _ => (0.0, 0.0),
+    };
+    let http = f == Family::HttpFlood;
+    Signal {
+        pps,
+        bps,
+        pps_threshold: (fc.pps as f64).max(dyn_pps),
+        bps_threshold: fc.bps.map(|b| (b as f64).max(dyn_bps)),
+        connections: if http { connections } else { 0.0 },
+        connections_threshold: if http { fc.new_connections_pps.map(|c| c as f64) } else { None },
+    }
+}
+
+/// Who an incident is about.
+struct Target<'a> {
+    key: &'a ScopeKey,
+    group: &'a str,
+    prefixes: Vec<Prefix>,
+}
+
+/// What a scope's incident is refreshed from, besides its tracks.
+struct ScopeContext<'a> {
+    classes: [ClassRate; CLASS_COUNT],
+    samples: &'a SampleView,
+    sources: &'a [SourceRate],
+    now_ms: u64,
+}
+
+/// Opens, grows, updates or resolves one scope's incident.
+fn step(
+    sc: &mut Scope,
+    target: &Target<'_>,
+    node: &str,
+    cfg: &DetectionConfig,
+    ctx: &ScopeContext<'_>,
+    peacetime: &RecentSamples,
+) -> Vec<IncidentEvent> {
+    let key = target.key;
+    let now = ctx.now_ms;
+    let hold = cfg.hold.as_millis() as u64;
+    let quiet = cfg.quiet.as_millis() as u64;
+    let mut events = Vec::new();
+    // Families held above their threshold long enough.
+    let triggered: Vec<Family> = Family::DETECTED
+        .into_iter()
+        .filter(|f| sc.tracks[f.index()].above_since.is_some_and(|s| now.saturating_sub(s) + HOLD_SLACK_MS >= hold))
+        .collect();
+    if sc.incident.is_none() && !triggered.is_empty() {
+        let started_at = triggered.iter().filter_map(|f| sc.tracks[f.index()].above_since).min().unwrap_or(now);
+        let mut inc = Incident {
+            id: incident_id(node, &key.iface, &key.target, key.direction, started_at),
+            node: node.to_string(),
+            iface: key.iface.clone(),
+            target: key.target.clone(),
+            hostgroup: target.group.to_string(),
+            direction: key.direction,
+            target_prefixes: target.prefixes.clone(),
+            families: Vec::new(),
+            vectors: Vec::new(),
+            severity: Severity::Low,
+            status: Status::Active,
+            started_at,
+            ended_at: None,
+            pps: 0.0,
+            bps: 0.0,
+            peak_pps: 0.0,
+            peak_bps: 0.0,
+            top_sources: Vec::new(),
+            top_ports: Vec::new(),
+            signature: None,
+            timeline: Vec::new(),
+        };
+        add_families(&mut inc, &triggered);
+        refresh(&mut inc, &sc.tracks, ctx, cfg);
+        sign(&mut inc, &sc.attack, peacetime);
+        sc.signature_at = Some(now);
+        inc.severity = severity_of(&inc, &sc.tracks, cfg);
+        let detail = describe_open(&inc, &sc.tracks);
+        events.push(record(&mut inc, EventKind::Opened, now, detail));
+        sc.incident = Some(inc);
+    } else if let Some(inc) = sc.incident.as_mut() {
+        let new: Vec<Family> = triggered.iter().copied().filter(|f| !inc.families.contains(f)).collect();
+        let was_multi = inc.families.contains(&Family::MultiVector);
+        add_families(inc, &new);
+        refresh(inc, &sc.tracks, ctx, cfg);
+        // Again once a second while it lasts, and at once for a new
+        // family's classes.
+        if !new.is_empty() || sc.signature_at.is_none_or(|t| now.saturating_sub(t) >= SIGNATURE_EVERY_MS) {
+            sign(inc, &sc.attack, peacetime);
+            sc.signature_at = Some(now);
+        }
+        for f in &new {
+            let s = sc.tracks[f.index()].signal;
+            let detail = format!("{f} at {:.0} pps (threshold {:.0})", s.pps, s.pps_threshold);
+            events.push(family_added(inc, *f, now, detail));
+        }
+        if !was_multi && inc.families.contains(&Family::MultiVector) {
+            let detail = format!("multi_vector: {}", names(inc.detected_families()));
+            events.push(family_added(inc, Family::MultiVector, now, detail));
+        }
+        let sev = severity_of(inc, &sc.tracks, cfg);
+        if sev > inc.severity {
+            let detail = format!("{} -> {sev} at {:.0} pps", inc.severity, inc.pps);
+            inc.severity = sev;
+            events.push(record(inc, EventKind::SeverityChanged, now, detail));
+        }
+        let all_quiet = inc.detected_families().all(|f| {
+            let t = &sc.tracks[f.index()];
+            t.above_since.is_none() && t.below_since.is_some_and(|b| now.saturating_sub(b) >= quiet)
+        });
+        if all_quiet {
+            let ended = inc.detected_families().filter_map(|f| sc.tracks[f.index()].below_since).max().unwrap_or(now);
+            inc.ended_at = Some(ended);
+            inc.status = Status::Resolved;
+            let detail = format!("quiet for {:?}; peak {:.0} pps, {:.0} bps", cfg.quiet, inc.peak_pps, inc.peak_bps);
+            let mut done = sc.incident.take().expect("incident present");
+            sc.attack.clear();
+            sc.signature_at = None;
+            events.push(record(&mut done, EventKind::Resolved, now, detail));
+        }
+    }
+    events
 }
 
 /// Derives the signature of `inc` from the samples an interface kept; keeps
@@ -514,7 +919,7 @@ fn severity_of(inc: &Incident, tracks: &[Track; FAMILIES], cfg: &DetectionConfig
 
 /// Current and peak rates, vectors, top sources and ports of an incident,
 /// from the poll's data for its families' classes.
-fn refresh(inc: &mut Incident, tracks: &[Track; FAMILIES], obs: &Observation<'_>, cfg: &DetectionConfig) {
+fn refresh(inc: &mut Incident, tracks: &[Track; FAMILIES], obs: &ScopeContext<'_>, cfg: &DetectionConfig) {
     let fams: Vec<Family> = inc.detected_families().collect();
     // http_flood counts requests and new connections alike.
     inc.pps = fams.iter().map(|f| tracks[f.index()].signal.pps + tracks[f.index()].signal.connections).sum();

@@ -6,6 +6,7 @@ use std::{fmt, net::IpAddr};
 use serde::{Deserialize, Serialize};
 
 use super::{family::Family, severity::Severity, signature::Signature};
+use crate::{mitigate::prefix::Prefix, targets::Direction};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -119,13 +120,28 @@ pub struct TopPort {
     pub share: f64,
 }
 
-/// An attack on one interface, from the first poll over threshold to the
-/// end of its quiet period.
+/// An attack on one target through one interface, from the first poll
+/// over threshold to the end of its quiet period.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
     pub id: String,
     pub node: String,
     pub iface: String,
+    /// What is attacked (incoming) or attacking (outgoing): one protected
+    /// address, or a host group's name when the attack is spread over many
+    /// of its addresses, each below its own floor (carpet bombing). Empty
+    /// in incidents stored before network mode.
+    #[serde(default)]
+    pub target: String,
+    /// The host group of the target (`host` without a `networks:` section).
+    #[serde(default)]
+    pub hostgroup: String,
+    #[serde(default)]
+    pub direction: Direction,
+    /// The target's prefixes: its address, or its host group's prefixes.
+    /// What a runbook's rules for it are limited to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_prefixes: Vec<Prefix>,
     /// The attack families seen, in order; `multi_vector` first once there
     /// are two or more.
     pub families: Vec<Family>,
@@ -174,11 +190,16 @@ pub struct IncidentEvent {
     pub incident: Incident,
 }
 
-/// The stable id of an incident: node, interface and start time, readable
-/// and unique (one incident per interface at a time).
-pub fn incident_id(node: &str, iface: &str, started_at_ms: u64) -> String {
+/// The stable id of an incident: node, interface, target, direction and
+/// start time, readable and unique (one incident per interface, target and
+/// direction at a time). An IPv6 target's colons become underscores.
+pub fn incident_id(node: &str, iface: &str, target: &str, direction: Direction, started_at_ms: u64) -> String {
     let t = time_ms::rfc3339(started_at_ms).replace(['-', ':'], "");
-    format!("{node}-{iface}-{t}")
+    let target = target.replace(':', "_");
+    match direction {
+        Direction::Incoming => format!("{node}-{iface}-{target}-{t}"),
+        Direction::Outgoing => format!("{node}-{iface}-{target}-out-{t}"),
+    }
 }
 
 /// Unix milliseconds on the wire as RFC 3339 (UTC, milliseconds).
@@ -236,7 +257,14 @@ mod tests {
         let ms = 1_795_991_701_123 - 5 * 86_400_000;
         assert_eq!(time_ms::rfc3339(ms), "2026-11-24T22:35:01.123Z");
         assert_eq!(time_ms::parse("2026-11-24T22:35:01.123Z"), Some(ms));
-        assert_eq!(incident_id("web1", "eth0", ms), "web1-eth0-20261124T223501.123Z");
+        assert_eq!(
+            incident_id("web1", "eth0", "192.0.2.7", Direction::Incoming, ms),
+            "web1-eth0-192.0.2.7-20261124T223501.123Z"
+        );
+        assert_eq!(
+            incident_id("web1", "eth0", "2001:db8::7", Direction::Outgoing, ms),
+            "web1-eth0-2001_db8__7-out-20261124T223501.123Z"
+        );
         for s in Status::ALL {
             assert_eq!(Status::parse(s.name()), Some(s));
         }

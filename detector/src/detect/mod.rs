@@ -15,3 +15,5 @@ pub use engine::{Detector, Observation, SavedBaselines, Signal};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod network_tests;

@@ -11,7 +11,16 @@ use super::{
     incident::{EventKind, IncidentEvent, Status},
     severity::Severity,
 };
-use crate::{rates::ClassRate, samples::SampleView, sources::SourceRate, span::Span};
+use crate::{
+    rates::ClassRate,
+    samples::SampleView,
+    sources::SourceRate,
+    span::Span,
+    targets::{Direction, GroupRate, TargetRate, TargetsReading},
+};
+
+/// The host's address in host mode: every test's traffic goes to it.
+const HOST: &str = "192.0.2.2";
 
 const POLL: f64 = 0.1;
 const T0: u64 = 1_795_559_700_000;
@@ -50,7 +59,9 @@ struct Run {
 
 impl Run {
     fn new(cfg: DetectionConfig) -> Run {
-        Run { det: Detector::new(cfg, "node1"), now: T0, events: Vec::new(), sources: Vec::new(), samples: Vec::new() }
+        let mut det = Detector::new(cfg, "node1");
+        det.set_host_addresses([HOST.parse().unwrap()]);
+        Run { det, now: T0, events: Vec::new(), sources: Vec::new(), samples: Vec::new() }
     }
 
     /// `secs` of polls at the given per-class rates (bps = 512 bits/packet).
@@ -68,7 +79,12 @@ impl Run {
                     bps: pps * 512.0,
                 };
             }
+            // Samples with no destination are the host's.
+            for s in self.samples.iter_mut().filter(|s| s.dst == [0; 16]) {
+                s.dst = crate::sources::addr_key(HOST.parse().unwrap()).addr;
+            }
             let samples = SampleView::new(&self.samples, 1, POLL);
+            let targets = host_traffic(&classes);
             let obs = Observation {
                 iface: "eth0",
                 now_ms: self.now,
@@ -77,6 +93,7 @@ impl Run {
                 sources: &self.sources,
                 samples: &samples,
                 packets: &self.samples,
+                targets: &targets,
             };
             out.extend(self.det.observe(&obs));
         }
@@ -90,6 +107,18 @@ impl Run {
 
     fn kinds(&self) -> Vec<EventKind> {
         self.events.iter().map(|e| e.kind).collect()
+    }
+}
+
+/// All the traffic to the host's one address.
+fn host_traffic(classes: &[ClassRate; CLASS_COUNT]) -> TargetsReading {
+    TargetsReading {
+        incoming: vec![TargetRate { addr: HOST.parse().unwrap(), group: 0, classes: *classes }],
+        outgoing: Vec::new(),
+        groups: vec![
+            GroupRate { group: 0, direction: Direction::Incoming, classes: *classes },
+            GroupRate { group: 0, direction: Direction::Outgoing, classes: [ClassRate::default(); CLASS_COUNT] },
+        ],
     }
 }
 
@@ -122,7 +151,9 @@ fn every_family_is_detected_from_its_classes() {
         assert_eq!(o.incident.vectors, vectors.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "{}", class.name());
         assert_eq!(o.incident.status, Status::Active);
         assert_eq!(o.incident.node, "node1");
-        assert!(o.incident.id.starts_with("node1-eth0-"), "{}", o.incident.id);
+        assert!(o.incident.id.starts_with("node1-eth0-192.0.2.2-"), "{}", o.incident.id);
+        assert_eq!((o.incident.target.as_str(), o.incident.hostgroup.as_str()), (HOST, "host"));
+        assert_eq!(o.incident.direction, Direction::Incoming);
         // Opened one hold time after the flood began.
         assert_eq!(o.at - o.incident.started_at, 300, "{}", class.name());
         let ev = r.quiet(6.0);
@@ -257,7 +288,7 @@ fn baselines_learn_normal_and_raise_the_bar_above_the_floor() {
         r.traffic(&[(TrafficClass::Udp, x)], POLL);
     }
     assert!(r.det.warm("eth0"));
-    let b = r.det.class_baseline("eth0", TrafficClass::Udp).unwrap();
+    let b = r.det.class_baseline("eth0", "host", TrafficClass::Udp).unwrap();
     assert!((b.pps.mean - 2_000.0).abs() < 50.0, "{:?}", b.pps);
     // ... so 4,000 pps (over the floor, under 3 x normal) is no attack...
     assert!(r.traffic(&[(TrafficClass::Udp, 4_000.0)], 2.0).is_empty());
@@ -273,12 +304,12 @@ fn baselines_freeze_during_an_incident_and_survive_a_restart() {
     for _ in 0..400 {
         r.traffic(&[(TrafficClass::TcpSyn, 200.0), (TrafficClass::Udp, 100.0)], POLL);
     }
-    let before = r.det.class_baseline("eth0", TrafficClass::TcpSyn).unwrap();
+    let before = r.det.class_baseline("eth0", "host", TrafficClass::TcpSyn).unwrap();
     r.traffic(&[(TrafficClass::TcpSyn, 50_000.0), (TrafficClass::Udp, 100.0)], 10.0);
-    let during = r.det.class_baseline("eth0", TrafficClass::TcpSyn).unwrap();
+    let during = r.det.class_baseline("eth0", "host", TrafficClass::TcpSyn).unwrap();
     assert_eq!(before, during, "learned from the attack");
     // Other classes keep learning.
-    let udp = r.det.class_baseline("eth0", TrafficClass::Udp).unwrap();
+    let udp = r.det.class_baseline("eth0", "host", TrafficClass::Udp).unwrap();
     assert!(udp.learned_seconds > 40.0);
 
     // Saved and loaded into a new detector: warm at once, same levels.
@@ -287,7 +318,7 @@ fn baselines_freeze_during_an_incident_and_survive_a_restart() {
     let mut d2 = Detector::new(cfg(), "node1");
     d2.load_baselines(&serde_json::from_str(&json).unwrap());
     assert!(d2.warm("eth0"));
-    assert_eq!(d2.class_baseline("eth0", TrafficClass::TcpSyn), Some(before));
+    assert_eq!(d2.class_baseline("eth0", "host", TrafficClass::TcpSyn), Some(before));
 }
 
 #[test]
@@ -413,7 +444,7 @@ fn an_incident_carries_its_signature_measured_against_peacetime() {
         dport,
         len,
         ttl,
-        dst: crate::detect::signature::mapped(&"10.0.0.2".parse().unwrap()),
+        dst: crate::detect::signature::mapped(&HOST.parse().unwrap()),
         ..Default::default()
     };
     // Peacetime: connections to 443 (a SYN and ten ACKs a poll).
@@ -427,7 +458,7 @@ fn an_incident_carries_its_signature_measured_against_peacetime() {
     let ev = r.traffic(&[(TrafficClass::TcpSyn, 5_000.0)], 0.3);
     let sig = opened(&ev).incident.signature.clone().expect("a signature at open");
     assert_eq!(sig.classes, vec!["tcp_syn"]);
-    assert_eq!(sig.dst, Some("10.0.0.2".parse().unwrap()));
+    assert_eq!(sig.dst, Some(HOST.parse().unwrap()));
     assert_eq!(sig.dst_ports, vec![Span::one(80)]);
     assert_eq!((sig.length, sig.ttl), (Some(Span::one(60)), Some(Span::one(64))));
     // The hold's polls are the attack's, not peacetime, and so is the calm

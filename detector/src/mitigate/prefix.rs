@@ -37,6 +37,15 @@ impl Prefix {
         Ok(Prefix { addr: Ipv6Addr::from(mask(u128::from(addr), len)), len })
     }
 
+    /// Every address of one family: `0.0.0.0/0` or `::/0`.
+    pub fn any(ipv4: bool) -> Prefix {
+        if ipv4 {
+            Prefix { addr: Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(), len: 96 }
+        } else {
+            Prefix { addr: Ipv6Addr::UNSPECIFIED, len: 0 }
+        }
+    }
+
     /// The key bytes and the prefix length the trie is keyed by.
     pub fn key(&self) -> ([u8; 16], u32) {
         (self.addr.octets(), self.len as u32)

@@ -10,6 +10,7 @@ use crate::{
         signature::Signature,
     },
     mitigate::rule::Rule,
+    targets::Direction,
 };
 
 /// What happened to the attack: the webhook's `event`.
@@ -71,6 +72,15 @@ pub struct Context {
     pub incident_id: String,
     pub node: String,
     pub iface: String,
+    /// The attacked (incoming) or attacking (outgoing) address, or the
+    /// host group's name for an attack spread over its addresses.
+    #[serde(default)]
+    pub target: String,
+    #[serde(default)]
+    pub hostgroup: String,
+    /// `incoming` or `outgoing`.
+    #[serde(default)]
+    pub direction: Direction,
     pub families: Vec<String>,
     pub vectors: Vec<String>,
     pub severity: String,
@@ -102,6 +112,9 @@ impl Context {
             incident_id: inc.id.clone(),
             node: inc.node.clone(),
             iface: inc.iface.clone(),
+            target: inc.target.clone(),
+            hostgroup: inc.hostgroup.clone(),
+            direction: inc.direction,
             families: inc.families.iter().map(|f| f.name().to_string()).collect(),
             vectors: inc.vectors.clone(),
             severity: inc.severity.name().to_string(),
@@ -126,6 +139,16 @@ impl Context {
         env.render_str(template, value).map_err(|e| format!("template: {e}"))
     }
 
+    /// `, target 192.0.2.7`, `, from 192.0.2.7` for an outgoing flood;
+    /// nothing for incidents stored before targets.
+    fn on_target(&self) -> String {
+        match (self.target.is_empty(), self.direction) {
+            (true, _) => String::new(),
+            (false, Direction::Incoming) => format!(", target {}", self.target),
+            (false, Direction::Outgoing) => format!(", from {}", self.target),
+        }
+    }
+
     /// A one-line summary for messages with no template of their own, and
     /// for every notification at the attack's end (a start template talks
     /// of a running attack).
@@ -136,9 +159,10 @@ impl Context {
                 .map(|e| format!(" after {:.1}s", e.saturating_sub(self.started_at) as f64 / 1000.0))
                 .unwrap_or_default();
             return format!(
-                "Attack on {} ({}) is over{lasted}: {}, peak {:.0} pps, severity {}, status {}",
+                "Attack on {} ({}{}) is over{lasted}: {}, peak {:.0} pps, severity {}, status {}",
                 self.node,
                 self.iface,
+                self.on_target(),
                 self.families.join(", "),
                 self.peak_pps,
                 self.severity,
@@ -146,10 +170,11 @@ impl Context {
             );
         }
         format!(
-            "{} on {} ({}): {}, {:.0} pps, severity {}, status {}",
+            "{} on {} ({}{}): {}, {:.0} pps, severity {}, status {}",
             self.event.name(),
             self.node,
             self.iface,
+            self.on_target(),
             self.families.join(", "),
             self.pps,
             self.severity,

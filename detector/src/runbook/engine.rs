@@ -43,6 +43,7 @@ use crate::{
     api::control::SharedMitigator,
     clock::{now_ms, Clock},
     detect::incident::{EventKind, Incident, IncidentEvent, Status, TopSource},
+    targets::Direction,
     metrics::Metrics,
     mitigate::{
         derived::{rules_from, syn_cookie_rules},
@@ -802,6 +803,7 @@ pub fn rule_requests(index: usize, m: &Mitigate, runbook: &str, inc: &Incident) 
             rules_from(sig, &m.shape, m.max_collateral).map_err(|e| StepError::Fail(e.to_string()))?
         }
     };
+    let shaped = scope_to_target(shaped, inc)?;
     let families: Vec<&str> = inc.families.iter().map(|f| f.name()).collect();
     let reason = format!("{} on {}", families.join(", "), inc.iface);
     let origin = Origin {
@@ -812,6 +814,68 @@ pub fn rule_requests(index: usize, m: &Mitigate, runbook: &str, inc: &Incident) 
     };
     Ok(shaped.into_iter().map(|(p, shape)| shape.request(p, &reason, origin.clone())).collect())
 }
+
+/// Limits rules to the incident's target, so mitigating one customer's
+/// attack never touches another's traffic: each rule's destination becomes
+/// the target's prefixes (its address, or its host group's prefixes), or
+/// the part of the rule's own destination inside them; a rule whose
+/// destination holds none of them is refused. A rule naming no source
+/// takes the any-source prefix of its destination's family. An outgoing
+/// flood leaves through the interface, where XDP does not see it: nothing
+/// to install. Incidents from before targets are left as they are.
+fn scope_to_target(shaped: Vec<(Prefix, Shape)>, inc: &Incident) -> Result<Vec<(Prefix, Shape)>, StepError> {
+    if inc.direction == Direction::Outgoing {
+        return Err(StepError::Skip(format!(
+            "an outgoing flood from {} leaves through {}; XDP filters what arrives there, not what leaves",
+            inc.target, inc.iface
+        )));
+    }
+    if inc.target_prefixes.is_empty() {
+        return Ok(shaped);
+    }
+    let mut out = Vec::new();
+    for (source, shape) in shaped {
+        let dsts: Vec<Prefix> = match shape.m.dst {
+            None => inc.target_prefixes.clone(),
+            Some(d) => inc
+                .target_prefixes
+                .iter()
+                .filter(|t| t.overlaps(&d))
+                .map(|t| if d.contains(t) { *t } else { d })
+                .collect(),
+        };
+        if dsts.is_empty() {
+            return Err(StepError::Fail(format!(
+                "the rule's destination {} holds none of the target {} ({})",
+                shape.m.dst.map(|d| d.to_string()).unwrap_or_default(),
+                inc.target,
+                inc.target_prefixes.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        for d in dsts {
+            let source = if source.is_any_source() { Prefix::any(d.is_ipv4()) } else { source };
+            if source.is_ipv4() != d.is_ipv4() && !source.is_any_source() {
+                // A source of the other family can send nothing to it.
+                continue;
+            }
+            let mut shape = shape.clone();
+            shape.m.dst = Some(d);
+            out.push((source, shape));
+        }
+    }
+    if out.len() > MAX_RULES_PER_STEP {
+        return Err(StepError::Fail(format!(
+            "limited to the target {} ({} prefixes), the step makes {} rules; at most {MAX_RULES_PER_STEP}",
+            inc.target,
+            inc.target_prefixes.len(),
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// Rules one mitigate step may install for one incident.
+const MAX_RULES_PER_STEP: usize = crate::runbook::schema::MAX_TOP;
 
 pub enum StepError {
     /// Not applicable now; recorded as `skipped` with the reason.

@@ -96,6 +96,10 @@ fn incident(id: &str) -> Incident {
         id: id.into(),
         node: "edge-1".into(),
         iface: "veth0".into(),
+        target: "192.0.2.2".into(),
+        hostgroup: "host".into(),
+        direction: Default::default(),
+        target_prefixes: vec!["192.0.2.2/32".parse().unwrap()],
         families: vec![Family::UdpFlood],
         vectors: vec!["udp".into()],
         severity: Severity::High,
@@ -190,7 +194,7 @@ async fn a_blank_message_sends_the_summary() {
     let ex = history.lock().unwrap().last().unwrap().clone();
     assert_eq!(
         ex.steps[0].detail,
-        "would send to https://hooks.example.test/x: attack_start on edge-1 (veth0): udp_flood, 60000 pps, severity high, status active",
+        "would send to https://hooks.example.test/x: attack_start on edge-1 (veth0, target 192.0.2.2): udp_flood, 60000 pps, severity high, status active",
         "a template that renders to whitespace sends the summary"
     );
     assert_eq!(ex.steps[1].detail, "would send to https://hooks.example.test/x: edge-1 under attack");

@@ -19,6 +19,7 @@ use crate::{
         rule::{Match, Shape, ShapeRequest},
     },
     span::Span,
+    targets::Direction,
 };
 
 /// The variables a template may use: the incident context (see README).
@@ -29,11 +30,15 @@ pub const TEMPLATE_VARIABLES: &[&str] = &[
     "incident_id",
     "node",
     "iface",
+    "target",
+    "hostgroup",
+    "direction",
     "families",
     "vectors",
     "severity",
     "status",
     "started_at",
+    "ended_at",
     "pps",
     "bps",
     "peak_pps",
@@ -128,6 +133,14 @@ pub struct Trigger {
     pub min_pps: f64,
     #[serde(default)]
     pub nodes: Nodes,
+    /// The host groups whose incidents it fires for (`all` by default).
+    #[serde(default)]
+    pub hostgroups: Hostgroups,
+    /// Incoming attacks only by default: a runbook written to defend a
+    /// host must not answer a flood one of its own servers sends unless
+    /// it says so.
+    #[serde(default)]
+    pub directions: Directions,
 }
 
 /// `[any]`, or a list of families.
@@ -193,20 +206,59 @@ pub enum Nodes {
 
 impl<'de> Deserialize<'de> for Nodes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Nodes, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            One(String),
-            Many(Vec<String>),
+        Ok(all_or_list(d, "nodes", "node names")?.map(Nodes::These).unwrap_or(Nodes::All))
+    }
+}
+
+/// `all`, or a list of host group names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Hostgroups {
+    #[default]
+    All,
+    These(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Hostgroups {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Hostgroups, D::Error> {
+        Ok(all_or_list(d, "hostgroups", "host group names")?.map(Hostgroups::These).unwrap_or(Hostgroups::All))
+    }
+}
+
+/// `all` (none), or a non-empty list of names.
+fn all_or_list<'de, D: Deserializer<'de>>(d: D, field: &str, what: &str) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    match Raw::deserialize(d)? {
+        Raw::One(s) if s == "all" => Ok(None),
+        Raw::One(s) => Err(de::Error::custom(format!("trigger.{field}: '{s}' is neither all nor a list of {what}"))),
+        Raw::Many(v) if v.is_empty() => Err(de::Error::custom(format!("trigger.{field} is an empty list; write all"))),
+        Raw::Many(v) => Ok(Some(v)),
+    }
+}
+
+/// The directions of the incidents it fires for: `[incoming]` unless
+/// told otherwise.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Vec<Direction>")]
+pub struct Directions(pub Vec<Direction>);
+
+impl Default for Directions {
+    fn default() -> Self {
+        Directions(vec![Direction::Incoming])
+    }
+}
+
+impl TryFrom<Vec<Direction>> for Directions {
+    type Error = String;
+    fn try_from(v: Vec<Direction>) -> Result<Self, String> {
+        if v.is_empty() {
+            return Err("trigger.directions is an empty list; write [incoming], [outgoing] or both".into());
         }
-        match Raw::deserialize(d)? {
-            Raw::One(s) if s == "all" => Ok(Nodes::All),
-            Raw::One(s) => {
-                Err(de::Error::custom(format!("trigger.nodes: '{s}' is neither all nor a list of node names")))
-            }
-            Raw::Many(v) if v.is_empty() => Err(de::Error::custom("trigger.nodes is an empty list; write all")),
-            Raw::Many(v) => Ok(Nodes::These(v)),
-        }
+        Ok(Directions(v))
     }
 }
 

@@ -195,6 +195,10 @@ fn incident(families: &[Family], severity: Severity, pps: f64) -> Incident {
         id: "lab-veth0-20261125T000000.000Z".into(),
         node: "edge-1".into(),
         iface: "veth0".into(),
+        target: "192.0.2.2".into(),
+        hostgroup: "host".into(),
+        direction: Default::default(),
+        target_prefixes: vec!["192.0.2.2/32".parse().unwrap()],
         families: families.to_vec(),
         vectors: vec![],
         severity,
@@ -295,7 +299,7 @@ fn templates_render_the_attack_context() {
     assert_eq!(end.event, AttackEvent::AttackEnd);
     assert!(
         end.summary()
-            .starts_with("Attack on edge-1 (veth0) is over: multi_vector, udp_flood, syn_flood, peak 61500 pps"),
+            .starts_with("Attack on edge-1 (veth0, target 192.0.2.2) is over: multi_vector, udp_flood, syn_flood, peak 61500 pps"),
         "{}",
         end.summary()
     );
@@ -420,7 +424,10 @@ fn a_mitigate_step_that_loads_makes_rules_the_rule_check_accepts() {
                 assert_eq!(reqs.len(), want, "{text}");
                 for r in &reqs {
                     let c = r.check().unwrap_or_else(|e| panic!("{text}: the request {r:?} is refused: {e}"));
-                    let shape = Shape { reason: String::new(), ..c.shape };
+                    // Limited to the incident's target, otherwise as the step says.
+                    assert_eq!(c.shape.m.dst, Some("192.0.2.2/32".parse().unwrap()), "{text}");
+                    let m_any_dst = crate::mitigate::rule::Match { dst: None, ..c.shape.m };
+                    let shape = Shape { reason: String::new(), m: m_any_dst, ..c.shape };
                     assert_eq!(shape, m.shape, "{text}");
                     assert_eq!(shape.action, direct.shape.action, "{text}");
                     assert!(c.origin.is_step("x", &inc.id, 0));
@@ -522,4 +529,65 @@ fn top_sources_that_were_the_hosts_users_before_the_attack_are_left_alone() {
     assert_eq!(reqs.iter().map(|r| r.prefix.as_str()).collect::<Vec<_>>(), ["198.51.100.1/32"]);
     inc.top_sources.remove(1);
     assert!(matches!(rule_requests(0, m, "x", &inc), Err(StepError::Skip(why)) if why.contains("its users")));
+}
+
+/// Network mode: a trigger names host groups and directions (incoming
+/// only unless it says otherwise), and rules are limited to the target.
+#[test]
+fn triggers_name_host_groups_and_directions() {
+    let rb = |t: &str| parse("rb.yaml", &format!("name: x\ntrigger: {t}\nsteps:\n  - note: hi\n"), Box::new(Fake));
+    let mut inc = incident(&[Family::UdpFlood], Severity::High, 50_000.0);
+    inc.hostgroup = "customers".into();
+    assert!(matches(&rb("{ families: [any] }").unwrap(), &inc));
+    assert!(matches(&rb("{ families: [any], hostgroups: [customers, vip] }").unwrap(), &inc));
+    assert!(!matches(&rb("{ families: [any], hostgroups: [vip] }").unwrap(), &inc));
+    inc.direction = crate::targets::Direction::Outgoing;
+    assert!(!matches(&rb("{ families: [any] }").unwrap(), &inc), "incoming only by default");
+    assert!(matches(&rb("{ families: [any], directions: [outgoing] }").unwrap(), &inc));
+    assert!(matches(&rb("{ families: [any], directions: [incoming, outgoing], hostgroups: all }").unwrap(), &inc));
+    let e = rb("{ families: [any], hostgroups: [] }").unwrap_err();
+    assert!(e.message.contains("trigger.hostgroups is an empty list"), "{e}");
+    let e = rb("{ families: [any], directions: [sideways] }").unwrap_err();
+    assert!(e.message.contains("unknown variant `sideways`"), "{e}");
+}
+
+#[test]
+fn runbook_rules_are_limited_to_the_incident_target() {
+    use crate::runbook::engine::StepError;
+    let text = "name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: top_sources, top: 2, ttl: 10m }\n  - mitigate: { action: drop, scope: prefix, prefix: 0.0.0.0/0, dst: 198.51.100.0/25, class: [udp], ttl: 10m }\n";
+    let rb = parse("rb.yaml", text, Box::new(Fake)).unwrap();
+    let (Step::Mitigate(top), Step::Mitigate(pre)) = (&rb.steps.0[0], &rb.steps.0[1]) else { panic!() };
+    let mut inc = incident(&[Family::UdpFlood], Severity::High, 50_000.0);
+    // A carpet-bombing incident on a group of two prefixes.
+    inc.target = "customers".into();
+    inc.target_prefixes = vec!["198.51.100.0/24".parse().unwrap(), "2001:db8:c::/64".parse().unwrap()];
+    inc.top_sources = ["203.0.113.7", "203.0.113.8"]
+        .iter()
+        .map(|a| TopSource { addr: a.parse().unwrap(), pps: 20_000.0, share: 0.4, seen_before_attack: false })
+        .collect();
+    let reqs = rule_requests(0, top, "x", &inc).ok().expect("requests");
+    let got: Vec<(String, String)> = reqs
+        .iter()
+        .map(|r| r.check().unwrap())
+        .map(|c| (c.prefix.to_string(), c.shape.m.dst.unwrap().to_string()))
+        .collect();
+    // The IPv4 top sources, to the IPv4 prefix only.
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|(_, d)| d == "198.51.100.0/24"), "{got:?}");
+    // A step's own destination is narrowed to what of it is the target's.
+    let reqs = rule_requests(1, pre, "x", &inc).ok().expect("requests");
+    let dsts: Vec<String> = reqs.iter().map(|r| r.check().unwrap().shape.m.dst.unwrap().to_string()).collect();
+    assert_eq!(dsts, vec!["198.51.100.0/25"]);
+    // ... and refused when it holds none of it.
+    inc.target_prefixes = vec!["203.0.113.0/24".parse().unwrap()];
+    match rule_requests(1, pre, "x", &inc) {
+        Err(StepError::Fail(e)) => assert!(e.contains("holds none of the target customers"), "{e}"),
+        _ => panic!("not refused"),
+    }
+    // An outgoing flood: XDP sees what arrives, not what leaves.
+    inc.direction = crate::targets::Direction::Outgoing;
+    match rule_requests(0, top, "x", &inc) {
+        Err(StepError::Skip(e)) => assert!(e.contains("outgoing flood"), "{e}"),
+        _ => panic!("not skipped"),
+    }
 }

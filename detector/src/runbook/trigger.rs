@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::schema::{Families, Nodes, Runbook};
+use super::schema::{Families, Hostgroups, Nodes, Runbook};
 use crate::detect::incident::{EventKind, Incident};
 
 /// True when `rb`'s trigger covers the incident as it stands.
@@ -17,7 +17,18 @@ pub fn matches(rb: &Runbook, inc: &Incident) -> bool {
         Nodes::All => true,
         Nodes::These(list) => list.contains(&inc.node),
     };
-    rb.enabled && family && node && t.min_severity.admits(inc.severity) && inc.pps.max(inc.peak_pps) >= t.min_pps
+    let hostgroup = match &t.hostgroups {
+        Hostgroups::All => true,
+        Hostgroups::These(list) => list.contains(&inc.hostgroup),
+    };
+    let direction = t.directions.0.contains(&inc.direction);
+    rb.enabled
+        && family
+        && node
+        && hostgroup
+        && direction
+        && t.min_severity.admits(inc.severity)
+        && inc.pps.max(inc.peak_pps) >= t.min_pps
 }
 
 /// The events that may fire a runbook: an incident opening, every change

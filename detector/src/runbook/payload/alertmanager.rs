@@ -68,6 +68,8 @@ pub fn alertmanager(step: &Notify, ctx: &Context, message: &str, now_ms: u64) ->
             "incident_id": ctx.incident_id,
             "node": ctx.node,
             "iface": ctx.iface,
+            "hostgroup": ctx.hostgroup,
+            "target": ctx.target,
         },
         "annotations": {
             "summary": text(message, ctx),
@@ -135,6 +137,8 @@ mod tests {
                 "incident_id": "web1-eth0-20261124T223501.123Z",
                 "node": "web1",
                 "iface": "eth0",
+                "hostgroup": "host",
+                "target": "192.0.2.2",
             })
         );
         assert_eq!(a["annotations"]["severity"], "high", "what changes during an attack is no label");

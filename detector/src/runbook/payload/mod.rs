@@ -212,6 +212,9 @@ fn facts(ctx: &Context) -> Vec<(&'static str, String)> {
         ("Node", format!("{} ({})", ctx.node, ctx.iface)),
         ("Started", time_ms::rfc3339(ctx.started_at)),
     ];
+    if !ctx.target.is_empty() {
+        f.insert(5, ("Target", format!("{} (host group {}, {})", ctx.target, ctx.hostgroup, ctx.direction)));
+    }
     if let Some(end) = ctx.ended_at {
         f.push(("Ended", time_ms::rfc3339(end)));
     }
@@ -251,7 +254,7 @@ mod tests {
         assert_eq!(message(&blank, &c).unwrap(), c.summary());
         let end = ctx(AttackEvent::AttackEnd);
         assert_eq!(message(&with, &end).unwrap(), end.summary());
-        assert!(end.summary().starts_with("Attack on web1 (eth0) is over"), "{}", end.summary());
+        assert!(end.summary().starts_with("Attack on web1 (eth0, target 192.0.2.2) is over"), "{}", end.summary());
         assert_eq!(message(&with, &ctx(AttackEvent::AttackUpdate)).unwrap(), "web1: high");
     }
 
