@@ -192,12 +192,17 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
         let id = inc.id.clone();
         let watched = cfg.ifaces.contains(&inc.iface);
         let iface = inc.iface.clone();
-        detector.resume(inc, now);
-        if watched {
+        let group = inc.hostgroup.clone();
+        let measured = detector.resume(inc);
+        let why = if !watched {
+            format!("interface {iface} is no longer watched")
+        } else if !measured {
+            format!("host group '{group}' is no longer configured")
+        } else {
             tracing::info!(id, iface, "resuming an incident open at the last stop");
-        } else if let Ok(ev) =
-            detector.set_status(&id, Status::Resolved, now, &format!("interface {iface} is no longer watched"))
-        {
+            continue;
+        };
+        if let Ok(ev) = detector.set_status(&id, Status::Resolved, now, &why) {
             history.send(HistoryCmd::Record(Box::new(ev)));
         }
     }

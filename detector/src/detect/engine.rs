@@ -354,25 +354,27 @@ impl Detector {
         any
     }
 
-    /// Continues an incident found open at start instead of opening another.
-    pub fn resume(&mut self, mut incident: Incident, now_ms: u64) {
+    /// Continues an incident found open at start instead of opening
+    /// another. Its families count as below from the first poll on, so it
+    /// resolves after the quiet period unless the attack goes on (however
+    /// long the start took). False when its host group is no longer
+    /// configured (or it predates host groups): nothing will measure it,
+    /// and the caller resolves it.
+    pub fn resume(&mut self, mut incident: Incident) -> bool {
         let key = ScopeKey {
             iface: incident.iface.clone(),
             direction: incident.direction,
             target: incident.target.clone(),
         };
         let addr: Option<IpAddr> = incident.target.parse().ok();
-        let group = self.protected.index_of(&incident.hostgroup).unwrap_or(0);
-        let mut scope = Scope::new(group, addr);
-        for f in incident.detected_families() {
-            // Until the first poll says otherwise, it is below: it resolves
-            // after the quiet period unless the attack goes on.
-            scope.tracks[f.index()].below_since = Some(now_ms);
-        }
+        let group = self.protected.index_of(&incident.hostgroup);
+        let scope_group = group.unwrap_or(0);
+        let mut scope = Scope::new(scope_group, addr);
         incident.ended_at = None;
         scope.incident = Some(incident);
         self.iface(&key.iface.clone());
         self.scopes.insert(key, scope);
+        group.is_some()
     }
 
     /// True while `iface` has an open incident or a family above its
@@ -491,12 +493,12 @@ impl Detector {
                 // account for: many addresses each below their floor,
                 // together above the group's.
                 let Some(total_floors) = group.floors(direction, true) else { continue };
-                let Some(total) = obs.targets.group(gi, direction) else { continue };
+                let Some(total) = group_total(&self.protected, obs, gi, direction) else { continue };
                 let key = ScopeKey { iface: obs.iface.to_string(), direction, target: group.name.clone() };
                 let mut signals = Vec::new();
                 for f in Family::DETECTED {
                     let Some(fc) = total_floors.get(f).filter(|fc| fc.enabled) else { continue };
-                    let mut s = signal(f, fc, &total.classes, learned.as_ref().map(|b| &b.total), &cfg, 0.0);
+                    let mut s = signal(f, fc, &total, learned.as_ref().map(|b| &b.total), &cfg, 0.0);
                     for (k, sc) in &self.scopes {
                         if k.iface == obs.iface
                             && k.direction == direction
@@ -511,7 +513,7 @@ impl Detector {
                     }
                     signals.push((f, s));
                 }
-                let input = Input { key, group: gi, addr: None, classes: total.classes };
+                let input = Input { key, group: gi, addr: None, classes: total };
                 track(&mut self.scopes, &input, &signals, interval_start);
             }
         }
@@ -522,7 +524,7 @@ impl Detector {
                 if group.floors(direction, false).is_none() {
                     continue;
                 }
-                let Some(total) = obs.targets.group(gi, direction) else { continue };
+                let Some(total) = group_total(&self.protected, obs, gi, direction) else { continue };
                 let mut frozen = [false; CLASS_COUNT];
                 for (k, s) in &self.scopes {
                     if k.iface == obs.iface && k.direction == direction && s.group == gi {
@@ -543,7 +545,7 @@ impl Detector {
                 let b = st.baselines.entry((group.name.clone(), direction)).or_default();
                 for c in TrafficClass::ALL {
                     if !frozen[c.index()] {
-                        let (r, a) = (total.classes[c.index()], busiest[c.index()]);
+                        let (r, a) = (total[c.index()], busiest[c.index()]);
                         b.total[c.index()].learn(r.pps, r.bps, obs.seconds, &cfg.baseline);
                         b.address[c.index()].learn(a.pps, a.bps, obs.seconds, &cfg.baseline);
                     }
@@ -570,6 +572,9 @@ impl Detector {
             let group_name = group.map(|g| g.name.clone()).unwrap_or_default();
             let prefixes = match sc.addr {
                 Some(a) => vec![Prefix::host(a)],
+                // Host mode's group is the whole interface (see
+                // [`group_total`]): its rules are not limited.
+                None if self.protected.host_mode() => Vec::new(),
                 None => group.map(|g| g.prefixes.clone()).unwrap_or_default(),
             };
             let samples = match (key.direction, sc.addr) {
@@ -682,6 +687,22 @@ impl Detector {
             .find(|s| s.incident.as_ref().is_some_and(|i| i.id == id))
             .ok_or_else(|| DetectError::NoSuchIncident(id.to_string()))
     }
+}
+
+/// A group's total in one direction. Host mode's group, incoming, is the
+/// whole interface's traffic, whatever its destination: a flood to an
+/// address the host does not have (a broadcast, a neighbour's address) still
+/// reaches it, and is still an attack on it (a host-group incident).
+fn group_total(
+    protected: &Protected,
+    obs: &Observation<'_>,
+    group: usize,
+    direction: Direction,
+) -> Option<[ClassRate; CLASS_COUNT]> {
+    if protected.host_mode() && direction == Direction::Incoming {
+        return Some(*obs.classes);
+    }
+    obs.targets.group(group, direction).map(|g| g.classes)
 }
 
 /// Updates (or starts, when a family is above) a scope's tracks.

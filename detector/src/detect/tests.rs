@@ -330,7 +330,7 @@ fn an_incident_open_at_a_restart_is_resumed_not_duplicated() {
     // The attack goes on after the restart: same incident, no new open.
     let mut r2 = Run::new(cfg());
     r2.now = r.now + 2_000;
-    r2.det.resume(inc.clone(), r2.now);
+    assert!(r2.det.resume(inc.clone()));
     let ev = r2.traffic(&[(TrafficClass::TcpSyn, 5_000.0)], 2.0);
     assert!(ev.iter().all(|e| e.kind != EventKind::Opened), "{:?}", ev.iter().map(|e| e.kind).collect::<Vec<_>>());
     assert_eq!(r2.det.open_incidents().next().unwrap().id, inc.id);
@@ -338,10 +338,19 @@ fn an_incident_open_at_a_restart_is_resumed_not_duplicated() {
     // It was over during the restart: it resolves after the quiet period.
     let mut r3 = Run::new(cfg());
     r3.now = r.now + 2_000;
-    r3.det.resume(inc.clone(), r3.now);
-    let ev = r3.quiet(6.0);
+    assert!(r3.det.resume(inc.clone()));
+    // However long the start took: the quiet period counts from the first poll.
+    r3.now += 60_000;
+    let ev = r3.quiet(4.0);
+    assert!(ev.is_empty(), "resolved before a quiet period of polls");
+    let ev = r3.quiet(2.0);
     assert_eq!(ev.iter().map(|e| e.kind).collect::<Vec<_>>(), vec![EventKind::Resolved]);
     assert_eq!(ev[0].incident.id, inc.id);
+
+    // Its host group is gone from the configuration: not resumed.
+    let mut gone = inc.clone();
+    gone.hostgroup = "customers".into();
+    assert!(!Run::new(cfg()).det.resume(gone));
 }
 
 #[test]
