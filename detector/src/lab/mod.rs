@@ -18,7 +18,9 @@
 //! and a stand-in for notification endpoints ([`receiver`]). For traffic
 //! from real tools and real sockets: `hping3` run for a while and stopped
 //! ([`hping3`]), the kernel's own counters of a namespace ([`counters`]),
-//! and a UDP server and client that answer and count ([`udp`]). All of it is
+//! and a UDP server and client that answer and count ([`udp`]). For network
+//! mode, a three-namespace lab with a router between the generators and
+//! the customers' servers ([`router`]). All of it is
 //! behind the crate's `lab` feature: the production build carries none of it.
 
 pub mod controller;
@@ -26,11 +28,13 @@ pub mod counters;
 pub mod hping3;
 pub mod process;
 pub mod receiver;
+pub mod router;
 pub mod tcp;
 pub mod udp;
 
 pub use controller::Controller;
 pub use process::{Background, DetectorCommand, Supervision};
+pub use router::RouterLab;
 
 use std::{
     path::Path,
@@ -54,6 +58,8 @@ pub enum LabError {
     Enter { ns: String, source: std::io::Error },
     #[error("cannot write {path}: {source}")]
     Sysctl { path: String, source: std::io::Error },
+    #[error("the lab's links were not ready after {after:?}: {pending}")]
+    NotReady { after: std::time::Duration, pending: String },
 }
 
 /// Two namespaces and the veth pair between them.
