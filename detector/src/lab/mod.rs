@@ -18,7 +18,9 @@
 //! and a stand-in for notification endpoints ([`receiver`]). For traffic
 //! from real tools and real sockets: `hping3` run for a while and stopped
 //! ([`hping3`]), the kernel's own counters of a namespace ([`counters`]),
-//! and a UDP server and client that answer and count ([`udp`]). All of it is
+//! and a UDP server and client that answer and count ([`udp`]). For network
+//! mode, a three-namespace lab with a router between the generators and
+//! the customers' servers ([`router`]). All of it is
 //! behind the crate's `lab` feature: the production build carries none of it.
 
 pub mod controller;
@@ -26,11 +28,13 @@ pub mod counters;
 pub mod hping3;
 pub mod process;
 pub mod receiver;
+pub mod router;
 pub mod tcp;
 pub mod udp;
 
 pub use controller::Controller;
 pub use process::{Background, DetectorCommand, Supervision};
+pub use router::RouterLab;
 
 use std::{
     path::Path,
@@ -54,6 +58,8 @@ pub enum LabError {
     Enter { ns: String, source: std::io::Error },
     #[error("cannot write {path}: {source}")]
     Sysctl { path: String, source: std::io::Error },
+    #[error("the lab's links were not ready after {after:?}: {pending}")]
+    NotReady { after: std::time::Duration, pending: String },
 }
 
 /// Two namespaces and the veth pair between them.
@@ -77,7 +83,7 @@ pub const TGT_V4: &str = "192.0.2.2";
 pub const GEN_V6: &str = "2001:db8::1";
 pub const TGT_V6: &str = "2001:db8::2";
 
-fn ip(args: &[&str]) -> Result<Output, LabError> {
+pub(crate) fn ip(args: &[&str]) -> Result<Output, LabError> {
     let out = Command::new("ip").args(args).output().map_err(LabError::NoIp)?;
     if !out.status.success() {
         return Err(LabError::Ip {
@@ -91,18 +97,13 @@ fn ip(args: &[&str]) -> Result<Output, LabError> {
 impl Lab {
     /// Creates the namespaces and the veth pair, addressed and up.
     pub fn new() -> Result<Lab, LabError> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        sweep_dead_labs();
-        let pid = std::process::id();
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        // Interface names have at most 15 bytes: dl<pid hex><n hex><g|t>.
-        let tag = format!("{:x}{:x}", pid, n);
+        let names = LabNames::next();
         let lab = Lab {
-            gen_ns: format!("{PREFIX}-{pid}-{n}-gen"),
-            tgt_ns: format!("{PREFIX}-{pid}-{n}-tgt"),
-            gen_if: format!("dl{}g", &tag[tag.len().saturating_sub(11)..]),
-            tgt_if: format!("dl{}t", &tag[tag.len().saturating_sub(11)..]),
-            dir: std::env::temp_dir().join(format!("{PREFIX}-{pid}-{n}")),
+            gen_ns: names.ns("gen"),
+            tgt_ns: names.ns("tgt"),
+            gen_if: names.iface('g'),
+            tgt_if: names.iface('t'),
+            dir: names.dir(),
             gen_xdp: None,
         };
         // From here on, drop cleans up whatever was made.
@@ -111,24 +112,10 @@ impl Lab {
     }
 
     fn build(&self) -> Result<(), LabError> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| LabError::Ip { args: format!("mkdir {}", self.dir.display()), stderr: e.to_string() })?;
+        make_dir(&self.dir)?;
         ip(&["netns", "add", &self.gen_ns])?;
         ip(&["netns", "add", &self.tgt_ns])?;
-        ip(&[
-            "link",
-            "add",
-            &self.gen_if,
-            "netns",
-            &self.gen_ns,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &self.tgt_if,
-            "netns",
-            &self.tgt_ns,
-        ])?;
+        veth(&self.gen_ns, &self.gen_if, &self.tgt_ns, &self.tgt_if)?;
         for (ns, ifname, v4) in [(&self.gen_ns, &self.gen_if, GEN_V4), (&self.tgt_ns, &self.tgt_if, TGT_V4)] {
             disable_ipv6(ns, ifname)?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
@@ -178,11 +165,7 @@ impl Lab {
     /// An IPv6 address is added without duplicate address detection (usable
     /// at once).
     pub fn add_addr(&self, ns: &str, ifname: &str, cidr: &str) -> Result<(), LabError> {
-        let mut args = vec!["-n", ns, "addr", "add", cidr, "dev", ifname];
-        if cidr.contains(':') {
-            args.push("nodad");
-        }
-        ip(&args).map(drop)
+        add_addr(ns, ifname, cidr)
     }
 
     /// Turns reverse-path filtering off on the target side (`all` and its
@@ -237,19 +220,77 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        // Pins a controller left in bpffs (rules kept on stop, kill -9)
-        // hold links and maps; they go first, with the namespaces' inodes.
-        for ns in [&self.gen_ns, &self.tgt_ns] {
-            if let Some(ino) = netns_inode(ns) {
-                remove_netns_pins(ino);
-            }
-        }
-        // Deleting a namespace destroys the veth end inside it, and with it
-        // the peer and any XDP program attached to either.
-        let _ = ip(&["netns", "del", &self.gen_ns]);
-        let _ = ip(&["netns", "del", &self.tgt_ns]);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        teardown(&[&self.gen_ns, &self.tgt_ns], &self.dir);
     }
+}
+
+/// The names of one lab, two namespaces or more: `dlab-<pid>-<n>-<role>`
+/// for its namespaces and `dlab-<pid>-<n>` for its scratch directory, which
+/// [`sweep_dead_labs`] recognizes once `<pid>` is gone; its interfaces,
+/// `dl<pid hex><n hex><role letter>`, at most 15 bytes. Every lab of the
+/// process, whatever its kind, takes the next `<n>`. Creating names sweeps
+/// the dead labs first.
+pub(crate) struct LabNames {
+    pid: u32,
+    n: u32,
+}
+
+impl LabNames {
+    pub(crate) fn next() -> LabNames {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        sweep_dead_labs();
+        LabNames { pid: std::process::id(), n: NEXT.fetch_add(1, Ordering::Relaxed) }
+    }
+
+    pub(crate) fn ns(&self, role: &str) -> String {
+        format!("{PREFIX}-{}-{}-{role}", self.pid, self.n)
+    }
+
+    pub(crate) fn iface(&self, role: char) -> String {
+        let tag = format!("{:x}{:x}", self.pid, self.n);
+        format!("dl{}{role}", &tag[tag.len().saturating_sub(11)..])
+    }
+
+    pub(crate) fn dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("{PREFIX}-{}-{}", self.pid, self.n))
+    }
+}
+
+pub(crate) fn make_dir(dir: &Path) -> Result<(), LabError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| LabError::Ip { args: format!("mkdir {}", dir.display()), stderr: e.to_string() })
+}
+
+/// Removes a lab: its namespaces (whichever exist) and its scratch directory.
+pub(crate) fn teardown(namespaces: &[&str], dir: &Path) {
+    // Pins a controller left in bpffs (rules kept on stop, kill -9)
+    // hold links and maps; they go first, with the namespaces' inodes.
+    for ns in namespaces {
+        if let Some(ino) = netns_inode(ns) {
+            remove_netns_pins(ino);
+        }
+    }
+    // Deleting a namespace destroys the veth end inside it, and with it
+    // the peer and any XDP program attached to either.
+    for ns in namespaces {
+        let _ = ip(&["netns", "del", ns]);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A veth pair: `a_if` in `a_ns`, `b_if` in `b_ns`.
+pub(crate) fn veth(a_ns: &str, a_if: &str, b_ns: &str, b_if: &str) -> Result<(), LabError> {
+    ip(&["link", "add", a_if, "netns", a_ns, "type", "veth", "peer", "name", b_if, "netns", b_ns]).map(drop)
+}
+
+/// Adds `cidr` to `ifname` in namespace `ns`; an IPv6 address without
+/// duplicate address detection (usable at once).
+pub(crate) fn add_addr(ns: &str, ifname: &str, cidr: &str) -> Result<(), LabError> {
+    let mut args = vec!["-n", ns, "addr", "add", cidr, "dev", ifname];
+    if cidr.contains(':') {
+        args.push("nodad");
+    }
+    ip(&args).map(drop)
 }
 
 /// A plain HTTP GET to `127.0.0.1:port` from inside namespace `ns` (a

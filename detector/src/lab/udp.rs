@@ -12,11 +12,15 @@
 //! time in the next 8; the server's answer starts with the same 16 bytes
 //! (an NTP server likewise returns the client's transmit timestamp), so the
 //! client counts each answer once and measures its round trip.
+//!
+//! For a flood spread over many destinations (carpet bombing), a sink on a
+//! wildcard address counts what each destination address of the host
+//! received ([`UdpSink`]).
 
 use std::{
     collections::{HashMap, HashSet},
     io,
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::fd::AsRawFd as _,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -187,6 +191,131 @@ fn serve(sock: UdpSocket, reply: Reply, stats: &Mutex<ServerStats>, stop: &Atomi
             None => {}
         }
     }
+}
+
+/// A UDP socket on a thread, in a lab namespace, that answers nothing and
+/// counts datagrams per *destination* address: bound to a wildcard address
+/// (`0.0.0.0:port`, `[::]:port`) on a host that takes a whole prefix as
+/// local, it counts what each address of the prefix received. (An IPv6
+/// sink on `[::]` takes IPv4 too, unless the host binds IPv6 only: those
+/// are counted under their IPv4 address.) Dropped, it stops.
+pub struct UdpSink {
+    addr: SocketAddr,
+    counts: Arc<Mutex<HashMap<IpAddr, u64>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpSink {
+    /// Binds `addr` in namespace `ns` and counts until stopped.
+    pub fn start(ns: &str, addr: SocketAddr) -> io::Result<UdpSink> {
+        let sock = bind_in(ns, addr)?;
+        let (level, name) = match addr {
+            SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO),
+            SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
+        };
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket and an int option of the size given.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                level,
+                name,
+                &on as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let addr = sock.local_addr()?;
+        let counts = Arc::new(Mutex::new(HashMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (counts, stop) = (counts.clone(), stop.clone());
+            std::thread::Builder::new().name(format!("udp-sink-{}", addr.port())).spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(Some(to)) = recv_to(&sock, &mut buf) else { continue };
+                    *counts.lock().unwrap_or_else(|e| e.into_inner()).entry(to).or_insert(0) += 1;
+                }
+            })?
+        };
+        Ok(UdpSink { addr, counts, stop, thread: Some(thread) })
+    }
+
+    /// The address it is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Datagrams received so far, per destination address.
+    pub fn counts(&self) -> HashMap<IpAddr, u64> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Datagrams to `addr` so far.
+    pub fn received_at(&self, addr: IpAddr) -> u64 {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).get(&addr).copied().unwrap_or(0)
+    }
+
+    /// Stops it: what it counted.
+    pub fn stop(mut self) -> HashMap<IpAddr, u64> {
+        self.halt();
+        self.counts()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for UdpSink {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Receives one datagram: the destination address of its IP header, from
+/// the `IP_PKTINFO` or `IPV6_PKTINFO` message (`None` without one).
+fn recv_to(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Option<IpAddr>> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // u64s: aligned for cmsghdr.
+    let mut control = [0u64; 16];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: msg points at live buffers of the sizes it gives.
+    if unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut to = None;
+    // SAFETY: the CMSG macros walk the control buffer recvmsg filled and
+    // sized (msg_controllen); each payload is read unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            match ((*c).cmsg_level, (*c).cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                    let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    to = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr))));
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                    let info: libc::in6_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    to = Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)).to_canonical());
+                }
+                _ => {}
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok(to)
 }
 
 /// What one [`UdpClient::exchange`] did.
