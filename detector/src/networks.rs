@@ -386,10 +386,8 @@ networks:
         let mut p = Protected::new(None, &global);
         assert!(p.host_mode());
         assert!(p.kernel_entries().is_empty());
-        let addrs: Vec<IpAddr> = ["192.0.2.2", "2001:db8::2", "127.0.0.1", "192.0.2.2"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
+        let addrs: Vec<IpAddr> =
+            ["192.0.2.2", "2001:db8::2", "127.0.0.1", "192.0.2.2"].iter().map(|s| s.parse().unwrap()).collect();
         assert!(p.set_host_addresses(addrs.clone()));
         assert!(!p.set_host_addresses(addrs), "unchanged");
         assert_eq!(p.kernel_entries().len(), 2, "loopback left out, duplicates once");
@@ -401,7 +399,11 @@ networks:
     #[test]
     fn bad_networks_are_named() {
         let e = |t: &str| parse(t).unwrap_err();
-        assert!(e("networks: {hostgroups: []}").contains("name at least one host group"), "{}", e("networks: {hostgroups: []}"));
+        assert!(
+            e("networks: {hostgroups: []}").contains("name at least one host group"),
+            "{}",
+            e("networks: {hostgroups: []}")
+        );
         let t = "networks:\n  hostgroups:\n    - {name: 'a b', prefixes: [10.0.0.0/8]}\n";
         assert!(e(t).contains("name 'a b': letters, digits"), "{}", e(t));
         let t = "networks:\n  hostgroups:\n    - {name: a, prefixes: [10.0.0.0/8]}\n    - {name: a, prefixes: [10.1.0.0/16]}\n";

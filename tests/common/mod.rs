@@ -125,6 +125,15 @@ impl Controller {
         Controller(b.args(extra).start().unwrap_or_else(|e| panic!("{e}")))
     }
 
+    /// `detector run` in the router lab's router, on its outside
+    /// interface (facing inet), polling every 50 ms, node `router`.
+    pub fn start_in_router(lab: &lab::RouterLab, extra: &[&str]) -> Controller {
+        let b = lab::Controller::builder_in(detector_bin(), &lab.router_ns, &lab.outside_if, &lab.dir)
+            .metrics_addr(&format!("127.0.0.1:{METRICS_PORT}"))
+            .args(["--interval", "50ms", "--node", "router"]);
+        Controller(b.args(extra).start().unwrap_or_else(|e| panic!("{e}")))
+    }
+
     pub fn metrics(&self) -> String {
         self.0.metrics().unwrap_or_else(|e| panic!("{e}"))
     }

@@ -47,13 +47,13 @@ use crate::{
         xdp::{AttachError, ModeChoice},
     },
     metrics::Metrics,
-    networks::{NetworksConfig, Protected},
     mitigate::{
         config::{MitigationConfig, OnStop},
         host,
         mitigator::{MitigateError, Mitigator},
         ruleset::{AllowSource, Limits},
     },
+    networks::{NetworksConfig, Protected},
     runbook::{
         engine::{Engine, Handles, IncidentCommand, SHUTDOWN_GRACE},
         load::FileError,

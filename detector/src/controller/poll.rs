@@ -347,7 +347,9 @@ impl Poller {
         let entries = self.detector.protected().kernel_entries();
         for probe in probes.iter_mut() {
             match probe.set_protected(&entries) {
-                Ok(true) => tracing::info!(iface = probe.iface(), prefixes = entries.len(), "protected networks installed"),
+                Ok(true) => {
+                    tracing::info!(iface = probe.iface(), prefixes = entries.len(), "protected networks installed")
+                }
                 Ok(false) => {}
                 Err(e) => tracing::error!(iface = probe.iface(), "cannot install the protected networks: {e}"),
             }

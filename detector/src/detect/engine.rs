@@ -252,13 +252,7 @@ impl Detector {
     }
 
     pub fn with_protected(cfg: DetectionConfig, protected: Protected, node: impl Into<String>) -> Detector {
-        Detector {
-            cfg,
-            node: node.into(),
-            protected,
-            ifaces: BTreeMap::new(),
-            scopes: BTreeMap::new(),
-        }
+        Detector { cfg, node: node.into(), protected, ifaces: BTreeMap::new(), scopes: BTreeMap::new() }
     }
 
     pub fn config(&self) -> &DetectionConfig {
@@ -312,10 +306,12 @@ impl Detector {
         let mut groups: BTreeMap<String, BTreeMap<String, BTreeMap<Direction, SavedGroup>>> = BTreeMap::new();
         for (iface, st) in &self.ifaces {
             for ((group, dir), b) in &st.baselines {
-                groups.entry(iface.clone()).or_default().entry(group.clone()).or_default().insert(
-                    *dir,
-                    SavedGroup { total: named(&b.total), address: named(&b.address) },
-                );
+                groups
+                    .entry(iface.clone())
+                    .or_default()
+                    .entry(group.clone())
+                    .or_default()
+                    .insert(*dir, SavedGroup { total: named(&b.total), address: named(&b.address) });
             }
         }
         SavedBaselines { version: BASELINES_VERSION, interfaces: BTreeMap::new(), groups }
@@ -361,11 +357,8 @@ impl Detector {
     /// configured (or it predates host groups): nothing will measure it,
     /// and the caller resolves it.
     pub fn resume(&mut self, mut incident: Incident) -> bool {
-        let key = ScopeKey {
-            iface: incident.iface.clone(),
-            direction: incident.direction,
-            target: incident.target.clone(),
-        };
+        let key =
+            ScopeKey { iface: incident.iface.clone(), direction: incident.direction, target: incident.target.clone() };
         let addr: Option<IpAddr> = incident.target.parse().ok();
         let group = self.protected.index_of(&incident.hostgroup);
         let scope_group = group.unwrap_or(0);
@@ -483,7 +476,10 @@ impl Detector {
                         .iter()
                         .filter_map(|f| {
                             let fc = floors.get(*f).filter(|fc| fc.enabled)?;
-                            Some((*f, signal(*f, fc, &input.classes, learned.as_ref().map(|b| &b.address), &cfg, connections)))
+                            Some((
+                                *f,
+                                signal(*f, fc, &input.classes, learned.as_ref().map(|b| &b.address), &cfg, connections),
+                            ))
                         })
                         .collect();
                     track(&mut self.scopes, &input, &signals, interval_start);

@@ -14,6 +14,6 @@ pub mod signature;
 pub use engine::{Detector, Observation, SavedBaselines, Signal};
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod network_tests;
+#[cfg(test)]
+mod tests;

@@ -103,7 +103,12 @@ impl Net {
                 }
                 if *d == Direction::Incoming {
                     let key = crate::sources::addr_key(a).addr;
-                    packets.push(PacketSample { class: TrafficClass::Udp as u8, dst: key, dport: 27015, ..Default::default() });
+                    packets.push(PacketSample {
+                        class: TrafficClass::Udp as u8,
+                        dst: key,
+                        dport: 27015,
+                        ..Default::default()
+                    });
                 }
             }
             let mut iface = rates(0.0);
@@ -145,8 +150,10 @@ fn two_customers_attacked_at_once_get_an_incident_each_with_their_group_floor() 
     n.udp(&[(Incoming, "198.51.100.10", 30_000.0), (Incoming, "2001:db8:c::11", 25_000.0)], 1.0, 1.0);
     let opened = n.opened();
     assert_eq!(opened.len(), 2, "{:?}", n.events);
-    let mut targets: Vec<(&str, &str, Direction)> =
-        opened.iter().map(|e| (e.incident.target.as_str(), e.incident.hostgroup.as_str(), e.incident.direction)).collect();
+    let mut targets: Vec<(&str, &str, Direction)> = opened
+        .iter()
+        .map(|e| (e.incident.target.as_str(), e.incident.hostgroup.as_str(), e.incident.direction))
+        .collect();
     targets.sort();
     assert_eq!(targets, vec![("198.51.100.10", "customers", Incoming), ("2001:db8:c::11", "customers", Incoming)]);
     for e in &opened {
@@ -228,10 +235,7 @@ fn outgoing_floods_are_watched_only_where_floors_are_given() {
 
 #[test]
 fn host_mode_two_addresses_flooded_at_once_give_two_incidents() {
-    let mut det = Detector::new(
-        DetectionConfig { hold: Duration::from_millis(300), ..Default::default() },
-        "web1",
-    );
+    let mut det = Detector::new(DetectionConfig { hold: Duration::from_millis(300), ..Default::default() }, "web1");
     det.set_host_addresses(["192.0.2.2".parse().unwrap(), "192.0.2.3".parse().unwrap()]);
     let mut n = Net { det, now: T0, events: Vec::new() };
     n.udp(&[(Incoming, "192.0.2.2", 150_000.0), (Incoming, "192.0.2.3", 150_000.0)], 1.0, 1.0);

@@ -194,12 +194,18 @@ impl Controller {
     /// `bin run` in the lab's target namespace, on its target end, with a
     /// state directory and a log in the lab's directory.
     pub fn builder(bin: impl Into<PathBuf>, lab: &Lab) -> ControllerBuilder {
+        Controller::builder_in(bin, &lab.tgt_ns, &lab.tgt_if, &lab.dir)
+    }
+
+    /// `bin run` in namespace `ns` on `iface`, with a state directory and
+    /// a log in `dir` (another lab's: the router lab's router, say).
+    pub fn builder_in(bin: impl Into<PathBuf>, ns: &str, iface: &str, dir: &std::path::Path) -> ControllerBuilder {
         ControllerBuilder {
-            cmd: DetectorCommand::new(bin, &lab.tgt_ns),
-            iface: lab.tgt_if.clone(),
+            cmd: DetectorCommand::new(bin, ns),
+            iface: iface.to_string(),
             metrics_addr: "127.0.0.1:9477".into(),
-            state_dir: lab.dir.join("state"),
-            log: lab.dir.join("run.log"),
+            state_dir: dir.join("state"),
+            log: dir.join("run.log"),
             ready_timeout: Duration::from_secs(20),
         }
     }

@@ -43,7 +43,6 @@ use crate::{
     api::control::SharedMitigator,
     clock::{now_ms, Clock},
     detect::incident::{EventKind, Incident, IncidentEvent, Status, TopSource},
-    targets::Direction,
     metrics::Metrics,
     mitigate::{
         derived::{rules_from, syn_cookie_rules},
@@ -52,6 +51,7 @@ use crate::{
         rule::{Action, Origin, RuleRequest, Shape},
         ruleset::RuleError,
     },
+    targets::Direction,
 };
 
 /// A change to an incident, asked of the controller (which owns incidents).

@@ -298,8 +298,9 @@ fn templates_render_the_attack_context() {
     let end = Context::new(EventKind::Resolved, &inc, "udp-auto", true, vec![]);
     assert_eq!(end.event, AttackEvent::AttackEnd);
     assert!(
-        end.summary()
-            .starts_with("Attack on edge-1 (veth0, target 192.0.2.2) is over: multi_vector, udp_flood, syn_flood, peak 61500 pps"),
+        end.summary().starts_with(
+            "Attack on edge-1 (veth0, target 192.0.2.2) is over: multi_vector, udp_flood, syn_flood, peak 61500 pps"
+        ),
         "{}",
         end.summary()
     );
