@@ -278,3 +278,39 @@ fn host_mode_two_addresses_flooded_at_once_get_two_incidents() {
     }
     assert_eq!(incidents(&c, false).len(), 2, "no host-group incident on top");
 }
+
+#[test]
+fn an_ipv6_customer_attacked_gets_its_incident() {
+    require_root!();
+    let lab = RouterLab::new().unwrap();
+    let cfg = write(&lab, "network.yaml", CONFIG);
+    let c = Controller::start_in_router(&lab, &["--config", &cfg]);
+    let mac = lab.outside_mac().unwrap().iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let target = detector::lab::router::SERVERS_V6[0];
+    let out = detector_in(
+        &lab.inet_ns,
+        &[
+            "flood",
+            "--iface",
+            &lab.inet_if,
+            "--kind",
+            "udp",
+            "--src",
+            "2001:db8:113::1",
+            "--dst",
+            target,
+            "--dst-mac",
+            &mac,
+            "--rate",
+            "15000",
+            "--duration",
+            "1500ms",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let inc = wait_for(&c, "an incident", Duration::from_secs(3), || incidents(&c, false).into_iter().next());
+    assert_eq!(inc["target"], target, "{inc}");
+    assert_eq!(inc["hostgroup"], "customers");
+    assert!(inc["id"].as_str().unwrap().contains("-2001_db8_100__10-"), "{inc}");
+    assert!(inc["timeline"][0]["detail"].as_str().unwrap().contains("threshold 5000"), "{inc}");
+}

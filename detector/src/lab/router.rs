@@ -267,6 +267,14 @@ impl RouterLab {
     }
 
     /// The servers' IPv4 addresses.
+    /// The MAC address of the router's outside interface: where frames
+    /// built in inet (`detector flood --dst-mac`) must go.
+    pub fn outside_mac(&self) -> Result<[u8; 6], LabError> {
+        let _in = self.enter_router()?;
+        crate::iface::mac(&self.outside_if)
+            .map_err(|e| LabError::Ip { args: "SIOCGIFHWADDR".into(), stderr: e.to_string() })
+    }
+
     pub fn servers_v4() -> [IpAddr; 3] {
         SERVERS_V4.map(|a| IpAddr::V4(a.parse::<Ipv4Addr>().expect("an IPv4 address")))
     }
