@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{detector_in, flood_in_background as flood, require_root, sample, Controller, Lab};
+use common::{detector_in, flood_in_background as flood, get_json, incidents, require_root, sample, Controller, Lab};
 use serde_json::Value;
 
 /// Low floors, static only (no warm-up ends during a test), short quiet.
@@ -41,17 +41,6 @@ fn start(lab: &Lab) -> Controller {
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-fn get_json(c: &Controller, path: &str) -> Value {
-    let (code, body) = common::http_get(&c.ns, path).unwrap();
-    assert_eq!(code, 200, "{path}: {body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-fn incidents(c: &Controller, active: bool) -> Vec<Value> {
-    let v = get_json(c, if active { "/api/incidents?active=true" } else { "/api/incidents" });
-    v["incidents"].as_array().unwrap().clone()
 }
 
 fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{detector_in, flood_in_background, require_root, Controller, Lab};
+use common::{cli_json, detector_in, flood_in_background, get_json, incidents, require_root, Controller, Lab};
 use detector::lab::{
     hping3::Hping3,
     router::{INET_V4, SERVERS_V4},
@@ -47,17 +47,6 @@ fn write(lab: &RouterLab, name: &str, text: &str) -> String {
     let p = lab.dir.join(name);
     std::fs::write(&p, text).unwrap();
     p.to_str().unwrap().to_string()
-}
-
-fn get_json(c: &Controller, path: &str) -> Value {
-    let (code, body) = common::http_get(&c.ns, path).unwrap();
-    assert_eq!(code, 200, "{path}: {body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-fn incidents(c: &Controller, active: bool) -> Vec<Value> {
-    let v = get_json(c, if active { "/api/incidents?active=true" } else { "/api/incidents" });
-    v["incidents"].as_array().unwrap().clone()
 }
 
 fn wait_for<T>(c: &Controller, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -160,15 +149,6 @@ fn two_customers_attacked_at_once_get_an_incident_each_and_rules_only_for_them()
     assert!(stats[2] >= 200 && stats[1] >= 200, "echo servers counted {stats:?}");
     // No group incident: the two attacked addresses account for the total.
     assert!(!incidents(&c, false).iter().any(|i| i["target"] == "customers"));
-}
-
-fn cli_json(c: &Controller, args: &[&str]) -> Value {
-    let dir = c.state_dir.to_str().unwrap().to_string();
-    let mut full: Vec<&str> = args.to_vec();
-    full.extend(["--json", "--state-dir", &dir]);
-    let out = detector_in(&c.ns, &full);
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{detector_in, flood_in_background as flood, require_root, Controller, Lab};
+use common::{cli_json, flood_in_background as flood, require_root, Controller, Lab};
 use detector::{clock::now_ms, lab::receiver::Receiver};
 use serde_json::Value;
 
@@ -85,15 +85,6 @@ steps:
     )
     .unwrap();
     dir.to_str().unwrap().to_string()
-}
-
-fn cli_json(c: &Controller, args: &[&str]) -> Value {
-    let dir = c.state_dir.to_str().unwrap().to_string();
-    let mut full: Vec<&str> = args.to_vec();
-    full.extend(["--json", "--state-dir", &dir]);
-    let out = detector_in(&c.ns, &full);
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]

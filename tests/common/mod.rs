@@ -342,3 +342,27 @@ pub fn background_udp(lab: &Lab, src: &str, port: u16, count: u64, rate: u64) ->
         )
     })
 }
+
+/// GET `path` from the controller as JSON; the test fails unless it is 200.
+pub fn get_json(c: &Controller, path: &str) -> serde_json::Value {
+    let (code, body) = http_get(&c.ns, path).unwrap();
+    assert_eq!(code, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The controller's incidents (`active`: the open ones only).
+pub fn incidents(c: &Controller, active: bool) -> Vec<serde_json::Value> {
+    let v = get_json(c, if active { "/api/incidents?active=true" } else { "/api/incidents" });
+    v["incidents"].as_array().unwrap().clone()
+}
+
+/// `detector ARGS --json --state-dir DIR` against the controller's state
+/// directory; the test fails unless it succeeds.
+pub fn cli_json(c: &Controller, args: &[&str]) -> serde_json::Value {
+    let dir = c.state_dir.to_str().unwrap().to_string();
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["--json", "--state-dir", &dir]);
+    let out = detector_in(&c.ns, &full);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
