@@ -24,7 +24,7 @@ use crate::{
     rates::ClassRate,
     samples::SampleView,
     sources::SourceRate,
-    targets::{Direction, TargetsReading},
+    targets::{Direction, TargetRate, TargetsReading},
 };
 
 const FAMILIES: usize = Family::DETECTED.len();
@@ -437,51 +437,66 @@ impl Detector {
             SampleView::new(samples.map(|v| v.as_slice()).unwrap_or(&[]), divisor, obs.seconds)
         };
 
+        // Web connections per attacked address, from its samples.
+        let connections: HashMap<IpAddr, f64> =
+            by_dst.iter().map(|(a, v)| (*a, view_of(Some(v)).web_connections_pps())).collect();
+
         // 1. Signals: every address, then every group's total.
         let groups = self.protected.groups().to_vec();
+        // The poll's addresses by direction and group, once.
+        let mut buckets: [Vec<Vec<&TargetRate>>; 2] = [vec![Vec::new(); groups.len()], vec![Vec::new(); groups.len()]];
         for direction in Direction::ALL {
+            for t in obs.targets.targets(direction) {
+                if let Some(v) = buckets[direction.index()].get_mut(t.group) {
+                    v.push(t);
+                }
+            }
+        }
+        for direction in Direction::ALL {
+            let by_group_targets = &buckets[direction.index()];
             for (gi, group) in groups.iter().enumerate() {
                 let Some(floors) = group.floors(direction, false) else { continue };
                 let learned = self.ifaces[obs.iface].baselines.get(&(group.name.clone(), direction)).copied();
-                let mut inputs: Vec<Input> = obs
-                    .targets
-                    .targets(direction)
+                // The group's addresses that have a scope: watched, or at
+                // the onset.
+                let mut scoped: HashMap<IpAddr, bool> = self
+                    .scopes
                     .iter()
-                    .filter(|t| t.group == gi)
-                    .map(|t| Input {
-                        key: ScopeKey { iface: obs.iface.to_string(), direction, target: t.addr.to_string() },
-                        group: gi,
-                        addr: Some(t.addr),
-                        classes: t.classes,
-                    })
+                    .filter(|(k, s)| k.iface == obs.iface && k.direction == direction && s.group == gi)
+                    .filter_map(|(_, s)| s.addr.map(|a| (a, false)))
                     .collect();
+                let zero = [ClassRate::default(); CLASS_COUNT];
+                let seen = by_group_targets[gi].iter().map(|t| (t.addr, &t.classes));
+                let mut inputs: Vec<(IpAddr, &[ClassRate; CLASS_COUNT])> = seen.collect();
                 // Scopes with no traffic this poll go below.
-                for (k, s) in &self.scopes {
-                    let mine = k.iface == obs.iface && k.direction == direction && s.group == gi;
-                    if mine && s.addr.is_some() && !inputs.iter().any(|i| i.key == *k) {
-                        inputs.push(Input {
-                            key: k.clone(),
-                            group: gi,
-                            addr: s.addr,
-                            classes: [ClassRate::default(); CLASS_COUNT],
-                        });
+                for t in &inputs {
+                    if let Some(s) = scoped.get_mut(&t.0) {
+                        *s = true;
                     }
                 }
-                for input in inputs {
-                    let connections = match (direction, input.addr) {
-                        (Direction::Incoming, Some(a)) => view_of(by_dst.get(&a)).web_connections_pps(),
-                        _ => 0.0,
+                inputs.extend(scoped.iter().filter(|(_, seen)| !**seen).map(|(a, _)| (*a, &zero)));
+                for (addr, classes) in inputs {
+                    let conn = match direction {
+                        Direction::Incoming => connections.get(&addr).copied().unwrap_or(0.0),
+                        Direction::Outgoing => 0.0,
                     };
                     let signals: Vec<(Family, Signal)> = Family::DETECTED
                         .iter()
                         .filter_map(|f| {
                             let fc = floors.get(*f).filter(|fc| fc.enabled)?;
-                            Some((
-                                *f,
-                                signal(*f, fc, &input.classes, learned.as_ref().map(|b| &b.address), &cfg, connections),
-                            ))
+                            Some((*f, signal(*f, fc, classes, learned.as_ref().map(|b| &b.address), &cfg, conn)))
                         })
                         .collect();
+                    // Most addresses are calm and have no scope: nothing to do.
+                    if !scoped.contains_key(&addr) && !signals.iter().any(|(_, s)| s.above()) {
+                        continue;
+                    }
+                    let input = Input {
+                        key: ScopeKey { iface: obs.iface.to_string(), direction, target: addr.to_string() },
+                        group: gi,
+                        addr: Some(addr),
+                        classes: *classes,
+                    };
                     track(&mut self.scopes, &input, &signals, interval_start);
                 }
 
@@ -530,7 +545,7 @@ impl Detector {
                     }
                 }
                 let mut busiest = [ClassRate::default(); CLASS_COUNT];
-                for t in obs.targets.targets(direction).iter().filter(|t| t.group == gi) {
+                for t in &buckets[direction.index()][gi] {
                     for (b, c) in busiest.iter_mut().zip(t.classes.iter()) {
                         if c.pps > b.pps {
                             *b = *c;
