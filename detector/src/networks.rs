@@ -16,7 +16,10 @@
 //! prefix trie; the detector uses [`Protected::group_of`] on sampled
 //! headers.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+};
 
 use serde::Deserialize;
 
@@ -222,6 +225,10 @@ pub struct Protected {
     groups: Vec<HostGroup>,
     /// Host mode: one group, the host's addresses, refreshed at run time.
     host_mode: bool,
+    /// Per prefix length, longest first: network address -> group. A
+    /// lookup costs a hash probe per length in use, not a scan of every
+    /// prefix (the detector looks up every sampled destination).
+    index: Vec<(u8, HashMap<u128, usize>)>,
 }
 
 impl Protected {
@@ -246,8 +253,29 @@ impl Protected {
                     })
                     .collect(),
                 host_mode: false,
-            },
+                index: Vec::new(),
+            }
+            .indexed(),
         }
+    }
+
+    fn indexed(mut self) -> Protected {
+        self.reindex();
+        self
+    }
+
+    /// Builds the lookup index from the groups' prefixes.
+    fn reindex(&mut self) {
+        let mut by_len: HashMap<u8, HashMap<u128, usize>> = HashMap::new();
+        for (i, g) in self.groups.iter().enumerate() {
+            for p in &g.prefixes {
+                let (addr, len) = p.key();
+                by_len.entry(len as u8).or_default().insert(u128::from_be_bytes(addr), i);
+            }
+        }
+        let mut index: Vec<(u8, HashMap<u128, usize>)> = by_len.into_iter().collect();
+        index.sort_by_key(|e| std::cmp::Reverse(e.0));
+        self.index = index;
     }
 
     /// Host mode over `addrs`.
@@ -261,6 +289,7 @@ impl Protected {
                 outgoing: None,
             }],
             host_mode: true,
+            index: Vec::new(),
         };
         p.set_host_addresses(addrs);
         p
@@ -286,6 +315,7 @@ impl Protected {
             return false;
         }
         g.prefixes = prefixes;
+        self.reindex();
         true
     }
 
@@ -304,14 +334,12 @@ impl Protected {
     /// The group whose longest prefix holds `addr`, as the kernel's trie
     /// finds it.
     pub fn group_of(&self, addr: IpAddr) -> Option<usize> {
-        let host = Prefix::host(addr);
-        self.groups
-            .iter()
-            .enumerate()
-            .flat_map(|(i, g)| g.prefixes.iter().map(move |p| (i, p)))
-            .filter(|(_, p)| p.contains(&host))
-            .max_by_key(|(_, p)| p.bits())
-            .map(|(i, _)| i)
+        let (bytes, _) = Prefix::host(addr).key();
+        let a = u128::from_be_bytes(bytes);
+        self.index.iter().find_map(|(len, nets)| {
+            let mask = if *len == 0 { 0 } else { u128::MAX << (128 - *len as u32) };
+            nets.get(&(a & mask)).copied()
+        })
     }
 
     /// The trie's entries: every prefix with its group's index.
