@@ -44,6 +44,9 @@ const POLLS: usize = 30;
 /// Unrelated prefixes in the protected table besides the one under test.
 const BACKGROUND_PREFIXES: u32 = 200;
 
+/// (map, bytes).
+type MapMemory = Vec<(&'static str, u64)>;
+
 pub struct PathCost {
     pub label: &'static str,
     pub detector_ns: f64,
@@ -64,7 +67,7 @@ pub struct Figures {
     pub paths: Vec<PathCost>,
     pub polls: Vec<PollCost>,
     /// (map, bytes) of network mode's maps, from the kernel's `memlock`.
-    pub memory: Vec<(&'static str, u64)>,
+    pub memory: MapMemory,
     pub max_targets: u32,
     pub cpus: usize,
 }
@@ -132,7 +135,8 @@ pub fn paths(repeat: u32) -> Result<Vec<PathCost>> {
 
     let one = prefixes(&[("10.1.0.0/16", 0)])?;
     let full = table()?;
-    let cases: [(&'static str, &[(Prefix, u32)], &[u8]); 4] = [
+    type Case<'a> = (&'static str, &'a [(Prefix, u32)], &'a [u8]);
+    let cases: [Case; 4] = [
         ("protected table empty", &[], &outside),
         ("destination outside the protected networks", &full, &outside),
         ("destination inside, the /16 alone in the table", &one, &inside),
@@ -177,7 +181,7 @@ fn memlock(data: &MapData) -> Result<u64> {
         .context("no memlock in the map's fdinfo")
 }
 
-fn map_memory(obj: &Ebpf) -> Result<Vec<(&'static str, u64)>> {
+fn map_memory(obj: &Ebpf) -> Result<MapMemory> {
     let mut out = Vec::new();
     for name in [
         PROTECTED_MAP,
@@ -240,7 +244,7 @@ fn summary(label: &'static str, entries: usize, mut ms: Vec<f64>) -> PollCost {
 /// The poll cycle with [`ACTIVE`] destinations (all of them with new
 /// packets at every poll: the tracker's worst case), and under a carpet
 /// bombing of a /16 run through the program; the maps' memory.
-pub fn polls_and_memory() -> Result<(Vec<PollCost>, Vec<(&'static str, u64)>, u32)> {
+pub fn polls_and_memory() -> Result<(Vec<PollCost>, MapMemory, u32)> {
     let max_targets = ACTIVE;
     let mut opts = CountingOptions::new(DEFAULT_MAX_SOURCES);
     opts.max_targets = max_targets;
