@@ -11,6 +11,7 @@ mod reaction;
 mod report;
 mod rulepaths;
 mod synflood;
+mod targets;
 mod testrun;
 
 use std::{path::PathBuf, time::Duration};
@@ -45,6 +46,8 @@ enum Part {
     Live,
     /// CPU per spoofed SYN: cookies answered in XDP against the kernel's own.
     Syncookies,
+    /// Network mode: per-destination counting per packet, poll cycle, memory.
+    Targets,
 }
 
 fn main() -> Result<()> {
@@ -73,6 +76,10 @@ fn main() -> Result<()> {
             println!("{}", report::syn_cookies_section(&syn_cookies_part(firewall_seconds)?));
             return Ok(());
         }
+        Some(Part::Targets) => {
+            println!("{}", report::targets_section(&targets::run_all(repeat)?));
+            return Ok(());
+        }
         Some(Part::Live) => {
             for r in live::floods(seconds)? {
                 println!("{:<70} {:<8} {:>8.1} ns/packet", r.scenario.label(), r.program, r.ns_per_packet);
@@ -86,6 +93,8 @@ fn main() -> Result<()> {
     let per_class = testrun::per_class(repeat)?;
     eprintln!("bench: BPF_PROG_TEST_RUN along the mitigation paths, {repeat} repeats each");
     let rule_paths = rulepaths::paths(repeat)?;
+    eprintln!("bench: network mode: per-destination counting, poll cycle, memory");
+    let targets = targets::run_all(repeat)?;
     eprintln!("bench: live-frames flood into a veth, {seconds} s per run");
     let live = live::floods(seconds)?;
     eprintln!("bench: the controller: detection time, and polls under a spoofed flood");
@@ -104,6 +113,7 @@ fn main() -> Result<()> {
         reaction,
         firewall,
         syn_cookies,
+        targets,
         command: command_line(args.quick),
     };
     let text = r.markdown();

@@ -44,6 +44,12 @@ const REFRESH_NS: u64 = 1_000_000_000;
 
 #[classifier]
 pub fn detector_egress(ctx: TcContext) -> i32 {
+    // Nothing to parse for while neither learns nor counts (learning is
+    // off under attack; network mode may be off).
+    let learning = LEARN_CONTROL.get(0).is_some_and(|c| c.enabled != 0);
+    if !learning && !targets::enabled() {
+        return TC_ACT_OK as i32;
+    }
     let p = parse(ctx.data(), ctx.data_end());
     if !p.has_src {
         return TC_ACT_OK as i32;

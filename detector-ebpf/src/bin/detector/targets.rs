@@ -71,14 +71,19 @@ pub struct Scratch {
 #[map]
 static TARGET_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(2, 0);
 
+/// True while any network is protected.
+#[inline(always)]
+pub fn enabled() -> bool {
+    TARGET_CONTROL.get(0).is_some_and(|c| c.enabled != 0)
+}
+
 /// Counts one packet (or `packets`, a GSO packet's segments) of `len`
 /// bytes in `class`, to (`DIR` = in) or from (out) `addr`, the parser's
 /// address words, when the address is protected.
 #[inline(never)]
 pub fn count<const DIR: u32>(addr: &[u64; 2], class: u32, len: u64, packets: u64) {
-    match TARGET_CONTROL.get(0) {
-        Some(c) if c.enabled != 0 => {}
-        _ => return,
+    if !enabled() {
+        return;
     }
     if class as usize >= CLASS_COUNT {
         return;

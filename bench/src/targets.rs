@@ -1,0 +1,312 @@
+//! Network mode's costs: ns per packet of per-destination counting under
+//! `BPF_PROG_TEST_RUN` beside the empty program (protected table empty,
+//! destination outside the protected networks, destination inside), and
+//! the poll cycle and map memory with 65,536 tracked destinations and under
+//! a carpet-bombing flood over a /16.
+
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context as _, Result};
+use aya::{
+    maps::{Array, Map, MapData, PerCpuHashMap, PerCpuValues},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+    util::nr_cpus,
+    Ebpf,
+};
+use detector::{
+    flood::frame::{self, FrameSpec, Kind},
+    kernel::{
+        ebpf::{self, CountingOptions},
+        targets::TargetMaps,
+    },
+    mitigate::prefix::Prefix,
+    targets::{Direction, TargetTracker},
+};
+use detector_common::{
+    flood::PASS_PROGRAM,
+    maps::{SourceKey, DEFAULT_MAX_SOURCES, DETECTOR_PROGRAM, EPOCH_MAP},
+    targets::{
+        TargetStats, GROUP_STATS_MAP, PROTECTED_MAP, TARGETS_IN_MAP, TARGETS_OUT_MAP, TARGET_CONTROL_MAP,
+        TARGET_SKETCH_MAP, TARGET_WINDOW_MAP,
+    },
+    TrafficClass,
+};
+
+use crate::testrun::median;
+
+/// Active destinations in the poll figures.
+pub const ACTIVE: u32 = 65_536;
+/// Polls measured per scenario.
+const POLLS: usize = 30;
+/// Unrelated prefixes in the protected table besides the one under test.
+const BACKGROUND_PREFIXES: u32 = 200;
+
+/// (map, bytes).
+type MapMemory = Vec<(&'static str, u64)>;
+
+pub struct PathCost {
+    pub label: &'static str,
+    pub detector_ns: f64,
+    pub empty_ns: f64,
+}
+
+pub struct PollCost {
+    pub label: &'static str,
+    /// Addresses the poll read (both directions).
+    pub entries: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+pub struct Figures {
+    pub repeat: u32,
+    pub paths: Vec<PathCost>,
+    pub polls: Vec<PollCost>,
+    /// (map, bytes) of network mode's maps, from the kernel's `memlock`.
+    pub memory: MapMemory,
+    pub max_targets: u32,
+    pub cpus: usize,
+}
+
+impl Figures {
+    pub fn memory_total(&self) -> u64 {
+        self.memory.iter().map(|(_, b)| b).sum()
+    }
+}
+
+fn udp(dst: &str) -> Result<Vec<u8>> {
+    Ok(frame::build(&FrameSpec {
+        kind: Kind::Udp,
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [2, 0, 0, 0, 0, 2],
+        vlans: vec![],
+        src: "198.18.0.1".parse()?,
+        dst: dst.parse()?,
+        src_port: None,
+        dst_port: None,
+        size: Some(64),
+    })?
+    .bytes)
+}
+
+fn run(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<f64> {
+    let r = prog
+        .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok(r.duration.as_nanos() as f64)
+}
+
+fn prefixes(list: &[(&str, u32)]) -> Result<Vec<(Prefix, u32)>> {
+    list.iter().map(|(p, g)| Ok((p.parse::<Prefix>().map_err(anyhow::Error::msg)?, *g))).collect()
+}
+
+/// The protected table of the per-packet runs: 10.1.0.0/16 in group 0 and
+/// 200 unrelated /24s in other groups, so lookups walk a real trie.
+fn table() -> Result<Vec<(Prefix, u32)>> {
+    let mut nets = prefixes(&[("10.1.0.0/16", 0)])?;
+    for i in 0..BACKGROUND_PREFIXES {
+        let p = format!("172.{}.{}.0/24", 16 + i / 256, i % 256);
+        nets.push((p.parse::<Prefix>().map_err(anyhow::Error::msg)?, 1 + i % 63));
+    }
+    Ok(nets)
+}
+
+pub fn run_all(repeat: u32) -> Result<Figures> {
+    let paths = paths(repeat)?;
+    let (polls, memory, max_targets) = polls_and_memory()?;
+    Ok(Figures { repeat, paths, polls, memory, max_targets, cpus: nr_cpus().map_err(|(_, e)| e)? })
+}
+
+/// ns per packet, detector against the empty program, one frame repeated.
+/// The last case is the figure the target is about.
+pub fn paths(repeat: u32) -> Result<Vec<PathCost>> {
+    let mut obj = ebpf::load_counting(&CountingOptions::new(DEFAULT_MAX_SOURCES))?;
+    let mut targets = TargetMaps::take(&mut obj)?;
+    let mut epoch: Array<_, u32> = Array::try_from(ebpf::take_map(&mut obj, "detector", EPOCH_MAP)?)?;
+    let det = ebpf::load_xdp(&mut obj, "detector", DETECTOR_PROGRAM)?;
+    let mut pass_obj = ebpf::load_flood()?;
+    let pass = ebpf::load_xdp(&mut pass_obj, "flood", PASS_PROGRAM)?;
+    let inside = udp("10.1.2.3")?;
+    let outside = udp("192.0.2.2")?;
+
+    let one = prefixes(&[("10.1.0.0/16", 0)])?;
+    let full = table()?;
+    type Case<'a> = (&'static str, &'a [(Prefix, u32)], &'a [u8]);
+    let cases: [Case; 4] = [
+        ("protected table empty", &[], &outside),
+        ("destination outside the protected networks", &full, &outside),
+        ("destination inside, the /16 alone in the table", &one, &inside),
+        ("destination inside (one heavy destination)", &full, &inside),
+    ];
+    let mut out = Vec::new();
+    let mut next_epoch = 1u32;
+    for (label, nets, frame) in cases {
+        targets.set_protected(nets)?;
+        // The frame counts where it should: in group 0 only when inside.
+        let before = targets.group(0, Direction::Incoming)?.packets[TrafficClass::Udp.index()];
+        run(det, frame, 1)?;
+        let after = targets.group(0, Direction::Incoming)?.packets[TrafficClass::Udp.index()];
+        ensure!(
+            after - before == (frame == inside.as_slice()) as u64,
+            "{label}: counted {} in group 0",
+            after - before
+        );
+        let mut d = Vec::new();
+        let mut e = Vec::new();
+        for _ in 0..3 {
+            // A new window per batch, as the poller makes them (a sketch
+            // counter saturates at 2^20 packets).
+            epoch.set(0, next_epoch, 0)?;
+            next_epoch += 1;
+            d.push(run(det, frame, repeat / 3)?);
+            e.push(run(pass, frame, repeat / 3)?);
+        }
+        let cost = PathCost { label, detector_ns: median(&mut d), empty_ns: median(&mut e) };
+        eprintln!("bench:   {label:<45} detector {:>6.1} ns  empty {:>6.1} ns", cost.detector_ns, cost.empty_ns);
+        out.push(cost);
+    }
+    Ok(out)
+}
+
+/// The kernel's `memlock` figure for a map (its memory use, on 6.4 and later).
+fn memlock(data: &MapData) -> Result<u64> {
+    let fd = data.fd().as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:").and_then(|v| v.trim().parse().ok()))
+        .context("no memlock in the map's fdinfo")
+}
+
+fn map_memory(obj: &Ebpf) -> Result<MapMemory> {
+    let mut out = Vec::new();
+    for name in [
+        PROTECTED_MAP,
+        TARGET_CONTROL_MAP,
+        GROUP_STATS_MAP,
+        TARGETS_IN_MAP,
+        TARGETS_OUT_MAP,
+        TARGET_SKETCH_MAP,
+        TARGET_WINDOW_MAP,
+        "TARGET_SCRATCH",
+    ] {
+        let data = match obj.map(name).with_context(|| format!("no map {name}"))? {
+            Map::LpmTrie(d) | Map::Array(d) | Map::PerCpuArray(d) | Map::PerCpuLruHashMap(d) => d,
+            _ => anyhow::bail!("map {name} has an unexpected type"),
+        };
+        out.push((name, memlock(data)?));
+    }
+    Ok(out)
+}
+
+fn key(i: u32) -> SourceKey {
+    let [_, _, c, d] = i.to_be_bytes();
+    SourceKey::from_ipv4_octets([10, 1, c, d])
+}
+
+/// One poll as the probe does it: both directions' maps and the groups
+/// read, the tracker updated, idle addresses removed.
+fn poll(maps: &mut TargetMaps, tracker: &mut TargetTracker, now: Duration) -> Result<(usize, Duration)> {
+    let t0 = Instant::now();
+    let incoming = maps.targets(Direction::Incoming)?;
+    let outgoing = maps.targets(Direction::Outgoing)?;
+    let groups = maps.groups()?;
+    let u = tracker.update(now, Duration::from_millis(100), &incoming, &outgoing, &groups);
+    for dir in Direction::ALL {
+        maps.remove_targets(dir, &u.idle[dir.index()]);
+    }
+    Ok((incoming.len() + outgoing.len(), t0.elapsed()))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn summary(label: &'static str, entries: usize, mut ms: Vec<f64>) -> PollCost {
+    ms.sort_by(f64::total_cmp);
+    let cost = PollCost {
+        label,
+        entries,
+        p50_ms: percentile(&ms, 0.5),
+        p99_ms: percentile(&ms, 0.99),
+        max_ms: *ms.last().unwrap_or(&0.0),
+    };
+    eprintln!(
+        "bench:   poll, {label}: {entries} entries, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        cost.p50_ms, cost.p99_ms, cost.max_ms
+    );
+    cost
+}
+
+/// The poll cycle with [`ACTIVE`] destinations (all of them with new
+/// packets at every poll: the tracker's worst case), and under a carpet
+/// bombing of a /16 run through the program; the maps' memory.
+pub fn polls_and_memory() -> Result<(Vec<PollCost>, MapMemory, u32)> {
+    let max_targets = ACTIVE;
+    let mut opts = CountingOptions::new(DEFAULT_MAX_SOURCES);
+    opts.max_targets = max_targets;
+    let mut obj = ebpf::load_counting(&opts)?;
+    let memory = map_memory(&obj)?;
+    // A second handle on the incoming map, to fill it as traffic would.
+    let fill_data = match obj.map(TARGETS_IN_MAP).context("no incoming map")? {
+        Map::PerCpuLruHashMap(d) => MapData::from_id(d.info()?.id())?,
+        _ => anyhow::bail!("unexpected type of {TARGETS_IN_MAP}"),
+    };
+    let mut fill: PerCpuHashMap<_, SourceKey, TargetStats> = PerCpuHashMap::try_from(Map::PerCpuLruHashMap(fill_data))?;
+    let mut maps = TargetMaps::take(&mut obj)?;
+    let mut epoch: Array<_, u32> = Array::try_from(ebpf::take_map(&mut obj, "detector", EPOCH_MAP)?)?;
+    maps.set_protected(&prefixes(&[("10.1.0.0/16", 0)])?)?;
+    let cpus = nr_cpus().map_err(|(_, e)| e)?;
+
+    // Every destination with new packets on one CPU at each poll, as a
+    // program admitting it would have written them.
+    let write_all = |fill: &mut PerCpuHashMap<MapData, SourceKey, TargetStats>, round: u64| -> Result<()> {
+        for i in 0..ACTIVE {
+            let mut v = TargetStats::default();
+            v.packets[TrafficClass::Udp.index()] = 10 * round;
+            v.bytes[TrafficClass::Udp.index()] = 640 * round;
+            let mut values = vec![TargetStats::default(); cpus];
+            values[i as usize % cpus] = v;
+            fill.insert(key(i), PerCpuValues::try_from(values)?, 0)?;
+        }
+        Ok(())
+    };
+    let mut tracker = TargetTracker::new(Duration::from_secs(30));
+    let mut ms = Vec::new();
+    let mut entries = 0;
+    for round in 1..=POLLS as u64 {
+        write_all(&mut fill, round)?;
+        let (n, took) = poll(&mut maps, &mut tracker, Duration::from_millis(100 * round))?;
+        entries = n;
+        ms.push(took.as_secs_f64() * 1e3);
+    }
+    ensure!(entries >= ACTIVE as usize * 99 / 100, "only {entries} of {ACTIVE} destinations in the map");
+    let mut polls = vec![summary("65,536 active destinations", entries, ms)];
+
+    // Carpet bombing: every address of the /16 in turn through the program,
+    // a window per poll; the map is emptied of the filled entries first.
+    let all: Vec<SourceKey> = (0..ACTIVE).map(key).collect();
+    maps.remove_targets(Direction::Incoming, &all);
+    let det = ebpf::load_xdp(&mut obj, "detector", DETECTOR_PROGRAM)?;
+    let mut frame = udp("10.1.0.0")?;
+    let mut ms = Vec::new();
+    let mut tracked = 0;
+    let mut next = 0u32;
+    for round in 1..=POLLS as u64 {
+        epoch.set(0, 1000 + round as u32, 0)?;
+        // A window of 16,384 packets over the /16.
+        for _ in 0..16_384 {
+            frame[14 + 18..14 + 20].copy_from_slice(&(next as u16).to_be_bytes());
+            next = next.wrapping_add(1);
+            run(det, &frame, 1)?;
+        }
+        let (n, took) = poll(&mut maps, &mut tracker, Duration::from_millis(100 * (POLLS as u64 + round)))?;
+        tracked = tracked.max(n);
+        ms.push(took.as_secs_f64() * 1e3);
+    }
+    polls.push(summary("carpet bombing of a /16 (16,384 packets a poll)", tracked, ms));
+    Ok((polls, memory, max_targets))
+}
