@@ -247,6 +247,13 @@ fn a_spray_over_a_slash_16_counts_whole_in_its_group_and_leaves_the_map_nearly_e
     assert_eq!(g.packets[TrafficClass::Udp.index()], frames.len() as u64, "group total not exact");
     assert_eq!(g.bytes[TrafficClass::Udp.index()], frames.len() as u64 * base.bytes.len() as u64);
     let tracked = t.targets.targets(Direction::Incoming).unwrap();
+    // The batch read (a few syscalls) and aya's iterator (two per entry)
+    // see the same entries with the same counts.
+    let mut batched = tracked.clone();
+    let mut iterated = t.targets.targets_iterated(Direction::Incoming).unwrap();
+    batched.sort_by_key(|(k, _)| k.addr);
+    iterated.sort_by_key(|(k, _)| k.addr);
+    assert_eq!(batched, iterated);
     let h = find(&tracked, "10.1.77.77").expect("the heavy destination is tracked");
     assert!(h.packets[TrafficClass::Udp.index()] >= 1_500, "{:?}", h.packets);
     assert!(tracked.len() <= 1 + 10, "{} destinations tracked", tracked.len());

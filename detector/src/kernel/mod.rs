@@ -10,6 +10,7 @@
 //! - [`pins`]: where links and maps are pinned in bpffs so rules outlive
 //!   the controller.
 
+pub mod batch;
 pub mod counters;
 pub mod ebpf;
 pub mod egress;

@@ -24,7 +24,11 @@ use detector_common::{
 };
 use thiserror::Error;
 
-use crate::{kernel::ebpf, mitigate::prefix::Prefix, targets::Direction};
+use crate::{
+    kernel::{batch, ebpf},
+    mitigate::prefix::Prefix,
+    targets::Direction,
+};
 
 #[derive(Debug, Error)]
 pub enum TargetError {
@@ -189,6 +193,22 @@ impl TargetMaps {
     /// Every tracked address in `direction` with its cumulative counters,
     /// summed over CPUs (its group: see [`TargetStats`]).
     pub fn targets(&self, direction: Direction) -> Result<Vec<(SourceKey, TargetStats)>, TargetError> {
+        let (map, name) = self.map(direction);
+        let mut out = Vec::new();
+        // A few syscalls for the whole map; two per entry only on a kernel
+        // without batch lookups.
+        match batch::per_cpu_hash::<SourceKey, TargetStats>(map.map(), |k, v| out.push((k, sum(v.iter(), true)))) {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                tracing::debug!(map = name, "batch lookup failed ({e}); iterating");
+                self.targets_iterated(direction)
+            }
+        }
+    }
+
+    /// As [`TargetMaps::targets`], two syscalls per entry (aya's iterator):
+    /// the way on kernels without batch lookups.
+    pub fn targets_iterated(&self, direction: Direction) -> Result<Vec<(SourceKey, TargetStats)>, TargetError> {
         let (map, name) = self.map(direction);
         let mut out = Vec::new();
         for item in map.iter() {
