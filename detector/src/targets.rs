@@ -105,6 +105,8 @@ pub struct TargetsUpdate {
 struct Seen {
     stats: TargetStats,
     last_change: Duration,
+    /// The poll that last listed it.
+    poll: u64,
 }
 
 /// Remembers each tracked address's and each group's previous cumulative
@@ -117,11 +119,13 @@ pub struct TargetTracker {
     /// goes on from its kernel counters, which never stopped being there.
     groups: HashMap<(u32, Direction), TargetStats>,
     idle_after: Duration,
+    /// Polls so far.
+    polls: u64,
 }
 
 impl TargetTracker {
     pub fn new(idle_after: Duration) -> Self {
-        TargetTracker { seen: [HashMap::new(), HashMap::new()], groups: HashMap::new(), idle_after }
+        TargetTracker { seen: [HashMap::new(), HashMap::new()], groups: HashMap::new(), idle_after, polls: 0 }
     }
 
     /// Addresses remembered in `direction`.
@@ -147,33 +151,46 @@ impl TargetTracker {
     ) -> TargetsUpdate {
         let secs = elapsed.as_secs_f64();
         let mut out = TargetsUpdate::default();
+        self.polls += 1;
+        let poll = self.polls;
         for (direction, current) in [(Direction::Incoming, incoming), (Direction::Outgoing, outgoing)] {
             let d = direction.index();
             let seen = &mut self.seen[d];
-            let mut next = HashMap::with_capacity(current.len());
+            // Updated in place: with tens of thousands of addresses, a new
+            // map each poll costs more than the rates.
+            let rates_out = match direction {
+                Direction::Incoming => &mut out.reading.incoming,
+                Direction::Outgoing => &mut out.reading.outgoing,
+            };
+            rates_out.reserve(current.len());
             for (key, stats) in current {
-                let prev = seen.remove(key);
-                let before = prev.as_ref().map(|p| base(&p.stats, stats)).unwrap_or_default();
-                let (classes, packets) = rates(&before, stats, secs);
-                let last_change = match &prev {
-                    Some(p) if packets == 0 => p.last_change,
-                    _ => now,
+                let (classes, packets, last_change) = match seen.get_mut(key) {
+                    Some(p) => {
+                        let (classes, packets) = rates(&base(&p.stats, stats), stats, secs);
+                        if packets > 0 {
+                            p.last_change = now;
+                        }
+                        p.stats = *stats;
+                        p.poll = poll;
+                        (classes, packets, p.last_change)
+                    }
+                    None => {
+                        let (classes, packets) = rates(&TargetStats::default(), stats, secs);
+                        seen.insert(*key, Seen { stats: *stats, last_change: now, poll });
+                        (classes, packets, now)
+                    }
                 };
                 if packets == 0 && now.saturating_sub(last_change) >= self.idle_after {
                     out.idle[d].push(*key);
+                    seen.remove(key);
                     continue;
                 }
                 if packets > 0 {
-                    let rate = TargetRate { addr: key_addr(key), group: stats.group as usize, classes };
-                    match direction {
-                        Direction::Incoming => out.reading.incoming.push(rate),
-                        Direction::Outgoing => out.reading.outgoing.push(rate),
-                    }
+                    rates_out.push(TargetRate { addr: key_addr(key), group: stats.group as usize, classes });
                 }
-                next.insert(*key, Seen { stats: *stats, last_change });
             }
-            // Whatever is left was evicted by the kernel (or removed).
-            *seen = next;
+            // Whatever was not listed was evicted by the kernel (or removed).
+            seen.retain(|_, s| s.poll == poll);
         }
         for (group, direction, stats) in groups {
             let prev = self.groups.insert((*group, *direction), *stats);

@@ -194,7 +194,7 @@ impl TargetMaps {
     /// summed over CPUs (its group: see [`TargetStats`]).
     pub fn targets(&self, direction: Direction) -> Result<Vec<(SourceKey, TargetStats)>, TargetError> {
         let (map, name) = self.map(direction);
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.capacity as usize);
         // A few syscalls for the whole map; two per entry only on a kernel
         // without batch lookups.
         match batch::per_cpu_hash::<SourceKey, TargetStats>(map.map(), |k, v| out.push((k, sum(v.iter(), true)))) {
