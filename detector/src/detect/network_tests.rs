@@ -263,3 +263,39 @@ fn baselines_are_per_group_and_direction_and_old_files_load_as_the_host_group() 
     d.load_baselines(&serde_json::from_str(v1).unwrap());
     assert_eq!(d.class_baseline("eth0", "host", TrafficClass::Udp).unwrap().pps.mean, 42.0);
 }
+
+#[test]
+fn host_mode_counts_the_whole_interface_in_its_group() {
+    // A flood to an address the host does not have: no address of the
+    // host's is above, the interface is; a host-group incident whose rules
+    // are not limited to the host's addresses.
+    let mut det = Detector::new(DetectionConfig { hold: Duration::from_millis(300), ..Default::default() }, "web1");
+    det.set_host_addresses(["192.0.2.2".parse().unwrap()]);
+    let mut events = Vec::new();
+    let mut now = T0;
+    for _ in 0..10 {
+        now += 100;
+        let classes = rates(150_000.0);
+        let reading = TargetsReading {
+            incoming: Vec::new(),
+            outgoing: Vec::new(),
+            groups: vec![GroupRate { group: 0, direction: Incoming, classes: rates(0.0) }],
+        };
+        let samples = SampleView::new(&[], 1, POLL);
+        let obs = Observation {
+            iface: "eth0",
+            now_ms: now,
+            seconds: POLL,
+            classes: &classes,
+            sources: &[],
+            samples: &samples,
+            packets: &[],
+            targets: &reading,
+        };
+        events.extend(det.observe(&obs));
+    }
+    let o: Vec<&IncidentEvent> = events.iter().filter(|e| e.kind == EventKind::Opened).collect();
+    assert_eq!(o.len(), 1, "{events:?}");
+    assert_eq!((o[0].incident.target.as_str(), o[0].incident.hostgroup.as_str()), ("host", "host"));
+    assert!(o[0].incident.target_prefixes.is_empty());
+}
