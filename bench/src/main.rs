@@ -4,6 +4,7 @@
 //! ratio to the empty program does not carry from one CPU to another).
 
 mod detection;
+mod fastnetmon;
 mod firewall;
 mod frames;
 mod live;
@@ -45,6 +46,9 @@ enum Part {
     Live,
     /// CPU per spoofed SYN: cookies answered in XDP against the kernel's own.
     Syncookies,
+    /// Side by side with FastNetMon Community: detection time and CPU per
+    /// forwarded packet, in the router lab.
+    Fastnetmon,
 }
 
 fn main() -> Result<()> {
@@ -71,6 +75,12 @@ fn main() -> Result<()> {
         }
         Some(Part::Syncookies) => {
             println!("{}", report::syn_cookies_section(&syn_cookies_part(firewall_seconds)?));
+            return Ok(());
+        }
+        Some(Part::Fastnetmon) => {
+            let (trials, cpu_seconds, rounds) = if args.quick { (3, 3, 1) } else { (10, 10, 2) };
+            eprintln!("bench: side by side with FastNetMon: {trials} detection trials each, {rounds} CPU rounds of {cpu_seconds} s");
+            println!("{}", report::fastnetmon_section(&fastnetmon::run(trials, cpu_seconds, rounds)?));
             return Ok(());
         }
         Some(Part::Live) => {
