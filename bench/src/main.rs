@@ -4,6 +4,7 @@
 //! ratio to the empty program does not carry from one CPU to another).
 
 mod detection;
+mod fastnetmon;
 mod firewall;
 mod frames;
 mod live;
@@ -48,6 +49,9 @@ enum Part {
     Syncookies,
     /// Network mode: per-destination counting per packet, poll cycle, memory.
     Targets,
+    /// Side by side with FastNetMon Community: detection time and CPU per
+    /// forwarded packet, in the router lab.
+    Fastnetmon,
 }
 
 fn main() -> Result<()> {
@@ -80,6 +84,10 @@ fn main() -> Result<()> {
             println!("{}", report::targets_section(&targets::run_all(repeat)?));
             return Ok(());
         }
+        Some(Part::Fastnetmon) => {
+            println!("{}", report::fastnetmon_section(&fastnetmon_part(args.quick)?));
+            return Ok(());
+        }
         Some(Part::Live) => {
             for r in live::floods(seconds)? {
                 println!("{:<70} {:<8} {:>8.1} ns/packet", r.scenario.label(), r.program, r.ns_per_packet);
@@ -102,6 +110,7 @@ fn main() -> Result<()> {
     let reaction = reaction_part(reaction_trials)?;
     let firewall = firewall_part(firewall_seconds)?;
     let syn_cookies = syn_cookies_part(firewall_seconds)?;
+    let fastnetmon = fastnetmon_part(args.quick)?;
 
     let r = report::Report {
         repeat,
@@ -114,6 +123,7 @@ fn main() -> Result<()> {
         firewall,
         syn_cookies,
         targets,
+        fastnetmon,
         command: command_line(args.quick),
     };
     let text = r.markdown();
@@ -137,6 +147,14 @@ fn syn_cookies_part(total: Duration) -> Result<synflood::SynComparison> {
         "bench: a spoofed SYN flood answered with cookies: XDP, the kernel, and an XDP reflector, {total:?} each"
     );
     synflood::compare(total)
+}
+
+fn fastnetmon_part(quick: bool) -> Result<fastnetmon::Figures> {
+    let (trials, cpu_seconds, rounds) = if quick { (3, 3, 1) } else { (10, 10, 2) };
+    eprintln!(
+        "bench: side by side with FastNetMon: {trials} detection trials each, {rounds} CPU rounds of {cpu_seconds} s"
+    );
+    fastnetmon::run(trials, cpu_seconds, rounds)
 }
 
 fn reaction_part(trials: usize) -> Result<reaction::ReactionFigures> {

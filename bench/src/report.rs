@@ -12,6 +12,7 @@ use detector::{clock::now_ms, detect::incident::time_ms::rfc3339};
 
 use crate::{
     detection::{percentile, DetectionFigures},
+    fastnetmon,
     firewall::{Action, Comparison, DropRun, Layer},
     live::{LiveRun, Scenario},
     reaction::{self, ReactionFigures},
@@ -31,6 +32,7 @@ pub struct Report {
     pub firewall: Comparison,
     pub syn_cookies: SynComparison,
     pub targets: crate::targets::Figures,
+    pub fastnetmon: crate::fastnetmon::Figures,
     pub command: String,
 }
 
@@ -437,6 +439,7 @@ impl Report {
         let _ = write!(s, "\n{}", reaction_section(&self.reaction));
         let _ = write!(s, "\n{}", firewall_section(&self.firewall));
         let _ = write!(s, "\n{}", syn_cookies_section(&self.syn_cookies));
+        let _ = write!(s, "\n{}", fastnetmon_section(&self.fastnetmon));
         s
     }
 
@@ -778,6 +781,123 @@ pub fn targets_section(f: &crate::targets::Figures) -> String {
         parts.join(", "),
         met(total <= TARGETS_MEMORY_BYTES)
     );
+    s
+}
+
+/// "Side by side with FastNetMon Community": detection time and CPU per
+/// forwarded packet, each detector alone in the router lab.
+pub fn fastnetmon_section(f: &fastnetmon::Figures) -> String {
+    use fastnetmon::{Who, CPU_GAPS, DETECT_GAP, FLOOR_PPS, FNM_PERIOD_MS, HOLD_MS, INTERVAL_MS, TARGET};
+    let mut s = String::new();
+    let n = f.detect(Who::Detector).len();
+    let _ = writeln!(s, "## Side by side with FastNetMon Community\n");
+    let _ = writeln!(
+        s,
+        "FastNetMon Community {} (Debian's `fastnetmon`) and {}, on Linux {}, in the router lab: the generators' namespace (inet), a router namespace forwarding to the customers' 198.51.100.0/24, each detector on the router's outside interface, facing inet: the detector's XDP program (native, on the veth), FastNetMon's AF_PACKET capture (`mirror_afpacket = on`, fanout `cpu`, a worker per CPU). Equivalent per-host thresholds: the detector's host group for the /24 with a `udp_flood` floor of {FLOOR_PPS} pps per address, hold {HOLD_MS} ms, the default {INTERVAL_MS} ms poll; FastNetMon's `threshold_pps = {FLOOR_PPS}` with `ban_for_pps = on` (bandwidth and flow bans off) for the /24 in its networks list, at its fastest: speeds recomputed every {} s (`speed_calculation_delay`, whole seconds, 1 the least) with no moving average (`average_calculation_time = 0`), a notify script that appends `date +%s.%N` and its arguments to a file; no BGP, API, metrics or other outputs, its files in the lab's directory. The flood: hping3 from inet, UDP with 64-byte payloads to port {} of {TARGET}, `-i {DETECT_GAP}` ({} pps forwarded in the CPU runs below; hping3's pace moves with the machine's load).\n",
+        f.fastnetmon_version,
+        f.detector_version,
+        f.kernel,
+        FNM_PERIOD_MS / 1000,
+        fastnetmon::PORT,
+        f.cpu_total(Who::Nothing, DETECT_GAP).map(|t| format!("{:.0}", t.forwarded_pps())).unwrap_or_else(|| "n/a".into()),
+    );
+    let _ = writeln!(
+        s,
+        "**Detection time**, {n} trials each, every trial in a fresh lab with one detector alone, flooded once it is ready and a quiet second has passed, after a delay that spreads the floods evenly over its period ({INTERVAL_MS} ms polls, {FNM_PERIOD_MS} ms recalculations): from the flood's first frame, as a packet socket on inet's end of the link sees it leave (opened before hping3 starts, closed after that frame), to the detector naming {TARGET}: its incident for that address opening (`timeline[0].at`, `/api/incidents?active=true`), FastNetMon's log line `Attack with direction: incoming IP: {TARGET}` (written as it decides the ban, millisecond times, its clock in UTC), and its notify script's `ban` call. All are wall-clock times on this one machine.\n"
+    );
+    let _ = writeln!(s, "| first frame to naming the attacked host, {n} trials | p50 ms | p95 ms | min ms | max ms |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+    let det = f.detect(Who::Detector);
+    let fnm = f.detect(Who::FastNetMon);
+    let notify = f.notify();
+    for (label, v) in [
+        ("**detector**: incident opened", &det),
+        ("**FastNetMon**: attack logged", &fnm),
+        ("FastNetMon: notify script run (`ban`)", &notify),
+    ] {
+        if v.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "| {label} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            percentile(v, 50.0),
+            percentile(v, 95.0),
+            percentile(v, 0.0),
+            percentile(v, 100.0)
+        );
+    }
+    if !det.is_empty() && !fnm.is_empty() {
+        let r50 = percentile(&fnm, 50.0) / percentile(&det, 50.0);
+        let r95 = percentile(&fnm, 95.0) / percentile(&det, 95.0);
+        let _ = writeln!(
+            s,
+            "\nThe detector names the attacked host **{r50:.1}x** faster at p50, **{r95:.1}x** at p95. Target at least 5x faster: **{}**.\n",
+            if r50.min(r95) >= 5.0 { "met" } else { "not met" }
+        );
+    }
+
+    let _ = writeln!(
+        s,
+        "**CPU per forwarded packet**: the same flood, sustained and forwarded by the router to the customers, once with each detector alone and once with neither (plain forwarding), each in a fresh lab; counted over {} s once the flood has run a second (the detector's incident is open and FastNetMon's ban made by then), summed over the rounds. Process CPU: utime + stime of every thread of the detector's process, and of its waited-for children (FastNetMon's notify script), from `/proc/PID/stat`. The detector's XDP program runs in the kernel's receive path, not in its process: its own run time comes from the kernel's BPF statistics (`run_time_ns`, on only during the detector's runs). FastNetMon's AF_PACKET capture copies every frame into its ring in the softirq that receives it: that cost is the softirq time of all CPUs (`/proc/stat`) over the plain-forwarding run's, per packet (tick-sampled, so a noisy difference; the detector's is shown too). Divided by the router's forwarded datagrams (`Ip: ForwDatagrams`, the customers' ICMP answers included). The cost per packet: the detector's process plus its XDP run time; FastNetMon's process plus its softirq over plain forwarding (none if negative).\n",
+        f.cpu_seconds
+    );
+    let _ = writeln!(
+        s,
+        "| flood | setup | forwarded pps | process ns/pkt | XDP ns/pkt | softirq ns/pkt | softirq over plain forwarding | **CPU ns per forwarded packet** |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+    let mut verdicts = Vec::new();
+    for gap in CPU_GAPS {
+        let flood = if gap == "flood" { "hping3 `--flood`".to_string() } else { format!("hping3 `-i {gap}`") };
+        let base = f.cpu_total(Who::Nothing, gap);
+        let over = |t: &fastnetmon::CpuTotal| base.map(|b| t.softirq_per_packet() - b.softirq_per_packet());
+        let mut totals = (None, None);
+        for who in [Who::Nothing, Who::FastNetMon, Who::Detector] {
+            let Some(t) = f.cpu_total(who, gap) else { continue };
+            let extra = if who == Who::Nothing { None } else { over(&t) };
+            let total = match who {
+                Who::Detector => Some(t.process_per_packet() + t.xdp_per_packet()),
+                Who::FastNetMon => Some(t.process_per_packet() + extra.unwrap_or(0.0).max(0.0)),
+                Who::Nothing => None,
+            };
+            match who {
+                Who::Detector => totals.0 = total,
+                Who::FastNetMon => totals.1 = total,
+                Who::Nothing => {}
+            }
+            let _ = writeln!(
+                s,
+                "| {flood} | {} | {:.0} | {} | {} | {:.0} | {} | {} |",
+                who.label(),
+                t.forwarded_pps(),
+                if who == Who::Nothing { "—".to_string() } else { format!("{:.0}", t.process_per_packet()) },
+                if who == Who::Detector {
+                    format!("{:.0} ({:.0} per run)", t.xdp_per_packet(), t.xdp_ns as f64 / t.xdp_runs.max(1) as f64)
+                } else {
+                    "—".into()
+                },
+                t.softirq_per_packet(),
+                extra.map(|e| format!("{e:+.0}")).unwrap_or_else(|| "—".into()),
+                total.map(|t| format!("**{t:.0}**")).unwrap_or_else(|| "—".into()),
+            );
+        }
+        if let (Some(d), Some(m)) = totals {
+            verdicts.push((
+                d / m,
+                format!(
+                    "{flood}: the detector spends **{:.2}** of FastNetMon's CPU per packet ({d:.0} against {m:.0} ns)",
+                    d / m
+                ),
+            ));
+        }
+    }
+    if !verdicts.is_empty() {
+        let met = verdicts.iter().all(|(r, _)| *r <= 0.2);
+        let text: Vec<&str> = verdicts.iter().map(|(_, t)| t.as_str()).collect();
+        let _ =
+            writeln!(s, "\n{}. Target at most a fifth: **{}**.", text.join("; "), if met { "met" } else { "not met" });
+    }
     s
 }
 

@@ -171,15 +171,33 @@ pub fn run_tools() {
 
 /// What the bench needs: `ip` for the lab, and for the firewall comparison
 /// the droppers XDP is measured against (`iptables`, `nft`) and `ethtool`,
-/// which turns GRO on so the target's veth runs NAPI without XDP.
+/// which turns GRO on so the target's veth runs NAPI without XDP; for the
+/// side-by-side with FastNetMon Community, `fastnetmon` itself and `hping3`
+/// for the floods.
 pub fn bench_tools() -> Result<()> {
     let mut missing = Vec::new();
-    for (tool, package) in [("ip", "iproute2"), ("iptables", "iptables"), ("nft", "nftables"), ("ethtool", "ethtool")] {
+    for (tool, package) in [
+        ("ip", "iproute2"),
+        ("iptables", "iptables"),
+        ("nft", "nftables"),
+        ("ethtool", "ethtool"),
+        ("hping3", "hping3"),
+        ("fastnetmon", "fastnetmon"),
+    ] {
         if which(tool).is_none() && which_sbin(tool).is_none() {
             missing.push(package);
         }
     }
-    apt_install(&missing, "the bench")
+    let new_fastnetmon = missing.contains(&"fastnetmon");
+    apt_install(&missing, "the bench")?;
+    if new_fastnetmon && Path::new("/run/systemd/system").is_dir() {
+        // The package enables and starts its service with the stock
+        // configuration; the bench runs its own instances in lab
+        // namespaces only.
+        println!("xtask: disabling the fastnetmon service the package started (the bench runs its own, in its labs)");
+        run(Command::new("systemctl").args(["disable", "--now", "fastnetmon"]))?;
+    }
+    Ok(())
 }
 
 /// `which`, also looking in the sbin directories a non-root PATH may lack.
