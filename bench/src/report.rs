@@ -756,7 +756,7 @@ pub fn targets_section(f: &crate::targets::Figures) -> String {
     }
     let _ = writeln!(
         s,
-        "A poll of the per-target maps (both directions, every installed group, the tracker, idle removal), {} CPUs, maps of {} entries per direction:\n",
+        "A poll of network mode (the per-target maps of both directions and every installed group read with batch lookups, the tracker, idle removal, and detection over every address and the group), {} CPUs, maps of {} entries per direction:\n",
         f.cpus, f.max_targets
     );
     let _ = writeln!(s, "| scenario | entries read | p50 ms | p99 ms | max ms |");
