@@ -299,7 +299,19 @@ fn bulk_tcp_is_not_an_ack_flood_but_a_spoofed_ack_flood_is() {
         assert!(pps > ACK_FLOOR, "{what}: the transfer is not bulk enough to prove anything ({pps:.0} pps)");
         established = established.max(pps as u64);
         let open = incidents(&c);
-        assert!(open.is_empty(), "{what} opened an incident: {open:?}");
+        assert!(
+            open.is_empty(),
+            "{what} opened an incident: {open:?}\n{}\npeers: {}\n{}",
+            c.log_text(),
+            String::from_utf8_lossy(
+                &common::detector_in(&c.ns, &["peers", "list", "--state-dir", c.state_dir.to_str().unwrap()]).stdout
+            ),
+            c.metrics()
+                .lines()
+                .filter(|l| l.contains("peer") || l.contains("tcp_ack") || l.contains("tcp_established"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
     // A spoofed ACK flood (random sources, no conversation): ack_flood.
     let h = Hping3::start(&lab.gen_ns, &["-A", "--flood", "--rand-source", "-p", "5201", TGT_V4]).unwrap();

@@ -45,16 +45,20 @@ pub fn per_cpu_hash<K: Pod, V: Pod>(map: &MapData, mut f: impl FnMut(K, &[V])) -
     // Each CPU's value is padded to 8 bytes, as the kernel copies them.
     let stride = size_of::<V>().div_ceil(8) * 8;
     let mut chunk = CHUNK;
-    let mut keys: Vec<K> = Vec::new();
-    let mut values: Vec<u8> = Vec::new();
+    let ksize = size_of::<K>();
+    // Zeroed by the allocator (large ones are fresh pages, faulted in only
+    // where the kernel writes): no fill loop per call.
+    let mut keys: Vec<u8> = vec![0; chunk as usize * ksize];
+    let mut values: Vec<u8> = vec![0; chunk as usize * cpus * stride];
     let mut per_cpu: Vec<V> = Vec::with_capacity(cpus);
     let mut token: u32 = 0;
     let mut next: u32 = 0;
     let mut first = true;
     loop {
-        // SAFETY: K is Pod: zeroed keys are valid values to overwrite.
-        keys.resize(chunk as usize, unsafe { std::mem::zeroed() });
-        values.resize(chunk as usize * cpus * stride, 0);
+        if keys.len() < chunk as usize * ksize {
+            keys = vec![0; chunk as usize * ksize];
+            values = vec![0; chunk as usize * cpus * stride];
+        }
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { &token as *const u32 as u64 },
             out_batch: &mut next as *mut u32 as u64,
@@ -72,14 +76,16 @@ pub fn per_cpu_hash<K: Pod, V: Pod>(map: &MapData, mut f: impl FnMut(K, &[V])) -
         let err = (ret < 0).then(io::Error::last_os_error);
         // The kernel fills `count` entries even when it says it is done.
         let got = if err.as_ref().is_some_and(|e| e.raw_os_error() != Some(libc::ENOENT)) { 0 } else { attr.count };
-        for (i, key) in keys.iter().take(got as usize).enumerate() {
+        for i in 0..got as usize {
+            // SAFETY: in bounds (count <= chunk); K is Pod; unaligned read.
+            let key = unsafe { std::ptr::read_unaligned(keys[i * ksize..].as_ptr() as *const K) };
             per_cpu.clear();
             for c in 0..cpus {
                 let at = (i * cpus + c) * stride;
                 // SAFETY: in bounds (count <= chunk); V is Pod; unaligned read.
                 per_cpu.push(unsafe { std::ptr::read_unaligned(values[at..].as_ptr() as *const V) });
             }
-            f(*key, &per_cpu);
+            f(key, &per_cpu);
         }
         match err {
             None if got == 0 => return Ok(()),
