@@ -38,7 +38,6 @@ use aya::sys::{enable_stats, Stats};
 use detector::{
     detect::incident::time_ms,
     iface,
-    kernel::pins,
     lab::{
         find_program,
         hping3::{Hping3, Hping3Report},
@@ -327,7 +326,7 @@ impl Running {
             Running::Detector(mut c) => {
                 let status = c.stop_with(libc::SIGTERM, Duration::from_secs(15))?;
                 ensure!(status.success(), "`detector run` exited with {status}\n{}", c.log_tail(30));
-                detached(lab)
+                crate::reaction::detached_in(&lab.router_ns, &lab.outside_if)
             }
             Running::FastNetMon(f) => f.stop(),
             Running::Nothing => Ok(()),
@@ -425,25 +424,6 @@ fn incident_opened(c: &Controller) -> Result<Option<u64>> {
     Ok(Some(time_ms::parse(at).ok_or_else(|| anyhow!("bad time {at}"))?))
 }
 
-/// After `--on-stop detach`, no pins may be left for the outside interface
-/// (they live in the host's bpffs, beyond the lab): removed and reported.
-fn detached(lab: &RouterLab) -> Result<()> {
-    let (ns, ifname) = (lab.router_ns.clone(), lab.outside_if.clone());
-    let left = std::thread::spawn(move || -> Result<Option<usize>> {
-        let _in = NetnsGuard::enter(&ns)?;
-        let dir = pins::dir(&ifname)?;
-        if !dir.exists() {
-            return Ok(None);
-        }
-        Ok(Some(pins::detach_now(&dir)?))
-    })
-    .join()
-    .map_err(|_| anyhow!("pin check panicked"))??;
-    if let Some(n) = left {
-        bail!("`--on-stop detach` left {n} pins for {} (removed now)", lab.outside_if);
-    }
-    Ok(())
-}
 
 /// FastNetMon in the router's namespace, its files in the lab's directory.
 pub struct FastNetMon {

@@ -232,10 +232,15 @@ fn start(lab: &Lab, bin: &Path, books: &Path, cfg: &Path) -> Result<Controller> 
 /// the lab's interface. Anything left is removed (the lab's namespace goes
 /// next; pins in bpffs would outlive it) and reported.
 fn detached(lab: &Lab) -> Result<()> {
-    let (ns, ifname) = (lab.tgt_ns.clone(), lab.tgt_if.clone());
+    detached_in(&lab.tgt_ns, &lab.tgt_if)
+}
+
+/// The same for `ifname` in namespace `ns` (another lab's interface).
+pub fn detached_in(ns: &str, ifname: &str) -> Result<()> {
+    let (ns, ifname2) = (ns.to_string(), ifname.to_string());
     let left = std::thread::spawn(move || -> Result<Option<usize>> {
         let _in = NetnsGuard::enter(&ns)?;
-        let dir = pins::dir(&ifname)?;
+        let dir = pins::dir(&ifname2)?;
         if !dir.exists() {
             return Ok(None);
         }
@@ -244,7 +249,7 @@ fn detached(lab: &Lab) -> Result<()> {
     .join()
     .map_err(|_| anyhow!("pin check panicked"))??;
     if let Some(n) = left {
-        bail!("`--on-stop detach` left {n} pins for {} (removed now)", lab.tgt_if);
+        bail!("`--on-stop detach` left {n} pins for {ifname} (removed now)");
     }
     Ok(())
 }
