@@ -424,7 +424,6 @@ fn incident_opened(c: &Controller) -> Result<Option<u64>> {
     Ok(Some(time_ms::parse(at).ok_or_else(|| anyhow!("bad time {at}"))?))
 }
 
-
 /// FastNetMon in the router's namespace, its files in the lab's directory.
 pub struct FastNetMon {
     child: Background,
