@@ -464,7 +464,7 @@ impl FastNetMon {
             // Its log's times are local: UTC, to compare.
             .env("TZ", "UTC")
             .current_dir(&dir);
-        die_with_parent(&mut cmd);
+        detector::lab::process::die_with_parent(&mut cmd);
         let what = format!("fastnetmon --configuration_file {}", conf.display());
         let child = Background::spawn(cmd, what, Supervision::default())?;
         let mut f = FastNetMon { child, log, notify_log };
@@ -614,25 +614,6 @@ kafka_traffic_export = off
         dat = p("fastnetmon.dat"),
         dat6 = p("fastnetmon_ipv6.dat"),
     )
-}
-
-/// SIGTERM to the child when the bench's thread that spawned it ends.
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt as _;
-    let parent = std::process::id();
-    // SAFETY: prctl and getppid are async-signal-safe; nothing allocates
-    // between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() as u32 != parent {
-                return Err(std::io::Error::other("the parent is gone"));
-            }
-            Ok(())
-        });
-    }
 }
 
 /// The wall-clock time of the first UDP frame to a destination leaving an

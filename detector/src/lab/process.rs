@@ -174,8 +174,9 @@ impl DetectorCommand {
 }
 
 /// Gives the child SIGTERM when the thread that spawns it ends (see
-/// [`Supervision::die_with_parent`]).
-fn die_with_parent(cmd: &mut Command) {
+/// [`Supervision::die_with_parent`]). Public for harnesses that spawn a
+/// daemon of their own (the bench's FastNetMon).
+pub fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt as _;
     let parent = std::process::id();
     // SAFETY: prctl and getppid are async-signal-safe; nothing
