@@ -87,9 +87,11 @@ fn two_customers_attacked_at_once_get_an_incident_each_and_rules_only_for_them()
     let sink = lab.customers_sink(FLOOD_PORT.parse().unwrap(), false).unwrap();
 
     // .10 flooded from inet's own address, .11 from a neighbour of it.
-    let a = hping(&lab.inet_ns, &["--udp", "-p", FLOOD_PORT, "-i", "u50", "-d", "64", SERVERS_V4[0]]);
-    let b =
-        hping(&lab.inet_ns, &["--udp", "-p", FLOOD_PORT, "-i", "u50", "-d", "64", "-a", "203.0.113.2", SERVERS_V4[1]]);
+    let a = hping(&lab.inet_ns, &["--udp", "-n", "-p", FLOOD_PORT, "-i", "u50", "-d", "64", SERVERS_V4[0]]);
+    let b = hping(
+        &lab.inet_ns,
+        &["--udp", "-n", "-p", FLOOD_PORT, "-i", "u50", "-d", "64", "-a", "203.0.113.2", SERVERS_V4[1]],
+    );
     let open = wait_for(&c, "two incidents", Duration::from_secs(5), || {
         let v = incidents(&c, true);
         (v.len() >= 2).then_some(v)
@@ -163,7 +165,7 @@ fn carpet_bombing_over_the_24_opens_one_host_group_incident() {
     // above the group's 6,000.
     let h = hping(
         &lab.inet_ns,
-        &["--udp", "-p", FLOOD_PORT, "-i", "u40", "-d", "64", "--rand-dest", "-I", &lab.inet_if, "198.51.100.x"],
+        &["--udp", "-n", "-p", FLOOD_PORT, "-i", "u40", "-d", "64", "--rand-dest", "-I", &lab.inet_if, "198.51.100.x"],
     );
     let inc = wait_for(&c, "a host-group incident", Duration::from_secs(6), || incidents(&c, true).into_iter().next());
     std::thread::sleep(Duration::from_millis(500));
@@ -211,7 +213,7 @@ fn a_flood_a_customer_sends_is_an_outgoing_incident() {
     // 10,000 pps from .11 to inet, through the router's outside interface.
     let h = hping(
         &lab.customers_ns,
-        &["--udp", "-p", "9", "-i", "u100", "-d", "64", "-I", &lab.customers_if, "-a", SERVERS_V4[1], INET_V4],
+        &["--udp", "-n", "-p", "9", "-i", "u100", "-d", "64", "-I", &lab.customers_if, "-a", SERVERS_V4[1], INET_V4],
     );
     let inc = wait_for(&c, "an outgoing incident", Duration::from_secs(6), || incidents(&c, true).into_iter().next());
     std::thread::sleep(Duration::from_millis(500));
