@@ -210,6 +210,21 @@ fn protected_destinations_count_in_their_group_and_heavy_ones_per_address() {
     assert_eq!(g1.packets[TrafficClass::TcpSyn.index()], 10);
     assert_eq!(t.targets.group(2, Direction::Incoming).unwrap().packets[TrafficClass::TcpSyn.index()], 20);
 
+    // A neighbour of the /24 passes the prefilter (same /16) and is cached
+    // as unprotected; once its own /24 is protected, the new generation of
+    // the protected set makes the cache look it up again.
+    let neighbour = build(Kind::Udp, "198.51.100.7", "203.0.114.10");
+    let before = t.counters.classes().unwrap().total_packets();
+    send(&lab, false, &vec![neighbour.bytes.clone(); 5]);
+    counted(&t, before + 5);
+    assert_eq!(packets(&t.targets.group(4, Direction::Incoming).unwrap()), 0);
+    let with_neighbour = nets(&[("203.0.113.0/24", 1), ("203.0.114.0/24", 4), ("2001:db8:5::/48", 3)]);
+    assert!(t.targets.set_protected(&with_neighbour).unwrap());
+    let before = t.counters.classes().unwrap().total_packets();
+    send(&lab, false, &vec![neighbour.bytes.clone(); 7]);
+    counted(&t, before + 7);
+    assert_eq!(t.targets.group(4, Direction::Incoming).unwrap().packets[TrafficClass::Udp.index()], 7);
+
     // No protected networks: nothing is looked up or counted any more.
     assert!(t.targets.set_protected(&[]).unwrap());
     assert!(t.targets.targets(Direction::Incoming).unwrap().is_empty(), "entries outlived their networks");

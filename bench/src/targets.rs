@@ -34,8 +34,8 @@ use detector_common::{
     flood::PASS_PROGRAM,
     maps::{SourceKey, DEFAULT_MAX_SOURCES, DETECTOR_PROGRAM, EPOCH_MAP},
     targets::{
-        TargetStats, GROUP_STATS_MAP, PROTECTED_MAP, TARGETS_IN_MAP, TARGETS_OUT_MAP, TARGET_CONTROL_MAP,
-        TARGET_SKETCH_MAP, TARGET_WINDOW_MAP,
+        TargetStats, GROUP_STATS_MAP, PROTECTED_MAP, TARGETS_IN_MAP, TARGETS_OUT_MAP, TARGET_CACHE_MAP,
+        TARGET_CONTROL_MAP, TARGET_SKETCH_MAP, TARGET_WINDOW_MAP,
     },
     TrafficClass, CLASS_COUNT,
 };
@@ -174,8 +174,36 @@ pub fn paths(repeat: u32) -> Result<Vec<PathCost>> {
         eprintln!("bench:   {label:<45} detector {:>6.1} ns  empty {:>6.1} ns", cost.detector_ns, cost.empty_ns);
         out.push(cost);
     }
+    // The same with a new destination every packet: each run is one frame,
+    // so the per-CPU cache of address to group misses (inside: the trie is
+    // walked every time) and the prefilter is all that spares the trie
+    // (outside). Both programs run the same frames; the last heavy-path
+    // case is appended after, as the headline figure.
+    let heavy = out.pop();
+    targets.set_protected(&full)?;
+    for (label, base) in [
+        ("inside, a new destination every packet (over the /16)", [10u8, 1]),
+        ("outside, a new destination every packet (over 10.2.0.0/16)", [10, 2]),
+    ] {
+        let mut frame = udp(&format!("{}.{}.0.0", base[0], base[1]))?;
+        epoch.set(0, next_epoch, 0)?;
+        next_epoch += 1;
+        let (mut d, mut e) = (0.0, 0.0);
+        for i in 0..SPREAD {
+            frame[14 + 18..14 + 20].copy_from_slice(&(i as u16).to_be_bytes());
+            d += run(det, &frame, 1)?;
+            e += run(pass, &frame, 1)?;
+        }
+        let cost = PathCost { label, detector_ns: d / SPREAD as f64, empty_ns: e / SPREAD as f64 };
+        eprintln!("bench:   {label:<45} detector {:>6.1} ns  empty {:>6.1} ns", cost.detector_ns, cost.empty_ns);
+        out.push(cost);
+    }
+    out.extend(heavy);
     Ok(out)
 }
+
+/// Destinations of the spread paths, one frame each.
+const SPREAD: u32 = 65_536;
 
 /// The kernel's `memlock` figure for a map (its memory use, on 6.4 and later).
 fn memlock(data: &MapData) -> Result<u64> {
@@ -196,6 +224,7 @@ fn map_memory(obj: &Ebpf) -> Result<MapMemory> {
         TARGETS_OUT_MAP,
         TARGET_SKETCH_MAP,
         TARGET_WINDOW_MAP,
+        TARGET_CACHE_MAP,
         "TARGET_SCRATCH",
     ] {
         let data = match obj.map(name).with_context(|| format!("no map {name}"))? {

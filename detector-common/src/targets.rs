@@ -24,8 +24,8 @@ pub const TARGETS_IN_MAP: &str = "TARGETS_IN";
 pub const TARGETS_OUT_MAP: &str = "TARGETS_OUT";
 /// Per-CPU array of [`TargetStats`], index [`group_index`].
 pub const GROUP_STATS_MAP: &str = "GROUP_STATS";
-/// Per-CPU array of `2 * SKETCH_DEPTH` [`crate::sketch::SketchRow`]s: the
-/// incoming sketch's rows, then the outgoing one's.
+/// Per-CPU array of `2 * SKETCH_BLOCKS` [`crate::sketch::SketchBlock`]s:
+/// the incoming sketch's blocks, then the outgoing one's.
 pub const TARGET_SKETCH_MAP: &str = "TARGET_SKETCH";
 /// Per-CPU array of two [`crate::sketch::Window`]s: incoming, outgoing.
 pub const TARGET_WINDOW_MAP: &str = "TARGET_WINDOW";
@@ -70,13 +70,144 @@ pub struct ProtectedNet {
     pub group: u32,
 }
 
-/// Whether the programs look destinations up at all: the trie is read
-/// only when the controller installed at least one prefix, so a host not
-/// in network mode pays one array read per packet.
+/// Words of [`TargetControl::v4`] and [`TargetControl::v6`]: one bit per
+/// IPv4 /16, and one per hash bucket of IPv6 /32s.
+pub const FILTER_WORDS: usize = 1024;
+const FILTER_BITS: u32 = (FILTER_WORDS * 64) as u32;
+
+/// What the programs read first, per packet, in one array lookup.
+///
+/// `enabled`: the trie is read only when the controller installed at least
+/// one prefix, so a host not in network mode pays this one read.
+///
+/// The prefilter (`v4`, `v6`, `v6_all`) says which destinations may be
+/// protected: a bit per IPv4 /16 that overlaps a protected prefix, a bit per
+/// hash bucket of the IPv6 /32s that do (or `v6_all` when an IPv6 prefix is
+/// shorter than /32). A destination whose bit is clear is not protected,
+/// and costs no trie lookup; a set bit may be a false positive (a bucket
+/// shared, or a /16 only partly protected), which the trie settles. See
+/// [`TargetControl::may_protect`] and [`TargetControl::add_prefix`].
+///
+/// `generation` changes whenever the protected set does: the per-CPU cache
+/// of destination to group ([`CacheSlot`]) holds entries of one generation.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TargetControl {
     pub enabled: u32,
+    pub generation: u32,
+    pub v6_all: u32,
+    pub _pad: u32,
+    pub v4: [u64; FILTER_WORDS],
+    pub v6: [u64; FILTER_WORDS],
+}
+
+impl Default for TargetControl {
+    fn default() -> Self {
+        TargetControl { enabled: 0, generation: 0, v6_all: 0, _pad: 0, v4: [0; FILTER_WORDS], v6: [0; FILTER_WORDS] }
+    }
+}
+
+/// An address's first eight bytes as the parser loads them (native order):
+/// the IPv4-mapped prefix `::ffff:0:0/96` spans both words.
+#[inline(always)]
+fn mapped_v4(words: &[u64; 2]) -> bool {
+    words[0] == 0 && words[1] as u32 == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+}
+
+/// An IPv4-mapped address's /16 (its first two octets).
+#[inline(always)]
+fn v4_slot(words: &[u64; 2]) -> u32 {
+    let b = words[1].to_ne_bytes();
+    ((b[4] as u32) << 8) | b[5] as u32
+}
+
+/// The bucket of an IPv6 address's /32.
+#[inline(always)]
+fn v6_slot(words: &[u64; 2]) -> u32 {
+    let b = words[0].to_ne_bytes();
+    let top = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    top.wrapping_mul(0x9e37_79b1) >> 16
+}
+
+#[inline(always)]
+fn bit(map: &[u64; FILTER_WORDS], slot: u32) -> bool {
+    let slot = slot % FILTER_BITS;
+    map[(slot / 64) as usize] & (1u64 << (slot % 64)) != 0
+}
+
+#[inline(always)]
+fn set_bit(map: &mut [u64; FILTER_WORDS], slot: u32) {
+    let slot = slot % FILTER_BITS;
+    map[(slot / 64) as usize] |= 1u64 << (slot % 64);
+}
+
+impl TargetControl {
+    /// False when the address (the parser's words of an IPv4-mapped or
+    /// IPv6 address) is inside no protected prefix; true when it may be.
+    #[inline(always)]
+    pub fn may_protect(&self, words: &[u64; 2]) -> bool {
+        if mapped_v4(words) {
+            bit(&self.v4, v4_slot(words))
+        } else {
+            self.v6_all != 0 || bit(&self.v6, v6_slot(words))
+        }
+    }
+
+    /// Lets the addresses of a protected prefix through the prefilter: the
+    /// trie's key (`addr` IPv4-mapped for IPv4, `len` over 128 bits).
+    pub fn add_prefix(&mut self, addr: [u8; 16], len: u32) {
+        let words = [
+            u64::from_ne_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]),
+            u64::from_ne_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]),
+        ];
+        if len >= 96 && mapped_v4(&words) {
+            let first = v4_slot(&words);
+            let bits = len - 96;
+            if bits >= 16 {
+                set_bit(&mut self.v4, first);
+            } else {
+                let span = 1u32 << (16 - bits);
+                let base = first & !(span - 1);
+                for i in 0..span {
+                    set_bit(&mut self.v4, base | i);
+                }
+            }
+        } else if len >= 32 {
+            set_bit(&mut self.v6, v6_slot(&words));
+        } else {
+            self.v6_all = 1;
+        }
+    }
+}
+
+/// Per-CPU array of `2 * CACHE_SLOTS` [`CacheSlot`]s: the incoming
+/// program's, then the egress program's.
+pub const TARGET_CACHE_MAP: &str = "TARGET_CACHE";
+/// Slots of one direction's cache.
+pub const CACHE_SLOTS: u32 = 1024;
+/// A cached "not protected": the prefilter let the address through, the
+/// trie did not hold it.
+pub const CACHE_NONE: u32 = u32::MAX;
+
+/// One slot of the per-CPU, direct-mapped cache of destination (or source,
+/// egress) to host group, in front of the trie: a flood at a few addresses
+/// looks each up once per generation. An array lookup is inlined by the
+/// verifier, a trie's is a helper call that walks the trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheSlot {
+    pub addr: [u64; 2],
+    /// The [`TargetControl::generation`] it was filled in; 0 is never one.
+    pub generation: u32,
+    /// The group, or [`CACHE_NONE`].
+    pub group: u32,
+}
+
+/// The cache slot of an address, from its sketch hash (the sketch rows use
+/// its low 52 bits; the slot its top ten).
+#[inline(always)]
+pub fn cache_slot(hash: u64, direction: u32) -> u32 {
+    direction * CACHE_SLOTS + ((hash >> 54) as u32 & (CACHE_SLOTS - 1))
 }
 
 /// Cumulative packets and bytes (whole frame) per class, one copy per CPU.
@@ -99,6 +230,7 @@ mod pod {
     unsafe impl aya::Pod for super::ProtectedNet {}
     unsafe impl aya::Pod for super::TargetControl {}
     unsafe impl aya::Pod for super::TargetStats {}
+    unsafe impl aya::Pod for super::CacheSlot {}
 }
 
 #[cfg(test)]
@@ -109,7 +241,10 @@ mod tests {
     #[test]
     fn layouts() {
         assert_eq!(size_of::<ProtectedNet>(), 4);
-        assert_eq!(size_of::<TargetControl>(), 4);
+        assert_eq!(size_of::<TargetControl>(), 16 + 16 * FILTER_WORDS);
+        assert_eq!(offset_of!(TargetControl, v4), 16);
+        assert_eq!(size_of::<CacheSlot>(), 24);
+        assert_eq!(offset_of!(CacheSlot, generation), 16);
         assert_eq!(size_of::<TargetStats>(), 8 + 16 * CLASS_COUNT);
         assert_eq!(offset_of!(TargetStats, packets), 8);
         assert_eq!(offset_of!(TargetStats, bytes), 8 + 8 * CLASS_COUNT);
@@ -120,5 +255,75 @@ mod tests {
         assert_eq!(group_index(0, DIRECTION_IN), 0);
         assert_eq!(group_index(0, DIRECTION_OUT), 1);
         assert_eq!(group_index(MAX_HOSTGROUPS - 1, DIRECTION_OUT), 2 * MAX_HOSTGROUPS - 1);
+    }
+
+    fn words(a: [u8; 16]) -> [u64; 2] {
+        [u64::from_ne_bytes(a[..8].try_into().unwrap()), u64::from_ne_bytes(a[8..].try_into().unwrap())]
+    }
+
+    fn v4(o: [u8; 4]) -> [u8; 16] {
+        let mut a = [0u8; 16];
+        a[10] = 0xff;
+        a[11] = 0xff;
+        a[12..].copy_from_slice(&o);
+        a
+    }
+
+    fn xorshift(s: &mut u64) -> u64 {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
+    }
+
+    #[test]
+    fn the_prefilter_lets_every_protected_address_through() {
+        let mut c = TargetControl::default();
+        c.add_prefix(v4([10, 1, 2, 0]), 96 + 24);
+        c.add_prefix(v4([172, 16, 0, 0]), 96 + 12);
+        c.add_prefix(v4([192, 0, 2, 7]), 128);
+        let v6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0x64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        c.add_prefix(v6, 64);
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..10_000 {
+            let r = xorshift(&mut s).to_ne_bytes();
+            assert!(c.may_protect(&words(v4([10, 1, 2, r[0]]))));
+            assert!(c.may_protect(&words(v4([172, 16 + (r[1] & 15), r[2], r[3]]))));
+            let mut a = v6;
+            a[8..].copy_from_slice(&r);
+            assert!(c.may_protect(&words(a)));
+        }
+        assert!(c.may_protect(&words(v4([192, 0, 2, 7]))));
+        // Outside: other /16s, other IPv6 /32s (none shares the bucket here).
+        assert!(!c.may_protect(&words(v4([10, 2, 0, 1]))));
+        assert!(!c.may_protect(&words(v4([172, 32, 0, 1]))));
+        assert!(!c.may_protect(&words(v4([198, 51, 100, 1]))));
+        let mut other = v6;
+        other[3] = 0xb9;
+        assert!(!c.may_protect(&words(other)));
+        // A v6 prefix shorter than /32 opens IPv6 to the trie.
+        c.add_prefix([0x20, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 16);
+        assert!(c.may_protect(&words(other)));
+        assert!(!c.may_protect(&words(v4([198, 51, 100, 1]))));
+    }
+
+    #[test]
+    fn an_ipv4_slash_eight_sets_its_256_slash_sixteens_only() {
+        let mut c = TargetControl::default();
+        c.add_prefix(v4([10, 0, 0, 0]), 96 + 8);
+        let set: u32 = c.v4.iter().map(|w| w.count_ones()).sum();
+        assert_eq!(set, 256);
+        assert!(c.may_protect(&words(v4([10, 255, 1, 1]))));
+        assert!(!c.may_protect(&words(v4([11, 0, 0, 1]))));
+        assert_eq!(c.v6.iter().map(|w| w.count_ones()).sum::<u32>(), 0);
+    }
+
+    #[test]
+    fn cache_slots_stay_in_their_direction() {
+        for h in [0u64, u64::MAX, 1 << 54, 0x1234_5678_9abc_def0] {
+            assert!(cache_slot(h, DIRECTION_IN) < CACHE_SLOTS);
+            let out = cache_slot(h, DIRECTION_OUT);
+            assert!((CACHE_SLOTS..2 * CACHE_SLOTS).contains(&out));
+        }
     }
 }

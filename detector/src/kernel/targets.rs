@@ -57,7 +57,9 @@ pub struct TargetMaps {
     outgoing: PerCpuHashMap<MapData, SourceKey, TargetStats>,
     /// What the trie holds.
     installed: BTreeMap<Prefix, u32>,
-    enabled: bool,
+    /// What TARGET_CONTROL holds (the programs' switch, the prefilter and
+    /// the generation of the protected set).
+    control_value: Box<TargetControl>,
     capacity: u32,
 }
 
@@ -83,7 +85,7 @@ impl TargetMaps {
             incoming,
             outgoing,
             installed: BTreeMap::new(),
-            enabled: false,
+            control_value: Box::default(),
             capacity,
         };
         // Fresh maps are empty; should they ever be pinned, what an earlier
@@ -93,7 +95,9 @@ impl TargetMaps {
                 maps.installed.insert(p, net.group);
             }
         }
-        maps.enabled = maps.control.get(&0, 0).map(|c| c.enabled != 0).unwrap_or(false);
+        if let Ok(c) = maps.control.get(&0, 0) {
+            *maps.control_value = c;
+        }
         Ok(maps)
     }
 
@@ -138,11 +142,11 @@ impl TargetMaps {
             return Err(TargetError::TooMany { count: want.len() });
         }
         if want == self.installed {
-            return self.set_enabled(!want.is_empty()).map(|()| false);
+            return self.set_control(&want, false).map(|()| false);
         }
         let write = |source| TargetError::Write { map: PROTECTED_MAP, source };
         if want.is_empty() {
-            self.set_enabled(false)?;
+            self.set_control(&want, true)?;
         }
         for (prefix, group) in &want {
             if self.installed.get(prefix) != Some(group) {
@@ -151,6 +155,10 @@ impl TargetMaps {
                 self.installed.insert(*prefix, *group);
             }
         }
+        // The prefilter takes the new prefixes in before the old ones go,
+        // so an address in both sets is never filtered out.
+        let both = self.installed.clone();
+        self.set_control(&both, true)?;
         let stale: Vec<Prefix> = self.installed.keys().filter(|p| !want.contains_key(p)).copied().collect();
         for prefix in stale {
             let (addr, len) = prefix.key();
@@ -160,19 +168,32 @@ impl TargetMaps {
             }
             self.installed.remove(&prefix);
         }
-        self.set_enabled(!want.is_empty())?;
+        self.set_control(&want, true)?;
         self.regroup();
         Ok(true)
     }
 
-    fn set_enabled(&mut self, on: bool) -> Result<(), TargetError> {
-        if on == self.enabled {
+    /// Writes TARGET_CONTROL for the prefixes `nets`: counting on iff there
+    /// are any, their prefilter, and (when `changed`) a new generation, so
+    /// the programs' caches of address to group start again. Writes nothing
+    /// when the value would not change.
+    fn set_control(&mut self, nets: &BTreeMap<Prefix, u32>, changed: bool) -> Result<(), TargetError> {
+        let mut next = Box::<TargetControl>::default();
+        next.enabled = !nets.is_empty() as u32;
+        for prefix in nets.keys() {
+            let (addr, len) = prefix.key();
+            next.add_prefix(addr, len);
+        }
+        // 0 is never a generation: a zeroed cache slot is never valid.
+        next.generation = self.control_value.generation;
+        if changed || next.generation == 0 {
+            next.generation = next.generation.wrapping_add(1).max(1);
+        }
+        if *next == *self.control_value {
             return Ok(());
         }
-        self.control
-            .set(0, TargetControl { enabled: on as u32 }, 0)
-            .map_err(|source| TargetError::Write { map: TARGET_CONTROL_MAP, source })?;
-        self.enabled = on;
+        self.control.set(0, &*next, 0).map_err(|source| TargetError::Write { map: TARGET_CONTROL_MAP, source })?;
+        self.control_value = next;
         Ok(())
     }
 

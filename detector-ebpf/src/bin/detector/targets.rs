@@ -14,10 +14,10 @@ use aya_ebpf::{
 };
 use detector_common::{
     maps::SourceKey,
-    sketch::{self, SketchRow, Window, EPOCH_MASK, SKETCH_DEPTH},
+    sketch::{self, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS, SKETCH_DEPTH},
     targets::{
-        group_index, ProtectedNet, TargetControl, TargetStats, DEFAULT_MAX_TARGETS, DIRECTION_IN, DIRECTION_OUT,
-        MAX_HOSTGROUPS, MAX_PROTECTED,
+        cache_slot, group_index, CacheSlot, ProtectedNet, TargetControl, TargetStats, CACHE_NONE, CACHE_SLOTS,
+        DEFAULT_MAX_TARGETS, DIRECTION_IN, DIRECTION_OUT, MAX_HOSTGROUPS, MAX_PROTECTED,
     },
     CLASS_COUNT,
 };
@@ -29,9 +29,15 @@ use crate::program::{EPOCH, HASH_SEED};
 static PROTECTED: LpmTrie<[u8; 16], ProtectedNet> =
     LpmTrie::with_max_entries(MAX_PROTECTED, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
-/// Non-zero `enabled` while the trie holds any prefix.
+/// Non-zero `enabled` while the trie holds any prefix; the prefilter and
+/// the generation of the protected set.
 #[map]
 static TARGET_CONTROL: Array<TargetControl> = Array::with_max_entries(1, 0);
+
+/// Per CPU and direction: the last addresses looked up in the trie, with
+/// their group (see [`CacheSlot`]).
+#[map]
+static TARGET_CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(2 * CACHE_SLOTS, 0);
 
 /// Per group and direction: exact totals per class.
 #[map]
@@ -47,9 +53,10 @@ static TARGETS_IN: LruPerCpuHashMap<SourceKey, TargetStats> =
 static TARGETS_OUT: LruPerCpuHashMap<SourceKey, TargetStats> =
     LruPerCpuHashMap::with_max_entries(DEFAULT_MAX_TARGETS, 0);
 
-/// The heavy-hitter filters: the incoming rows, then the outgoing ones.
+/// The heavy-hitter filters, in the blocked layout (one block per packet):
+/// the incoming blocks, then the outgoing ones.
 #[map]
-static TARGET_SKETCH: PerCpuArray<SketchRow> = PerCpuArray::with_max_entries(2 * SKETCH_DEPTH as u32, 0);
+static TARGET_SKETCH: PerCpuArray<SketchBlock> = PerCpuArray::with_max_entries(2 * SKETCH_BLOCKS as u32, 0);
 
 /// This CPU's current windows: incoming, outgoing.
 #[map]
@@ -80,11 +87,24 @@ pub fn enabled() -> bool {
 /// Counts one packet (or `packets`, a GSO packet's segments) of `len`
 /// bytes in `class`, to (`DIR` = in) or from (out) `addr`, the parser's
 /// address words, when the address is protected.
-#[inline(never)]
+///
+/// Inline, the part every packet pays: one array read, and the prefilter's
+/// bit. An address that may be protected goes on to [`count_protected`].
+#[inline(always)]
 pub fn count<const DIR: u32>(addr: &[u64; 2], class: u32, len: u64, packets: u64) {
-    if !enabled() {
+    let Some(ctl) = TARGET_CONTROL.get(0) else {
+        return;
+    };
+    if ctl.enabled == 0 || !ctl.may_protect(addr) {
         return;
     }
+    count_protected::<DIR>(addr, ctl.generation, class, len, packets);
+}
+
+/// The rest, a subprogram of its own: inlined, the verifier walks the rest
+/// of the XDP program twice.
+#[inline(never)]
+fn count_protected<const DIR: u32>(addr: &[u64; 2], generation: u32, class: u32, len: u64, packets: u64) {
     if class as usize >= CLASS_COUNT {
         return;
     }
@@ -92,17 +112,27 @@ pub fn count<const DIR: u32>(addr: &[u64; 2], class: u32, len: u64, packets: u64
     let Some(s) = TARGET_SCRATCH.get_ptr_mut(DIR) else {
         return;
     };
-    // SAFETY: a per-CPU value of this program's, on this CPU; a trie key
-    // is a u32 and sixteen bytes, packed, as `prefix_len` and `addr` are.
-    let key = unsafe {
-        (*s).prefix_len = 128;
-        (*s).addr = *addr;
-        &*(core::ptr::addr_of!((*s).prefix_len) as *const Key<[u8; 16]>)
-    };
-    let Some(net) = PROTECTED.get(key) else {
+    let seed = unsafe { core::ptr::read_volatile(&HASH_SEED) };
+    let h = sketch::hash_words(addr, seed);
+    let Some(slot) = TARGET_CACHE.get_ptr_mut(cache_slot(h, DIR)) else {
         return;
     };
-    let group = net.group;
+    // SAFETY: per-CPU values of this program's, on this CPU; a trie key is
+    // a u32 and sixteen bytes, packed, as `prefix_len` and `addr` are.
+    let group = unsafe {
+        (*s).addr = *addr;
+        if (*slot).generation == generation && (*slot).addr == *addr {
+            (*slot).group
+        } else {
+            (*s).prefix_len = 128;
+            let key = &*(core::ptr::addr_of!((*s).prefix_len) as *const Key<[u8; 16]>);
+            let group = PROTECTED.get(key).map_or(CACHE_NONE, |net| net.group);
+            (*slot).addr = *addr;
+            (*slot).generation = generation;
+            (*slot).group = group;
+            group
+        }
+    };
     if group >= MAX_HOSTGROUPS {
         return;
     }
@@ -125,16 +155,14 @@ pub fn count<const DIR: u32>(addr: &[u64; 2], class: u32, len: u64, packets: u64
         (*w).total += 1;
         (*w).total
     };
-    let seed = unsafe { core::ptr::read_volatile(&HASH_SEED) };
-    let h = sketch::hash_words(unsafe { &(*s).addr }, seed);
+    let Some(b) = TARGET_SKETCH.get_ptr_mut(DIR * SKETCH_BLOCKS as u32 + sketch::block_index(h)) else {
+        return;
+    };
     let mut est = u32::MAX;
     let mut row = 0;
     while row < SKETCH_DEPTH {
-        let Some(r) = TARGET_SKETCH.get_ptr_mut(DIR * SKETCH_DEPTH as u32 + row as u32) else {
-            return;
-        };
-        let idx = sketch::row_index(h, row as u32);
-        let ctr = unsafe { &mut (*r).counters[idx] };
+        let idx = sketch::block_counter(h, row as u32);
+        let ctr = unsafe { &mut (*b).counters[idx] };
         *ctr = sketch::bump(*ctr, epoch);
         let n = sketch::count(*ctr);
         if n < est {
