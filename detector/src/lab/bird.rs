@@ -3,7 +3,8 @@
 //! lab's scratch directory), queried with `birdc`, stopped with its handle.
 //!
 //! [`provider_config`] is what a provider would run for a customer that
-//! announces mitigation routes: FlowSpec rules into `flow4`/`flow6` tables
+//! announces mitigation routes: FlowSpec rules into the tables `flowspec4` and `flowspec6` (`flow4` and
+//! `flow6` are keywords)
 //! (not validated against unicast routes: the customer announces none),
 //! and RTBH per RFC 7999: a customer host route tagged BLACKHOLE
 //! (65535:666) becomes a blackhole route, exported to the kernel, where it
@@ -59,8 +60,8 @@ log stderr all;
 
 protocol device {{ scan time 1; }}
 
-flow4 table flow4;
-flow6 table flow6;
+flow4 table flowspec4;
+flow6 table flowspec6;
 
 # Blackhole routes into the kernel: the drop happens there.
 protocol kernel kernel4 {{
@@ -95,8 +96,8 @@ protocol bgp detector {{
   error wait time 1, 2;
   ipv4 {{ import filter customer_rtbh4; export none; }};
   ipv6 {{ import filter customer_rtbh6; export none; }};
-  flow4 {{ table flow4; import all; export none; }};
-  flow6 {{ table flow6; import all; export none; }};
+  flow4 {{ table flowspec4; import all; export none; }};
+  flow6 {{ table flowspec6; import all; export none; }};
 }}
 "#,
         router_id = u.router_id,

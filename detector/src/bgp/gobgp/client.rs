@@ -24,6 +24,11 @@ use crate::bgp::{
     plan::{Change, Desired, Planner, Step},
 };
 
+/// gobgpd's neighbor address of a path it originated.
+fn is_local(neighbor_ip: &str) -> bool {
+    neighbor_ip.is_empty() || neighbor_ip == "<nil>" || neighbor_ip.parse::<IpAddr>().is_ok_and(|a| a.is_unspecified())
+}
+
 /// How long one call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -128,8 +133,10 @@ impl Client {
         Ok(())
     }
 
-    /// The paths the detector added (those with a UUID: added over the
-    /// API), in all four families.
+    /// The paths the detector added, in all four families: the daemon's
+    /// local paths (no neighbor), which only the API adds (its
+    /// configuration file originates none). gobgpd 3.10 lists them without
+    /// the UUID AddPath returned.
     pub async fn list(&mut self) -> Result<Listed, GobgpError> {
         let mut out = Listed::default();
         for family in families() {
@@ -138,7 +145,7 @@ impl Client {
             let mut stream = self.api.list_path(req).await.map_err(|s| self.error("list paths", s))?.into_inner();
             while let Some(rsp) = stream.message().await.map_err(|s| self.error("list paths", s))? {
                 for path in rsp.destination.into_iter().flat_map(|d| d.paths) {
-                    if path.uuid.is_empty() || path.is_from_external {
+                    if !is_local(&path.neighbor_ip) || path.is_from_external {
                         continue;
                     }
                     match from_path(&path) {
