@@ -10,7 +10,10 @@ use std::{path::Path, time::Duration};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::{detect::config::DetectionConfig, mitigate::config::MitigationConfig, networks::NetworksConfig};
+use crate::{
+    bgp::config::BgpConfig, detect::config::DetectionConfig, mitigate::config::MitigationConfig,
+    networks::NetworksConfig,
+};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("{file}:{line}:{column}: {message}")]
@@ -29,6 +32,8 @@ pub struct ConfigFile {
     pub mitigation: MitigationConfig,
     /// The protected networks; none: the host's own addresses.
     pub networks: Option<NetworksConfig>,
+    /// Upstream mitigation over BGP; none: nothing is announced.
+    pub bgp: Option<BgpConfig>,
 }
 
 impl ConfigFile {
@@ -69,6 +74,9 @@ impl ConfigFile {
         self.mitigation.check().map_err(err)?;
         if let Some(n) = &self.networks {
             n.check().map_err(err)?;
+        }
+        if let Some(b) = &self.bgp {
+            b.check().map_err(err)?;
         }
         if d.hold > Duration::from_secs(60) {
             return Err(err(format!("detection.hold: {:?} is over a minute; detection would come too late", d.hold)));
@@ -180,11 +188,26 @@ detection:
         let example: String = text
             .lines()
             .skip_while(|l| !l.starts_with("# networks:"))
+            .take_while(|l| l.starts_with('#'))
             .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
             .collect::<Vec<_>>()
             .join("\n");
         let n = parse(&example).unwrap().networks.expect("a networks section");
         assert_eq!(n.hostgroups[0].name, "customers");
+        assert_eq!(parsed.bgp, None);
+        // So is the commented BGP section.
+        let example: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# bgp:"))
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let b = parse(&example).unwrap().bgp.expect("a bgp section");
+        assert_eq!(b.neighbors[0].remote_as, 65000);
+        assert_eq!(b.limits, crate::bgp::config::LimitsConfig::default());
+        assert_eq!(b.communities, crate::bgp::config::CommunitiesConfig::default());
+        assert_eq!(b.gobgpd, crate::bgp::config::GobgpdConfig::default());
     }
 
     #[test]

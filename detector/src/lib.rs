@@ -15,6 +15,7 @@
 //!   them, for the tests, the bench and the demo.
 
 pub mod api;
+pub mod bgp;
 pub mod clock;
 pub mod config;
 pub mod controller;

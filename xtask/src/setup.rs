@@ -131,8 +131,10 @@ fn bpf_linker(sysroot: &Path) -> Result<()> {
 
 /// What the kernel tests call: `ip` for the lab, `promtool` to check the
 /// metrics text, `hping3` for spoofed floods from a real tool, `iperf3` for
-/// legitimate bulk TCP, `curl` for real clients of a TCP service, and `nft`,
-/// which SYN cookies need (the controller installs a SYNPROXY rule).
+/// legitimate bulk TCP, `curl` for real clients of a TCP service, `nft`,
+/// which SYN cookies need (the controller installs a SYNPROXY rule), and the
+/// two BGP daemons of the BGP lab: GoBGP (`gobgpd` and its `gobgp` CLI), the
+/// detector's speaker, and BIRD 2 (`bird`, `birdc`), the upstream router.
 pub fn test_tools() -> Result<()> {
     let mut missing = Vec::new();
     if which("ip").is_none() {
@@ -154,7 +156,29 @@ pub fn test_tools() -> Result<()> {
     if which("nft").is_none() && which_sbin("nft").is_none() {
         missing.push("nftables");
     }
-    apt_install(&missing, "the tests")
+    for (tools, package) in [(["gobgpd", "gobgp"], "gobgpd"), (["bird", "birdc"], "bird2")] {
+        if tools.iter().any(|t| which(t).is_none() && which_sbin(t).is_none()) {
+            missing.push(package);
+        }
+    }
+    let new_daemons: Vec<&str> = ["gobgpd", "bird2"].into_iter().filter(|p| missing.contains(p)).collect();
+    apt_install(&missing, "the tests")?;
+    // The packages enable and start their services with the stock
+    // configuration (bird2's `bird`, gobgpd's `gobgpd`); the tests run
+    // their own instances in lab namespaces only.
+    for service in new_daemons.iter().map(|p| if *p == "bird2" { "bird" } else { "gobgpd" }) {
+        disable_service(service)?;
+    }
+    Ok(())
+}
+
+/// Stops and disables a service a package just enabled, where systemd runs.
+fn disable_service(service: &str) -> Result<()> {
+    if !Path::new("/run/systemd/system").is_dir() {
+        return Ok(());
+    }
+    println!("xtask: disabling the {service} service the package started (the tests run their own, in their labs)");
+    run(Command::new("systemctl").args(["disable", "--now", service]))
 }
 
 /// What `detector run` calls: `nft`, for the SYNPROXY rule that SYN cookies

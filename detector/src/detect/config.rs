@@ -217,7 +217,7 @@ impl FamiliesConfig {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     struct V;
     impl de::Visitor<'_> for V {
         type Value = Duration;

@@ -20,9 +20,13 @@
 //! ([`hping3`]), the kernel's own counters of a namespace ([`counters`]),
 //! and a UDP server and client that answer and count ([`udp`]). For network
 //! mode, a three-namespace lab with a router between the generators and
-//! the customers' servers ([`router`]). All of it is
+//! the customers' servers ([`router`]). For upstream mitigation over BGP,
+//! a speaker and an upstream namespace ([`bgp`]) with BIRD 2 as the
+//! upstream router ([`bird`]). All of it is
 //! behind the crate's `lab` feature: the production build carries none of it.
 
+pub mod bgp;
+pub mod bird;
 pub mod controller;
 pub mod counters;
 pub mod hping3;

@@ -429,7 +429,7 @@ impl RuleSet {
     }
 }
 
-fn allow_why(a: &AllowEntry) -> String {
+pub(crate) fn allow_why(a: &AllowEntry) -> String {
     match a.source {
         AllowSource::Host => format!("the host's own: {}", a.reason),
         AllowSource::Config => "from the configuration".into(),

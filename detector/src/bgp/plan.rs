@@ -1,0 +1,578 @@
+//! What should be announced, and the changes that make the daemon announce
+//! exactly that. Pure: time comes in as an argument.
+//!
+//! - [`Desired`] holds the announcements in force, each with its origin and
+//!   expiry ([`Entry`]); it admits new ones through the one check
+//!   ([`Scope::check`]), drops them at their TTL, and is what persistence
+//!   saves ([`Saved`]) and metrics count ([`Desired::counts`]).
+//! - [`reconcile`] compares it with what the daemon holds and gives the
+//!   changes: withdraw what is announced and not wanted (stale, expired,
+//!   left by a previous run), announce what is wanted and missing or
+//!   announced differently; nothing else. It is stateless, so a controller
+//!   restart, a daemon restart (nothing held: everything announced again)
+//!   and a session flap (the daemon keeps its paths and re-advertises them
+//!   itself: nothing to do) are all the same call.
+//! - [`Planner`] paces those changes: at most `max_changes_per_minute`
+//!   sent in any minute. Withdrawals go first and are never held back (a
+//!   withdrawal held back keeps traffic dropped upstream); announcements
+//!   over the budget are deferred, not dropped: the next step computes
+//!   them again. In dry run nothing is sent: the planner records what it
+//!   would have sent and remembers it as announced, so each change is
+//!   recorded once.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    announce::{Announcement, Kind},
+    check::{Refused, Scope},
+};
+use crate::mitigate::rule::Origin;
+
+/// The window of the change budget.
+pub const BUDGET_WINDOW_MS: u64 = 60_000;
+/// Changes the planner remembers ([`Planner::recent`]).
+pub const RECENT_CHANGES: usize = 256;
+
+/// An announcement wanted in force, who asked for it and until when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub announcement: Announcement,
+    pub origin: Origin,
+    pub created_ms: u64,
+    /// Withdrawn at this time; never when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+}
+
+impl Entry {
+    pub fn key(&self) -> String {
+        self.announcement.key()
+    }
+
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_some_and(|t| t <= now_ms)
+    }
+}
+
+/// What persistence keeps across restarts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Saved {
+    pub entries: Vec<Entry>,
+}
+
+/// The announcements that should be in force, by key.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Desired {
+    entries: BTreeMap<String, Entry>,
+}
+
+impl Desired {
+    pub fn new() -> Desired {
+        Desired::default()
+    }
+
+    /// Checks `entry` (see [`Scope::check`]) and puts it in force, in place
+    /// of one with the same key (returned: a blackhole given another
+    /// community, a FlowSpec rule another action or TTL).
+    pub fn admit(&mut self, mut entry: Entry, scope: &Scope) -> Result<Option<Entry>, Refused> {
+        entry.announcement = entry.announcement.normalized();
+        let key = entry.key();
+        let others = self.entries.len() - usize::from(self.entries.contains_key(&key));
+        scope.check(&entry.announcement, others)?;
+        Ok(self.entries.insert(key, entry))
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<Entry> {
+        self.entries.remove(key)
+    }
+
+    /// Removes every entry `pred` picks (those of an incident that
+    /// resolved, say), returning them.
+    pub fn remove_where(&mut self, mut pred: impl FnMut(&Entry) -> bool) -> Vec<Entry> {
+        let keys: Vec<String> = self.entries.iter().filter(|(_, e)| pred(e)).map(|(k, _)| k.clone()).collect();
+        keys.iter().filter_map(|k| self.entries.remove(k)).collect()
+    }
+
+    /// Removes the entries whose TTL has run out by `now_ms`.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<Entry> {
+        self.remove_where(|e| e.expired(now_ms))
+    }
+
+    /// When the next entry expires.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.entries.values().filter_map(|e| e.expires_ms).min()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Entry> {
+        self.entries.get(key)
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Entries per kind, both kinds present (`detector_bgp_announcements{type}`).
+    pub fn counts(&self) -> BTreeMap<Kind, usize> {
+        let mut c = BTreeMap::from([(Kind::Blackhole, 0), (Kind::Flowspec, 0)]);
+        for e in self.entries.values() {
+            *c.entry(e.announcement.kind()).or_default() += 1;
+        }
+        c
+    }
+
+    pub fn saved(&self) -> Saved {
+        Saved { entries: self.entries.values().cloned().collect() }
+    }
+
+    /// The saved entries, each checked as a new one is (the networks or
+    /// limits may have changed since); those expired by `now_ms` are left
+    /// out, so the next [`reconcile`] withdraws them if the daemon still
+    /// holds them. Returns the refused ones with why.
+    pub fn restore(saved: Saved, scope: &Scope, now_ms: u64) -> (Desired, Vec<(Entry, String)>) {
+        let mut d = Desired::new();
+        let mut refused = Vec::new();
+        for e in saved.entries {
+            if e.expired(now_ms) {
+                continue;
+            }
+            if d.entries.contains_key(&e.announcement.clone().normalized().key()) {
+                refused.push((e, "its key is saved twice".to_string()));
+                continue;
+            }
+            if let Err(why) = d.admit(e.clone(), scope) {
+                refused.push((e, why.to_string()));
+            }
+        }
+        (d, refused)
+    }
+}
+
+/// One change to what the daemon announces.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", content = "announcement", rename_all = "snake_case")]
+pub enum Change {
+    /// Announce it (replacing an announcement with the same key).
+    Announce(Announcement),
+    Withdraw(Announcement),
+}
+
+impl Change {
+    pub fn announcement(&self) -> &Announcement {
+        match self {
+            Change::Announce(a) | Change::Withdraw(a) => a,
+        }
+    }
+
+    pub fn is_withdraw(&self) -> bool {
+        matches!(self, Change::Withdraw(_))
+    }
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::Announce(a) => write!(f, "announce {a}"),
+            Change::Withdraw(a) => write!(f, "withdraw {}", a.key()),
+        }
+    }
+}
+
+/// The changes that make `actual` (what the daemon holds) equal to what
+/// `desired` wants in force at `now_ms`: withdrawals first, then
+/// announcements, each in key order.
+pub fn reconcile(desired: &Desired, actual: &[Announcement], now_ms: u64) -> Vec<Change> {
+    let wanted: BTreeMap<String, &Announcement> =
+        desired.entries.iter().filter(|(_, e)| !e.expired(now_ms)).map(|(k, e)| (k.clone(), &e.announcement)).collect();
+    let held: BTreeMap<String, Announcement> =
+        actual.iter().map(|a| a.clone().normalized()).map(|a| (a.key(), a)).collect();
+    let mut changes: Vec<Change> =
+        held.iter().filter(|(k, _)| !wanted.contains_key(*k)).map(|(_, a)| Change::Withdraw(a.clone())).collect();
+    for (k, a) in &wanted {
+        if held.get(k) != Some(*a) {
+            changes.push(Change::Announce((*a).clone()));
+        }
+    }
+    changes
+}
+
+/// A change the planner sent (or, in dry run, would have).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub at_ms: u64,
+    pub change: Change,
+    pub dry_run: bool,
+}
+
+/// Changes made since the start, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub announced: u64,
+    pub withdrawn: u64,
+    /// Announcements a step held back for the budget (counted each time).
+    pub deferred: u64,
+}
+
+/// What one [`Planner::step`] decided.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Step {
+    /// To send to the daemon now, in order (empty in dry run).
+    pub apply: Vec<Change>,
+    /// Held back for the budget: the next step computes them again.
+    pub deferred: Vec<Change>,
+    /// When the budget has room again, if anything was deferred.
+    pub retry_at_ms: Option<u64>,
+}
+
+/// Paces the changes [`reconcile`] gives (see the [module](self)).
+#[derive(Clone, Debug)]
+pub struct Planner {
+    per_minute: u32,
+    dry_run: bool,
+    /// When each change of the last minute was sent.
+    sent: VecDeque<u64>,
+    /// In dry run: what would be announced.
+    pretend: Vec<Announcement>,
+    recent: VecDeque<Record>,
+    counters: Counters,
+}
+
+impl Planner {
+    pub fn new(max_changes_per_minute: u32, dry_run: bool) -> Planner {
+        Planner {
+            per_minute: max_changes_per_minute.max(1),
+            dry_run,
+            sent: VecDeque::new(),
+            pretend: Vec::new(),
+            recent: VecDeque::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// The changes to send now to make the daemon's `actual` paths what
+    /// `desired` wants, within the budget. In dry run `actual` is ignored
+    /// (the daemon holds nothing of ours) and nothing is to be sent.
+    pub fn step(&mut self, desired: &Desired, actual: &[Announcement], now_ms: u64) -> Step {
+        while self.sent.front().is_some_and(|t| now_ms.saturating_sub(*t) >= BUDGET_WINDOW_MS) {
+            self.sent.pop_front();
+        }
+        let changes = reconcile(desired, if self.dry_run { &self.pretend } else { actual }, now_ms);
+        let mut step = Step::default();
+        for c in changes {
+            // Withdrawals are never held back; they use the budget all the same.
+            if c.is_withdraw() || self.sent.len() < self.per_minute as usize {
+                self.sent.push_back(now_ms);
+                step.apply.push(c);
+            } else {
+                step.deferred.push(c);
+            }
+        }
+        if !step.deferred.is_empty() {
+            self.counters.deferred += step.deferred.len() as u64;
+            step.retry_at_ms = self.sent.front().map(|t| t + BUDGET_WINDOW_MS);
+        }
+        for c in &step.apply {
+            match c {
+                Change::Announce(_) => self.counters.announced += 1,
+                Change::Withdraw(_) => self.counters.withdrawn += 1,
+            }
+            if self.recent.len() == RECENT_CHANGES {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(Record { at_ms: now_ms, change: c.clone(), dry_run: self.dry_run });
+        }
+        if self.dry_run {
+            for c in std::mem::take(&mut step.apply) {
+                let key = c.announcement().key();
+                self.pretend.retain(|a| a.key() != key);
+                if let Change::Announce(a) = c {
+                    self.pretend.push(a);
+                }
+            }
+        }
+        step
+    }
+
+    /// The last [`RECENT_CHANGES`] changes sent (or, in dry run, recorded).
+    pub fn recent(&self) -> impl Iterator<Item = &Record> {
+        self.recent.iter()
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        bgp::{
+            announce::{Community, FlowAction, FlowSpecRule, BLACKHOLE},
+            config::BgpConfig,
+        },
+        config::ConfigFile,
+        mitigate::prefix::Prefix,
+        networks::Protected,
+        span::Span,
+    };
+
+    const MIN: u64 = 60_000;
+
+    fn p(s: &str) -> Prefix {
+        s.parse().unwrap()
+    }
+
+    fn setup(max: usize) -> (BgpConfig, Protected) {
+        let text = format!(
+            "networks:\n  hostgroups:\n    - {{ name: c, prefixes: [198.51.100.0/24] }}\nbgp:\n  local_as: 64512\n  \
+             router_id: 192.0.2.1\n  neighbors: [ {{ address: 192.0.2.2, remote_as: 65000 }} ]\n  limits: {{ \
+             max_announcements: {max} }}\n"
+        );
+        let c = ConfigFile::parse("t.yaml", &text).unwrap();
+        (c.bgp.unwrap(), Protected::new(c.networks.as_ref(), &c.detection.families))
+    }
+
+    fn blackhole(host: u8) -> Announcement {
+        Announcement::blackhole(p(&format!("198.51.100.{host}/32")), [BLACKHOLE])
+    }
+
+    fn flow(host: u8) -> Announcement {
+        Announcement::Flowspec(FlowSpecRule {
+            dst: p(&format!("198.51.100.{host}/32")),
+            src: None,
+            protocols: vec![17],
+            dst_ports: vec![Span::one(53)],
+            src_ports: vec![],
+            packet_lengths: vec![],
+            tcp_flags: None,
+            fragment: false,
+            action: FlowAction::Discard,
+        })
+    }
+
+    fn entry(a: Announcement, created_ms: u64, ttl_ms: Option<u64>) -> Entry {
+        Entry {
+            announcement: a,
+            origin: Origin {
+                by: "runbook".into(),
+                runbook: Some("rtbh".into()),
+                incident: Some("i1".into()),
+                step: Some(0),
+            },
+            created_ms,
+            expires_ms: ttl_ms.map(|t| created_ms + t),
+        }
+    }
+
+    /// What a daemon holds after the changes are applied to it.
+    fn apply(actual: &mut Vec<Announcement>, changes: &[Change]) {
+        for c in changes {
+            let key = c.announcement().key();
+            actual.retain(|a| a.key() != key);
+            if let Change::Announce(a) = c {
+                actual.push(a.clone());
+            }
+        }
+    }
+
+    #[test]
+    fn announces_what_is_missing_and_withdraws_what_is_stale() {
+        let (cfg, protected) = setup(10);
+        let scope = Scope::new(&cfg, &protected, &[]);
+        let mut d = Desired::new();
+        d.admit(entry(blackhole(10), 0, None), &scope).unwrap();
+        d.admit(entry(flow(11), 0, None), &scope).unwrap();
+        let stale = blackhole(99);
+        let changes = reconcile(&d, &[stale.clone(), flow(11)], 0);
+        assert_eq!(changes, vec![Change::Withdraw(stale), Change::Announce(blackhole(10))]);
+        // In sync: nothing.
+        assert_eq!(reconcile(&d, &[flow(11), blackhole(10)], 0), vec![]);
+        // A new community for the same prefix: announced again, no withdrawal.
+        let other = Announcement::blackhole(p("198.51.100.10/32"), [Community::Standard(65000, 666)]);
+        assert_eq!(reconcile(&d, &[flow(11), other], 0), vec![Change::Announce(blackhole(10))]);
+        assert_eq!(d.counts(), BTreeMap::from([(Kind::Blackhole, 1), (Kind::Flowspec, 1)]));
+    }
+
+    #[test]
+    fn ttl_expiry_withdraws() {
+        let (cfg, protected) = setup(10);
+        let scope = Scope::new(&cfg, &protected, &[]);
+        let mut d = Desired::new();
+        d.admit(entry(blackhole(10), 1000, Some(MIN)), &scope).unwrap();
+        d.admit(entry(flow(10), 1000, None), &scope).unwrap();
+        let mut actual = Vec::new();
+        let mut planner = Planner::new(60, false);
+        let s = planner.step(&d, &actual, 1000);
+        assert_eq!(s.apply.len(), 2);
+        apply(&mut actual, &s.apply);
+        assert_eq!(d.next_expiry(), Some(61_000));
+        assert!(planner.step(&d, &actual, 60_999).apply.is_empty());
+        // At its expiry, even before `expire` runs, it is withdrawn.
+        let s = planner.step(&d, &actual, 61_000);
+        assert_eq!(s.apply, vec![Change::Withdraw(blackhole(10))]);
+        apply(&mut actual, &s.apply);
+        assert_eq!(d.expire(61_000).len(), 1);
+        assert_eq!(d.len(), 1);
+        assert_eq!(actual, vec![flow(10)]);
+        assert_eq!(planner.counters(), Counters { announced: 2, withdrawn: 1, deferred: 0 });
+    }
+
+    #[test]
+    fn a_restart_after_the_incident_ended_withdraws_the_stale_announcement() {
+        // Killed mid-incident: the state directory has the announcement,
+        // the daemon (adopted, or reconnected) still holds it.
+        let (cfg, protected) = setup(10);
+        let scope = Scope::new(&cfg, &protected, &[]);
+        let mut before = Desired::new();
+        before.admit(entry(blackhole(10), 0, Some(5 * MIN)), &scope).unwrap();
+        before.admit(entry(flow(12), 0, Some(60 * MIN)), &scope).unwrap();
+        let saved: Saved = serde_json::from_str(&serde_json::to_string(&before.saved()).unwrap()).unwrap();
+        let held = vec![blackhole(10), flow(12)];
+        // Restarted after the blackhole's TTL: restored without it.
+        let (after, refused) = Desired::restore(saved, &scope, 10 * MIN);
+        assert!(refused.is_empty());
+        assert_eq!(after.len(), 1);
+        let s = Planner::new(60, false).step(&after, &held, 10 * MIN);
+        assert_eq!(s.apply, vec![Change::Withdraw(blackhole(10))]);
+    }
+
+    #[test]
+    fn restore_checks_saved_entries_again() {
+        let (cfg, protected) = setup(10);
+        let scope = Scope::new(&cfg, &protected, &[]);
+        let outside = entry(Announcement::blackhole(p("192.0.2.9/32"), [BLACKHOLE]), 0, None);
+        let saved =
+            Saved { entries: vec![entry(blackhole(10), 0, None), outside.clone(), entry(blackhole(10), 0, None)] };
+        let (d, refused) = Desired::restore(saved, &scope, 0);
+        assert_eq!(d.len(), 1);
+        assert_eq!(refused.len(), 2);
+        assert!(refused[0].1.contains("outside the protected networks"), "{}", refused[0].1);
+        assert_eq!(refused[1].1, "its key is saved twice");
+    }
+
+    #[test]
+    fn a_daemon_restart_announces_everything_again() {
+        let (cfg, protected) = setup(10);
+        let scope = Scope::new(&cfg, &protected, &[]);
+        let mut d = Desired::new();
+        for h in 10..14 {
+            d.admit(entry(blackhole(h), 0, None), &scope).unwrap();
+        }
+        let mut planner = Planner::new(60, false);
+        let mut actual = Vec::new();
+        let s = planner.step(&d, &actual, 0);
+        apply(&mut actual, &s.apply);
+        assert_eq!(actual.len(), 4);
+        // The daemon died and came back empty.
+        actual.clear();
+        let s = planner.step(&d, &actual, 5000);
+        assert_eq!(s.apply.len(), 4);
+        assert!(s.apply.iter().all(|c| !c.is_withdraw()));
+    }
+
+    #[test]
+    fn flapping_within_the_budget_and_past_it() {
+        let (cfg, protected) = setup(10);
+        let scope = Scope::new(&cfg, &protected, &[]);
+        let mut d = Desired::new();
+        for h in 10..13 {
+            d.admit(entry(blackhole(h), 0, None), &scope).unwrap();
+        }
+        let mut planner = Planner::new(7, false);
+        let mut actual = Vec::new();
+        // Up: 3 sent. Down and up: 3 more, 6 of 7.
+        let s = planner.step(&d, &actual, 0);
+        apply(&mut actual, &s.apply);
+        actual.clear();
+        let s = planner.step(&d, &actual, 1000);
+        apply(&mut actual, &s.apply);
+        assert_eq!(actual.len(), 3);
+        // Down again: 1 left in the minute, 2 deferred, never dropped.
+        actual.clear();
+        let s = planner.step(&d, &actual, 2000);
+        assert_eq!((s.apply.len(), s.deferred.len()), (1, 2));
+        assert_eq!(s.retry_at_ms, Some(MIN));
+        apply(&mut actual, &s.apply);
+        // Still no room before the first change of the window is a minute old.
+        let s = planner.step(&d, &actual, MIN - 1);
+        assert_eq!((s.apply.len(), s.deferred.len()), (0, 2));
+        let s = planner.step(&d, &actual, MIN);
+        assert_eq!((s.apply.len(), s.deferred.len()), (2, 0), "{s:?}");
+        apply(&mut actual, &s.apply);
+        assert_eq!(actual.len(), 3);
+        assert_eq!(planner.counters().deferred, 4);
+    }
+
+    #[test]
+    fn withdrawals_go_first_and_are_never_held_back() {
+        let (cfg, protected) = setup(20);
+        let scope = Scope::new(&cfg, &protected, &[]);
+        let mut d = Desired::new();
+        for h in 10..15 {
+            d.admit(entry(blackhole(h), 0, None), &scope).unwrap();
+        }
+        let stale: Vec<Announcement> = (20..24).map(blackhole).collect();
+        let mut planner = Planner::new(2, false);
+        let s = planner.step(&d, &stale, 0);
+        // 4 withdrawals (over the budget of 2, all sent), then no room.
+        assert_eq!(s.apply.len(), 4);
+        assert!(s.apply.iter().all(Change::is_withdraw));
+        assert_eq!(s.deferred.len(), 5);
+        assert!(s.deferred.iter().all(|c| !c.is_withdraw()));
+    }
+
+    #[test]
+    fn dry_run_records_once_and_sends_nothing() {
+        let (cfg, protected) = setup(10);
+        let scope = Scope::new(&cfg, &protected, &[]);
+        let mut d = Desired::new();
+        d.admit(entry(blackhole(10), 0, Some(MIN)), &scope).unwrap();
+        let mut planner = Planner::new(60, true);
+        let s = planner.step(&d, &[], 0);
+        assert!(s.apply.is_empty());
+        assert_eq!(planner.step(&d, &[], 1000), Step::default(), "recorded once");
+        let s = planner.step(&d, &[], MIN);
+        assert!(s.apply.is_empty());
+        let recent: Vec<String> = planner.recent().map(|r| format!("{} {}", r.at_ms, r.change)).collect();
+        assert_eq!(
+            recent,
+            vec![
+                "0 announce blackhole 198.51.100.10/32 community 65535:666".to_string(),
+                "60000 withdraw blackhole 198.51.100.10/32".to_string(),
+            ]
+        );
+        assert!(planner.recent().all(|r| r.dry_run));
+    }
+
+    #[test]
+    fn admission_replaces_and_counts_the_limit() {
+        let (cfg, protected) = setup(2);
+        let scope = Scope::new(&cfg, &protected, &[]);
+        let mut d = Desired::new();
+        assert_eq!(d.admit(entry(blackhole(10), 0, None), &scope), Ok(None));
+        d.admit(entry(blackhole(11), 0, None), &scope).unwrap();
+        // Full; the same key again replaces.
+        assert_eq!(d.admit(entry(blackhole(12), 0, None), &scope).unwrap_err().reason(), "full");
+        let replaced = d.admit(entry(blackhole(11), 500, Some(MIN)), &scope).unwrap();
+        assert_eq!(replaced.map(|e| e.created_ms), Some(0));
+        assert_eq!(d.get("blackhole 198.51.100.11/32").and_then(|e| e.expires_ms), Some(500 + MIN));
+        let gone = d.remove_where(|e| e.origin.incident.as_deref() == Some("i1"));
+        assert_eq!(gone.len(), 2);
+        assert!(d.is_empty());
+        assert_eq!(d.remove("blackhole 198.51.100.11/32"), None);
+    }
+}
