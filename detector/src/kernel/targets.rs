@@ -192,7 +192,7 @@ impl TargetMaps {
         if *next == *self.control_value {
             return Ok(());
         }
-        self.control.set(0, &*next, 0).map_err(|source| TargetError::Write { map: TARGET_CONTROL_MAP, source })?;
+        self.control.set(0, *next, 0).map_err(|source| TargetError::Write { map: TARGET_CONTROL_MAP, source })?;
         self.control_value = next;
         Ok(())
     }
