@@ -307,3 +307,54 @@ fn what_protected_sources_send_counts_as_outgoing() {
     assert_eq!(outgoing.len(), 2);
     assert!(t.targets.targets(Direction::Incoming).unwrap().is_empty());
 }
+
+/// The probe's read: after the first (whole) one, the addresses counted
+/// in the window that ended, each once whatever CPU counted it, and a
+/// slice of the sweep; an address quiet in that window is not among the
+/// changed ones, and its counts come back unchanged when the sweep reaches
+/// it.
+#[test]
+fn a_poll_reads_the_addresses_counted_in_the_window_that_ended() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let mut t = attach(&lab, false);
+    t.targets.set_protected(&nets(&[("203.0.113.0/24", 1)])).unwrap();
+    let a = build(Kind::Udp, "198.51.100.7", "203.0.113.10");
+    let b = build(Kind::Udp, "198.51.100.7", "203.0.113.20");
+
+    // Window 1: a and b heavy. The first read is whole.
+    t.counters.new_window().unwrap();
+    let w1 = t.counters.epoch();
+    let mut frames = vec![a.bytes.clone(); 40];
+    frames.extend(std::iter::repeat_n(b.bytes.clone(), 40));
+    send(&lab, false, &frames);
+    counted(&t, 80);
+    t.counters.new_window().unwrap();
+    let first = t.targets.read(Direction::Incoming, w1).unwrap();
+    assert!(first.whole, "the first read is not whole");
+    assert_eq!(first.entries.len(), 2);
+
+    // Window 2: only a. The read lists a as counted; b, quiet, is left to
+    // the sweep (which, on a map this small, reads everything at once).
+    let w2 = t.counters.epoch();
+    send(&lab, false, &vec![a.bytes.clone(); 40]);
+    counted(&t, 120);
+    t.counters.new_window().unwrap();
+    let second = t.targets.read(Direction::Incoming, w2).unwrap();
+    assert!(!second.whole);
+    assert_eq!(second.changed, 1, "{second:?}");
+    let sa = find(&second.entries, "203.0.113.10").expect("a read");
+    let before = find(&first.entries, "203.0.113.10").unwrap();
+    assert!(sa.packets[TrafficClass::Udp.index()] > before.packets[TrafficClass::Udp.index()]);
+    let sb = find(&second.entries, "203.0.113.20").expect("b swept");
+    let b_before = find(&first.entries, "203.0.113.20").unwrap();
+    assert_eq!(sb.packets, b_before.packets, "b counted while quiet");
+    // Each address once.
+    assert_eq!(second.entries.len(), 2, "{:?}", second.entries.iter().map(|(k, _)| key_addr(k)).collect::<Vec<_>>());
+
+    // Window 3: nothing. Nothing is listed as counted.
+    let w3 = t.counters.epoch();
+    t.counters.new_window().unwrap();
+    let third = t.targets.read(Direction::Incoming, w3).unwrap();
+    assert_eq!(third.changed, 0);
+}

@@ -724,7 +724,7 @@ pub fn targets_section(f: &crate::targets::Figures) -> String {
     let _ = writeln!(s, "## Network mode: per-destination counting\n");
     let _ = writeln!(
         s,
-        "A 64-byte UDP frame under BPF_PROG_TEST_RUN, {} runs per path (the median of three batches, a new heavy-hitter window each), with 10.1.0.0/16 and 200 unrelated /24s protected: one trie lookup per IP packet once any network is protected, and for a protected destination its group's totals, the sketch and (sampled) its entry. Added: over the same program with the protected table empty (one array read). Target: at most +{TARGETS_ADDED_NS:.0} ns.\n",
+        "A 64-byte UDP frame under BPF_PROG_TEST_RUN, {} runs per path (the median of three batches, a new heavy-hitter window each), with 10.1.0.0/16 and 200 unrelated /24s protected. Per packet once any network is protected: one array read (the switch and a prefilter bit per IPv4 /16), and for a destination the prefilter lets through, a call to the per-destination part: a per-CPU cache of address to host group in front of the trie, its group's totals, one block of the sketch and (sampled) its entry. Added: over the same program with the protected table empty. The two paths with a new destination every packet run each frame once (one test run per frame, both programs alike), so their figures carry the cold caches of a syscall per packet: the worst case, a flood sprayed over the protected networks (inside: the cache misses and the trie is walked) or outside them (the prefilter answers). Target: at most +{TARGETS_ADDED_NS:.0} ns.\n",
         f.repeat
     );
     let _ = writeln!(
@@ -756,20 +756,27 @@ pub fn targets_section(f: &crate::targets::Figures) -> String {
     }
     let _ = writeln!(
         s,
-        "A poll of network mode (the per-target maps of both directions and every installed group read with batch lookups, the tracker, idle removal, and detection over every address and the group), {} CPUs, maps of {} entries per direction:\n",
+        "A poll of network mode, {} CPUs, maps of {} entries per direction, as the probe makes it: the window ends (a new epoch), the per-address maps are read, the tracker updates the rates and removes idle addresses, and detection runs over every address read and the group. The probe reads the addresses the program listed as counted in the window that ended (one ring per CPU and direction; the sketch admits fewer than 2,048 per CPU a window), each with one lookup, and a tenth of the map with batch lookups (a sweep, so idle and evicted addresses are still seen); the whole map only the first time and when a ring overflowed. In the bench, the map holds 65,536 destinations and in every window the program counts 64 packets to each of 1,900 other ones per CPU (about the most its sketch lets through), run through it with test runs pinned to each CPU.\n",
         f.cpus, f.max_targets
     );
-    let _ = writeln!(s, "| scenario | entries read | p50 ms | p99 ms | max ms |");
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+    let _ = writeln!(s, "| scenario | addresses read (at most) | counted a window | p50 ms | p99 ms | max ms |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
     for p in &f.polls {
-        let _ = writeln!(s, "| {} | {} | {:.1} | {:.1} | {:.1} |", p.label, p.entries, p.p50_ms, p.p99_ms, p.max_ms);
-    }
-    if let Some(worst) = f.polls.iter().map(|p| p.p99_ms).max_by(f64::total_cmp) {
         let _ = writeln!(
             s,
-            "\nPoll p99: **{worst:.1} ms**. Target {TARGETS_POLL_P99_MS:.0} ms: **{}**.\n",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} |",
+            p.label, p.entries, p.changed, p.p50_ms, p.p99_ms, p.max_ms
+        );
+    }
+    if let Some(worst) = f.polls.iter().filter(|p| !p.whole).map(|p| p.p99_ms).max_by(f64::total_cmp) {
+        let _ = writeln!(
+            s,
+            "\nPoll p99, as the probe reads: **{worst:.1} ms**. Target {TARGETS_POLL_P99_MS:.0} ms: **{}**.",
             met(worst <= TARGETS_POLL_P99_MS)
         );
+    }
+    if let Some(whole) = f.polls.iter().filter(|p| p.whole).map(|p| p.p99_ms).max_by(f64::total_cmp) {
+        let _ = writeln!(s, "A whole read (the first poll, or one after a ring overflowed): p99 **{whole:.1} ms**.\n");
     }
     let total = f.memory_total();
     let parts: Vec<String> = f.memory.iter().map(|(n, b)| format!("{n} {:.1} MB", *b as f64 / 1e6)).collect();

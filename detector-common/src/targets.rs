@@ -210,6 +210,35 @@ pub fn cache_slot(hash: u64, direction: u32) -> u32 {
     direction * CACHE_SLOTS + ((hash >> 54) as u32 & (CACHE_SLOTS - 1))
 }
 
+/// Per-CPU array of four [`DirtyRing`]s, index [`dirty_index`]: per
+/// direction, one for windows of even epochs and one for odd ones, so the
+/// controller reads a finished window's while the program fills the next.
+pub const TARGET_DIRTY_MAP: &str = "TARGET_DIRTY";
+/// Keys a [`DirtyRing`] holds: a per-CPU value is at most 32 KB.
+pub const DIRTY_KEYS: usize = 2046;
+
+/// The addresses this CPU counted in one window (each listed once: when
+/// its entry's [`TargetStats::epoch`] moves to the window). The sketch
+/// admits fewer than 2,048 addresses per CPU per window, so the controller
+/// reads those entries alone, not the whole map; `overflow` says the ring
+/// was too small this time, and the controller then reads everything.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DirtyRing {
+    /// The window these keys belong to (the sketch epoch).
+    pub epoch: u32,
+    pub count: u32,
+    pub overflow: u32,
+    pub _pad: u32,
+    pub keys: [crate::maps::SourceKey; DIRTY_KEYS],
+}
+
+/// The [`TARGET_DIRTY_MAP`] index of `direction`'s ring for `epoch`.
+#[inline(always)]
+pub const fn dirty_index(direction: u32, epoch: u32) -> u32 {
+    direction * 2 + (epoch & 1)
+}
+
 /// Cumulative packets and bytes (whole frame) per class, one copy per CPU.
 ///
 /// Per address: `group` is the address's group when the entry was written
@@ -220,7 +249,10 @@ pub fn cache_slot(hash: u64, direction: u32) -> u32 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TargetStats {
     pub group: u32,
-    pub _pad: u32,
+    /// Per CPU: the window (sketch epoch) this CPU last counted in the
+    /// entry; when it moves, the address goes into the window's
+    /// [`DirtyRing`]. Unused in [`GROUP_STATS_MAP`].
+    pub epoch: u32,
     pub packets: [u64; CLASS_COUNT],
     pub bytes: [u64; CLASS_COUNT],
 }
@@ -231,6 +263,7 @@ mod pod {
     unsafe impl aya::Pod for super::TargetControl {}
     unsafe impl aya::Pod for super::TargetStats {}
     unsafe impl aya::Pod for super::CacheSlot {}
+    unsafe impl aya::Pod for super::DirtyRing {}
 }
 
 #[cfg(test)]
@@ -244,6 +277,10 @@ mod tests {
         assert_eq!(size_of::<TargetControl>(), 16 + 16 * FILTER_WORDS);
         assert_eq!(offset_of!(TargetControl, v4), 16);
         assert_eq!(size_of::<CacheSlot>(), 24);
+        assert_eq!(size_of::<DirtyRing>(), 16 + 16 * DIRTY_KEYS);
+        assert!(size_of::<DirtyRing>() <= 32 * 1024, "a per-CPU value is at most 32 KB");
+        assert_eq!(offset_of!(DirtyRing, keys), 16);
+        assert_eq!(offset_of!(TargetStats, epoch), 4);
         assert_eq!(offset_of!(CacheSlot, generation), 16);
         assert_eq!(size_of::<TargetStats>(), 8 + 16 * CLASS_COUNT);
         assert_eq!(offset_of!(TargetStats, packets), 8);
@@ -316,6 +353,14 @@ mod tests {
         assert!(c.may_protect(&words(v4([10, 255, 1, 1]))));
         assert!(!c.may_protect(&words(v4([11, 0, 0, 1]))));
         assert_eq!(c.v6.iter().map(|w| w.count_ones()).sum::<u32>(), 0);
+    }
+
+    #[test]
+    fn dirty_rings_alternate_per_direction() {
+        assert_eq!(dirty_index(DIRECTION_IN, 6), 0);
+        assert_eq!(dirty_index(DIRECTION_IN, 7), 1);
+        assert_eq!(dirty_index(DIRECTION_OUT, 6), 2);
+        assert_eq!(dirty_index(DIRECTION_OUT, 7), 3);
     }
 
     #[test]

@@ -111,6 +111,12 @@ struct Seen {
 
 /// Remembers each tracked address's and each group's previous cumulative
 /// counters.
+/// Partial reads in a row after which an address not listed is taken as
+/// gone: the kernel adapter's sweep lists every address at least once in
+/// two of its passes (`SWEEP_POLLS`, ten polls each), a good margin under
+/// this.
+pub const FORGET_POLLS: u64 = 64;
+
 pub struct TargetTracker {
     /// Per direction.
     seen: [HashMap<SourceKey, Seen>; 2],
@@ -149,11 +155,27 @@ impl TargetTracker {
         outgoing: &[(SourceKey, TargetStats)],
         groups: &[(u32, Direction, TargetStats)],
     ) -> TargetsUpdate {
+        self.update_read(now, elapsed, [(incoming, true), (outgoing, true)], groups)
+    }
+
+    /// As [`TargetTracker::update`], from reads that may list only part of
+    /// each direction's map (`(entries, whole)`, incoming then outgoing):
+    /// the addresses counted in the last window and a slice of a sweep
+    /// (`crate::kernel::targets::TargetMaps::read`). An address left out of
+    /// a partial read keeps its last counts; one left out of a whole read,
+    /// or of [`FORGET_POLLS`] reads in a row, is gone from the kernel's map.
+    pub fn update_read(
+        &mut self,
+        now: Duration,
+        elapsed: Duration,
+        listed: [(&[(SourceKey, TargetStats)], bool); 2],
+        groups: &[(u32, Direction, TargetStats)],
+    ) -> TargetsUpdate {
         let secs = elapsed.as_secs_f64();
         let mut out = TargetsUpdate::default();
         self.polls += 1;
         let poll = self.polls;
-        for (direction, current) in [(Direction::Incoming, incoming), (Direction::Outgoing, outgoing)] {
+        for (direction, (current, whole)) in Direction::ALL.into_iter().zip(listed) {
             let d = direction.index();
             let seen = &mut self.seen[d];
             // Updated in place: with tens of thousands of addresses, a new
@@ -189,8 +211,14 @@ impl TargetTracker {
                     rates_out.push(TargetRate { addr: key_addr(key), group: stats.group as usize, classes });
                 }
             }
-            // Whatever was not listed was evicted by the kernel (or removed).
-            seen.retain(|_, s| s.poll == poll);
+            // Whatever a whole read did not list was evicted by the kernel
+            // (or removed); a partial read leaves the others alone until
+            // they have been missing for longer than a sweep takes.
+            if whole {
+                seen.retain(|_, s| s.poll == poll);
+            } else if poll.is_multiple_of(FORGET_POLLS) {
+                seen.retain(|_, s| poll - s.poll < FORGET_POLLS);
+            }
         }
         for (group, direction, stats) in groups {
             let prev = self.groups.insert((*group, *direction), *stats);
@@ -372,5 +400,43 @@ mod tests {
         assert_eq!(u.reading.group(2, Direction::Outgoing).unwrap().classes[TrafficClass::Udp.index()].packets, 10);
         assert_eq!(u.reading.group(0, Direction::Incoming).unwrap().classes[TrafficClass::TcpSyn.index()].pps, 0.0);
         assert!(u.reading.group(1, Direction::Incoming).is_none());
+    }
+
+    #[test]
+    fn a_partial_read_keeps_what_it_did_not_list_and_a_whole_one_drops_it() {
+        let mut t = TargetTracker::new(30 * S);
+        let (a, b) = (key("203.0.113.1"), key("203.0.113.2"));
+        let sa = stats(1, TrafficClass::Udp, 100);
+        let sb = stats(1, TrafficClass::Udp, 50);
+        t.update(S, S, &[(a, sa), (b, sb)], &[], &[]);
+        // b not listed by a partial read: kept, and read again later with
+        // more packets, only the new ones count.
+        let sa2 = stats(1, TrafficClass::Udp, 300);
+        let u = t.update_read(2 * S, S, [(&[(a, sa2)], false), (&[], false)], &[]);
+        assert_eq!(u.reading.incoming.len(), 1);
+        assert_eq!(u.reading.incoming[0].classes[TrafficClass::Udp.index()].packets, 200);
+        assert_eq!(t.len(Direction::Incoming), 2);
+        let sb2 = stats(1, TrafficClass::Udp, 80);
+        let u = t.update_read(3 * S, S, [(&[(b, sb2)], false), (&[], false)], &[]);
+        assert_eq!(u.reading.incoming[0].classes[TrafficClass::Udp.index()].packets, 30);
+        // A whole read without b: b is gone.
+        t.update_read(4 * S, S, [(&[(a, sa2)], true), (&[], true)], &[]);
+        assert_eq!(t.len(Direction::Incoming), 1);
+    }
+
+    #[test]
+    fn an_address_no_partial_read_lists_for_long_is_forgotten() {
+        let mut t = TargetTracker::new(3600 * S);
+        let (a, b) = (key("203.0.113.1"), key("203.0.113.2"));
+        t.update(S, S, &[(a, stats(1, TrafficClass::Udp, 10)), (b, stats(1, TrafficClass::Udp, 10))], &[], &[]);
+        let mut n = 1;
+        while t.len(Direction::Incoming) == 2 {
+            n += 1;
+            assert!(n <= 2 * FORGET_POLLS, "b never forgotten");
+            // a listed each time (unchanged), b never.
+            t.update_read(n as u32 * S, S, [(&[(a, stats(1, TrafficClass::Udp, 10))], false), (&[], false)], &[]);
+        }
+        assert!(n > FORGET_POLLS / 2, "b forgotten after {n} polls");
+        assert_eq!(t.len(Direction::Incoming), 1);
     }
 }

@@ -15,7 +15,7 @@ use crate::{
         pins,
         rules::RuleMaps,
         syncookie,
-        targets::{TargetError, TargetMaps},
+        targets::{TargetError, TargetMaps, TargetsRead},
         xdp::{self, AttachError, Attachment},
     },
     metrics::Metrics,
@@ -170,18 +170,21 @@ impl Probe {
     pub fn read(&mut self, mono: Duration, elapsed: Duration, metrics: &Metrics) -> Result<Reading, CounterError> {
         let cur = self.maps.classes()?;
         let sources = self.maps.sources()?;
+        // The window ends here; the per-address maps are read after it, from
+        // the addresses the program listed as counted in it.
+        let window = self.maps.epoch();
+        self.maps.new_window()?;
         // Nothing to read in host mode until the networks are installed,
         // nor once they are gone and the tracker has forgotten the rest.
         let (incoming, outgoing, groups) = if self.targets.protected().is_empty() && self.target_tracker.is_empty() {
-            (Vec::new(), Vec::new(), Vec::new())
+            (TargetsRead::default(), TargetsRead::default(), Vec::new())
         } else {
             (
-                self.targets.targets(Direction::Incoming)?,
-                self.targets.targets(Direction::Outgoing)?,
+                self.targets.read(Direction::Incoming, window)?,
+                self.targets.read(Direction::Outgoing, window)?,
                 self.targets.groups()?,
             )
         };
-        self.maps.new_window()?;
         let drained = self.maps.drain_samples(MAX_SAMPLES);
 
         let rates = class_rates(&self.prev, &cur, elapsed);
@@ -193,7 +196,8 @@ impl Probe {
         let tracked = self.tracker.len();
         metrics.sources(self.iface(), tracked, pruned);
 
-        let targets = self.target_tracker.update(mono, elapsed, &incoming, &outgoing, &groups);
+        let listed = [(incoming.entries.as_slice(), incoming.whole), (outgoing.entries.as_slice(), outgoing.whole)];
+        let targets = self.target_tracker.update_read(mono, elapsed, listed, &groups);
         for dir in Direction::ALL {
             let idle = &targets.idle[dir.index()];
             if !idle.is_empty() {

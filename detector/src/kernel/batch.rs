@@ -35,25 +35,35 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Calls `f` with every key of the per-CPU hash `map` and its values, one
-/// per possible CPU. Entries added or removed meanwhile may be seen or not,
-/// as with any walk of a live map. An error from the first call (a kernel
-/// without batch operations) is returned as is, so the caller can fall
-/// back to iterating.
-pub fn per_cpu_hash<K: Pod, V: Pod>(map: &MapData, mut f: impl FnMut(K, &[V])) -> io::Result<()> {
+/// Reads the whole of a per-CPU hash map, calling `f` with each key and
+/// its per-CPU values.
+pub fn per_cpu_hash<K: Pod, V: Pod>(map: &MapData, f: impl FnMut(K, &[V])) -> io::Result<()> {
+    per_cpu_hash_from(map, None, usize::MAX, f).map(|_| ())
+}
+
+/// Reads a per-CPU hash map from the batch token `start` (`None`: from its
+/// first bucket) until at least `want` entries were read or the map ends,
+/// calling `f` with each key and its per-CPU values. Returns where to go on
+/// from (the token of the next bucket), or `None` once the map ended.
+/// Tokens are bucket numbers: valid across calls while the map changes
+/// (an entry added meanwhile behind the token is read in the next pass).
+pub fn per_cpu_hash_from<K: Pod, V: Pod>(
+    map: &MapData,
+    start: Option<u32>,
+    want: usize,
+    mut f: impl FnMut(K, &[V]),
+) -> io::Result<Option<u32>> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    // Each CPU's value is padded to 8 bytes, as the kernel copies them.
     let stride = size_of::<V>().div_ceil(8) * 8;
-    let mut chunk = CHUNK;
+    let mut chunk = CHUNK.min(want.try_into().unwrap_or(u32::MAX)).max(64);
     let ksize = size_of::<K>();
-    // Zeroed by the allocator (large ones are fresh pages, faulted in only
-    // where the kernel writes): no fill loop per call.
     let mut keys: Vec<u8> = vec![0; chunk as usize * ksize];
     let mut values: Vec<u8> = vec![0; chunk as usize * cpus * stride];
     let mut per_cpu: Vec<V> = Vec::with_capacity(cpus);
-    let mut token: u32 = 0;
+    let mut token: u32 = start.unwrap_or(0);
     let mut next: u32 = 0;
-    let mut first = true;
+    let mut first = start.is_none();
+    let mut read = 0usize;
     loop {
         if keys.len() < chunk as usize * ksize {
             keys = vec![0; chunk as usize * ksize];
@@ -68,30 +78,31 @@ pub fn per_cpu_hash<K: Pod, V: Pod>(map: &MapData, mut f: impl FnMut(K, &[V])) -
             map_fd: map.fd().as_fd().as_raw_fd() as u32,
             ..Default::default()
         };
-        // SAFETY: the attribute points at buffers sized for `count` keys
-        // and values (all CPUs), and at `next` for the kernel's cursor.
+        // SAFETY: the attribute points at buffers of `count` keys and
+        // `count` per-CPU values, alive for the call.
         let ret = unsafe {
             libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>())
         };
         let err = (ret < 0).then(io::Error::last_os_error);
-        // The kernel fills `count` entries even when it says it is done.
+        // On ENOENT (the end) the kernel still reports what it copied.
         let got = if err.as_ref().is_some_and(|e| e.raw_os_error() != Some(libc::ENOENT)) { 0 } else { attr.count };
         for i in 0..got as usize {
-            // SAFETY: in bounds (count <= chunk); K is Pod; unaligned read.
+            // SAFETY: the kernel wrote `got` keys and `got * cpus` values of
+            // these Pod types, each value at an 8-byte stride.
             let key = unsafe { std::ptr::read_unaligned(keys[i * ksize..].as_ptr() as *const K) };
             per_cpu.clear();
             for c in 0..cpus {
                 let at = (i * cpus + c) * stride;
-                // SAFETY: in bounds (count <= chunk); V is Pod; unaligned read.
                 per_cpu.push(unsafe { std::ptr::read_unaligned(values[at..].as_ptr() as *const V) });
             }
             f(key, &per_cpu);
         }
+        read += got as usize;
         match err {
-            None if got == 0 => return Ok(()),
+            None if got == 0 => return Ok(None),
             None => {}
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-            // One bucket holds more entries than a chunk: ask for more.
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            // A bucket holds more than `chunk` entries: a larger buffer.
             Some(e) if e.raw_os_error() == Some(libc::ENOSPC) && chunk < 1 << 20 => {
                 chunk *= 2;
                 continue;
@@ -100,5 +111,8 @@ pub fn per_cpu_hash<K: Pod, V: Pod>(map: &MapData, mut f: impl FnMut(K, &[V])) -
         }
         token = next;
         first = false;
+        if read >= want {
+            return Ok(Some(token));
+        }
     }
 }

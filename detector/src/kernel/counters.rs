@@ -124,6 +124,11 @@ impl CounterMaps {
             .map_err(|source| CounterError::Write { map: SAMPLE_CONTROL_MAP, source })
     }
 
+    /// The current heavy-hitter window (the epoch the programs count in).
+    pub fn epoch(&self) -> u32 {
+        self.next_epoch.wrapping_sub(1) & EPOCH_MASK
+    }
+
     /// Starts a new heavy-hitter window on every CPU: one small write.
     pub fn new_window(&mut self) -> Result<(), CounterError> {
         let e = self.next_epoch & EPOCH_MASK;

@@ -18,8 +18,8 @@ use aya::{
 use detector_common::{
     maps::SourceKey,
     targets::{
-        group_index, ProtectedNet, TargetControl, TargetStats, GROUP_STATS_MAP, MAX_HOSTGROUPS, MAX_PROTECTED,
-        PROTECTED_MAP, TARGETS_IN_MAP, TARGETS_OUT_MAP, TARGET_CONTROL_MAP,
+        dirty_index, group_index, DirtyRing, ProtectedNet, TargetControl, TargetStats, GROUP_STATS_MAP, MAX_HOSTGROUPS,
+        MAX_PROTECTED, PROTECTED_MAP, TARGETS_IN_MAP, TARGETS_OUT_MAP, TARGET_CONTROL_MAP, TARGET_DIRTY_MAP,
     },
 };
 use thiserror::Error;
@@ -48,6 +48,20 @@ pub enum TargetError {
     TooMany { count: usize },
 }
 
+/// Polls over which [`TargetMaps::read`] sweeps a whole per-address map.
+pub const SWEEP_POLLS: usize = 10;
+
+/// One poll's read of a per-address map.
+#[derive(Debug, Default)]
+pub struct TargetsRead {
+    /// Addresses and their cumulative counts (summed over CPUs).
+    pub entries: Vec<(SourceKey, TargetStats)>,
+    /// Addresses the program listed as counted in the window.
+    pub changed: usize,
+    /// The whole map was read: an address not in `entries` is gone.
+    pub whole: bool,
+}
+
 /// Network mode's maps, owned apart from the program.
 pub struct TargetMaps {
     protected: LpmTrie<MapData, [u8; 16], ProtectedNet>,
@@ -55,6 +69,12 @@ pub struct TargetMaps {
     groups: PerCpuArray<MapData, TargetStats>,
     incoming: PerCpuHashMap<MapData, SourceKey, TargetStats>,
     outgoing: PerCpuHashMap<MapData, SourceKey, TargetStats>,
+    dirty: PerCpuArray<MapData, DirtyRing>,
+    /// Per direction: where the sweep goes on from (`None`: the start), and
+    /// whether the next read must be whole (the first one: entries counted
+    /// before the controller's first window are in no ring).
+    sweep: [Option<u32>; 2],
+    whole: [bool; 2],
     /// What the trie holds.
     installed: BTreeMap<Prefix, u32>,
     /// What TARGET_CONTROL holds (the programs' switch, the prefilter and
@@ -77,6 +97,8 @@ impl TargetMaps {
             .map_err(layout(TARGETS_IN_MAP))?;
         let outgoing = PerCpuHashMap::try_from(ebpf::take_map(ebpf, "detector", TARGETS_OUT_MAP)?)
             .map_err(layout(TARGETS_OUT_MAP))?;
+        let dirty = PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", TARGET_DIRTY_MAP)?)
+            .map_err(layout(TARGET_DIRTY_MAP))?;
         let capacity = incoming.map().info().map(|i| i.max_entries()).unwrap_or(0);
         let mut maps = TargetMaps {
             protected,
@@ -84,6 +106,9 @@ impl TargetMaps {
             groups,
             incoming,
             outgoing,
+            dirty,
+            sweep: [None; 2],
+            whole: [true; 2],
             installed: BTreeMap::new(),
             control_value: Box::default(),
             capacity,
@@ -225,6 +250,69 @@ impl TargetMaps {
                 self.targets_iterated(direction)
             }
         }
+    }
+
+    /// What a poll reads of `direction`'s per-address map, once the window
+    /// `epoch` is over (the program has gone on to the next).
+    ///
+    /// Not the whole map: the addresses the program listed as counted in
+    /// that window (its rings, one per CPU; fewer than 2,048 per CPU, as the
+    /// sketch admits), each looked up, and the next slice of a sweep that
+    /// reads the whole map over [`SWEEP_POLLS`] polls, so the tracker still
+    /// sees addresses go idle and go. The whole map instead when a ring
+    /// overflowed, and the first time.
+    pub fn read(&mut self, direction: Direction, epoch: u32) -> Result<TargetsRead, TargetError> {
+        let d = direction.index();
+        let rings = self
+            .dirty
+            .get(&dirty_index(d as u32, epoch), 0)
+            .map_err(|source| TargetError::Read { map: TARGET_DIRTY_MAP, source })?;
+        let mut keys = Vec::new();
+        let mut overflow = false;
+        for ring in rings.iter().filter(|r| r.epoch == epoch) {
+            overflow |= ring.overflow != 0;
+            keys.extend_from_slice(&ring.keys[..(ring.count as usize).min(ring.keys.len())]);
+        }
+        if overflow || self.whole[d] {
+            self.whole[d] = false;
+            self.sweep[d] = None;
+            let entries = self.targets(direction)?;
+            return Ok(TargetsRead { changed: entries.len(), entries, whole: true });
+        }
+        keys.sort_unstable_by_key(|k| k.addr);
+        keys.dedup_by_key(|k| k.addr);
+        let from = self.sweep[d];
+        let (map, name) = match direction {
+            Direction::Incoming => (&self.incoming, TARGETS_IN_MAP),
+            Direction::Outgoing => (&self.outgoing, TARGETS_OUT_MAP),
+        };
+        let slice = (self.capacity as usize).div_ceil(SWEEP_POLLS).max(1);
+        let mut entries = Vec::with_capacity(keys.len() + slice);
+        let swept = batch::per_cpu_hash_from::<SourceKey, TargetStats>(map.map(), from, slice, |k, v| {
+            if keys.binary_search_by_key(&k.addr, |d| d.addr).is_err() {
+                entries.push((k, sum(v.iter(), true)));
+            }
+        });
+        let next = match swept {
+            Ok(next) => next,
+            Err(e) => {
+                // A kernel without batch lookups: the whole map, iterated.
+                tracing::debug!(map = name, "batch lookup failed ({e}); iterating");
+                let entries = self.targets_iterated(direction)?;
+                return Ok(TargetsRead { changed: entries.len(), entries, whole: true });
+            }
+        };
+        let changed = keys.len();
+        for key in keys {
+            match map.get(&key, 0) {
+                Ok(per_cpu) => entries.push((key, sum(per_cpu.iter(), true))),
+                // Evicted or removed since it was counted.
+                Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(TargetError::Read { map: name, source }),
+            }
+        }
+        self.sweep[d] = next;
+        Ok(TargetsRead { entries, changed, whole: false })
     }
 
     /// As [`TargetMaps::targets`], two syscalls per entry (aya's iterator):

@@ -16,8 +16,9 @@ use detector_common::{
     maps::SourceKey,
     sketch::{self, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS, SKETCH_DEPTH},
     targets::{
-        cache_slot, group_index, CacheSlot, ProtectedNet, TargetControl, TargetStats, CACHE_NONE, CACHE_SLOTS,
-        DEFAULT_MAX_TARGETS, DIRECTION_IN, DIRECTION_OUT, MAX_HOSTGROUPS, MAX_PROTECTED,
+        cache_slot, dirty_index, group_index, CacheSlot, DirtyRing, ProtectedNet, TargetControl, TargetStats,
+        CACHE_NONE, CACHE_SLOTS, DEFAULT_MAX_TARGETS, DIRECTION_IN, DIRECTION_OUT, DIRTY_KEYS, MAX_HOSTGROUPS,
+        MAX_PROTECTED,
     },
     CLASS_COUNT,
 };
@@ -61,6 +62,10 @@ static TARGET_SKETCH: PerCpuArray<SketchBlock> = PerCpuArray::with_max_entries(2
 /// This CPU's current windows: incoming, outgoing.
 #[map]
 static TARGET_WINDOW: PerCpuArray<Window> = PerCpuArray::with_max_entries(2, 0);
+
+/// Per CPU, direction and epoch parity: the addresses counted in a window.
+#[map]
+static TARGET_DIRTY: PerCpuArray<DirtyRing> = PerCpuArray::with_max_entries(4, 0);
 
 /// Per CPU and direction: the trie key being looked up (`prefix_len`
 /// and `addr`, laid out as a `Key<[u8; 16]>` with the address's words
@@ -178,13 +183,14 @@ fn count_protected<const DIR: u32>(addr: &[u64; 2], generation: u32, class: u32,
     // SAFETY: SourceKey is sixteen bytes, alignment 1.
     let target = unsafe { &*(core::ptr::addr_of!((*s).addr) as *const SourceKey) };
     let (n, b) = (weight * packets, weight * len);
-    if add(map, target, group, c, n, b) {
+    if add::<DIR>(map, target, group, c, n, b, epoch) {
         return;
     }
     // Inserted from the scratch value: a 264-byte entry does not fit on
     // the stack beside the rest of the program.
     unsafe {
         (*s).fresh.group = group;
+        (*s).fresh.epoch = epoch;
         (*s).fresh.packets[c] = n;
         (*s).fresh.bytes[c] = b;
     }
@@ -193,11 +199,38 @@ fn count_protected<const DIR: u32>(addr: &[u64; 2], generation: u32, class: u32,
     let inserted = map.insert(target, unsafe { &(*s).fresh }, BPF_NOEXIST as u64);
     unsafe {
         (*s).fresh.group = 0;
+        (*s).fresh.epoch = 0;
         (*s).fresh.packets[c] = 0;
         (*s).fresh.bytes[c] = 0;
     }
-    if inserted.is_err() {
-        add(map, target, group, c, n, b);
+    if inserted.is_ok() {
+        mark_dirty::<DIR>(target, epoch);
+    } else {
+        add::<DIR>(map, target, group, c, n, b, epoch);
+    }
+}
+
+/// Lists `key` in this CPU's ring of the window `epoch`, or says the ring
+/// overflowed.
+#[inline(always)]
+fn mark_dirty<const DIR: u32>(key: &SourceKey, epoch: u32) {
+    let Some(r) = TARGET_DIRTY.get_ptr_mut(dirty_index(DIR, epoch)) else {
+        return;
+    };
+    // SAFETY: a per-CPU value of this program's, on this CPU.
+    unsafe {
+        if (*r).epoch != epoch {
+            (*r).epoch = epoch;
+            (*r).count = 0;
+            (*r).overflow = 0;
+        }
+        let n = (*r).count as usize;
+        if n < DIRTY_KEYS {
+            (*r).keys[n] = *key;
+            (*r).count = n as u32 + 1;
+        } else {
+            (*r).overflow = 1;
+        }
     }
 }
 
@@ -206,23 +239,34 @@ pub const OUT: u32 = DIRECTION_OUT;
 /// The XDP program's direction.
 pub const IN: u32 = DIRECTION_IN;
 
-/// Adds to a tracked address's counters; false when it is not tracked.
+/// Adds to a tracked address's counters, listing it in the window's ring
+/// the first time this CPU counts it in the window; false when it is not
+/// tracked.
 #[inline(always)]
-fn add(
+fn add<const DIR: u32>(
     map: &LruPerCpuHashMap<SourceKey, TargetStats>,
     key: &SourceKey,
     group: u32,
     class: usize,
     packets: u64,
     bytes: u64,
+    epoch: u32,
 ) -> bool {
     match map.get_ptr_mut(key) {
-        Some(t) => unsafe {
-            (*t).group = group;
-            (*t).packets[class] += packets;
-            (*t).bytes[class] += bytes;
+        Some(t) => {
+            let first = unsafe {
+                (*t).group = group;
+                (*t).packets[class] += packets;
+                (*t).bytes[class] += bytes;
+                let first = (*t).epoch != epoch;
+                (*t).epoch = epoch;
+                first
+            };
+            if first {
+                mark_dirty::<DIR>(key, epoch);
+            }
             true
-        },
+        }
         None => false,
     }
 }
