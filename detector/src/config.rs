@@ -34,6 +34,8 @@ pub struct ConfigFile {
     pub networks: Option<NetworksConfig>,
     /// Upstream mitigation over BGP; none: nothing is announced.
     pub bgp: Option<BgpConfig>,
+    /// Per interface: its capacity, for runbook triggers on a share of it.
+    pub interfaces: crate::capacity::InterfacesConfig,
 }
 
 impl ConfigFile {

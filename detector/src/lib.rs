@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod bgp;
+pub mod capacity;
 pub mod clock;
 pub mod config;
 pub mod controller;

@@ -276,7 +276,8 @@ impl Client {
         self.call("DELETE", &format!("/v1/rules/{id}"), None).await
     }
 
-    async fn call<T: DeserializeOwned>(
+    /// One request to the controller; an error status is its `error` line.
+    pub async fn call<T: DeserializeOwned>(
         &self,
         method: &str,
         path: &str,

@@ -7,12 +7,22 @@
 //! each start bumps [`Daemon::starts`], which the caller watches to
 //! reconcile at once rather than at its next tick.
 //!
-//! The child gets SIGTERM if the thread that started it dies
-//! (`PR_SET_PDEATHSIG`): a detector killed with SIGKILL leaves no speaker
-//! behind, its sessions close, and the upstream withdraws everything. Fail
-//! open upstream, on purpose: an announcement no controller watches over
-//! has no TTL. (The XDP rules, which the kernel enforces, stay.) Start it
-//! from a thread that outlives it (a runtime's worker, the main thread).
+//! Two lifetimes ([`Lifetime`]):
+//!
+//! - [`Lifetime::Owned`] (the adapter test's): the child gets SIGTERM if
+//!   the thread that started it dies (`PR_SET_PDEATHSIG`), and its log goes
+//!   through `tracing`. Start it from a thread that outlives it.
+//! - [`Lifetime::Persistent`] (`detector run`'s): the daemon outlives the
+//!   controller, as the XDP rules do. It runs in a session of its own (a
+//!   Ctrl-C to the controller's terminal does not reach it), writes its log
+//!   to `<state_dir>/gobgpd.log` (a pipe would kill it with the
+//!   controller), and its pid, API port and a hash of how it was started
+//!   are recorded in `<state_dir>/gobgpd.json`. The next start **adopts**
+//!   a recorded daemon that still runs with the same binary, configuration
+//!   and API port (its sessions and paths stay up: nothing flaps), and
+//!   replaces one started differently. An adopted daemon is not our child:
+//!   the supervisor watches its pid, and starts a new one when it is gone.
+//!   [`Daemon::release`] leaves it running; [`Daemon::stop`] ends it.
 //!
 //! The child runs in the network namespace of the thread that spawns it:
 //! the lab runs the supervisor on a current-thread runtime inside the
@@ -54,6 +64,75 @@ pub enum DaemonError {
     Config { path: PathBuf, source: std::io::Error },
 }
 
+/// Whether the daemon outlives the detector (see the [module](self)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lifetime {
+    Owned,
+    /// Recorded in, and logging to, this state directory.
+    Persistent {
+        state_dir: PathBuf,
+    },
+}
+
+/// Where a persistent daemon is recorded.
+pub const RECORD_FILE: &str = "gobgpd.json";
+/// Where a persistent daemon logs.
+pub const LOG_FILE: &str = "gobgpd.log";
+
+/// What `<state_dir>/gobgpd.json` holds: enough to find the daemon again
+/// and to tell whether it runs as this start would run it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    pub pid: u32,
+    pub api_port: u16,
+    /// SHA-256 of the binary's path, the configuration file's text and the
+    /// API port.
+    pub fingerprint: String,
+}
+
+impl Record {
+    pub fn load(state_dir: &Path) -> Option<Record> {
+        let bytes = std::fs::read(state_dir.join(RECORD_FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// Ends the daemon recorded in `state_dir`, if it still runs (SIGTERM,
+/// then SIGKILL after a grace), and forgets it: `detector detach`, and a
+/// daemon started with another configuration. Returns its pid.
+pub fn end_recorded(state_dir: &Path) -> Option<u32> {
+    let rec = Record::load(state_dir)?;
+    let _ = std::fs::remove_file(state_dir.join(RECORD_FILE));
+    if !is_gobgpd(rec.pid) {
+        return None;
+    }
+    // SAFETY: a plain signal to a pid checked to be a gobgpd.
+    unsafe { libc::kill(rec.pid as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + STOP_GRACE;
+    while is_gobgpd(rec.pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if is_gobgpd(rec.pid) {
+        // SAFETY: as above.
+        unsafe { libc::kill(rec.pid as libc::pid_t, libc::SIGKILL) };
+    }
+    Some(rec.pid)
+}
+
+/// Whether `pid` is a live (not zombie) process whose command is gobgpd.
+fn is_gobgpd(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // `pid (comm) S ...`: the state follows the last parenthesis.
+    let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next());
+    if matches!(state, Some("Z") | Some("X") | None) {
+        return false;
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .and_then(|c| c.split(|b| *b == 0).next().map(|a| a.ends_with(b"gobgpd")))
+        .unwrap_or(false)
+}
+
 /// How to run it.
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
@@ -62,6 +141,7 @@ pub struct DaemonConfig {
     pub config_file: PathBuf,
     /// Its gRPC API, on 127.0.0.1.
     pub api_port: u16,
+    pub lifetime: Lifetime,
 }
 
 impl DaemonConfig {
@@ -81,7 +161,59 @@ impl DaemonConfig {
         let config_file = state_dir.join("gobgpd.toml");
         std::fs::write(&config_file, toml)
             .map_err(|source| DaemonError::Config { path: config_file.clone(), source })?;
-        Ok(DaemonConfig { binary, config_file, api_port })
+        Ok(DaemonConfig { binary, config_file, api_port, lifetime: Lifetime::Owned })
+    }
+
+    /// The same daemon, outliving the detector, recorded in the directory
+    /// its configuration file is in.
+    pub fn persistent(mut self) -> DaemonConfig {
+        let dir = self.config_file.parent().map(Path::to_path_buf).unwrap_or_default();
+        self.lifetime = Lifetime::Persistent { state_dir: dir };
+        self
+    }
+
+    fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.binary.as_os_str().as_encoded_bytes());
+        h.update([0]);
+        h.update(std::fs::read(&self.config_file).unwrap_or_default());
+        h.update(self.api_port.to_be_bytes());
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// A persistent daemon left by an earlier run: its pid if it runs as
+    /// this configuration would run it (adopt it); otherwise it is ended.
+    fn adoptable(&self) -> Option<u32> {
+        let Lifetime::Persistent { state_dir } = &self.lifetime else { return None };
+        let rec = Record::load(state_dir)?;
+        if !is_gobgpd(rec.pid) {
+            return None;
+        }
+        if rec.fingerprint == self.fingerprint() && rec.api_port == self.api_port {
+            return Some(rec.pid);
+        }
+        tracing::info!(
+            pid = rec.pid,
+            "the gobgpd an earlier run left was started with another configuration; restarting it"
+        );
+        end_recorded(state_dir);
+        None
+    }
+
+    fn record(&self, pid: u32) {
+        if let Lifetime::Persistent { state_dir } = &self.lifetime {
+            let rec = Record { pid, api_port: self.api_port, fingerprint: self.fingerprint() };
+            if let Err(e) = crate::statedir::write_json(state_dir, RECORD_FILE, &rec) {
+                tracing::error!("cannot record gobgpd's pid: {e}; the next start will not adopt it");
+            }
+        }
+    }
+
+    fn forget(&self) {
+        if let Lifetime::Persistent { state_dir } = &self.lifetime {
+            let _ = std::fs::remove_file(state_dir.join(RECORD_FILE));
+        }
     }
 
     fn command(&self) -> Command {
@@ -90,18 +222,36 @@ impl DaemonConfig {
             .arg(&self.config_file)
             .args(["-t", "toml", "-p", "-l", "info", "--pprof-disable"])
             .arg(format!("--api-hosts=127.0.0.1:{}", self.api_port))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-        unsafe {
-            c.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
+            .stdin(Stdio::null());
+        match &self.lifetime {
+            Lifetime::Owned => {
+                c.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+                // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+                unsafe {
+                    c.pre_exec(|| {
+                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
                 }
-                Ok(())
-            });
+            }
+            Lifetime::Persistent { state_dir } => {
+                let log = std::fs::OpenOptions::new().create(true).append(true).open(state_dir.join(LOG_FILE));
+                match log.and_then(|l| Ok((l.try_clone()?, l))) {
+                    Ok((out, err)) => c.stdout(out).stderr(err),
+                    Err(_) => c.stdout(Stdio::null()).stderr(Stdio::null()),
+                };
+                // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+                unsafe {
+                    c.pre_exec(|| {
+                        if libc::setsid() < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+            }
         }
         c
     }
@@ -119,15 +269,21 @@ pub fn find_gobgpd() -> Option<PathBuf> {
 /// What the supervisor tells the owner.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Status {
-    /// How many times the daemon was started (1 after the first start).
+    /// How many times the daemon was started or adopted (1 after the
+    /// first).
     pub starts: u64,
-    /// The running child's pid.
+    /// Starts after it exited (`detector_bgp_daemon_restarts_total`).
+    pub restarts: u64,
+    /// The running daemon's pid.
     pub pid: Option<u32>,
+    /// The running daemon was left by an earlier run, and adopted.
+    pub adopted: bool,
 }
 
 /// The supervised daemon. Needs a tokio runtime (with the process and
 /// time drivers).
 pub struct Daemon {
+    persistent: bool,
     stop: watch::Sender<bool>,
     status: watch::Receiver<Status>,
     task: Option<JoinHandle<()>>,
@@ -138,8 +294,9 @@ impl Daemon {
     pub fn spawn(cfg: DaemonConfig) -> Daemon {
         let (stop, stop_rx) = watch::channel(false);
         let (status_tx, status) = watch::channel(Status::default());
+        let persistent = matches!(cfg.lifetime, Lifetime::Persistent { .. });
         let task = tokio::spawn(supervise(Arc::new(cfg), stop_rx, status_tx));
-        Daemon { stop, status, task: Some(task) }
+        Daemon { persistent, stop, status, task: Some(task) }
     }
 
     pub fn status(&self) -> Status {
@@ -160,12 +317,24 @@ impl Daemon {
             let _ = t.await;
         }
     }
+
+    /// Stops supervising, and leaves a persistent daemon running (and
+    /// announcing) for the next start to adopt. An owned one is stopped.
+    pub async fn release(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        // Aborting drops the child, and `kill_on_drop` kills it.
+        // A persistent daemon is left running (see [`Daemon::release`]).
+        if !self.persistent {
+            let _ = self.stop.send(true);
+        }
+        // Aborting drops the child; an owned one's `kill_on_drop` kills it.
         if let Some(t) = self.task.take() {
             t.abort();
         }
@@ -174,6 +343,32 @@ impl Drop for Daemon {
 
 async fn supervise(cfg: Arc<DaemonConfig>, mut stop: watch::Receiver<bool>, status: watch::Sender<Status>) {
     let mut backoff = MIN_BACKOFF;
+    if let Some(pid) = cfg.adoptable() {
+        status.send_modify(|s| {
+            s.starts += 1;
+            s.pid = Some(pid);
+            s.adopted = true;
+        });
+        tracing::info!(pid, api_port = cfg.api_port, "adopted the gobgpd an earlier run left running");
+        let gone = async {
+            while is_gobgpd(pid) {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        };
+        tokio::select! {
+            _ = gone => {
+                status.send_modify(|s| { s.pid = None; s.adopted = false; });
+                tracing::warn!(pid, "the adopted gobgpd exited; starting a new one");
+            }
+            _ = stopped(&mut stop) => {
+                if let Lifetime::Persistent { state_dir } = &cfg.lifetime {
+                    end_recorded(state_dir);
+                }
+                status.send_modify(|s| s.pid = None);
+                return;
+            }
+        }
+    }
     loop {
         let started = Instant::now();
         match cfg.command().spawn() {
@@ -181,9 +376,16 @@ async fn supervise(cfg: Arc<DaemonConfig>, mut stop: watch::Receiver<bool>, stat
             Ok(mut child) => {
                 let pid = child.id();
                 status.send_modify(|s| {
+                    if s.starts > 0 {
+                        s.restarts += 1;
+                    }
                     s.starts += 1;
                     s.pid = pid;
+                    s.adopted = false;
                 });
+                if let Some(pid) = pid {
+                    cfg.record(pid);
+                }
                 tracing::info!(pid, api_port = cfg.api_port, "gobgpd started");
                 forward_logs(&mut child);
                 tokio::select! {
@@ -196,6 +398,7 @@ async fn supervise(cfg: Arc<DaemonConfig>, mut stop: watch::Receiver<bool>, stat
                     }
                     _ = stopped(&mut stop) => {
                         terminate(child).await;
+                        cfg.forget();
                         status.send_modify(|s| s.pid = None);
                         return;
                     }

@@ -7,11 +7,20 @@
 //!   section), [`announce`] (what is announced), [`check`] (what may be),
 //!   [`plan`] (what should be in force, and the changes that get it there).
 //! - Adapters: [`gobgp`] (the daemon's configuration file and gRPC client)
-//!   and [`daemon`] (the `gobgpd` child, restarted when it exits).
+//!   and [`daemon`] (the `gobgpd` child, restarted when it exits, adopted
+//!   by the next start).
+//! - The subsystem of `detector run`: [`service`] (the desired set,
+//!   persisted; the daemon; the reconciliation task), [`control`] (its
+//!   control API routes and client), [`metrics`], and [`step`] (what a
+//!   runbook's `bgp` step announces for an incident; pure).
 
 pub mod announce;
 pub mod check;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod gobgp;
+pub mod metrics;
 pub mod plan;
+pub mod service;
+pub mod step;

@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+mod bgp;
 mod flood;
 mod history;
 mod incidents;
@@ -64,6 +65,9 @@ pub enum Command {
     Allow(rules::AddCommand<rules::AllowArgs>),
     /// Remove the XDP program and every pinned rule from an interface.
     Detach(rules::DetachArgs),
+    /// Upstream mitigation over BGP: status, announce, withdraw.
+    #[command(subcommand)]
+    Bgp(bgp::BgpCommand),
     /// Check runbook files.
     #[command(subcommand)]
     Runbooks(runbooks::RunbooksCommand),
@@ -155,6 +159,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Peers(cmd) => rules::peers(cmd),
         Command::Allow(cmd) => rules::allow(cmd),
         Command::Detach(args) => rules::detach(args),
+        Command::Bgp(cmd) => bgp::run(cmd),
         Command::Runbooks(cmd) => runbooks::run(cmd),
         Command::History(args) => history::run(args),
     }
@@ -194,6 +199,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         state_dir: args.state_dir,
         detection: config.detection,
         networks: config.networks,
+        bgp: config.bgp,
+        interfaces: config.interfaces,
         mitigation,
         runbooks: match args.runbooks {
             Some(dir) => Some(dir),

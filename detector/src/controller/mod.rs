@@ -88,6 +88,10 @@ pub struct RunConfig {
     pub mitigation: MitigationConfig,
     /// The runbook directory; `None`: no runbooks.
     pub runbooks: Option<PathBuf>,
+    /// Upstream mitigation over BGP; `None`: off.
+    pub bgp: Option<crate::bgp::config::BgpConfig>,
+    /// Per interface settings (capacity).
+    pub interfaces: crate::capacity::InterfacesConfig,
 }
 
 #[derive(Debug, Error)]
@@ -128,6 +132,8 @@ pub enum RunError {
     Runbooks(FileError),
     #[error("cannot start the {what} thread: {source}")]
     Thread { what: &'static str, source: std::io::Error },
+    #[error(transparent)]
+    Bgp(#[from] crate::bgp::service::BgpError),
 }
 
 /// Where the controller's incident events go (the runbook engine listens).
@@ -240,6 +246,11 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     }
     let mitigator: SharedMitigator = Arc::new(Mutex::new(mitigator));
     metrics.rule_tables_capacity(m.max_rules, m.max_allow);
+    let bgp = start_bgp(&cfg, &mitigator, &mut registry)?;
+    if let Some(b) = &bgp {
+        let open: Vec<String> = detector.open_incidents().map(|i| i.id.clone()).collect();
+        b.drop_ended_incidents(&open);
+    }
 
     // Runbooks: subscribed before the first poll, so no event is missed.
     let (commands_tx, commands) = mpsc::channel::<IncidentCommand>(256);
@@ -253,6 +264,8 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
                 let _ = executions.send(HistoryCmd::Execution(Box::new(ex)));
             }),
             metrics: metrics.clone(),
+            bgp: bgp.clone(),
+            capacity: Arc::new(crate::capacity::capacities(&cfg.ifaces, &cfg.interfaces)),
         },
     )
     .await
@@ -284,12 +297,18 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     tracing::info!(addr = %cfg.metrics_addr, "serving /metrics, /api/top, /api/incidents and /healthz");
     let control_server = Arc::new(tokio::sync::Mutex::new(Some(serve::spawn(
         control_listener,
-        control::router(mitigator.clone(), metrics.clone()),
+        control::router(mitigator.clone(), metrics.clone()).merge(crate::bgp::control::router(bgp.clone())),
         serve::Limits::control(),
         metrics.clone(),
     ))));
     tracing::info!(socket = %cfg.state_dir.join(control::SOCKET).display(), "control API listening");
-    let keeper = tokio::spawn(keep_state_dir(cfg.clone(), mitigator.clone(), metrics.clone(), control_server.clone()));
+    let keeper = tokio::spawn(keep_state_dir(
+        cfg.clone(),
+        mitigator.clone(),
+        metrics.clone(),
+        control_server.clone(),
+        bgp.clone(),
+    ));
 
     let poller = Poller::new(
         cfg.clone(),
@@ -330,6 +349,9 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
         server.stop().await;
     }
     let _ = std::fs::remove_file(cfg.state_dir.join(control::SOCKET));
+    if let Some(b) = &bgp {
+        b.stop(cfg.mitigation.on_stop == OnStop::Detach).await;
+    }
     stop_mitigation(&cfg, &mitigator, probes);
 
     // Open incidents stay open: the next start resumes them.
@@ -360,6 +382,7 @@ async fn keep_state_dir(
     mitigator: SharedMitigator,
     metrics: Arc<Metrics>,
     control_server: Arc<tokio::sync::Mutex<Option<serve::Server>>>,
+    bgp: Option<Arc<crate::bgp::service::Bgp>>,
 ) {
     let socket = cfg.state_dir.join(control::SOCKET);
     let mut tick = tokio::time::interval(STATE_DIR_CHECK_EVERY);
@@ -386,7 +409,7 @@ async fn keep_state_dir(
         };
         let new = serve::spawn(
             listener,
-            control::router(mitigator.clone(), metrics.clone()),
+            control::router(mitigator.clone(), metrics.clone()).merge(crate::bgp::control::router(bgp.clone())),
             serve::Limits::control(),
             metrics.clone(),
         );
@@ -397,6 +420,38 @@ async fn keep_state_dir(
         mitigator.lock().unwrap_or_else(|p| p.into_inner()).save();
         tracing::info!(socket = %socket.display(), "control API listening again; rules written again");
     }
+}
+
+/// The BGP subsystem, with a `bgp:` section: its metrics registered, the
+/// saved announcements restored, gobgpd started or adopted. Without one,
+/// a gobgpd an earlier run left running is stopped (nothing would ever
+/// withdraw what it announces).
+fn start_bgp(
+    cfg: &RunConfig,
+    mitigator: &SharedMitigator,
+    registry: &mut Registry,
+) -> Result<Option<Arc<crate::bgp::service::Bgp>>, RunError> {
+    use crate::bgp::{daemon, metrics::BgpMetrics, service::Bgp};
+    let Some(b) = &cfg.bgp else {
+        if let Some(pid) = daemon::end_recorded(&cfg.state_dir) {
+            tracing::warn!(pid, "stopped the gobgpd an earlier run left: the configuration has no bgp: section now");
+        }
+        return Ok(None);
+    };
+    let neighbors: Vec<String> = b.neighbors.iter().map(|n| n.address.to_string()).collect();
+    let m = BgpMetrics::register(registry, &neighbors);
+    let mut protected = Protected::new(cfg.networks.as_ref(), &cfg.detection.families);
+    if protected.host_mode() {
+        protected.set_host_addresses(host::addresses().into_iter().map(|(_, ip)| ip));
+    }
+    let bgp = Bgp::start(b.clone(), protected, mitigator.clone(), &cfg.state_dir, m)?;
+    tracing::info!(
+        neighbors = neighbors.join(","),
+        dry_run = b.dry_run,
+        "upstream mitigation over BGP: gobgpd supervised, its API on 127.0.0.1:{}",
+        b.gobgpd.api_port
+    );
+    Ok(Some(bgp))
 }
 
 /// Loads the saved baselines into `detector`, saying what it found.

@@ -104,3 +104,59 @@ impl Drop for BgpLab {
         teardown(&[&self.speaker_ns, &self.upstream_ns], &self.dir);
     }
 }
+
+/// The router lab's router's own address towards its BGP upstream.
+pub const ROUTER_PEERING_V4: &str = "100.64.0.1";
+/// The upstream's (BIRD's) address.
+pub const UPSTREAM_PEERING_V4: &str = "100.64.0.2";
+
+/// An upstream router for the router lab ([`super::RouterLab`]): one more
+/// namespace, linked to the router's namespace by a veth of its own
+/// (`100.64.0.0/30`), where BIRD runs and peers with the detector's gobgpd
+/// running in the router. It routes the customers' network to the router,
+/// as a provider routes a customer's prefix. Torn down on drop (its end of
+/// the veth in the router's namespace goes with it); no default route.
+pub struct RouterUpstream {
+    pub ns: String,
+    /// Its end of the link, in `ns`.
+    pub upstream_if: String,
+    /// The router's end of the link, in the router's namespace.
+    pub router_if: String,
+    pub dir: PathBuf,
+}
+
+impl RouterUpstream {
+    pub fn attach(router_ns: &str) -> Result<RouterUpstream, LabError> {
+        let names = LabNames::next();
+        let up = RouterUpstream {
+            ns: names.ns("upstream"),
+            upstream_if: names.iface('u'),
+            router_if: names.iface('p'),
+            dir: names.dir(),
+        };
+        make_dir(&up.dir)?;
+        ip(&["netns", "add", &up.ns])?;
+        ip(&["-n", &up.ns, "link", "set", "lo", "up"])?;
+        veth(router_ns, &up.router_if, &up.ns, &up.upstream_if)?;
+        for (ns, ifname, v4) in
+            [(router_ns, &up.router_if, ROUTER_PEERING_V4), (up.ns.as_str(), &up.upstream_if, UPSTREAM_PEERING_V4)]
+        {
+            ip(&["-n", ns, "addr", "add", &format!("{v4}/30"), "dev", ifname])?;
+            ip(&["-n", ns, "link", "set", ifname, "up"])?;
+        }
+        ip(&["-n", &up.ns, "route", "add", CUSTOMERS_NET_V4, "via", ROUTER_PEERING_V4])?;
+        Ok(up)
+    }
+
+    /// The upstream kernel's routes to `dst`.
+    pub fn routes(&self, dst: &str) -> Result<String, LabError> {
+        let out = ip(&["-n", &self.ns, "route", "show", dst])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for RouterUpstream {
+    fn drop(&mut self) {
+        teardown(&[&self.ns], &self.dir);
+    }
+}

@@ -81,6 +81,12 @@ pub struct Handles {
     pub commands: mpsc::Sender<IncidentCommand>,
     pub history: HistorySink,
     pub metrics: Arc<Metrics>,
+    /// Upstream mitigation over BGP (`bgp` steps); none without a `bgp:`
+    /// section.
+    pub bgp: Option<Arc<crate::bgp::service::Bgp>>,
+    /// Each watched interface's capacity in bits per second, where known
+    /// (`trigger.min_bps_share`).
+    pub capacity: Arc<std::collections::BTreeMap<String, u64>>,
 }
 
 /// One queued run: a runbook and the event it answers.
@@ -129,6 +135,9 @@ pub struct Engine {
     stopping: AtomicBool,
     /// The queue workers and keep-alive loops, aborted at shutdown.
     tasks: Mutex<JoinSet<()>>,
+    /// (runbook, interface) pairs already told their share trigger has no
+    /// capacity to compare with.
+    no_capacity: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl Engine {
@@ -162,6 +171,7 @@ impl Engine {
             idle: Wake::new(),
             stopping: AtomicBool::new(false),
             tasks: Mutex::new(JoinSet::new()),
+            no_capacity: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -347,7 +357,7 @@ impl Engine {
         let due: Vec<Arc<Loaded>> = if resolved {
             // Rules in force say which runbooks ran even across a restart
             // of the controller (which forgets `fired`).
-            let with_rules: Vec<String> = {
+            let mut with_rules: Vec<String> = {
                 let m = self.h.mitigator.lock().unwrap_or_else(|p| p.into_inner());
                 m.rules()
                     .iter()
@@ -355,6 +365,9 @@ impl Engine {
                     .filter_map(|r| r.origin.runbook.clone())
                     .collect()
             };
+            if let Some(bgp) = &self.h.bgp {
+                with_rules.extend(bgp.runbooks_of(&inc.id));
+            }
             let mut fired = self.fired.lock().unwrap_or_else(|p| p.into_inner());
             let ran: Vec<Arc<Loaded>> = books
                 .iter()
@@ -365,8 +378,12 @@ impl Engine {
             ran
         } else {
             let refs: Vec<&Runbook> = books.iter().map(|l| &l.runbook).collect();
+            let capacity = self.h.capacity.get(&inc.iface).map(|c| *c as f64);
+            if capacity.is_none() {
+                self.warn_no_capacity(&refs, &inc.iface);
+            }
             let mut fired = self.fired.lock().unwrap_or_else(|p| p.into_inner());
-            let due = fired.due(&refs, ev.kind, inc, now);
+            let due = fired.due_at(&refs, ev.kind, inc, now, capacity);
             for i in &due {
                 fired.record(&books[*i].runbook.name.0, &inc.id, now);
             }
@@ -386,6 +403,21 @@ impl Engine {
         }
         if resolved {
             self.queues.lock().unwrap_or_else(|p| p.into_inner()).retain(|(i, _), _| *i != inc.id);
+        }
+    }
+
+    /// One line per runbook and interface: a share trigger with no
+    /// capacity to compare with never fires.
+    fn warn_no_capacity(&self, books: &[&Runbook], iface: &str) {
+        let mut told = self.no_capacity.lock().unwrap_or_else(|p| p.into_inner());
+        for rb in books.iter().filter(|rb| rb.trigger.min_bps_share.is_some()) {
+            if told.insert((rb.name.0.clone(), iface.to_string())) {
+                tracing::error!(
+                    runbook = %rb.name,
+                    "trigger.min_bps_share refused on interface {iface}: its capacity is unknown (it reports no link \
+                     speed); set interfaces.{iface}.capacity_bps in the configuration file"
+                );
+            }
         }
     }
 
@@ -580,7 +612,104 @@ impl Engine {
             }
             Step::Notify(n) => self.notify(n, ctx, dry_run).await,
             Step::Webhook(w) => self.webhook(w, ctx, dry_run).await,
+            Step::Bgp(_) if resolving => self.unannounce(index, job, dry_run),
+            Step::Bgp(b) => self.announce(index, b, job, dry_run).await,
         }
+    }
+
+    /// A `bgp` step: the incident's announcements, through the one check,
+    /// in force until its TTL or the incident's resolution; a note in the
+    /// incident's timeline says what was asked of the upstream.
+    async fn announce(
+        &self,
+        index: usize,
+        b: &crate::bgp::step::BgpStep,
+        job: &Job,
+        dry_run: bool,
+    ) -> Result<(Outcome, String), StepError> {
+        use crate::bgp::{plan::Entry, step::NotAnnounced};
+        let Some(bgp) = &self.h.bgp else {
+            return Err(StepError::Fail("BGP is off: the configuration has no bgp: section".into()));
+        };
+        let inc = &job.incident;
+        let announcements = crate::bgp::step::announcements(b, inc, &bgp.config().communities.for_blackhole())
+            .map_err(|e| match e {
+                NotAnnounced::Skip(why) => StepError::Skip(why),
+                NotAnnounced::Refuse(why) => StepError::Fail(why),
+            })?;
+        let list =
+            |v: &[crate::bgp::announce::Announcement]| v.iter().map(|a| a.describe()).collect::<Vec<_>>().join("; ");
+        let ttl = humantime::format_duration(b.ttl);
+        if dry_run {
+            return Ok((Outcome::DryRun, format!("would announce upstream for {ttl}: {}", list(&announcements))));
+        }
+        let now = now_ms();
+        let origin = Origin {
+            by: "runbook".into(),
+            runbook: Some(job.loaded.runbook.name.0.clone()),
+            incident: Some(inc.id.clone()),
+            step: Some(index),
+        };
+        let entries: Vec<Entry> = announcements
+            .iter()
+            .map(|a| Entry {
+                announcement: a.clone(),
+                origin: origin.clone(),
+                created_ms: now,
+                expires_ms: Some(now + b.ttl.as_millis() as u64),
+            })
+            .collect();
+        let results = bgp.admit(entries);
+        let (mut done, mut refused) = (Vec::new(), Vec::new());
+        for (a, r) in announcements.iter().zip(results) {
+            match r {
+                Ok(_) => done.push(a.clone()),
+                Err(e) => refused.push(format!("{}: {e}", a.key())),
+            }
+        }
+        let share = self
+            .h
+            .capacity
+            .get(&inc.iface)
+            .map(|c| format!(" ({:.0}% of {})", 100.0 * super::trigger::bps_share(inc, *c as f64), inc.iface))
+            .unwrap_or_default();
+        let sent = if bgp.dry_run() { "recorded (bgp.dry_run: nothing sent)" } else { "announced upstream" };
+        let detail = format!("{sent} for {ttl}: {}", list(&done));
+        if !done.is_empty() {
+            let peak = crate::format::bits(inc.bps.max(inc.peak_bps));
+            let note = format!(
+                "escalated upstream by runbook {}: {detail}; attack at {peak}{share}",
+                origin.runbook.as_deref().unwrap_or("")
+            );
+            if let Err(StepError::Fail(e) | StepError::Skip(e)) =
+                self.command(|reply| IncidentCommand::AddNote { id: inc.id.clone(), text: note, reply }).await
+            {
+                tracing::warn!(incident = %inc.id, "cannot note the announcement in the timeline: {e}");
+            }
+        }
+        if !refused.is_empty() {
+            let head = if done.is_empty() { String::new() } else { format!("{detail}; ") };
+            return Err(StepError::Fail(format!("{head}refused: {}", refused.join("; "))));
+        }
+        let outcome = if bgp.dry_run() { Outcome::DryRun } else { Outcome::Ok };
+        Ok((outcome, detail))
+    }
+
+    /// At resolution: withdraws what this step announced for the incident
+    /// (found by origin, so across a restart too).
+    fn unannounce(&self, index: usize, job: &Job, dry_run: bool) -> Result<(Outcome, String), StepError> {
+        let Some(bgp) = &self.h.bgp else { return Err(StepError::Skip("BGP is off".into())) };
+        let (rb, inc) = (&job.loaded.runbook.name.0, &job.incident.id);
+        if dry_run {
+            let n = bgp.entries().iter().filter(|e| e.origin.is_step(rb, inc, index)).count();
+            return Ok((Outcome::DryRun, format!("would withdraw {n} announcement(s)")));
+        }
+        let gone = bgp.withdraw_where(|e| e.origin.is_step(rb, inc, index));
+        if gone.is_empty() {
+            return Err(StepError::Skip("nothing of this step is announced (TTL ran out, or withdrawn)".into()));
+        }
+        let keys: Vec<String> = gone.iter().map(|e| e.key()).collect();
+        Ok((Outcome::Ok, format!("withdrew {}", keys.join("; "))))
     }
 
     async fn command(

@@ -83,6 +83,8 @@ async fn engine(dir: &Path, state: &Path) -> (Arc<Engine>, History, broadcast::S
         commands,
         history: Arc::new(move |ex| sink.lock().unwrap().push(ex)),
         metrics: Arc::new(Metrics::register(&mut Registry::default())),
+        bgp: None,
+        capacity: Default::default(),
     };
     let (e, errors) = Engine::load(Some(dir.to_path_buf()), h).await.unwrap();
     assert!(errors.is_empty(), "{errors:?}");

@@ -131,6 +131,11 @@ pub struct Trigger {
     pub min_severity: MinSeverity,
     #[serde(default)]
     pub min_pps: f64,
+    /// The escalation ladder: fires when the attack's bit rate (its peak)
+    /// passes this share of its interface's capacity (`interfaces.<name>.
+    /// capacity_bps` in the configuration, or the link speed).
+    #[serde(default, deserialize_with = "share")]
+    pub min_bps_share: Option<f64>,
     #[serde(default)]
     pub nodes: Nodes,
     /// The host groups whose incidents it fires for (`all` by default).
@@ -303,6 +308,8 @@ pub enum Step {
     Mitigate(Mitigate),
     Incident(IncidentStep),
     Note(Template),
+    /// Upstream mitigation over BGP ([`crate::bgp::step`]).
+    Bgp(crate::bgp::step::BgpStep),
 }
 
 impl Step {
@@ -313,11 +320,12 @@ impl Step {
             Step::Mitigate(_) => "mitigate",
             Step::Incident(_) => "incident",
             Step::Note(_) => "note",
+            Step::Bgp(_) => "bgp",
         }
     }
 }
 
-const STEP_KINDS: &[&str] = &["notify", "webhook", "mitigate", "incident", "note"];
+const STEP_KINDS: &[&str] = &["notify", "webhook", "mitigate", "incident", "note", "bgp"];
 
 impl<'de> Deserialize<'de> for Step {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Step, D::Error> {
@@ -337,6 +345,7 @@ impl<'de> Deserialize<'de> for Step {
                     "mitigate" => Step::Mitigate(map.next_value()?),
                     "incident" => Step::Incident(map.next_value()?),
                     "note" => Step::Note(map.next_value()?),
+                    "bgp" => Step::Bgp(map.next_value()?),
                     other => return Err(de::Error::unknown_variant(other, STEP_KINDS)),
                 };
                 if let Some(extra) = map.next_key::<String>()? {

@@ -592,3 +592,40 @@ fn runbook_rules_are_limited_to_the_incident_target() {
         _ => panic!("not skipped"),
     }
 }
+
+#[test]
+fn share_triggers_climb_the_ladder_with_the_attack() {
+    use crate::runbook::trigger::matches_at;
+    let flowspec = ok("name: fs\ntrigger: { families: [udp_flood], min_bps_share: 0.5 }\nsteps:\n  - bgp: { action: flowspec, ttl: 10m }\n");
+    let rtbh = ok("name: bh\ntrigger: { families: [udp_flood], min_bps_share: 90% }\nsteps:\n  - bgp: { action: blackhole, ttl: 1h }\n");
+    assert_eq!(rtbh.trigger.min_bps_share, Some(0.9));
+    let base = incident(&[Family::UdpFlood], Severity::High, 60_000.0);
+    let gbit = Some(1e9);
+    let at = |bps: f64| {
+        let mut i = base.clone();
+        (i.bps, i.peak_bps) = (bps, bps);
+        i
+    };
+    assert!(!matches_at(&flowspec, &at(4e8), gbit) && !matches_at(&rtbh, &at(4e8), gbit), "40%: XDP only");
+    assert!(matches_at(&flowspec, &at(6e8), gbit) && !matches_at(&rtbh, &at(6e8), gbit), "60%: FlowSpec");
+    assert!(matches_at(&flowspec, &at(9.5e8), gbit) && matches_at(&rtbh, &at(9.5e8), gbit), "95%: both");
+    // The peak counts: a share passed once stays passed.
+    let mut inc = at(9.5e8);
+    inc.bps = 1e8;
+    assert!(matches_at(&rtbh, &inc, gbit));
+    // No known capacity: never fires (the engine says why, once).
+    assert!(!matches_at(&rtbh, &at(9.5e8), None));
+    assert!(matches(&ok(GOOD), &at(9.5e8)), "no share trigger: no capacity needed");
+    // An updated incident that grew past the share fires the rung then.
+    let books = [&flowspec];
+    let fired = Fired::default();
+    assert!(fired.due_at(&books, EventKind::Updated, &at(4e8), 1_000, gbit).is_empty());
+    assert_eq!(fired.due_at(&books, EventKind::Updated, &at(6e8), 2_000, gbit), vec![0]);
+    assert!(err("name: x\ntrigger: { families: [any], min_bps_share: 1.5 }\nsteps: [ { note: hi } ]\n")
+        .message
+        .contains("1.5 is not a share between 0 and 1"));
+    let e = err(
+        "name: x\ntrigger: { families: [any] }\nsteps:\n  - bgp: { action: blackhole, ttl: 1m, rate_limit: 8000 }\n",
+    );
+    assert!(e.message.contains("bgp.rate_limit applies to action flowspec only"), "{e}");
+}

@@ -8,6 +8,18 @@ use crate::detect::incident::{EventKind, Incident};
 
 /// True when `rb`'s trigger covers the incident as it stands.
 pub fn matches(rb: &Runbook, inc: &Incident) -> bool {
+    matches_at(rb, inc, None)
+}
+
+/// The share of `capacity_bps` the incident's bit rate (its peak) is at.
+pub fn bps_share(inc: &Incident, capacity_bps: f64) -> f64 {
+    inc.bps.max(inc.peak_bps) / capacity_bps
+}
+
+/// As [`matches`], with the capacity of the incident's interface (bits
+/// per second) for a `min_bps_share` trigger; one without a known
+/// capacity never matches (the engine says so, once).
+pub fn matches_at(rb: &Runbook, inc: &Incident, capacity_bps: Option<f64>) -> bool {
     let t = &rb.trigger;
     let family = match &t.families {
         Families::Any => true,
@@ -29,6 +41,11 @@ pub fn matches(rb: &Runbook, inc: &Incident) -> bool {
         && direction
         && t.min_severity.admits(inc.severity)
         && inc.pps.max(inc.peak_pps) >= t.min_pps
+        && match (t.min_bps_share, capacity_bps) {
+            (None, _) => true,
+            (Some(share), Some(c)) if c > 0.0 => bps_share(inc, c) >= share,
+            (Some(_), _) => false,
+        }
 }
 
 /// The events that may fire a runbook: an incident opening, every change
@@ -50,13 +67,26 @@ impl Fired {
     /// those whose trigger matches and that have not run for this incident
     /// within their cooldown.
     pub fn due(&self, runbooks: &[&Runbook], kind: EventKind, inc: &Incident, now_ms: u64) -> Vec<usize> {
+        self.due_at(runbooks, kind, inc, now_ms, None)
+    }
+
+    /// As [`Fired::due`], with the capacity of the incident's interface
+    /// (see [`matches_at`]).
+    pub fn due_at(
+        &self,
+        runbooks: &[&Runbook],
+        kind: EventKind,
+        inc: &Incident,
+        now_ms: u64,
+        capacity_bps: Option<f64>,
+    ) -> Vec<usize> {
         if !fires_on(kind) {
             return Vec::new();
         }
         runbooks
             .iter()
             .enumerate()
-            .filter(|(_, rb)| matches(rb, inc))
+            .filter(|(_, rb)| matches_at(rb, inc, capacity_bps))
             .filter(|(_, rb)| match self.last.get(&(rb.name.0.clone(), inc.id.clone())) {
                 None => true,
                 Some(_) if kind == EventKind::Updated => false,

@@ -1,0 +1,264 @@
+//! Upstream mitigation over BGP through the product: `detector run` in the
+//! router lab's router, with a `bgp:` section, supervises gobgpd there,
+//! peered with BIRD 2 in an upstream namespace linked to the router
+//! (`detector::lab::bgp::RouterUpstream`), configured as a provider would
+//! be. An escalation ladder of two runbooks (FlowSpec over 50% of the
+//! interface's configured capacity, RTBH over 90%) answers an hping3 flood
+//! at a customer:
+//!
+//! - the FlowSpec rule is in BIRD's `flowspec4` with the signature's
+//!   components, the /32 with (65535,666) is there and blackholed, both
+//!   noted in the incident's timeline; the time from the flood's first
+//!   frame to each is printed;
+//! - refused through the CLI: outside the protected networks, a FlowSpec
+//!   rule broader than the limit, more than the maximum;
+//! - metrics, checked with promtool;
+//! - `kill -9` of gobgpd: restarted, and the announcements restored;
+//! - `kill -9` of the controller mid-incident: gobgpd keeps announcing;
+//!   restarted after the flood ended, the controller adopts it, the
+//!   incident resolves and both announcements are withdrawn.
+
+mod common;
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use common::{cli, cli_json, detector_bin, incidents, promtool_check, require_root, Controller};
+use detector::{
+    bgp::daemon::{end_recorded, Record},
+    lab::{
+        bgp::{RouterUpstream, ROUTER_PEERING_V4, UPSTREAM_PEERING_V4},
+        bird::{provider_config, Bird, Upstream},
+        hping3::Hping3,
+        router::SERVERS_V4,
+        RouterLab,
+    },
+};
+use serde_json::Value;
+
+const FLOOD_PORT: &str = "27015";
+const CONVERGE: Duration = Duration::from_secs(30);
+
+/// Ends the gobgpd recorded in the state directory, whatever happens
+/// (it outlives the controller by design).
+struct EndGobgpd(std::path::PathBuf);
+
+impl Drop for EndGobgpd {
+    fn drop(&mut self) {
+        end_recorded(&self.0);
+    }
+}
+
+fn config(lab: &RouterLab) -> String {
+    format!(
+        "detection:\n  hold: 300ms\n  quiet: 2s\n  baseline: {{ warmup: 1h }}\nnetworks:\n  hostgroups:\n    - name: \
+         customers\n      prefixes: [198.51.100.0/24]\n      families:\n        udp_flood: {{ pps: 5000 }}\n      \
+         total:\n        udp_flood: {{ pps: 6000 }}\ninterfaces:\n  {iface}: {{ capacity_bps: 1M }}\nbgp:\n  \
+         local_as: 64512\n  router_id: {ROUTER_PEERING_V4}\n  neighbors:\n    - {{ address: {UPSTREAM_PEERING_V4}, \
+         remote_as: 65000, connect_retry: 1s, families: [ipv4_unicast, ipv4_flowspec] }}\n  limits: {{ \
+         max_announcements: 2, flowspec_min_v4: 28 }}\n  gobgpd: {{ api_port: 50061, listen_port: 0 }}\n",
+        iface = lab.outside_if
+    )
+}
+
+const FLOWSPEC: &str = "name: upstream-flowspec\ntrigger: { families: [udp_flood], min_bps_share: 0.5 }\nsteps:\n  - \
+                        bgp: { action: flowspec, ttl: 10m }\n";
+const RTBH: &str = "name: upstream-rtbh\ntrigger: { families: [udp_flood], min_bps_share: 90% }\nsteps:\n  - bgp: { \
+                    action: blackhole, ttl: 10m }\n";
+
+fn until<T>(c: &Controller, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + CONVERGE;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what}: not after {CONVERGE:?}; last seen:\n{last}\nlog:\n{}", c.log_tail(60));
+}
+
+fn birdc(bird: &Bird, args: &[&str]) -> String {
+    bird.birdc(args).unwrap_or_else(|e| e.to_string())
+}
+
+fn flowspec_in_bird(bird: &Bird) -> Result<String, String> {
+    let f4 = birdc(bird, &["show", "route", "table", "flowspec4", "all"]);
+    let dst = format!("dst {}/32", SERVERS_V4[0]);
+    (f4.contains(&dst) && f4.contains("proto 17") && f4.contains(&format!("dport {FLOOD_PORT}")))
+        .then(|| f4.clone())
+        .ok_or(f4)
+}
+
+fn blackhole_in_bird(bird: &Bird, up: &RouterUpstream) -> Result<String, String> {
+    let bh = birdc(bird, &["show", "route", "for", SERVERS_V4[0], "all"]);
+    let kernel = up.routes(SERVERS_V4[0]).unwrap_or_default();
+    (bh.contains("(65535,666)") && bh.contains("blackhole") && kernel.contains("blackhole"))
+        .then(|| bh.clone())
+        .ok_or(format!("{bh}\nupstream kernel: {kernel}"))
+}
+
+fn gone_from_bird(bird: &Bird, up: &RouterUpstream) -> Result<(), String> {
+    let f4 = birdc(bird, &["show", "route", "table", "flowspec4"]);
+    let kernel = up.routes(SERVERS_V4[0]).unwrap_or_default();
+    if f4.contains("Table flowspec4") && !f4.contains(SERVERS_V4[0]) && !kernel.contains("blackhole") {
+        Ok(())
+    } else {
+        Err(format!("{f4}\nupstream kernel: {kernel}"))
+    }
+}
+
+fn start(lab: &RouterLab, cfg: &str, runbooks: &Path) -> Controller {
+    Controller::start_in_router(
+        lab,
+        &["--config", cfg, "--runbooks", runbooks.to_str().unwrap(), "--on-stop", "detach"],
+    )
+}
+
+fn status(c: &Controller) -> Value {
+    cli_json(c, &["bgp", "status"])
+}
+
+fn refused(c: &Controller, args: &[&str]) -> String {
+    let (success, out, err) = cli(c, args);
+    assert!(!success, "{args:?} was accepted: {out}");
+    err
+}
+
+#[test]
+fn the_ladder_announces_upstream_and_survives_crashes() {
+    require_root!();
+    let t_all = Instant::now();
+    assert!(Path::new(&detector_bin()).exists());
+    let lab = RouterLab::new().unwrap_or_else(|e| panic!("{e}"));
+    let up = RouterUpstream::attach(&lab.router_ns).unwrap_or_else(|e| panic!("{e}"));
+    let upstream = Upstream {
+        router_id: UPSTREAM_PEERING_V4,
+        local_address: UPSTREAM_PEERING_V4,
+        local_as: 65000,
+        neighbor: ROUTER_PEERING_V4,
+        neighbor_as: 64512,
+    };
+    let bird = Bird::start(&up.ns, &up.dir, &provider_config(&upstream)).unwrap_or_else(|e| panic!("{e}"));
+    let cfg_path = lab.dir.join("bgp.yaml");
+    std::fs::write(&cfg_path, config(&lab)).unwrap();
+    let cfg = cfg_path.to_str().unwrap();
+    let runbooks = lab.dir.join("runbooks");
+    std::fs::create_dir_all(&runbooks).unwrap();
+    std::fs::write(runbooks.join("flowspec.yaml"), FLOWSPEC).unwrap();
+    std::fs::write(runbooks.join("rtbh.yaml"), RTBH).unwrap();
+
+    let mut c = start(&lab, cfg, &runbooks);
+    let _end = EndGobgpd(c.state_dir.clone());
+    until(&c, "the session Established", || {
+        let s = status(&c);
+        (s["neighbors"][0]["state"] == "established").then_some(()).ok_or(s.to_string())
+    });
+
+    // The flood; the ladder's two rungs answer it.
+    let t_flood = Instant::now();
+    let flood = Hping3::start(&lab.inet_ns, &["--udp", "-n", "-p", FLOOD_PORT, "-i", "u50", "-d", "64", SERVERS_V4[0]])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let f4 = until(&c, "the FlowSpec rule in BIRD", || flowspec_in_bird(&bird));
+    let flowspec_after = t_flood.elapsed();
+    assert!(f4.contains("(generic, 0x80060000, 0x0)"), "no discard action:\n{f4}");
+    until(&c, "the blackhole in BIRD", || blackhole_in_bird(&bird, &up));
+    let blackhole_after = t_flood.elapsed();
+
+    let s = status(&c);
+    let anns = s["announcements"].as_array().unwrap();
+    assert_eq!(anns.len(), 2, "{s}");
+    for a in anns {
+        assert_eq!(a["origin"]["by"], "runbook", "{a}");
+        assert!(a["origin"]["incident"].as_str().is_some(), "{a}");
+        assert!(a["expires_at"].as_str().is_some(), "{a}");
+    }
+    let inc = until(&c, "both escalations in the timeline", || {
+        let open = incidents(&c, true);
+        let inc = open.first().cloned().ok_or("no incident")?;
+        let notes = inc["timeline"].to_string();
+        (notes.contains("escalated upstream by runbook upstream-flowspec")
+            && notes.contains("escalated upstream by runbook upstream-rtbh"))
+        .then_some(inc)
+        .ok_or(notes)
+    });
+    assert_eq!(inc["target"], SERVERS_V4[0]);
+
+    // Refused, one line each.
+    let e = refused(&c, &["bgp", "announce", "blackhole", "203.0.113.1", "--ttl", "1m"]);
+    assert!(e.contains("outside the protected networks"), "{e}");
+    let e = refused(&c, &["bgp", "announce", "flowspec", "--dst", "198.51.100.64/26", "--proto", "udp", "--ttl", "1m"]);
+    assert!(e.contains("FlowSpec destination 198.51.100.64/26 is broader than /28"), "{e}");
+    let e = refused(&c, &["bgp", "announce", "blackhole", SERVERS_V4[2], "--ttl", "1m"]);
+    assert!(e.contains("2 announcements are in force already"), "{e}");
+
+    // Metrics.
+    let m = c.metrics();
+    for line in [
+        "detector_bgp_announcements{type=\"flowspec\"} 1",
+        "detector_bgp_announcements{type=\"blackhole\"} 1",
+        &format!("detector_bgp_session_up{{neighbor=\"{UPSTREAM_PEERING_V4}\"}} 1"),
+        "detector_bgp_changes_total{type=\"blackhole\",change=\"announce\"} 1",
+        "detector_bgp_refused_total{reason=\"outside\"} 1",
+        "detector_bgp_refused_total{reason=\"full\"} 1",
+        "detector_bgp_refused_total{reason=\"too_broad\"} 1",
+    ] {
+        assert!(
+            m.contains(line),
+            "no {line} in:\n{}",
+            m.lines().filter(|l| l.contains("bgp")).collect::<Vec<_>>().join("\n")
+        );
+    }
+    let (ok, why) = promtool_check(&m);
+    assert!(ok, "promtool: {why}");
+
+    // gobgpd killed: restarted, announcements restored.
+    let rec = Record::load(&c.state_dir).expect("gobgpd recorded");
+    unsafe { libc::kill(rec.pid as i32, libc::SIGKILL) };
+    let t_kill = Instant::now();
+    until(&c, "gobgpd restarted", || {
+        let s = status(&c);
+        (s["daemon"]["restarts"].as_u64() >= Some(1) && s["daemon"]["pid"].as_u64().is_some())
+            .then_some(())
+            .ok_or(s["daemon"].to_string())
+    });
+    until(&c, "the announcements restored", || {
+        flowspec_in_bird(&bird)?;
+        blackhole_in_bird(&bird, &up)
+    });
+    let restored_after = t_kill.elapsed();
+    assert!(c.metrics().contains("detector_bgp_daemon_restarts_total 1"));
+
+    // The controller killed mid-incident: gobgpd keeps announcing.
+    let gobgpd = Record::load(&c.state_dir).expect("gobgpd recorded").pid;
+    c.stop_with(libc::SIGKILL);
+    flood.stop().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    flowspec_in_bird(&bird).expect("gobgpd announces through a controller crash");
+    blackhole_in_bird(&bird, &up).expect("gobgpd announces through a controller crash");
+
+    // Restarted after the incident would have ended: adopted, resolved, withdrawn.
+    let t_restart = Instant::now();
+    let mut c = start(&lab, cfg, &runbooks);
+    let s = status(&c);
+    assert_eq!(s["daemon"]["pid"].as_u64(), Some(gobgpd as u64), "not adopted: {s}");
+    assert_eq!(s["daemon"]["adopted"], true, "{s}");
+    until(&c, "the stale announcements withdrawn from BIRD", || gone_from_bird(&bird, &up));
+    let withdrawn_after = t_restart.elapsed();
+    assert!(status(&c)["announcements"].as_array().unwrap().is_empty());
+
+    // A clean stop with --on-stop detach stops gobgpd.
+    c.stop().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(Record::load(&c.state_dir).is_none(), "gobgpd still recorded after a detach stop");
+    eprintln!(
+        "bgp: flood to FlowSpec in BIRD {flowspec_after:?}, to blackhole in BIRD {blackhole_after:?}; restored \
+         {restored_after:?} after kill -9 of gobgpd; stale withdrawn {withdrawn_after:?} after the restart; {:?} in \
+         all",
+        t_all.elapsed()
+    );
+    assert!(lab.default_routes().unwrap().is_empty());
+}
