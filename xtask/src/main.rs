@@ -92,7 +92,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Run { args } => {
             setup::toolchain()?;
-            setup::run_tools();
+            setup::run_tools(&args);
             build_release(&root)?;
             let bin = root.join("target/release/detector");
             let mut cmd = as_root(&bin);

@@ -177,20 +177,46 @@ fn disable_service(service: &str) -> Result<()> {
     if !Path::new("/run/systemd/system").is_dir() {
         return Ok(());
     }
-    println!("xtask: disabling the {service} service the package started (the tests run their own, in their labs)");
+    println!("xtask: disabling the {service} service the package started (the detector and the tests run their own)");
     run(Command::new("systemctl").args(["disable", "--now", service]))
 }
 
 /// What `detector run` calls: `nft`, for the SYNPROXY rule that SYN cookies
-/// need (the shipped SYN runbook turns them on). Missing and not
-/// installable here (not root, no apt-get), the run still starts: only a
-/// SYN-cookie rule would then be refused, saying why.
-pub fn run_tools() {
+/// need (the shipped SYN runbook turns them on), and `gobgpd` when the
+/// configuration file among `args` (`--config FILE`) has a `bgp:` section
+/// (a line starting `bgp:`; the detector itself checks the rest). Missing
+/// and not installable here (not root, no apt-get), the run still starts:
+/// a SYN-cookie rule would then be refused, and a `bgp:` section refused at
+/// start, each saying why.
+pub fn run_tools(args: &[String]) {
     if which("nft").is_none() && which_sbin("nft").is_none() {
         if let Err(e) = apt_install(&["nftables"], "SYN cookies (`detector run`)") {
             eprintln!("xtask: {e}");
         }
     }
+    if config_has_bgp(args) && which("gobgpd").is_none() && which_sbin("gobgpd").is_none() {
+        let installed = apt_install(&["gobgpd"], "upstream mitigation over BGP (`bgp:` in the configuration)")
+            // `detector run` starts its own gobgpd; the package's service
+            // would hold the BGP port.
+            .and_then(|()| disable_service("gobgpd"));
+        if let Err(e) = installed {
+            eprintln!("xtask: {e}");
+        }
+    }
+}
+
+/// Whether the `--config` file among `detector run`'s arguments has a
+/// top-level `bgp:` key.
+fn config_has_bgp(args: &[String]) -> bool {
+    let path = args.iter().enumerate().find_map(|(i, a)| match a.strip_prefix("--config=") {
+        Some(p) => Some(p.to_string()),
+        None if a == "--config" => args.get(i + 1).cloned(),
+        None => None,
+    });
+    let Some(text) = path.and_then(|p| std::fs::read_to_string(p).ok()) else {
+        return false;
+    };
+    text.lines().any(|l| l.starts_with("bgp:"))
 }
 
 /// What the bench needs: `ip` for the lab, and for the firewall comparison
