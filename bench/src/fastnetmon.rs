@@ -274,7 +274,7 @@ fn fastnetmon_version() -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn detector_version(bin: &Path) -> Result<String> {
+pub(crate) fn detector_version(bin: &Path) -> Result<String> {
     let out = Command::new(bin).arg("--version").output()?;
     ensure!(out.status.success(), "detector --version failed");
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -620,12 +620,12 @@ kafka_traffic_export = off
 /// interface: a packet socket in the interface's namespace, open from
 /// before the flood until that frame (then closed: it costs nothing during
 /// the rest of the flood).
-struct FirstFrame {
+pub(crate) struct FirstFrame {
     thread: std::thread::JoinHandle<Result<f64>>,
 }
 
 impl FirstFrame {
-    fn open(ns: &str, ifname: &str, dst: Ipv4Addr) -> Result<FirstFrame> {
+    pub(crate) fn open(ns: &str, ifname: &str, dst: Ipv4Addr) -> Result<FirstFrame> {
         let (ns, ifname) = (ns.to_string(), ifname.to_string());
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
         let thread = std::thread::spawn(move || -> Result<f64> {
@@ -690,7 +690,7 @@ impl FirstFrame {
         Ok(FirstFrame { thread })
     }
 
-    fn wait(self) -> Result<f64> {
+    pub(crate) fn wait(self) -> Result<f64> {
         self.thread.join().map_err(|_| anyhow!("the first-frame probe panicked"))?
     }
 }

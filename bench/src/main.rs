@@ -3,6 +3,7 @@
 //! measured in the same run, on the same machine, with the same frames (a
 //! ratio to the empty program does not carry from one CPU to another).
 
+mod bgp;
 mod detection;
 mod fastnetmon;
 mod firewall;
@@ -52,6 +53,10 @@ enum Part {
     /// Side by side with FastNetMon Community: detection time and CPU per
     /// forwarded packet, in the router lab.
     Fastnetmon,
+    /// Upstream mitigation over BGP: from a flood's first frame to the
+    /// FlowSpec rule and the blackhole in BIRD, and from the resolution to
+    /// their withdrawal.
+    Bgp,
 }
 
 fn main() -> Result<()> {
@@ -88,6 +93,10 @@ fn main() -> Result<()> {
             println!("{}", report::fastnetmon_section(&fastnetmon_part(args.quick)?));
             return Ok(());
         }
+        Some(Part::Bgp) => {
+            println!("{}", report::bgp_section(&bgp_part(args.quick)?));
+            return Ok(());
+        }
         Some(Part::Live) => {
             for r in live::floods(seconds)? {
                 println!("{:<70} {:<8} {:>8.1} ns/packet", r.scenario.label(), r.program, r.ns_per_packet);
@@ -111,6 +120,7 @@ fn main() -> Result<()> {
     let firewall = firewall_part(firewall_seconds)?;
     let syn_cookies = syn_cookies_part(firewall_seconds)?;
     let fastnetmon = fastnetmon_part(args.quick)?;
+    let bgp = bgp_part(args.quick)?;
 
     let r = report::Report {
         repeat,
@@ -124,6 +134,7 @@ fn main() -> Result<()> {
         syn_cookies,
         targets,
         fastnetmon,
+        bgp,
         command: command_line(args.quick),
     };
     let text = r.markdown();
@@ -155,6 +166,12 @@ fn fastnetmon_part(quick: bool) -> Result<fastnetmon::Figures> {
         "bench: side by side with FastNetMon: {trials} detection trials each, {rounds} CPU rounds of {cpu_seconds} s"
     );
     fastnetmon::run(trials, cpu_seconds, rounds)
+}
+
+fn bgp_part(quick: bool) -> Result<bgp::Figures> {
+    let trials = if quick { 3 } else { 10 };
+    eprintln!("bench: upstream mitigation over BGP: a flood's first frame to the routes in BIRD, and their withdrawal, {trials} trials");
+    bgp::run(trials)
 }
 
 fn reaction_part(trials: usize) -> Result<reaction::ReactionFigures> {

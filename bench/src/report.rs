@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use detector::{clock::now_ms, detect::incident::time_ms::rfc3339};
 
 use crate::{
+    bgp,
     detection::{percentile, DetectionFigures},
     fastnetmon,
     firewall::{Action, Comparison, DropRun, Layer},
@@ -33,6 +34,7 @@ pub struct Report {
     pub syn_cookies: SynComparison,
     pub targets: crate::targets::Figures,
     pub fastnetmon: crate::fastnetmon::Figures,
+    pub bgp: crate::bgp::Figures,
     pub command: String,
 }
 
@@ -440,6 +442,7 @@ impl Report {
         let _ = write!(s, "\n{}", firewall_section(&self.firewall));
         let _ = write!(s, "\n{}", syn_cookies_section(&self.syn_cookies));
         let _ = write!(s, "\n{}", fastnetmon_section(&self.fastnetmon));
+        let _ = write!(s, "\n{}", bgp_section(&self.bgp));
         s
     }
 
@@ -905,6 +908,72 @@ pub fn fastnetmon_section(f: &fastnetmon::Figures) -> String {
         let _ =
             writeln!(s, "\n{}. Target at most a fifth: **{}**.", text.join("; "), if met { "met" } else { "not met" });
     }
+    s
+}
+
+/// From a flood's first frame to each route in BIRD: at most this at p95.
+const BGP_TARGET_MS: f64 = 1_000.0;
+
+/// Upstream mitigation over BGP: a flood's first frame to the FlowSpec
+/// rule and the blackhole in BIRD, and the resolution to their withdrawal.
+pub fn bgp_section(f: &bgp::Figures) -> String {
+    use bgp::{CAPACITY, FLOOR_PPS, GAP, HOLD_MS, INTERVAL_MS, PAYLOAD, POLL_MS, PORT, QUIET_MS, TARGET};
+    let mut s = String::new();
+    let n = f.trials.len();
+    let _ = writeln!(s, "## Upstream mitigation over BGP\n");
+    let pps = f.of(|t| t.flood_pps);
+    let _ = writeln!(
+        s,
+        "{} announcing through GoBGP `{}` to BIRD `{}`, on Linux {}, CPU `{}`. The router lab with an upstream namespace linked to the router (100.64.0.0/30), where BIRD 2 runs with the configuration a provider would give a customer announcing mitigation routes (`detector::lab::bird::provider_config`: FlowSpec into `flowspec4`, RFC 7999 RTBH: a customer /32 tagged (65535,666) becomes a blackhole route). One lab, one `detector run` (release build) in the router on its outside interface, started as a user would (`--on-stop detach`, the default {INTERVAL_MS} ms poll), its `bgp:` section making it start and supervise its gobgpd in the router, peered with BIRD (IPv4 unicast and FlowSpec); hold {HOLD_MS} ms, quiet {QUIET_MS} ms, the customers' /24 as a host group with a `udp_flood` floor of {FLOOR_PPS} pps per address, the outside interface's `capacity_bps: {CAPACITY}`, `max_changes_per_minute: 600` (the default 60 would pace the run's changes, not a real attack's). Both rungs of the escalation ladder of `tests/bgp.rs` are installed: `upstream-flowspec` (`min_bps_share: 0.5`, `bgp: {{ action: flowspec }}`) and `upstream-rtbh` (`min_bps_share: 90%`, `bgp: {{ action: blackhole }}`). The flood is far above both shares, so both rungs fire on the incident's opening and each trial times both routes under the configuration the feature ships for; one runbook at a time would time the same path (the same detection, runbook engine and speaker) in twice the trials, and miss the case that matters upstream: both announcements going out together. {n} trials in sequence; each waits for both routes to be gone from BIRD, then {:.0} s, before the next, and starts after a delay that spreads the floods evenly over one poll interval.\n",
+        f.detector_version,
+        f.gobgpd_version,
+        f.bird_version,
+        f.kernel,
+        f.cpu_model,
+        bgp::SETTLE.as_secs_f64(),
+    );
+    let _ = writeln!(
+        s,
+        "The flood: hping3 from inet, UDP with {PAYLOAD}-byte payloads to port {PORT} of {TARGET}, `-n -i {GAP}` ({:.0} pps on average over the trials; hping3's pace moves with the machine's load). **t0**, the flood's first frame: a packet socket on inet's end of the outside link sees it leave (opened before hping3 starts, closed after that frame; as in the FastNetMon section), so hping3's own start-up is not counted. **In BIRD**: `birdc show route table flowspec4 all` holding `dst {TARGET}/32`, `proto 17` and `dport {PORT}`, and `birdc show route for {TARGET} all` holding `(65535,666)` and `blackhole`, asked in turn, then {POLL_MS} ms of sleep: a round took {:.1} ms on average, and each figure is the time the answer that first showed the route came back, so it errs late by up to one round, never early. **Withdrawal**: the flood stopped, the incident resolves once {QUIET_MS} ms have passed below the floor; its `resolved` timeline entry (the moment the controller resolves it, after which the runbooks' resolve side withdraws what they announced; `/api/incidents/ID`) to the first answer showing each route gone from BIRD. The incident's `ended_at` is not taken: it is when the traffic fell below the floor, the quiet time ({QUIET_MS} ms) and up to a poll before the resolution. All times are wall-clock on this one machine; each trial checks first frame ≤ incident opened ≤ routes in BIRD, and resolution ≤ routes gone.\n",
+        if pps.is_empty() { 0.0 } else { pps.iter().sum::<f64>() / pps.len() as f64 },
+        f.poll_round_ms,
+    );
+    let _ = writeln!(s, "| span, over {n} trials | p50 ms | p95 ms | min ms | max ms |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+    let rows: [(&str, Vec<f64>); 6] = [
+        ("first frame to the incident opened (detection)", f.of(bgp::Trial::detect)),
+        ("**first frame to the FlowSpec rule in BIRD**", f.of(bgp::Trial::flowspec_in)),
+        ("**first frame to the blackhole in BIRD**", f.of(bgp::Trial::blackhole_in)),
+        ("resolution to the FlowSpec rule gone from BIRD", f.of(bgp::Trial::flowspec_gone)),
+        ("resolution to the blackhole gone from BIRD", f.of(bgp::Trial::blackhole_gone)),
+        ("**resolution to both gone from BIRD**", f.of(bgp::Trial::both_gone)),
+    ];
+    for (label, v) in &rows {
+        if v.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "| {label} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            percentile(v, 50.0),
+            percentile(v, 95.0),
+            percentile(v, 0.0),
+            percentile(v, 100.0)
+        );
+    }
+    if n == 0 {
+        let _ = writeln!(s, "\nTarget p95 under {BGP_TARGET_MS:.0} ms: **not measured** (no trial).");
+        return s;
+    }
+    let (fs95, bh95) = (percentile(&rows[1].1, 95.0), percentile(&rows[2].1, 95.0));
+    let _ = writeln!(
+        s,
+        "\nFirst frame to the route in BIRD, p95: FlowSpec **{fs95:.0} ms**, blackhole **{bh95:.0} ms**. Target p95 under {BGP_TARGET_MS:.0} ms, both: **{}**. Resolution to both withdrawn from BIRD: p50 **{:.0} ms**, p95 **{:.0} ms**, max {:.0} ms.",
+        met(fs95 < BGP_TARGET_MS && bh95 < BGP_TARGET_MS),
+        percentile(&rows[5].1, 50.0),
+        percentile(&rows[5].1, 95.0),
+        percentile(&rows[5].1, 100.0),
+    );
     s
 }
 

@@ -223,7 +223,8 @@ fn config_has_bgp(args: &[String]) -> bool {
 /// the droppers XDP is measured against (`iptables`, `nft`) and `ethtool`,
 /// which turns GRO on so the target's veth runs NAPI without XDP; for the
 /// side-by-side with FastNetMon Community, `fastnetmon` itself and `hping3`
-/// for the floods.
+/// for the floods; for upstream mitigation over BGP, GoBGP (`gobgpd`, the
+/// detector's speaker) and BIRD 2 (`bird`, `birdc`, the upstream router).
 pub fn bench_tools() -> Result<()> {
     let mut missing = Vec::new();
     for (tool, package) in [
@@ -233,13 +234,21 @@ pub fn bench_tools() -> Result<()> {
         ("ethtool", "ethtool"),
         ("hping3", "hping3"),
         ("fastnetmon", "fastnetmon"),
+        ("gobgpd", "gobgpd"),
+        ("bird", "bird2"),
+        ("birdc", "bird2"),
     ] {
-        if which(tool).is_none() && which_sbin(tool).is_none() {
+        if which(tool).is_none() && which_sbin(tool).is_none() && !missing.contains(&package) {
             missing.push(package);
         }
     }
     let new_fastnetmon = missing.contains(&"fastnetmon");
+    let new_daemons: Vec<&str> = ["gobgpd", "bird2"].into_iter().filter(|p| missing.contains(p)).collect();
     apt_install(&missing, "the bench")?;
+    // As for the tests: the bench runs its own instances in lab namespaces.
+    for service in new_daemons.iter().map(|p| if *p == "bird2" { "bird" } else { "gobgpd" }) {
+        disable_service(service)?;
+    }
     if new_fastnetmon && Path::new("/run/systemd/system").is_dir() {
         // The package enables and starts its service with the stock
         // configuration; the bench runs its own instances in lab
