@@ -513,19 +513,7 @@ pub fn reaction_section(r: &ReactionFigures) -> String {
         ("first frame to incident opened", r.detect()),
         ("incident opened to rule installed", r.install()),
     ];
-    for (label, v) in &rows {
-        if v.is_empty() {
-            continue;
-        }
-        let _ = writeln!(
-            s,
-            "| {label} | {:.0} | {:.0} | {:.0} | {:.0} |",
-            percentile(v, 50.0),
-            percentile(v, 95.0),
-            percentile(v, 0.0),
-            percentile(v, 100.0)
-        );
-    }
+    span_rows(&mut s, &rows);
     let total = r.total();
     if total.is_empty() {
         let _ = writeln!(s, "\nTarget p95 under {REACTION_TARGET_MS:.0} ms: **not measured** (no trial).");
@@ -948,19 +936,7 @@ pub fn bgp_section(f: &bgp::Figures) -> String {
         ("resolution to the blackhole gone from BIRD", f.of(bgp::Trial::blackhole_gone)),
         ("**resolution to both gone from BIRD**", f.of(bgp::Trial::both_gone)),
     ];
-    for (label, v) in &rows {
-        if v.is_empty() {
-            continue;
-        }
-        let _ = writeln!(
-            s,
-            "| {label} | {:.0} | {:.0} | {:.0} | {:.0} |",
-            percentile(v, 50.0),
-            percentile(v, 95.0),
-            percentile(v, 0.0),
-            percentile(v, 100.0)
-        );
-    }
+    span_rows(&mut s, &rows);
     if n == 0 {
         let _ = writeln!(s, "\nTarget p95 under {BGP_TARGET_MS:.0} ms: **not measured** (no trial).");
         return s;
@@ -1218,5 +1194,23 @@ mod tests {
         // A section the new report writes itself is not doubled.
         assert_eq!(keep_marked_sections(&old, format!("# B\n{fuzz}\n")), format!("# B\n{fuzz}\n"));
         assert_eq!(keep_marked_sections("no markers", "x\n".into()), "x\n");
+    }
+}
+
+/// Table rows of spans in ms: p50, p95, min and max of each (a span with no
+/// figures is left out).
+fn span_rows(s: &mut String, rows: &[(&str, Vec<f64>)]) {
+    for (label, v) in rows {
+        if v.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "| {label} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            percentile(v, 50.0),
+            percentile(v, 95.0),
+            percentile(v, 0.0),
+            percentile(v, 100.0)
+        );
     }
 }
