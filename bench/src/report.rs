@@ -808,23 +808,14 @@ pub fn fastnetmon_section(f: &fastnetmon::Figures) -> String {
     let det = f.detect(Who::Detector);
     let fnm = f.detect(Who::FastNetMon);
     let notify = f.notify();
-    for (label, v) in [
-        ("**detector**: incident opened", &det),
-        ("**FastNetMon**: attack logged", &fnm),
-        ("FastNetMon: notify script run (`ban`)", &notify),
-    ] {
-        if v.is_empty() {
-            continue;
-        }
-        let _ = writeln!(
-            s,
-            "| {label} | {:.0} | {:.0} | {:.0} | {:.0} |",
-            percentile(v, 50.0),
-            percentile(v, 95.0),
-            percentile(v, 0.0),
-            percentile(v, 100.0)
-        );
-    }
+    span_rows(
+        &mut s,
+        &[
+            ("**detector**: incident opened", det.clone()),
+            ("**FastNetMon**: attack logged", fnm.clone()),
+            ("FastNetMon: notify script run (`ban`)", notify),
+        ],
+    );
     if !det.is_empty() && !fnm.is_empty() {
         let r50 = percentile(&fnm, 50.0) / percentile(&det, 50.0);
         let r95 = percentile(&fnm, 95.0) / percentile(&det, 95.0);
