@@ -282,10 +282,7 @@ impl TargetMaps {
         keys.sort_unstable_by_key(|k| k.addr);
         keys.dedup_by_key(|k| k.addr);
         let from = self.sweep[d];
-        let (map, name) = match direction {
-            Direction::Incoming => (&self.incoming, TARGETS_IN_MAP),
-            Direction::Outgoing => (&self.outgoing, TARGETS_OUT_MAP),
-        };
+        let (map, name) = self.map(direction);
         let slice = (self.capacity as usize).div_ceil(SWEEP_POLLS).max(1);
         let mut entries = Vec::with_capacity(keys.len() + slice);
         let swept = batch::per_cpu_hash_from::<SourceKey, TargetStats>(map.map(), from, slice, |k, v| {
