@@ -944,6 +944,24 @@ pub fn bgp_section(f: &bgp::Figures) -> String {
     s
 }
 
+/// Table rows of spans in ms: p50, p95, min and max of each (a span with no
+/// figures is left out).
+fn span_rows(s: &mut String, rows: &[(&str, Vec<f64>)]) {
+    for (label, v) in rows {
+        if v.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "| {label} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            percentile(v, 50.0),
+            percentile(v, 95.0),
+            percentile(v, 0.0),
+            percentile(v, 100.0)
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1185,23 +1203,5 @@ mod tests {
         // A section the new report writes itself is not doubled.
         assert_eq!(keep_marked_sections(&old, format!("# B\n{fuzz}\n")), format!("# B\n{fuzz}\n"));
         assert_eq!(keep_marked_sections("no markers", "x\n".into()), "x\n");
-    }
-}
-
-/// Table rows of spans in ms: p50, p95, min and max of each (a span with no
-/// figures is left out).
-fn span_rows(s: &mut String, rows: &[(&str, Vec<f64>)]) {
-    for (label, v) in rows {
-        if v.is_empty() {
-            continue;
-        }
-        let _ = writeln!(
-            s,
-            "| {label} | {:.0} | {:.0} | {:.0} | {:.0} |",
-            percentile(v, 50.0),
-            percentile(v, 95.0),
-            percentile(v, 0.0),
-            percentile(v, 100.0)
-        );
     }
 }
