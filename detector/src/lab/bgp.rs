@@ -17,7 +17,7 @@
 
 use std::path::PathBuf;
 
-use super::{ip, make_dir, sysctl, teardown, veth, LabError, LabNames};
+use super::{add_addr, ip, make_dir, sysctl, teardown, veth, LabError, LabNames};
 use crate::netns::NetnsGuard;
 
 pub const SPEAKER_V4: &str = "192.0.2.1";
@@ -156,6 +156,104 @@ impl RouterUpstream {
 }
 
 impl Drop for RouterUpstream {
+    fn drop(&mut self) {
+        teardown(&[&self.ns], &self.dir);
+    }
+}
+
+/// The attackers' side of a [`Transit`]: their address, behind the
+/// upstream.
+pub const ATTACK_V4: &str = "100.64.2.2";
+pub const ATTACK_V6: &str = "2001:db8:64::2";
+/// The upstream's address towards the attackers.
+pub const TRANSIT_V4: &str = "100.64.2.1";
+pub const TRANSIT_V6: &str = "2001:db8:64::1";
+
+/// The router lab's inet namespace made the router's transit provider:
+/// it forwards (IPv4 and IPv6), runs the upstream's BIRD (peered with the
+/// detector's gobgpd over the outside link), and has the attackers behind
+/// it, in a namespace of their own. A flood from there crosses the
+/// upstream before it reaches the router, so a blackhole the upstream
+/// installs drops it there: it is counted arriving on [`Self::transit_if`]
+/// and not leaving on the router lab's `inet_if`.
+///
+/// ```text
+///  netns <name>-attack         netns <lab>-inet (the upstream)      netns <lab>-router ...
+///  <attack_if> ============== <transit_if>     <inet_if> ========= <outside_if>
+///  100.64.2.2/30              100.64.2.1/30    203.0.113.1/24       203.0.113.254/24
+///  2001:db8:64::2/64          2001:db8:64::1/64
+/// ```
+///
+/// The attackers route the customers' networks via the upstream and have
+/// no other route; the customers have none back to them (what a flood
+/// provokes dies there). Torn down on drop (the upstream's end of the link
+/// goes with the attackers' namespace).
+pub struct Transit {
+    /// The attackers' namespace.
+    pub ns: String,
+    /// The attackers' end of the link, in `ns`.
+    pub attack_if: String,
+    /// The upstream's end, in the router lab's `inet_ns`.
+    pub transit_if: String,
+    /// A scratch directory (BIRD's configuration, socket), removed on drop.
+    pub dir: PathBuf,
+}
+
+impl Transit {
+    pub fn attach(lab: &super::RouterLab) -> Result<Transit, LabError> {
+        let names = LabNames::next();
+        let t = Transit {
+            ns: names.ns("attack"),
+            attack_if: names.iface('a'),
+            transit_if: names.iface('t'),
+            dir: names.dir(),
+        };
+        // From here on, drop cleans up whatever was made.
+        t.build(lab)?;
+        Ok(t)
+    }
+
+    fn build(&self, lab: &super::RouterLab) -> Result<(), LabError> {
+        use super::router::{add_namespace, wait_links_ready, CUSTOMERS_NET_V4, CUSTOMERS_NET_V6};
+        make_dir(&self.dir)?;
+        add_namespace(&self.ns)?;
+        sysctl(&lab.inet_ns, "net/ipv4/ip_forward", "1")?;
+        sysctl(&lab.inet_ns, "net/ipv6/conf/all/forwarding", "1")?;
+        veth(&self.ns, &self.attack_if, &lab.inet_ns, &self.transit_if)?;
+        for (ns, ifname, v4, v6) in [
+            (self.ns.as_str(), &self.attack_if, ATTACK_V4, ATTACK_V6),
+            (lab.inet_ns.as_str(), &self.transit_if, TRANSIT_V4, TRANSIT_V6),
+        ] {
+            add_addr(ns, ifname, &format!("{v4}/30"))?;
+            add_addr(ns, ifname, &format!("{v6}/64"))?;
+            ip(&["-n", ns, "link", "set", ifname, "up"])?;
+        }
+        ip(&["-n", &self.ns, "route", "add", CUSTOMERS_NET_V4, "via", TRANSIT_V4])?;
+        ip(&["-n", &self.ns, "-6", "route", "add", CUSTOMERS_NET_V6, "via", TRANSIT_V6])?;
+        wait_links_ready(&[(&self.ns, &self.attack_if), (&lab.inet_ns, &self.transit_if)])
+    }
+
+    /// The MAC address of the upstream's end of the link: where frames
+    /// built by the attackers (`detector flood --dst-mac`) must go.
+    pub fn transit_mac(&self, lab: &super::RouterLab) -> Result<[u8; 6], LabError> {
+        let _in = lab.enter_inet()?;
+        crate::iface::mac(&self.transit_if)
+            .map_err(|e| LabError::Ip { args: "SIOCGIFHWADDR".into(), stderr: e.to_string() })
+    }
+
+    /// Every default route in the attackers' namespace: none.
+    pub fn default_routes(&self) -> Result<Vec<String>, LabError> {
+        let mut found = Vec::new();
+        for family in ["-4", "-6"] {
+            let out = ip(&["-n", &self.ns, family, "route", "show", "default"])?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            found.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string));
+        }
+        Ok(found)
+    }
+}
+
+impl Drop for Transit {
     fn drop(&mut self) {
         teardown(&[&self.ns], &self.dir);
     }

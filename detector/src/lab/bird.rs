@@ -108,6 +108,29 @@ protocol bgp detector {{
     )
 }
 
+/// [`provider_config`] with a second session to the customer over IPv6
+/// (protocol `detector6`, from `local_v6` to `neighbor_v6`), which takes
+/// the customer's IPv6 host routes and IPv6 FlowSpec rules as the first
+/// takes the IPv4 ones.
+pub fn provider_config_with_v6(u: &Upstream, local_v6: &str, neighbor_v6: &str) -> String {
+    format!(
+        r#"{v4}
+protocol bgp detector6 {{
+  local {local_v6} as {local_as};
+  neighbor {neighbor_v6} as {neighbor_as};
+  connect delay time 1;
+  connect retry time 2;
+  error wait time 1, 2;
+  ipv6 {{ import filter customer_rtbh6; export none; }};
+  flow6 {{ table flowspec6; import all; export none; }};
+}}
+"#,
+        v4 = provider_config(u),
+        local_as = u.local_as,
+        neighbor_as = u.neighbor_as,
+    )
+}
+
 /// A running BIRD.
 pub struct Bird {
     child: Background,

@@ -297,6 +297,18 @@ pub(crate) fn add_addr(ns: &str, ifname: &str, cidr: &str) -> Result<(), LabErro
     ip(&args).map(drop)
 }
 
+/// The packets interface `ifname` in namespace `ns` has received and sent
+/// (`ip -s -j link show`): `(rx, tx)`.
+pub fn link_packets(ns: &str, ifname: &str) -> Result<(u64, u64), LabError> {
+    let out = ip(&["-n", ns, "-s", "-j", "link", "show", "dev", ifname])?;
+    let bad = |why: &str| LabError::Ip { args: format!("-n {ns} -s -j link show dev {ifname}"), stderr: why.into() };
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| bad(&e.to_string()))?;
+    let get = |dir: &str| {
+        json.pointer(&format!("/0/stats64/{dir}/packets")).and_then(|v| v.as_u64()).ok_or_else(|| bad("no stats64"))
+    };
+    Ok((get("rx")?, get("tx")?))
+}
+
 /// A plain HTTP GET to `127.0.0.1:port` from inside namespace `ns` (a
 /// controller running in the lab): (status, body).
 pub fn http_get(ns: &str, port: u16, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {

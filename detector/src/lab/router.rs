@@ -142,20 +142,7 @@ impl RouterLab {
     fn build(&self) -> Result<(), LabError> {
         make_dir(&self.dir)?;
         for ns in self.namespaces() {
-            ip(&["netns", "add", ns])?;
-            // Before the links exist: they take their settings from `default`.
-            for (key, value) in [
-                // A namespace may inherit rp_filter from the host; the
-                // effective value is the larger of `all` and the interface's.
-                ("net/ipv4/conf/all/rp_filter", "0"),
-                ("net/ipv4/conf/default/rp_filter", "0"),
-                ("net/ipv6/conf/default/accept_dad", "0"),
-                ("net/ipv6/conf/default/accept_ra", "0"),
-                ("net/ipv6/conf/default/router_solicitations", "0"),
-            ] {
-                sysctl(ns, key, value)?;
-            }
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            add_namespace(ns)?;
         }
         sysctl(&self.router_ns, "net/ipv4/ip_forward", "1")?;
         sysctl(&self.router_ns, "net/ipv6/conf/all/forwarding", "1")?;
@@ -205,36 +192,10 @@ impl RouterLab {
         ]
     }
 
-    /// Waits until every link is up and no IPv6 address is tentative.
-    ///
-    /// A veth's carrier reaches IPv6 through the kernel's link watch, up to
-    /// a second after `ip link set up`; until then its addresses stay
-    /// tentative (`nodad` or not), and the kernel takes a neighbor
-    /// solicitation for one as duplicate address detection: it does not
-    /// answer. The first IPv6 datagram of a test would wait a second for
-    /// the next solicitation. (IPv4 has no such state.)
+    /// Waits until every link is up and no IPv6 address is tentative
+    /// ([`wait_links_ready`]).
     fn wait_ready(&self) -> Result<(), LabError> {
-        let started = Instant::now();
-        loop {
-            let mut pending = Vec::new();
-            for (ns, ifname) in self.links() {
-                let link = ip(&["-n", ns, "-o", "link", "show", "dev", ifname])?;
-                if !String::from_utf8_lossy(&link.stdout).contains("state UP") {
-                    pending.push(format!("{ifname} is not up"));
-                }
-                let tentative = ip(&["-n", ns, "-o", "-6", "addr", "show", "dev", ifname, "tentative"])?;
-                if !tentative.stdout.is_empty() {
-                    pending.push(format!("{ifname} has tentative addresses"));
-                }
-            }
-            if pending.is_empty() {
-                return Ok(());
-            }
-            if started.elapsed() > READY_TIMEOUT {
-                return Err(LabError::NotReady { after: READY_TIMEOUT, pending: pending.join(", ") });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_links_ready(&self.links())
     }
 
     /// Moves the calling thread into inet's namespace until the guard drops.
@@ -327,6 +288,60 @@ impl RouterLab {
 impl Drop for RouterLab {
     fn drop(&mut self) {
         teardown(&self.namespaces(), &self.dir);
+    }
+}
+
+/// Adds namespace `ns` set as every router-lab namespace is (see the
+/// [module](self)): reverse-path filtering off, IPv6 addresses usable at
+/// once and no router advertisements or solicitations, `lo` up. Before its
+/// links exist: they take their settings from `default`.
+pub(super) fn add_namespace(ns: &str) -> Result<(), LabError> {
+    ip(&["netns", "add", ns])?;
+    for (key, value) in [
+        // A namespace may inherit rp_filter from the host; the
+        // effective value is the larger of `all` and the interface's.
+        ("net/ipv4/conf/all/rp_filter", "0"),
+        ("net/ipv4/conf/default/rp_filter", "0"),
+        ("net/ipv6/conf/default/accept_dad", "0"),
+        ("net/ipv6/conf/default/accept_ra", "0"),
+        ("net/ipv6/conf/default/router_solicitations", "0"),
+    ] {
+        sysctl(ns, key, value)?;
+    }
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// Waits until every link in `links` (namespace, interface) is up and
+/// none has a tentative IPv6 address.
+///
+/// A veth's carrier reaches IPv6 through the kernel's link watch, up to
+/// a second after `ip link set up`; until then its addresses stay
+/// tentative (`nodad` or not), and the kernel takes a neighbor
+/// solicitation for one as duplicate address detection: it does not
+/// answer. The first IPv6 datagram of a test would wait a second for
+/// the next solicitation. (IPv4 has no such state.)
+pub(super) fn wait_links_ready(links: &[(&str, &str)]) -> Result<(), LabError> {
+    let started = Instant::now();
+    loop {
+        let mut pending = Vec::new();
+        for &(ns, ifname) in links {
+            let link = ip(&["-n", ns, "-o", "link", "show", "dev", ifname])?;
+            if !String::from_utf8_lossy(&link.stdout).contains("state UP") {
+                pending.push(format!("{ifname} is not up"));
+            }
+            let tentative = ip(&["-n", ns, "-o", "-6", "addr", "show", "dev", ifname, "tentative"])?;
+            if !tentative.stdout.is_empty() {
+                pending.push(format!("{ifname} has tentative addresses"));
+            }
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            return Err(LabError::NotReady { after: READY_TIMEOUT, pending: pending.join(", ") });
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
