@@ -75,7 +75,7 @@ fn config(lab: &RouterLab) -> String {
          total:\n        udp_flood: {{ pps: 6000 }}\ninterfaces:\n  {iface}: {{ capacity_bps: 1M }}\nbgp:\n  \
          local_as: 64512\n  router_id: {ROUTER_PEERING_V4}\n  neighbors:\n    - {{ address: {UPSTREAM_PEERING_V4}, \
          remote_as: 65000, connect_retry: 1s, families: [ipv4_unicast, ipv4_flowspec] }}\n  limits: {{ \
-         max_announcements: 2, flowspec_min_v4: 28 }}\n  gobgpd: {{ api_port: 50061, listen_port: 0 }}\n",
+         max_announcements: 2, flowspec_min_v4: 28 }}\n  gobgpd: {{ api_port: 50061 }}\n",
         iface = lab.outside_if
     )
 }
@@ -312,8 +312,7 @@ fn transit_config(lab: &RouterLab) -> String {
          }}\nbgp:\n  local_as: 64512\n  router_id: {OUTSIDE_V4}\n  neighbors:\n    - {{ address: {INET_V4}, \
          remote_as: 65000, connect_retry: 1s, families: [ipv4_unicast, ipv4_flowspec] }}\n    - {{ address: \
          '{INET_V6}', remote_as: 65000, connect_retry: 1s, families: [ipv6_unicast, ipv6_flowspec] }}\n  limits: {{ \
-         max_announcements: 4, flowspec_min_v4: 28, flowspec_min_v6: 64 }}\n  gobgpd: {{ api_port: 50062, \
-         listen_port: 0 }}\n",
+         max_announcements: 4, flowspec_min_v4: 28, flowspec_min_v6: 64 }}\n  gobgpd: {{ api_port: 50062 }}\n",
         iface = lab.outside_if
     )
 }
