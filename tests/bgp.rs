@@ -2,7 +2,7 @@
 //! router lab's router, with a `bgp:` section, supervises gobgpd there,
 //! peered with BIRD 2 in an upstream namespace linked to the router
 //! (`detector::lab::bgp::RouterUpstream`), configured as a provider would
-//! be. An escalation ladder of two runbooks (FlowSpec over 50% of the
+//! be. The shipped ladder (`runbooks/upstream/`: FlowSpec over 50% of the
 //! interface's configured capacity, RTBH over 90%) answers an hping3 flood
 //! at a customer:
 //!
@@ -80,10 +80,9 @@ fn config(lab: &RouterLab) -> String {
     )
 }
 
-const FLOWSPEC: &str = "name: upstream-flowspec\ntrigger: { families: [udp_flood], min_bps_share: 0.5 }\nsteps:\n  - \
-                        bgp: { action: flowspec, ttl: 10m }\n";
-const RTBH: &str = "name: upstream-rtbh\ntrigger: { families: [udp_flood], min_bps_share: 90% }\nsteps:\n  - bgp: { \
-                    action: blackhole, ttl: 10m }\n";
+/// The shipped ladder's upstream rungs: FlowSpec past 50% of the
+/// interface's capacity, RTBH past 90%.
+const UPSTREAM_RUNBOOKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../runbooks/upstream");
 
 fn until<T>(c: &Controller, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + CONVERGE;
@@ -183,12 +182,9 @@ fn the_ladder_announces_upstream_and_survives_crashes() {
     let cfg_path = lab.dir.join("bgp.yaml");
     std::fs::write(&cfg_path, config(&lab)).unwrap();
     let cfg = cfg_path.to_str().unwrap();
-    let runbooks = lab.dir.join("runbooks");
-    std::fs::create_dir_all(&runbooks).unwrap();
-    std::fs::write(runbooks.join("flowspec.yaml"), FLOWSPEC).unwrap();
-    std::fs::write(runbooks.join("rtbh.yaml"), RTBH).unwrap();
+    let runbooks = Path::new(UPSTREAM_RUNBOOKS);
 
-    let mut c = start(&lab, cfg, &runbooks);
+    let mut c = start(&lab, cfg, runbooks);
     let _end = EndGobgpd(c.state_dir.clone());
     until(&c, "the session Established", || {
         let s = status(&c);
@@ -279,7 +275,7 @@ fn the_ladder_announces_upstream_and_survives_crashes() {
 
     // Restarted after the incident would have ended: adopted, resolved, withdrawn.
     let t_restart = Instant::now();
-    let mut c = start(&lab, cfg, &runbooks);
+    let mut c = start(&lab, cfg, runbooks);
     let s = status(&c);
     assert_eq!(s["daemon"]["pid"].as_u64(), Some(gobgpd as u64), "not adopted: {s}");
     assert_eq!(s["daemon"]["adopted"], true, "{s}");
@@ -362,11 +358,8 @@ fn a_blackhole_drops_the_flood_at_the_upstream() {
         .unwrap_or_else(|e| panic!("{e}"));
     let cfg_path = lab.dir.join("transit.yaml");
     std::fs::write(&cfg_path, transit_config(&lab)).unwrap();
-    let runbooks = lab.dir.join("runbooks");
-    std::fs::create_dir_all(&runbooks).unwrap();
-    std::fs::write(runbooks.join("flowspec.yaml"), FLOWSPEC).unwrap();
-    std::fs::write(runbooks.join("rtbh.yaml"), RTBH).unwrap();
-    let c = start(&lab, cfg_path.to_str().unwrap(), &runbooks);
+    let runbooks = Path::new(UPSTREAM_RUNBOOKS);
+    let c = start(&lab, cfg_path.to_str().unwrap(), runbooks);
     let _end = EndGobgpd(c.state_dir.clone());
     until(&c, "both sessions Established", || {
         let (v4, v6) = (session(&c, INET_V4), session(&c, INET_V6));

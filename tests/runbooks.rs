@@ -53,6 +53,17 @@ fn the_shipped_runbooks_validate_with_their_secrets_set() {
     assert!(!out.contains("XYZ") && !out.contains("s3cret") && !err.contains("s3cret"), "secrets stay hidden");
 }
 
+/// The upstream rungs, apart (their `bgp` steps need a `bgp:` section).
+#[test]
+fn the_shipped_upstream_runbooks_validate() {
+    let (ok, out, err) = validate_without_secrets(concat!(env!("CARGO_MANIFEST_DIR"), "/../runbooks/upstream"));
+    assert!(ok, "{out}{err}");
+    for name in ["upstream-flowspec", "upstream-rtbh"] {
+        assert!(out.contains(&format!("ok   {name} ")), "{out}");
+    }
+    assert!(!out.contains("FAIL"), "{out}");
+}
+
 #[test]
 fn a_missing_secret_or_a_bad_file_fails_with_its_place() {
     let (ok, out, err) = validate(SHIPPED, &SECRETS[1..]);
