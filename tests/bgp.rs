@@ -296,6 +296,9 @@ fn the_ladder_announces_upstream_and_survives_crashes() {
     assert!(lab.default_routes().unwrap().is_empty());
 }
 
+/// The transit test's hold on the blackhole, in seconds.
+const HOLD: u64 = 12;
+
 /// The transit lab's configuration: both families protected, a session
 /// per family with the upstream (BIRD in the router lab's inet), a quiet
 /// time long enough to look at a blackhole before the incident it ended
@@ -340,7 +343,8 @@ fn session(c: &Controller, neighbor: &str) -> String {
 /// attackers, not out towards the router), for IPv4 (hping3) and IPv6
 /// (`detector flood`). A session flap (BIRD's side, gobgpd untouched)
 /// takes the routes away and gives them back; a withdrawal made while the
-/// session is down is not lost when it comes back.
+/// session is down is not lost when it comes back. The blackhole's step
+/// has a hold: it outlives the incident it hid until the hold ends.
 #[test]
 fn a_blackhole_drops_the_flood_at_the_upstream() {
     require_root!();
@@ -358,8 +362,17 @@ fn a_blackhole_drops_the_flood_at_the_upstream() {
         .unwrap_or_else(|e| panic!("{e}"));
     let cfg_path = lab.dir.join("transit.yaml");
     std::fs::write(&cfg_path, transit_config(&lab)).unwrap();
-    let runbooks = Path::new(UPSTREAM_RUNBOOKS);
-    let c = start(&lab, cfg_path.to_str().unwrap(), runbooks);
+    // The shipped ladder, the blackhole with a hold.
+    let runbooks = lab.dir.join("runbooks");
+    std::fs::create_dir_all(&runbooks).unwrap();
+    let shipped = |f: &str| std::fs::read_to_string(Path::new(UPSTREAM_RUNBOOKS).join(f)).unwrap();
+    std::fs::write(runbooks.join("upstream-flowspec.yaml"), shipped("upstream-flowspec.yaml")).unwrap();
+    let rtbh = shipped("upstream-rtbh.yaml");
+    let held =
+        rtbh.replace("{ action: blackhole, ttl: 1h }", &format!("{{ action: blackhole, ttl: 1h, hold: {HOLD}s }}"));
+    assert_ne!(rtbh, held);
+    std::fs::write(runbooks.join("upstream-rtbh.yaml"), held).unwrap();
+    let c = start(&lab, cfg_path.to_str().unwrap(), &runbooks);
     let _end = EndGobgpd(c.state_dir.clone());
     until(&c, "both sessions Established", || {
         let (v4, v6) = (session(&c, INET_V4), session(&c, INET_V6));
@@ -437,6 +450,7 @@ fn a_blackhole_drops_the_flood_at_the_upstream() {
     let f6 = until(&c, "the IPv6 FlowSpec rule in BIRD", || flowspec_in_bird(&bird, victim));
     assert!(f6.contains("(generic, 0x80060000, 0x0)"), "no discard action:\n{f6}");
     until(&c, "the IPv6 blackhole in the upstream", || blackhole_in_bird(&bird, &lab.inet_ns, victim));
+    let t_blackhole = Instant::now();
     let (arrived, forwarded) = across_upstream(&lab, &transit, Duration::from_secs(1));
     assert!(arrived > 5000, "the IPv6 flood is not reaching the upstream: {arrived} packets in 1 s");
     assert!(forwarded < arrived / 100, "the upstream forwarded {forwarded} of {arrived} IPv6 packets");
@@ -444,7 +458,23 @@ fn a_blackhole_drops_the_flood_at_the_upstream() {
     let inc = incidents(&c, true).into_iter().next().expect("the IPv6 incident");
     assert_eq!(inc["target"], victim, "{inc}");
     flood.stop(libc::SIGINT, Duration::from_secs(5)).unwrap();
-    until(&c, "the IPv6 announcements withdrawn", || gone_from_bird(&bird, &lab.inet_ns, victim));
+    // Resolved (the blackhole hides the flood): the FlowSpec rule is
+    // withdrawn, the blackhole kept until its hold ends.
+    until(&c, "the IPv6 incident resolved and its FlowSpec rule withdrawn", || {
+        let f6 = birdc(&bird, &["show", "route", "table", "flowspec6"]);
+        (incidents(&c, true).is_empty() && f6.contains("Table flowspec6") && !f6.contains(victim))
+            .then_some(())
+            .ok_or(f6)
+    });
+    assert!(t_blackhole.elapsed() < Duration::from_secs(HOLD - 2), "resolved too late to see the hold");
+    blackhole_in_bird(&bird, &lab.inet_ns, victim).expect("the blackhole is kept for its hold");
+    let s = status(&c);
+    let kept = &s["announcements"][0];
+    assert!(kept["held_until"].as_str().is_some() && kept["type"] == "blackhole", "{s}");
+    until(&c, "the IPv6 blackhole withdrawn when its hold ends", || gone_from_bird(&bird, &lab.inet_ns, victim));
+    let held_for = t_blackhole.elapsed();
+    assert!(held_for >= Duration::from_secs(HOLD - 1), "withdrawn after {held_for:?}, before its hold ended");
+    eprintln!("bgp: the IPv6 blackhole was held {held_for:?} (hold {HOLD}s)");
     assert!(status(&c)["announcements"].as_array().unwrap().is_empty());
     assert!(lab.default_routes().unwrap().is_empty());
     assert!(transit.default_routes().unwrap().is_empty());

@@ -79,7 +79,7 @@ fn signature(classes: &[&str], dst: &str, port: u16) -> Signature {
 fn entry(a: Announcement) -> Entry {
     let origin =
         Origin { by: "runbook".into(), runbook: Some("bgp-lab".into()), incident: Some("i1".into()), step: Some(0) };
-    Entry { announcement: a, origin, created_ms: 0, expires_ms: None }
+    Entry { announcement: a, origin, created_ms: 0, expires_ms: None, hold_until_ms: None }
 }
 
 /// Polls `f` until it returns `Some`, or fails after [`CONVERGE`] with the

@@ -77,8 +77,13 @@ async fn announce(State(bgp): State<Option<Arc<Bgp>>>, body: axum::body::Bytes) 
         a => a,
     };
     let now = now_ms();
-    let entry =
-        Entry { announcement, origin: cli_origin(), created_ms: now, expires_ms: Some(now + ttl.as_millis() as u64) };
+    let entry = Entry {
+        announcement,
+        origin: cli_origin(),
+        created_ms: now,
+        expires_ms: Some(now + ttl.as_millis() as u64),
+        hold_until_ms: None,
+    };
     match bgp.admit(vec![entry.clone()]).pop() {
         Some(Ok(_)) => {
             let entry = Entry { announcement: entry.announcement.clone().normalized(), ..entry };

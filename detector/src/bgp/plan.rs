@@ -44,6 +44,10 @@ pub struct Entry {
     /// Withdrawn at this time; never when none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_ms: Option<u64>,
+    /// Kept until this time even when its incident resolves sooner (a
+    /// runbook step's `hold`); see [`Desired::release_where`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_until_ms: Option<u64>,
 }
 
 impl Entry {
@@ -93,6 +97,23 @@ impl Desired {
     pub fn remove_where(&mut self, mut pred: impl FnMut(&Entry) -> bool) -> Vec<Entry> {
         let keys: Vec<String> = self.entries.iter().filter(|(_, e)| pred(e)).map(|(k, _)| k.clone()).collect();
         keys.iter().filter_map(|k| self.entries.remove(k)).collect()
+    }
+
+    /// An incident's end, for the entries `pred` picks: those with no
+    /// hold, or whose hold has ended, are removed and returned first; the
+    /// others stay until their hold ends (their expiry brought forward to
+    /// it, never pushed back) and are returned second.
+    pub fn release_where(&mut self, mut pred: impl FnMut(&Entry) -> bool, now_ms: u64) -> (Vec<Entry>, Vec<Entry>) {
+        let held_until = |e: &Entry| e.hold_until_ms.filter(|t| *t > now_ms);
+        let gone = self.remove_where(|e| pred(e) && held_until(e).is_none());
+        let mut held = Vec::new();
+        for e in self.entries.values_mut().filter(|e| pred(e)) {
+            if let Some(until) = held_until(e) {
+                e.expires_ms = Some(e.expires_ms.map_or(until, |t| t.min(until)));
+                held.push(e.clone());
+            }
+        }
+        (gone, held)
     }
 
     /// Removes the entries whose TTL has run out by `now_ms`.
@@ -375,6 +396,7 @@ mod tests {
             },
             created_ms,
             expires_ms: ttl_ms.map(|t| created_ms + t),
+            hold_until_ms: None,
         }
     }
 
@@ -405,6 +427,31 @@ mod tests {
         let other = Announcement::blackhole(p("198.51.100.10/32"), [Community::Standard(65000, 666)]);
         assert_eq!(reconcile(&d, &[flow(11), other], 0), vec![Change::Announce(blackhole(10))]);
         assert_eq!(d.counts(), BTreeMap::from([(Kind::Blackhole, 1), (Kind::Flowspec, 1)]));
+    }
+
+    #[test]
+    fn a_hold_keeps_an_announcement_past_its_incident() {
+        let (cfg, protected) = setup(10);
+        let scope = Scope::new(&cfg, &protected, &[]);
+        let held = |a, ttl, hold| Entry { hold_until_ms: Some(1000 + hold), ..entry(a, 1000, Some(ttl)) };
+        let mut d = Desired::new();
+        d.admit(held(blackhole(10), 60 * MIN, 10 * MIN), &scope).unwrap();
+        d.admit(entry(flow(10), 1000, Some(60 * MIN)), &scope).unwrap();
+        d.admit(held(blackhole(11), 5 * MIN, 10 * MIN), &scope).unwrap();
+        let ours = |e: &Entry| e.key() != blackhole(11).key();
+        // Resolved after 4 minutes: the blackhole is kept until its hold
+        // ends, the rule without a hold is withdrawn.
+        let mut early = d.clone();
+        let (gone, kept) = early.release_where(ours, 1000 + 4 * MIN);
+        assert_eq!(gone.iter().map(Entry::key).collect::<Vec<_>>(), vec![flow(10).key()]);
+        assert_eq!(kept.iter().map(Entry::key).collect::<Vec<_>>(), vec![blackhole(10).key()]);
+        assert_eq!(early.get(&blackhole(10).key()).unwrap().expires_ms, Some(1000 + 10 * MIN));
+        // A hold past the TTL never pushes the expiry back.
+        let (_, kept) = d.clone().release_where(|e| e.key() == blackhole(11).key(), 1000 + MIN);
+        assert_eq!(kept[0].expires_ms, Some(1000 + 5 * MIN));
+        // Past the hold: withdrawn.
+        let (gone, kept) = d.release_where(ours, 1000 + 10 * MIN);
+        assert_eq!((gone.len(), kept.len(), d.len()), (2, 0, 1));
     }
 
     #[test]

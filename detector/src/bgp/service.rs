@@ -78,6 +78,9 @@ pub struct EntryView {
     pub created_at: u64,
     #[serde(with = "time_ms::option", default)]
     pub expires_at: Option<u64>,
+    /// Kept until then even when its incident resolves sooner.
+    #[serde(with = "time_ms::option", default, skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<u64>,
 }
 
 impl EntryView {
@@ -89,6 +92,7 @@ impl EntryView {
             origin: e.origin.clone(),
             created_at: e.created_ms,
             expires_at: e.expires_ms,
+            held_until: e.hold_until_ms,
         }
     }
 }
@@ -256,18 +260,17 @@ impl Bgp {
         self.metrics.announcements(&inner.desired.counts());
     }
 
-    /// Drops the entries of incidents that are not open (`open`: the
+    /// Releases the entries of incidents that are not open (`open`: the
     /// incidents the detector resumed): they ended while no controller
-    /// ran. Operator entries stay until their TTL.
+    /// ran. Withdrawn, or kept until their hold ends; operator entries
+    /// stay until their TTL.
     pub fn drop_ended_incidents(&self, open: &[String]) {
-        let mut inner = self.lock();
-        let gone = inner.desired.remove_where(|e| e.origin.incident.as_ref().is_some_and(|i| !open.contains(i)));
+        let (gone, held) = self.release_where(|e| e.origin.incident.as_ref().is_some_and(|i| !open.contains(i)));
         for e in &gone {
             tracing::info!(announcement = %e.announcement, incident = ?e.origin.incident, "its incident ended while no controller ran: withdrawn");
         }
-        if !gone.is_empty() {
-            self.persist(&mut inner);
-            self.wake.notify_one();
+        for e in &held {
+            tracing::info!(announcement = %e.announcement, incident = ?e.origin.incident, "its incident ended while no controller ran: kept until its hold ends");
         }
     }
 
@@ -310,6 +313,19 @@ impl Bgp {
             self.wake.notify_one();
         }
         gone
+    }
+
+    /// An incident's resolution for the entries `pred` picks (see
+    /// [`Desired::release_where`]): withdrawn, or kept until their hold
+    /// ends. Saves, then wakes the reconciliation.
+    pub fn release_where(&self, pred: impl FnMut(&Entry) -> bool) -> (Vec<Entry>, Vec<Entry>) {
+        let mut inner = self.lock();
+        let (gone, held) = inner.desired.release_where(pred, now_ms());
+        if !gone.is_empty() || !held.is_empty() {
+            self.persist(&mut inner);
+            self.wake.notify_one();
+        }
+        (gone, held)
     }
 
     /// The runbooks with entries in force for `incident`.

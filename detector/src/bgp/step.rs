@@ -44,6 +44,12 @@ pub struct BgpStep {
     /// FlowSpec: rate-limit to this many bytes per second instead of
     /// discarding.
     pub rate_limit: Option<u32>,
+    /// Kept at least this long after it is announced, even when the
+    /// incident resolves sooner (never past `ttl`). A blackhole hides the
+    /// attack from this host: without a hold, the incident resolves after
+    /// its quiet time, the blackhole is withdrawn, and an attack that goes
+    /// on comes back and climbs the ladder again.
+    pub hold: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +63,12 @@ struct RawBgpStep {
     /// Bits per second.
     #[serde(default)]
     rate_limit: Option<u64>,
+    #[serde(default, deserialize_with = "hold")]
+    hold: Option<Duration>,
+}
+
+fn hold<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    crate::runbook::schema::duration(d).map(Some)
 }
 
 impl TryFrom<RawBgpStep> for BgpStep {
@@ -83,7 +95,16 @@ impl TryFrom<RawBgpStep> for BgpStep {
             }
             Some(bps) => Some((bps / 8) as u32),
         };
-        Ok(BgpStep { action: r.action, ttl, communities: r.community, rate_limit })
+        if let Some(hold) = r.hold {
+            if hold < Duration::from_secs(1) || hold > ttl {
+                return Err(format!(
+                    "bgp.hold: {} is not from 1s to the ttl ({})",
+                    humantime::format_duration(hold),
+                    humantime::format_duration(ttl)
+                ));
+            }
+        }
+        Ok(BgpStep { action: r.action, ttl, communities: r.community, rate_limit, hold: r.hold })
     }
 }
 
@@ -236,6 +257,11 @@ mod tests {
         assert!(e("{ action: null_route, ttl: 1m }").contains("unknown variant `null_route`"));
         assert!(e("{ action: flowspec }").contains("missing field `ttl`"));
         assert!(e("{ action: blackhole, ttl: 1m, community: ['70000:1'] }").contains("not a number from 0 to 65535"));
+        assert_eq!(step("{ action: blackhole, ttl: 1h, hold: 10m }").unwrap().hold, Some(Duration::from_secs(600)));
+        assert_eq!(step("{ action: blackhole, ttl: 1h }").unwrap().hold, None);
+        assert!(e("{ action: blackhole, ttl: 10m, hold: 1h }").contains("bgp.hold: 1h is not from 1s to the ttl (10m)"));
+        assert!(e("{ action: blackhole, ttl: 10m, hold: 0s }").contains("bgp.hold: 0s"));
+        assert!(e("{ action: blackhole, ttl: 10m, hold: soon }").contains("'soon' is not a duration"));
     }
 
     #[test]

@@ -657,6 +657,7 @@ impl Engine {
                 origin: origin.clone(),
                 created_ms: now,
                 expires_ms: Some(now + b.ttl.as_millis() as u64),
+                hold_until_ms: b.hold.map(|h| now + h.as_millis() as u64),
             })
             .collect();
         let results = bgp.admit(entries);
@@ -696,7 +697,8 @@ impl Engine {
     }
 
     /// At resolution: withdraws what this step announced for the incident
-    /// (found by origin, so across a restart too).
+    /// (found by origin, so across a restart too), or keeps it until the
+    /// step's `hold` ends.
     fn unannounce(&self, index: usize, job: &Job, dry_run: bool) -> Result<(Outcome, String), StepError> {
         let Some(bgp) = &self.h.bgp else { return Err(StepError::Skip("BGP is off".into())) };
         let (rb, inc) = (&job.loaded.runbook.name.0, &job.incident.id);
@@ -704,12 +706,20 @@ impl Engine {
             let n = bgp.entries().iter().filter(|e| e.origin.is_step(rb, inc, index)).count();
             return Ok((Outcome::DryRun, format!("would withdraw {n} announcement(s)")));
         }
-        let gone = bgp.withdraw_where(|e| e.origin.is_step(rb, inc, index));
-        if gone.is_empty() {
+        let (gone, held) = bgp.release_where(|e| e.origin.is_step(rb, inc, index));
+        if gone.is_empty() && held.is_empty() {
             return Err(StepError::Skip("nothing of this step is announced (TTL ran out, or withdrawn)".into()));
         }
-        let keys: Vec<String> = gone.iter().map(|e| e.key()).collect();
-        Ok((Outcome::Ok, format!("withdrew {}", keys.join("; "))))
+        let mut said = Vec::new();
+        if !gone.is_empty() {
+            said.push(format!("withdrew {}", gone.iter().map(|e| e.key()).collect::<Vec<_>>().join("; ")));
+        }
+        for e in &held {
+            let left = e.expires_ms.unwrap_or(0).saturating_sub(now_ms()).div_ceil(1000);
+            let left = humantime::format_duration(Duration::from_secs(left));
+            said.push(format!("kept {} for {left} more (the step's hold)", e.key()));
+        }
+        Ok((Outcome::Ok, said.join("; ")))
     }
 
     async fn command(
