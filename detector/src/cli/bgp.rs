@@ -173,7 +173,8 @@ fn line(e: &EntryView) -> String {
         _ => e.origin.by.clone(),
     };
     let expires = e.expires_at.map(time_ms::rfc3339).unwrap_or_else(|| "never".into());
-    format!("{}  [{by}; expires {expires}]", e.describe)
+    let held = e.held_until.map(|t| format!("; held until {}", time_ms::rfc3339(t))).unwrap_or_default();
+    format!("{}  [{by}; expires {expires}{held}]", e.describe)
 }
 
 fn print_status(v: &StatusView) -> anyhow::Result<()> {
