@@ -80,6 +80,12 @@ struct ControlState {
     metrics: Arc<Metrics>,
 }
 
+/// Whether a controller answers on the control socket of `state_dir`
+/// (a stale socket file a dead one left does not).
+pub fn answers(state_dir: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(state_dir.join(SOCKET)).is_ok()
+}
+
 /// Binds the socket, refusing if another controller answers on it and
 /// replacing a stale one left by a controller that died.
 pub async fn bind(state_dir: &Path) -> Result<UnixListener, ControlError> {

@@ -3,7 +3,8 @@
 //!
 //! - `GET /v1/bgp`: the daemon, the sessions, the announcements in force
 //!   with their origin and expiry, the last changes ([`StatusView`]);
-//! - `POST /v1/bgp` ([`AnnounceRequest`]): announce, origin `cli`;
+//! - `POST /v1/bgp` ([`AnnounceRequest`]): announce, origin `cli`; the
+//!   answer ([`Announced`]) says whether it was only recorded (`bgp.dry_run`);
 //! - `POST /v1/bgp/withdraw` (`{"target": "<key or address>"}`): withdraw
 //!   the announcement with that key, or every one for that address.
 
@@ -33,6 +34,16 @@ use crate::{
 #[serde(deny_unknown_fields)]
 pub struct WithdrawRequest {
     pub target: String,
+}
+
+/// The answer to `POST /v1/bgp`: the announcement in force, and whether it
+/// is only recorded (`bgp.dry_run`: nothing is sent).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Announced {
+    #[serde(flatten)]
+    pub entry: EntryView,
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -87,7 +98,7 @@ async fn announce(State(bgp): State<Option<Arc<Bgp>>>, body: axum::body::Bytes) 
     match bgp.admit(vec![entry.clone()]).pop() {
         Some(Ok(_)) => {
             let entry = Entry { announcement: entry.announcement.clone().normalized(), ..entry };
-            Json(EntryView::of(&entry)).into_response()
+            Json(Announced { entry: EntryView::of(&entry), dry_run: bgp.dry_run() }).into_response()
         }
         Some(Err(e)) => error(StatusCode::FORBIDDEN, e.to_string()),
         None => error(StatusCode::INTERNAL_SERVER_ERROR, "nothing admitted".into()),
@@ -111,12 +122,43 @@ impl Client {
         self.call("GET", "/v1/bgp", None).await
     }
 
-    pub async fn bgp_announce(&self, req: &AnnounceRequest) -> Result<EntryView, ControlError> {
+    pub async fn bgp_announce(&self, req: &AnnounceRequest) -> Result<Announced, ControlError> {
         self.call("POST", "/v1/bgp", Some(serde_json::to_vec(req).expect("serializable"))).await
     }
 
     pub async fn bgp_withdraw(&self, target: &str) -> Result<Withdrawn, ControlError> {
         let req = WithdrawRequest { target: target.to_string() };
         self.call("POST", "/v1/bgp/withdraw", Some(serde_json::to_vec(&req).expect("serializable"))).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{bgp::announce::BLACKHOLE, mitigate::prefix::Prefix};
+
+    #[test]
+    fn an_announcement_answer_says_whether_it_was_sent() {
+        let prefix: Prefix = "198.51.100.10/32".parse().unwrap();
+        let entry = Entry {
+            announcement: Announcement::blackhole(prefix, [BLACKHOLE]),
+            origin: cli_origin(),
+            created_ms: 1_000,
+            expires_ms: Some(61_000),
+            hold_until_ms: None,
+        };
+        let a = Announced { entry: EntryView::of(&entry), dry_run: true };
+        let v = serde_json::to_value(&a).unwrap();
+        // The entry's fields stay at the top, as before the flag.
+        assert_eq!(v["key"], "blackhole 198.51.100.10/32", "{v}");
+        assert_eq!(v["origin"]["by"], "cli", "{v}");
+        assert_eq!(v["dry_run"], true, "{v}");
+        let back: Announced = serde_json::from_value(v).unwrap();
+        assert!(back.dry_run);
+        assert_eq!(back.entry.expires_at, Some(61_000));
+        // An answer without the flag (an older controller): sent.
+        let mut old = serde_json::to_value(EntryView::of(&entry)).unwrap();
+        old.as_object_mut().unwrap().remove("dry_run");
+        assert!(!serde_json::from_value::<Announced>(old).unwrap().dry_run);
     }
 }

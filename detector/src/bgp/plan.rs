@@ -4,7 +4,10 @@
 //! - [`Desired`] holds the announcements in force, each with its origin and
 //!   expiry ([`Entry`]); it admits new ones through the one check
 //!   ([`Scope::check`]), drops them at their TTL, and is what persistence
-//!   saves ([`Saved`]) and metrics count ([`Desired::counts`]).
+//!   saves ([`Saved`]) and metrics count ([`Desired::counts`]). When the
+//!   saved set was lost (an unreadable `bgp.json`), what the daemon still
+//!   announces is taken back ([`Desired::recover`]), as the XDP rules are
+//!   read back from the kernel: the daemon wins.
 //! - [`reconcile`] compares it with what the daemon holds and gives the
 //!   changes: withdraw what is announced and not wanted (stale, expired,
 //!   left by a previous run), announce what is wanted and missing or
@@ -20,7 +23,10 @@
 //!   would have sent and remembers it as announced, so each change is
 //!   recorded once.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +40,10 @@ use crate::mitigate::rule::Origin;
 pub const BUDGET_WINDOW_MS: u64 = 60_000;
 /// Changes the planner remembers ([`Planner::recent`]).
 pub const RECENT_CHANGES: usize = 256;
+/// The TTL of an announcement taken back from the daemon
+/// ([`Desired::recover`]): the daemon holds no TTLs, and an announcement
+/// nobody renews must not stay in force for ever.
+pub const RECOVERED_TTL: Duration = Duration::from_secs(3600);
 
 /// An announcement wanted in force, who asked for it and until when.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,6 +74,12 @@ impl Entry {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Saved {
     pub entries: Vec<Entry>,
+    /// The saved set was lost (the file was unreadable) and the daemon's
+    /// paths have not been listed since: the next listing takes them back
+    /// ([`Desired::recover`]). Saved, so that a controller killed before
+    /// that listing does not withdraw them at its next start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recover: bool,
 }
 
 /// The announcements that should be in force, by key.
@@ -152,7 +168,7 @@ impl Desired {
     }
 
     pub fn saved(&self) -> Saved {
-        Saved { entries: self.entries.values().cloned().collect() }
+        Saved { entries: self.entries.values().cloned().collect(), recover: false }
     }
 
     /// The saved entries, each checked as a new one is (the networks or
@@ -175,6 +191,42 @@ impl Desired {
             }
         }
         (d, refused)
+    }
+
+    /// Takes back what the daemon announces (`held`) and is not in force:
+    /// the saved set was lost, and these are the announcements of the last
+    /// run. Each passes the one check, in key order, and is in force with
+    /// origin `recovered` (who asked for it is lost) until `now_ms` +
+    /// [`RECOVERED_TTL`] (its TTL is lost). Refused ones are left out, so
+    /// the next [`reconcile`] withdraws them. An entry already in force for
+    /// the same key stays as it is. Returns (taken back, refused with why).
+    pub fn recover(
+        &mut self,
+        held: &[Announcement],
+        scope: &Scope,
+        now_ms: u64,
+    ) -> (Vec<Entry>, Vec<(Announcement, Refused)>) {
+        let mut held: Vec<Announcement> = held.iter().map(|a| a.clone().normalized()).collect();
+        held.sort_by_key(Announcement::key);
+        held.dedup_by_key(|a| a.key());
+        let (mut back, mut refused) = (Vec::new(), Vec::new());
+        for a in held {
+            if self.entries.contains_key(&a.key()) {
+                continue;
+            }
+            let e = Entry {
+                announcement: a.clone(),
+                origin: Origin::recovered(),
+                created_ms: now_ms,
+                expires_ms: Some(now_ms + RECOVERED_TTL.as_millis() as u64),
+                hold_until_ms: None,
+            };
+            match self.admit(e.clone(), scope) {
+                Ok(_) => back.push(e),
+                Err(why) => refused.push((a, why)),
+            }
+        }
+        (back, refused)
     }
 }
 
@@ -502,13 +554,76 @@ mod tests {
         let (cfg, protected) = setup(10);
         let scope = Scope::new(&cfg, &protected, &[]);
         let outside = entry(Announcement::blackhole(p("192.0.2.9/32"), [BLACKHOLE]), 0, None);
-        let saved =
-            Saved { entries: vec![entry(blackhole(10), 0, None), outside.clone(), entry(blackhole(10), 0, None)] };
+        let entries = vec![entry(blackhole(10), 0, None), outside.clone(), entry(blackhole(10), 0, None)];
+        let saved = Saved { entries, recover: false };
         let (d, refused) = Desired::restore(saved, &scope, 0);
         assert_eq!(d.len(), 1);
         assert_eq!(refused.len(), 2);
         assert!(refused[0].1.contains("outside the protected networks"), "{}", refused[0].1);
         assert_eq!(refused[1].1, "its key is saved twice");
+    }
+
+    #[test]
+    fn a_lost_saved_set_takes_back_what_the_daemon_announces() {
+        // bgp.json was unreadable: nothing in force, the adopted daemon
+        // still announces the last run's blackhole and FlowSpec rule.
+        let (cfg, protected) = setup(10);
+        let scope = Scope::new(&cfg, &protected, &[]);
+        let held = vec![flow(12), blackhole(10), blackhole(10)];
+        let mut d = Desired::new();
+        let (back, refused) = d.recover(&held, &scope, 5 * MIN);
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(
+            back.iter().map(Entry::key).collect::<Vec<_>>(),
+            vec!["blackhole 198.51.100.10/32".to_string(), flow(12).key()]
+        );
+        for e in d.entries() {
+            assert_eq!(e.origin, Origin::recovered());
+            assert_eq!(e.created_ms, 5 * MIN);
+            assert_eq!(e.expires_ms, Some(5 * MIN + 60 * MIN), "{RECOVERED_TTL:?}");
+        }
+        // Nothing flaps: what the daemon holds is what is wanted.
+        assert_eq!(reconcile(&d, &held, 5 * MIN), vec![]);
+        // Until the bounded TTL runs out.
+        assert_eq!(reconcile(&d, &held, 65 * MIN), vec![Change::Withdraw(blackhole(10)), Change::Withdraw(flow(12))]);
+    }
+
+    #[test]
+    fn recovery_checks_each_announcement_and_keeps_what_is_in_force() {
+        let (cfg, protected) = setup(2);
+        let scope = Scope::new(&cfg, &protected, &[]);
+        let mut d = Desired::new();
+        // Announced meanwhile (by the CLI, a runbook): it stays as it is.
+        let mine = entry(blackhole(11), 0, Some(MIN));
+        d.admit(mine.clone(), &scope).unwrap();
+        let outside = Announcement::blackhole(p("192.0.2.9/32"), [BLACKHOLE]);
+        let other_community = Announcement::blackhole(p("198.51.100.11/32"), [Community::Standard(65000, 666)]);
+        let held = vec![outside.clone(), other_community, blackhole(12), blackhole(13)];
+        let (back, refused) = d.recover(&held, &scope, 1000);
+        assert_eq!(back.len(), 1, "{back:?}");
+        assert_eq!(back[0].key(), "blackhole 198.51.100.12/32");
+        let why: Vec<(String, &str)> = refused.iter().map(|(a, r)| (a.key(), r.reason())).collect();
+        assert_eq!(
+            why,
+            vec![("blackhole 192.0.2.9/32".to_string(), "outside"), ("blackhole 198.51.100.13/32".to_string(), "full"),]
+        );
+        assert_eq!(d.get("blackhole 198.51.100.11/32"), Some(&mine));
+        // The refused are withdrawn; the one in force is announced as it wants.
+        assert_eq!(
+            reconcile(&d, &held, 1000),
+            vec![Change::Withdraw(outside), Change::Withdraw(blackhole(13)), Change::Announce(blackhole(11)),]
+        );
+    }
+
+    #[test]
+    fn a_pending_recovery_is_saved_and_read_back() {
+        let plain = serde_json::to_string(&Desired::new().saved()).unwrap();
+        assert_eq!(plain, "{\"entries\":[]}", "the flag is left out when false");
+        let pending = Saved { entries: vec![], recover: true };
+        let back: Saved = serde_json::from_str(&serde_json::to_string(&pending).unwrap()).unwrap();
+        assert_eq!(back, pending);
+        let old: Saved = serde_json::from_str("{\"entries\":[]}").unwrap();
+        assert!(!old.recover);
     }
 
     #[test]

@@ -17,6 +17,13 @@
 //!   ([`Desired::restore`]): expired entries are dropped, and so are those
 //!   of incidents that ended while no controller ran
 //!   ([`Bgp::drop_ended_incidents`]).
+//! - A `bgp.json` that exists but cannot be read or parsed is moved aside,
+//!   and the first listing of the daemon's paths takes back what it still
+//!   announces ([`Desired::recover`]: origin `recovered`, each through the
+//!   one check, withdrawn after [`RECOVERED_TTL`]) before anything is
+//!   withdrawn: a lost file never withdraws a blackhole in force, as a lost
+//!   `rules.json` never removes an XDP rule. A missing file is a first
+//!   start: whatever the daemon announces that is not wanted is withdrawn.
 //! - On a clean stop the daemon is left running with its announcements
 //!   (`mitigation.on_stop: keep`, as the XDP rules are), or everything is
 //!   withdrawn and it is stopped (`on_stop: detach`).
@@ -38,7 +45,7 @@ use super::{
     daemon::{Daemon, DaemonConfig, DaemonError, Status as DaemonStatus},
     gobgp::{config_toml, Client, Peer, SessionState},
     metrics::BgpMetrics,
-    plan::{Desired, Entry, Planner, Record, Saved},
+    plan::{Desired, Entry, Planner, Record, Saved, RECOVERED_TTL},
 };
 use crate::{
     api::control::SharedMitigator, clock::now_ms, detect::incident::time_ms, mitigate::rule::Origin,
@@ -134,6 +141,9 @@ struct Inner {
     error: Option<String>,
     /// The desired set changed and is not yet on disk.
     dirty: bool,
+    /// The saved set was lost: the next listing of the daemon's paths
+    /// takes them back ([`Saved::recover`]).
+    recover: bool,
     daemon: DaemonStatus,
 }
 
@@ -164,9 +174,15 @@ impl Bgp {
         state_dir: &Path,
         metrics: BgpMetrics,
     ) -> Result<Arc<Bgp>, BgpError> {
+        let mut toml = config_toml(&cfg);
+        if cfg.dry_run {
+            // Part of the fingerprint: a gobgpd a sending run left, with
+            // its paths, is not adopted by a dry run (which never lists
+            // nor withdraws them), but replaced by one that holds none.
+            toml.push_str("# bgp.dry_run: true: the detector sends this daemon nothing\n");
+        }
         let daemon_cfg =
-            DaemonConfig::prepare(state_dir, &config_toml(&cfg), cfg.gobgpd.path.as_deref(), cfg.gobgpd.api_port)?
-                .persistent();
+            DaemonConfig::prepare(state_dir, &toml, cfg.gobgpd.path.as_deref(), cfg.gobgpd.api_port)?.persistent();
         let neighbors: Vec<String> = cfg.neighbors.iter().map(|n| n.address.to_string()).collect();
         let planner = Planner::new(cfg.limits.max_changes_per_minute, cfg.dry_run);
         let bgp = Arc::new(Bgp {
@@ -181,6 +197,7 @@ impl Bgp {
                 peers: Vec::new(),
                 error: None,
                 dirty: false,
+                recover: false,
                 daemon: DaemonStatus::default(),
             }),
             wake: Notify::new(),
@@ -209,26 +226,45 @@ impl Bgp {
     }
 
     fn restore(&self) {
+        let path = self.state_dir.join(STATE_FILE);
+        let ttl = humantime::format_duration(RECOVERED_TTL);
+        let taken_back = format!(
+            "what gobgpd still announces is taken back (origin recovered, withdrawn after {ttl} unless announced \
+             again), not withdrawn"
+        );
         let saved = match statedir::read(&self.state_dir, STATE_FILE) {
             statedir::Read::Bytes(b) => match serde_json::from_slice::<Saved>(&b) {
-                Ok(s) => s,
+                Ok(s) => {
+                    if s.recover {
+                        tracing::warn!(
+                            "{} was lost at an earlier start, before gobgpd's paths were listed; {taken_back}",
+                            path.display()
+                        );
+                    }
+                    s
+                }
                 Err(e) => {
-                    let path = self.state_dir.join(STATE_FILE);
-                    let aside = statedir::move_aside(&path);
-                    tracing::error!(
-                        "{} is unreadable ({e}); moved aside ({aside:?}): announcements of the last run that are \
-                         still in gobgpd will be withdrawn",
-                        path.display()
-                    );
-                    Saved::default()
+                    match statedir::move_aside(&path) {
+                        Ok(aside) => tracing::error!(
+                            "{} is unreadable ({e}); moved to {}; {taken_back}",
+                            path.display(),
+                            aside.display()
+                        ),
+                        Err(m) => tracing::error!(
+                            "{} is unreadable ({e}) and cannot be moved aside ({m}); {taken_back}",
+                            path.display()
+                        ),
+                    }
+                    Saved { entries: Vec::new(), recover: true }
                 }
             },
             statedir::Read::Missing => Saved::default(),
             statedir::Read::Failed(e) => {
-                tracing::error!("cannot read {STATE_FILE}: {e}");
-                Saved::default()
+                tracing::error!("cannot read the saved announcements: {e}; {taken_back}");
+                Saved { entries: Vec::new(), recover: true }
             }
         };
+        let recover = saved.recover;
         let before = saved.entries.len();
         let now = now_ms();
         let (desired, refused) = self.with_scope(|scope| Desired::restore(saved, scope, now));
@@ -244,13 +280,41 @@ impl Bgp {
         }
         let mut inner = self.lock();
         inner.desired = desired;
+        inner.recover = recover;
         inner.dirty = true;
+        self.persist(&mut inner);
+    }
+
+    /// Takes back what the daemon announces (`held`, listed once the saved
+    /// set was lost): see [`Desired::recover`].
+    fn take_back(&self, held: &[Announcement], now: u64) {
+        let allow = self.mitigator.lock().unwrap_or_else(|p| p.into_inner()).allow().to_vec();
+        let scope = Scope::new(&self.cfg, &self.protected, &allow);
+        let mut inner = self.lock();
+        let (back, refused) = inner.desired.recover(held, &scope, now);
+        let ttl = humantime::format_duration(RECOVERED_TTL);
+        for e in &back {
+            tracing::warn!(
+                announcement = %e.announcement,
+                "announcement in force recovered from gobgpd; {STATE_FILE} had no record of it, so its origin and TTL \
+                 are lost: withdrawn after {ttl} unless announced again"
+            );
+        }
+        for (a, why) in &refused {
+            self.metrics.refused(why.reason());
+            tracing::warn!(announcement = %a, "an announcement gobgpd still held is refused now, and withdrawn: {why}");
+        }
+        if back.is_empty() && refused.is_empty() {
+            tracing::info!("gobgpd announced nothing to take back");
+        }
+        inner.recover = false;
         self.persist(&mut inner);
     }
 
     /// Writes the desired set (atomically) before the daemon hears of it.
     fn persist(&self, inner: &mut Inner) {
-        match statedir::write_json(&self.state_dir, STATE_FILE, &inner.desired.saved()) {
+        let saved = Saved { recover: inner.recover, ..inner.desired.saved() };
+        match statedir::write_json(&self.state_dir, STATE_FILE, &saved) {
             Ok(()) => inner.dirty = false,
             Err(e) => {
                 inner.dirty = true;
@@ -412,6 +476,23 @@ impl Bgp {
             }
             established = up;
             self.metrics.sessions(&self.neighbors, peers.as_deref().unwrap_or(&[]));
+            // The saved set was lost: nothing is sent before the daemon's
+            // paths are taken back. (A dry run sends nothing, and leaves
+            // them to the next start that sends.)
+            if status.pid.is_some() && !self.cfg.dry_run && self.lock().recover {
+                match client.list().await {
+                    Ok(listed) => self.take_back(&listed.announcements, now),
+                    Err(e) => {
+                        let mut inner = self.lock();
+                        inner.daemon = status;
+                        if inner.error.as_deref() != Some(&e.to_string()) {
+                            tracing::warn!("listing gobgpd's paths to take them back: {e}; retried every second");
+                        }
+                        inner.error = Some(e.to_string());
+                        continue;
+                    }
+                }
+            }
             // Expiry and any pending save, before anything is sent.
             let (desired, mut planner) = {
                 let mut inner = self.lock();

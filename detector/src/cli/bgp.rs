@@ -113,8 +113,12 @@ pub fn run(cmd: BgpCommand) -> anyhow::Result<()> {
         }
         BgpCommand::Announce(a) => {
             let (req, dir) = request(a)?;
-            let e = rt.block_on(Client::new(&dir.state_dir).bgp_announce(&req))?;
-            outln!("announced {}", line(&e))?;
+            let a = rt.block_on(Client::new(&dir.state_dir).bgp_announce(&req))?;
+            if a.dry_run {
+                outln!("recorded, not announced (bgp.dry_run: nothing is sent) {}", line(&a.entry))?;
+            } else {
+                outln!("announced {}", line(&a.entry))?;
+            }
         }
         BgpCommand::Withdraw { target, dir } => {
             let w = rt.block_on(Client::new(&dir.state_dir).bgp_withdraw(&target))?;
@@ -195,9 +199,21 @@ fn print_status(v: &StatusView) -> anyhow::Result<()> {
     for n in &v.neighbors {
         outln!("  {} AS{} {} {}", n.address, n.remote_as, n.state, n.description)?;
     }
-    outln!("announcements in force: {}", v.announcements.len())?;
+    let not_sent = if v.dry_run { " (dry run: recorded, not sent)" } else { "" };
+    outln!("announcements in force{not_sent}: {}", v.announcements.len())?;
     for e in &v.announcements {
         outln!("  {}", line(e))?;
     }
+    let shown = v.recent.len().min(RECENT_SHOWN);
+    if shown > 0 {
+        let sent = if v.dry_run { "recorded, not sent" } else { "sent to gobgpd" };
+        outln!("last {shown} change(s) {sent}:")?;
+        for r in &v.recent[v.recent.len() - shown..] {
+            outln!("  {}  {}", time_ms::rfc3339(r.at_ms), r.change)?;
+        }
+    }
     Ok(())
 }
+
+/// The changes `status` prints (`--json` has all it keeps).
+const RECENT_SHOWN: usize = 10;

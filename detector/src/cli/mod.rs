@@ -63,7 +63,8 @@ pub enum Command {
     /// Allowlist a prefix: no rule ever drops it.
     #[command(subcommand)]
     Allow(rules::AddCommand<rules::AllowArgs>),
-    /// Remove the XDP program and every pinned rule from an interface.
+    /// Remove the XDP program and every pinned rule from an interface, and
+    /// stop the gobgpd a stopped controller left running.
     Detach(rules::DetachArgs),
     /// Upstream mitigation over BGP: status, announce, withdraw.
     #[command(subcommand)]

@@ -1,12 +1,17 @@
 //! `detector rules|block|ratelimit|allow|detach`: the operator's verbs on
 //! the mitigation rules. All but `detach` talk to the running controller
-//! through the control socket in its state directory.
+//! through the control socket in its state directory; `detach` clears
+//! what a stopped one left (the XDP program and rules, and gobgpd).
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use detector::{
-    api::control::{AllowRequest, Client},
+    api::control::{self, AllowRequest, Client},
+    bgp::daemon,
     kernel::pins,
     mitigate::{
         mitigator::{RuleView, RulesView},
@@ -181,6 +186,10 @@ pub struct DetachArgs {
     /// Interface to clear; repeat for several.
     #[arg(long = "iface", value_name = "IF", required = true)]
     pub ifaces: Vec<String>,
+    /// The state directory of the stopped `detector run`: the gobgpd it
+    /// left running (recorded there) is stopped too.
+    #[command(flatten)]
+    pub dir: StateDirArg,
 }
 
 pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -324,8 +333,10 @@ pub fn allow(cmd: AddCommand<AllowArgs>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes the XDP program and every pinned rule from the interfaces, now.
-/// Refused while a controller drives the interface.
+/// Removes the XDP program and every pinned rule from the interfaces, now,
+/// then stops the gobgpd a stopped controller left running with the state
+/// directory. Refused while a controller drives the interface, or (for
+/// gobgpd) runs with the state directory.
 pub fn detach(args: DetachArgs) -> anyhow::Result<()> {
     privileges::check(Need::Xdp)?;
     for s in pins::sweep_gone() {
@@ -357,6 +368,30 @@ pub fn detach(args: DetachArgs) -> anyhow::Result<()> {
             eprintln!("{iface}: {e}");
         }
         outln!("{iface}: XDP program detached; {n} pinned objects removed from {}", dir.display())?;
+    }
+    end_gobgpd(&args.dir.state_dir)
+}
+
+/// Stops the gobgpd recorded in `dir` that a stopped controller left
+/// running (`--on-stop keep`, or killed): its sessions close, and the
+/// upstream withdraws everything it announced. Refused while a controller
+/// runs with `dir`: that gobgpd is its own.
+fn end_gobgpd(dir: &Path) -> anyhow::Result<()> {
+    let Some(rec) = daemon::Record::load(dir) else { return Ok(()) };
+    if control::answers(dir) {
+        anyhow::bail!(
+            "gobgpd (pid {}) not stopped: a detector is running with {} and drives it; stop that one with \
+             --on-stop detach (which withdraws and stops gobgpd)",
+            rec.pid,
+            dir.display()
+        );
+    }
+    if let Some(pid) = daemon::end_recorded(dir) {
+        outln!(
+            "gobgpd (pid {pid}) recorded in {} stopped; its BGP sessions closed, so the upstream withdraws what it \
+             announced",
+            dir.display()
+        )?;
     }
     Ok(())
 }
