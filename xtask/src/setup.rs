@@ -130,8 +130,10 @@ fn bpf_linker(sysroot: &Path) -> Result<()> {
 }
 
 /// What the kernel tests call: `ip` for the lab, `promtool` to check the
-/// metrics text, `hping3` for spoofed floods from a real tool, `iperf3` for
-/// legitimate bulk TCP, `curl` for real clients of a TCP service, `nft`,
+/// metrics text and the alert rules and the `prometheus` server that
+/// scrapes a lab's controller (both in the Debian package `prometheus`),
+/// `hping3` for spoofed floods from a real tool, `iperf3` for legitimate
+/// bulk TCP, `curl` for real clients of a TCP service, `nft`,
 /// which SYN cookies need (the controller installs a SYNPROXY rule), and the
 /// two BGP daemons of the BGP lab: GoBGP (`gobgpd` and its `gobgp` CLI), the
 /// detector's speaker, and BIRD 2 (`bird`, `birdc`), the upstream router.
@@ -140,7 +142,7 @@ pub fn test_tools() -> Result<()> {
     if which("ip").is_none() {
         missing.push("iproute2");
     }
-    if which("promtool").is_none() {
+    if which("promtool").is_none() || which("prometheus").is_none() {
         missing.push("prometheus");
     }
     // In /usr/sbin, which a non-root PATH may lack; the lab looks there too.
@@ -161,12 +163,14 @@ pub fn test_tools() -> Result<()> {
             missing.push(package);
         }
     }
-    let new_daemons: Vec<&str> = ["gobgpd", "bird2"].into_iter().filter(|p| missing.contains(p)).collect();
+    let new_daemons: Vec<&str> =
+        ["gobgpd", "bird2", "prometheus"].into_iter().filter(|p| missing.contains(p)).collect();
     apt_install(&missing, "the tests")?;
     // The packages enable and start their services with the stock
-    // configuration (bird2's `bird`, gobgpd's `gobgpd`); the tests run
-    // their own instances in lab namespaces only.
-    for service in new_daemons.iter().map(|p| if *p == "bird2" { "bird" } else { "gobgpd" }) {
+    // configuration (bird2's `bird`, gobgpd's `gobgpd`, prometheus's
+    // `prometheus`); the tests run their own instances in lab namespaces
+    // only.
+    for service in new_daemons.iter().map(|p| if *p == "bird2" { "bird" } else { p }) {
         disable_service(service)?;
     }
     Ok(())

@@ -31,6 +31,7 @@ pub mod controller;
 pub mod counters;
 pub mod hping3;
 pub mod process;
+pub mod prometheus;
 pub mod receiver;
 pub mod router;
 pub mod tcp;
