@@ -149,6 +149,7 @@ pub struct Metrics {
     attached: Family<AttachLabels, Gauge<f64, AtomicU64>>,
     incidents: Family<IncidentLabels, Counter>,
     active_incidents: Family<FamilyLabels, Gauge>,
+    active_by_severity: Family<IncidentLabels, Gauge>,
     baseline_pps: Family<GroupClassLabels, Gauge<f64, AtomicU64>>,
     baseline_bytes: Family<GroupClassLabels, Gauge<f64, AtomicU64>>,
     threshold_pps: Family<ThresholdLabels, Gauge<f64, AtomicU64>>,
@@ -200,6 +201,7 @@ impl Metrics {
             attached: Family::default(),
             incidents: Family::default(),
             active_incidents: Family::default(),
+            active_by_severity: Family::default(),
             baseline_pps: Family::default(),
             baseline_bytes: Family::default(),
             threshold_pps: Family::default(),
@@ -275,6 +277,11 @@ impl Metrics {
             m.incidents.clone(),
         );
         registry.register("detector_active_incidents", "Open incidents per attack family", m.active_incidents.clone());
+        registry.register(
+            "detector_active_incidents_by_severity",
+            "Open incidents per attack family and current severity",
+            m.active_by_severity.clone(),
+        );
         registry.register(
             "detector_baseline_packets_per_second",
             "Learned normal packet rate of a host group's total per interface, direction and class",
@@ -524,12 +531,18 @@ impl Metrics {
         }
     }
 
-    /// Open incidents per family (every family exported, at zero if none).
+    /// Open incidents per family, and per family and current severity
+    /// (every family and severity exported, at zero if none).
     pub fn active_incidents<'a>(&self, open: impl Iterator<Item = &'a Incident>) {
         let open: Vec<&Incident> = open.collect();
         for f in AttackFamily::ALL {
             let n = open.iter().filter(|i| i.families.contains(&f)).count();
             self.active_incidents.get_or_create(&FamilyLabels { family: f.name().into() }).set(n as i64);
+            for sev in crate::detect::severity::Severity::ALL {
+                let n = open.iter().filter(|i| i.families.contains(&f) && i.severity == sev).count();
+                let l = IncidentLabels { family: f.name().into(), severity: sev.name().into() };
+                self.active_by_severity.get_or_create(&l).set(n as i64);
+            }
         }
     }
 
