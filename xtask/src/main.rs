@@ -3,6 +3,7 @@
 //! to cargo; this does.
 
 mod fuzz;
+mod install;
 mod setup;
 
 use std::{
@@ -26,6 +27,34 @@ enum Cmd {
     Setup,
     /// Build everything in release mode: target/release/detector, programs embedded.
     Build,
+    /// Build in release mode and install the binary, the systemd unit, the
+    /// configuration and the runbooks (files under /etc/detector that exist
+    /// are kept). Enables nothing.
+    Install {
+        /// Where the binary (`PREFIX/bin`) and the documentation go.
+        #[arg(long, value_name = "DIR", default_value = "/usr")]
+        prefix: PathBuf,
+        /// Stage the files under this directory (DESTDIR) instead of /.
+        #[arg(long, value_name = "DESTDIR", default_value = "/")]
+        root: PathBuf,
+        /// Install this binary instead of building one.
+        #[arg(long, value_name = "FILE")]
+        binary: Option<PathBuf>,
+    },
+    /// Build the Debian package target/debian/detector_<version>_<arch>.deb:
+    /// the layout of `install`, its /etc files as conffiles.
+    Deb {
+        /// Package this binary instead of a release build (the tests
+        /// package the one they built).
+        #[arg(long, value_name = "FILE")]
+        binary: Option<PathBuf>,
+        /// Where to write the package (default: target/debian).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// dpkg-deb's compression: xz, gzip, zstd or none.
+        #[arg(long, value_name = "TYPE", default_value = "xz")]
+        compression: String,
+    },
     /// Build, then `detector run` with the arguments after `--` (as root).
     Run {
         /// Arguments for `detector run`, e.g. `-- --iface eth1`.
@@ -89,6 +118,12 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Build => {
             setup::toolchain()?;
             build_release(&root)
+        }
+        Cmd::Install { prefix, root: destdir, binary } => {
+            install::install(&root, install::InstallOptions { prefix, root: destdir, binary })
+        }
+        Cmd::Deb { binary, out, compression } => {
+            install::deb(&root, install::DebOptions { binary, out_dir: out, compression }).map(drop)
         }
         Cmd::Run { args } => {
             setup::toolchain()?;

@@ -136,7 +136,9 @@ fn bpf_linker(sysroot: &Path) -> Result<()> {
 /// bulk TCP, `curl` for real clients of a TCP service, `nft`,
 /// which SYN cookies need (the controller installs a SYNPROXY rule), and the
 /// two BGP daemons of the BGP lab: GoBGP (`gobgpd` and its `gobgp` CLI), the
-/// detector's speaker, and BIRD 2 (`bird`, `birdc`), the upstream router.
+/// detector's speaker, and BIRD 2 (`bird`, `birdc`), the upstream router;
+/// for the package test, `systemd-analyze` (which checks the unit) and
+/// `strip` and `objdump` (which `cargo xtask deb` runs).
 pub fn test_tools() -> Result<()> {
     let mut missing = Vec::new();
     if which("ip").is_none() {
@@ -157,6 +159,12 @@ pub fn test_tools() -> Result<()> {
     }
     if which("nft").is_none() && which_sbin("nft").is_none() {
         missing.push("nftables");
+    }
+    if which("systemd-analyze").is_none() {
+        missing.push("systemd");
+    }
+    if which("strip").is_none() || which("objdump").is_none() {
+        missing.push("binutils");
     }
     for (tools, package) in [(["gobgpd", "gobgp"], "gobgpd"), (["bird", "birdc"], "bird2")] {
         if tools.iter().any(|t| which(t).is_none() && which_sbin(t).is_none()) {
