@@ -33,12 +33,34 @@ pub fn dir(iface: &str) -> Result<PathBuf, PinError> {
     Ok(base()?.join(iface))
 }
 
-/// Where this network namespace's interface directories are.
+/// Where this network namespace's interface directories are: the host's
+/// (PID 1's) right under `detector/`, any other under `netns-<inode>/`.
+///
+/// Looking at PID 1's namespace takes PID 1's capabilities (or
+/// `CAP_SYS_PTRACE`): a process with fewer (the hardened service of
+/// `deploy/systemd`) is refused. Such a process is taken to be in the
+/// host's namespace, where a service runs, so that it and a root shell's
+/// `detector detach` find the same pins; labs and other namespaces run
+/// with every capability, and can tell.
 fn base() -> Result<PathBuf, PinError> {
     let own = fs::metadata("/proc/thread-self/ns/net").map_err(PinError::Netns)?.ino();
-    let host = fs::metadata("/proc/1/ns/net").map(|m| m.ino()).ok();
+    let host = fs::metadata("/proc/1/ns/net").map(|m| m.ino()).map_err(|e| e.kind());
+    Ok(base_for(own, host))
+}
+
+/// [`base`] for this namespace's inode `own` and PID 1's, or why it could
+/// not be read.
+fn base_for(own: u64, host: Result<u64, io::ErrorKind>) -> PathBuf {
     let base = Path::new(BPFFS).join("detector");
-    Ok(if host == Some(own) { base } else { base.join(format!("netns-{own}")) })
+    let in_host = match host {
+        Ok(host) => host == own,
+        Err(kind) => kind == io::ErrorKind::PermissionDenied,
+    };
+    if in_host {
+        base
+    } else {
+        base.join(format!("netns-{own}"))
+    }
 }
 
 /// Interfaces of this network namespace with a pinned link.
@@ -265,4 +287,20 @@ fn link_detach(pin: &Path) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_namespace_pins_at_the_top_and_a_restricted_process_counts_as_the_host() {
+        let top = Path::new(BPFFS).join("detector");
+        assert_eq!(base_for(7, Ok(7)), top);
+        assert_eq!(base_for(7, Ok(9)), top.join("netns-7"));
+        // The hardened service cannot look at PID 1's namespace.
+        assert_eq!(base_for(7, Err(io::ErrorKind::PermissionDenied)), top);
+        // No /proc/1 at all: not known to be the host's.
+        assert_eq!(base_for(7, Err(io::ErrorKind::NotFound)), top.join("netns-7"));
+    }
 }
