@@ -262,7 +262,7 @@ fn without_privileges_the_missing_capabilities_are_named() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("missing CAP_BPF and CAP_NET_ADMIN"), "{err}");
+    assert!(err.contains("missing CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"), "{err}");
     assert_eq!(xdp_attached(&lab.tgt_ns, &lab.tgt_if), None);
 }
 

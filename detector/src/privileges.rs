@@ -9,12 +9,13 @@ use thiserror::Error;
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_NET_RAW: u32 = 13;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PrivilegeError {
     #[error(
-        "missing {missing}: {what} needs it (run as root, or grant it with setcap or systemd's AmbientCapabilities)"
+        "missing {missing}: {what} needs them (run as root, or grant them with setcap or systemd's AmbientCapabilities)"
     )]
     Missing { missing: String, what: &'static str },
     #[error("cannot read this process's capabilities from /proc/self/status: {0}")]
@@ -22,7 +23,7 @@ pub enum PrivilegeError {
 }
 
 /// What an operation needs from the kernel.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {
     /// Load and attach XDP programs, read and write BPF maps.
     Xdp,
@@ -44,27 +45,34 @@ fn parse_cap_eff(status: &str) -> Option<u64> {
 /// Checks `caps` against what `need` requires; names every missing one.
 pub fn check_caps(caps: u64, need: Need) -> Result<(), PrivilegeError> {
     let has = |c: u32| caps & (1u64 << c) != 0;
-    let mut missing = Vec::new();
-    // CAP_SYS_ADMIN stands in for CAP_BPF on kernels and setups without it.
-    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
-        missing.push("CAP_BPF");
-    }
-    if !has(CAP_NET_ADMIN) {
-        missing.push("CAP_NET_ADMIN");
-    }
+    // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON on kernels and
+    // setups without them. The verifier refuses the XDP program's pointer
+    // arithmetic to a loader without CAP_PERFMON ("pointer -= pointer
+    // prohibited").
+    let xdp = need == Need::Xdp;
+    let flood = need == Need::Flood;
+    let missing: Vec<&str> = [
+        ("CAP_BPF", !has(CAP_BPF) && !has(CAP_SYS_ADMIN)),
+        ("CAP_PERFMON", xdp && !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN)),
+        ("CAP_NET_ADMIN", !has(CAP_NET_ADMIN)),
+        ("CAP_NET_RAW", flood && !has(CAP_NET_RAW)),
+    ]
+    .into_iter()
+    .filter_map(|(name, lacking)| lacking.then_some(name))
+    .collect();
     let what = match need {
         Need::Xdp => "loading and attaching the XDP program",
-        Need::Flood => {
-            if !has(CAP_NET_RAW) {
-                missing.push("CAP_NET_RAW");
-            }
-            "sending the flood"
-        }
+        Need::Flood => "sending the flood",
     };
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(PrivilegeError::Missing { missing: missing.join(" and "), what })
+        let missing = match missing.split_last() {
+            Some((last, [])) => last.to_string(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+            None => unreachable!("not empty"),
+        };
+        Err(PrivilegeError::Missing { missing, what })
     }
 }
 
@@ -133,10 +141,12 @@ mod tests {
         let all = u64::MAX;
         assert_eq!(check_caps(all, Need::Xdp), Ok(()));
         let err = check_caps(0, Need::Xdp).unwrap_err().to_string();
-        assert!(err.starts_with("missing CAP_BPF and CAP_NET_ADMIN"), "{err}");
+        assert!(err.starts_with("missing CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"), "{err}");
         let only_bpf = 1u64 << CAP_BPF;
         let err = check_caps(only_bpf, Need::Xdp).unwrap_err().to_string();
-        assert!(err.starts_with("missing CAP_NET_ADMIN:"), "{err}");
+        assert!(err.starts_with("missing CAP_PERFMON and CAP_NET_ADMIN:"), "{err}");
+        let service = only_bpf | (1u64 << CAP_PERFMON) | (1u64 << CAP_NET_ADMIN);
+        assert_eq!(check_caps(service, Need::Xdp), Ok(()));
         let sys_admin_net = (1u64 << CAP_SYS_ADMIN) | (1u64 << CAP_NET_ADMIN);
         assert_eq!(check_caps(sys_admin_net, Need::Xdp), Ok(()));
         let err = check_caps(sys_admin_net, Need::Flood).unwrap_err().to_string();
