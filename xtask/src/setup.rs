@@ -134,7 +134,9 @@ fn bpf_linker(sysroot: &Path) -> Result<()> {
 /// legitimate bulk TCP, `curl` for real clients of a TCP service, `nft`,
 /// which SYN cookies need (the controller installs a SYNPROXY rule), and the
 /// two BGP daemons of the BGP lab: GoBGP (`gobgpd` and its `gobgp` CLI), the
-/// detector's speaker, and BIRD 2 (`bird`, `birdc`), the upstream router.
+/// detector's speaker, and BIRD 2 (`bird`, `birdc`), the upstream router;
+/// and aiosmtpd for Debian's Python (`/usr/bin/python3`), the SMTP server
+/// the email channel is tested against (`tests/smtp/server.py`).
 pub fn test_tools() -> Result<()> {
     let mut missing = Vec::new();
     if which("ip").is_none() {
@@ -160,6 +162,12 @@ pub fn test_tools() -> Result<()> {
         if tools.iter().any(|t| which(t).is_none() && which_sbin(t).is_none()) {
             missing.push(package);
         }
+    }
+    // A Python module, not a command: Debian's interpreter must import it
+    // (a python3 earlier in PATH, such as pyenv's, does not see it).
+    let aiosmtpd = Command::new("/usr/bin/python3").args(["-c", "import aiosmtpd"]).output();
+    if !aiosmtpd.is_ok_and(|o| o.status.success()) {
+        missing.push("python3-aiosmtpd");
     }
     let new_daemons: Vec<&str> = ["gobgpd", "bird2"].into_iter().filter(|p| missing.contains(p)).collect();
     apt_install(&missing, "the tests")?;
