@@ -138,7 +138,9 @@ fn bpf_linker(sysroot: &Path) -> Result<()> {
 /// two BGP daemons of the BGP lab: GoBGP (`gobgpd` and its `gobgp` CLI), the
 /// detector's speaker, and BIRD 2 (`bird`, `birdc`), the upstream router;
 /// for the package test, `systemd-analyze` (which checks the unit) and
-/// `strip` and `objdump` (which `cargo xtask deb` runs).
+/// `strip` and `objdump` (which `cargo xtask deb` runs); and aiosmtpd for
+/// Debian's Python (`/usr/bin/python3`), the SMTP server the email channel
+/// is tested against (`tests/smtp/server.py`).
 pub fn test_tools() -> Result<()> {
     let mut missing = Vec::new();
     if which("ip").is_none() {
@@ -170,6 +172,12 @@ pub fn test_tools() -> Result<()> {
         if tools.iter().any(|t| which(t).is_none() && which_sbin(t).is_none()) {
             missing.push(package);
         }
+    }
+    // A Python module, not a command: Debian's interpreter must import it
+    // (a python3 earlier in PATH, such as pyenv's, does not see it).
+    let aiosmtpd = Command::new("/usr/bin/python3").args(["-c", "import aiosmtpd"]).output();
+    if !aiosmtpd.is_ok_and(|o| o.status.success()) {
+        missing.push("python3-aiosmtpd");
     }
     let new_daemons: Vec<&str> =
         ["gobgpd", "bird2", "prometheus"].into_iter().filter(|p| missing.contains(p)).collect();

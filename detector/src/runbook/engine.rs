@@ -837,7 +837,7 @@ impl Engine {
         let message = payload::message(n, ctx).map_err(StepError::Fail)?;
         let req = send::notify_request(n, ctx, &message).map_err(StepError::Fail)?;
         if dry_run {
-            return Ok((Outcome::DryRun, format!("would send to {}: {message}", req.shown_url)));
+            return Ok((Outcome::DryRun, format!("would send to {}: {message}", req.shown())));
         }
         let _permit = self.network.acquire().await.map_err(|e| StepError::Fail(e.to_string()))?;
         let sent = send::deliver(&self.http, &req, n.timeout, n.retries).await.map_err(StepError::Fail)?;
@@ -847,7 +847,7 @@ impl Engine {
     async fn webhook(&self, w: &Webhook, ctx: &Context, dry_run: bool) -> Result<(Outcome, String), StepError> {
         let req = send::webhook_request(w, ctx).map_err(StepError::Fail)?;
         if dry_run {
-            return Ok((Outcome::DryRun, format!("would POST the {} context to {}", ctx.event.name(), req.shown_url)));
+            return Ok((Outcome::DryRun, format!("would POST the {} context to {}", ctx.event.name(), req.shown())));
         }
         let _permit = self.network.acquire().await.map_err(|e| StepError::Fail(e.to_string()))?;
         let sent = send::deliver(&self.http, &req, w.timeout, w.retries).await.map_err(StepError::Fail)?;

@@ -8,6 +8,7 @@ use std::{collections::BTreeMap, fmt, time::Duration};
 use serde::{de, Deserialize, Deserializer};
 
 use super::{
+    channels::{self, Address, ChatId, Email, Smtp},
     limits::MAX_STEPS,
     secret::{SecretText, SecretUrl},
 };
@@ -369,28 +370,131 @@ pub enum Channel {
     Teams,
     Alertmanager,
     Webhook,
+    Telegram,
+    Opsgenie,
+    Email,
 }
 
+impl Channel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Slack => "slack",
+            Channel::Discord => "discord",
+            Channel::Pagerduty => "pagerduty",
+            Channel::Teams => "teams",
+            Channel::Alertmanager => "alertmanager",
+            Channel::Webhook => "webhook",
+            Channel::Telegram => "telegram",
+            Channel::Opsgenie => "opsgenie",
+            Channel::Email => "email",
+        }
+    }
+}
+
+/// A `notify` step. What its channel needs is checked at load
+/// ([`channels::check`]): a step that loads has it.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawNotify")]
 pub struct Notify {
     pub channel: Channel,
     /// The incoming webhook (Slack, Discord, Teams, generic), the Events API
-    /// (PagerDuty: `https://events.pagerduty.com/v2/enqueue` by default) or
-    /// Alertmanager's base URL.
-    #[serde(default)]
+    /// (PagerDuty: `https://events.pagerduty.com/v2/enqueue` by default),
+    /// Alertmanager's base URL, or the API's base URL (Telegram:
+    /// `https://api.telegram.org`, OpsGenie: `https://api.opsgenie.com` by
+    /// default).
     pub url: Option<SecretUrl>,
-    #[serde(default)]
     pub message: Option<Template>,
     /// PagerDuty's integration (routing) key.
-    #[serde(default)]
     pub routing_key: Option<SecretText>,
-    #[serde(default = "default_timeout", deserialize_with = "duration")]
+    /// Telegram: the bot's token. It goes into the request's URL.
+    pub bot_token: Option<SecretText>,
+    /// Telegram: the chat the bot writes to.
+    pub chat_id: Option<ChatId>,
+    /// OpsGenie: an API integration's key (`Authorization: GenieKey <key>`).
+    pub api_key: Option<SecretText>,
+    /// Email: the server, the sender, the recipients and the subject.
+    pub email: Option<Box<Email>>,
     pub timeout: Duration,
-    #[serde(default = "default_retries")]
     pub retries: u32,
-    #[serde(default)]
     pub headers: BTreeMap<String, SecretText>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    channel: Channel,
+    #[serde(default)]
+    url: Option<SecretUrl>,
+    #[serde(default)]
+    message: Option<Template>,
+    #[serde(default)]
+    routing_key: Option<SecretText>,
+    #[serde(default)]
+    bot_token: Option<SecretText>,
+    #[serde(default)]
+    chat_id: Option<ChatId>,
+    #[serde(default)]
+    api_key: Option<SecretText>,
+    #[serde(default)]
+    smtp: Option<Smtp>,
+    #[serde(default, deserialize_with = "address")]
+    from: Option<Address>,
+    #[serde(default, deserialize_with = "addresses")]
+    to: Option<Vec<Address>>,
+    #[serde(default)]
+    subject: Option<Template>,
+    #[serde(default = "default_timeout", deserialize_with = "duration")]
+    timeout: Duration,
+    #[serde(default = "default_retries")]
+    retries: u32,
+    #[serde(default)]
+    headers: BTreeMap<String, SecretText>,
+}
+
+impl TryFrom<RawNotify> for Notify {
+    type Error = String;
+    fn try_from(r: RawNotify) -> Result<Notify, String> {
+        let email = channels::check(channels::Fields {
+            channel: r.channel,
+            has_url: r.url.is_some(),
+            has_headers: !r.headers.is_empty(),
+            has_routing_key: r.routing_key.is_some(),
+            bot_token: r.bot_token.as_ref(),
+            has_chat_id: r.chat_id.is_some(),
+            has_api_key: r.api_key.is_some(),
+            smtp: r.smtp,
+            from: r.from,
+            to: r.to,
+            subject: r.subject,
+        })?;
+        Ok(Notify {
+            channel: r.channel,
+            url: r.url,
+            message: r.message,
+            routing_key: r.routing_key,
+            bot_token: r.bot_token,
+            chat_id: r.chat_id,
+            api_key: r.api_key,
+            email,
+            timeout: r.timeout,
+            retries: r.retries,
+            headers: r.headers,
+        })
+    }
+}
+
+fn address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Address>, D::Error> {
+    let s = String::deserialize(d)?;
+    Address::parse(&s).map(Some).map_err(|e| de::Error::custom(format!("from: {e}")))
+}
+
+/// One address, or a list of them.
+fn addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Address>>, D::Error> {
+    let list = one_or_many(d)?;
+    list.iter()
+        .map(|s| Address::parse(s).map_err(|e| de::Error::custom(format!("to: {e}"))))
+        .collect::<Result<_, _>>()
+        .map(Some)
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -175,7 +175,8 @@ impl<'de> Deserialize<'de> for SecretUrl {
 pub mod tests {
     use super::*;
 
-    /// A fixed environment for tests: `SLACK_URL`, `PD_KEY`, `HMAC`.
+    /// A fixed environment for tests: `SLACK_URL`, `PD_KEY`, `HMAC`,
+    /// `TG_TOKEN`, `TG_CHAT`, `OG_KEY`, `SMTP_PASSWORD`.
     pub struct Fake;
 
     impl Lookup for Fake {
@@ -184,6 +185,10 @@ pub mod tests {
                 "SLACK_URL" => Some("https://hooks.slack.com/services/T0/B0/s3cret".into()),
                 "PD_KEY" => Some("R0UT1NGKEY".into()),
                 "HMAC" => Some("hmac-s3cret".into()),
+                "TG_TOKEN" => Some("123456:AAs3cret".into()),
+                "TG_CHAT" => Some("-1001234567890".into()),
+                "OG_KEY" => Some("og-s3cret".into()),
+                "SMTP_PASSWORD" => Some("smtp-s3cret".into()),
                 _ => None,
             }
         }

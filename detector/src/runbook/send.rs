@@ -1,17 +1,20 @@
 //! Sending what [`super::payload`] builds: the one place runbooks touch
 //! the network, and its retry policy ([`success`], [`retryable`],
-//! [`backoff`]). Each step is bounded by its timeout per attempt and its
-//! retries. Errors name the URL as the runbook wrote it, never its
-//! resolved value.
+//! [`backoff`]). A notification is an HTTP request or a mail
+//! ([`Delivery`]); both go through the same attempts ([`deliver`]): each
+//! bounded by the step's timeout, at most `1 + retries` of them, with the
+//! same backoff between them. Errors name the URL as the runbook wrote it
+//! (never its resolved value), or the recipients and the SMTP server.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use crate::clock::now_ms;
 
 use super::{
     context::Context,
-    payload::{self, Request},
+    payload::{self, Delivery, Request},
     schema::{Notify, Webhook},
+    smtp,
 };
 
 /// Base delay of [`backoff`].
@@ -63,57 +66,86 @@ pub fn client() -> reqwest::Client {
         })
 }
 
-pub fn notify_request(n: &Notify, ctx: &Context, message: &str) -> Result<Request, String> {
+/// What a notify step sends for `ctx`: an HTTP request, or a mail.
+pub fn notify_request(n: &Notify, ctx: &Context, message: &str) -> Result<Delivery, String> {
     payload::notify(n, ctx, message, now_ms())
 }
 
-pub fn webhook_request(w: &Webhook, ctx: &Context) -> Result<Request, String> {
-    Ok(payload::webhook(w, ctx))
+pub fn webhook_request(w: &Webhook, ctx: &Context) -> Result<Delivery, String> {
+    Ok(Delivery::Http(payload::webhook(w, ctx)))
 }
 
-/// POSTs `req`, trying again on a retryable answer or no answer; returns
-/// what happened, for the history.
+/// Sends `d`, trying again after a retryable failure ([`retryable`] for
+/// HTTP, [`smtp::retryable`] for mail); returns what happened, for the
+/// history: the last attempt's answer and which attempt it was, or the
+/// error that ended the step.
 pub async fn deliver(
     client: &reqwest::Client,
-    req: &Request,
+    d: &Delivery,
     timeout: Duration,
     retries: u32,
 ) -> Result<String, String> {
+    match d {
+        Delivery::Http(req) => attempts(retries, || http_attempt(client, req, timeout)).await,
+        Delivery::Mail(mail) => attempts(retries, || smtp::attempt(mail, timeout)).await,
+    }
+}
+
+/// How one attempt ended.
+pub enum Attempt {
+    /// Delivered: what the other end answered.
+    Done(String),
+    /// Failed, and worth another attempt.
+    Retry(String),
+    /// Failed for good: no more attempts.
+    Fail(String),
+}
+
+/// At most `1 + retries` attempts, [`backoff`] apart; fails with the last
+/// attempt's error.
+async fn attempts<F, Fut>(retries: u32, mut attempt: F) -> Result<String, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Attempt>,
+{
     let mut last = String::new();
-    for attempt in 0..=retries {
-        if attempt > 0 {
-            tokio::time::sleep(backoff(attempt - 1)).await;
+    for n in 0..=retries {
+        if n > 0 {
+            tokio::time::sleep(backoff(n - 1)).await;
         }
-        let mut r = client.post(&req.url).timeout(timeout).body(req.body.clone());
-        for (k, v) in &req.headers {
-            r = r.header(k, v);
-        }
-        match r.send().await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                if success(status) {
-                    return Ok(format!(
-                        "{}: HTTP {status} (attempt {} of {})",
-                        req.shown_url,
-                        attempt + 1,
-                        retries + 1
-                    ));
-                }
-                last = format!("{}: HTTP {status}", req.shown_url);
-                if !retryable(status) {
-                    return Err(last);
-                }
-            }
-            Err(e) if e.is_timeout() => {
-                last = format!("{}: timed out after {}", req.shown_url, humantime::format_duration(timeout));
-            }
-            Err(e) => {
-                // Without the URL: its resolved form may hold a secret.
-                last = format!("{}: {}", req.shown_url, crate::kernel::xdp::error_chain(&e.without_url()));
-            }
+        match attempt().await {
+            Attempt::Done(said) => return Ok(format!("{said} (attempt {} of {})", n + 1, retries + 1)),
+            Attempt::Fail(e) => return Err(e),
+            Attempt::Retry(e) => last = e,
         }
     }
     Err(format!("{last} ({} attempts)", retries + 1))
+}
+
+/// One POST of `req`.
+async fn http_attempt(client: &reqwest::Client, req: &Request, timeout: Duration) -> Attempt {
+    let mut r = client.post(&req.url).timeout(timeout).body(req.body.clone());
+    for (k, v) in &req.headers {
+        r = r.header(k, v);
+    }
+    match r.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let said = format!("{}: HTTP {status}", req.shown_url);
+            if success(status) {
+                Attempt::Done(said)
+            } else if retryable(status) {
+                Attempt::Retry(said)
+            } else {
+                Attempt::Fail(said)
+            }
+        }
+        Err(e) if e.is_timeout() => {
+            Attempt::Retry(format!("{}: timed out after {}", req.shown_url, humantime::format_duration(timeout)))
+        }
+        // Without the URL: its resolved form may hold a secret.
+        Err(e) => Attempt::Retry(format!("{}: {}", req.shown_url, crate::kernel::xdp::error_chain(&e.without_url()))),
+    }
 }
 
 #[cfg(test)]

@@ -138,6 +138,121 @@ const BAD: &[(&str, usize, &str)] = &[
     ("name: x\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: rate_limit, aggregate: true, scope: signature, pps: 0, ttl: 1m }\n", 4, "mitigate: rate 0 packets per second is out of range"),
 ];
 
+/// The channels with more than a URL: (step, what the message must say).
+/// Each is one line that names the field.
+const BAD_CHANNELS: &[(&str, &str)] = &[
+    ("{ channel: telegram, chat_id: 1 }", "notify telegram: bot_token is missing (the token @BotFather gave the bot"),
+    ("{ channel: telegram, bot_token: \"${TG_TOKEN}\" }", "notify telegram: chat_id is missing"),
+    ("{ channel: telegram, bot_token: \"${TG_TOKEN}\", chat_id: general }", "chat_id: 'general' is not a Telegram chat: give the chat's number"),
+    ("{ channel: telegram, bot_token: \"${TG_TOKEN}\", chat_id: \"@abc\" }", "chat_id: '@abc' is not a Telegram chat"),
+    ("{ channel: telegram, bot_token: \"${TG_TOKEN}\", chat_id: 1.5 }", "chat_id: give the chat's number or a channel's @username"),
+    ("{ channel: telegram, bot_token: \"${TG_TOKEN}\", chat_id: \"${NOT_SET}\" }", "chat_id: environment variable NOT_SET is not set"),
+    ("{ channel: telegram, bot_token: \"${HMAC}\", chat_id: 1 }", "notify telegram: bot_token ${HMAC} is not a bot token"),
+    ("{ channel: telegram, bot_token: \"12:ab/../x\", chat_id: 1 }", "notify telegram: bot_token as written is not a bot token"),
+    ("{ channel: telegram, bot_token: \"${TG_TOKEN}\", chat_id: 1, url: \"tg.example.test\" }", "bad URL tg.example.test"),
+    ("{ channel: opsgenie }", "notify opsgenie: api_key is missing (an API integration's key"),
+    ("{ channel: opsgenie, api_key: \"${OG_KEY}\", chat_id: 5 }", "notify opsgenie: chat_id applies to channel telegram only"),
+    ("{ channel: slack, url: \"https://x.test/\", api_key: k }", "notify slack: api_key applies to channel opsgenie only"),
+    ("{ channel: slack, url: \"https://x.test/\", subject: hi }", "notify slack: subject applies to channel email only"),
+    ("{ channel: email, from: a@example.test, to: b@example.test }", "notify email: smtp is missing (the server"),
+    ("{ channel: email, smtp: { host: mail.example.test }, to: b@example.test }", "notify email: from is missing"),
+    ("{ channel: email, smtp: { host: mail.example.test }, from: a@example.test }", "notify email: to is missing"),
+    ("{ channel: email, smtp: { host: mail.example.test }, from: a@example.test, to: [] }", "notify email: to is an empty list"),
+    ("{ channel: email, smtp: { host: mail.example.test }, from: not-an-address, to: b@example.test }", "from: 'not-an-address' is not a mail address ("),
+    ("{ channel: email, smtp: { host: mail.example.test }, from: a@example.test, to: [b@example.test, \"c@@example.test\"] }", "to: 'c@@example.test' is not a mail address"),
+    ("{ channel: email, smtp: { host: mail.example.test }, from: a@example.test, to: \"Ops <ops@>\" }", "to: 'Ops <ops@>' is not a mail address"),
+    ("{ channel: email, smtp: { host: mail.example.test, tls: none }, from: a@example.test, to: b@example.test }", "smtp.tls: none sends the password and the mail in clear text, so it is only allowed to a loopback host (localhost, 127.0.0.1, ::1), not mail.example.test"),
+    ("{ channel: email, smtp: { host: mail.example.test, tls: ssl }, from: a@example.test, to: b@example.test }", "unknown variant `ssl`, expected one of `starttls`, `tls`, `none`"),
+    ("{ channel: email, smtp: { host: mail.example.test, username: u }, from: a@example.test, to: b@example.test }", "smtp.password is missing: a username needs its password"),
+    ("{ channel: email, smtp: { host: mail.example.test, password: \"${SMTP_PASSWORD}\" }, from: a@example.test, to: b@example.test }", "smtp.username is missing"),
+    ("{ channel: email, smtp: { host: mail.example.test, password: \"${NOT_SET}\", username: u }, from: a@example.test, to: b@example.test }", "environment variable NOT_SET is not set"),
+    ("{ channel: email, smtp: { host: \"mail example\" }, from: a@example.test, to: b@example.test }", "smtp.host: 'mail example' is not a host name or an IP address"),
+    ("{ channel: email, smtp: { host: mail.example.test, port: 0 }, from: a@example.test, to: b@example.test }", "smtp.port: 0 is not a port"),
+    ("{ channel: email, smtp: { host: mail.example.test, port: 70000 }, from: a@example.test, to: b@example.test }", "smtp.port: invalid value: integer `70000`, expected u16"),
+    ("{ channel: email, smtp: { hots: mail.example.test }, from: a@example.test, to: b@example.test }", "unknown field `hots`, expected one of `host`, `port`, `tls`"),
+    ("{ channel: email, smtp: { host: mail.example.test, ca_file: /nope/ca.pem }, from: a@example.test, to: b@example.test }", "smtp.ca_file: /nope/ca.pem cannot be read: No such file"),
+    ("{ channel: email, smtp: { host: localhost, tls: none, ca_file: /etc/ssl/ca.pem }, from: a@example.test, to: b@example.test }", "smtp.ca_file applies to tls: starttls or tls, not none"),
+    ("{ channel: email, smtp: { host: mail.example.test }, from: a@example.test, to: b@example.test, url: \"https://x.test/\" }", "notify email: url does not apply (email goes through smtp)"),
+    ("{ channel: email, smtp: { host: mail.example.test }, from: a@example.test, to: b@example.test, subject: \"{{ nodes }}\" }", "template uses 'nodes'"),
+    ("{ channel: email, smtp: { host: mail.example.test }, form: a@example.test, to: b@example.test }", "unknown field `form`"),
+];
+
+#[test]
+fn channel_fields_are_checked_at_load() {
+    for (step, expect) in BAD_CHANNELS {
+        let text = format!("name: x\ntrigger: {{ families: [any] }}\nsteps:\n  - notify: {step}\n");
+        let e = err(&text);
+        assert!(e.message.contains(expect), "{step}: expected {expect:?} in {e}");
+        assert_eq!(e.line, 4, "{step}: {e}");
+        assert!(!e.to_string().contains('\n'), "one line: {e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+}
+
+#[test]
+fn channels_with_more_than_a_url_parse() {
+    let dir = std::env::temp_dir().join(format!("detector-channels-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    // Any certificate will do: the check is that the file holds one.
+    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n").unwrap();
+    let text = format!(
+        r#"
+name: channels
+trigger: {{ families: [any] }}
+steps:
+  - notify: {{ channel: telegram, bot_token: "${{TG_TOKEN}}", chat_id: "${{TG_CHAT}}" }}
+  - notify: {{ channel: telegram, bot_token: "${{TG_TOKEN}}", chat_id: "@ddos_alerts", url: "http://127.0.0.1:8081" }}
+  - notify: {{ channel: opsgenie, api_key: "${{OG_KEY}}", url: "https://api.eu.opsgenie.com", retries: 1 }}
+  - notify:
+      channel: email
+      smtp: {{ host: mail.example.test, username: detector, password: "${{SMTP_PASSWORD}}", ca_file: {ca} }}
+      from: "DDoS detector <detector@example.test>"
+      to: ops@example.test
+      subject: "[{{{{ severity }}}}] {{{{ node }}}}"
+  - notify: {{ channel: email, smtp: {{ host: "::1", tls: none }}, from: a@example.test, to: [b@example.test, "C <c@example.test>"] }}
+  - notify: {{ channel: email, smtp: {{ host: smtp.example.test, tls: tls }}, from: a@example.test, to: b@example.test }}
+"#,
+        ca = ca.display()
+    );
+    let rb = ok(&text);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let n: Vec<&crate::runbook::schema::Notify> =
+        rb.steps.0.iter().map(|s| if let Step::Notify(n) = s { n } else { panic!("{s:?}") }).collect();
+    use crate::runbook::channels::{ChatId, SmtpTls};
+    assert_eq!(n[0].chat_id, Some(ChatId::Id(-1001234567890)));
+    assert_eq!(n[0].bot_token.as_ref().unwrap().expose(), "123456:AAs3cret");
+    assert_eq!(n[1].chat_id, Some(ChatId::Username("@ddos_alerts".into())));
+    assert_eq!((n[2].api_key.as_ref().unwrap().expose(), n[2].retries), ("og-s3cret", 1));
+    let e = n[3].email.as_ref().unwrap();
+    assert_eq!((e.smtp.host.as_str(), e.smtp.port, e.smtp.tls), ("mail.example.test", 587, SmtpTls::Starttls));
+    assert_eq!(e.smtp.login.as_ref().unwrap().password.expose(), "smtp-s3cret");
+    assert!(e.smtp.ca_file.as_ref().unwrap().pem.starts_with(b"-----BEGIN CERTIFICATE-----"));
+    assert_eq!(e.from.to_string(), "DDoS detector <detector@example.test>");
+    assert_eq!(e.to.len(), 1);
+    assert!(e.subject.is_some());
+    let e = n[4].email.as_ref().unwrap();
+    assert_eq!((e.smtp.host.as_str(), e.smtp.port, e.smtp.tls, e.to.len()), ("::1", 25, SmtpTls::None, 2));
+    assert_eq!(e.smtp.describe(), "[::1]:25 (none)");
+    let e = n[5].email.as_ref().unwrap();
+    assert_eq!((e.smtp.port, e.smtp.tls), (465, SmtpTls::Tls));
+    let debug = format!("{rb:?}");
+    assert!(!debug.contains("s3cret"), "secrets never reach Debug output: {debug}");
+    assert!(debug.contains("${SMTP_PASSWORD}"), "{debug}");
+
+    // A password written in the file is never shown either.
+    let rb = ok("name: x\ntrigger: { families: [any] }\nsteps:\n  - notify: { channel: email, smtp: { host: localhost, tls: none, username: u, password: hunter2 }, from: a@example.test, to: b@example.test }\n");
+    assert!(!format!("{rb:?}").contains("hunter2"));
+}
+
+/// `detector runbooks validate` without secrets: references stand for a
+/// placeholder, and a CA file is not looked for.
+#[test]
+fn channels_validate_without_their_secrets() {
+    let text = "name: x\ntrigger: { families: [any] }\nsteps:\n  - notify: { channel: telegram, bot_token: \"${T}\", chat_id: \"${C}\" }\n  - notify: { channel: email, smtp: { host: mail.example.test, username: \"${U}\", password: \"${P}\", ca_file: /etc/detector/ca.pem }, from: a@example.test, to: b@example.test }\n";
+    parse("rb.yaml", text, Box::new(super::secret::Unresolved)).unwrap_or_else(|e| panic!("{e}"));
+}
+
 #[test]
 fn bad_files_say_what_and_where() {
     assert!(BAD.len() >= 20);

@@ -108,16 +108,15 @@ mod tests {
             assert_eq!(alertmanager_url(base), want, "{base}");
         }
         let c = ctx(AttackEvent::AttackStart);
-        let r = notify(&notify_step("notify: { channel: alertmanager, url: '${AM_URL}' }"), &c, "m", 0).unwrap();
+        let r = http(notify(&notify_step("notify: { channel: alertmanager, url: '${AM_URL}' }"), &c, "m", 0));
         assert_eq!(r.url, "https://am:s3cret@alertmanager.example.test:9093/api/v2/alerts");
         assert_eq!(r.shown_url, "${AM_URL}/api/v2/alerts");
         assert_hidden(&r);
-        let r = notify(&notify_step("notify: { channel: alertmanager, url: '${AM_FULL}' }"), &c, "m", 0).unwrap();
+        let r = http(notify(&notify_step("notify: { channel: alertmanager, url: '${AM_FULL}' }"), &c, "m", 0));
         assert_eq!(r.url, "https://s3cret.example.test/api/v2/alerts");
         assert_eq!(r.shown_url, "${AM_FULL}");
         // A password written in the file is masked too.
-        let r =
-            notify(&notify_step("notify: { channel: alertmanager, url: 'http://u:pw@am:9093' }"), &c, "m", 0).unwrap();
+        let r = http(notify(&notify_step("notify: { channel: alertmanager, url: 'http://u:pw@am:9093' }"), &c, "m", 0));
         assert_eq!(r.url, "http://u:pw@am:9093/api/v2/alerts");
         assert_eq!(r.shown_url, "http://u:***@am:9093/api/v2/alerts");
     }

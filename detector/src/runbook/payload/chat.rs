@@ -150,7 +150,7 @@ mod tests {
     fn slack_shape() {
         let s = notify_step("notify: { channel: slack, url: '${SLACK_URL}', headers: { X-Token: '${TOKEN}' } }");
         let c = ctx(AttackEvent::AttackStart);
-        let r = notify(&s, &c, "UDP flood <b> & co", 0).unwrap();
+        let r = http(notify(&s, &c, "UDP flood <b> & co", 0));
         assert_eq!(r.url, "https://hooks.slack.com/services/T0/B0/s3cret");
         assert_eq!(r.shown_url, "${SLACK_URL}");
         assert_standard_headers(&r);
@@ -179,7 +179,7 @@ mod tests {
     fn discord_shape_and_truncation() {
         let s = notify_step("notify: { channel: discord, url: '${DISCORD_URL}' }");
         let c = ctx(AttackEvent::AttackStart);
-        let r = notify(&s, &c, "SYN flood @here", 0).unwrap();
+        let r = http(notify(&s, &c, "SYN flood @here", 0));
         assert_eq!(r.shown_url, "${DISCORD_URL}");
         assert_standard_headers(&r);
         assert_hidden(&r);
@@ -208,7 +208,7 @@ mod tests {
     #[test]
     fn teams_shape() {
         let s = notify_step("notify: { channel: teams, url: '${TEAMS_URL}' }");
-        let r = notify(&s, &ctx(AttackEvent::AttackStart), "Flood", 0).unwrap();
+        let r = http(notify(&s, &ctx(AttackEvent::AttackStart), "Flood", 0));
         assert!(r.url.contains("sig=s3cret"));
         assert_standard_headers(&r);
         assert_hidden(&r);

@@ -1,22 +1,28 @@
-//! The HTTP requests that `notify` and `webhook` steps send, built here and
-//! sent by [`super::send`]: one module per service family, each producing
-//! the payload its service documents: [`chat`] (Slack, Discord, Teams),
-//! [`pagerduty`], [`alertmanager`], and [`webhook`] (the generic webhook,
-//! documented in `docs/webhook.md`, and its signature). Pure: no network,
-//! no clock (the one time a payload needs, "now", is an argument).
+//! What `notify` and `webhook` steps send, built here and sent by
+//! [`super::send`]: one module per service family, each producing the
+//! payload its service documents: [`chat`] (Slack, Discord, Teams),
+//! [`telegram`], [`pagerduty`], [`opsgenie`], [`alertmanager`], [`webhook`]
+//! (the generic webhook, documented in `docs/webhook.md`, and its
+//! signature), and [`email`] (a mail for an SMTP server). The other
+//! channels are documented in `docs/channels.md`. Pure: no network, no
+//! clock (the one time a payload needs, "now", is an argument).
 //!
-//! Every request is a `POST`. A [`Request`] holds its resolved URL and
+//! Every HTTP request is a `POST`. A [`Request`] holds its resolved URL and
 //! headers, which may carry secrets, next to what is safe to show: its
 //! `Debug` output shows only the latter, and never the body (PagerDuty's
-//! carries the routing key).
+//! carries the routing key). A [`Mail`] likewise shows its server and
+//! recipients, never its login.
 
 pub mod alertmanager;
 pub mod chat;
+pub mod email;
+pub mod opsgenie;
 pub mod pagerduty;
+pub mod telegram;
 pub mod webhook;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use std::{collections::BTreeMap, fmt};
 
@@ -27,7 +33,10 @@ pub use self::{
         alertmanager, alertmanager_url, ALERTMANAGER_FIRING_FOR, ALERTMANAGER_PATH, ALERTMANAGER_RESEND, ALERTNAME,
     },
     chat::{discord, slack, teams, DISCORD_CONTENT_MAX},
+    email::{email, Mail, SUBJECT_MAX},
+    opsgenie::{opsgenie, opsgenie_priority, percent_encode, OPSGENIE_ALIAS_MAX, OPSGENIE_MESSAGE_MAX, OPSGENIE_URL},
     pagerduty::{pagerduty, pagerduty_severity, PAGERDUTY_SUMMARY_MAX, PAGERDUTY_URL},
+    telegram::{telegram, TELEGRAM_TEXT_MAX, TELEGRAM_URL},
     webhook::{notify_webhook, sign, verify, webhook, EVENT_HEADER, SIGNATURE_HEADER},
 };
 use super::{
@@ -77,6 +86,24 @@ impl fmt::Debug for Request {
     }
 }
 
+/// What a `notify` step sends: an HTTP request, or a mail.
+#[derive(Clone, Debug)]
+pub enum Delivery {
+    Http(Request),
+    Mail(Box<Mail>),
+}
+
+impl Delivery {
+    /// Where it goes, safe to show: the URL as the runbook wrote it, or
+    /// the recipients and the SMTP server.
+    pub fn shown(&self) -> String {
+        match self {
+            Delivery::Http(r) => r.shown_url.clone(),
+            Delivery::Mail(m) => m.shown(),
+        }
+    }
+}
+
 /// The message a `notify` step sends: for `attack_start` and
 /// `attack_update`, its `message` template rendered over the context; for
 /// `attack_end`, and when the step has no template (or it renders to
@@ -91,20 +118,24 @@ pub fn message(step: &Notify, ctx: &Context) -> Result<String, String> {
     Ok(if text.trim().is_empty() { ctx.summary() } else { text })
 }
 
-/// The request of a `notify` step, for its channel. `message` is the
-/// rendered message (see [`message`]); `now_ms` is only used for
-/// Alertmanager's `endsAt` when an ended attack has no `ended_at`.
-/// `Err` when the step lacks what its channel needs (a `url`, PagerDuty's
-/// `routing_key`).
-pub fn notify(step: &Notify, ctx: &Context, message: &str, now_ms: u64) -> Result<Request, String> {
-    match step.channel {
+/// What a `notify` step sends, for its channel. `message` is the rendered
+/// message (see [`message`]); `now_ms` is Alertmanager's `endsAt` when an
+/// ended attack has no `ended_at`, and a mail's `Date`. `Err` when the step
+/// lacks what its channel needs (a `url`, PagerDuty's `routing_key`), or a
+/// mail's subject template fails.
+pub fn notify(step: &Notify, ctx: &Context, message: &str, now_ms: u64) -> Result<Delivery, String> {
+    let http = match step.channel {
         Channel::Slack => slack(step, ctx, message),
         Channel::Discord => discord(step, ctx, message),
         Channel::Teams => teams(step, ctx, message),
+        Channel::Telegram => telegram(step, ctx, message),
         Channel::Pagerduty => pagerduty(step, ctx, message),
+        Channel::Opsgenie => opsgenie(step, ctx, message),
         Channel::Alertmanager => alertmanager(step, ctx, message, now_ms),
         Channel::Webhook => notify_webhook(step, ctx, message),
-    }
+        Channel::Email => return email(step, ctx, message, now_ms).map(|m| Delivery::Mail(Box::new(m))),
+    };
+    http.map(Delivery::Http)
 }
 
 /// Cuts `s` to at most `max` characters (Unicode scalar values), at a
@@ -168,21 +199,50 @@ fn finish(
     extra: &[(&str, String)],
     body: Vec<u8>,
 ) -> Request {
-    let mut own: Vec<(String, String)> =
-        vec![("Content-Type".into(), "application/json".into()), ("User-Agent".into(), USER_AGENT.into())];
-    own.extend(extra.iter().map(|(n, v)| (n.to_string(), v.clone())));
+    let extra: Vec<(&str, String, String)> = extra.iter().map(|(n, v)| (*n, v.clone(), v.clone())).collect();
+    finish_with(url, shown_url, step_headers, &extra, body)
+}
+
+/// [`finish`], with `extra` headers that may hold secrets: (name, value
+/// for the wire, value to show).
+fn finish_with(
+    url: String,
+    shown_url: String,
+    step_headers: &BTreeMap<String, SecretText>,
+    extra: &[(&str, String, String)],
+    body: Vec<u8>,
+) -> Request {
+    let mut own: Vec<(String, String, String)> = vec![
+        ("Content-Type".into(), "application/json".into(), "application/json".into()),
+        ("User-Agent".into(), USER_AGENT.into(), USER_AGENT.into()),
+    ];
+    own.extend(extra.iter().map(|(n, v, s)| (n.to_string(), v.clone(), s.clone())));
     let mut headers = Vec::new();
     let mut shown_headers = Vec::new();
     for (name, value) in step_headers {
-        if own.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        if own.iter().any(|(n, _, _)| n.eq_ignore_ascii_case(name)) {
             continue;
         }
         headers.push((name.clone(), value.expose().to_string()));
         shown_headers.push((name.clone(), value.raw.clone()));
     }
-    headers.extend(own.iter().cloned());
-    shown_headers.extend(own);
+    for (name, value, shown) in own {
+        headers.push((name.clone(), value));
+        shown_headers.push((name, shown));
+    }
     Request { url, shown_url, headers, shown_headers, body }
+}
+
+/// A base URL (a step's `url`, or the service's default) with `path`
+/// appended, resolved and as shown; trailing slashes of the base dropped.
+fn api_url(base: Option<&SecretUrl>, default: &str, path: &str) -> (String, String) {
+    match base {
+        Some(u) => (
+            format!("{}{path}", u.0.expose().trim_end_matches('/')),
+            format!("{}{path}", shown(&u.0).trim_end_matches('/')),
+        ),
+        None => (format!("{default}{path}"), format!("{default}{path}")),
+    }
 }
 
 /// The context as a JSON value (PagerDuty's `custom_details`).

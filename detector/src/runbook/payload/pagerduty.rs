@@ -79,7 +79,7 @@ mod tests {
 
         let s = notify_step("notify: { channel: pagerduty, routing_key: '${PD_KEY}' }");
         for event in [AttackEvent::AttackStart, AttackEvent::AttackUpdate] {
-            let r = notify(&s, &ctx(event), &"x".repeat(1500), 0).unwrap();
+            let r = http(notify(&s, &ctx(event), &"x".repeat(1500), 0));
             assert_eq!((r.url.as_str(), r.shown_url.as_str()), (PAGERDUTY_URL, PAGERDUTY_URL));
             assert_standard_headers(&r);
             assert_hidden(&r);

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
-pub use super::{Request, USER_AGENT};
+pub use super::{Delivery, Request, USER_AGENT};
 pub use crate::runbook::{
     context::{AttackEvent, Context},
     schema::{Notify, Webhook},
@@ -35,6 +35,7 @@ impl Lookup for Secrets {
             "AM_URL" => "https://am:s3cret@alertmanager.example.test:9093/".into(),
             "AM_FULL" => "https://s3cret.example.test/api/v2/alerts".into(),
             "HOOK_URL" => "https://hooks.example.test/ddos?token=s3cret".into(),
+            "TG_TOKEN" => "123456:TG_TOKEN-s3cret".into(),
             _ => format!("{name}-s3cret"),
         })
     }
@@ -120,6 +121,15 @@ pub fn ctx(event: AttackEvent) -> Context {
             origin: "runbook udp-flood-auto-response".into(),
             expires_at: Some(START + 600_000),
         }],
+    }
+}
+
+/// The HTTP request of a notification (a panic for a mail, or an error).
+pub fn http(d: Result<Delivery, String>) -> Request {
+    match d {
+        Ok(Delivery::Http(r)) => r,
+        Ok(Delivery::Mail(m)) => panic!("a mail, not a request: {m:?}"),
+        Err(e) => panic!("{e}"),
     }
 }
 
