@@ -38,7 +38,7 @@ use detector::{
     bgp::daemon::{end_recorded, Record},
     lab::{
         bgp::{RouterUpstream, Transit, ATTACK_V6, ROUTER_PEERING_V4, UPSTREAM_PEERING_V4},
-        bird::{provider_config, provider_config_with_v6, Bird, Upstream},
+        bird::{provider_config_with_v6, Bird, Upstream},
         hping3::Hping3,
         link_packets,
         router::{INET_V4, INET_V6, OUTSIDE_V4, OUTSIDE_V6, SERVERS_V4, SERVERS_V6},
@@ -171,14 +171,7 @@ fn the_ladder_announces_upstream_and_survives_crashes() {
     assert!(Path::new(&detector_bin()).exists());
     let lab = RouterLab::new().unwrap_or_else(|e| panic!("{e}"));
     let up = RouterUpstream::attach(&lab.router_ns).unwrap_or_else(|e| panic!("{e}"));
-    let upstream = Upstream {
-        router_id: UPSTREAM_PEERING_V4,
-        local_address: UPSTREAM_PEERING_V4,
-        local_as: 65000,
-        neighbor: ROUTER_PEERING_V4,
-        neighbor_as: 64512,
-    };
-    let bird = Bird::start(&up.ns, &up.dir, &provider_config(&upstream)).unwrap_or_else(|e| panic!("{e}"));
+    let bird = up.start_bird().unwrap_or_else(|e| panic!("{e}"));
     let cfg_path = lab.dir.join("bgp.yaml");
     std::fs::write(&cfg_path, config(&lab)).unwrap();
     let cfg = cfg_path.to_str().unwrap();

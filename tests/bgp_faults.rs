@@ -26,7 +26,7 @@ use detector::{
     bgp::daemon::{end_recorded, Record},
     lab::{
         bgp::{RouterUpstream, ROUTER_PEERING_V4, UPSTREAM_PEERING_V4},
-        bird::{provider_config, Bird, Upstream},
+        bird::Bird,
         hping3::Hping3,
         router::SERVERS_V4,
         RouterLab,
@@ -73,14 +73,7 @@ impl Setup {
     fn new(dry_run: bool, runbooks: &[(&str, &str)]) -> Setup {
         let lab = RouterLab::new().unwrap_or_else(|e| panic!("{e}"));
         let up = RouterUpstream::attach(&lab.router_ns).unwrap_or_else(|e| panic!("{e}"));
-        let upstream = Upstream {
-            router_id: UPSTREAM_PEERING_V4,
-            local_address: UPSTREAM_PEERING_V4,
-            local_as: 65000,
-            neighbor: ROUTER_PEERING_V4,
-            neighbor_as: 64512,
-        };
-        let bird = Bird::start(&up.ns, &up.dir, &provider_config(&upstream)).unwrap_or_else(|e| panic!("{e}"));
+        let bird = up.start_bird().unwrap_or_else(|e| panic!("{e}"));
         let config = lab.dir.join("bgp.yaml");
         std::fs::write(&config, config_text(dry_run)).unwrap();
         let dir = lab.dir.join("runbooks");

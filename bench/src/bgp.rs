@@ -30,7 +30,7 @@ use detector::{
     detect::incident::time_ms,
     lab::{
         bgp::{RouterUpstream, ROUTER_PEERING_V4, UPSTREAM_PEERING_V4},
-        bird::{provider_config, Bird, BirdError, Upstream},
+        bird::{Bird, BirdError},
         find_program,
         hping3::Hping3,
         router::SERVERS_V4,
@@ -195,14 +195,7 @@ pub fn run(trials: usize) -> Result<Figures> {
     // gobgpd, BIRD, the upstream's namespace, the lab.
     let lab = RouterLab::new()?;
     let up = RouterUpstream::attach(&lab.router_ns)?;
-    let upstream = Upstream {
-        router_id: UPSTREAM_PEERING_V4,
-        local_address: UPSTREAM_PEERING_V4,
-        local_as: 65000,
-        neighbor: ROUTER_PEERING_V4,
-        neighbor_as: 64512,
-    };
-    let bird = Bird::start(&up.ns, &up.dir, &provider_config(&upstream))?;
+    let bird = up.start_bird()?;
     let cfg = lab.dir.join("bgp.yaml");
     std::fs::write(&cfg, config(&lab.outside_if))?;
     let books = lab.dir.join("runbooks");

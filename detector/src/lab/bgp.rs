@@ -148,6 +148,20 @@ impl RouterUpstream {
         Ok(up)
     }
 
+    /// Starts BIRD in the upstream's namespace, configured as a provider
+    /// ([`super::bird::provider_config`], AS 65000) peered with the
+    /// router's speaker (AS [`SPEAKER_AS`] at [`ROUTER_PEERING_V4`]).
+    pub fn start_bird(&self) -> Result<super::bird::Bird, super::bird::BirdError> {
+        let upstream = super::bird::Upstream {
+            router_id: UPSTREAM_PEERING_V4,
+            local_address: UPSTREAM_PEERING_V4,
+            local_as: UPSTREAM_AS,
+            neighbor: ROUTER_PEERING_V4,
+            neighbor_as: SPEAKER_AS,
+        };
+        super::bird::Bird::start(&self.ns, &self.dir, &super::bird::provider_config(&upstream))
+    }
+
     /// The upstream kernel's routes to `dst`.
     pub fn routes(&self, dst: &str) -> Result<String, LabError> {
         let out = ip(&["-n", &self.ns, "route", "show", dst])?;
