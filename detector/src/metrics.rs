@@ -351,7 +351,7 @@ impl Metrics {
         );
         registry.register(
             "detector_dropped_packets",
-            "Packets dropped in XDP, per interface, traffic class and reason (rule or rate_limit)",
+            "Packets dropped in XDP, per interface, traffic class and reason (rule, rate_limit or syn_cookie)",
             m.dropped_packets.clone(),
         );
         registry.register(
@@ -378,7 +378,7 @@ impl Metrics {
         registry.register("detector_rules_expired", "Rules removed when their TTL ran out", m.rules_expired.clone());
         registry.register(
             "detector_runbook_executions",
-            "Runbook executions, per runbook and outcome (ok, failed, skipped, dry_run)",
+            "Runbook executions, per runbook and outcome (ok, failed, skipped, dry_run, interrupted)",
             m.runbook_executions.clone(),
         );
         registry.register_with_unit(
