@@ -84,17 +84,8 @@ fn config(lab: &RouterLab) -> String {
 /// interface's capacity, RTBH past 90%.
 const UPSTREAM_RUNBOOKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../runbooks/upstream");
 
-fn until<T>(c: &Controller, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + CONVERGE;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match f() {
-            Ok(v) => return v,
-            Err(e) => last = e,
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{what}: not after {CONVERGE:?}; last seen:\n{last}\nlog:\n{}", c.log_tail(60));
+fn until<T>(c: &Controller, what: &str, f: impl FnMut() -> Result<T, String>) -> T {
+    common::until(c, what, CONVERGE, f)
 }
 
 fn birdc(bird: &Bird, args: &[&str]) -> String {

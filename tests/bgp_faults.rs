@@ -156,17 +156,8 @@ fn config_text(dry_run: bool) -> String {
     )
 }
 
-fn until<T>(c: &Controller, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + CONVERGE;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match f() {
-            Ok(v) => return v,
-            Err(e) => last = e,
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{what}: not after {CONVERGE:?}; last seen:\n{last}\nlog:\n{}", c.log_tail(60));
+fn until<T>(c: &Controller, what: &str, f: impl FnMut() -> Result<T, String>) -> T {
+    common::until(c, what, CONVERGE, f)
 }
 
 fn status(c: &Controller) -> Value {

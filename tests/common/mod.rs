@@ -366,3 +366,19 @@ pub fn cli_json(c: &Controller, args: &[&str]) -> serde_json::Value {
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// Calls `f` every 50 ms until it returns `Ok`, for at most `within`;
+/// then panics naming `what`, the last `Err` it returned and the tail of
+/// the controller's log.
+pub fn until<T>(c: &Controller, what: &str, within: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + within;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what}: not after {within:?}; last seen:\n{last}\nlog:\n{}", c.log_tail(60));
+}
