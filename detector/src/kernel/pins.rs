@@ -34,27 +34,34 @@ pub fn dir(iface: &str) -> Result<PathBuf, PinError> {
 }
 
 /// Where this network namespace's interface directories are: the host's
-/// (PID 1's) right under `detector/`, any other under `netns-<inode>/`.
+/// right under `detector/`, any other under `netns-<inode>/`.
 ///
-/// Looking at PID 1's namespace takes PID 1's capabilities (or
-/// `CAP_SYS_PTRACE`): a process with fewer (the hardened service of
-/// `deploy/systemd`) is refused. Such a process is taken to be in the
-/// host's namespace, where a service runs, so that it and a root shell's
-/// `detector detach` find the same pins; labs and other namespaces run
-/// with every capability, and can tell.
+/// The host's namespace is PID 1's. Looking at PID 1's namespace takes
+/// PID 1's capabilities (or `CAP_SYS_PTRACE`): a process with fewer (the
+/// hardened service of `deploy/systemd`, or root in some containers) is
+/// refused. It then tells by the named namespaces (`ip netns`, under
+/// `/run/netns`), where labs run: one of those is not the host's, any
+/// other is taken to be, so that a service and a root shell's `detector
+/// detach` find the same pins.
 fn base() -> Result<PathBuf, PinError> {
     let own = fs::metadata("/proc/thread-self/ns/net").map_err(PinError::Netns)?.ino();
     let host = fs::metadata("/proc/1/ns/net").map(|m| m.ino()).map_err(|e| e.kind());
-    Ok(base_for(own, host))
+    let named = || -> Vec<u64> {
+        let Ok(entries) = fs::read_dir("/run/netns") else { return Vec::new() };
+        entries.flatten().filter_map(|e| fs::metadata(e.path()).ok()).map(|m| m.ino()).collect()
+    };
+    Ok(base_for(own, host, named))
 }
 
-/// [`base`] for this namespace's inode `own` and PID 1's, or why it could
-/// not be read.
-fn base_for(own: u64, host: Result<u64, io::ErrorKind>) -> PathBuf {
+/// [`base`] for this namespace's inode `own`, PID 1's (or why it could
+/// not be read), and the named namespaces' inodes (asked only when PID 1's
+/// is refused).
+fn base_for(own: u64, host: Result<u64, io::ErrorKind>, named: impl FnOnce() -> Vec<u64>) -> PathBuf {
     let base = Path::new(BPFFS).join("detector");
     let in_host = match host {
         Ok(host) => host == own,
-        Err(kind) => kind == io::ErrorKind::PermissionDenied,
+        Err(io::ErrorKind::PermissionDenied) => !named().contains(&own),
+        Err(_) => false,
     };
     if in_host {
         base
@@ -294,13 +301,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_host_namespace_pins_at_the_top_and_a_restricted_process_counts_as_the_host() {
+    fn the_host_namespace_pins_at_the_top_and_a_named_one_below() {
         let top = Path::new(BPFFS).join("detector");
-        assert_eq!(base_for(7, Ok(7)), top);
-        assert_eq!(base_for(7, Ok(9)), top.join("netns-7"));
-        // The hardened service cannot look at PID 1's namespace.
-        assert_eq!(base_for(7, Err(io::ErrorKind::PermissionDenied)), top);
+        let unasked = || -> Vec<u64> { panic!("the named namespaces are asked only when PID 1's is refused") };
+        assert_eq!(base_for(7, Ok(7), unasked), top);
+        assert_eq!(base_for(7, Ok(9), unasked), top.join("netns-7"));
+        // PID 1's namespace refused (the hardened service, some containers):
+        // a named namespace (a lab) is not the host's, any other is.
+        assert_eq!(base_for(7, Err(io::ErrorKind::PermissionDenied), || vec![5, 6]), top);
+        assert_eq!(base_for(7, Err(io::ErrorKind::PermissionDenied), || vec![5, 7]), top.join("netns-7"));
         // No /proc/1 at all: not known to be the host's.
-        assert_eq!(base_for(7, Err(io::ErrorKind::NotFound)), top.join("netns-7"));
+        assert_eq!(base_for(7, Err(io::ErrorKind::NotFound), unasked), top.join("netns-7"));
     }
 }
