@@ -326,6 +326,7 @@ fn incident(id: &str) -> Incident {
         top_ports: vec![],
         signature: None,
         timeline: vec![],
+        capture: None,
     }
 }
 

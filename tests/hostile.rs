@@ -68,6 +68,7 @@ fn incident(node: &str, iface: &str, started_at: u64, status: Status) -> Inciden
             .collect(),
         signature: None,
         timeline: vec![],
+        capture: None,
     }
 }
 

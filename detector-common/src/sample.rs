@@ -8,13 +8,23 @@
 //! sample costs a random number. The controller adapts the divisor so it
 //! reads a bounded number of samples per poll, whatever the rate, and
 //! scales them back up.
+//!
+//! Each sample also carries the first [`SNAPLEN`] bytes of the frame and
+//! the time it was taken: the controller keeps them for packet captures
+//! (a rolling buffer before any attack, a pcapng file per incident). The
+//! copy costs only the sampled packets, never the others.
 
 /// Ring buffer of [`PacketSample`]s.
 pub const SAMPLES_MAP: &str = "SAMPLES";
 /// Array of one [`SampleControl`].
 pub const SAMPLE_CONTROL_MAP: &str = "SAMPLE_CONTROL";
-/// Size of the ring buffer in bytes (a power of two, a multiple of the page).
-pub const SAMPLES_RING_BYTES: u32 = 1 << 20;
+/// Size of the ring buffer in bytes (a power of two, a multiple of the
+/// page): room for about 12,000 [`SampleRecord`]s, a poll's worth at the
+/// controller's most and then some.
+pub const SAMPLES_RING_BYTES: u32 = 1 << 22;
+
+/// Bytes of the frame a sample keeps (the capture's snap length).
+pub const SNAPLEN: usize = 256;
 
 /// Bytes of transport payload a sample carries.
 pub const PAYLOAD_PREFIX: usize = 16;
@@ -46,6 +56,34 @@ pub struct PacketSample {
     pub payload: [u8; PAYLOAD_PREFIX],
 }
 
+/// One entry of the ring: the parsed headers, the frame's first bytes and
+/// when it was taken.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SampleRecord {
+    pub header: PacketSample,
+    /// How many bytes of `frame` are the frame's (1 ..= [`SNAPLEN`]; the
+    /// rest is not written); 0 when they could not be read.
+    pub cap_len: u16,
+    pub _pad: u16,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, nanoseconds.
+    pub ts_ns: u64,
+    pub frame: [u8; SNAPLEN],
+}
+
+impl Default for SampleRecord {
+    fn default() -> Self {
+        SampleRecord { header: PacketSample::default(), cap_len: 0, _pad: 0, ts_ns: 0, frame: [0; SNAPLEN] }
+    }
+}
+
+impl SampleRecord {
+    /// The captured bytes.
+    pub fn captured(&self) -> &[u8] {
+        &self.frame[..(self.cap_len as usize).min(SNAPLEN)]
+    }
+}
+
 /// The gap to the next sample for a random `r`: uniform in 1 ..= 2 * divisor
 /// (mean divisor + 1/2); when sampling is off, a long gap before looking
 /// at the divisor again.
@@ -73,6 +111,8 @@ pub struct SampleControl {
 unsafe impl aya::Pod for PacketSample {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for SampleControl {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SampleRecord {}
 
 #[cfg(test)]
 mod tests {
@@ -92,7 +132,13 @@ mod tests {
         assert_eq!(offset_of!(PacketSample, payload_len), 43);
         assert_eq!(offset_of!(PacketSample, payload), 44);
         assert_eq!(size_of::<SampleControl>(), 4);
+        assert_eq!(offset_of!(SampleRecord, header), 0);
+        assert_eq!(offset_of!(SampleRecord, cap_len), 60);
+        assert_eq!(offset_of!(SampleRecord, ts_ns), 64);
+        assert_eq!(offset_of!(SampleRecord, frame), 72);
+        assert_eq!(size_of::<SampleRecord>(), 72 + SNAPLEN);
         assert!(SAMPLES_RING_BYTES.is_power_of_two());
+        assert!(SNAPLEN.is_power_of_two(), "the program bounds the copy with a mask");
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct ConfigFile {
     pub bgp: Option<BgpConfig>,
     /// Per interface: its capacity, for runbook triggers on a share of it.
     pub interfaces: crate::capacity::InterfacesConfig,
+    /// Packet captures per incident.
+    pub capture: crate::capture::CaptureConfig,
 }
 
 impl ConfigFile {
@@ -80,6 +82,7 @@ impl ConfigFile {
         if let Some(b) = &self.bgp {
             b.check().map_err(err)?;
         }
+        self.capture.check().map_err(err)?;
         if d.hold > Duration::from_secs(60) {
             return Err(err(format!("detection.hold: {:?} is over a minute; detection would come too late", d.hold)));
         }

@@ -17,6 +17,7 @@
 pub mod api;
 pub mod bgp;
 pub mod capacity;
+pub mod capture;
 pub mod clock;
 pub mod config;
 pub mod controller;

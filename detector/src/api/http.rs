@@ -1,5 +1,6 @@
 //! The HTTP listener: `/metrics` for Prometheus, `/api/top` for the top
-//! talkers, `/api/incidents` for incident history, `/api/rules` for the
+//! talkers, `/api/incidents` for incident history (and
+//! `/api/incidents/{id}/pcap` for an incident's packet capture), `/api/rules` for the
 //! mitigation rules in force (read-only), `/api/runbooks/executions` for
 //! the runbook executions in the history (`?incident=ID&runbook=NAME&limit=N`),
 //! `/healthz`. Loopback by default; anywhere else it requires a bearer
@@ -98,6 +99,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/top", get(top_handler))
         .route("/api/incidents", get(incidents_handler))
         .route("/api/incidents/{id}", get(incident_handler))
+        .route("/api/incidents/{id}/pcap", get(pcap_handler))
         .route("/api/rules", get(rules_handler))
         .route("/api/runbooks/executions", get(executions_handler))
         .route("/healthz", get(healthz_handler))
@@ -278,6 +280,35 @@ async fn incident_handler(
         Ok(Some(body)) => body,
         Ok(None) => json_error(StatusCode::NOT_FOUND, format!("no incident with id '{id}'")),
         Err(r) => r,
+    }
+}
+
+/// The incident's packet capture (pcapng), whole blocks only: a capture
+/// still being written is served as far as it goes.
+async fn pcap_handler(
+    State(state): State<Arc<ApiState>>,
+    Extension(reads): Extension<Arc<Semaphore>>,
+    Path(id): Path<String>,
+) -> Response {
+    use crate::capture::store::{self, CaptureError};
+    let _turn = match reads.acquire().await {
+        Ok(t) => t,
+        Err(e) => return json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let (dir, wanted) = (state.state_dir.clone(), id.clone());
+    match tokio::task::spawn_blocking(move || store::read(&dir, &wanted)).await {
+        Ok(Ok(bytes)) => (
+            [
+                (header::CONTENT_TYPE, "application/x-pcapng".to_string()),
+                (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{id}.pcapng\"")),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Ok(Err(e @ CaptureError::BadId(_))) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
+        Ok(Err(e @ CaptureError::NotFound(_))) => json_error(StatusCode::NOT_FOUND, e.to_string()),
+        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

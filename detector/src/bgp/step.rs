@@ -238,6 +238,7 @@ mod tests {
                 vectors: None,
             }),
             timeline: vec![],
+            capture: None,
         }
     }
 

@@ -30,6 +30,10 @@ pub struct IncidentsArgs {
     /// (`<started_at ms>,<id>`).
     #[arg(long, value_name = "CURSOR")]
     pub before: Option<String>,
+    /// With an ID: write its packet capture (pcapng) to FILE (`-` for
+    /// standard output), for Wireshark or tshark.
+    #[arg(long, value_name = "FILE", requires = "id")]
+    pub pcap: Option<PathBuf>,
     /// The state directory `detector run` uses.
     #[arg(long, value_name = "DIR", default_value = detector::statedir::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
@@ -38,6 +42,9 @@ pub struct IncidentsArgs {
 pub fn run(args: IncidentsArgs) -> anyhow::Result<()> {
     let before = out::cursor(args.before.as_deref())?;
     let store = Store::open_read_only(&args.state_dir)?;
+    if let (Some(id), Some(file)) = (&args.id, &args.pcap) {
+        return write_pcap(&args.state_dir, id, file);
+    }
     if let Some(id) = &args.id {
         let (inc, skipped) = store
             .incident_report(id)?
@@ -112,6 +119,26 @@ fn duration(i: &Incident) -> String {
     }
 }
 
+/// Copies the capture of incident `id` to `file` (whole blocks only).
+fn write_pcap(state_dir: &std::path::Path, id: &str, file: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = detector::capture::store::read(state_dir, id)?;
+    let summary = detector::capture::pcapng::summarize(&bytes).map_err(anyhow::Error::msg)?;
+    if file == std::path::Path::new("-") {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        out.write_all(&bytes).and_then(|()| out.flush())?;
+    } else {
+        std::fs::write(file, &bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))?;
+        out::note(&format!(
+            "wrote {} packets ({} before the attack) of incident {id} to {}",
+            summary.packets,
+            summary.pre_attack,
+            file.display()
+        ));
+    }
+    Ok(())
+}
+
 fn print_one(i: &Incident) -> Result<(), StdoutError> {
     outln!("incident  {}", i.id)?;
     outln!("node      {} ({})", i.node, i.iface)?;
@@ -127,6 +154,15 @@ fn print_one(i: &Incident) -> Result<(), StdoutError> {
     outln!("rate      {:.0} pps, {:.0} bit/s now; peak {:.0} pps, {:.0} bit/s", i.pps, i.bps, i.peak_pps, i.peak_bps)?;
     if let Some(s) = &i.signature {
         outln!("signature {}", signature_line(s))?;
+    }
+    if let Some(c) = &i.capture {
+        outln!(
+            "capture   {} packets ({} before the attack{}): detector incidents {} --pcap FILE",
+            c.packets,
+            c.pre_attack,
+            if c.full { ", full" } else { "" },
+            i.id
+        )?;
     }
     if !i.top_sources.is_empty() {
         outln!("top sources")?;

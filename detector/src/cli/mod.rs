@@ -202,6 +202,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         networks: config.networks,
         bgp: config.bgp,
         interfaces: config.interfaces,
+        capture: config.capture,
         mitigation,
         runbooks: match args.runbooks {
             Some(dir) => Some(dir),

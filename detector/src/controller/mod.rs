@@ -92,6 +92,8 @@ pub struct RunConfig {
     pub bgp: Option<crate::bgp::config::BgpConfig>,
     /// Per interface settings (capacity).
     pub interfaces: crate::capacity::InterfacesConfig,
+    /// Packet captures per incident.
+    pub capture: crate::capture::CaptureConfig,
 }
 
 #[derive(Debug, Error)]
@@ -213,6 +215,16 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
         }
     }
 
+    let capture_metrics = Arc::new(crate::capture::store::CaptureMetrics::register(&mut registry));
+    let captures = if cfg.capture.enabled {
+        Some(
+            crate::capture::Captures::start(&cfg.state_dir, &cfg.capture, capture_metrics, detector.open_incidents())
+                .map_err(|source| RunError::Thread { what: "packet captures", source })?,
+        )
+    } else {
+        None
+    };
+
     let m = &cfg.mitigation;
     let mut mitigator =
         Mitigator::new(Limits { max_rules: m.max_rules, max_allow: m.max_allow }, &cfg.state_dir, files.clone())
@@ -322,6 +334,7 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
         commands,
         last_poll,
     );
+    let poller = poller.with_captures(captures);
     let running = poller.spawn(probes).map_err(|source| RunError::Thread { what: "poll", source })?;
     shutdown.await;
     tracing::info!("shutting down");
@@ -360,11 +373,14 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     }
     poller.save_baselines();
     // Closing the event channel ends the engine's listener.
-    let Poller { history, events, .. } = poller;
+    let Poller { history, events, captures, .. } = poller;
     drop(events);
     let _ = tokio::time::timeout(Duration::from_secs(1), engine_task).await;
     let files_done = tokio::task::spawn_blocking(move || files.finish(FLUSH_ON_STOP));
     let history_done = tokio::task::spawn_blocking(move || history.finish());
+    if let Some(c) = captures {
+        let _ = tokio::task::spawn_blocking(move || c.writer.finish()).await;
+    }
     let _ = files_done.await;
     let _ = history_done.await;
     Ok(())

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use super::{probe::Probe, EventSender, RunConfig};
 use crate::{
     api::control::SharedMitigator,
+    capture::Captures,
     clock::{now_ms, Clock, Every},
     detect::{
         incident::{EventKind, IncidentEvent},
@@ -59,6 +60,8 @@ pub struct Poller {
     rule_prev: HashMap<(String, String), RuleCounters>,
     /// The wall-clock time of the last poll, for `/healthz`.
     pub last_poll: Arc<std::sync::atomic::AtomicU64>,
+    /// Packet captures per incident; None: off.
+    pub captures: Option<Captures>,
 }
 
 /// The running loop: stop it to get the poller and the probes back.
@@ -104,7 +107,13 @@ impl Poller {
             commands,
             rule_prev: HashMap::new(),
             last_poll,
+            captures: None,
         }
+    }
+
+    pub fn with_captures(mut self, captures: Option<Captures>) -> Poller {
+        self.captures = captures;
+        self
     }
 
     /// Starts the loop on a thread of its own.
@@ -211,7 +220,7 @@ impl Poller {
         elapsed: Duration,
         wall: u64,
     ) -> Result<crate::view::IfaceView, crate::kernel::counters::CounterError> {
-        let reading = probe.read(mono, elapsed, &self.metrics)?;
+        let mut reading = probe.read(mono, elapsed, &self.metrics)?;
         let seconds = elapsed.as_secs_f64();
         let samples = reading.sample_view(seconds);
         let iface = probe.iface().to_string();
@@ -225,7 +234,23 @@ impl Poller {
             packets: &reading.samples,
             targets: &reading.targets,
         };
-        for ev in self.detector.observe(&obs) {
+        let mut events = self.detector.observe(&obs);
+        if let Some(c) = &mut self.captures {
+            let frames = std::mem::take(&mut reading.frames);
+            let under = self.detector.under_attack(&iface);
+            for op in c.recorder.poll(&iface, frames, under, self.detector.open_incidents()) {
+                c.writer.send(op);
+            }
+            for (id, info) in c.recorder.open() {
+                self.detector.set_capture(id, info);
+            }
+            for ev in &mut events {
+                if let Some(info) = c.recorder.info(&ev.incident.id) {
+                    ev.incident.capture = Some(info);
+                }
+            }
+        }
+        for ev in events {
             self.publish(ev);
         }
         // From the onset, not from the opening: the hold's polls would

@@ -7,6 +7,7 @@ use std::time::Duration;
 use detector_common::{sample::PacketSample, CLASS_COUNT};
 
 use crate::{
+    capture::Packet,
     kernel::{
         counters::{CounterError, CounterMaps},
         ebpf::{self, CountingOptions},
@@ -44,6 +45,8 @@ pub struct Probe {
     learning: Learning,
     targets: TargetMaps,
     target_tracker: TargetTracker,
+    /// Bytes of each sampled frame kept for captures; None: captures off.
+    snaplen: Option<usize>,
 }
 
 /// What one poll of an interface read.
@@ -53,6 +56,9 @@ pub struct Reading {
     /// Sources tracked after idle ones were removed.
     pub tracked: usize,
     pub samples: Vec<PacketSample>,
+    /// The same samples' frames, for packet captures (empty with captures
+    /// off), in time order.
+    pub frames: Vec<Packet>,
     /// The divisor the samples were taken at.
     pub divisor: u32,
     /// Network mode: per protected address and per host group (empty
@@ -121,6 +127,7 @@ impl Probe {
             learning,
             targets,
             target_tracker: TargetTracker::new(cfg.idle_after),
+            snaplen: cfg.capture.enabled.then_some(cfg.capture.snaplen),
         })
     }
 
@@ -212,8 +219,34 @@ impl Probe {
             self.divisor = next;
         }
         metrics.sample_divisor(self.iface(), self.divisor);
-        Ok(Reading { rates, sources: update, tracked, samples: drained, divisor, targets: targets.reading })
+        let frames = match self.snaplen {
+            Some(snaplen) => {
+                let offset = mono_to_wall_ns();
+                let mut f: Vec<Packet> =
+                    drained.iter().filter_map(|r| Packet::from_record(r, offset, snaplen)).collect();
+                // The ring is in the order the CPUs reserved their entries,
+                // which can differ from their clocks by a hair.
+                f.sort_by_key(|p| p.at_ns);
+                f
+            }
+            None => Vec::new(),
+        };
+        let samples = drained.into_iter().map(|r| r.header).collect();
+        Ok(Reading { rates, sources: update, tracked, samples, frames, divisor, targets: targets.reading })
     }
+}
+
+/// What to add to CLOCK_MONOTONIC (the program's `bpf_ktime_get_ns`) to
+/// get nanoseconds since the Unix epoch, now.
+fn mono_to_wall_ns() -> i128 {
+    let read = |clock| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a valid clock id and a timespec to fill.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    };
+    let mono = read(libc::CLOCK_MONOTONIC);
+    read(libc::CLOCK_REALTIME) - mono
 }
 
 impl Reading {

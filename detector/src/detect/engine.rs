@@ -14,7 +14,10 @@ use super::{
     baseline::{self, ClassBaseline},
     config::{DetectionConfig, FamilyConfig},
     family::Family,
-    incident::{incident_id, EventKind, Incident, IncidentEvent, Status, TimelineEntry, TopSource, SEEN_BEFORE_ATTACK},
+    incident::{
+        incident_id, CaptureInfo, EventKind, Incident, IncidentEvent, Status, TimelineEntry, TopSource,
+        SEEN_BEFORE_ATTACK,
+    },
     severity::{assess, Severity},
     signature::{self, RecentSamples},
 };
@@ -692,6 +695,17 @@ impl Detector {
         Ok(record(inc, EventKind::NoteAdded, now_ms, text.trim().to_string()))
     }
 
+    /// Records what the packet capture of open incident `id` holds (the
+    /// capture is kept outside detection; its figures travel with the
+    /// incident to the history, the API and runbooks).
+    pub fn set_capture(&mut self, id: &str, info: CaptureInfo) {
+        if let Ok(sc) = self.find(id) {
+            if let Some(inc) = sc.incident.as_mut() {
+                inc.capture = Some(info);
+            }
+        }
+    }
+
     fn find(&mut self, id: &str) -> Result<&mut Scope, DetectError> {
         self.scopes
             .values_mut()
@@ -838,6 +852,7 @@ fn step(
             top_ports: Vec::new(),
             signature: None,
             timeline: Vec::new(),
+            capture: None,
         };
         add_families(&mut inc, &triggered);
         refresh(&mut inc, &sc.tracks, ctx, cfg);

@@ -164,6 +164,21 @@ pub struct Incident {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<Signature>,
     pub timeline: Vec<TimelineEntry>,
+    /// What its packet capture holds (see [`crate::capture`]); absent
+    /// with captures off, and from incidents stored before them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<CaptureInfo>,
+}
+
+/// An incident's packet capture, in figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureInfo {
+    /// Packets in the file.
+    pub packets: u64,
+    /// Of which sampled before the attack (they come first).
+    pub pre_attack: u64,
+    /// Whether it holds as many of the attack's packets as it may.
+    pub full: bool,
 }
 
 impl Incident {

@@ -67,6 +67,7 @@ pub(crate) mod fixtures {
             top_ports: vec![],
             signature: None,
             timeline: vec![],
+            capture: None,
         }
     }
 

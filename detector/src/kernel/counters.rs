@@ -9,7 +9,7 @@ use aya::{
 };
 use detector_common::{
     maps::{ClassStats, SourceKey, SourceStats, CLASS_STATS_MAP, EPOCH_MAP, SOURCE_STATS_MAP},
-    sample::{PacketSample, SampleControl, SAMPLES_MAP, SAMPLE_CONTROL_MAP},
+    sample::{SampleControl, SampleRecord, SAMPLES_MAP, SAMPLE_CONTROL_MAP},
     sketch::EPOCH_MASK,
     CLASS_COUNT,
 };
@@ -103,15 +103,15 @@ impl CounterMaps {
         keys.iter().filter(|k| self.sources.remove(k).is_ok()).count()
     }
 
-    /// Takes the sampled headers waiting in the ring, at most `max`.
-    pub fn drain_samples(&mut self, max: usize) -> Vec<PacketSample> {
+    /// Takes the samples waiting in the ring, at most `max`.
+    pub fn drain_samples(&mut self, max: usize) -> Vec<SampleRecord> {
         let mut out = Vec::new();
         while out.len() < max {
             let Some(item) = self.samples.next() else { break };
-            if item.len() >= std::mem::size_of::<PacketSample>() {
-                // SAFETY: the ring holds whole PacketSample records written by
-                // the program; the length was checked; the read is unaligned.
-                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const PacketSample) });
+            if item.len() >= std::mem::size_of::<SampleRecord>() {
+                // SAFETY: the ring holds whole SampleRecords written by the
+                // program; the length was checked; the read is unaligned.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const SampleRecord) });
             }
         }
         out

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     detect::{
-        incident::{time_ms, EventKind, Incident, TopPort, TopSource},
+        incident::{time_ms, CaptureInfo, EventKind, Incident, TopPort, TopSource},
         signature::Signature,
     },
     mitigate::rule::Rule,
@@ -101,6 +101,11 @@ pub struct Context {
     pub signature: Option<Signature>,
     /// Mitigation rules in force for this incident.
     pub rules: Vec<RuleSummary>,
+    /// What the incident's packet capture holds (`packets`, `pre_attack`,
+    /// `full`); null with captures off. The file itself:
+    /// `GET /api/incidents/{incident_id}/pcap`.
+    #[serde(default)]
+    pub capture: Option<CaptureInfo>,
 }
 
 impl Context {
@@ -129,6 +134,7 @@ impl Context {
             top_ports: inc.top_ports.clone(),
             signature: inc.signature.clone(),
             rules,
+            capture: inc.capture,
         }
     }
 

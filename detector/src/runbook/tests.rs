@@ -328,6 +328,7 @@ fn incident(families: &[Family], severity: Severity, pps: f64) -> Incident {
         top_ports: vec![],
         signature: None,
         timeline: vec![],
+        capture: None,
     }
 }
 

@@ -1,13 +1,13 @@
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
-    helpers::bpf_get_prandom_u32,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_xdp_load_bytes},
     macros::{map, xdp},
     maps::{Array, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use detector_common::{
     maps::{ClassStats, SourceKey, SourceStats, DEFAULT_MAX_SOURCES},
-    sample::{next_gap, PacketSample, SampleControl, SAMPLES_RING_BYTES},
+    sample::{next_gap, SampleControl, SampleRecord, SAMPLES_RING_BYTES, SNAPLEN},
     sketch::{self, SketchRow, Window, EPOCH_MASK, SKETCH_DEPTH},
     TrafficClass, CLASS_COUNT,
 };
@@ -91,7 +91,7 @@ pub fn detector(ctx: XdpContext) -> u32 {
     // mitigation starts; and so the header offsets, which only the sample
     // and a destination rule read, are dead by the rule walk (the verifier
     // would otherwise walk it once per parser path).
-    sample(w, start, end, parsed, len);
+    sample(&ctx, w, start, end, parsed, len);
     // Counted in its class first: detection sees a flood it mitigates.
     // A dropped packet's source is already known; it is not tracked.
     match mitigate::verdict(&ctx, parsed, &src, len, stats) {
@@ -122,11 +122,11 @@ fn launder(p: Parsed) -> Option<&'static mut Parsed> {
     }
 }
 
-/// Copies the headers of this packet into the ring buffer when the CPU's
-/// countdown to its next sample runs out. A full ring drops the sample; the
-/// counters are unaffected.
+/// Copies the headers of this packet, its first [`SNAPLEN`] bytes and the
+/// time into the ring buffer when the CPU's countdown to its next sample
+/// runs out. A full ring drops the sample; the counters are unaffected.
 #[inline(always)]
-fn sample(w: *mut Window, start: usize, end: usize, p: &Parsed, len: u64) {
+fn sample(ctx: &XdpContext, w: *mut Window, start: usize, end: usize, p: &Parsed, len: u64) {
     unsafe {
         if (*w).sample_countdown > 1 {
             (*w).sample_countdown -= 1;
@@ -140,10 +140,25 @@ fn sample(w: *mut Window, start: usize, end: usize, p: &Parsed, len: u64) {
     }
     // Written in place in the ring: a sample is larger than the stack
     // space left to copy it from.
-    let Some(mut entry) = SAMPLES.reserve::<PacketSample>(0) else {
+    let Some(mut entry) = SAMPLES.reserve::<SampleRecord>(0) else {
         return;
     };
-    let s = entry.as_mut_ptr();
+    let r = entry.as_mut_ptr();
+    // The frame's head, for captures: a helper copy, so the length may be
+    // anything from 1 to SNAPLEN. Written as (want - 1) % SNAPLEN + 1 so
+    // the verifier sees those bounds whatever the compiler makes of a
+    // comparison (a parsed frame is never empty).
+    let want = if len > SNAPLEN as u64 { SNAPLEN as u32 } else { len as u32 };
+    let n = (want.wrapping_sub(1) & (SNAPLEN as u32 - 1)) + 1;
+    unsafe {
+        (*r).cap_len = 0;
+        let dst = (*r).frame.as_mut_ptr() as *mut core::ffi::c_void;
+        if bpf_xdp_load_bytes(ctx.ctx, 0, dst, n) == 0 {
+            (*r).cap_len = n as u16;
+        }
+        (*r).ts_ns = bpf_ktime_get_ns();
+    }
+    let s = unsafe { &raw mut (*r).header };
     unsafe {
         (*s).src = parse::bytes(p.src);
         (*s).dst = parse::bytes(p.dst);

@@ -121,6 +121,7 @@ pub fn ctx(event: AttackEvent) -> Context {
             origin: "runbook udp-flood-auto-response".into(),
             expires_at: Some(START + 600_000),
         }],
+        capture: Some(crate::detect::incident::CaptureInfo { packets: 4_321, pre_attack: 1_000, full: false }),
     }
 }
 

@@ -1,0 +1,56 @@
+//! Packet captures per incident, for forensics: what the attack's packets
+//! looked like, and what came just before.
+//!
+//! Nothing here copies traffic at full rate. The counting program already
+//! samples packets for the detector (one in an adaptive divisor, a few
+//! thousand per poll); each sample carries the frame's first bytes and its
+//! time ([`detector_common::sample::SampleRecord`]). Per interface the
+//! controller keeps the last samples taken before any attack (a rolling
+//! buffer), and per incident it writes the samples of its target while it
+//! runs, up to a cap, into one pcapng file in the state directory.
+//!
+//! - [`config`]: the `capture:` section;
+//! - [`recorder`]: which samples go where and when a file starts and ends
+//!   (pure: samples and incident events in, file operations out);
+//! - [`pcapng`]: the file format (blocks written with `pcap-file`);
+//! - [`store`]: the files in the state directory, their retention, and
+//!   the writer thread that does the disk work for the poll loop.
+
+pub mod config;
+pub mod pcapng;
+pub mod recorder;
+pub mod store;
+
+pub use config::CaptureConfig;
+pub use recorder::{Packet, Recorder};
+
+/// The capture subsystem as the poll loop drives it: the recorder's
+/// decisions, carried out by the writer thread.
+pub struct Captures {
+    pub recorder: Recorder,
+    pub writer: store::Writer,
+}
+
+impl Captures {
+    /// Starts the writer; the incidents resumed from the last run carry on
+    /// their files (see [`store::resume`]).
+    pub fn start<'a>(
+        state_dir: &std::path::Path,
+        cfg: &CaptureConfig,
+        metrics: std::sync::Arc<store::CaptureMetrics>,
+        resumed: impl IntoIterator<Item = &'a crate::detect::incident::Incident>,
+    ) -> std::io::Result<Captures> {
+        let mut recorder = Recorder::new(cfg.clone());
+        let mut open = std::collections::HashSet::new();
+        for inc in resumed {
+            let held = store::resume(state_dir, &inc.id);
+            if let Some(h) = &held {
+                tracing::info!(incident = %inc.id, packets = h.packets, "packet capture resumed");
+            }
+            recorder.resume(inc, held);
+            open.insert(inc.id.clone());
+        }
+        let writer = store::Writer::spawn(state_dir, cfg.clone(), metrics, open)?;
+        Ok(Captures { recorder, writer })
+    }
+}

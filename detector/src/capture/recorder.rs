@@ -1,0 +1,374 @@
+//! Which sampled packets go into which incident's capture. Pure: each poll
+//! hands it an interface's samples, whether the interface is under attack
+//! and its open incidents; it answers with the file operations to make.
+//!
+//! Per interface it keeps two rolling buffers:
+//! - **before any attack**: the last `pre_attack_packets` samples taken
+//!   while the interface was calm. It stops moving at an attack's onset,
+//!   so what it holds is the traffic just before, not the attack's first
+//!   polls.
+//! - **the onset**: the last `packets_per_incident` samples taken while
+//!   under attack. An incident opens a few polls after its onset (the
+//!   detector's hold); its file starts with its target's packets from
+//!   here, so the attack's first packets are in it.
+//!
+//! An incident's file starts with the calm buffer, then its target's
+//! packets (to its address, or from it when outgoing; to its host group's
+//! prefixes for a host-group incident) until it ends or holds
+//! `packets_per_incident` of them. Reconciled with the open incidents at
+//! every poll, not driven by events: an incident resolved by a runbook
+//! between polls ends its capture at the next one.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use detector_common::sample::SampleRecord;
+
+use super::CaptureConfig;
+use crate::{
+    detect::incident::{CaptureInfo, Incident},
+    mitigate::prefix::Prefix,
+    targets::Direction,
+};
+
+/// One sampled packet, as it goes into a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet {
+    /// When it was sampled: nanoseconds since the Unix epoch.
+    pub at_ns: u64,
+    /// The frame's length on the wire.
+    pub orig_len: u32,
+    /// Addresses, IPv4 mapped into IPv6 (what the target is matched on).
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// The frame's first bytes (at most the snap length).
+    pub data: Box<[u8]>,
+}
+
+impl Packet {
+    /// From a ring record; `mono_to_wall_ns` turns the program's
+    /// CLOCK_MONOTONIC into wall-clock time. None without captured bytes.
+    pub fn from_record(r: &SampleRecord, mono_to_wall_ns: i128, snaplen: usize) -> Option<Packet> {
+        let bytes = r.captured();
+        if bytes.is_empty() {
+            return None;
+        }
+        let at = (r.ts_ns as i128 + mono_to_wall_ns).max(0) as u64;
+        Some(Packet {
+            at_ns: at,
+            orig_len: r.header.len.max(bytes.len() as u32),
+            src: r.header.src,
+            dst: r.header.dst,
+            data: bytes[..bytes.len().min(snaplen)].into(),
+        })
+    }
+}
+
+/// What the store does with a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileOp {
+    /// A new file: its header, the calm buffer, then the first packets.
+    Start { id: String, iface: String, comment: String, pre_attack: Vec<Packet>, packets: Vec<Packet> },
+    /// More packets at the end of a started file.
+    Append { id: String, packets: Vec<Packet> },
+    /// The incident ended: nothing more goes into its file.
+    Finish { id: String },
+}
+
+#[derive(Default)]
+struct Buffers {
+    calm: VecDeque<Packet>,
+    onset: VecDeque<Packet>,
+}
+
+struct Tracked {
+    iface: String,
+    direction: Direction,
+    /// Empty: every packet of the interface is the target's.
+    prefixes: Vec<Prefix>,
+    info: CaptureInfo,
+}
+
+impl Tracked {
+    fn wants(&self, p: &Packet) -> bool {
+        if self.prefixes.is_empty() {
+            return true;
+        }
+        let addr = match self.direction {
+            Direction::Incoming => p.dst,
+            Direction::Outgoing => p.src,
+        };
+        let Some(host) = Prefix::from_key(addr, 128) else { return false };
+        self.prefixes.iter().any(|net| net.contains(&host))
+    }
+}
+
+pub struct Recorder {
+    cfg: CaptureConfig,
+    ifaces: HashMap<String, Buffers>,
+    open: BTreeMap<String, Tracked>,
+    /// The captures that ended at the last poll, for its events.
+    ended: HashMap<String, CaptureInfo>,
+}
+
+impl Recorder {
+    pub fn new(cfg: CaptureConfig) -> Recorder {
+        Recorder { cfg, ifaces: HashMap::new(), open: BTreeMap::new(), ended: HashMap::new() }
+    }
+
+    pub fn config(&self) -> &CaptureConfig {
+        &self.cfg
+    }
+
+    /// Carries on the capture of an incident open at the last stop, whose
+    /// file already holds `held` (found by [`super::store`]); without a
+    /// file, the next poll starts one (without the calm buffer, which the
+    /// restart lost).
+    pub fn resume(&mut self, inc: &Incident, held: Option<CaptureInfo>) {
+        if let Some(info) = held {
+            self.open.insert(inc.id.clone(), tracked(inc, info));
+        }
+    }
+
+    /// One poll of `iface`: its packets in time order, whether it is under
+    /// attack after this poll, and its open incidents.
+    pub fn poll<'a>(
+        &mut self,
+        iface: &str,
+        packets: Vec<Packet>,
+        under_attack: bool,
+        open: impl IntoIterator<Item = &'a Incident>,
+    ) -> Vec<FileOp> {
+        self.ended.clear();
+        let mut ops = Vec::new();
+        let open: Vec<&Incident> = open.into_iter().filter(|i| i.iface == iface).collect();
+        let ended: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(id, t)| t.iface == iface && !open.iter().any(|i| &i.id == *id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let cap = self.cfg.packets_per_incident as u64;
+        let bufs = self.ifaces.entry(iface.to_string()).or_default();
+
+        for inc in open {
+            if let Some(t) = self.open.get_mut(&inc.id) {
+                let room = cap.saturating_sub(t.info.packets - t.info.pre_attack) as usize;
+                let more: Vec<Packet> = packets.iter().filter(|p| t.wants(p)).take(room).cloned().collect();
+                t.info.packets += more.len() as u64;
+                t.info.full = t.info.packets - t.info.pre_attack >= cap;
+                if !more.is_empty() {
+                    ops.push(FileOp::Append { id: inc.id.clone(), packets: more });
+                }
+                continue;
+            }
+            let mut t = tracked(inc, CaptureInfo::default());
+            let pre: Vec<Packet> = bufs.calm.iter().cloned().collect();
+            // The onset's packets (the polls before this one), then this
+            // poll's; over the cap, the newest are left out, not the first.
+            let mut first: Vec<Packet> = bufs.onset.iter().filter(|p| t.wants(p)).cloned().collect();
+            first.extend(packets.iter().filter(|p| t.wants(p)).cloned());
+            first.truncate(cap as usize);
+            t.info = CaptureInfo {
+                packets: (pre.len() + first.len()) as u64,
+                pre_attack: pre.len() as u64,
+                full: first.len() as u64 >= cap,
+            };
+            ops.push(FileOp::Start {
+                id: inc.id.clone(),
+                iface: iface.to_string(),
+                comment: describe(inc, &self.cfg),
+                pre_attack: pre,
+                packets: first,
+            });
+            self.open.insert(inc.id.clone(), t);
+        }
+        for id in ended {
+            if let Some(t) = self.open.remove(&id) {
+                self.ended.insert(id.clone(), t.info);
+                ops.push(FileOp::Finish { id });
+            }
+        }
+
+        // The buffers move after the files took what they needed.
+        if under_attack {
+            push_rolling(&mut bufs.onset, packets, self.cfg.packets_per_incident);
+        } else {
+            bufs.onset.clear();
+            push_rolling(&mut bufs.calm, packets, self.cfg.pre_attack_packets);
+        }
+        ops
+    }
+
+    /// What the capture of incident `id` holds: an open one, or one that
+    /// ended at the last poll.
+    pub fn info(&self, id: &str) -> Option<CaptureInfo> {
+        self.open.get(id).map(|t| t.info).or_else(|| self.ended.get(id).copied())
+    }
+
+    /// The open captures and what each holds.
+    pub fn open(&self) -> impl Iterator<Item = (&str, CaptureInfo)> {
+        self.open.iter().map(|(id, t)| (id.as_str(), t.info))
+    }
+
+    /// The packets in the calm buffer of `iface`.
+    pub fn calm_len(&self, iface: &str) -> usize {
+        self.ifaces.get(iface).map_or(0, |b| b.calm.len())
+    }
+}
+
+fn tracked(inc: &Incident, info: CaptureInfo) -> Tracked {
+    Tracked { iface: inc.iface.clone(), direction: inc.direction, prefixes: inc.target_prefixes.clone(), info }
+}
+
+fn push_rolling(buf: &mut VecDeque<Packet>, packets: Vec<Packet>, cap: usize) {
+    if cap == 0 {
+        buf.clear();
+        return;
+    }
+    let skip = packets.len().saturating_sub(cap);
+    buf.extend(packets.into_iter().skip(skip));
+    while buf.len() > cap {
+        buf.pop_front();
+    }
+}
+
+/// The file's comment: which incident, where, and how the packets were
+/// chosen.
+fn describe(inc: &Incident, cfg: &CaptureConfig) -> String {
+    let target = if inc.target.is_empty() { "the interface".to_string() } else { inc.target.clone() };
+    format!(
+        "detector incident {} (node {}, interface {}, {} {}): up to {} packets sampled before the attack's onset, then up to {} sampled packets of the attack while it ran, the ones XDP dropped included; {} bytes of each.",
+        inc.id,
+        inc.node,
+        inc.iface,
+        inc.direction.name(),
+        target,
+        cfg.pre_attack_packets,
+        cfg.packets_per_incident,
+        cfg.snaplen,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+
+    fn addr(last: u8) -> [u8; 16] {
+        Ipv4Addr::new(10, 0, 0, last).to_ipv6_mapped().octets()
+    }
+
+    fn pkt(at: u64, src: u8, dst: u8) -> Packet {
+        Packet { at_ns: at, orig_len: 60, src: addr(src), dst: addr(dst), data: vec![0u8; 60].into() }
+    }
+
+    fn incident(id: &str, iface: &str, target: Option<u8>, direction: Direction) -> Incident {
+        let mut inc: Incident = serde_json::from_value(serde_json::json!({
+            "id": id, "node": "n1", "iface": iface, "families": [], "vectors": [], "severity": "low",
+            "status": "active", "started_at": "2026-11-30T10:00:00.000Z", "pps": 0.0, "bps": 0.0,
+            "peak_pps": 0.0, "peak_bps": 0.0, "top_sources": [], "top_ports": [], "timeline": []
+        }))
+        .unwrap();
+        inc.direction = direction;
+        if let Some(t) = target {
+            inc.target = format!("10.0.0.{t}");
+            inc.target_prefixes = vec![Prefix::host(IpAddr::V4(Ipv4Addr::new(10, 0, 0, t)))];
+        }
+        inc
+    }
+
+    fn cfg(pre: usize, per: usize) -> CaptureConfig {
+        CaptureConfig { pre_attack_packets: pre, packets_per_incident: per, ..CaptureConfig::default() }
+    }
+
+    fn times(ps: &[Packet]) -> Vec<u64> {
+        ps.iter().map(|p| p.at_ns).collect()
+    }
+
+    #[test]
+    fn calm_buffer_then_onset_then_the_attack_until_the_cap() {
+        let mut r = Recorder::new(cfg(3, 5));
+        // Calm: the rolling buffer keeps the last three.
+        let none: [&Incident; 0] = [];
+        assert!(r.poll("eth0", (1..=4).map(|t| pkt(t, 9, 1)).collect(), false, none).is_empty());
+        assert_eq!(r.calm_len("eth0"), 3);
+        // Onset (under attack, nothing open yet): the calm buffer stays.
+        assert!(r.poll("eth0", vec![pkt(10, 7, 1), pkt(11, 7, 2)], true, none).is_empty());
+        assert_eq!(r.calm_len("eth0"), 3);
+        // Opening: the calm buffer, then the target's onset and this poll.
+        let inc = incident("a", "eth0", Some(1), Direction::Incoming);
+        let ops = r.poll("eth0", vec![pkt(20, 7, 1), pkt(21, 7, 1)], true, [&inc]);
+        let [FileOp::Start { id, pre_attack, packets, comment, .. }] = ops.as_slice() else { panic!("{ops:?}") };
+        assert_eq!(id, "a");
+        assert_eq!(times(pre_attack), vec![2, 3, 4]);
+        assert_eq!(times(packets), vec![10, 20, 21], "the onset's packet to 10.0.0.2 is another target's");
+        assert!(comment.contains("incident a") && comment.contains("incoming 10.0.0.1"), "{comment}");
+        assert_eq!(r.info("a"), Some(CaptureInfo { packets: 6, pre_attack: 3, full: false }));
+        // Running: up to five packets of the attack in all.
+        let ops = r.poll("eth0", (30..35).map(|t| pkt(t, 7, 1)).collect(), true, [&inc]);
+        let [FileOp::Append { packets, .. }] = ops.as_slice() else { panic!("{ops:?}") };
+        assert_eq!(times(packets), vec![30, 31]);
+        assert_eq!(r.info("a"), Some(CaptureInfo { packets: 8, pre_attack: 3, full: true }));
+        assert!(r.poll("eth0", vec![pkt(40, 7, 1)], true, [&inc]).is_empty(), "full");
+        // Resolved: finished, its figures kept for the poll's events.
+        let ops = r.poll("eth0", vec![pkt(50, 9, 1)], false, none);
+        assert_eq!(ops, vec![FileOp::Finish { id: "a".into() }]);
+        assert_eq!(r.info("a").map(|i| i.packets), Some(8));
+        // Calm again: the buffer moves on from where the attack left it.
+        r.poll("eth0", vec![pkt(60, 9, 1)], false, none);
+        assert_eq!(r.info("a"), None);
+        assert_eq!(r.calm_len("eth0"), 3);
+    }
+
+    #[test]
+    fn targets_directions_and_interfaces_are_kept_apart() {
+        let mut r = Recorder::new(cfg(10, 100));
+        let a = incident("a", "eth0", Some(1), Direction::Incoming);
+        let b = incident("b", "eth0", Some(2), Direction::Outgoing);
+        let c = incident("c", "eth1", None, Direction::Incoming);
+        let ops = r.poll("eth0", vec![pkt(1, 5, 1), pkt(2, 2, 5), pkt(3, 5, 2)], true, [&a, &b, &c]);
+        assert_eq!(ops.len(), 2, "eth1's incident waits for eth1's poll: {ops:?}");
+        for op in &ops {
+            let FileOp::Start { id, packets, .. } = op else { panic!() };
+            let want = if id == "a" { vec![1] } else { vec![2] };
+            assert_eq!(times(packets), want, "{id}");
+        }
+        // Without prefixes (an interface-wide incident) every packet is its.
+        let ops = r.poll("eth1", vec![pkt(4, 5, 1), pkt(5, 6, 7)], true, [&a, &b, &c]);
+        let [FileOp::Start { packets, .. }] = ops.as_slice() else { panic!("{ops:?}") };
+        assert_eq!(times(packets), vec![4, 5]);
+        // a ends (resolved by a runbook between polls); b carries on.
+        let ops = r.poll("eth0", vec![pkt(6, 2, 9)], true, [&b, &c]);
+        assert_eq!(
+            ops,
+            vec![FileOp::Append { id: "b".into(), packets: vec![pkt(6, 2, 9)] }, FileOp::Finish { id: "a".into() }]
+        );
+    }
+
+    #[test]
+    fn a_resumed_capture_carries_on_counting() {
+        let mut r = Recorder::new(cfg(10, 4));
+        let a = incident("a", "eth0", None, Direction::Incoming);
+        r.resume(&a, Some(CaptureInfo { packets: 5, pre_attack: 2, full: false }));
+        let ops = r.poll("eth0", (0..5).map(|t| pkt(t, 1, 1)).collect(), true, [&a]);
+        let [FileOp::Append { packets, .. }] = ops.as_slice() else { panic!("{ops:?}") };
+        assert_eq!(packets.len(), 1, "three of four were taken before the restart");
+        // Without a file, the next poll starts one.
+        let mut r = Recorder::new(cfg(10, 4));
+        r.resume(&a, None);
+        assert!(matches!(r.poll("eth0", vec![pkt(1, 1, 1)], true, [&a]).as_slice(), [FileOp::Start { .. }]));
+    }
+
+    #[test]
+    fn packets_from_records() {
+        let mut rec = SampleRecord::default();
+        assert_eq!(Packet::from_record(&rec, 0, 256), None, "nothing captured");
+        rec.cap_len = 200;
+        rec.header.len = 1500;
+        rec.ts_ns = 1_000;
+        rec.frame[0] = 0xaa;
+        let p = Packet::from_record(&rec, 5_000, 128).unwrap();
+        assert_eq!((p.at_ns, p.orig_len, p.data.len(), p.data[0]), (6_000, 1500, 128, 0xaa));
+    }
+}
