@@ -189,6 +189,7 @@ detection:
         assert_eq!(parsed.detection, DetectionConfig::default());
         assert_eq!(parsed.mitigation, crate::mitigate::config::MitigationConfig::default());
         assert_eq!(parsed.networks, None);
+        assert_eq!(parsed.capture, crate::capture::CaptureConfig::default());
         // The commented example is a valid section.
         let example: String = text
             .lines()

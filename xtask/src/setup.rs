@@ -138,7 +138,8 @@ fn bpf_linker(sysroot: &Path) -> Result<()> {
 /// two BGP daemons of the BGP lab: GoBGP (`gobgpd` and its `gobgp` CLI), the
 /// detector's speaker, and BIRD 2 (`bird`, `birdc`), the upstream router;
 /// for the package test, `systemd-analyze` (which checks the unit) and
-/// `strip` and `objdump` (which `cargo xtask deb` runs); and aiosmtpd for
+/// `strip` and `objdump` (which `cargo xtask deb` runs); `tshark`, which
+/// reads the incidents' packet captures back; and aiosmtpd for
 /// Debian's Python (`/usr/bin/python3`), the SMTP server the email channel
 /// is tested against (`tests/smtp/server.py`).
 pub fn test_tools() -> Result<()> {
@@ -158,6 +159,10 @@ pub fn test_tools() -> Result<()> {
     }
     if which("curl").is_none() {
         missing.push("curl");
+    }
+    // Decodes the incidents' packet captures (tests/capture.rs).
+    if which("tshark").is_none() {
+        missing.push("tshark");
     }
     if which("nft").is_none() && which_sbin("nft").is_none() {
         missing.push("nftables");
