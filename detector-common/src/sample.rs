@@ -84,18 +84,18 @@ impl SampleRecord {
     }
 }
 
-/// The gap to the next sample for a random `r`: uniform in 1 ..= 2 * divisor
-/// (mean divisor + 1/2); when sampling is off, a long gap before looking
-/// at the divisor again.
+/// The gap to the next sample for a random `r`: uniform in 1 ..= 2 *
+/// divisor - 1 (mean divisor: at 1, every packet); when sampling is off, a
+/// long gap before looking at the divisor again.
 #[inline(always)]
 pub fn next_gap(divisor: u32, r: u32) -> u32 {
     if divisor == 0 {
         1 << 16
     } else {
-        // Bounded so 2 * d cannot wrap to zero: the XDP program may not
-        // carry a division-by-zero panic path.
+        // Bounded, and at least 1, so the modulus is never zero: the XDP
+        // program may not carry a division-by-zero panic path.
         let d = divisor.min(1 << 24);
-        r % (2 * d) + 1
+        r % (2 * d - 1).max(1) + 1
     }
 }
 
@@ -151,11 +151,12 @@ mod tests {
             r ^= r >> 17;
             r ^= r << 5;
             let g = next_gap(64, r);
-            assert!((1..=128).contains(&g));
+            assert!((1..=127).contains(&g));
             sum += g as u64;
         }
         let mean = sum as f64 / n as f64;
-        assert!((63.0..66.0).contains(&mean), "{mean}");
+        assert!((63.0..65.0).contains(&mean), "{mean}");
+        assert!((0..1000).all(|r| next_gap(1, r) == 1), "one in one is every packet");
         assert_eq!(next_gap(0, 7), 1 << 16);
     }
 }

@@ -124,7 +124,8 @@ impl Recorder {
     /// file, the next poll starts one (without the calm buffer, which the
     /// restart lost).
     pub fn resume(&mut self, inc: &Incident, held: Option<CaptureInfo>) {
-        if let Some(info) = held {
+        if let Some(mut info) = held {
+            info.full = info.packets - info.pre_attack.min(info.packets) >= self.cfg.packets_per_incident as u64;
             self.open.insert(inc.id.clone(), tracked(inc, info));
         }
     }
@@ -354,6 +355,12 @@ mod tests {
         let ops = r.poll("eth0", (0..5).map(|t| pkt(t, 1, 1)).collect(), true, [&a]);
         let [FileOp::Append { packets, .. }] = ops.as_slice() else { panic!("{ops:?}") };
         assert_eq!(packets.len(), 1, "three of four were taken before the restart");
+        assert!(r.info("a").unwrap().full);
+        // One that was full at the stop stays full.
+        let mut r = Recorder::new(cfg(10, 4));
+        r.resume(&a, Some(CaptureInfo { packets: 6, pre_attack: 2, full: false }));
+        assert!(r.info("a").unwrap().full);
+        assert!(r.poll("eth0", vec![pkt(1, 1, 1)], true, [&a]).is_empty());
         // Without a file, the next poll starts one.
         let mut r = Recorder::new(cfg(10, 4));
         r.resume(&a, None);
