@@ -22,8 +22,10 @@
 //! mode, a three-namespace lab with a router between the generators and
 //! the customers' servers ([`router`]). For upstream mitigation over BGP,
 //! a speaker and an upstream namespace ([`bgp`]) with BIRD 2 as the
-//! upstream router ([`bird`]). A real Prometheus ([`prometheus`]) and a
-//! real Alertmanager ([`alertmanager`]) run in a lab namespace. All of it is
+//! upstream router ([`bird`]). For many nodes at once, a fleet: several
+//! labs and a monitoring namespace linked to each ([`fleet`]), where a real
+//! Prometheus ([`prometheus`]) and a real Alertmanager ([`alertmanager`])
+//! run. All of it is
 //! behind the crate's `lab` feature: the production build carries none of it.
 
 pub mod alertmanager;
@@ -31,6 +33,7 @@ pub mod bgp;
 pub mod bird;
 pub mod controller;
 pub mod counters;
+pub mod fleet;
 pub mod hping3;
 pub mod process;
 pub mod prometheus;
@@ -40,6 +43,7 @@ pub mod tcp;
 pub mod udp;
 
 pub use controller::Controller;
+pub use fleet::FleetLab;
 pub use process::{Background, DetectorCommand, Supervision};
 pub use router::RouterLab;
 
@@ -67,6 +71,8 @@ pub enum LabError {
     Sysctl { path: String, source: std::io::Error },
     #[error("the lab's links were not ready after {after:?}: {pending}")]
     NotReady { after: std::time::Duration, pending: String },
+    #[error("a fleet lab has 1 to {max} nodes, not {n}")]
+    FleetSize { n: usize, max: usize },
 }
 
 /// Two namespaces and the veth pair between them.
