@@ -370,7 +370,19 @@ pub fn cli_json(c: &Controller, args: &[&str]) -> serde_json::Value {
 /// Calls `f` every 50 ms until it returns `Ok`, for at most `within`;
 /// then panics naming `what`, the last `Err` it returned and the tail of
 /// the controller's log.
-pub fn until<T>(c: &Controller, what: &str, within: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+pub fn until<T>(c: &Controller, what: &str, within: Duration, f: impl FnMut() -> Result<T, String>) -> T {
+    until_or(what, within, || format!("log:\n{}", c.log_tail(60)), f)
+}
+
+/// [`until`] for a wait that no one controller's log explains (several
+/// nodes, a Prometheus): on timeout, the panic carries what `context`
+/// returns instead.
+pub fn until_or<T>(
+    what: &str,
+    within: Duration,
+    context: impl FnOnce() -> String,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> T {
     let deadline = Instant::now() + within;
     let mut last = String::new();
     while Instant::now() < deadline {
@@ -380,5 +392,5 @@ pub fn until<T>(c: &Controller, what: &str, within: Duration, mut f: impl FnMut(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("{what}: not after {within:?}; last seen:\n{last}\nlog:\n{}", c.log_tail(60));
+    panic!("{what}: not after {within:?}; last seen:\n{last}\n{}", context());
 }

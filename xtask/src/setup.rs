@@ -132,6 +132,8 @@ fn bpf_linker(sysroot: &Path) -> Result<()> {
 /// What the kernel tests call: `ip` for the lab, `promtool` to check the
 /// metrics text and the alert rules and the `prometheus` server that
 /// scrapes a lab's controller (both in the Debian package `prometheus`),
+/// Alertmanager (`prometheus-alertmanager` and `amtool`, in the Debian
+/// package of that name), which takes the fleet lab's runbook alerts,
 /// `hping3` for spoofed floods from a real tool, `iperf3` for legitimate
 /// bulk TCP, `curl` for real clients of a TCP service, `nft`,
 /// which SYN cookies need (the controller installs a SYNPROXY rule), and the
@@ -149,6 +151,9 @@ pub fn test_tools() -> Result<()> {
     }
     if which("promtool").is_none() || which("prometheus").is_none() {
         missing.push("prometheus");
+    }
+    if which("prometheus-alertmanager").is_none() || which("amtool").is_none() {
+        missing.push("prometheus-alertmanager");
     }
     // In /usr/sbin, which a non-root PATH may lack; the lab looks there too.
     if which("hping3").is_none() && which_sbin("hping3").is_none() {
@@ -184,13 +189,16 @@ pub fn test_tools() -> Result<()> {
     if !aiosmtpd.is_ok_and(|o| o.status.success()) {
         missing.push("python3-aiosmtpd");
     }
-    let new_daemons: Vec<&str> =
-        ["gobgpd", "bird2", "prometheus"].into_iter().filter(|p| missing.contains(p)).collect();
+    let new_daemons: Vec<&str> = ["gobgpd", "bird2", "prometheus", "prometheus-alertmanager"]
+        .into_iter()
+        .filter(|p| missing.contains(p))
+        .collect();
     apt_install(&missing, "the tests")?;
     // The packages enable and start their services with the stock
     // configuration (bird2's `bird`, gobgpd's `gobgpd`, prometheus's
-    // `prometheus`); the tests run their own instances in lab namespaces
-    // only.
+    // `prometheus`, prometheus-alertmanager's `prometheus-alertmanager`,
+    // which listens on 9093 and 9094 for its cluster); the tests run their
+    // own instances in lab namespaces only.
     for service in new_daemons.iter().map(|p| if *p == "bird2" { "bird" } else { p }) {
         disable_service(service)?;
     }

@@ -22,13 +22,18 @@
 //! mode, a three-namespace lab with a router between the generators and
 //! the customers' servers ([`router`]). For upstream mitigation over BGP,
 //! a speaker and an upstream namespace ([`bgp`]) with BIRD 2 as the
-//! upstream router ([`bird`]). All of it is
+//! upstream router ([`bird`]). For many nodes at once, a fleet: several
+//! labs and a monitoring namespace linked to each ([`fleet`]), where a real
+//! Prometheus ([`prometheus`]) and a real Alertmanager ([`alertmanager`])
+//! run. All of it is
 //! behind the crate's `lab` feature: the production build carries none of it.
 
+pub mod alertmanager;
 pub mod bgp;
 pub mod bird;
 pub mod controller;
 pub mod counters;
+pub mod fleet;
 pub mod hping3;
 pub mod process;
 pub mod prometheus;
@@ -38,6 +43,7 @@ pub mod tcp;
 pub mod udp;
 
 pub use controller::Controller;
+pub use fleet::FleetLab;
 pub use process::{Background, DetectorCommand, Supervision};
 pub use router::RouterLab;
 
@@ -65,6 +71,8 @@ pub enum LabError {
     Sysctl { path: String, source: std::io::Error },
     #[error("the lab's links were not ready after {after:?}: {pending}")]
     NotReady { after: std::time::Duration, pending: String },
+    #[error("a fleet lab has 1 to {max} nodes, not {n}")]
+    FleetSize { n: usize, max: usize },
 }
 
 /// Two namespaces and the veth pair between them.
@@ -313,12 +321,24 @@ pub fn link_packets(ns: &str, ifname: &str) -> Result<(u64, u64), LabError> {
 /// A plain HTTP GET to `127.0.0.1:port` from inside namespace `ns` (a
 /// controller running in the lab): (status, body).
 pub fn http_get(ns: &str, port: u16, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
+    http_get_at(ns, std::net::SocketAddr::from(([127, 0, 0, 1], port)), path, token)
+}
+
+/// A plain HTTP GET to `addr` from inside namespace `ns` (a server that
+/// listens on one of the namespace's addresses, not on loopback): (status,
+/// body).
+pub fn http_get_at(
+    ns: &str,
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read as _, Write as _};
     let (ns, path, token) = (ns.to_string(), path.to_string(), token.map(str::to_string));
     // A fresh thread enters the namespace and never leaves it half-way.
     std::thread::spawn(move || {
         let _in = NetnsGuard::enter(&ns)?;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
         let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
         write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n")?;
@@ -330,6 +350,19 @@ pub fn http_get(ns: &str, port: u16, path: &str, token: Option<&str>) -> std::io
     })
     .join()
     .map_err(|_| std::io::Error::other("the HTTP thread panicked"))?
+}
+
+/// A port free on 127.0.0.1 inside `ns` (bound and released: a fresh lab
+/// namespace has nothing else that would take it meanwhile), for a server
+/// the lab starts there.
+pub(crate) fn free_port(ns: &str) -> std::io::Result<u16> {
+    let name = ns.to_string();
+    std::thread::spawn(move || {
+        let _in = NetnsGuard::enter(&name)?;
+        Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+    })
+    .join()
+    .unwrap_or_else(|_| Err(std::io::Error::other("the thread panicked")))
 }
 
 /// Undoes chunked transfer encoding, if the body uses it.

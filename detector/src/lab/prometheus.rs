@@ -26,7 +26,6 @@ use super::{
     find_program, http_get,
     process::{Background, ProcessError, Supervision},
 };
-use crate::netns::NetnsGuard;
 
 #[derive(Debug, Error)]
 pub enum PrometheusError {
@@ -60,6 +59,8 @@ pub struct PrometheusBuilder {
     interval: Duration,
     rule_files: Vec<PathBuf>,
     ready_timeout: Duration,
+    /// A whole configuration replacing the generated one.
+    text: Option<String>,
 }
 
 impl PrometheusBuilder {
@@ -94,8 +95,20 @@ impl PrometheusBuilder {
         self
     }
 
-    /// `prometheus.yml` for these settings.
+    /// A whole `prometheus.yml` (a shipped example with the lab's
+    /// addresses, say) instead of the one the settings above generate,
+    /// which are then ignored.
+    pub fn config_text(mut self, yaml: impl Into<String>) -> Self {
+        self.text = Some(yaml.into());
+        self
+    }
+
+    /// `prometheus.yml` for these settings (or the text given to
+    /// [`config_text`](Self::config_text)).
     pub fn config(&self) -> String {
+        if let Some(text) = &self.text {
+            return text.clone();
+        }
         // JSON strings are YAML strings: paths and names quoted safely.
         let q = |s: &str| serde_json::Value::from(s).to_string();
         // Prometheus durations are whole numbers of a unit.
@@ -175,6 +188,7 @@ impl Prometheus {
             interval: Duration::from_secs(1),
             rule_files: Vec::new(),
             ready_timeout: Duration::from_secs(30),
+            text: None,
         }
     }
 
@@ -277,17 +291,8 @@ fn encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-/// A port free on 127.0.0.1 inside `ns` (bound and released: a fresh lab
-/// namespace has nothing else that would take it meanwhile).
 fn free_port(ns: &str) -> Result<u16, PrometheusError> {
-    let name = ns.to_string();
-    std::thread::spawn(move || {
-        let _in = NetnsGuard::enter(&name)?;
-        Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
-    })
-    .join()
-    .unwrap_or_else(|_| Err(std::io::Error::other("the thread panicked")))
-    .map_err(|source: std::io::Error| PrometheusError::Port { ns: ns.to_string(), source })
+    super::free_port(ns).map_err(|source| PrometheusError::Port { ns: ns.to_string(), source })
 }
 
 #[cfg(test)]
@@ -308,5 +313,7 @@ mod tests {
         assert!(c.contains("targets: [\"127.0.0.1:9477\"]"), "{c}");
         let none = Prometheus::builder("ns", Path::new("/tmp/lab")).config();
         assert!(none.contains("rule_files: []\n"), "{none}");
+        let given = Prometheus::builder("ns", Path::new("/tmp/lab")).scrape("127.0.0.1:1").config_text("global: {}\n");
+        assert_eq!(given.config(), "global: {}\n");
     }
 }
