@@ -264,7 +264,10 @@ fn an_incidents_capture_holds_the_calm_before_then_the_attack_as_sent_and_tshark
     let late: Vec<&Decoded> = before.iter().filter(|p| p.at_ms > opened as f64).collect();
     assert!(late.is_empty(), "calm packets after the opening at {opened}: {late:?}; timeline {}", inc["timeline"]);
     let calm_seen = before.iter().filter(|p| p.dport == Some(CALM_PORT) && p.src == GEN_V4).count();
-    assert_eq!(calm_seen, 30, "{calm_seen} of the 30 calm requests are in the capture");
+    // Sampled at a divisor of 1: every packet, except on a CPU whose
+    // countdown, drawn at the first divisor, the warm-up did not run down
+    // (the generator's thread may move between CPUs).
+    assert!(calm_seen >= 27, "{calm_seen} of the 30 calm requests are in the capture");
     // A poll in which the flood had only begun (under the floor) still
     // counts as calm: its packets may close the calm part, never precede
     // the calm exchange.

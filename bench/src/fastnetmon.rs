@@ -80,6 +80,10 @@ const SETTLE: Duration = Duration::from_millis(1_000);
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Who {
     Detector,
+    /// The detector with no hold: a single poll over the floor opens the
+    /// incident, as a single recalculation over it makes FastNetMon's ban
+    /// (detection trials only).
+    DetectorNoHold,
     FastNetMon,
     /// The router forwarding with neither: the softirq baseline.
     Nothing,
@@ -89,6 +93,7 @@ impl Who {
     pub fn label(self) -> &'static str {
         match self {
             Who::Detector => "detector (XDP)",
+            Who::DetectorNoHold => "detector, no hold (XDP)",
             Who::FastNetMon => "FastNetMon (AF_PACKET)",
             Who::Nothing => "no detector (plain forwarding)",
         }
@@ -215,9 +220,9 @@ pub fn run(trials: usize, cpu_seconds: u64, rounds: usize) -> Result<Figures> {
 
     let mut out = Vec::new();
     for t in 0..trials {
-        for who in [Who::Detector, Who::FastNetMon] {
+        for who in [Who::Detector, Who::DetectorNoHold, Who::FastNetMon] {
             // Floods land at phases spread evenly over each one's period.
-            let period = if who == Who::Detector { INTERVAL_MS } else { FNM_PERIOD_MS };
+            let period = if who == Who::FastNetMon { FNM_PERIOD_MS } else { INTERVAL_MS };
             let stagger = Duration::from_millis(t as u64 * period / trials as u64);
             // One retry: hping3 now and then sends nothing at all here
             // (the error says so); a second failure ends the part.
@@ -281,10 +286,10 @@ pub(crate) fn detector_version(bin: &Path) -> Result<String> {
 }
 
 /// The detector's configuration: the customers' /24 as a host group whose
-/// per-address floor is [`FLOOR_PPS`].
-fn detector_config() -> String {
+/// per-address floor is [`FLOOR_PPS`], with a hold of `hold_ms`.
+fn detector_config(hold_ms: u64) -> String {
     format!(
-        "detection:\n  hold: {HOLD_MS}ms\n  baseline: {{ warmup: 1h }}\nnetworks:\n  hostgroups:\n    - name: customers\n      prefixes: [198.51.100.0/24]\n      families:\n        udp_flood: {{ pps: {FLOOR_PPS} }}\n"
+        "detection:\n  hold: {hold_ms}ms\n  baseline: {{ warmup: 1h }}\nnetworks:\n  hostgroups:\n    - name: customers\n      prefixes: [198.51.100.0/24]\n      families:\n        udp_flood: {{ pps: {FLOOR_PPS} }}\n"
     )
 }
 
@@ -298,9 +303,9 @@ enum Running {
 impl Running {
     fn start(lab: &RouterLab, bin: &Path, fnm: &Path, who: Who) -> Result<Running> {
         Ok(match who {
-            Who::Detector => {
+            Who::Detector | Who::DetectorNoHold => {
                 let cfg = lab.dir.join("detector.yaml");
-                std::fs::write(&cfg, detector_config())?;
+                std::fs::write(&cfg, detector_config(if who == Who::Detector { HOLD_MS } else { 0 }))?;
                 let c = Controller::builder_in(bin, &lab.router_ns, &lab.outside_if, &lab.dir)
                     .args(["--node", "bench", "--on-stop", "detach", "--config"])
                     .arg(&cfg)
