@@ -822,7 +822,10 @@ pub fn fastnetmon_section(f: &fastnetmon::Figures) -> String {
         s,
         "\nThe hold is the detector's guard against bursts: a rate must stay over the floor that long before an incident opens. FastNetMon has none at its fastest (one recalculation over the threshold bans), so the detector with no hold (`detection.hold: 0ms`, every other setting the same) is the like-for-like figure; the default is shown beside it."
     );
-    for (what, d) in [(format!("with its default hold of {HOLD_MS} ms"), &det), ("with no hold, as FastNetMon".to_string(), &no_hold)] {
+    for (what, d) in [
+        (format!("with its default hold of {HOLD_MS} ms"), &det),
+        ("with no hold, as FastNetMon".to_string(), &no_hold),
+    ] {
         if !d.is_empty() && !fnm.is_empty() {
             let r50 = percentile(&fnm, 50.0) / percentile(d, 50.0);
             let r95 = percentile(&fnm, 95.0) / percentile(d, 95.0);

@@ -210,6 +210,8 @@ impl Writer {
             metrics: metrics.clone(),
             files: HashMap::new(),
             keep: open,
+            unstarted: HashMap::new(),
+            failing: None,
         };
         let thread = std::thread::Builder::new().name("captures".into()).spawn(move || w.run(rx))?;
         Ok(Writer { tx, metrics, thread: Some(thread) })
@@ -232,6 +234,8 @@ impl Writer {
 
 struct OpenFile {
     file: File,
+    /// Bytes written: all whole blocks.
+    len: u64,
     /// Whether the attack's first packet (and its comment) is written.
     attack_started: bool,
 }
@@ -242,6 +246,15 @@ struct FileThread {
     metrics: Arc<CaptureMetrics>,
     files: HashMap<String, OpenFile>,
     keep: HashSet<String>,
+    /// Incidents whose file could not be started: (interface, comment).
+    unstarted: HashMap<String, (String, String)>,
+    failing: Option<Failing>,
+}
+
+/// Writes failing since the last success.
+struct Failing {
+    since_logged: std::time::Instant,
+    failed: u64,
 }
 
 impl FileThread {
@@ -264,25 +277,66 @@ impl FileThread {
             FileOp::Start { id, iface, comment, pre_attack, packets } => {
                 self.keep.insert(id.clone());
                 let r = self.start(&id, &iface, &comment, &pre_attack, &packets);
+                if r.is_err() {
+                    // Tried again with the next packets (the disk may have
+                    // room by then); the calm before is lost.
+                    self.unstarted.insert(id.clone(), (iface, comment));
+                }
                 self.prune();
                 (id, r)
             }
             FileOp::Append { id, packets } => {
-                let r = self.append(&id, &packets);
+                let r = match self.unstarted.get(&id).cloned() {
+                    Some((iface, comment)) => {
+                        let r = self.start(&id, &iface, &comment, &[], &packets);
+                        if r.is_ok() {
+                            self.unstarted.remove(&id);
+                        }
+                        r
+                    }
+                    None => self.append(&id, &packets),
+                };
                 (id, r)
             }
             FileOp::Finish { id } => {
                 if let Some(f) = self.files.remove(&id) {
                     let _ = f.file.sync_data();
                 }
+                self.unstarted.remove(&id);
                 self.keep.remove(&id);
                 self.prune();
                 return;
             }
         };
-        if let Err(e) = result {
-            self.metrics.errors.inc();
-            tracing::error!(incident = %id, "packet capture: {e}");
+        self.report(&id, result);
+    }
+
+    /// Counts a failure, and logs it without flooding the log: when
+    /// failures start, at most once a minute while they last, and when
+    /// they end (a full disk fails every poll's write).
+    fn report(&mut self, id: &str, result: Result<(), String>) {
+        match (result, self.failing.as_mut()) {
+            (Ok(()), None) => {}
+            (Ok(()), Some(f)) => {
+                tracing::info!(failed = f.failed, "packet capture writes work again");
+                self.failing = None;
+            }
+            (Err(e), None) => {
+                self.metrics.errors.inc();
+                tracing::error!(
+                    incident = %id,
+                    "packet capture: {e}; further failures are counted in detector_capture_write_errors_total and logged at most once a minute"
+                );
+                self.failing = Some(Failing { since_logged: std::time::Instant::now(), failed: 1 });
+            }
+            (Err(e), Some(f)) => {
+                self.metrics.errors.inc();
+                f.failed += 1;
+                if f.since_logged.elapsed() >= Duration::from_secs(60) {
+                    tracing::error!(incident = %id, failed = f.failed, "packet capture still failing: {e}");
+                    f.since_logged = std::time::Instant::now();
+                }
+            }
         }
     }
 
@@ -301,10 +355,15 @@ impl FileThread {
         pcapng::packets(&mut bytes, pre, Some(PRE_ATTACK_COMMENT));
         pcapng::packets(&mut bytes, packets, Some(ATTACK_COMMENT));
         let mut file = File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        file.write_all(&bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        if let Err(e) = file.write_all(&bytes) {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(format!("cannot write {}: {e}", path.display()));
+        }
         self.metrics.packets.inc_by((pre.len() + packets.len()) as u64);
         tracing::info!(incident = %id, path = %path.display(), pre_attack = pre.len(), packets = packets.len(), "packet capture started");
-        self.files.insert(id.to_string(), OpenFile { file, attack_started: !packets.is_empty() });
+        let len = bytes.len() as u64;
+        self.files.insert(id.to_string(), OpenFile { file, len, attack_started: !packets.is_empty() });
         Ok(())
     }
 
@@ -319,12 +378,19 @@ impl FileThread {
                 .append(true)
                 .open(&path)
                 .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-            self.files.insert(id.to_string(), OpenFile { file, attack_started: s.attack_started });
+            let len = s.complete_len as u64;
+            self.files.insert(id.to_string(), OpenFile { file, len, attack_started: s.attack_started });
         }
         let f = self.files.get_mut(id).expect("inserted above");
         let mut bytes = Vec::new();
         pcapng::packets(&mut bytes, packets, (!f.attack_started).then_some(ATTACK_COMMENT));
-        f.file.write_all(&bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        if let Err(e) = f.file.write_all(&bytes) {
+            // A block written in part would spoil every block after it:
+            // cut back to the last whole one (shrinking needs no room).
+            let _ = f.file.set_len(f.len);
+            return Err(format!("cannot write {}: {e}", path.display()));
+        }
+        f.len += bytes.len() as u64;
         f.attack_started |= !packets.is_empty();
         self.metrics.packets.inc_by(packets.len() as u64);
         Ok(())
@@ -435,6 +501,38 @@ mod tests {
         w.finish();
         let s = pcapng::summarize(&fs::read(&p).unwrap()).unwrap();
         assert_eq!((s.packets, s.complete_len), (5, fs::metadata(&p).unwrap().len() as usize));
+
+        // A file that could not be started (here: `captures` is a file, as
+        // a full disk would refuse it) starts with the next packets.
+        let dir2 = dir.join("second");
+        fs::create_dir_all(&dir2).unwrap();
+        fs::write(dir2.join(DIR), b"in the way").unwrap();
+        let m2 = Arc::new(CaptureMetrics::default());
+        let mut t = FileThread {
+            dir: dir2.clone(),
+            cfg: CaptureConfig::default(),
+            metrics: m2.clone(),
+            files: HashMap::new(),
+            keep: HashSet::new(),
+            unstarted: HashMap::new(),
+            failing: None,
+        };
+        t.apply(FileOp::Start {
+            id: "i2".into(),
+            iface: "eth0".into(),
+            comment: "incident i2".into(),
+            pre_attack: vec![pkt(1)],
+            packets: vec![pkt(2)],
+        });
+        t.apply(FileOp::Append { id: "i2".into(), packets: vec![pkt(3)] });
+        assert_eq!(m2.errors.get(), 2);
+        assert!(t.failing.is_some());
+        fs::remove_file(dir2.join(DIR)).unwrap();
+        t.apply(FileOp::Append { id: "i2".into(), packets: vec![pkt(4), pkt(5)] });
+        t.apply(FileOp::Append { id: "i2".into(), packets: vec![pkt(6)] });
+        assert!(t.failing.is_none(), "works again");
+        let s = pcapng::summarize(&read(&dir2, "i2").unwrap()).unwrap();
+        assert_eq!((s.packets, s.pre_attack, s.attack_started), (3, 0, true));
 
         assert!(matches!(read(&dir, "nope"), Err(CaptureError::NotFound(_))));
         assert_eq!(resume(&dir, "nope"), None);
