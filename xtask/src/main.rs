@@ -201,11 +201,31 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
         }
         eprintln!("xtask: {msg}; not root, so they will skip with a message. Run as root to run them.");
     }
+    warn_if_disk_low(root);
     let mut args = vec!["test", "--workspace", "--exclude", "detector-ebpf"];
     if let Some(f) = filter {
         args.extend(["--", f]);
     }
     cargo(root, &args)
+}
+
+/// Space a fresh build of the tests takes (target/ after `cargo xtask
+/// test` in a fresh clone), with some room.
+const TEST_BUILD_GIB: u64 = 12;
+
+/// A full disk fails a build deep in the linker (`Bus error`, `No space
+/// left on device`), which says nothing of the cause: say it first.
+fn warn_if_disk_low(root: &Path) {
+    let Ok(out) = Command::new("df").arg("-Pk").arg(root).output() else { return };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let free_kib = text.lines().nth(1).and_then(|l| l.split_whitespace().nth(3)).and_then(|v| v.parse::<u64>().ok());
+    if let Some(kib) = free_kib.filter(|k| *k < TEST_BUILD_GIB << 20) {
+        eprintln!(
+            "xtask: warning: {:.1} GiB free on the disk of {}; building the tests takes about {TEST_BUILD_GIB} GiB, and a full disk fails in the linker (Bus error, No space left on device)",
+            kib as f64 / (1u64 << 20) as f64,
+            root.display()
+        );
+    }
 }
 
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
