@@ -63,6 +63,17 @@ impl Packet {
     }
 }
 
+/// One poll's samples as the program took them, in time order: turned
+/// into [`Packet`]s only where a buffer or a file keeps them (a busy
+/// interface samples thousands a poll, of which the calm buffer keeps the
+/// last thousand).
+#[derive(Clone, Copy)]
+pub struct Batch<'a> {
+    pub records: &'a [SampleRecord],
+    /// What turns the program's CLOCK_MONOTONIC into wall-clock time.
+    pub mono_to_wall_ns: i128,
+}
+
 /// What the store does with a file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FileOp {
@@ -89,15 +100,15 @@ struct Tracked {
 }
 
 impl Tracked {
-    fn wants(&self, p: &Packet) -> bool {
+    fn wants(&self, src: &[u8; 16], dst: &[u8; 16]) -> bool {
         if self.prefixes.is_empty() {
             return true;
         }
         let addr = match self.direction {
-            Direction::Incoming => p.dst,
-            Direction::Outgoing => p.src,
+            Direction::Incoming => dst,
+            Direction::Outgoing => src,
         };
-        let Some(host) = Prefix::from_key(addr, 128) else { return false };
+        let Some(host) = Prefix::from_key(*addr, 128) else { return false };
         self.prefixes.iter().any(|net| net.contains(&host))
     }
 }
@@ -130,12 +141,12 @@ impl Recorder {
         }
     }
 
-    /// One poll of `iface`: its packets in time order, whether it is under
-    /// attack after this poll, and its open incidents.
+    /// One poll of `iface`: its samples, whether it is under attack after
+    /// this poll, and its open incidents.
     pub fn poll<'a>(
         &mut self,
         iface: &str,
-        packets: Vec<Packet>,
+        batch: Batch<'_>,
         under_attack: bool,
         open: impl IntoIterator<Item = &'a Incident>,
     ) -> Vec<FileOp> {
@@ -149,12 +160,20 @@ impl Recorder {
             .map(|(id, _)| id.clone())
             .collect();
         let cap = self.cfg.packets_per_incident as u64;
+        let snaplen = self.cfg.snaplen;
+        let convert = |r: &SampleRecord| Packet::from_record(r, batch.mono_to_wall_ns, snaplen);
+        let records = batch.records;
         let bufs = self.ifaces.entry(iface.to_string()).or_default();
 
         for inc in open {
             if let Some(t) = self.open.get_mut(&inc.id) {
                 let room = cap.saturating_sub(t.info.packets - t.info.pre_attack) as usize;
-                let more: Vec<Packet> = packets.iter().filter(|p| t.wants(p)).take(room).cloned().collect();
+                let more: Vec<Packet> = records
+                    .iter()
+                    .filter(|r| t.wants(&r.header.src, &r.header.dst))
+                    .filter_map(convert)
+                    .take(room)
+                    .collect();
                 t.info.packets += more.len() as u64;
                 t.info.full = t.info.packets - t.info.pre_attack >= cap;
                 if !more.is_empty() {
@@ -166,9 +185,12 @@ impl Recorder {
             let pre: Vec<Packet> = bufs.calm.iter().cloned().collect();
             // The onset's packets (the polls before this one), then this
             // poll's; over the cap, the newest are left out, not the first.
-            let mut first: Vec<Packet> = bufs.onset.iter().filter(|p| t.wants(p)).cloned().collect();
-            first.extend(packets.iter().filter(|p| t.wants(p)).cloned());
-            first.truncate(cap as usize);
+            let mut first: Vec<Packet> =
+                bufs.onset.iter().filter(|p| t.wants(&p.src, &p.dst)).take(cap as usize).cloned().collect();
+            let room = (cap as usize).saturating_sub(first.len());
+            first.extend(
+                records.iter().filter(|r| t.wants(&r.header.src, &r.header.dst)).filter_map(convert).take(room),
+            );
             t.info = CaptureInfo {
                 packets: (pre.len() + first.len()) as u64,
                 pre_attack: pre.len() as u64,
@@ -190,13 +212,16 @@ impl Recorder {
             }
         }
 
-        // The buffers move after the files took what they needed.
-        if under_attack {
-            push_rolling(&mut bufs.onset, packets, self.cfg.packets_per_incident);
+        // The buffers move after the files took what they needed; only
+        // what a buffer keeps is converted.
+        let (buf, keep) = if under_attack {
+            (&mut bufs.onset, self.cfg.packets_per_incident)
         } else {
             bufs.onset.clear();
-            push_rolling(&mut bufs.calm, packets, self.cfg.pre_attack_packets);
-        }
+            (&mut bufs.calm, self.cfg.pre_attack_packets)
+        };
+        let tail = &records[records.len().saturating_sub(keep)..];
+        push_rolling(buf, tail.iter().filter_map(convert), keep);
         ops
     }
 
@@ -221,13 +246,12 @@ fn tracked(inc: &Incident, info: CaptureInfo) -> Tracked {
     Tracked { iface: inc.iface.clone(), direction: inc.direction, prefixes: inc.target_prefixes.clone(), info }
 }
 
-fn push_rolling(buf: &mut VecDeque<Packet>, packets: Vec<Packet>, cap: usize) {
+fn push_rolling(buf: &mut VecDeque<Packet>, packets: impl Iterator<Item = Packet>, cap: usize) {
     if cap == 0 {
         buf.clear();
         return;
     }
-    let skip = packets.len().saturating_sub(cap);
-    buf.extend(packets.into_iter().skip(skip));
+    buf.extend(packets);
     while buf.len() > cap {
         buf.pop_front();
     }
@@ -260,8 +284,25 @@ mod tests {
         Ipv4Addr::new(10, 0, 0, last).to_ipv6_mapped().octets()
     }
 
-    fn pkt(at: u64, src: u8, dst: u8) -> Packet {
-        Packet { at_ns: at, orig_len: 60, src: addr(src), dst: addr(dst), data: vec![0u8; 60].into() }
+    /// A sample taken at `at` ns (the clock offset is 0 in these tests).
+    fn pkt(at: u64, src: u8, dst: u8) -> SampleRecord {
+        let mut r = SampleRecord { ts_ns: at, cap_len: 60, ..SampleRecord::default() };
+        (r.header.src, r.header.dst, r.header.len) = (addr(src), addr(dst), 60);
+        r
+    }
+
+    fn packet(at: u64, src: u8, dst: u8) -> Packet {
+        Packet::from_record(&pkt(at, src, dst), 0, 256).unwrap()
+    }
+
+    fn poll<'a>(
+        r: &mut Recorder,
+        iface: &str,
+        records: Vec<SampleRecord>,
+        under_attack: bool,
+        open: impl IntoIterator<Item = &'a Incident>,
+    ) -> Vec<FileOp> {
+        r.poll(iface, Batch { records: &records, mono_to_wall_ns: 0 }, under_attack, open)
     }
 
     fn incident(id: &str, iface: &str, target: Option<u8>, direction: Direction) -> Incident {
@@ -292,14 +333,14 @@ mod tests {
         let mut r = Recorder::new(cfg(3, 5));
         // Calm: the rolling buffer keeps the last three.
         let none: [&Incident; 0] = [];
-        assert!(r.poll("eth0", (1..=4).map(|t| pkt(t, 9, 1)).collect(), false, none).is_empty());
+        assert!(poll(&mut r, "eth0", (1..=4).map(|t| pkt(t, 9, 1)).collect(), false, none).is_empty());
         assert_eq!(r.calm_len("eth0"), 3);
         // Onset (under attack, nothing open yet): the calm buffer stays.
-        assert!(r.poll("eth0", vec![pkt(10, 7, 1), pkt(11, 7, 2)], true, none).is_empty());
+        assert!(poll(&mut r, "eth0", vec![pkt(10, 7, 1), pkt(11, 7, 2)], true, none).is_empty());
         assert_eq!(r.calm_len("eth0"), 3);
         // Opening: the calm buffer, then the target's onset and this poll.
         let inc = incident("a", "eth0", Some(1), Direction::Incoming);
-        let ops = r.poll("eth0", vec![pkt(20, 7, 1), pkt(21, 7, 1)], true, [&inc]);
+        let ops = poll(&mut r, "eth0", vec![pkt(20, 7, 1), pkt(21, 7, 1)], true, [&inc]);
         let [FileOp::Start { id, pre_attack, packets, comment, .. }] = ops.as_slice() else { panic!("{ops:?}") };
         assert_eq!(id, "a");
         assert_eq!(times(pre_attack), vec![2, 3, 4]);
@@ -307,17 +348,17 @@ mod tests {
         assert!(comment.contains("incident a") && comment.contains("incoming 10.0.0.1"), "{comment}");
         assert_eq!(r.info("a"), Some(CaptureInfo { packets: 6, pre_attack: 3, full: false }));
         // Running: up to five packets of the attack in all.
-        let ops = r.poll("eth0", (30..35).map(|t| pkt(t, 7, 1)).collect(), true, [&inc]);
+        let ops = poll(&mut r, "eth0", (30..35).map(|t| pkt(t, 7, 1)).collect(), true, [&inc]);
         let [FileOp::Append { packets, .. }] = ops.as_slice() else { panic!("{ops:?}") };
         assert_eq!(times(packets), vec![30, 31]);
         assert_eq!(r.info("a"), Some(CaptureInfo { packets: 8, pre_attack: 3, full: true }));
-        assert!(r.poll("eth0", vec![pkt(40, 7, 1)], true, [&inc]).is_empty(), "full");
+        assert!(poll(&mut r, "eth0", vec![pkt(40, 7, 1)], true, [&inc]).is_empty(), "full");
         // Resolved: finished, its figures kept for the poll's events.
-        let ops = r.poll("eth0", vec![pkt(50, 9, 1)], false, none);
+        let ops = poll(&mut r, "eth0", vec![pkt(50, 9, 1)], false, none);
         assert_eq!(ops, vec![FileOp::Finish { id: "a".into() }]);
         assert_eq!(r.info("a").map(|i| i.packets), Some(8));
         // Calm again: the buffer moves on from where the attack left it.
-        r.poll("eth0", vec![pkt(60, 9, 1)], false, none);
+        poll(&mut r, "eth0", vec![pkt(60, 9, 1)], false, none);
         assert_eq!(r.info("a"), None);
         assert_eq!(r.calm_len("eth0"), 3);
     }
@@ -328,7 +369,7 @@ mod tests {
         let a = incident("a", "eth0", Some(1), Direction::Incoming);
         let b = incident("b", "eth0", Some(2), Direction::Outgoing);
         let c = incident("c", "eth1", None, Direction::Incoming);
-        let ops = r.poll("eth0", vec![pkt(1, 5, 1), pkt(2, 2, 5), pkt(3, 5, 2)], true, [&a, &b, &c]);
+        let ops = poll(&mut r, "eth0", vec![pkt(1, 5, 1), pkt(2, 2, 5), pkt(3, 5, 2)], true, [&a, &b, &c]);
         assert_eq!(ops.len(), 2, "eth1's incident waits for eth1's poll: {ops:?}");
         for op in &ops {
             let FileOp::Start { id, packets, .. } = op else { panic!() };
@@ -336,14 +377,14 @@ mod tests {
             assert_eq!(times(packets), want, "{id}");
         }
         // Without prefixes (an interface-wide incident) every packet is its.
-        let ops = r.poll("eth1", vec![pkt(4, 5, 1), pkt(5, 6, 7)], true, [&a, &b, &c]);
+        let ops = poll(&mut r, "eth1", vec![pkt(4, 5, 1), pkt(5, 6, 7)], true, [&a, &b, &c]);
         let [FileOp::Start { packets, .. }] = ops.as_slice() else { panic!("{ops:?}") };
         assert_eq!(times(packets), vec![4, 5]);
         // a ends (resolved by a runbook between polls); b carries on.
-        let ops = r.poll("eth0", vec![pkt(6, 2, 9)], true, [&b, &c]);
+        let ops = poll(&mut r, "eth0", vec![pkt(6, 2, 9)], true, [&b, &c]);
         assert_eq!(
             ops,
-            vec![FileOp::Append { id: "b".into(), packets: vec![pkt(6, 2, 9)] }, FileOp::Finish { id: "a".into() }]
+            vec![FileOp::Append { id: "b".into(), packets: vec![packet(6, 2, 9)] }, FileOp::Finish { id: "a".into() }]
         );
     }
 
@@ -352,7 +393,7 @@ mod tests {
         let mut r = Recorder::new(cfg(10, 4));
         let a = incident("a", "eth0", None, Direction::Incoming);
         r.resume(&a, Some(CaptureInfo { packets: 5, pre_attack: 2, full: false }));
-        let ops = r.poll("eth0", (0..5).map(|t| pkt(t, 1, 1)).collect(), true, [&a]);
+        let ops = poll(&mut r, "eth0", (0..5).map(|t| pkt(t, 1, 1)).collect(), true, [&a]);
         let [FileOp::Append { packets, .. }] = ops.as_slice() else { panic!("{ops:?}") };
         assert_eq!(packets.len(), 1, "three of four were taken before the restart");
         assert!(r.info("a").unwrap().full);
@@ -360,11 +401,11 @@ mod tests {
         let mut r = Recorder::new(cfg(10, 4));
         r.resume(&a, Some(CaptureInfo { packets: 6, pre_attack: 2, full: false }));
         assert!(r.info("a").unwrap().full);
-        assert!(r.poll("eth0", vec![pkt(1, 1, 1)], true, [&a]).is_empty());
+        assert!(poll(&mut r, "eth0", vec![pkt(1, 1, 1)], true, [&a]).is_empty());
         // Without a file, the next poll starts one.
         let mut r = Recorder::new(cfg(10, 4));
         r.resume(&a, None);
-        assert!(matches!(r.poll("eth0", vec![pkt(1, 1, 1)], true, [&a]).as_slice(), [FileOp::Start { .. }]));
+        assert!(matches!(poll(&mut r, "eth0", vec![pkt(1, 1, 1)], true, [&a]).as_slice(), [FileOp::Start { .. }]));
     }
 
     #[test]

@@ -220,7 +220,7 @@ impl Poller {
         elapsed: Duration,
         wall: u64,
     ) -> Result<crate::view::IfaceView, crate::kernel::counters::CounterError> {
-        let mut reading = probe.read(mono, elapsed, &self.metrics)?;
+        let reading = probe.read(mono, elapsed, &self.metrics)?;
         let seconds = elapsed.as_secs_f64();
         let samples = reading.sample_view(seconds);
         let iface = probe.iface().to_string();
@@ -236,9 +236,8 @@ impl Poller {
         };
         let mut events = self.detector.observe(&obs);
         if let Some(c) = &mut self.captures {
-            let frames = std::mem::take(&mut reading.frames);
             let under = self.detector.under_attack(&iface);
-            for op in c.recorder.poll(&iface, frames, under, self.detector.open_incidents()) {
+            for op in c.recorder.poll(&iface, reading.frames.batch(), under, self.detector.open_incidents()) {
                 c.writer.send(op);
             }
             for (id, info) in c.recorder.open() {

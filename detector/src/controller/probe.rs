@@ -4,10 +4,13 @@
 
 use std::time::Duration;
 
-use detector_common::{sample::PacketSample, CLASS_COUNT};
+use detector_common::{
+    sample::{PacketSample, SampleRecord},
+    CLASS_COUNT,
+};
 
 use crate::{
-    capture::Packet,
+    capture::recorder::Batch,
     kernel::{
         counters::{CounterError, CounterMaps},
         ebpf::{self, CountingOptions},
@@ -45,8 +48,8 @@ pub struct Probe {
     learning: Learning,
     targets: TargetMaps,
     target_tracker: TargetTracker,
-    /// Bytes of each sampled frame kept for captures; None: captures off.
-    snaplen: Option<usize>,
+    /// Whether packet captures are on (the samples' frames are kept).
+    captures: bool,
 }
 
 /// What one poll of an interface read.
@@ -56,9 +59,9 @@ pub struct Reading {
     /// Sources tracked after idle ones were removed.
     pub tracked: usize,
     pub samples: Vec<PacketSample>,
-    /// The same samples' frames, for packet captures (empty with captures
-    /// off), in time order.
-    pub frames: Vec<Packet>,
+    /// The same samples whole, frames included, in time order, for packet
+    /// captures (empty with captures off).
+    pub frames: Frames,
     /// The divisor the samples were taken at.
     pub divisor: u32,
     /// Network mode: per protected address and per host group (empty
@@ -127,7 +130,7 @@ impl Probe {
             learning,
             targets,
             target_tracker: TargetTracker::new(cfg.idle_after),
-            snaplen: cfg.capture.enabled.then_some(cfg.capture.snaplen),
+            captures: cfg.capture.enabled,
         })
     }
 
@@ -192,7 +195,7 @@ impl Probe {
                 self.targets.groups()?,
             )
         };
-        let drained = self.maps.drain_samples(MAX_SAMPLES);
+        let mut drained = self.maps.drain_samples(MAX_SAMPLES);
 
         let rates = class_rates(&self.prev, &cur, elapsed);
         metrics.count_classes(self.iface(), &self.prev, &cur);
@@ -219,20 +222,32 @@ impl Probe {
             self.divisor = next;
         }
         metrics.sample_divisor(self.iface(), self.divisor);
-        let frames = match self.snaplen {
-            Some(snaplen) => {
-                let offset = mono_to_wall_ns();
-                let mut f: Vec<Packet> =
-                    drained.iter().filter_map(|r| Packet::from_record(r, offset, snaplen)).collect();
-                // The ring is in the order the CPUs reserved their entries,
-                // which can differ from their clocks by a hair.
-                f.sort_by_key(|p| p.at_ns);
-                f
+        let mut mono_to_wall = 0;
+        if self.captures {
+            // The ring is in the order the CPUs reserved their entries,
+            // which can differ from their clocks by a hair (now and then).
+            if !drained.is_sorted_by_key(|r| r.ts_ns) {
+                drained.sort_by_key(|r| r.ts_ns);
             }
-            None => Vec::new(),
-        };
-        let samples = drained.into_iter().map(|r| r.header).collect();
+            mono_to_wall = mono_to_wall_ns();
+        }
+        let samples = drained.iter().map(|r| r.header).collect();
+        let records = if self.captures { drained } else { Vec::new() };
+        let frames = Frames { records, mono_to_wall_ns: mono_to_wall };
         Ok(Reading { rates, sources: update, tracked, samples, frames, divisor, targets: targets.reading })
+    }
+}
+
+/// A poll's samples whole, for the capture recorder.
+#[derive(Default)]
+pub struct Frames {
+    pub records: Vec<SampleRecord>,
+    pub mono_to_wall_ns: i128,
+}
+
+impl Frames {
+    pub fn batch(&self) -> Batch<'_> {
+        Batch { records: &self.records, mono_to_wall_ns: self.mono_to_wall_ns }
     }
 }
 
