@@ -49,7 +49,7 @@ pub enum CaptureError {
 /// reaches outside the directory.
 pub fn path(state_dir: &Path, id: &str) -> Result<PathBuf, CaptureError> {
     let ok = !id.is_empty()
-        && id.len() <= 255 - EXT.len() - 1
+        && id.len() < 255 - EXT.len()
         && !id.starts_with('.')
         && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
     if !ok {
