@@ -31,7 +31,8 @@ pub struct CaptureConfig {
 }
 
 pub const MAX_PRE_ATTACK: usize = 100_000;
-pub const MAX_PER_INCIDENT: usize = 1_000_000;
+/// A file is served whole from memory: at most about 35 MB.
+pub const MAX_PER_INCIDENT: usize = 100_000;
 /// The smallest snap length: an Ethernet, IPv6 and TCP header with options.
 pub const MIN_SNAPLEN: usize = 96;
 
