@@ -126,10 +126,6 @@ impl Recorder {
         Recorder { cfg, ifaces: HashMap::new(), open: BTreeMap::new(), ended: HashMap::new() }
     }
 
-    pub fn config(&self) -> &CaptureConfig {
-        &self.cfg
-    }
-
     /// Carries on the capture of an incident open at the last stop, whose
     /// file already holds `held` (found by [`super::store`]); without a
     /// file, the next poll starts one (without the calm buffer, which the
@@ -237,7 +233,8 @@ impl Recorder {
     }
 
     /// The packets in the calm buffer of `iface`.
-    pub fn calm_len(&self, iface: &str) -> usize {
+    #[cfg(test)]
+    fn calm_len(&self, iface: &str) -> usize {
         self.ifaces.get(iface).map_or(0, |b| b.calm.len())
     }
 }
