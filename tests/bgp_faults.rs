@@ -12,6 +12,8 @@
 //!   BIRD, its session up, receives nothing.
 //! - `detector detach` after a controller stopped with `--on-stop keep`
 //!   also stops the gobgpd it left announcing; BIRD loses the route.
+//! - A TTL ends while the controller is killed: the TTL keeper beside
+//!   gobgpd withdraws that blackhole on time and nothing else.
 
 mod common;
 
@@ -438,4 +440,108 @@ fn detach_stops_the_gobgpd_a_stopped_controller_left() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && !text.contains("gobgpd"), "{text}");
     eprintln!("detach: the blackhole gone from BIRD {gone_after:?} after; {:?} in all", t_all.elapsed());
+}
+
+/// The pids of the TTL keepers running for `state_dir` (`detector bgp
+/// keep --state-dir DIR`, started by `detector run`).
+fn keepers(state_dir: &std::path::Path) -> Vec<u32> {
+    let want = format!("bgp\0keep\0--state-dir\0{}\0", state_dir.display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).contains(&want) && alive(*pid)
+        })
+        .collect()
+}
+
+/// The keys `bgp.json` holds.
+fn saved_keys(state_dir: &std::path::Path) -> Vec<String> {
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(state_dir.join("bgp.json")).unwrap()).unwrap();
+    saved["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let a = &e["announcement"];
+            format!("{} {}", a["type"].as_str().unwrap_or("?"), a["prefix"].as_str().unwrap_or("?"))
+        })
+        .collect()
+}
+
+/// gobgpd holds no TTLs, and outlives the controller: with the controller
+/// killed, the TTL keeper `detector run` started beside gobgpd withdraws
+/// a blackhole when its TTL ends (out of `bgp.json` first), leaves the
+/// one whose TTL runs on, and BIRD's session stays up. The next start
+/// adopts gobgpd and restores only what is left; one keeper per state
+/// directory; it exits once gobgpd is stopped.
+#[test]
+fn a_ttl_ends_on_time_while_no_controller_runs() {
+    require_root!();
+    let _serial = serial();
+    let t_all = Instant::now();
+    let s = Setup::new(false, &[]);
+    let (short, long) = (SERVERS_V4[0], SERVERS_V4[1]);
+    const TTL: Duration = Duration::from_secs(8);
+
+    let mut c = s.start("keep");
+    let _end = EndGobgpd(c.state_dir.clone());
+    let dir = c.state_dir.clone();
+    until(&c, "the session Established", || established(&c));
+    let keeper = until(&c, "one TTL keeper", || match keepers(&dir)[..] {
+        [pid] => Ok(pid),
+        ref other => Err(format!("keepers {other:?}")),
+    });
+    let t_announced = Instant::now();
+    ok(&c, &["bgp", "announce", "blackhole", short, "--ttl", &format!("{}s", TTL.as_secs())]);
+    ok(&c, &["bgp", "announce", "blackhole", long, "--ttl", "10m"]);
+    until(&c, "both blackholes in BIRD", || s.blackhole_in_bird(short).and_then(|_| s.blackhole_in_bird(long)));
+
+    // The controller crashes well before the short TTL ends.
+    let gobgpd = Record::load(&dir).expect("gobgpd recorded").pid;
+    assert!(!c.stop_with(libc::SIGKILL).success());
+    assert!(t_announced.elapsed() < TTL - Duration::from_secs(3), "too slow to test: {:?}", t_announced.elapsed());
+    s.blackhole_in_bird(short).expect("still announced before its TTL");
+
+    until(&c, "the short blackhole withdrawn with no controller", || s.no_blackhole_in_bird(short));
+    let gone_after = t_announced.elapsed();
+    assert!(gone_after >= TTL, "withdrawn {gone_after:?} after it was announced, before its TTL of {TTL:?}");
+    assert!(gone_after < TTL + Duration::from_secs(4), "withdrawn {gone_after:?} after it was announced, TTL {TTL:?}");
+    // A withdrawal, not a lost session: gobgpd and BIRD's session stay
+    // up, and the long one stays announced.
+    assert!(alive(gobgpd), "gobgpd {gobgpd} ended");
+    s.session_established().unwrap();
+    s.blackhole_in_bird(long).expect("the long blackhole stays");
+    assert_eq!(saved_keys(&dir), vec![format!("blackhole {long}/32")]);
+    let log = std::fs::read_to_string(dir.join("bgp-keeper.log")).unwrap_or_default();
+    assert!(
+        log.lines().any(|l| l.contains("withdrawn with no controller running") && l.contains(&format!("{short}/32"))),
+        "{log}"
+    );
+    assert_eq!(keepers(&dir), vec![keeper]);
+
+    // The next start adopts gobgpd with what is left; the keeper it starts
+    // finds the first one and exits.
+    let mut c = s.start("keep");
+    until(&c, "the session Established", || established(&c));
+    let st = status(&c);
+    assert_eq!(st["daemon"]["pid"].as_u64(), Some(gobgpd as u64), "not adopted: {st}");
+    let keys: Vec<&str> = st["announcements"].as_array().unwrap().iter().filter_map(|a| a["key"].as_str()).collect();
+    assert_eq!(keys, vec![format!("blackhole {long}/32")], "{st}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(keepers(&dir), vec![keeper]);
+    s.blackhole_in_bird(long).expect("the long blackhole stays");
+    s.no_blackhole_in_bird(short).expect("the expired one stays withdrawn");
+
+    // A clean stop leaves both running; `detector bgp stop` ends gobgpd,
+    // and the keeper follows.
+    assert!(c.stop().unwrap().success());
+    assert_eq!(keepers(&dir), vec![keeper]);
+    let out = detector_in(&s.lab.router_ns, &["bgp", "stop", "--state-dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    until(&c, "the keeper gone", || if keepers(&dir).is_empty() { Ok(()) } else { Err("keeper runs".to_string()) });
+    let log = std::fs::read_to_string(dir.join("bgp-keeper.log")).unwrap_or_default();
+    assert!(log.contains("no gobgpd runs and no controller"), "{log}");
+    eprintln!("TTL with no controller: withdrawn {gone_after:?} after the announcement; {:?} in all", t_all.elapsed());
 }

@@ -120,7 +120,7 @@ pub fn end_recorded(state_dir: &Path) -> Option<u32> {
 }
 
 /// Whether `pid` is a live (not zombie) process whose command is gobgpd.
-fn is_gobgpd(pid: u32) -> bool {
+pub(crate) fn is_gobgpd(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
     // `pid (comm) S ...`: the state follows the last parenthesis.
     let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next());

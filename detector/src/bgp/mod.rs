@@ -8,7 +8,8 @@
 //!   [`plan`] (what should be in force, and the changes that get it there).
 //! - Adapters: [`gobgp`] (the daemon's configuration file and gRPC client)
 //!   and [`daemon`] (the `gobgpd` child, restarted when it exits, adopted
-//!   by the next start).
+//!   by the next start), and [`keeper`] (ends announcements on time while
+//!   no controller runs).
 //! - The subsystem of `detector run`: [`service`] (the desired set,
 //!   persisted; the daemon; the reconciliation task), [`control`] (its
 //!   control API routes and client), [`metrics`], and [`step`] (what a
@@ -20,6 +21,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod gobgp;
+pub mod keeper;
 pub mod metrics;
 pub mod plan;
 pub mod service;

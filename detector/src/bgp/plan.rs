@@ -264,8 +264,14 @@ impl std::fmt::Display for Change {
 /// `desired` wants in force at `now_ms`: withdrawals first, then
 /// announcements, each in key order.
 pub fn reconcile(desired: &Desired, actual: &[Announcement], now_ms: u64) -> Vec<Change> {
+    changes(desired.entries.values(), actual, now_ms)
+}
+
+/// [`reconcile`] over entries as saved (`bgp.json`): what the TTL keeper
+/// compares the daemon's paths with while no controller runs.
+pub fn changes<'a>(wanted: impl IntoIterator<Item = &'a Entry>, actual: &[Announcement], now_ms: u64) -> Vec<Change> {
     let wanted: BTreeMap<String, &Announcement> =
-        desired.entries.iter().filter(|(_, e)| !e.expired(now_ms)).map(|(k, e)| (k.clone(), &e.announcement)).collect();
+        wanted.into_iter().filter(|e| !e.expired(now_ms)).map(|e| (e.key(), &e.announcement)).collect();
     let held: BTreeMap<String, Announcement> =
         actual.iter().map(|a| a.clone().normalized()).map(|a| (a.key(), a)).collect();
     let mut changes: Vec<Change> =

@@ -44,6 +44,7 @@ use super::{
     config::BgpConfig,
     daemon::{Daemon, DaemonConfig, DaemonError, Status as DaemonStatus},
     gobgp::{config_toml, Client, Peer, SessionState},
+    keeper::{self, KeeperError},
     metrics::BgpMetrics,
     plan::{Desired, Entry, Planner, Record, Saved, RECOVERED_TTL},
 };
@@ -63,6 +64,8 @@ pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub enum BgpError {
     #[error(transparent)]
     Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    Lock(#[from] KeeperError),
 }
 
 /// The one check of an announcement's TTL (runbook step, control API).
@@ -159,6 +162,9 @@ pub struct Bgp {
     wake: Notify,
     daemon: tokio::sync::Mutex<Option<Daemon>>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// `bgp.lock`, held while this runs: the TTL keeper stands by
+    /// ([`keeper`]).
+    _lock: std::fs::File,
 }
 
 /// What became of an announcement asked for.
@@ -174,6 +180,8 @@ impl Bgp {
         state_dir: &Path,
         metrics: BgpMetrics,
     ) -> Result<Arc<Bgp>, BgpError> {
+        // Before bgp.json is read: a keeper's sweep is done with it.
+        let lock = keeper::hold(state_dir)?;
         let mut toml = config_toml(&cfg);
         if cfg.dry_run {
             // Part of the fingerprint: a gobgpd a sending run left, with
@@ -203,6 +211,7 @@ impl Bgp {
             wake: Notify::new(),
             daemon: tokio::sync::Mutex::new(None),
             task: Mutex::new(None),
+            _lock: lock,
             cfg,
         });
         bgp.restore();
@@ -211,6 +220,9 @@ impl Bgp {
         *bgp.daemon.try_lock().expect("not shared yet") = Some(daemon);
         let task = tokio::spawn(bgp.clone().run(watch));
         *bgp.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        if !bgp.cfg.dry_run {
+            keeper::spawn(state_dir);
+        }
         Ok(bgp)
     }
 

@@ -9,7 +9,7 @@ use detector::{
     api::control::Client,
     bgp::{
         announce::{Announcement, Community, FlowAction, FlowSpecRule, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
-        daemon,
+        daemon, keeper,
         service::{check_ttl, AnnounceRequest, EntryView, StatusView},
     },
     detect::incident::time_ms,
@@ -43,6 +43,13 @@ pub enum BgpCommand {
     /// Stop the gobgpd a stopped controller left running (its sessions
     /// close, and the upstream withdraws everything it announced).
     Stop {
+        #[command(flatten)]
+        dir: StateDirArg,
+    },
+    /// The TTL keeper `detector run` starts beside gobgpd: ends
+    /// announcements on time while no controller runs.
+    #[command(hide = true)]
+    Keep {
         #[command(flatten)]
         dir: StateDirArg,
     },
@@ -126,6 +133,7 @@ pub fn run(cmd: BgpCommand) -> anyhow::Result<()> {
                 outln!("withdrawn {}", e.describe)?;
             }
         }
+        BgpCommand::Keep { dir } => rt.block_on(keeper::keep(&dir.state_dir))?,
         BgpCommand::Stop { dir } => {
             if rt.block_on(Client::new(&dir.state_dir).bgp_status()).is_ok() {
                 anyhow::bail!(
