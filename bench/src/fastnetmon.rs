@@ -87,6 +87,10 @@ pub enum Who {
     FastNetMon,
     /// The router forwarding with neither: the softirq baseline.
     Nothing,
+    /// An empty XDP program (`return XDP_PASS`) on the router's outside
+    /// interface: what any XDP program costs per packet in this lab (CPU
+    /// runs only).
+    EmptyXdp,
 }
 
 impl Who {
@@ -96,6 +100,7 @@ impl Who {
             Who::DetectorNoHold => "detector, no hold (XDP)",
             Who::FastNetMon => "FastNetMon (AF_PACKET)",
             Who::Nothing => "no detector (plain forwarding)",
+            Who::EmptyXdp => "empty XDP program (the floor)",
         }
     }
 }
@@ -209,6 +214,8 @@ impl CpuTotal {
 /// The floods of the CPU runs: the detection flood, and hping3 as fast as
 /// it sends.
 pub const CPU_GAPS: [&str; 2] = [DETECT_GAP, "flood"];
+/// The setups of the CPU runs, in the order they run and are reported.
+pub const CPU_SETUPS: [Who; 4] = [Who::Nothing, Who::EmptyXdp, Who::FastNetMon, Who::Detector];
 
 pub fn run(trials: usize, cpu_seconds: u64, rounds: usize) -> Result<Figures> {
     let bin = crate::detector_bin()?;
@@ -249,7 +256,7 @@ pub fn run(trials: usize, cpu_seconds: u64, rounds: usize) -> Result<Figures> {
     let mut cpu = Vec::new();
     for round in 0..rounds {
         for gap in CPU_GAPS {
-            for who in [Who::Nothing, Who::FastNetMon, Who::Detector] {
+            for who in CPU_SETUPS {
                 let r = cpu_run(&bin, &fnm, who, gap, Duration::from_secs(cpu_seconds))
                     .with_context(|| format!("{} CPU run, hping3 {gap}, round {}", who.label(), round + 1))?;
                 eprintln!(
@@ -298,6 +305,11 @@ enum Running {
     Detector(Box<Controller>),
     FastNetMon(FastNetMon),
     Nothing,
+    /// The empty program, loaded and attached in the router (detached when
+    /// dropped).
+    Empty {
+        _obj: Box<aya::Ebpf>,
+    },
 }
 
 impl Running {
@@ -314,6 +326,13 @@ impl Running {
             }
             Who::FastNetMon => Running::FastNetMon(FastNetMon::start(lab, fnm)?),
             Who::Nothing => Running::Nothing,
+            Who::EmptyXdp => {
+                let _in = NetnsGuard::enter(&lab.router_ns)?;
+                let mut obj = detector::kernel::ebpf::load_flood()?;
+                let p = detector::kernel::ebpf::load_xdp(&mut obj, "flood", detector_common::flood::PASS_PROGRAM)?;
+                p.attach(&lab.outside_if, aya::programs::XdpMode::Driver)?;
+                Running::Empty { _obj: Box::new(obj) }
+            }
         })
     }
 
@@ -321,7 +340,7 @@ impl Running {
         match self {
             Running::Detector(c) => c.pid(),
             Running::FastNetMon(f) => f.child.pid(),
-            Running::Nothing => None,
+            Running::Nothing | Running::Empty { .. } => None,
         }
     }
 
@@ -334,7 +353,7 @@ impl Running {
                 crate::reaction::detached_in(&lab.router_ns, &lab.outside_if)
             }
             Running::FastNetMon(f) => f.stop(),
-            Running::Nothing => Ok(()),
+            Running::Nothing | Running::Empty { .. } => Ok(()),
         }
     }
 }
@@ -365,7 +384,7 @@ fn measure_detection(lab: &RouterLab, running: &mut Running, who: Who) -> Result
                 f.check_alive()?;
                 f.attack_logged()?
             }
-            Running::Nothing => bail!("nothing to detect with"),
+            Running::Nothing | Running::Empty { .. } => bail!("nothing to detect with"),
         };
         if let Some(v) = found {
             break v;
@@ -374,7 +393,7 @@ fn measure_detection(lab: &RouterLab, running: &mut Running, who: Who) -> Result
             let what = match running {
                 Running::FastNetMon(f) => format!("FastNetMon's log:\n{}", f.log_tail(20)),
                 Running::Detector(c) => format!("the controller's log:\n{}", c.log_tail(20)),
-                Running::Nothing => String::new(),
+                Running::Nothing | Running::Empty { .. } => String::new(),
             };
             let flood = match flood.stop() {
                 Ok(r) => format!("hping3 sent {} packets", r.sent),
@@ -742,14 +761,12 @@ fn forwarded(lab: &RouterLab) -> Result<u64> {
 
 fn cpu_run(bin: &Path, fnm: &Path, who: Who, gap: &'static str, duration: Duration) -> Result<CpuRun> {
     let lab = RouterLab::new()?;
-    let _stats = if who == Who::Detector {
-        Some(enable_stats(Stats::RunTime).context("enabling BPF run-time statistics")?)
-    } else {
-        None
-    };
+    let xdp = matches!(who, Who::Detector | Who::EmptyXdp);
+    let _stats =
+        if xdp { Some(enable_stats(Stats::RunTime).context("enabling BPF run-time statistics")?) } else { None };
     let running = Running::start(&lab, bin, fnm, who)?;
     let result = (|| -> Result<CpuRun> {
-        let prog = if who == Who::Detector { Some(xdp_prog_id(&lab.router_ns, &lab.outside_if)?) } else { None };
+        let prog = if xdp { Some(xdp_prog_id(&lab.router_ns, &lab.outside_if)?) } else { None };
         let flood = Hping3::start(&lab.inet_ns, &flood_args(gap))?;
         // Past the start (and the detector's incident opening) before counting.
         std::thread::sleep(SETTLE);

@@ -840,7 +840,7 @@ pub fn fastnetmon_section(f: &fastnetmon::Figures) -> String {
 
     let _ = writeln!(
         s,
-        "**CPU per forwarded packet**: the same flood, sustained and forwarded by the router to the customers, once with each detector alone and once with neither (plain forwarding), each in a fresh lab; counted over {} s once the flood has run a second (the detector's incident is open and FastNetMon's ban made by then), summed over the rounds. Process CPU: utime + stime of every thread of the detector's process, and of its waited-for children (FastNetMon's notify script), from `/proc/PID/stat`. The detector's XDP program runs in the kernel's receive path, not in its process: its own run time comes from the kernel's BPF statistics (`run_time_ns`, on only during the detector's runs). FastNetMon's AF_PACKET capture copies every frame into its ring in the softirq that receives it: that cost is the softirq time of all CPUs (`/proc/stat`) over the plain-forwarding run's, per packet (tick-sampled, so a noisy difference; the detector's is shown too). Divided by the router's forwarded datagrams (`Ip: ForwDatagrams`, the customers' ICMP answers included). The cost per packet: the detector's process plus its XDP run time; FastNetMon's process plus its softirq over plain forwarding (none if negative).\n",
+        "**CPU per forwarded packet**: the same flood, sustained and forwarded by the router to the customers, once with each detector alone and once with neither (plain forwarding), each in a fresh lab; counted over {} s once the flood has run a second (the detector's incident is open and FastNetMon's ban made by then), summed over the rounds. Process CPU: utime + stime of every thread of the detector's process, and of its waited-for children (FastNetMon's notify script), from `/proc/PID/stat`. The detector's XDP program runs in the kernel's receive path, not in its process: its own run time comes from the kernel's BPF statistics (`run_time_ns`, on only during the detector's runs). FastNetMon's AF_PACKET capture copies every frame into its ring in the softirq that receives it: that cost is the softirq time of all CPUs (`/proc/stat`) over the plain-forwarding run's, per packet (tick-sampled, so a noisy difference; the detector's is shown too). Divided by the router's forwarded datagrams (`Ip: ForwDatagrams`, the customers' ICMP answers included). The cost per packet: the detector's process plus its XDP run time; FastNetMon's process plus its softirq over plain forwarding (none if negative). A fourth setup, an empty XDP program (`return XDP_PASS`) on the same interface, gives the floor any XDP program pays here (its run time by the same statistics, with their own clock reads).\n",
         f.cpu_seconds
     );
     let _ = writeln!(
@@ -854,17 +854,20 @@ pub fn fastnetmon_section(f: &fastnetmon::Figures) -> String {
         let base = f.cpu_total(Who::Nothing, gap);
         let over = |t: &fastnetmon::CpuTotal| base.map(|b| t.softirq_per_packet() - b.softirq_per_packet());
         let mut totals = (None, None);
-        for who in [Who::Nothing, Who::FastNetMon, Who::Detector] {
+        let mut floor = None;
+        for who in fastnetmon::CPU_SETUPS {
             let Some(t) = f.cpu_total(who, gap) else { continue };
             let extra = if who == Who::Nothing { None } else { over(&t) };
             let total = match who {
                 Who::Detector | Who::DetectorNoHold => Some(t.process_per_packet() + t.xdp_per_packet()),
+                Who::EmptyXdp => Some(t.xdp_per_packet()),
                 Who::FastNetMon => Some(t.process_per_packet() + extra.unwrap_or(0.0).max(0.0)),
                 Who::Nothing => None,
             };
             match who {
                 Who::Detector | Who::DetectorNoHold => totals.0 = total,
                 Who::FastNetMon => totals.1 = total,
+                Who::EmptyXdp => floor = total,
                 Who::Nothing => {}
             }
             let _ = writeln!(
@@ -872,8 +875,12 @@ pub fn fastnetmon_section(f: &fastnetmon::Figures) -> String {
                 "| {flood} | {} | {:.0} | {} | {} | {:.0} | {} | {} |",
                 who.label(),
                 t.forwarded_pps(),
-                if who == Who::Nothing { "—".to_string() } else { format!("{:.0}", t.process_per_packet()) },
-                if who == Who::Detector {
+                if matches!(who, Who::Nothing | Who::EmptyXdp) {
+                    "—".to_string()
+                } else {
+                    format!("{:.0}", t.process_per_packet())
+                },
+                if matches!(who, Who::Detector | Who::EmptyXdp) {
                     format!("{:.0} ({:.0} per run)", t.xdp_per_packet(), t.xdp_ns as f64 / t.xdp_runs.max(1) as f64)
                 } else {
                     "—".into()
@@ -884,10 +891,13 @@ pub fn fastnetmon_section(f: &fastnetmon::Figures) -> String {
             );
         }
         if let (Some(d), Some(m)) = totals {
+            let floor = floor
+                .map(|e| format!("; an empty XDP program alone costs {e:.0} ns here, {:.2} of FastNetMon's", e / m))
+                .unwrap_or_default();
             verdicts.push((
                 d / m,
                 format!(
-                    "{flood}: the detector spends **{:.2}** of FastNetMon's CPU per packet ({d:.0} against {m:.0} ns)",
+                    "{flood}: the detector spends **{:.2}** of FastNetMon's CPU per packet ({d:.0} against {m:.0} ns{floor})",
                     d / m
                 ),
             ));

@@ -35,10 +35,33 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// The buffers the kernel copies a batch into, kept from one read to the
+/// next: a chunk of per-CPU values is megabytes (4,096 entries of a few
+/// hundred bytes on each CPU), which allocated and zeroed for every read,
+/// twice a poll, cost the controller more CPU than the rest of its poll.
+/// The kernel writes what it returns; nothing is read past that.
+#[derive(Debug, Default)]
+pub struct Buffers {
+    keys: Vec<u8>,
+    values: Vec<u8>,
+}
+
+impl Buffers {
+    /// At least `keys` and `values` bytes; only growth is zeroed.
+    fn reserve(&mut self, keys: usize, values: usize) {
+        if self.keys.len() < keys {
+            self.keys.resize(keys, 0);
+        }
+        if self.values.len() < values {
+            self.values.resize(values, 0);
+        }
+    }
+}
+
 /// Reads the whole of a per-CPU hash map, calling `f` with each key and
 /// its per-CPU values.
-pub fn per_cpu_hash<K: Pod, V: Pod>(map: &MapData, f: impl FnMut(K, &[V])) -> io::Result<()> {
-    per_cpu_hash_from(map, None, usize::MAX, f).map(|_| ())
+pub fn per_cpu_hash<K: Pod, V: Pod>(map: &MapData, buf: &mut Buffers, f: impl FnMut(K, &[V])) -> io::Result<()> {
+    per_cpu_hash_from(map, buf, None, usize::MAX, f).map(|_| ())
 }
 
 /// Reads a per-CPU hash map from the batch token `start` (`None`: from its
@@ -49,6 +72,7 @@ pub fn per_cpu_hash<K: Pod, V: Pod>(map: &MapData, f: impl FnMut(K, &[V])) -> io
 /// (an entry added meanwhile behind the token is read in the next pass).
 pub fn per_cpu_hash_from<K: Pod, V: Pod>(
     map: &MapData,
+    buf: &mut Buffers,
     start: Option<u32>,
     want: usize,
     mut f: impl FnMut(K, &[V]),
@@ -57,18 +81,14 @@ pub fn per_cpu_hash_from<K: Pod, V: Pod>(
     let stride = size_of::<V>().div_ceil(8) * 8;
     let mut chunk = CHUNK.min(want.try_into().unwrap_or(u32::MAX)).max(64);
     let ksize = size_of::<K>();
-    let mut keys: Vec<u8> = vec![0; chunk as usize * ksize];
-    let mut values: Vec<u8> = vec![0; chunk as usize * cpus * stride];
     let mut per_cpu: Vec<V> = Vec::with_capacity(cpus);
     let mut token: u32 = start.unwrap_or(0);
     let mut next: u32 = 0;
     let mut first = start.is_none();
     let mut read = 0usize;
     loop {
-        if keys.len() < chunk as usize * ksize {
-            keys = vec![0; chunk as usize * ksize];
-            values = vec![0; chunk as usize * cpus * stride];
-        }
+        buf.reserve(chunk as usize * ksize, chunk as usize * cpus * stride);
+        let (keys, values) = (&mut buf.keys, &mut buf.values);
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { &token as *const u32 as u64 },
             out_batch: &mut next as *mut u32 as u64,

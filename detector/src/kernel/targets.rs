@@ -81,6 +81,8 @@ pub struct TargetMaps {
     /// the generation of the protected set).
     control_value: Box<TargetControl>,
     capacity: u32,
+    /// Reused by every batch read.
+    batch: std::sync::Mutex<batch::Buffers>,
 }
 
 impl TargetMaps {
@@ -112,6 +114,7 @@ impl TargetMaps {
             installed: BTreeMap::new(),
             control_value: Box::default(),
             capacity,
+            batch: Default::default(),
         };
         // Fresh maps are empty; should they ever be pinned, what an earlier
         // run left is what `set_protected` must replace.
@@ -243,7 +246,10 @@ impl TargetMaps {
         let mut out = Vec::with_capacity(self.capacity as usize);
         // A few syscalls for the whole map; two per entry only on a kernel
         // without batch lookups.
-        match batch::per_cpu_hash::<SourceKey, TargetStats>(map.map(), |k, v| out.push((k, sum(v.iter(), true)))) {
+        let mut buf = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+        match batch::per_cpu_hash::<SourceKey, TargetStats>(map.map(), &mut buf, |k, v| {
+            out.push((k, sum(v.iter(), true)))
+        }) {
             Ok(()) => Ok(out),
             Err(e) => {
                 tracing::debug!(map = name, "batch lookup failed ({e}); iterating");
@@ -285,7 +291,8 @@ impl TargetMaps {
         let (map, name) = self.map(direction);
         let slice = (self.capacity as usize).div_ceil(SWEEP_POLLS).max(1);
         let mut entries = Vec::with_capacity(keys.len() + slice);
-        let swept = batch::per_cpu_hash_from::<SourceKey, TargetStats>(map.map(), from, slice, |k, v| {
+        let mut buf = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+        let swept = batch::per_cpu_hash_from::<SourceKey, TargetStats>(map.map(), &mut buf, from, slice, |k, v| {
             if keys.binary_search_by_key(&k.addr, |d| d.addr).is_err() {
                 entries.push((k, sum(v.iter(), true)));
             }

@@ -1,5 +1,5 @@
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_NOEXIST},
+    bindings::{xdp_action, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_xdp_load_bytes},
     macros::{map, xdp},
     maps::{Array, LruPerCpuHashMap, PerCpuArray, RingBuf},
@@ -170,7 +170,8 @@ fn sample(ctx: &XdpContext, w: *mut Window, start: usize, end: usize, p: &Parsed
         (*s).tcp_flags = p.tcp_flags;
         (*s).payload_len = parse::payload_prefix(start, end, &p.at, &mut (*s).payload);
     }
-    entry.submit(0);
+    // Nobody waits on the ring: the controller drains it at each poll.
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
 }
 
 #[inline(always)]
