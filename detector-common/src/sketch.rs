@@ -74,9 +74,6 @@ const GROUP_BITS: u32 = BLOCK_GROUP.trailing_zeros();
 pub const SKETCH_BLOCKS: usize = SKETCH_WIDTH * SKETCH_DEPTH / BLOCK_COUNTERS;
 const BLOCK_BITS: u32 = SKETCH_BLOCKS.trailing_zeros();
 const _: () = assert!(BLOCK_GROUP.is_power_of_two() && SKETCH_BLOCKS.is_power_of_two());
-// Block and counter bits stay clear of the top ten, which the per-target
-// cache takes (`targets::cache_slot`).
-const _: () = assert!(BLOCK_BITS + GROUP_BITS * SKETCH_DEPTH as u32 <= 54);
 
 /// The blocked layout of the same sketch (the per-target one): a key's
 /// [`SKETCH_DEPTH`] counters all lie in one block, chosen by its hash, each

@@ -90,6 +90,14 @@ const FILTER_BITS: u32 = (FILTER_WORDS * 64) as u32;
 ///
 /// `generation` changes whenever the protected set does: the per-CPU cache
 /// of destination to group ([`CacheSlot`]) holds entries of one generation.
+///
+/// `key_v4` and `key_v6` mask an address down to its cache key
+/// ([`TargetControl::cache_key`]): its first L bits, L the longest protected
+/// prefix of its family (at least /96 for IPv4-mapped addresses, so a key
+/// keeps its family). The trie's answer depends on those bits only, so every
+/// address of a key has the same group, and a flood sprayed over a protected
+/// /16 of /24s hits the cache 256 keys wide instead of missing it with
+/// every new address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TargetControl {
@@ -99,12 +107,46 @@ pub struct TargetControl {
     pub _pad: u32,
     pub v4: [u64; FILTER_WORDS],
     pub v6: [u64; FILTER_WORDS],
+    pub key_v4: [u64; 2],
+    pub key_v6: [u64; 2],
 }
 
 impl Default for TargetControl {
     fn default() -> Self {
-        TargetControl { enabled: 0, generation: 0, v6_all: 0, _pad: 0, v4: [0; FILTER_WORDS], v6: [0; FILTER_WORDS] }
+        TargetControl {
+            enabled: 0,
+            generation: 0,
+            v6_all: 0,
+            _pad: 0,
+            v4: [0; FILTER_WORDS],
+            v6: [0; FILTER_WORDS],
+            key_v4: [0; 2],
+            key_v6: [0; 2],
+        }
     }
+}
+
+/// The first `len` bits of 128 set, as the parser's words (native order of
+/// the address's bytes).
+#[inline(always)]
+pub fn prefix_mask(len: u32) -> [u64; 2] {
+    let mut b = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        let from = i as u32 * 8;
+        b[i] = if len >= from + 8 {
+            0xff
+        } else if len > from {
+            0xffu8 << (8 - (len - from))
+        } else {
+            0
+        };
+        i += 1;
+    }
+    [
+        u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+        u64::from_ne_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
+    ]
 }
 
 /// An address's first eight bytes as the parser loads them (native order):
@@ -153,6 +195,15 @@ impl TargetControl {
         }
     }
 
+    /// The cache key of an address (the parser's words): its first bits, as
+    /// many as the longest protected prefix of its family has. Addresses
+    /// with one key have one group (see the type's documentation).
+    #[inline(always)]
+    pub fn cache_key(&self, words: &[u64; 2]) -> [u64; 2] {
+        let m = if mapped_v4(words) { &self.key_v4 } else { &self.key_v6 };
+        [words[0] & m[0], words[1] & m[1]]
+    }
+
     /// Lets the addresses of a protected prefix through the prefilter: the
     /// trie's key (`addr` IPv4-mapped for IPv4, `len` over 128 bits).
     pub fn add_prefix(&mut self, addr: [u8; 16], len: u32) {
@@ -160,6 +211,17 @@ impl TargetControl {
             u64::from_ne_bytes([addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7]]),
             u64::from_ne_bytes([addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15]]),
         ];
+        // The key masks: the longest prefix of each family. A prefix
+        // shorter than /96 that covers IPv4-mapped addresses is within
+        // IPv4's floor of /96; one inside ::ffff:0:0/96 is IPv4's alone.
+        let mask = prefix_mask(len.min(128));
+        let v4_floor = prefix_mask(96);
+        self.key_v4 = [self.key_v4[0] | v4_floor[0], self.key_v4[1] | v4_floor[1]];
+        if len >= 96 && mapped_v4(&words) {
+            self.key_v4 = [self.key_v4[0] | mask[0], self.key_v4[1] | mask[1]];
+        } else {
+            self.key_v6 = [self.key_v6[0] | mask[0], self.key_v6[1] | mask[1]];
+        }
         if len >= 96 && mapped_v4(&words) {
             let first = v4_slot(&words);
             let bits = len - 96;
@@ -190,12 +252,14 @@ pub const CACHE_SLOTS: u32 = 1024;
 pub const CACHE_NONE: u32 = u32::MAX;
 
 /// One slot of the per-CPU, direct-mapped cache of destination (or source,
-/// egress) to host group, in front of the trie: a flood at a few addresses
-/// looks each up once per generation. An array lookup is inlined by the
-/// verifier, a trie's is a helper call that walks the trie.
+/// egress) to host group, in front of the trie: a flood at a few addresses,
+/// or sprayed over a few protected prefixes, looks each key up once per
+/// generation. An array lookup is inlined by the verifier, a trie's is a
+/// helper call that walks the trie.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheSlot {
+    /// The cache key ([`TargetControl::cache_key`]).
     pub addr: [u64; 2],
     /// The [`TargetControl::generation`] it was filled in; 0 is never one.
     pub generation: u32,
@@ -203,11 +267,12 @@ pub struct CacheSlot {
     pub group: u32,
 }
 
-/// The cache slot of an address, from its sketch hash (the sketch rows use
-/// its low 52 bits; the slot its top ten).
+/// The cache slot of a cache key ([`TargetControl::cache_key`]): one
+/// multiply of its words, keyed by `seed` (the sketch's), top bits.
 #[inline(always)]
-pub fn cache_slot(hash: u64, direction: u32) -> u32 {
-    direction * CACHE_SLOTS + ((hash >> 54) as u32 & (CACHE_SLOTS - 1))
+pub fn cache_slot(key: &[u64; 2], seed: u64, direction: u32) -> u32 {
+    let h = (key[0] ^ key[1].rotate_left(29) ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    direction * CACHE_SLOTS + ((h >> 54) as u32 & (CACHE_SLOTS - 1))
 }
 
 /// Per-CPU array of four [`DirtyRing`]s, index [`dirty_index`]: per
@@ -268,14 +333,19 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
     use core::mem::{offset_of, size_of};
+    use std::vec::Vec;
 
     #[test]
     fn layouts() {
         assert_eq!(size_of::<ProtectedNet>(), 4);
-        assert_eq!(size_of::<TargetControl>(), 16 + 16 * FILTER_WORDS);
+        assert_eq!(size_of::<TargetControl>(), 16 + 16 * FILTER_WORDS + 32);
         assert_eq!(offset_of!(TargetControl, v4), 16);
+        assert_eq!(offset_of!(TargetControl, key_v4), 16 + 16 * FILTER_WORDS);
+        assert_eq!(offset_of!(TargetControl, key_v6), 32 + 16 * FILTER_WORDS);
         assert_eq!(size_of::<CacheSlot>(), 24);
         assert_eq!(size_of::<DirtyRing>(), 16 + 16 * DIRTY_KEYS);
         assert!(size_of::<DirtyRing>() <= 32 * 1024, "a per-CPU value is at most 32 KB");
@@ -365,10 +435,91 @@ mod tests {
 
     #[test]
     fn cache_slots_stay_in_their_direction() {
-        for h in [0u64, u64::MAX, 1 << 54, 0x1234_5678_9abc_def0] {
-            assert!(cache_slot(h, DIRECTION_IN) < CACHE_SLOTS);
-            let out = cache_slot(h, DIRECTION_OUT);
-            assert!((CACHE_SLOTS..2 * CACHE_SLOTS).contains(&out));
+        for k in [[0u64, 0], [u64::MAX, u64::MAX], [1 << 54, 7], [0x1234_5678_9abc_def0, 1]] {
+            for seed in [0, u64::MAX, 0x5555] {
+                assert!(cache_slot(&k, seed, DIRECTION_IN) < CACHE_SLOTS);
+                let out = cache_slot(&k, seed, DIRECTION_OUT);
+                assert!((CACHE_SLOTS..2 * CACHE_SLOTS).contains(&out));
+            }
         }
+    }
+
+    #[test]
+    fn prefix_masks() {
+        assert_eq!(prefix_mask(0), [0, 0]);
+        assert_eq!(prefix_mask(128), [u64::MAX, u64::MAX]);
+        assert_eq!(prefix_mask(64), [u64::MAX, 0]);
+        let m = prefix_mask(96 + 20);
+        let bytes: Vec<u8> = m.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        assert_eq!(bytes, [[0xffu8; 14].as_slice(), &[0xf0, 0]].concat());
+    }
+
+    /// The longest match of `a` among `nets` (address as a big-endian
+    /// u128, length, group): the trie's answer.
+    fn lpm(nets: &[(u128, u32, u32)], a: u128) -> Option<u32> {
+        let m = |len: u32| if len == 0 { 0 } else { u128::MAX << (128 - len) };
+        nets.iter().filter(|(p, len, _)| a & m(*len) == *p & m(*len)).max_by_key(|(_, len, _)| *len).map(|n| n.2)
+    }
+
+    fn words_of(a: u128) -> [u64; 2] {
+        words(a.to_be_bytes())
+    }
+
+    #[test]
+    fn addresses_with_one_cache_key_have_one_group() {
+        let mapped = |o: u32| (0xffffu128 << 32) | o as u128;
+        let mut s = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..200 {
+            // A random protected set of both families (and, now and then,
+            // a short IPv6 prefix that covers the IPv4-mapped space).
+            let mut c = TargetControl::default();
+            let mut nets = Vec::new();
+            for i in 0..(1 + xorshift(&mut s) % 6) {
+                let (addr, len) = if i % 2 == 0 {
+                    (mapped(xorshift(&mut s) as u32), 96 + 8 + (xorshift(&mut s) % 25) as u32)
+                } else if round % 10 == 0 && i == 1 {
+                    (0, (xorshift(&mut s) % 80) as u32)
+                } else {
+                    ((0x2001_0db8u128 << 96) | (xorshift(&mut s) as u128) << 32, 16 + (xorshift(&mut s) % 113) as u32)
+                };
+                let m = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+                c.add_prefix((addr & m).to_be_bytes(), len);
+                nets.push((addr & m, len, i as u32));
+            }
+            // Addresses in and around them, and each with random bits
+            // changed past its family's key length: same key, same group.
+            for _ in 0..200 {
+                let (p, len, _) = nets[(xorshift(&mut s) % nets.len() as u64) as usize];
+                let noise = (xorshift(&mut s) as u128) << 64 | xorshift(&mut s) as u128;
+                let shift = (len + (xorshift(&mut s) % 8) as u32).min(128);
+                let a = if shift == 128 { p } else { p | (noise >> shift) };
+                let key = c.cache_key(&words_of(a));
+                let b = {
+                    let mask = if mapped_v4(&words_of(a)) { c.key_v4 } else { c.key_v6 };
+                    let m = u128::from_be_bytes(
+                        [mask[0].to_ne_bytes(), mask[1].to_ne_bytes()].concat().try_into().unwrap(),
+                    );
+                    (a & m) | (noise.rotate_left(17) & !m)
+                };
+                // b keeps a's family: the mask keeps at least /96 of a
+                // mapped address, and a's key bits of an IPv6 one.
+                assert_eq!(c.cache_key(&words_of(b)), key, "{a:x} {b:x}");
+                assert_eq!(lpm(&nets, a), lpm(&nets, b), "{a:x} and {b:x} share key {key:x?}: {nets:x?}");
+            }
+        }
+    }
+
+    #[test]
+    fn keys_of_the_two_families_never_meet() {
+        let mut c = TargetControl::default();
+        c.add_prefix(v4([10, 1, 0, 0]), 96 + 16);
+        c.add_prefix([0; 16], 8);
+        // An IPv4 key keeps ::ffff:0:0/96 and the /16; an IPv6 one, here,
+        // its first 8 bits, so never the 0xffff of a mapped address.
+        let a = c.cache_key(&words(v4([10, 1, 2, 3])));
+        assert_eq!(a, words(v4([10, 1, 0, 0])));
+        let v6 = c.cache_key(&words([0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]));
+        assert_eq!(v6, [0, 0]);
+        assert_ne!(v6, a);
     }
 }

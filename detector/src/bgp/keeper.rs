@@ -53,8 +53,8 @@ pub const KEEPER_LOCK_FILE: &str = "bgp-keeper.lock";
 pub const LOG_FILE: &str = "bgp-keeper.log";
 /// How often the keeper looks.
 const TICK: Duration = Duration::from_secs(1);
-/// How long the controller waits for a keeper's sweep to let go of
-/// [`LOCK_FILE`] (a sweep's calls to gobgpd time out sooner).
+/// How long the controller waits for a keeper to let go of [`LOCK_FILE`]
+/// (it holds it over a few file operations, never over a call to gobgpd).
 const LOCK_WAIT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Error)]
@@ -194,13 +194,36 @@ pub async fn keep(state_dir: &Path) -> Result<(), KeeperError> {
             tracing::info!("the state directory is gone; the keeper exits");
             return Ok(());
         }
-        let Some(_no_controller) = try_lock(state_dir, LOCK_FILE)? else {
-            told = None;
-            continue;
+        // The lock is held only around the state directory's files, never
+        // over a call to gobgpd: a controller that starts waits for a few
+        // file operations at most. A withdrawal sent after the lock is let
+        // go is of something the file already says is not wanted; should a
+        // controller announce it again meanwhile, its reconciliation puts it
+        // back within a second.
+        let rec = {
+            let Some(_no_controller) = try_lock(state_dir, LOCK_FILE)? else {
+                told = None;
+                continue;
+            };
+            let Some(rec) = Record::load(state_dir).filter(|r| is_gobgpd(r.pid)) else {
+                tracing::info!("no gobgpd runs and no controller: nothing is announced; the keeper exits");
+                return Ok(());
+            };
+            rec
         };
-        let Some(rec) = Record::load(state_dir).filter(|r| is_gobgpd(r.pid)) else {
-            tracing::info!("no gobgpd runs and no controller: nothing is announced; the keeper exits");
-            return Ok(());
+        let c = match &mut client {
+            Some((port, c)) if *port == rec.api_port => c,
+            _ => &mut client.insert((rec.api_port, Client::new(rec.api_port))).1,
+        };
+        let held = match c.list().await {
+            Ok(l) => l.announcements,
+            Err(e) => {
+                warn_once(&mut told, format!("listing gobgpd's paths: {e}; retried every second"));
+                continue;
+            }
+        };
+        let Some(no_controller) = try_lock(state_dir, LOCK_FILE)? else {
+            continue;
         };
         let saved = match statedir::read(state_dir, STATE_FILE) {
             statedir::Read::Bytes(b) => serde_json::from_slice::<Saved>(&b).map_err(|e| e.to_string()),
@@ -210,26 +233,7 @@ pub async fn keep(state_dir: &Path) -> Result<(), KeeperError> {
         let saved = match saved {
             Ok(s) => s,
             Err(e) => {
-                let line = format!("{STATE_FILE} cannot be read ({e}): left to the next controller start");
-                if told.as_ref() != Some(&line) {
-                    tracing::warn!("{line}");
-                    told = Some(line);
-                }
-                continue;
-            }
-        };
-        let c = match &mut client {
-            Some((port, c)) if *port == rec.api_port => c,
-            _ => &mut client.insert((rec.api_port, Client::new(rec.api_port))).1,
-        };
-        let held = match c.list().await {
-            Ok(l) => l.announcements,
-            Err(e) => {
-                let line = format!("listing gobgpd's paths: {e}; retried every second");
-                if told.as_ref() != Some(&line) {
-                    tracing::warn!("{line}");
-                    told = Some(line);
-                }
+                warn_once(&mut told, format!("{STATE_FILE} cannot be read ({e}): left to the next controller start"));
                 continue;
             }
         };
@@ -242,6 +246,7 @@ pub async fn keep(state_dir: &Path) -> Result<(), KeeperError> {
                 continue;
             }
         }
+        drop(no_controller);
         for a in &s.withdraw {
             match c.delete(a).await {
                 Ok(()) => {
@@ -253,6 +258,15 @@ pub async fn keep(state_dir: &Path) -> Result<(), KeeperError> {
                 }
             }
         }
+    }
+}
+
+/// Logs `line` unless it is the last one logged (`told`): a condition that
+/// lasts is told once, not every second.
+fn warn_once(told: &mut Option<String>, line: String) {
+    if told.as_ref() != Some(&line) {
+        tracing::warn!("{line}");
+        *told = Some(line);
     }
 }
 

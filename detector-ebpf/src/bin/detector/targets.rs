@@ -103,37 +103,43 @@ pub fn count<const DIR: u32>(addr: &[u64; 2], class: u32, len: u64, packets: u64
     if ctl.enabled == 0 || !ctl.may_protect(addr) {
         return;
     }
-    count_protected::<DIR>(addr, ctl.generation, class, len, packets);
+    count_protected::<DIR>(addr, class, len, packets);
 }
 
 /// The rest, a subprogram of its own: inlined, the verifier walks the rest
 /// of the XDP program twice.
 #[inline(never)]
-fn count_protected<const DIR: u32>(addr: &[u64; 2], generation: u32, class: u32, len: u64, packets: u64) {
+fn count_protected<const DIR: u32>(addr: &[u64; 2], class: u32, len: u64, packets: u64) {
     if class as usize >= CLASS_COUNT {
         return;
     }
     let c = class as usize;
+    let Some(ctl) = TARGET_CONTROL.get(0) else {
+        return;
+    };
     let Some(s) = TARGET_SCRATCH.get_ptr_mut(DIR) else {
         return;
     };
     let seed = unsafe { core::ptr::read_volatile(&HASH_SEED) };
-    let h = sketch::hash_words(addr, seed);
-    let Some(slot) = TARGET_CACHE.get_ptr_mut(cache_slot(h, DIR)) else {
+    // The cache is keyed by the address's first bits, as many as the
+    // longest protected prefix of its family: one slot serves a whole
+    // protected /24 (see `TargetControl::cache_key`).
+    let cache_key = ctl.cache_key(addr);
+    let Some(slot) = TARGET_CACHE.get_ptr_mut(cache_slot(&cache_key, seed, DIR)) else {
         return;
     };
     // SAFETY: per-CPU values of this program's, on this CPU; a trie key is
     // a u32 and sixteen bytes, packed, as `prefix_len` and `addr` are.
     let group = unsafe {
         (*s).addr = *addr;
-        if (*slot).generation == generation && (*slot).addr == *addr {
+        if (*slot).generation == ctl.generation && (*slot).addr == cache_key {
             (*slot).group
         } else {
             (*s).prefix_len = 128;
             let key = &*(core::ptr::addr_of!((*s).prefix_len) as *const Key<[u8; 16]>);
             let group = PROTECTED.get(key).map_or(CACHE_NONE, |net| net.group);
-            (*slot).addr = *addr;
-            (*slot).generation = generation;
+            (*slot).addr = cache_key;
+            (*slot).generation = ctl.generation;
             (*slot).group = group;
             group
         }
@@ -141,6 +147,7 @@ fn count_protected<const DIR: u32>(addr: &[u64; 2], generation: u32, class: u32,
     if group >= MAX_HOSTGROUPS {
         return;
     }
+    let h = sketch::hash_words(addr, seed);
     if let Some(g) = GROUP_STATS.get_ptr_mut(group_index(group, DIR)) {
         unsafe {
             (*g).packets[c] += packets;
