@@ -78,6 +78,9 @@ pub struct Scratch {
     prefix_len: u32,
     addr: [u64; 2],
     fresh: TargetStats,
+    /// The address's cache key: here, not on the stack, which the XDP
+    /// program and this subprogram share (512 bytes in all).
+    key: [u64; 2],
 }
 
 #[map]
@@ -124,21 +127,25 @@ fn count_protected<const DIR: u32>(addr: &[u64; 2], class: u32, len: u64, packet
     // The cache is keyed by the address's first bits, as many as the
     // longest protected prefix of its family: one slot serves a whole
     // protected /24 (see `TargetControl::cache_key`).
-    let cache_key = ctl.cache_key(addr);
-    let Some(slot) = TARGET_CACHE.get_ptr_mut(cache_slot(&cache_key, seed, DIR)) else {
+    // SAFETY: this CPU's scratch value.
+    let cache_key = unsafe {
+        (*s).key = ctl.cache_key(addr);
+        &(*s).key
+    };
+    let Some(slot) = TARGET_CACHE.get_ptr_mut(cache_slot(cache_key, seed, DIR)) else {
         return;
     };
     // SAFETY: per-CPU values of this program's, on this CPU; a trie key is
     // a u32 and sixteen bytes, packed, as `prefix_len` and `addr` are.
     let group = unsafe {
         (*s).addr = *addr;
-        if (*slot).generation == ctl.generation && (*slot).addr == cache_key {
+        if (*slot).generation == ctl.generation && (*slot).addr == *cache_key {
             (*slot).group
         } else {
             (*s).prefix_len = 128;
             let key = &*(core::ptr::addr_of!((*s).prefix_len) as *const Key<[u8; 16]>);
             let group = PROTECTED.get(key).map_or(CACHE_NONE, |net| net.group);
-            (*slot).addr = cache_key;
+            (*slot).addr = *cache_key;
             (*slot).generation = ctl.generation;
             (*slot).group = group;
             group
