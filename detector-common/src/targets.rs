@@ -105,10 +105,11 @@ pub struct TargetControl {
     pub generation: u32,
     pub v6_all: u32,
     pub _pad: u32,
-    pub v4: [u64; FILTER_WORDS],
-    pub v6: [u64; FILTER_WORDS],
+    /// In the first cache line, with the fields every packet reads.
     pub key_v4: [u64; 2],
     pub key_v6: [u64; 2],
+    pub v4: [u64; FILTER_WORDS],
+    pub v6: [u64; FILTER_WORDS],
 }
 
 impl Default for TargetControl {
@@ -342,10 +343,10 @@ mod tests {
     #[test]
     fn layouts() {
         assert_eq!(size_of::<ProtectedNet>(), 4);
-        assert_eq!(size_of::<TargetControl>(), 16 + 16 * FILTER_WORDS + 32);
-        assert_eq!(offset_of!(TargetControl, v4), 16);
-        assert_eq!(offset_of!(TargetControl, key_v4), 16 + 16 * FILTER_WORDS);
-        assert_eq!(offset_of!(TargetControl, key_v6), 32 + 16 * FILTER_WORDS);
+        assert_eq!(size_of::<TargetControl>(), 48 + 16 * FILTER_WORDS);
+        assert_eq!(offset_of!(TargetControl, key_v4), 16);
+        assert_eq!(offset_of!(TargetControl, key_v6), 32);
+        assert_eq!(offset_of!(TargetControl, v4), 48);
         assert_eq!(size_of::<CacheSlot>(), 24);
         assert_eq!(size_of::<DirtyRing>(), 16 + 16 * DIRTY_KEYS);
         assert!(size_of::<DirtyRing>() <= 32 * 1024, "a per-CPU value is at most 32 KB");

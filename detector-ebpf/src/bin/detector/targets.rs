@@ -77,10 +77,11 @@ pub struct Scratch {
     _pad: u32,
     prefix_len: u32,
     addr: [u64; 2],
-    fresh: TargetStats,
     /// The address's cache key: here, not on the stack, which the XDP
-    /// program and this subprogram share (512 bytes in all).
+    /// program and this subprogram share (512 bytes in all), and in the
+    /// cache line of the address.
     key: [u64; 2],
+    fresh: TargetStats,
 }
 
 #[map]
