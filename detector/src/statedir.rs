@@ -103,6 +103,21 @@ fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec_pretty(value).expect("state files serialize")
 }
 
+/// Takes an exclusive `flock` on `f` without waiting: `Ok(false)` while
+/// another process holds it. Released when the file closes, even by a
+/// process killed with SIGKILL.
+pub fn try_lock_exclusive(f: &fs::File) -> std::io::Result<bool> {
+    // SAFETY: flock on a descriptor the caller owns.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(f), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Ok(false);
+    }
+    Err(e)
+}
+
 /// Moves an unreadable file aside as `<name>.unreadable` (replacing an
 /// older one), and returns where it went.
 pub fn move_aside(path: &Path) -> std::io::Result<PathBuf> {

@@ -236,24 +236,31 @@ impl DaemonConfig {
                     });
                 }
             }
-            Lifetime::Persistent { state_dir } => {
-                let log = std::fs::OpenOptions::new().create(true).append(true).open(state_dir.join(LOG_FILE));
-                match log.and_then(|l| Ok((l.try_clone()?, l))) {
-                    Ok((out, err)) => c.stdout(out).stderr(err),
-                    Err(_) => c.stdout(Stdio::null()).stderr(Stdio::null()),
-                };
-                // SAFETY: setsid is async-signal-safe and touches no memory of ours.
-                unsafe {
-                    c.pre_exec(|| {
-                        if libc::setsid() < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        Ok(())
-                    });
-                }
-            }
+            Lifetime::Persistent { state_dir } => detached(c.as_std_mut(), &state_dir.join(LOG_FILE)),
         }
         c
+    }
+}
+
+/// Makes `c` a process that outlives its starter: a session of its own (a
+/// Ctrl-C to the starter's terminal does not reach it) and its output
+/// appended to `log` (a pipe would end it with the starter). gobgpd and
+/// the TTL keeper.
+pub(crate) fn detached(c: &mut std::process::Command, log: &Path) {
+    use std::os::unix::process::CommandExt as _;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log);
+    match log.and_then(|l| Ok((l.try_clone()?, l))) {
+        Ok((out, err)) => c.stdout(out).stderr(err),
+        Err(_) => c.stdout(Stdio::null()).stderr(Stdio::null()),
+    };
+    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+    unsafe {
+        c.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

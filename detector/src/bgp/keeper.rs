@@ -29,7 +29,6 @@
 
 use std::{
     fs::File,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -38,7 +37,7 @@ use thiserror::Error;
 
 use super::{
     announce::Announcement,
-    daemon::{is_gobgpd, Record},
+    daemon::{detached, is_gobgpd, Record},
     gobgp::Client,
     plan::{changes, Change, Saved},
     service::STATE_FILE,
@@ -108,15 +107,11 @@ fn try_lock(dir: &Path, name: &str) -> Result<Option<File>, KeeperError> {
         .write(true)
         .open(&path)
         .map_err(|source| KeeperError::Open { path: path.clone(), source })?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(Some(f));
+    match statedir::try_lock_exclusive(&f) {
+        Ok(true) => Ok(Some(f)),
+        Ok(false) => Ok(None),
+        Err(source) => Err(KeeperError::Open { path, source }),
     }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        return Ok(None);
-    }
-    Err(KeeperError::Open { path, source: e })
 }
 
 /// The controller's hold on [`LOCK_FILE`], for as long as it runs: waits
@@ -138,7 +133,6 @@ pub fn hold(state_dir: &Path) -> Result<File, KeeperError> {
 /// of its own, from this very binary. One that finds another keeper there
 /// exits at once.
 pub fn spawn(state_dir: &Path) {
-    use std::os::unix::process::CommandExt as _;
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
@@ -148,20 +142,7 @@ pub fn spawn(state_dir: &Path) {
     };
     let mut c = std::process::Command::new(exe);
     c.args(["bgp", "keep", "--state-dir"]).arg(state_dir).stdin(std::process::Stdio::null());
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(state_dir.join(LOG_FILE));
-    match log.and_then(|l| Ok((l.try_clone()?, l))) {
-        Ok((out, err)) => c.stdout(out).stderr(err),
-        Err(_) => c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()),
-    };
-    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
-    unsafe {
-        c.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    detached(&mut c, &state_dir.join(LOG_FILE));
     match c.spawn() {
         // Reaped when it exits, so that it leaves no zombie behind while
         // the controller runs.

@@ -250,14 +250,10 @@ fn obj_get(pin: &Path) -> io::Result<std::os::fd::OwnedFd> {
 /// `flock`, released when the file closes, even on `kill -9`): two
 /// controllers must never drive one interface's rules.
 pub fn lock(dir: &Path, iface: &str) -> Result<fs::File, LockError> {
-    let f = fs::File::open(dir).map_err(|source| LockError::Open { path: dir.to_path_buf(), source })?;
-    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(LockError::Busy { iface: iface.to_string() });
-        }
-        return Err(LockError::Open { path: dir.to_path_buf(), source: e });
+    let open = |source| LockError::Open { path: dir.to_path_buf(), source };
+    let f = fs::File::open(dir).map_err(open)?;
+    if !crate::statedir::try_lock_exclusive(&f).map_err(open)? {
+        return Err(LockError::Busy { iface: iface.to_string() });
     }
     Ok(f)
 }
