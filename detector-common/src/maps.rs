@@ -6,7 +6,7 @@ use crate::{class::CLASS_COUNT, rules::DROP_REASON_COUNT};
 pub const CLASS_STATS_MAP: &str = "CLASS_STATS";
 /// LRU per-CPU hash of [`SourceKey`] to [`SourceStats`].
 pub const SOURCE_STATS_MAP: &str = "SOURCE_STATS";
-/// Per-CPU array of [`crate::sketch::SKETCH_DEPTH`] [`crate::sketch::SketchRow`]s.
+/// Per-CPU array of [`crate::sketch::SKETCH_BLOCKS`] [`crate::sketch::SketchBlock`]s.
 pub const SKETCH_MAP: &str = "SKETCH";
 /// Per-CPU array of one [`crate::sketch::Window`].
 pub const WINDOW_MAP: &str = "WINDOW";

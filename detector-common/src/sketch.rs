@@ -5,7 +5,7 @@
 //! hitters within milliseconds and make every packet pay for a hash insert.
 //! Instead each CPU keeps a count-min sketch: [`SKETCH_DEPTH`] rows of
 //! [`SKETCH_WIDTH`] counters, indexed by disjoint slices of a keyed hash of
-//! the source. A packet is counted in the per-source map only when its
+//! the source, laid out in blocks of a cache line (see [`SketchBlock`]). A packet is counted in the per-source map only when its
 //! source's estimate reaches [`ADMIT_MIN`] plus 1/[`ADMIT_DIVISOR`] of the
 //! packets this CPU has seen in the current window. The share term is four
 //! times the noise a random source picks up from collisions (`total/WIDTH`
@@ -34,10 +34,6 @@
 pub const SKETCH_DEPTH: usize = 4;
 /// Counters per row; a power of two.
 pub const SKETCH_WIDTH: usize = 8192;
-const WIDTH_BITS: u32 = SKETCH_WIDTH.trailing_zeros();
-const WIDTH_MASK: u32 = (SKETCH_WIDTH as u32) - 1;
-// The rows' index slices must fit in the 64-bit hash.
-const _: () = assert!(WIDTH_BITS as usize * SKETCH_DEPTH <= 64);
 
 /// A source needs `1/ADMIT_DIVISOR` of a window's packets...
 pub const ADMIT_DIVISOR: u32 = 2048;
@@ -55,16 +51,6 @@ const COUNT_MASK: u32 = (1 << COUNT_BITS) - 1;
 /// minutes at 100 ms) may read its old count once; it only over-estimates.
 pub const EPOCH_MASK: u32 = (1 << (32 - COUNT_BITS)) - 1;
 
-/// One row of one CPU's sketch (32 KiB, the per-CPU value size limit).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SketchRow {
-    pub counters: [u32; SKETCH_WIDTH],
-}
-
-/// One CPU's window: which epoch it is in and how many packets with a
-/// source it has seen in it; and, for header sampling, how many packets to
-/// let pass before the next sample.
 /// Counters of one block of the blocked layout: a cache line.
 pub const BLOCK_COUNTERS: usize = 16;
 /// Counters a row may pick from in a block.
@@ -74,15 +60,19 @@ const GROUP_BITS: u32 = BLOCK_GROUP.trailing_zeros();
 pub const SKETCH_BLOCKS: usize = SKETCH_WIDTH * SKETCH_DEPTH / BLOCK_COUNTERS;
 const BLOCK_BITS: u32 = SKETCH_BLOCKS.trailing_zeros();
 const _: () = assert!(BLOCK_GROUP.is_power_of_two() && SKETCH_BLOCKS.is_power_of_two());
+// The block index and the rows' picks must fit in the 64-bit hash.
+const _: () = assert!(BLOCK_BITS + SKETCH_DEPTH as u32 * GROUP_BITS <= 64);
 
-/// The blocked layout of the same sketch (the per-target one): a key's
-/// [`SKETCH_DEPTH`] counters all lie in one block, chosen by its hash, each
-/// row in its own quarter of it. One map lookup and one cache line per
-/// packet instead of one per row; the same number of counters, so the same
-/// expected noise per counter (`total / (SKETCH_BLOCKS * BLOCK_GROUP)`,
-/// `total / SKETCH_WIDTH`). Rows are no longer independent across blocks (a
-/// key's rows share its block's traffic), which costs a little precision
-/// and never a heavy hitter: a count-min estimate only ever overcounts.
+/// One block of the sketch (both the per-source and the per-target one): a
+/// key's [`SKETCH_DEPTH`] counters all lie in one block, chosen by its
+/// hash, each row in its own quarter of it. One map lookup and one cache
+/// line per packet instead of one per row, which a packet arriving at a
+/// cold cache pays for each; the same number of counters as rows of
+/// [`SKETCH_WIDTH`], so the same expected noise per counter
+/// (`total / (SKETCH_BLOCKS * BLOCK_GROUP)`, `total / SKETCH_WIDTH`). Rows
+/// are not independent across blocks (a key's rows share its block's
+/// traffic), which costs a little precision and never a heavy hitter: a
+/// count-min estimate only ever overcounts.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SketchBlock {
@@ -103,6 +93,9 @@ pub fn block_counter(h: u64, row: u32) -> usize {
     (row as usize % SKETCH_DEPTH) * BLOCK_GROUP + pick
 }
 
+/// One CPU's window: which epoch it is in and how many packets with a
+/// source it has seen in it; and, for header sampling, how many packets to
+/// let pass before the next sample.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Window {
@@ -139,13 +132,6 @@ fn fmix64(mut x: u64) -> u64 {
     x ^ (x >> 33)
 }
 
-/// The counter index of row `row` for hash `h`: row `r` takes its own
-/// slice of the hash's bits, so rows are as independent as the bits.
-#[inline(always)]
-pub fn row_index(h: u64, row: u32) -> usize {
-    ((h >> (row * WIDTH_BITS)) as u32 & WIDTH_MASK) as usize
-}
-
 /// The counter after one more packet in `epoch` (already masked).
 #[inline(always)]
 pub fn bump(counter: u32, epoch: u32) -> u32 {
@@ -180,8 +166,6 @@ pub fn weight(estimate: u32, total: u32) -> u32 {
 }
 
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for SketchRow {}
-#[cfg(feature = "user")]
 unsafe impl aya::Pod for SketchBlock {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Window {}
@@ -190,35 +174,18 @@ unsafe impl aya::Pod for Window {}
 mod tests {
     extern crate std;
     use super::*;
-    use std::{boxed::Box, vec, vec::Vec};
+    use std::{vec, vec::Vec};
 
     /// One CPU's sketch, run the way the XDP program runs it.
-    /// The sketch, in either layout.
-    enum Counters {
-        Rows(Vec<Box<[u32; SKETCH_WIDTH]>>),
-        Blocks(Vec<[u32; BLOCK_COUNTERS]>),
-    }
-
     struct Model {
-        counters: Counters,
+        blocks: Vec<[u32; BLOCK_COUNTERS]>,
         window: Window,
         seed: u64,
     }
 
     impl Model {
         fn new(seed: u64) -> Self {
-            let rows = (0..SKETCH_DEPTH).map(|_| Box::new([0u32; SKETCH_WIDTH])).collect();
-            Model { counters: Counters::Rows(rows), window: Window::default(), seed }
-        }
-
-        fn blocked(seed: u64) -> Self {
-            let blocks = vec![[0u32; BLOCK_COUNTERS]; SKETCH_BLOCKS];
-            Model { counters: Counters::Blocks(blocks), window: Window::default(), seed }
-        }
-
-        /// Both layouts, for tests that must hold for each.
-        fn both(seed: u64) -> [Self; 2] {
-            [Model::new(seed), Model::blocked(seed)]
+            Model { blocks: vec![[0u32; BLOCK_COUNTERS]; SKETCH_BLOCKS], window: Window::default(), seed }
         }
 
         fn packet(&mut self, addr: &[u8; 16], epoch: u32) -> u32 {
@@ -227,12 +194,10 @@ mod tests {
             }
             self.window.total += 1;
             let h = hash_addr(addr, self.seed);
+            let block = &mut self.blocks[block_index(h) as usize];
             let mut est = u32::MAX;
             for r in 0..SKETCH_DEPTH {
-                let c = match &mut self.counters {
-                    Counters::Rows(rows) => &mut rows[r][row_index(h, r as u32)],
-                    Counters::Blocks(blocks) => &mut blocks[block_index(h) as usize][block_counter(h, r as u32)],
-                };
+                let c = &mut block[block_counter(h, r as u32)];
                 *c = bump(*c, epoch);
                 est = est.min(count(*c));
             }
@@ -257,8 +222,7 @@ mod tests {
 
     #[test]
     fn layout() {
-        assert_eq!(core::mem::size_of::<SketchRow>(), 4 * SKETCH_WIDTH);
-        assert!(core::mem::size_of::<SketchRow>() <= 32 * 1024);
+        assert_eq!(core::mem::size_of::<SketchBlock>(), 64);
         assert_eq!(core::mem::size_of::<Window>(), 16);
         assert_eq!(core::mem::offset_of!(Window, sample_countdown), 8);
         assert!(SKETCH_WIDTH.is_power_of_two() && SAMPLE_EVERY.is_power_of_two());
@@ -277,12 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn rows_take_disjoint_bits() {
-        let h = hash_addr(&v4(0x0a000001), 7);
-        for r in 0..SKETCH_DEPTH as u32 {
-            assert!(row_index(h, r) < SKETCH_WIDTH);
-        }
-        assert_eq!(row_index(0xfff << WIDTH_BITS, 0), 0);
+    fn hashes_are_keyed_and_agree_on_words_and_bytes() {
         assert_ne!(hash_addr(&v4(1), 1), hash_addr(&v4(1), 2));
         let a = v4(0xc000_0207);
         let words = [u64::from_ne_bytes(a[..8].try_into().unwrap()), u64::from_ne_bytes(a[8..].try_into().unwrap())];
@@ -291,12 +250,11 @@ mod tests {
 
     #[test]
     fn quiet_sources_are_counted_from_their_fourth_packet() {
-        for mut m in Model::both(42) {
-            for round in 1..=6u32 {
-                for i in 0..50u32 {
-                    let w = m.packet(&v4(i), 1);
-                    assert_eq!(w, (round >= ADMIT_MIN) as u32, "source {i}, packet {round}");
-                }
+        let mut m = Model::new(42);
+        for round in 1..=6u32 {
+            for i in 0..50u32 {
+                let w = m.packet(&v4(i), 1);
+                assert_eq!(w, (round >= ADMIT_MIN) as u32, "source {i}, packet {round}");
             }
         }
     }
@@ -313,41 +271,39 @@ mod tests {
 
     #[test]
     fn heavy_sources_are_sampled_with_their_weight() {
-        for mut m in Model::both(3) {
-            let total: u32 = (0..1000).map(|_| m.packet(&v4(77), 1)).sum();
-            // Packets 4..=16 one by one, then 8 at every 8th from 24 on.
-            assert_eq!(total, (SAMPLE_FROM - ADMIT_MIN + 1) + SAMPLE_EVERY * ((1000 - SAMPLE_FROM) / SAMPLE_EVERY));
-            assert!((990..=1000).contains(&(total + ADMIT_MIN - 1)));
-        }
+        let mut m = Model::new(3);
+        let total: u32 = (0..1000).map(|_| m.packet(&v4(77), 1)).sum();
+        // Packets 4..=16 one by one, then 8 at every 8th from 24 on.
+        assert_eq!(total, (SAMPLE_FROM - ADMIT_MIN + 1) + SAMPLE_EVERY * ((1000 - SAMPLE_FROM) / SAMPLE_EVERY));
+        assert!((990..=1000).contains(&(total + ADMIT_MIN - 1)));
     }
 
     #[test]
     fn heavy_hitters_stand_out_of_spoofed_noise() {
-        for mut m in Model::both(99) {
-            let mut rng = 0x1234_5678_9abc_def0u64;
-            let mut noise = 0;
-            let mut heavy = [0u32; 10];
-            // Five windows of 100k packets: 5% from 10 heavy hitters, the
-            // rest from random sources of the same /8 (neighbouring addresses
-            // must not share counters: an earlier hash made every row agree
-            // with the first).
-            for epoch in 1..=5 {
-                for _ in 0..100_000 {
-                    let r = xorshift(&mut rng);
-                    if r.is_multiple_of(20) {
-                        let k = ((r >> 8) % 10) as usize;
-                        heavy[k] += m.packet(&v4(0x0a00_0000 + k as u32), epoch);
-                    } else {
-                        noise += (m.packet(&v4(0x0a00_0000 + (r as u32 & 0xff_ffff)), epoch) > 0) as u32;
-                    }
+        let mut m = Model::new(99);
+        let mut rng = 0x1234_5678_9abc_def0u64;
+        let mut noise = 0;
+        let mut heavy = [0u32; 10];
+        // Five windows of 100k packets: 5% from 10 heavy hitters, the
+        // rest from random sources of the same /8 (neighbouring addresses
+        // must not share counters: an earlier hash made every row agree
+        // with the first).
+        for epoch in 1..=5 {
+            for _ in 0..100_000 {
+                let r = xorshift(&mut rng);
+                if r.is_multiple_of(20) {
+                    let k = ((r >> 8) % 10) as usize;
+                    heavy[k] += m.packet(&v4(0x0a00_0000 + k as u32), epoch);
+                } else {
+                    noise += (m.packet(&v4(0x0a00_0000 + (r as u32 & 0xff_ffff)), epoch) > 0) as u32;
                 }
             }
-            // Each heavy hitter sent about 2,500 packets; nearly all are counted.
-            for (k, h) in heavy.iter().enumerate() {
-                assert!((2_000..3_000).contains(h), "heavy hitter {k} counted {h}");
-            }
-            assert!(noise < 5, "{noise} noise packets counted");
         }
+        // Each heavy hitter sent about 2,500 packets; nearly all are counted.
+        for (k, h) in heavy.iter().enumerate() {
+            assert!((2_000..3_000).contains(h), "heavy hitter {k} counted {h}");
+        }
+        assert!(noise < 5, "{noise} noise packets counted");
     }
 
     #[test]
@@ -355,16 +311,15 @@ mod tests {
         // 65,536 destinations, 400k packets a window: each gets about six,
         // far below 1/2048 of the window, and the noise a counter picks up
         // (about 50) stays below it too, in either layout.
-        for mut m in Model::both(17) {
-            let mut admitted = 0;
-            for epoch in 1..=2 {
-                for n in 0..400_000u32 {
-                    let i = (n.wrapping_mul(40_503)) & 0xffff;
-                    admitted += (m.packet(&v4(0x0a01_0000 + i), epoch) > 0) as u32;
-                }
+        let mut m = Model::new(17);
+        let mut admitted = 0;
+        for epoch in 1..=2 {
+            for n in 0..400_000u32 {
+                let i = (n.wrapping_mul(40_503)) & 0xffff;
+                admitted += (m.packet(&v4(0x0a01_0000 + i), epoch) > 0) as u32;
             }
-            assert!(admitted < 100, "{admitted} of 800,000 carpet packets admitted");
         }
+        assert!(admitted < 100, "{admitted} of 800,000 carpet packets admitted");
     }
 
     #[test]
@@ -384,17 +339,16 @@ mod tests {
 
     #[test]
     fn a_thousand_equal_sources_are_all_tracked() {
-        for mut m in Model::both(11) {
-            let mut counted = vec![0u32; 1000];
-            // A botnet: 1,000 sources round robin, 100k packets per window.
-            for epoch in 1..=3 {
-                for n in 0..100_000u32 {
-                    let i = n % 1000;
-                    counted[i as usize] += m.packet(&v4(0xc612_0000 + i), epoch);
-                }
+        let mut m = Model::new(11);
+        let mut counted = vec![0u32; 1000];
+        // A botnet: 1,000 sources round robin, 100k packets per window.
+        for epoch in 1..=3 {
+            for n in 0..100_000u32 {
+                let i = n % 1000;
+                counted[i as usize] += m.packet(&v4(0xc612_0000 + i), epoch);
             }
-            let tracked = counted.iter().filter(|c| **c > 0).count();
-            assert_eq!(tracked, 1000);
         }
+        let tracked = counted.iter().filter(|c| **c > 0).count();
+        assert_eq!(tracked, 1000);
     }
 }

@@ -1,7 +1,7 @@
 //! What the sampled headers say: destination ports per class, reflector
 //! services, and new connections to web ports. Pure.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use detector_common::{class::amplification_vector, sample::PacketSample, TrafficClass, CLASS_COUNT};
 

@@ -87,8 +87,25 @@ pub enum FileOp {
 
 #[derive(Default)]
 struct Buffers {
-    calm: VecDeque<Packet>,
-    onset: VecDeque<Packet>,
+    calm: VecDeque<Held>,
+    onset: VecDeque<Held>,
+}
+
+/// A sample a rolling buffer keeps: the ring's record as it came, turned
+/// into a [`Packet`] only if a file takes it. While under attack the onset
+/// buffer takes every poll's samples and drops as many old ones; as
+/// `Packet`s that was an allocation and a free per sample, the largest
+/// part of the poll's cost under a long attack.
+#[derive(Clone, Copy)]
+struct Held {
+    record: SampleRecord,
+    mono_to_wall_ns: i128,
+}
+
+impl Held {
+    fn packet(&self, snaplen: usize) -> Option<Packet> {
+        Packet::from_record(&self.record, self.mono_to_wall_ns, snaplen)
+    }
 }
 
 struct Tracked {
@@ -178,11 +195,16 @@ impl Recorder {
                 continue;
             }
             let mut t = tracked(inc, CaptureInfo::default());
-            let pre: Vec<Packet> = bufs.calm.iter().cloned().collect();
+            let pre: Vec<Packet> = bufs.calm.iter().filter_map(|h| h.packet(snaplen)).collect();
             // The onset's packets (the polls before this one), then this
             // poll's; over the cap, the newest are left out, not the first.
-            let mut first: Vec<Packet> =
-                bufs.onset.iter().filter(|p| t.wants(&p.src, &p.dst)).take(cap as usize).cloned().collect();
+            let mut first: Vec<Packet> = bufs
+                .onset
+                .iter()
+                .filter(|h| t.wants(&h.record.header.src, &h.record.header.dst))
+                .filter_map(|h| h.packet(snaplen))
+                .take(cap as usize)
+                .collect();
             let room = (cap as usize).saturating_sub(first.len());
             first.extend(
                 records.iter().filter(|r| t.wants(&r.header.src, &r.header.dst)).filter_map(convert).take(room),
@@ -208,16 +230,19 @@ impl Recorder {
             }
         }
 
-        // The buffers move after the files took what they needed; only
-        // what a buffer keeps is converted.
+        // The buffers move after the files took what they needed; a
+        // record without captured bytes never makes a packet, so it is not
+        // kept.
         let (buf, keep) = if under_attack {
             (&mut bufs.onset, self.cfg.packets_per_incident)
         } else {
             bufs.onset.clear();
             (&mut bufs.calm, self.cfg.pre_attack_packets)
         };
-        let tail = &records[records.len().saturating_sub(keep)..];
-        push_rolling(buf, tail.iter().filter_map(convert), keep);
+        let mono_to_wall_ns = batch.mono_to_wall_ns;
+        let kept = records.iter().filter(|r| !r.captured().is_empty());
+        let skip = kept.clone().count().saturating_sub(keep);
+        push_rolling(buf, kept.skip(skip).map(|&record| Held { record, mono_to_wall_ns }), keep);
         ops
     }
 
@@ -243,7 +268,7 @@ fn tracked(inc: &Incident, info: CaptureInfo) -> Tracked {
     Tracked { iface: inc.iface.clone(), direction: inc.direction, prefixes: inc.target_prefixes.clone(), info }
 }
 
-fn push_rolling(buf: &mut VecDeque<Packet>, packets: impl Iterator<Item = Packet>, cap: usize) {
+fn push_rolling(buf: &mut VecDeque<Held>, packets: impl Iterator<Item = Held>, cap: usize) {
     if cap == 0 {
         buf.clear();
         return;

@@ -1,12 +1,10 @@
 //! The detector: per interface, per family, from a poll's rates to incident
 //! events. Pure: the caller passes each poll's data and the time.
 
-use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use detector_common::{sample::PacketSample, TrafficClass, CLASS_COUNT};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -622,11 +620,13 @@ impl Detector {
     /// as attack: samples of a family above its threshold never reach the
     /// peacetime, even before an incident opens.
     fn keep_samples(&mut self, iface: &str, packets: &[PacketSample], groups: &mut HashMap<IpAddr, Option<usize>>) {
-        let watched: Vec<(ScopeKey, [bool; CLASS_COUNT])> = self
+        // Each with what it is about: its address, or (no address) its
+        // whole group.
+        let watched: Vec<(ScopeKey, [bool; CLASS_COUNT], Option<IpAddr>, usize)> = self
             .scopes
             .iter()
             .filter(|(k, s)| k.iface == iface && k.direction == Direction::Incoming && s.watched())
-            .map(|(k, s)| (k.clone(), s.watched_classes()))
+            .map(|(k, s)| (k.clone(), s.watched_classes(), s.addr, s.group))
             .collect();
         let st = self.ifaces.get_mut(iface).expect("made by observe");
         if watched.is_empty() {
@@ -641,11 +641,12 @@ impl Detector {
             let dst = sample_addr(&s.dst);
             let group = *groups.entry(dst).or_insert_with(|| self.protected.group_of(dst));
             let Some(gi) = group else { continue };
-            let group_name = self.protected.group(gi).map(|g| g.name.as_str()).unwrap_or_default();
-            let dst_name = dst.to_string();
-            for (k, classes) in &watched {
-                let hit = (k.target == dst_name || k.target == group_name)
-                    && classes.get(s.class as usize).copied().unwrap_or(false);
+            for (k, classes, addr, group) in &watched {
+                let about = match addr {
+                    Some(a) => *a == dst,
+                    None => *group == gi,
+                };
+                let hit = about && classes.get(s.class as usize).copied().unwrap_or(false);
                 if hit {
                     if let Some(sc) = self.scopes.get_mut(k) {
                         sc.attack.push(*s);

@@ -58,12 +58,12 @@
 //! attack and peacetime sample for its figures.
 
 use std::{
-    collections::HashMap,
     fmt,
     net::{IpAddr, Ipv6Addr},
 };
 
 use detector_common::{sample::PacketSample, TrafficClass, CLASS_COUNT};
+use foldhash::{HashMap, HashMapExt};
 use serde::{Deserialize, Serialize};
 
 use crate::span::{Span, SpanValue};
@@ -387,14 +387,19 @@ pub fn mapped(a: &IpAddr) -> [u8; 16] {
 }
 
 /// Values with their counts, ascending.
-fn counted<T: Copy + Ord + std::hash::Hash>(values: &[T]) -> Vec<(T, usize)> {
-    let mut m: HashMap<T, usize> = HashMap::new();
-    for v in values {
-        *m.entry(*v).or_default() += 1;
+fn counted<T: Copy + Ord>(values: &[T]) -> Vec<(T, usize)> {
+    // Sorted and run-length counted: no hashing, a few thousand values a
+    // derivation (it runs every second of an attack, on the poll thread).
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    let mut out: Vec<(T, usize)> = Vec::new();
+    for v in sorted {
+        match out.last_mut() {
+            Some((last, n)) if *last == v => *n += 1,
+            _ => out.push((v, 1)),
+        }
     }
-    let mut v: Vec<(T, usize)> = m.into_iter().collect();
-    v.sort();
-    v
+    out
 }
 
 /// The first value of `(value, count)`s once up to `per_tail` samples are

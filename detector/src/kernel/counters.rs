@@ -15,7 +15,10 @@ use detector_common::{
 };
 use thiserror::Error;
 
-use crate::{kernel::ebpf, rates::ClassSnapshot};
+use crate::{
+    kernel::{batch, ebpf},
+    rates::ClassSnapshot,
+};
 
 #[derive(Debug, Error)]
 pub enum CounterError {
@@ -40,6 +43,8 @@ pub struct CounterMaps {
     samples: RingBuf<MapData>,
     sample_control: Array<MapData, SampleControl>,
     capacity: u32,
+    /// The class counters' batch read buffers, reused every poll.
+    batch: std::sync::Mutex<batch::Buffers>,
 }
 
 impl CounterMaps {
@@ -55,7 +60,16 @@ impl CounterMaps {
         let sample_control = Array::try_from(ebpf::take_map(ebpf, "detector", SAMPLE_CONTROL_MAP)?)
             .map_err(layout(SAMPLE_CONTROL_MAP))?;
         let capacity = sources.map().info().map(|i| i.max_entries()).unwrap_or(0);
-        Ok(CounterMaps { classes, sources, epoch, next_epoch: 1, samples, sample_control, capacity })
+        Ok(CounterMaps {
+            classes,
+            sources,
+            epoch,
+            next_epoch: 1,
+            samples,
+            sample_control,
+            capacity,
+            batch: Default::default(),
+        })
     }
 
     /// Capacity of the per-source map.
@@ -64,19 +78,33 @@ impl CounterMaps {
     }
 
     /// Cumulative per-class counters (seen and dropped), summed over CPUs.
+    /// One batch syscall every poll; one lookup per class where the kernel
+    /// has no batch lookups.
     pub fn classes(&self) -> Result<ClassSnapshot, CounterError> {
-        let mut snap = ClassSnapshot::default();
-        for i in 0..CLASS_COUNT as u32 {
-            let per_cpu =
-                self.classes.get(&i, 0).map_err(|source| CounterError::Read { map: CLASS_STATS_MAP, source })?;
-            let class = i as usize;
-            for v in per_cpu.iter() {
+        fn add(snap: &mut ClassSnapshot, class: usize, per_cpu: &[ClassStats]) {
+            for v in per_cpu {
                 snap.counters[class].packets += v.seen.packets;
                 snap.counters[class].bytes += v.seen.bytes;
                 for (total, d) in snap.dropped.iter_mut().zip(v.dropped.iter()) {
                     total[class].packets += d.packets;
                     total[class].bytes += d.bytes;
                 }
+            }
+        }
+        let mut snap = ClassSnapshot::default();
+        let mut buf = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+        let batched = batch::per_cpu_array::<ClassStats>(self.classes.map(), &mut buf, |i, per_cpu| {
+            if (i as usize) < CLASS_COUNT {
+                add(&mut snap, i as usize, per_cpu);
+            }
+        });
+        if let Err(e) = batched {
+            tracing::debug!(map = CLASS_STATS_MAP, "batch lookup failed ({e}); one lookup per class");
+            snap = ClassSnapshot::default();
+            for i in 0..CLASS_COUNT as u32 {
+                let per_cpu =
+                    self.classes.get(&i, 0).map_err(|source| CounterError::Read { map: CLASS_STATS_MAP, source })?;
+                add(&mut snap, i as usize, &per_cpu);
             }
         }
         Ok(snap)

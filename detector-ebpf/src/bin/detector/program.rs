@@ -8,7 +8,7 @@ use aya_ebpf::{
 use detector_common::{
     maps::{ClassStats, SourceKey, SourceStats, DEFAULT_MAX_SOURCES},
     sample::{next_gap, SampleControl, SampleRecord, SAMPLES_RING_BYTES, SNAPLEN},
-    sketch::{self, SketchRow, Window, EPOCH_MASK, SKETCH_DEPTH},
+    sketch::{self, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS, SKETCH_DEPTH},
     TrafficClass, CLASS_COUNT,
 };
 
@@ -28,9 +28,10 @@ pub(crate) static CLASS_STATS: PerCpuArray<ClassStats> = PerCpuArray::with_max_e
 static SOURCE_STATS: LruPerCpuHashMap<SourceKey, SourceStats> =
     LruPerCpuHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
 
-/// The heavy-hitter filter: one entry per row, per CPU.
+/// The heavy-hitter filter, per CPU, in blocks of a cache line (a source's
+/// counters all lie in one).
 #[map]
-static SKETCH: PerCpuArray<SketchRow> = PerCpuArray::with_max_entries(SKETCH_DEPTH as u32, 0);
+static SKETCH: PerCpuArray<SketchBlock> = PerCpuArray::with_max_entries(SKETCH_BLOCKS as u32, 0);
 
 /// This CPU's current window.
 #[map]
@@ -187,14 +188,14 @@ fn track_source(w: *mut Window, src: [u8; 16], class: usize, len: u64) {
     };
     let seed = unsafe { core::ptr::read_volatile(&HASH_SEED) };
     let h = sketch::hash_addr(&src, seed);
+    let Some(b) = SKETCH.get_ptr_mut(sketch::block_index(h)) else {
+        return;
+    };
     let mut est = u32::MAX;
     let mut row = 0;
     while row < SKETCH_DEPTH {
-        let Some(r) = SKETCH.get_ptr_mut(row as u32) else {
-            return;
-        };
-        let idx = sketch::row_index(h, row as u32);
-        let c = unsafe { &mut (*r).counters[idx] };
+        let idx = sketch::block_counter(h, row as u32);
+        let c = unsafe { &mut (*b).counters[idx] };
         *c = sketch::bump(*c, epoch);
         let n = sketch::count(*c);
         if n < est {
