@@ -113,8 +113,8 @@ struct Seen {
 /// counters.
 /// Partial reads in a row after which an address not listed is taken as
 /// gone: the kernel adapter's sweep lists every address at least once in
-/// two of its passes (`SWEEP_POLLS`, ten polls each), a good margin under
-/// this.
+/// two of its passes (a pass begins every `SWEEP_POLLS`, 20 polls), a
+/// margin under this.
 pub const FORGET_POLLS: u64 = 64;
 
 pub struct TargetTracker {

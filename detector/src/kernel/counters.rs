@@ -4,7 +4,7 @@
 //! starts by bumping the epoch, never by zeroing the sketch.
 
 use aya::{
-    maps::{Array, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
+    maps::{Array, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     Ebpf,
 };
 use detector_common::{
@@ -43,7 +43,8 @@ pub struct CounterMaps {
     samples: RingBuf<MapData>,
     sample_control: Array<MapData, SampleControl>,
     capacity: u32,
-    /// The class counters' batch read buffers, reused every poll.
+    /// The batch reads' buffers (class counters, sources), reused every
+    /// poll.
     batch: std::sync::Mutex<batch::Buffers>,
 }
 
@@ -110,8 +111,27 @@ impl CounterMaps {
         Ok(snap)
     }
 
-    /// Every tracked source with its cumulative counters, summed over CPUs.
+    /// Every tracked source with its cumulative counters, summed over CPUs:
+    /// a few batch syscalls (aya's iterator takes two per entry, each of
+    /// which walks the empty buckets before it); the iterator where the
+    /// kernel has no batch lookups.
     pub fn sources(&self) -> Result<Vec<(SourceKey, SourceStats)>, CounterError> {
+        let mut out = Vec::new();
+        let mut buf = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+        let batched = batch::per_cpu_hash::<SourceKey, SourceStats>(self.sources.map(), &mut buf, |k, v| {
+            out.push((k, sum_sources(v)))
+        });
+        match batched {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                tracing::debug!(map = SOURCE_STATS_MAP, "batch lookup failed ({e}); iterating");
+                self.sources_iterated()
+            }
+        }
+    }
+
+    /// As [`CounterMaps::sources`], with aya's iterator.
+    fn sources_iterated(&self) -> Result<Vec<(SourceKey, SourceStats)>, CounterError> {
         let mut out = Vec::new();
         for item in self.sources.iter() {
             let (key, per_cpu) = match item {
@@ -166,9 +186,9 @@ impl CounterMaps {
     }
 }
 
-fn sum_sources(per_cpu: &PerCpuValues<SourceStats>) -> SourceStats {
+fn sum_sources(per_cpu: &[SourceStats]) -> SourceStats {
     let mut s = SourceStats::default();
-    for v in per_cpu.iter() {
+    for v in per_cpu {
         s.packets += v.packets;
         s.bytes += v.bytes;
         for (a, b) in s.class_packets.iter_mut().zip(v.class_packets.iter()) {

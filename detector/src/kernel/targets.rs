@@ -49,7 +49,8 @@ pub enum TargetError {
 }
 
 /// Polls over which [`TargetMaps::read`] sweeps a whole per-address map.
-pub const SWEEP_POLLS: usize = 10;
+/// The tracker notices an evicted or idle address within about a sweep.
+pub const SWEEP_POLLS: usize = 20;
 
 /// One poll's read of a per-address map.
 #[derive(Debug, Default)]
@@ -74,6 +75,12 @@ pub struct TargetMaps {
     /// whether the next read must be whole (the first one: entries counted
     /// before the controller's first window are in no ring).
     sweep: [Option<u32>; 2],
+    /// Polls since the current pass began: a pass over a sparse map ends
+    /// in one poll (a batch read goes on to the map's end for as many
+    /// entries as a slice holds), and the next one waits until
+    /// [`SWEEP_POLLS`] have passed, so an idle map's empty buckets are
+    /// walked once a sweep, not every poll.
+    pass_age: [usize; 2],
     whole: [bool; 2],
     /// What the trie holds.
     installed: BTreeMap<Prefix, u32>,
@@ -110,6 +117,7 @@ impl TargetMaps {
             outgoing,
             dirty,
             sweep: [None; 2],
+            pass_age: [0; 2],
             whole: [true; 2],
             installed: BTreeMap::new(),
             control_value: Box::default(),
@@ -282,21 +290,32 @@ impl TargetMaps {
         if overflow || self.whole[d] {
             self.whole[d] = false;
             self.sweep[d] = None;
+            // A whole read is a pass.
+            self.pass_age[d] = 1;
             let entries = self.targets(direction)?;
             return Ok(TargetsRead { changed: entries.len(), entries, whole: true });
         }
         keys.sort_unstable_by_key(|k| k.addr);
         keys.dedup_by_key(|k| k.addr);
         let from = self.sweep[d];
+        let sweeping = from.is_some() || self.pass_age[d] >= SWEEP_POLLS;
+        if from.is_none() && sweeping {
+            self.pass_age[d] = 0;
+        }
+        self.pass_age[d] += 1;
         let (map, name) = self.map(direction);
-        let slice = (self.capacity as usize).div_ceil(SWEEP_POLLS).max(1);
+        let slice = if sweeping { (self.capacity as usize).div_ceil(SWEEP_POLLS).max(1) } else { 0 };
         let mut entries = Vec::with_capacity(keys.len() + slice);
         let mut buf = self.batch.lock().unwrap_or_else(|p| p.into_inner());
-        let swept = batch::per_cpu_hash_from::<SourceKey, TargetStats>(map.map(), &mut buf, from, slice, |k, v| {
-            if keys.binary_search_by_key(&k.addr, |d| d.addr).is_err() {
-                entries.push((k, sum(v.iter(), true)));
-            }
-        });
+        let swept = if sweeping {
+            batch::per_cpu_hash_from::<SourceKey, TargetStats>(map.map(), &mut buf, from, slice, |k, v| {
+                if keys.binary_search_by_key(&k.addr, |d| d.addr).is_err() {
+                    entries.push((k, sum(v.iter(), true)));
+                }
+            })
+        } else {
+            Ok(None)
+        };
         let next = match swept {
             Ok(next) => next,
             Err(e) => {
