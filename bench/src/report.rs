@@ -840,14 +840,15 @@ pub fn fastnetmon_section(f: &fastnetmon::Figures) -> String {
 
     let _ = writeln!(
         s,
-        "**CPU per forwarded packet**: the same flood, sustained and forwarded by the router to the customers, once with each detector alone and once with neither (plain forwarding), each in a fresh lab; counted over {} s once the flood has run a second (the detector's incident is open and FastNetMon's ban made by then), summed over the rounds. Process CPU: utime + stime of every thread of the detector's process, and of its waited-for children (FastNetMon's notify script), from `/proc/PID/stat`. The detector's XDP program runs in the kernel's receive path, not in its process: its own run time comes from the kernel's BPF statistics (`run_time_ns`, on only during the detector's runs). FastNetMon's AF_PACKET capture copies every frame into its ring in the softirq that receives it: that cost is the softirq time of all CPUs (`/proc/stat`) over the plain-forwarding run's, per packet (tick-sampled, so a noisy difference; the detector's is shown too). Divided by the router's forwarded datagrams (`Ip: ForwDatagrams`, the customers' ICMP answers included). The cost per packet: the detector's process plus its XDP run time; FastNetMon's process plus its softirq over plain forwarding (none if negative). A fourth setup, an empty XDP program (`return XDP_PASS`) on the same interface, gives the floor any XDP program pays here (its run time by the same statistics, with their own clock reads).\n",
-        f.cpu_seconds
+        "**CPU per forwarded packet**: the same flood, sustained and forwarded by the router to the customers, once with each detector alone and once with neither (plain forwarding), each in a fresh lab; counted over {} s once the flood has run a second (the detector's incident is open and FastNetMon's ban made by then), summed over the rounds. Process CPU: utime + stime of every thread of the detector's process, and of its waited-for children (FastNetMon's notify script), from `/proc/PID/stat`. The detector's XDP program runs in the kernel's receive path, and its egress classifier in the send path of the same interface (what the router sends back out: the customers' ICMP answers), not in its process: their own run time comes from the kernel's BPF statistics (`run_time_ns`, on only during the detector's runs). FastNetMon's AF_PACKET capture copies every frame into its ring in the softirq that receives it: that cost is the softirq time of all CPUs (`/proc/stat`) over the plain-forwarding run's, per packet (tick-sampled, so a noisy difference; the detector's is shown too). Divided by the router's forwarded datagrams (`Ip: ForwDatagrams`, the customers' ICMP answers included). hping3 is pinned to CPU {gen_cpu} in every run (a veth delivers a frame on the CPU that sent it, so every setup receives on that same CPU). The cost per packet: the detector's process plus its programs' run time; FastNetMon's process plus its softirq over plain forwarding (none if negative). A fourth setup, an empty XDP program (`return XDP_PASS`) on the same interface, gives the floor any XDP program pays here (its run time by the same statistics, with their own clock reads).\n",
+        f.cpu_seconds,
+        gen_cpu = fastnetmon::GENERATOR_CPU,
     );
     let _ = writeln!(
         s,
-        "| flood | setup | forwarded pps | process ns/pkt | XDP ns/pkt | softirq ns/pkt | softirq over plain forwarding | **CPU ns per forwarded packet** |"
+        "| flood | setup | forwarded pps | process ns/pkt | XDP ns/pkt | egress ns/pkt | softirq ns/pkt | softirq over plain forwarding | **CPU ns per forwarded packet** |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut verdicts = Vec::new();
     for gap in CPU_GAPS {
         let flood = if gap == "flood" { "hping3 `--flood`".to_string() } else { format!("hping3 `-i {gap}`") };
@@ -859,7 +860,9 @@ pub fn fastnetmon_section(f: &fastnetmon::Figures) -> String {
             let Some(t) = f.cpu_total(who, gap) else { continue };
             let extra = if who == Who::Nothing { None } else { over(&t) };
             let total = match who {
-                Who::Detector | Who::DetectorNoHold => Some(t.process_per_packet() + t.xdp_per_packet()),
+                Who::Detector | Who::DetectorNoHold => {
+                    Some(t.process_per_packet() + t.xdp_per_packet() + t.egress_per_packet())
+                }
                 Who::EmptyXdp => Some(t.xdp_per_packet()),
                 Who::FastNetMon => Some(t.process_per_packet() + extra.unwrap_or(0.0).max(0.0)),
                 Who::Nothing => None,
@@ -872,7 +875,7 @@ pub fn fastnetmon_section(f: &fastnetmon::Figures) -> String {
             }
             let _ = writeln!(
                 s,
-                "| {flood} | {} | {:.0} | {} | {} | {:.0} | {} | {} |",
+                "| {flood} | {} | {:.0} | {} | {} | {} | {:.0} | {} | {} |",
                 who.label(),
                 t.forwarded_pps(),
                 if matches!(who, Who::Nothing | Who::EmptyXdp) {
@@ -885,6 +888,7 @@ pub fn fastnetmon_section(f: &fastnetmon::Figures) -> String {
                 } else {
                     "—".into()
                 },
+                if who == Who::Detector { format!("{:.0}", t.egress_per_packet()) } else { "—".into() },
                 t.softirq_per_packet(),
                 extra.map(|e| format!("{e:+.0}")).unwrap_or_else(|| "—".into()),
                 total.map(|t| format!("**{t:.0}**")).unwrap_or_else(|| "—".into()),

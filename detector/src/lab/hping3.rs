@@ -40,6 +40,8 @@ pub enum Hping3Error {
     Exited { what: String, status: std::process::ExitStatus, output: String },
     #[error("`{what}` printed no statistics:\n{output}")]
     NoStatistics { what: String, output: String },
+    #[error("pinning hping3 to CPU {cpu}: {source}")]
+    Pin { cpu: usize, source: std::io::Error },
 }
 
 /// What a run of hping3 did, from the statistics it prints at the end.
@@ -97,6 +99,28 @@ impl Hping3 {
     /// Its pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.pid()
+    }
+
+    /// Pins it to one CPU. A veth delivers a frame on the CPU that sent
+    /// it, so the receiving side's XDP program and softirq run there too:
+    /// runs that compare CPU costs see the same placement, not whichever
+    /// CPU the scheduler gave the generator that time.
+    pub fn pin_to_cpu(&self, cpu: usize) -> Result<(), Hping3Error> {
+        let pid = self.pid().ok_or_else(|| Hping3Error::Pin { cpu, source: std::io::Error::other("not running") })?;
+        // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes
+        // within it (cpu is checked against its size); the call reads it.
+        let ret = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+                return Err(Hping3Error::Pin { cpu, source: std::io::Error::from_raw_os_error(libc::EINVAL) });
+            }
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(pid as libc::pid_t, std::mem::size_of::<libc::cpu_set_t>(), &set)
+        };
+        if ret != 0 {
+            return Err(Hping3Error::Pin { cpu, source: std::io::Error::last_os_error() });
+        }
+        Ok(())
     }
 
     /// Stops it with SIGINT and returns its statistics. One that had
