@@ -19,7 +19,10 @@
 //! every poll, not driven by events: an incident resolved by a runbook
 //! between polls ends its capture at the next one.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::Arc,
+};
 
 use detector_common::sample::SampleRecord;
 
@@ -69,7 +72,7 @@ impl Packet {
 /// last thousand).
 #[derive(Clone, Copy)]
 pub struct Batch<'a> {
-    pub records: &'a [SampleRecord],
+    pub records: &'a Arc<Vec<SampleRecord>>,
     /// What turns the program's CLOCK_MONOTONIC into wall-clock time.
     pub mono_to_wall_ns: i128,
 }
@@ -87,24 +90,75 @@ pub enum FileOp {
 
 #[derive(Default)]
 struct Buffers {
-    calm: VecDeque<Held>,
-    onset: VecDeque<Held>,
+    calm: Rolling,
+    onset: Rolling,
 }
 
-/// A sample a rolling buffer keeps: the ring's record as it came, turned
-/// into a [`Packet`] only if a file takes it. While under attack the onset
-/// buffer takes every poll's samples and drops as many old ones; as
-/// `Packet`s that was an allocation and a free per sample, the largest
-/// part of the poll's cost under a long attack.
-#[derive(Clone, Copy)]
-struct Held {
-    record: SampleRecord,
+/// A rolling buffer of the last `keep` samples with captured bytes: whole
+/// polls' records, shared with the poll that read them (never copied),
+/// turned into [`Packet`]s only if a file takes them. While under attack
+/// the onset buffer takes every poll's samples and drops as many old ones;
+/// as `Packet`s that was an allocation and a free per sample, and as
+/// copies a few hundred kilobytes a poll, the largest part of the poll's
+/// cost under a long attack.
+#[derive(Default)]
+struct Rolling {
+    polls: VecDeque<Kept>,
+    /// Samples with bytes in `polls`.
+    held: usize,
+    keep: usize,
+}
+
+struct Kept {
+    records: Arc<Vec<SampleRecord>>,
     mono_to_wall_ns: i128,
+    /// Its records with bytes.
+    count: usize,
 }
 
-impl Held {
-    fn packet(&self, snaplen: usize) -> Option<Packet> {
-        Packet::from_record(&self.record, self.mono_to_wall_ns, snaplen)
+impl Rolling {
+    fn push(&mut self, batch: Batch<'_>, keep: usize) {
+        self.keep = keep;
+        if keep == 0 {
+            self.clear();
+            return;
+        }
+        let count = batch.records.iter().filter(|r| !r.captured().is_empty()).count();
+        if count > 0 {
+            self.polls.push_back(Kept {
+                records: Arc::clone(batch.records),
+                mono_to_wall_ns: batch.mono_to_wall_ns,
+                count,
+            });
+            self.held += count;
+        }
+        // Whole polls go once the newer ones hold enough.
+        while let Some(front) = self.polls.front() {
+            if self.held - front.count < keep {
+                break;
+            }
+            self.held -= front.count;
+            self.polls.pop_front();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.polls.clear();
+        self.held = 0;
+    }
+
+    /// The kept samples, oldest first, with their clock offset.
+    fn iter(&self) -> impl Iterator<Item = (&SampleRecord, i128)> + '_ {
+        let skip = self.held.saturating_sub(self.keep);
+        self.polls
+            .iter()
+            .flat_map(|k| k.records.iter().filter(|r| !r.captured().is_empty()).map(move |r| (r, k.mono_to_wall_ns)))
+            .skip(skip)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.held.min(self.keep)
     }
 }
 
@@ -195,14 +249,15 @@ impl Recorder {
                 continue;
             }
             let mut t = tracked(inc, CaptureInfo::default());
-            let pre: Vec<Packet> = bufs.calm.iter().filter_map(|h| h.packet(snaplen)).collect();
+            let pre: Vec<Packet> =
+                bufs.calm.iter().filter_map(|(r, offset)| Packet::from_record(r, offset, snaplen)).collect();
             // The onset's packets (the polls before this one), then this
             // poll's; over the cap, the newest are left out, not the first.
             let mut first: Vec<Packet> = bufs
                 .onset
                 .iter()
-                .filter(|h| t.wants(&h.record.header.src, &h.record.header.dst))
-                .filter_map(|h| h.packet(snaplen))
+                .filter(|(r, _)| t.wants(&r.header.src, &r.header.dst))
+                .filter_map(|(r, offset)| Packet::from_record(r, offset, snaplen))
                 .take(cap as usize)
                 .collect();
             let room = (cap as usize).saturating_sub(first.len());
@@ -230,19 +285,13 @@ impl Recorder {
             }
         }
 
-        // The buffers move after the files took what they needed; a
-        // record without captured bytes never makes a packet, so it is not
-        // kept.
-        let (buf, keep) = if under_attack {
-            (&mut bufs.onset, self.cfg.packets_per_incident)
+        // The buffers move after the files took what they needed.
+        if under_attack {
+            bufs.onset.push(batch, self.cfg.packets_per_incident);
         } else {
             bufs.onset.clear();
-            (&mut bufs.calm, self.cfg.pre_attack_packets)
-        };
-        let mono_to_wall_ns = batch.mono_to_wall_ns;
-        let kept = records.iter().filter(|r| !r.captured().is_empty());
-        let skip = kept.clone().count().saturating_sub(keep);
-        push_rolling(buf, kept.skip(skip).map(|&record| Held { record, mono_to_wall_ns }), keep);
+            bufs.calm.push(batch, self.cfg.pre_attack_packets);
+        }
         ops
     }
 
@@ -266,17 +315,6 @@ impl Recorder {
 
 fn tracked(inc: &Incident, info: CaptureInfo) -> Tracked {
     Tracked { iface: inc.iface.clone(), direction: inc.direction, prefixes: inc.target_prefixes.clone(), info }
-}
-
-fn push_rolling(buf: &mut VecDeque<Held>, packets: impl Iterator<Item = Held>, cap: usize) {
-    if cap == 0 {
-        buf.clear();
-        return;
-    }
-    buf.extend(packets);
-    while buf.len() > cap {
-        buf.pop_front();
-    }
 }
 
 /// The file's comment: which incident, where, and how the packets were
@@ -324,7 +362,7 @@ mod tests {
         under_attack: bool,
         open: impl IntoIterator<Item = &'a Incident>,
     ) -> Vec<FileOp> {
-        r.poll(iface, Batch { records: &records, mono_to_wall_ns: 0 }, under_attack, open)
+        r.poll(iface, Batch { records: &Arc::new(records), mono_to_wall_ns: 0 }, under_attack, open)
     }
 
     fn incident(id: &str, iface: &str, target: Option<u8>, direction: Direction) -> Incident {

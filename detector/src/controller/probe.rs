@@ -232,7 +232,7 @@ impl Probe {
             mono_to_wall = mono_to_wall_ns();
         }
         let samples = drained.iter().map(|r| r.header).collect();
-        let records = if self.captures { drained } else { Vec::new() };
+        let records = std::sync::Arc::new(if self.captures { drained } else { Vec::new() });
         let frames = Frames { records, mono_to_wall_ns: mono_to_wall };
         Ok(Reading { rates, sources: update, tracked, samples, frames, divisor, targets: targets.reading })
     }
@@ -241,7 +241,9 @@ impl Probe {
 /// A poll's samples whole, for the capture recorder.
 #[derive(Default)]
 pub struct Frames {
-    pub records: Vec<SampleRecord>,
+    /// Shared with the capture recorder's rolling buffers, which keep
+    /// whole polls rather than copies.
+    pub records: std::sync::Arc<Vec<SampleRecord>>,
     pub mono_to_wall_ns: i128,
 }
 

@@ -43,6 +43,8 @@ pub struct CounterMaps {
     samples: RingBuf<MapData>,
     sample_control: Array<MapData, SampleControl>,
     capacity: u32,
+    /// Records the last drain of the sample ring returned (and an eighth).
+    last_drained: usize,
     /// The batch reads' buffers (class counters, sources), reused every
     /// poll.
     batch: std::sync::Mutex<batch::Buffers>,
@@ -69,6 +71,7 @@ impl CounterMaps {
             samples,
             sample_control,
             capacity,
+            last_drained: 0,
             batch: Default::default(),
         })
     }
@@ -153,7 +156,9 @@ impl CounterMaps {
 
     /// Takes the samples waiting in the ring, at most `max`.
     pub fn drain_samples(&mut self, max: usize) -> Vec<SampleRecord> {
-        let mut out = Vec::new();
+        // Sized from the last drain: the records are a few hundred bytes
+        // each, and growing the vector copies them at every doubling.
+        let mut out = Vec::with_capacity(self.last_drained.min(max));
         while out.len() < max {
             let Some(item) = self.samples.next() else { break };
             if item.len() >= std::mem::size_of::<SampleRecord>() {
@@ -162,6 +167,8 @@ impl CounterMaps {
                 out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const SampleRecord) });
             }
         }
+        // A little over, so a steady rate fits without growing.
+        self.last_drained = out.len() + out.len() / 8;
         out
     }
 
