@@ -147,7 +147,7 @@ impl fmt::Debug for SmtpLogin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SmtpLogin")
             .field("username", &self.username)
-            .field("password", &format_args!("{}", shown_secret(&self.password)))
+            .field("password", &format_args!("{}", self.password.shown()))
             .finish()
     }
 }
@@ -387,25 +387,4 @@ fn check_bot_token(t: &SecretText) -> Result<(), String> {
          @BotFather gives it)",
         if t.is_secret() { t.raw.clone() } else { "as written".into() }
     ))
-}
-
-/// What may be shown of a secret field: its references
-/// (`${SMTP_PASSWORD}`), or `***` when any of the value is written in the
-/// file itself.
-pub fn shown_secret(t: &SecretText) -> String {
-    let mut rest = t.raw.as_str();
-    while let Some(start) = rest.find("${") {
-        if !rest[..start].is_empty() {
-            return "***".into();
-        }
-        match rest[start..].find('}') {
-            Some(end) => rest = &rest[start + end + 1..],
-            None => return "***".into(),
-        }
-    }
-    if rest.is_empty() && !t.raw.is_empty() {
-        t.raw.clone()
-    } else {
-        "***".into()
-    }
 }

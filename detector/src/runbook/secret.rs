@@ -129,11 +129,34 @@ impl SecretText {
     pub fn plain(s: &str) -> SecretText {
         SecretText { raw: s.into(), value: s.into() }
     }
+
+    /// What may be shown of it as a secret field: its references
+    /// (`${SMTP_PASSWORD}`), or `***` when any of the value is written in
+    /// the file itself.
+    pub fn shown(&self) -> String {
+        let mut rest = self.raw.as_str();
+        while let Some(start) = rest.find("${") {
+            if !rest[..start].is_empty() {
+                return "***".into();
+            }
+            match rest[start..].find('}') {
+                Some(end) => rest = &rest[start + end + 1..],
+                None => return "***".into(),
+            }
+        }
+        if rest.is_empty() && !self.raw.is_empty() {
+            self.raw.clone()
+        } else {
+            "***".into()
+        }
+    }
 }
 
+/// As [`SecretText::shown`]: a step's `Debug` (in a log line, a panic) must
+/// not carry a secret its author wrote into the file literally.
 impl fmt::Debug for SecretText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.raw)
+        write!(f, "{:?}", self.shown())
     }
 }
 
@@ -174,6 +197,17 @@ impl<'de> Deserialize<'de> for SecretUrl {
 #[cfg(test)]
 pub mod tests {
     use super::*;
+
+    #[test]
+    fn debug_shows_references_and_hides_literal_values() {
+        let literal = SecretText::plain("hunter2");
+        assert_eq!(format!("{literal:?}"), "\"***\"");
+        let mixed = SecretText { raw: "Bearer ${TOKEN}".into(), value: "Bearer t0ken".into() };
+        assert_eq!(format!("{mixed:?}"), "\"***\"");
+        let reference = SecretText { raw: "${TOKEN}".into(), value: "t0ken".into() };
+        assert_eq!(format!("{reference:?}"), "\"${TOKEN}\"");
+        assert!(!format!("{:?}", vec![literal, mixed, reference]).contains("hunter2"));
+    }
 
     /// A fixed environment for tests: `SLACK_URL`, `PD_KEY`, `HMAC`,
     /// `TG_TOKEN`, `TG_CHAT`, `OG_KEY`, `SMTP_PASSWORD`.

@@ -10,7 +10,6 @@ use crate::{
     detect::incident::time_ms,
     format::{bits, pps},
     runbook::{
-        channels::shown_secret,
         context::{AttackEvent, Context},
         schema::Notify,
     },
@@ -90,7 +89,7 @@ pub fn opsgenie(step: &Notify, ctx: &Context, message: &str) -> Result<Request, 
         )
     };
     let (url, shown_url) = api_url(step.url.as_ref(), OPSGENIE_URL, &path);
-    let auth = ("Authorization", format!("GenieKey {}", key.expose()), format!("GenieKey {}", shown_secret(key)));
+    let auth = ("Authorization", format!("GenieKey {}", key.expose()), format!("GenieKey {}", key.shown()));
     Ok(finish_with(url, shown_url, &step.headers, &[auth], to_bytes(&body)))
 }
 

@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use super::{api_url, finish, text, to_bytes, truncate, Request};
-use crate::runbook::{channels::shown_secret, context::Context, schema::Notify};
+use crate::runbook::{context::Context, schema::Notify};
 
 /// The Bot API, when a telegram step gives no `url`.
 pub const TELEGRAM_URL: &str = "https://api.telegram.org";
@@ -24,7 +24,7 @@ pub fn telegram(step: &Notify, ctx: &Context, message: &str) -> Result<Request, 
     let chat = step.chat_id.as_ref().ok_or("notify telegram: the step has no chat_id")?;
     let (base, shown_base) = api_url(step.url.as_ref(), TELEGRAM_URL, "");
     let url = format!("{base}/bot{}/sendMessage", token.expose());
-    let shown_url = format!("{shown_base}/bot{}/sendMessage", shown_secret(token));
+    let shown_url = format!("{shown_base}/bot{}/sendMessage", token.shown());
     let body = json!({
         "chat_id": chat.to_json(),
         "text": truncate(&text(message, ctx), TELEGRAM_TEXT_MAX),
