@@ -178,8 +178,9 @@ fn one(scenario: Scenario, program: &'static str, seconds: u64) -> Result<LiveRu
             let _classes = maps.classes()?;
             let current = maps.sources()?;
             maps.new_window()?;
-            let samples = maps.drain_samples(4 * detector::samples::TARGET_PER_POLL);
-            let next = detector::samples::next_divisor(divisor, samples.len());
+            let target = detector::samples::target_per_poll(POLL);
+            let samples = maps.drain_samples(4 * target);
+            let next = detector::samples::next_divisor(divisor, samples.len(), target);
             if next != divisor {
                 maps.set_sample_divisor(next)?;
                 divisor = next;

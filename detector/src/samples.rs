@@ -3,22 +3,41 @@
 
 use foldhash::{HashMap, HashMapExt};
 
-use detector_common::{class::amplification_vector, sample::PacketSample, TrafficClass, CLASS_COUNT};
+use std::{mem::size_of, time::Duration};
+
+use detector_common::{
+    class::amplification_vector,
+    sample::{PacketSample, SampleRecord, SAMPLES_RING_BYTES},
+    TrafficClass, CLASS_COUNT,
+};
 
 use crate::detect::incident::TopPort;
 
 /// Ports of the web services whose new connections http_flood watches.
 pub const WEB_PORTS: [u16; 4] = [80, 443, 8080, 8443];
 
-/// Samples wanted per poll: enough for stable shares (a share measured on
-/// 512 samples is within about 2 points), and for a signature within a
-/// poll or two of an attack's onset; few enough that sampling stays a
-/// small part of the per-packet cost. Each sample costs the program a ring
-/// entry of 328 bytes (the frame's head, for captures) and the controller
-/// its reading: at 2,048 a poll, a flood under about 20,000 pps had every
-/// packet sampled, and that sampling was about 40% of the program's live
-/// cost per packet (`cargo xtask bench`, BENCHMARKS.md, 2026-11-30).
-pub const TARGET_PER_POLL: usize = 512;
+/// Samples wanted per second: 512 a poll at the default 100 ms. Enough for
+/// stable shares (a share measured on 512 samples is within about 2
+/// points), and for a signature within a poll or two of an attack's onset;
+/// few enough that sampling stays a small part of the per-packet cost.
+/// Each sample costs the program a ring entry of 328 bytes (the frame's
+/// head, for captures) and the controller its reading: at 2,048 a poll, a
+/// flood under about 20,000 pps had every packet sampled, and that
+/// sampling was about 40% of the program's live cost per packet (`cargo
+/// xtask bench`, BENCHMARKS.md, 2026-11-30). A budget per second, not per
+/// poll, so a shorter interval does not sample more packets.
+pub const TARGET_PER_SECOND: usize = 5_120;
+/// A poll's target never goes under this (a 10 ms interval still has
+/// shares to read)...
+const MIN_PER_POLL: usize = 64;
+/// ... nor over this: twice the target and the entries' headers must fit
+/// in the ring (4 MiB) between two polls.
+const MAX_PER_POLL: usize = (SAMPLES_RING_BYTES as usize / (size_of::<SampleRecord>() + 8)) / 4;
+
+/// Samples wanted from a poll of `interval`.
+pub fn target_per_poll(interval: Duration) -> usize {
+    ((TARGET_PER_SECOND as f64 * interval.as_secs_f64()).round() as usize).clamp(MIN_PER_POLL, MAX_PER_POLL)
+}
 pub const MIN_DIVISOR: u32 = 1;
 pub const MAX_DIVISOR: u32 = 1 << 16;
 
@@ -128,12 +147,12 @@ impl SampleView {
 }
 
 /// The next sampling divisor: double it when a poll brought more than twice
-/// the target, halve it when under half. Powers of two, bounded.
-pub fn next_divisor(current: u32, got: usize) -> u32 {
+/// its `target`, halve it when under half. Powers of two, bounded.
+pub fn next_divisor(current: u32, got: usize, target: usize) -> u32 {
     let d = current.clamp(MIN_DIVISOR, MAX_DIVISOR);
-    if got > 2 * TARGET_PER_POLL {
+    if got > 2 * target {
         (d * 2).min(MAX_DIVISOR)
-    } else if got < TARGET_PER_POLL / 2 {
+    } else if got < target / 2 {
         (d / 2).max(MIN_DIVISOR)
     } else {
         d
@@ -170,14 +189,28 @@ mod tests {
 
     #[test]
     fn divisor_adapts() {
-        let t = TARGET_PER_POLL;
-        assert_eq!(next_divisor(64, 2 * t + 1), 128);
-        assert_eq!(next_divisor(64, 2 * t), 64);
-        assert_eq!(next_divisor(64, t), 64);
-        assert_eq!(next_divisor(64, t / 2), 64);
-        assert_eq!(next_divisor(64, t / 2 - 1), 32);
-        assert_eq!(next_divisor(1, 0), 1);
-        assert_eq!(next_divisor(MAX_DIVISOR, 1_000_000), MAX_DIVISOR);
-        assert_eq!(next_divisor(0, 0), 1);
+        let t = target_per_poll(Duration::from_millis(100));
+        assert_eq!(t, 512);
+        assert_eq!(next_divisor(64, 2 * t + 1, t), 128);
+        assert_eq!(next_divisor(64, 2 * t, t), 64);
+        assert_eq!(next_divisor(64, t, t), 64);
+        assert_eq!(next_divisor(64, t / 2, t), 64);
+        assert_eq!(next_divisor(64, t / 2 - 1, t), 32);
+        assert_eq!(next_divisor(1, 0, t), 1);
+        assert_eq!(next_divisor(MAX_DIVISOR, 1_000_000, t), MAX_DIVISOR);
+        assert_eq!(next_divisor(0, 0, t), 1);
+    }
+
+    #[test]
+    fn the_budget_is_per_second_within_what_a_poll_can_hold() {
+        // A shorter interval samples as many packets a second, not more.
+        assert_eq!(target_per_poll(Duration::from_millis(50)), 256);
+        assert_eq!(target_per_poll(Duration::from_secs(1) / 4), 1280);
+        // A 10 ms poll still gets shares to read; a long one what the ring
+        // holds between polls with room for twice as many.
+        assert_eq!(target_per_poll(Duration::from_millis(10)), MIN_PER_POLL);
+        assert_eq!(target_per_poll(Duration::from_secs(60)), MAX_PER_POLL);
+        let records = SAMPLES_RING_BYTES as usize / (size_of::<SampleRecord>() + 8);
+        assert!(2 * MAX_PER_POLL <= records && MAX_PER_POLL > 2_000, "{MAX_PER_POLL} of {records}");
     }
 }

@@ -32,8 +32,9 @@ use crate::{
 
 use super::{RunConfig, RunError};
 
-/// Samples read per interface per poll, at most.
-const MAX_SAMPLES: usize = 4 * samples::TARGET_PER_POLL;
+/// Samples read per interface per poll, at most: this many times the
+/// poll's target.
+const MAX_SAMPLES_FACTOR: usize = 4;
 /// One packet in this many is sampled at the start; the poller adapts it.
 const FIRST_DIVISOR: u32 = 64;
 
@@ -50,6 +51,9 @@ pub struct Probe {
     target_tracker: TargetTracker,
     /// Whether packet captures are on (the samples' frames are kept).
     captures: bool,
+    /// Samples wanted a poll, from the interval (see
+    /// [`samples::target_per_poll`]).
+    sample_target: usize,
 }
 
 /// What one poll of an interface read.
@@ -131,6 +135,7 @@ impl Probe {
             targets,
             target_tracker: TargetTracker::new(cfg.idle_after),
             captures: cfg.capture.enabled,
+            sample_target: samples::target_per_poll(cfg.interval),
         })
     }
 
@@ -195,7 +200,7 @@ impl Probe {
                 self.targets.groups()?,
             )
         };
-        let mut drained = self.maps.drain_samples(MAX_SAMPLES);
+        let mut drained = self.maps.drain_samples(MAX_SAMPLES_FACTOR * self.sample_target);
 
         let rates = class_rates(&self.prev, &cur, elapsed);
         metrics.count_classes(self.iface(), &self.prev, &cur);
@@ -217,7 +222,7 @@ impl Probe {
 
         // Samples were taken at the divisor in force during this interval.
         let divisor = self.divisor;
-        let next = samples::next_divisor(divisor, drained.len());
+        let next = samples::next_divisor(divisor, drained.len(), self.sample_target);
         if next != divisor && self.maps.set_sample_divisor(next).is_ok() {
             self.divisor = next;
         }
