@@ -268,7 +268,8 @@ impl Metrics {
         );
         registry.register(
             "detector_xdp_attached",
-            "1 for each interface the XDP program is attached to, with the mode it got",
+            "1 for each interface the XDP program is attached to, with the mode it got; 0 once the interface is gone \
+             (deleted, or recreated under the same name: the program went with the old one)",
             m.attached.clone(),
         );
         registry.register(
@@ -490,6 +491,13 @@ impl Metrics {
     /// One poll of every interface took `seconds`.
     pub fn poll_took(&self, seconds: f64) {
         self.poll_duration.observe(seconds);
+    }
+
+    /// Whether an interface's program is still attached (see
+    /// [`Metrics::interface_attached`] for the first time).
+    pub fn interface_still_attached(&self, iface: &str, mode: &str, attached: bool) {
+        let l = AttachLabels { iface: iface.into(), mode: mode.into() };
+        self.attached.get_or_create(&l).set(if attached { 1.0 } else { 0.0 });
     }
 
     pub fn poll_failed(&self, iface: &str) {

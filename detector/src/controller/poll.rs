@@ -62,6 +62,8 @@ pub struct Poller {
     pub last_poll: Arc<std::sync::atomic::AtomicU64>,
     /// Packet captures per incident; None: off.
     pub captures: Option<Captures>,
+    /// Interfaces found gone (their program with them), for the warning.
+    detached: std::collections::HashSet<String>,
 }
 
 /// The running loop: stop it to get the poller and the probes back.
@@ -108,6 +110,7 @@ impl Poller {
             rule_prev: HashMap::new(),
             last_poll,
             captures: None,
+            detached: Default::default(),
         }
     }
 
@@ -179,6 +182,7 @@ impl Poller {
             if host_scan.due(now) {
                 self.refresh_host_allowlist();
                 self.refresh_protected(probes, false);
+                self.check_attachments(probes);
             }
             self.metrics.poll_took(now.elapsed().as_secs_f64());
             self.last_poll.store(wall, std::sync::atomic::Ordering::Relaxed);
@@ -337,6 +341,35 @@ impl Poller {
     }
 
     /// Allowlists addresses the host gained since the start.
+    /// Each interface still there, under the index its program was
+    /// attached to: a deleted interface takes its XDP program with it, and
+    /// one recreated under the same name has none. Its maps still read
+    /// (zero traffic), so only this says so: the metric, and a warning when
+    /// it changes.
+    fn check_attachments(&mut self, probes: &[Probe]) {
+        for probe in probes {
+            let a = &probe.attachment;
+            let attached = crate::iface::index(&a.iface).ok() == Some(a.ifindex);
+            if attached == self.detached.contains(&a.iface) {
+                if attached {
+                    self.detached.remove(&a.iface);
+                    tracing::info!(
+                        iface = a.iface,
+                        "the interface is back under the index the program was attached to"
+                    );
+                } else {
+                    self.detached.insert(a.iface.clone());
+                    tracing::warn!(
+                        iface = a.iface,
+                        "the interface is gone (or was recreated): its XDP program went with it; restart the \
+                         controller to attach to the new one"
+                    );
+                }
+            }
+            self.metrics.interface_still_attached(&a.iface, a.mode.name(), attached);
+        }
+    }
+
     fn refresh_host_allowlist(&self) {
         let found = host::own_prefixes();
         let mut m = self.mitigator.lock().unwrap_or_else(|p| p.into_inner());
