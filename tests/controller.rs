@@ -106,7 +106,7 @@ fn several_interfaces_are_counted_apart() {
     ip(&["link", "add", &watch, "type", "veth", "peer", "name", &feed]);
     ip(&["link", "set", &watch, "up"]);
     ip(&["link", "set", &feed, "up"]);
-    let c = Controller::start(&lab, &["--iface", &watch]);
+    let mut c = Controller::start(&lab, &["--iface", &watch]);
     flood(&lab, &["--kind", "udp", "--count", "300", "--rate", "20000"]);
     let out = detector_in(
         &lab.tgt_ns,
@@ -118,6 +118,18 @@ fn several_interfaces_are_counted_apart() {
     assert_eq!(packets(&m, &a, "tcp_syn"), 0);
     assert_eq!(packets(&m, &b, "udp"), 0);
     assert_eq!(sample(&m, &format!("detector_xdp_attached{{iface=\"{b}\",mode=\"native\"}}")), 1.0);
+
+    // The second interface goes away, its program with it: the metric says
+    // so within a scan of the host (5 s), and the log once; the first
+    // interface stays attached.
+    ip(&["link", "del", &watch]);
+    let attached = |m: &str, i: &str| sample(m, &format!("detector_xdp_attached{{iface=\"{i}\",mode=\"native\"}}"));
+    let m = c.metrics_until("the deleted interface's program gone", |m| attached(m, &b) == 0.0);
+    assert_eq!(attached(&m, &a), 1.0);
+    let log = c.log_text();
+    assert_eq!(log.matches("the interface is gone").count(), 1, "{log}");
+    // The stop detaches what is left, and is a clean one.
+    assert!(c.stop_with(libc::SIGTERM).success(), "{}", c.log_text());
 }
 
 #[test]
