@@ -58,6 +58,14 @@ fn metrics_show_exactly_what_was_sent_and_pass_promtool() {
     assert_eq!(sample(&m2, &format!("detector_xdp_attached{{iface=\"{iface}\",mode=\"native\"}}")), 1.0);
     assert!(sample(&m2, "detector_poll_duration_seconds_count") > 0.0);
     assert!(m2.contains("detector_build_info{version="));
+    // Counters that have not moved are there at zero from the start.
+    for series in [
+        format!("detector_poll_errors_total{{iface=\"{iface}\"}} 0"),
+        format!("detector_source_map_pruned_total{{iface=\"{iface}\"}} 0"),
+        "detector_incidents_total{family=\"syn_flood\",severity=\"critical\"} 0".to_string(),
+    ] {
+        assert!(m2.lines().any(|l| l == series), "no `{series}` in\n{m2}");
+    }
 
     let (ok, said) = common::promtool_check(&m2);
     assert!(ok, "promtool check metrics failed:\n{said}\n{m2}");

@@ -449,6 +449,15 @@ impl Metrics {
         let build = Family::<BuildLabels, Gauge>::default();
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").to_string() }).set(1);
         registry.register("detector_build_info", "Build information; always 1", build);
+        // Every family and severity from the start at zero, so the first
+        // incident is an increase (`increase()` of a series that appears
+        // at 1 sees none).
+        for f in AttackFamily::ALL {
+            for sev in crate::detect::severity::Severity::ALL {
+                let _ =
+                    m.incidents.get_or_create(&IncidentLabels { family: f.name().into(), severity: sev.name().into() });
+            }
+        }
         m
     }
 }
@@ -457,10 +466,14 @@ impl Metrics {
 /// way wherever it is written.
 impl Metrics {
     /// An interface's program is attached (or adopted): its mode and
-    /// per-source capacity, and every class exported from the start at zero.
+    /// per-source capacity, and every class and its counters of failures
+    /// and pruned sources exported from the start at zero.
     pub fn interface_attached(&self, iface: &str, mode: &str, source_capacity: u32) {
         self.attached.get_or_create(&AttachLabels { iface: iface.into(), mode: mode.into() }).set(1.0);
-        self.source_capacity.get_or_create(&IfaceLabels { iface: iface.into() }).set(source_capacity as i64);
+        let l = IfaceLabels { iface: iface.into() };
+        self.source_capacity.get_or_create(&l).set(source_capacity as i64);
+        let _ = self.poll_errors.get_or_create(&l);
+        let _ = self.sources_pruned.get_or_create(&l);
         for class in TrafficClass::ALL {
             let l = ClassLabels { iface: iface.into(), class: class.name().into() };
             let _ = self.packets.get_or_create(&l);
