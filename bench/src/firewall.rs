@@ -276,15 +276,7 @@ pub(crate) fn sender_cpu() -> usize {
 }
 
 pub(crate) fn pin_to(cpu: usize) -> Result<()> {
-    // SAFETY: plain libc calls on a local set; pid 0 is the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("pinning the flood to CPU {cpu}"));
-        }
-    }
-    Ok(())
+    detector::lab::process::pin_to_cpu(0, cpu).with_context(|| format!("pinning the flood to CPU {cpu}"))
 }
 
 /// Softirq time of all CPUs so far, from /proc/stat.

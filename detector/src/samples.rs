@@ -1,8 +1,6 @@
 //! What the sampled headers say: destination ports per class, reflector
 //! services, and new connections to web ports. Pure.
 
-use foldhash::{HashMap, HashMapExt};
-
 use std::{mem::size_of, time::Duration};
 
 use detector_common::{
@@ -10,6 +8,7 @@ use detector_common::{
     sample::{PacketSample, SampleRecord, SAMPLES_RING_BYTES},
     TrafficClass, CLASS_COUNT,
 };
+use foldhash::{HashMap, HashMapExt};
 
 use crate::detect::incident::TopPort;
 

@@ -340,7 +340,6 @@ impl Poller {
         }
     }
 
-    /// Allowlists addresses the host gained since the start.
     /// Each interface still there, under the index its program was
     /// attached to: a deleted interface takes its XDP program with it, and
     /// one recreated under the same name has none. Its maps still read
@@ -370,6 +369,7 @@ impl Poller {
         }
     }
 
+    /// Allowlists addresses the host gained since the start.
     fn refresh_host_allowlist(&self) {
         let found = host::own_prefixes();
         let mut m = self.mitigator.lock().unwrap_or_else(|p| p.into_inner());

@@ -107,20 +107,7 @@ impl Hping3 {
     /// CPU the scheduler gave the generator that time.
     pub fn pin_to_cpu(&self, cpu: usize) -> Result<(), Hping3Error> {
         let pid = self.pid().ok_or_else(|| Hping3Error::Pin { cpu, source: std::io::Error::other("not running") })?;
-        // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes
-        // within it (cpu is checked against its size); the call reads it.
-        let ret = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
-                return Err(Hping3Error::Pin { cpu, source: std::io::Error::from_raw_os_error(libc::EINVAL) });
-            }
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(pid as libc::pid_t, std::mem::size_of::<libc::cpu_set_t>(), &set)
-        };
-        if ret != 0 {
-            return Err(Hping3Error::Pin { cpu, source: std::io::Error::last_os_error() });
-        }
-        Ok(())
+        super::process::pin_to_cpu(pid, cpu).map_err(|source| Hping3Error::Pin { cpu, source })
     }
 
     /// Stops it with SIGINT and returns its statistics. One that had

@@ -195,6 +195,27 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Pins a process or thread to one CPU: `pid` 0 is the calling thread.
+/// For the lab's generators: a veth delivers a frame on the CPU that sent
+/// it, so where the sender runs decides where the receiver's XDP program
+/// and softirq run.
+pub fn pin_to_cpu(pid: u32, cpu: usize) -> std::io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes within
+    // it (cpu is checked against its size); the call reads it.
+    let ret = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(pid as libc::pid_t, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if ret != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `Err` with the command's stderr when it did not exit 0.
 pub fn check(what: &str, out: &Output) -> Result<(), ProcessError> {
     if out.status.success() {
@@ -362,4 +383,29 @@ pub(super) fn stop_child(child: &mut Child, sig: i32, grace: Duration) -> Option
     let _ = child.kill();
     let _ = child.wait();
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_to_cpu_pins_the_calling_thread_and_refuses_a_cpu_out_of_range() {
+        std::thread::spawn(|| {
+            pin_to_cpu(0, 0).unwrap();
+            // SAFETY: a zeroed cpu_set_t is a valid empty set, filled by the kernel.
+            let set = unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);
+                set
+            };
+            let on: Vec<usize> =
+                (0..libc::CPU_SETSIZE as usize).filter(|c| unsafe { libc::CPU_ISSET(*c, &set) }).collect();
+            assert_eq!(on, vec![0]);
+            let e = pin_to_cpu(0, libc::CPU_SETSIZE as usize).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        })
+        .join()
+        .unwrap();
+    }
 }
