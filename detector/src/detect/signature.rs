@@ -15,11 +15,18 @@
 //! 0. **The interface's ordinary traffic goes on during an attack** and is
 //!    sampled with it. A (class, destination port) or (class, source port)
 //!    pair that carries at least [`BACKGROUND_SHARE`] of the peacetime
-//!    samples but less than [`DOMINANT_SHARE`] of the attack's is that
-//!    background: its samples are set aside before the rest (a DNS
+//!    samples is that background when the attack's samples carry less than
+//!    [`DOMINANT_SHARE`] of it, or less than [`DILUTED_SHARE`] of its
+//!    peacetime share: its samples are set aside before the rest (a DNS
 //!    server's 1% of queries amid a flood on a game port must not add port
-//!    53 to the flood's signature, and its collateral to the rule). A pair
-//!    the attack carries more of is the attack, however ordinary.
+//!    53 to the flood's signature, and its collateral to the rule). The
+//!    second test is the one that holds whatever the flood's rate: a
+//!    service going on at its usual rate keeps its packets while the flood
+//!    multiplies the total, so its share falls by the flood's factor (a
+//!    1,000 pps service that was all of the peacetime is 5% of a 20,000
+//!    pps flood, and more than that in the first polls, whose samples are
+//!    taken before the sampling rate falls). A pair the attack carries
+//!    more of is the attack, however ordinary.
 //! 1. **Classes**: of the incident's classes, the fewest (busiest first)
 //!    that carry [`FIELD_COVERAGE`] of the attack's samples; the rest is
 //!    other traffic of the same families.
@@ -83,8 +90,13 @@ pub const MAX_PORT_SPANS: usize = 4;
 /// when the rest is spread.
 pub const DOMINANT_SHARE: f64 = 0.05;
 /// A (class, port) pair with this share of the peacetime samples is
-/// ordinary traffic, unless the attack carries [`DOMINANT_SHARE`] of it.
+/// ordinary traffic, unless the attack carries [`DOMINANT_SHARE`] of it
+/// and at least [`DILUTED_SHARE`] of its peacetime share.
 pub const BACKGROUND_SHARE: f64 = 0.01;
+/// An ordinary (class, port) pair whose share of the attack's samples fell
+/// below this fraction of its peacetime share was diluted by the flood, not
+/// part of it: the traffic it carries did not grow with the attack.
+pub const DILUTED_SHARE: f64 = 0.25;
 /// Values (ports, lengths, TTLs) are a spread, whose extremes sampling
 /// misses, from this many distinct ones on.
 const SPREAD_VALUES: usize = 32;
@@ -293,8 +305,9 @@ fn without_background(attack: Vec<PacketSample>, peacetime: &[PacketSample]) -> 
     let (calm, hot) = (count(peacetime), count(&attack));
     let (nc, nh) = (peacetime.len() as f64, attack.len() as f64);
     let background = |k: &(u8, u8, u16)| {
-        calm.get(k).is_some_and(|&c| c as f64 >= BACKGROUND_SHARE * nc)
-            && hot.get(k).is_some_and(|&h| (h as f64) < DOMINANT_SHARE * nh)
+        let (Some(&c), Some(&h)) = (calm.get(k), hot.get(k)) else { return false };
+        let (calm_share, hot_share) = (c as f64 / nc, h as f64 / nh);
+        calm_share >= BACKGROUND_SHARE && (hot_share < DOMINANT_SHARE || hot_share < DILUTED_SHARE * calm_share)
     };
     attack.into_iter().filter(|s| !pairs(s).iter().any(background)).collect()
 }
@@ -864,6 +877,36 @@ mod background_tests {
         let sig = derive(&flood, &calm, &[TrafficClass::Udp]).unwrap();
         assert_eq!(sig.dst_ports, vec![Span::one(5353)]);
         assert!(sig.collateral > 0.9, "its rule would cut the service off: {sig:?}");
+    }
+
+    /// A smaller flood, or its first polls: the service's packets are more
+    /// than `DOMINANT_SHARE` of the attack's samples, but a fraction of
+    /// their peacetime share. Still the background (the signature once
+    /// took port 5353 in at an incident's opening, and its rule would have
+    /// cut off all the peacetime traffic).
+    #[test]
+    fn the_background_is_told_by_its_fall_in_share_too() {
+        let dst = mapped(&"192.0.2.2".parse().unwrap());
+        let mut calm: Vec<PacketSample> = (0..500).map(|i| udp(dst, 40000 + i, 5353, 60)).collect();
+        calm.extend((0..5).map(|_| udp(dst, 27005, 27015, 106)));
+        for bg in [60u16, 100, 240] {
+            let mut attack: Vec<PacketSample> =
+                (0..1800).map(|i| udp(dst, 1024 + (i * 7 % 60000) as u16, 27015, 142)).collect();
+            attack.extend((0..bg).map(|i| udp(dst, 41000 + i, 5353, 60)));
+            let sig = derive(&attack, &calm, &[TrafficClass::Udp]).unwrap();
+            assert_eq!(sig.dst_ports, vec![Span::one(27015)], "{bg} background samples: {sig}");
+            assert_eq!(sig.collateral, 0.0, "{bg} background samples: {sig}");
+        }
+        // A second vector on an ordinary port, a third of the attack: it
+        // grew with the attack (a third, against its peacetime share of
+        // nearly all), so it stays the attack's.
+        let mut attack: Vec<PacketSample> =
+            (0..1200).map(|i| udp(dst, 1024 + (i * 7 % 60000) as u16, 27015, 142)).collect();
+        attack.extend((0..600).map(|i| udp(dst, 1024 + (i * 11 % 60000) as u16, 5353, 142)));
+        let sig = derive(&attack, &calm, &[TrafficClass::Udp]).unwrap();
+        assert_eq!(sig.dst_ports, vec![Span::one(5353), Span::one(27015)], "{sig}");
+        assert_eq!(sig.length, Some(Span::one(142)), "{sig}");
+        assert_eq!(sig.collateral, 0.0, "the flood's length spares the service: {sig}");
     }
 }
 
