@@ -13,11 +13,12 @@
 //! - **CPU per forwarded packet** under a sustained flood forwarded by the
 //!   router: each detector's process CPU (utime + stime of every thread,
 //!   and of waited-for children: FastNetMon's notify script) from
-//!   `/proc/PID/stat`, plus its kernel-side per-packet work: the XDP
-//!   program's own run time (the kernel's BPF statistics) for the detector,
-//!   the softirq time over plain forwarding (no detector, same flood) for
-//!   FastNetMon's AF_PACKET copy into its ring. Divided by the router's
-//!   forwarded datagrams (`Ip: ForwDatagrams`).
+//!   `/proc/PID/stat`, plus its kernel-side per-packet work, sampled for
+//!   both the same way by `perf` (see [`crate::profile`]): the detector's
+//!   XDP program and egress classifier, FastNetMon's AF_PACKET delivery
+//!   into its ring. The kernel's BPF statistics time the detector's
+//!   programs too, as a check. Divided by the router's forwarded datagrams
+//!   (`Ip: ForwDatagrams`).
 //!
 //! FastNetMon runs in the router's namespace with its own configuration,
 //! log, networks list and notify script in the lab's directory, no PID file
@@ -48,7 +49,7 @@ use detector::{
 };
 use serde_json::Value;
 
-use crate::firewall::softirq_ns;
+use crate::profile::{self, Matcher, Recording};
 
 /// The per-host floor both detectors get: the detector's host group floor
 /// for `udp_flood`, FastNetMon's `threshold_pps` with `ban_for_pps`.
@@ -85,7 +86,8 @@ pub enum Who {
     /// (detection trials only).
     DetectorNoHold,
     FastNetMon,
-    /// The router forwarding with neither: the softirq baseline.
+    /// The router forwarding with neither: the forwarding rate, and no
+    /// sample in any hook.
     Nothing,
     /// An empty XDP program (`return XDP_PASS`) on the router's outside
     /// interface: what any XDP program costs per packet in this lab (CPU
@@ -137,15 +139,35 @@ pub struct CpuRun {
     pub forwarded: u64,
     /// utime + stime (+ children's) of the detector's process.
     pub process_ns: u64,
-    /// Softirq time of all CPUs during the flood.
-    pub softirq_ns: u64,
     /// Detector only: the XDP program's run time and runs.
     pub xdp_ns: Option<u64>,
     pub xdp_runs: Option<u64>,
     /// Detector only: its egress classifier's run time (on the same
     /// interface: what the router sends back out, the customers' answers).
     pub egress_ns: Option<u64>,
+    /// Sampled CPU time in the same window, per [`HOOKS`] entry (see
+    /// [`crate::profile`]).
+    pub sampled_ns: [u64; HOOKS.len()],
+    /// Every sample perf took in the window.
+    pub perf_samples: u64,
 }
+
+/// The kernel-side hooks whose CPU time is sampled in every CPU run: where
+/// each setup works per packet outside its process.
+pub const HOOKS: [(&str, Matcher); 4] = [
+    ("the detector's XDP program", |c| profile::in_bpf_prog(c, "detector")),
+    ("the detector's egress classifier", |c| profile::in_bpf_prog(c, detector_common::known::EGRESS_PROGRAM)),
+    ("the empty XDP program", |c| profile::in_bpf_prog(c, detector_common::flood::PASS_PROGRAM)),
+    // FastNetMon's sockets are in a fanout group: the receive path hands
+    // the frame to `packet_rcv_fanout`, which copies it into the chosen
+    // socket's ring in `tpacket_rcv`.
+    ("AF_PACKET delivery of received frames", profile::in_af_packet_receive),
+];
+/// Indexes into [`HOOKS`].
+pub const HOOK_XDP: usize = 0;
+pub const HOOK_EGRESS: usize = 1;
+pub const HOOK_EMPTY: usize = 2;
+pub const HOOK_AF_PACKET: usize = 3;
 
 pub struct Figures {
     pub fastnetmon_version: String,
@@ -177,10 +199,12 @@ impl Figures {
             t.sent += r.sent;
             t.forwarded += r.forwarded;
             t.process_ns += r.process_ns;
-            t.softirq_ns += r.softirq_ns;
             t.xdp_ns += r.xdp_ns.unwrap_or(0);
             t.xdp_runs += r.xdp_runs.unwrap_or(0);
             t.egress_ns += r.egress_ns.unwrap_or(0);
+            for (a, b) in t.sampled_ns.iter_mut().zip(r.sampled_ns) {
+                *a += b;
+            }
         }
         Some(t)
     }
@@ -192,10 +216,10 @@ pub struct CpuTotal {
     pub sent: u64,
     pub forwarded: u64,
     pub process_ns: u64,
-    pub softirq_ns: u64,
     pub xdp_ns: u64,
     pub xdp_runs: u64,
     pub egress_ns: u64,
+    pub sampled_ns: [u64; HOOKS.len()],
 }
 
 impl CpuTotal {
@@ -205,14 +229,31 @@ impl CpuTotal {
     pub fn process_per_packet(&self) -> f64 {
         self.per_packet(self.process_ns)
     }
-    pub fn softirq_per_packet(&self) -> f64 {
-        self.per_packet(self.softirq_ns)
-    }
     pub fn xdp_per_packet(&self) -> f64 {
         self.per_packet(self.xdp_ns)
     }
     pub fn egress_per_packet(&self) -> f64 {
         self.per_packet(self.egress_ns)
+    }
+    /// Sampled CPU time in hook `i` ([`HOOKS`]) per forwarded packet.
+    pub fn sampled_per_packet(&self, i: usize) -> f64 {
+        self.per_packet(self.sampled_ns[i])
+    }
+    /// What the setup spends per forwarded packet, all sampled but its
+    /// process: the detector's process and programs, FastNetMon's process
+    /// and AF_PACKET delivery, the empty program alone. None for plain
+    /// forwarding.
+    pub fn cost_per_packet(&self, who: Who) -> Option<f64> {
+        Some(match who {
+            Who::Detector | Who::DetectorNoHold => {
+                self.process_per_packet()
+                    + self.sampled_per_packet(HOOK_XDP)
+                    + self.sampled_per_packet(HOOK_EGRESS)
+            }
+            Who::FastNetMon => self.process_per_packet() + self.sampled_per_packet(HOOK_AF_PACKET),
+            Who::EmptyXdp => self.sampled_per_packet(HOOK_EMPTY),
+            Who::Nothing => return None,
+        })
     }
     pub fn forwarded_pps(&self) -> f64 {
         self.forwarded as f64 / self.seconds.max(1e-9)
@@ -274,15 +315,25 @@ pub fn run(trials: usize, cpu_seconds: u64, rounds: usize) -> Result<Figures> {
                 let r = cpu_run(&bin, &fnm, who, gap, Duration::from_secs(cpu_seconds))
                     .with_context(|| format!("{} CPU run, hping3 {gap}, round {}", who.label(), round + 1))?;
                 eprintln!(
-                    "bench:   cpu {gap:<5} {:<30} {:>8.0} pps forwarded, process {:>6.0} ns/pkt, softirq {:>6.0} ns/pkt{}",
+                    "bench:   cpu {gap:<5} {:<30} {:>8.0} pps forwarded, process {:>6.0} ns/pkt{}",
                     who.label(),
                     r.forwarded as f64 / r.seconds,
                     r.process_ns as f64 / r.forwarded.max(1) as f64,
-                    r.softirq_ns as f64 / r.forwarded.max(1) as f64,
                     r.xdp_ns.map(|x| format!(", XDP {:.0} ns/pkt", x as f64 / r.forwarded.max(1) as f64)).unwrap_or_default()
                         + &r.egress_ns
                             .map(|x| format!(", egress {:.0} ns/pkt", x as f64 / r.forwarded.max(1) as f64))
                             .unwrap_or_default()
+                        + &format!(
+                            "; {} perf samples; sampled ns/pkt: {}",
+                            r.perf_samples,
+                            HOOKS
+                                .iter()
+                                .zip(r.sampled_ns)
+                                .filter(|(_, ns)| *ns > 0)
+                                .map(|((what, _), ns)| format!("{what} {:.0}", ns as f64 / r.forwarded.max(1) as f64))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
                 );
                 cpu.push(r);
             }
@@ -808,22 +859,26 @@ fn cpu_run(bin: &Path, fnm: &Path, who: Who, gap: &'static str, duration: Durati
         };
         let flood = Hping3::start(&lab.inet_ns, &flood_args(gap))?;
         flood.pin_to_cpu(GENERATOR_CPU)?;
+        // Set up while the flood settles: its own start takes a moment.
+        let recording = Recording::start(&lab.dir)?;
         // Past the start (and the detector's incident opening) before counting.
         std::thread::sleep(SETTLE);
         let pid = running.pid();
+        let from_ns = profile::now_ns();
         let cpu0 = pid.map(process_cpu_ns).transpose()?.unwrap_or(0);
-        let soft0 = softirq_ns()?;
         let fwd0 = forwarded(&lab)?;
         let xdp0 = prog.map(prog_stats).transpose()?;
         let egress0 = egress.map(prog_stats).transpose()?;
         let t0 = Instant::now();
         std::thread::sleep(duration);
         let cpu1 = pid.map(process_cpu_ns).transpose()?.unwrap_or(0);
-        let soft1 = softirq_ns()?;
         let fwd1 = forwarded(&lab)?;
         let xdp1 = prog.map(prog_stats).transpose()?;
         let egress1 = egress.map(prog_stats).transpose()?;
         let seconds = t0.elapsed().as_secs_f64();
+        let to_ns = profile::now_ns();
+        let matchers: Vec<Matcher> = HOOKS.iter().map(|h| h.1).collect();
+        let sampled = recording.stop(from_ns, to_ns, &matchers)?;
         let report: Hping3Report = flood.stop()?;
         let (xdp_ns, xdp_runs) = match (xdp0, xdp1) {
             (Some(a), Some(b)) => (Some(b.0 - a.0), Some(b.1 - a.1)),
@@ -836,10 +891,11 @@ fn cpu_run(bin: &Path, fnm: &Path, who: Who, gap: &'static str, duration: Durati
             sent: report.sent,
             forwarded: fwd1 - fwd0,
             process_ns: cpu1 - cpu0,
-            softirq_ns: soft1 - soft0,
             xdp_ns,
             xdp_runs,
             egress_ns: egress0.zip(egress1).map(|(a, b)| b.0 - a.0),
+            sampled_ns: std::array::from_fn(|i| sampled.ns(i)),
+            perf_samples: sampled.samples,
         })
     })();
     let stopped = running.stop(&lab);

@@ -9,6 +9,7 @@ mod fastnetmon;
 mod firewall;
 mod frames;
 mod live;
+mod profile;
 mod reaction;
 mod report;
 mod rulepaths;
@@ -53,6 +54,8 @@ enum Part {
     /// Side by side with FastNetMon Community: detection time and CPU per
     /// forwarded packet, in the router lab.
     Fastnetmon,
+    /// Its CPU runs only (no detection trials).
+    FastnetmonCpu,
     /// Upstream mitigation over BGP: from a flood's first frame to the
     /// FlowSpec rule and the blackhole in BIRD, and from the resolution to
     /// their withdrawal.
@@ -91,6 +94,12 @@ fn main() -> Result<()> {
         }
         Some(Part::Fastnetmon) => {
             println!("{}", report::fastnetmon_section(&fastnetmon_part(args.quick)?));
+            return Ok(());
+        }
+        Some(Part::FastnetmonCpu) => {
+            let (_, cpu_seconds, rounds) = fastnetmon_sizes(args.quick);
+            let f = fastnetmon::run(0, cpu_seconds, rounds)?;
+            println!("{}", report::fastnetmon_cpu_section(&f));
             return Ok(());
         }
         Some(Part::Bgp) => {
@@ -160,8 +169,17 @@ fn syn_cookies_part(total: Duration) -> Result<synflood::SynComparison> {
     synflood::compare(total)
 }
 
+/// Detection trials, seconds per CPU run, CPU rounds.
+fn fastnetmon_sizes(quick: bool) -> (usize, u64, usize) {
+    if quick {
+        (3, 3, 1)
+    } else {
+        (10, 10, 2)
+    }
+}
+
 fn fastnetmon_part(quick: bool) -> Result<fastnetmon::Figures> {
-    let (trials, cpu_seconds, rounds) = if quick { (3, 3, 1) } else { (10, 10, 2) };
+    let (trials, cpu_seconds, rounds) = fastnetmon_sizes(quick);
     eprintln!(
         "bench: side by side with FastNetMon: {trials} detection trials each, {rounds} CPU rounds of {cpu_seconds} s"
     );

@@ -785,7 +785,7 @@ pub fn targets_section(f: &crate::targets::Figures) -> String {
 /// "Side by side with FastNetMon Community": detection time and CPU per
 /// forwarded packet, each detector alone in the router lab.
 pub fn fastnetmon_section(f: &fastnetmon::Figures) -> String {
-    use fastnetmon::{Who, CPU_GAPS, DETECT_GAP, FLOOR_PPS, FNM_PERIOD_MS, HOLD_MS, INTERVAL_MS, TARGET};
+    use fastnetmon::{Who, DETECT_GAP, FLOOR_PPS, FNM_PERIOD_MS, HOLD_MS, INTERVAL_MS, TARGET};
     let mut s = String::new();
     let n = f.detect(Who::Detector).len();
     let _ = writeln!(s, "## Side by side with FastNetMon Community\n");
@@ -837,45 +837,57 @@ pub fn fastnetmon_section(f: &fastnetmon::Figures) -> String {
         }
     }
     let _ = writeln!(s);
+    s.push_str(&fastnetmon_cpu_section(f));
+    s
+}
 
+/// The side by side's CPU per forwarded packet.
+pub fn fastnetmon_cpu_section(f: &fastnetmon::Figures) -> String {
+    use fastnetmon::{Who, CPU_GAPS, HOOKS, HOOK_AF_PACKET, HOOK_EGRESS, HOOK_EMPTY, HOOK_XDP};
+    let mut s = String::new();
     let _ = writeln!(
         s,
-        "**CPU per forwarded packet**: the same flood, sustained and forwarded by the router to the customers, once with each detector alone and once with neither (plain forwarding), each in a fresh lab; counted over {} s once the flood has run a second (the detector's incident is open and FastNetMon's ban made by then), summed over the rounds. Process CPU: utime + stime of every thread of the detector's process, and of its waited-for children (FastNetMon's notify script), from `/proc/PID/stat`. The detector's XDP program runs in the kernel's receive path, and its egress classifier in the send path of the same interface (what the router sends back out: the customers' ICMP answers), not in its process: their own run time comes from the kernel's BPF statistics (`run_time_ns`, on only during the detector's runs). FastNetMon's AF_PACKET capture copies every frame into its ring in the softirq that receives it: that cost is the softirq time of all CPUs (`/proc/stat`) over the plain-forwarding run's, per packet (tick-sampled, so a noisy difference; the detector's is shown too). Divided by the router's forwarded datagrams (`Ip: ForwDatagrams`, the customers' ICMP answers included). hping3 is pinned to CPU {gen_cpu} in every run (a veth delivers a frame on the CPU that sent it, so every setup receives on that same CPU). The cost per packet: the detector's process plus its programs' run time; FastNetMon's process plus its softirq over plain forwarding (none if negative). A fourth setup, an empty XDP program (`return XDP_PASS`) on the same interface, gives the floor any XDP program pays here (its run time by the same statistics, with their own clock reads).\n",
+        "**CPU per forwarded packet**: the same flood, sustained and forwarded by the router to the customers, once with each detector alone, once with an empty XDP program and once with neither (plain forwarding), each in a fresh lab; counted over {} s once the flood has run a second (the detector's incident is open and FastNetMon's ban made by then), summed over the rounds, divided by the router's forwarded datagrams in the same window (`Ip: ForwDatagrams`, the customers' ICMP answers included). hping3 is pinned to CPU {gen_cpu} in every run (a veth delivers a frame on the CPU that sent it, so every setup receives on that same CPU).\n\n\
+**Process**: utime + stime of every thread of the detector's process, and of its waited-for children (FastNetMon's notify script), from `/proc/PID/stat`. **In the kernel**, each detector's per-packet work outside its process runs in the softirq that receives the packet: the detector's XDP program (and its egress classifier on the same interface, for what the router sends back out), FastNetMon's AF_PACKET delivery of each received frame (`packet_rcv_fanout`, which copies it into one of its sockets' rings in `tpacket_rcv`). Both are measured the same way: `perf record -e cpu-clock -c {period} -a -g -k mono`, a sample every {period_us} µs of each busy CPU's time, every CPU, in the same window; a sample counts for a hook when the hook is anywhere in its call chain (its own time and what it calls: map helpers, the ring copy). AF_PACKET samples count when the delivery was called from the receive path, not from the transmit tap (`dev_queue_xmit_nit`), where hping3's own packet socket sees every frame it sends, in every setup: plain forwarding reads 0 there. The kernel's own BPF statistics (`run_time_ns`) time the detector's programs too and are shown beside them as a check; they include two clock reads around each run, which cost far more than an empty program on this host (compare the empty program's two figures). The softirq time of `/proc/stat`, which earlier runs used for FastNetMon, is charged a tick at a time on this kernel, and its difference to plain forwarding was noise. The cost per packet: the process plus the sampled hooks.\n",
         f.cpu_seconds,
         gen_cpu = fastnetmon::GENERATOR_CPU,
+        period = crate::profile::PERIOD_NS,
+        period_us = crate::profile::PERIOD_NS / 1000,
     );
     let _ = writeln!(
         s,
-        "| flood | setup | forwarded pps | process ns/pkt | XDP ns/pkt | egress ns/pkt | softirq ns/pkt | softirq over plain forwarding | **CPU ns per forwarded packet** |"
+        "| flood | setup | forwarded pps | process ns/pkt | in the kernel, sampled ns/pkt | XDP run time, BPF statistics ns/pkt | **CPU ns per forwarded packet** |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---|---:|---:|");
     let mut verdicts = Vec::new();
     for gap in CPU_GAPS {
         let flood = if gap == "flood" { "hping3 `--flood`".to_string() } else { format!("hping3 `-i {gap}`") };
-        let base = f.cpu_total(Who::Nothing, gap);
-        let over = |t: &fastnetmon::CpuTotal| base.map(|b| t.softirq_per_packet() - b.softirq_per_packet());
         let mut totals = (None, None);
         let mut floor = None;
         for who in fastnetmon::CPU_SETUPS {
             let Some(t) = f.cpu_total(who, gap) else { continue };
-            let extra = if who == Who::Nothing { None } else { over(&t) };
-            let total = match who {
-                Who::Detector | Who::DetectorNoHold => {
-                    Some(t.process_per_packet() + t.xdp_per_packet() + t.egress_per_packet())
-                }
-                Who::EmptyXdp => Some(t.xdp_per_packet()),
-                Who::FastNetMon => Some(t.process_per_packet() + extra.unwrap_or(0.0).max(0.0)),
-                Who::Nothing => None,
-            };
+            let total = t.cost_per_packet(who);
             match who {
                 Who::Detector | Who::DetectorNoHold => totals.0 = total,
                 Who::FastNetMon => totals.1 = total,
                 Who::EmptyXdp => floor = total,
                 Who::Nothing => {}
             }
+            let hooks: &[usize] = match who {
+                Who::Detector | Who::DetectorNoHold => &[HOOK_XDP, HOOK_EGRESS],
+                Who::FastNetMon => &[HOOK_AF_PACKET],
+                Who::EmptyXdp => &[HOOK_EMPTY],
+                // Plain forwarding: nothing should be there.
+                Who::Nothing => &[HOOK_AF_PACKET, HOOK_XDP],
+            };
+            let sampled = hooks
+                .iter()
+                .map(|&i| format!("{} {:.0}", HOOKS[i].0, t.sampled_per_packet(i)))
+                .collect::<Vec<_>>()
+                .join("; ");
             let _ = writeln!(
                 s,
-                "| {flood} | {} | {:.0} | {} | {} | {} | {:.0} | {} | {} |",
+                "| {flood} | {} | {:.0} | {} | {sampled} | {} | {} |",
                 who.label(),
                 t.forwarded_pps(),
                 if matches!(who, Who::Nothing | Who::EmptyXdp) {
@@ -884,13 +896,16 @@ pub fn fastnetmon_section(f: &fastnetmon::Figures) -> String {
                     format!("{:.0}", t.process_per_packet())
                 },
                 if matches!(who, Who::Detector | Who::EmptyXdp) {
-                    format!("{:.0} ({:.0} per run)", t.xdp_per_packet(), t.xdp_ns as f64 / t.xdp_runs.max(1) as f64)
+                    let egress =
+                        if who == Who::Detector { format!(", egress {:.0}", t.egress_per_packet()) } else { String::new() };
+                    format!(
+                        "{:.0} ({:.0} per run){egress}",
+                        t.xdp_per_packet(),
+                        t.xdp_ns as f64 / t.xdp_runs.max(1) as f64
+                    )
                 } else {
                     "—".into()
                 },
-                if who == Who::Detector { format!("{:.0}", t.egress_per_packet()) } else { "—".into() },
-                t.softirq_per_packet(),
-                extra.map(|e| format!("{e:+.0}")).unwrap_or_else(|| "—".into()),
                 total.map(|t| format!("**{t:.0}**")).unwrap_or_else(|| "—".into()),
             );
         }

@@ -76,7 +76,8 @@ enum Cmd {
         #[arg(long)]
         no_write: bool,
         /// Run only this part and print it (never written to BENCHMARKS.md,
-        /// which holds the whole report): `firewall`, `rules`, `reaction`, `live` or `syncookies`.
+        /// which holds the whole report): `rules`, `targets`, `live`, `reaction`, `firewall`,
+        /// `syncookies`, `fastnetmon`, `fastnetmon-cpu` (its CPU runs alone) or `bgp`.
         #[arg(long, value_name = "PART")]
         only: Option<String>,
     },

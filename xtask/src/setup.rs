@@ -255,8 +255,9 @@ fn config_has_bgp(args: &[String]) -> bool {
 /// What the bench needs: `ip` for the lab, and for the firewall comparison
 /// the droppers XDP is measured against (`iptables`, `nft`) and `ethtool`,
 /// which turns GRO on so the target's veth runs NAPI without XDP; for the
-/// side-by-side with FastNetMon Community, `fastnetmon` itself and `hping3`
-/// for the floods; for upstream mitigation over BGP, GoBGP (`gobgpd`, the
+/// side-by-side with FastNetMon Community, `fastnetmon` itself, `hping3`
+/// for the floods and `perf`, which samples both detectors' CPU time in the
+/// kernel the same way; for upstream mitigation over BGP, GoBGP (`gobgpd`, the
 /// detector's speaker) and BIRD 2 (`bird`, `birdc`, the upstream router).
 pub fn bench_tools() -> Result<()> {
     let mut missing = Vec::new();
@@ -267,6 +268,7 @@ pub fn bench_tools() -> Result<()> {
         ("ethtool", "ethtool"),
         ("hping3", "hping3"),
         ("fastnetmon", "fastnetmon"),
+        ("perf", "linux-perf"),
         ("gobgpd", "gobgpd"),
         ("bird", "bird2"),
         ("birdc", "bird2"),
