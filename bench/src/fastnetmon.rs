@@ -246,9 +246,7 @@ impl CpuTotal {
     pub fn cost_per_packet(&self, who: Who) -> Option<f64> {
         Some(match who {
             Who::Detector | Who::DetectorNoHold => {
-                self.process_per_packet()
-                    + self.sampled_per_packet(HOOK_XDP)
-                    + self.sampled_per_packet(HOOK_EGRESS)
+                self.process_per_packet() + self.sampled_per_packet(HOOK_XDP) + self.sampled_per_packet(HOOK_EGRESS)
             }
             Who::FastNetMon => self.process_per_packet() + self.sampled_per_packet(HOOK_AF_PACKET),
             Who::EmptyXdp => self.sampled_per_packet(HOOK_EMPTY),
@@ -319,7 +317,9 @@ pub fn run(trials: usize, cpu_seconds: u64, rounds: usize) -> Result<Figures> {
                     who.label(),
                     r.forwarded as f64 / r.seconds,
                     r.process_ns as f64 / r.forwarded.max(1) as f64,
-                    r.xdp_ns.map(|x| format!(", XDP {:.0} ns/pkt", x as f64 / r.forwarded.max(1) as f64)).unwrap_or_default()
+                    r.xdp_ns
+                        .map(|x| format!(", XDP {:.0} ns/pkt", x as f64 / r.forwarded.max(1) as f64))
+                        .unwrap_or_default()
                         + &r.egress_ns
                             .map(|x| format!(", egress {:.0} ns/pkt", x as f64 / r.forwarded.max(1) as f64))
                             .unwrap_or_default()

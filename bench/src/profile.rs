@@ -51,8 +51,9 @@ impl Recording {
     /// Starts recording into `dir/perf.data`; waits until perf has set up
     /// (it writes the file's header first), so what follows is sampled.
     pub fn start(dir: &Path) -> Result<Recording> {
-        let perf = detector::lab::find_program("perf")
-            .ok_or_else(|| anyhow!("perf is not installed (`cargo xtask bench` installs it: Debian package linux-perf)"))?;
+        let perf = detector::lab::find_program("perf").ok_or_else(|| {
+            anyhow!("perf is not installed (`cargo xtask bench` installs it: Debian package linux-perf)")
+        })?;
         let data = dir.join("perf.data");
         let child = Command::new(perf)
             .args(["record", "-q", "-a", "-g", "-e", "cpu-clock", "-k", "mono", "-c"])

@@ -896,8 +896,11 @@ pub fn fastnetmon_cpu_section(f: &fastnetmon::Figures) -> String {
                     format!("{:.0}", t.process_per_packet())
                 },
                 if matches!(who, Who::Detector | Who::EmptyXdp) {
-                    let egress =
-                        if who == Who::Detector { format!(", egress {:.0}", t.egress_per_packet()) } else { String::new() };
+                    let egress = if who == Who::Detector {
+                        format!(", egress {:.0}", t.egress_per_packet())
+                    } else {
+                        String::new()
+                    };
                     format!(
                         "{:.0} ({:.0} per run){egress}",
                         t.xdp_per_packet(),
