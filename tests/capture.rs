@@ -3,8 +3,9 @@
 //! wrote for an incident, served by its API (fetched with `curl`) and by
 //! `detector incidents ID --pcap FILE`, byte for byte the same.
 //!
-//! The lab: calm traffic first (UDP to port 7777 from the generator's
-//! address), then a UDP flood from hping3 with a fixed source port and
+//! The lab: a burst of ACKs under their floor (which raises the sampling
+//! divisor, and the calm after it must still be sampled whole), calm
+//! traffic (UDP to port 7777 from the generator's address), then a UDP flood from hping3 with a fixed source port and
 //! 400-byte payloads (442-byte frames, cut to the 256-byte snap length),
 //! dropped in XDP by a rule halfway through. The file must hold the calm
 //! packets before the opening, then the flood's packets with the
@@ -163,17 +164,22 @@ fn an_incidents_capture_holds_the_calm_before_then_the_attack_as_sent_and_tshark
         SocketAddr::new(TGT_V4.parse().unwrap(), CALM_PORT),
     )
     .unwrap();
-    // First a thousand packets to another port: each CPU's countdown to
-    // its next sample was drawn at the first divisor (64), and runs out
-    // before the divisor of 1 applies.
-    let warm = UdpClient::bind(
-        &lab.gen_ns,
-        SocketAddr::new(GEN_V4.parse().unwrap(), 17778),
-        SocketAddr::new(TGT_V4.parse().unwrap(), CALM_PORT + 1),
-    )
-    .unwrap();
-    // Under the 3000 pps floor: calm, not an attack.
-    warm.exchange(1000, 2000.0, 20, Duration::ZERO).unwrap();
+    // First a burst of ACKs (under the 100,000 pps ack_flood floor, not
+    // an attack) raises the sampling divisor; each CPU's countdown to its
+    // next sample is drawn at it. Once the divisor is back at 1, the XDP
+    // program cuts those countdowns to its gaps as a poll begins: the calm
+    // exchange is sampled whole from its first packet, on any CPU.
+    let burst =
+        Hping3::start(&lab.gen_ns, &["-A", "--flood", "-p", "9", "-n", TGT_V4]).unwrap_or_else(|e| panic!("{e}"));
+    let divisor = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with("detector_sample_divisor{"))
+            .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    c.metrics_until("the burst to raise the sampling divisor", |m| divisor(m) >= 8.0);
+    drop(burst.stop());
+    c.metrics_until("the sampling divisor back at 1", |m| divisor(m) == 1.0);
     let calm = client.exchange(30, 100.0, 20, Duration::from_millis(300)).unwrap();
     assert_eq!(calm.answered, 30, "{calm:?}");
     let calm_over = now_ms();
@@ -264,10 +270,8 @@ fn an_incidents_capture_holds_the_calm_before_then_the_attack_as_sent_and_tshark
     let late: Vec<&Decoded> = before.iter().filter(|p| p.at_ms > opened as f64).collect();
     assert!(late.is_empty(), "calm packets after the opening at {opened}: {late:?}; timeline {}", inc["timeline"]);
     let calm_seen = before.iter().filter(|p| p.dport == Some(CALM_PORT) && p.src == GEN_V4).count();
-    // Sampled at a divisor of 1: every packet, except on a CPU whose
-    // countdown, drawn at the first divisor, the warm-up did not run down
-    // (the generator's thread may move between CPUs).
-    assert!(calm_seen >= 27, "{calm_seen} of the 30 calm requests are in the capture");
+    // Sampled at a divisor of 1: every packet, on whichever CPU.
+    assert_eq!(calm_seen, 30, "{calm_seen} of the 30 calm requests are in the capture");
     // A poll in which the flood had only begun (under the floor) still
     // counts as calm: its packets may close the calm part, never precede
     // the calm exchange.

@@ -99,6 +99,21 @@ pub fn next_gap(divisor: u32, r: u32) -> u32 {
     }
 }
 
+/// A CPU's countdown to its next sample as a new window begins (once per
+/// poll): one drawn at an earlier, larger divisor is cut to the longest gap
+/// of the current one. After an attack the divisor falls by orders of
+/// magnitude, and a CPU would otherwise let up to twice the attack's
+/// divisor of calm packets pass unsampled (seconds to minutes of a calm
+/// host's traffic) before its next sample. Sampling off: unchanged.
+#[inline(always)]
+pub fn current_countdown(countdown: u32, divisor: u32) -> u32 {
+    if divisor == 0 {
+        countdown
+    } else {
+        countdown.min(2 * divisor.min(1 << 24) - 1)
+    }
+}
+
 /// How often to sample, set by the controller.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -158,5 +173,18 @@ mod tests {
         assert!((63.0..65.0).contains(&mean), "{mean}");
         assert!((0..1000).all(|r| next_gap(1, r) == 1), "one in one is every packet");
         assert_eq!(next_gap(0, 7), 1 << 16);
+    }
+
+    #[test]
+    fn a_stale_countdown_is_cut_to_the_current_divisor() {
+        // Drawn during an attack at 10,000, now calm at 1: the next packet.
+        assert_eq!(current_countdown(next_gap(10_000, 19_999), 1), 1);
+        assert_eq!(current_countdown(17_000, 64), 127);
+        // Within the current divisor's gaps: kept, so the mean holds.
+        assert!((0..1000).all(|r| current_countdown(next_gap(64, r), 64) == next_gap(64, r)));
+        assert_eq!(current_countdown(0, 64), 0);
+        // Sampling off: left alone (the long gap before looking again).
+        assert_eq!(current_countdown(1 << 16, 0), 1 << 16);
+        assert_eq!(current_countdown(5, u32::MAX), 5);
     }
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use detector_common::{
     maps::{ClassStats, SourceKey, SourceStats, DEFAULT_MAX_SOURCES},
-    sample::{next_gap, SampleControl, SampleRecord, SAMPLES_RING_BYTES, SNAPLEN},
+    sample::{current_countdown, next_gap, SampleControl, SampleRecord, SAMPLES_RING_BYTES, SNAPLEN},
     sketch::{self, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS, SKETCH_DEPTH},
     TrafficClass, CLASS_COUNT,
 };
@@ -129,6 +129,14 @@ fn launder(p: Parsed) -> Option<&'static mut Parsed> {
 #[inline(always)]
 fn sample(ctx: &XdpContext, w: *mut Window, start: usize, end: usize, p: &Parsed, len: u64) {
     unsafe {
+        // The first packet of a poll on this CPU (`track_source` then
+        // begins the window): the countdown cut to the current divisor
+        // (see `current_countdown`), before it decides.
+        let epoch = EPOCH.get(0).copied().unwrap_or(0) & EPOCH_MASK;
+        if (*w).epoch != epoch {
+            let divisor = SAMPLE_CONTROL.get(0).map(|c| c.divisor).unwrap_or(0);
+            (*w).sample_countdown = current_countdown((*w).sample_countdown, divisor);
+        }
         if (*w).sample_countdown > 1 {
             (*w).sample_countdown -= 1;
             return;
@@ -180,6 +188,7 @@ fn track_source(w: *mut Window, src: [u8; 16], class: usize, len: u64) {
     let epoch = EPOCH.get(0).copied().unwrap_or(0) & EPOCH_MASK;
     let total = unsafe {
         if (*w).epoch != epoch {
+            // A new window (a poll): `sample` has cut the countdown.
             (*w).epoch = epoch;
             (*w).total = 0;
         }
