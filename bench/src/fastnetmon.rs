@@ -312,28 +312,22 @@ pub fn run(trials: usize, cpu_seconds: u64, rounds: usize) -> Result<Figures> {
             for who in CPU_SETUPS {
                 let r = cpu_run(&bin, &fnm, who, gap, Duration::from_secs(cpu_seconds))
                     .with_context(|| format!("{} CPU run, hping3 {gap}, round {}", who.label(), round + 1))?;
+                let per = |ns: u64| ns as f64 / r.forwarded.max(1) as f64;
+                let sampled: Vec<String> = HOOKS
+                    .iter()
+                    .zip(r.sampled_ns)
+                    .filter(|(_, ns)| *ns > 0)
+                    .map(|((what, _), ns)| format!("{what} {:.0}", per(ns)))
+                    .collect();
                 eprintln!(
-                    "bench:   cpu {gap:<5} {:<30} {:>8.0} pps forwarded, process {:>6.0} ns/pkt{}",
+                    "bench:   cpu {gap:<5} {:<30} {:>8.0} pps forwarded, process {:>6.0} ns/pkt{}{}; {} perf samples; sampled ns/pkt: {}",
                     who.label(),
                     r.forwarded as f64 / r.seconds,
-                    r.process_ns as f64 / r.forwarded.max(1) as f64,
-                    r.xdp_ns
-                        .map(|x| format!(", XDP {:.0} ns/pkt", x as f64 / r.forwarded.max(1) as f64))
-                        .unwrap_or_default()
-                        + &r.egress_ns
-                            .map(|x| format!(", egress {:.0} ns/pkt", x as f64 / r.forwarded.max(1) as f64))
-                            .unwrap_or_default()
-                        + &format!(
-                            "; {} perf samples; sampled ns/pkt: {}",
-                            r.perf_samples,
-                            HOOKS
-                                .iter()
-                                .zip(r.sampled_ns)
-                                .filter(|(_, ns)| *ns > 0)
-                                .map(|((what, _), ns)| format!("{what} {:.0}", ns as f64 / r.forwarded.max(1) as f64))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
+                    per(r.process_ns),
+                    r.xdp_ns.map(|x| format!(", XDP {:.0} ns/pkt", per(x))).unwrap_or_default(),
+                    r.egress_ns.map(|x| format!(", egress {:.0} ns/pkt", per(x))).unwrap_or_default(),
+                    r.perf_samples,
+                    sampled.join(", ")
                 );
                 cpu.push(r);
             }
