@@ -179,7 +179,7 @@ fn one(scenario: Scenario, program: &'static str, seconds: u64) -> Result<LiveRu
             let current = maps.sources()?;
             maps.new_window()?;
             let target = detector::samples::target_per_poll(POLL);
-            let samples = maps.drain_samples(4 * target);
+            let samples = maps.drain_samples(detector::samples::MAX_SAMPLES_FACTOR * target);
             let next = detector::samples::next_divisor(divisor, samples.len(), target);
             if next != divisor {
                 maps.set_sample_divisor(next)?;

@@ -33,6 +33,10 @@ const MIN_PER_POLL: usize = 64;
 /// in the ring (4 MiB) between two polls.
 const MAX_PER_POLL: usize = (SAMPLES_RING_BYTES as usize / (size_of::<SampleRecord>() + 8)) / 4;
 
+/// Samples read from the ring in one poll, at most: this many times the
+/// poll's target (the divisor is adapted on what was read).
+pub const MAX_SAMPLES_FACTOR: usize = 4;
+
 /// Samples wanted from a poll of `interval`.
 pub fn target_per_poll(interval: Duration) -> usize {
     ((TARGET_PER_SECOND as f64 * interval.as_secs_f64()).round() as usize).clamp(MIN_PER_POLL, MAX_PER_POLL)

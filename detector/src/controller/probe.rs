@@ -32,9 +32,6 @@ use crate::{
 
 use super::{RunConfig, RunError};
 
-/// Samples read per interface per poll, at most: this many times the
-/// poll's target.
-const MAX_SAMPLES_FACTOR: usize = 4;
 /// One packet in this many is sampled at the start; the poller adapts it.
 const FIRST_DIVISOR: u32 = 64;
 
@@ -200,7 +197,7 @@ impl Probe {
                 self.targets.groups()?,
             )
         };
-        let mut drained = self.maps.drain_samples(MAX_SAMPLES_FACTOR * self.sample_target);
+        let mut drained = self.maps.drain_samples(samples::MAX_SAMPLES_FACTOR * self.sample_target);
 
         let rates = class_rates(&self.prev, &cur, elapsed);
         metrics.count_classes(self.iface(), &self.prev, &cur);

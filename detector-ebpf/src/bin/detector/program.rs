@@ -131,7 +131,9 @@ fn sample(ctx: &XdpContext, w: *mut Window, start: usize, end: usize, p: &Parsed
     unsafe {
         // The first packet of a poll on this CPU (`track_source` then
         // begins the window): the countdown cut to the current divisor
-        // (see `current_countdown`), before it decides.
+        // (see `current_countdown`), before it decides. The epoch is read
+        // here and again in `track_source`: kept live from here to there,
+        // it pushed the program's stack past the verifier's 512 bytes.
         let epoch = EPOCH.get(0).copied().unwrap_or(0) & EPOCH_MASK;
         if (*w).epoch != epoch {
             let divisor = SAMPLE_CONTROL.get(0).map(|c| c.divisor).unwrap_or(0);
