@@ -49,13 +49,6 @@ use serde_json::Value;
 
 const FLOOD_PORT: &str = "27015";
 
-/// Held by each test for its whole run: two floods through two router labs
-/// at once are more than this file's timings allow for on two cores.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 const CONVERGE: Duration = Duration::from_secs(30);
 
 /// Ends the gobgpd recorded in the state directory, whatever happens
@@ -157,7 +150,7 @@ fn refused(c: &Controller, args: &[&str]) -> String {
 #[test]
 fn the_ladder_announces_upstream_and_survives_crashes() {
     require_root!();
-    let _serial = serial();
+    let _serial = common::serial();
     let t_all = Instant::now();
     assert!(Path::new(&detector_bin()).exists());
     let lab = RouterLab::new().unwrap_or_else(|e| panic!("{e}"));
@@ -332,7 +325,7 @@ fn session(c: &Controller, neighbor: &str) -> String {
 #[test]
 fn a_blackhole_drops_the_flood_at_the_upstream() {
     require_root!();
-    let _serial = serial();
+    let _serial = common::serial();
     let lab = RouterLab::new().unwrap_or_else(|e| panic!("{e}"));
     let transit = Transit::attach(&lab).unwrap_or_else(|e| panic!("{e}"));
     let upstream = Upstream {

@@ -41,15 +41,6 @@ const CONVERGE: Duration = Duration::from_secs(30);
 const API_PORT: u16 = 50071;
 const FLOOD_PORT: &str = "27015";
 
-/// One test at a time: each runs a router lab, BIRD and gobgpd on a
-/// shared machine, and `detector detach` sweeps the pins of vanished
-/// interfaces in every namespace.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Ends the gobgpd recorded in the state directory, whatever happens
 /// (it outlives the controller by design).
 struct EndGobgpd(PathBuf);
@@ -174,7 +165,7 @@ fn established(c: &Controller) -> Result<(), String> {
 #[test]
 fn an_unreadable_bgp_json_never_withdraws_the_blackhole_in_force() {
     require_root!();
-    let _serial = serial();
+    let _serial = common::serial();
     let t_all = Instant::now();
     let s = Setup::new(false, &[]);
     let target = SERVERS_V4[0];
@@ -296,7 +287,7 @@ fn nothing_in_bird(s: &Setup) -> Result<(), String> {
 #[test]
 fn dry_run_records_what_it_would_announce_and_sends_nothing() {
     require_root!();
-    let _serial = serial();
+    let _serial = common::serial();
     let t_all = Instant::now();
     let s = Setup::new(false, &[("rtbh.yaml", RTBH)]);
     let target = SERVERS_V4[0];
@@ -390,7 +381,7 @@ fn dry_run_records_what_it_would_announce_and_sends_nothing() {
 #[test]
 fn detach_stops_the_gobgpd_a_stopped_controller_left() {
     require_root!();
-    let _serial = serial();
+    let _serial = common::serial();
     let t_all = Instant::now();
     let s = Setup::new(false, &[]);
     let target = SERVERS_V4[0];
@@ -479,7 +470,7 @@ fn saved_keys(state_dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn a_ttl_ends_on_time_while_no_controller_runs() {
     require_root!();
-    let _serial = serial();
+    let _serial = common::serial();
     let t_all = Instant::now();
     let s = Setup::new(false, &[]);
     let (short, long) = (SERVERS_V4[0], SERVERS_V4[1]);

@@ -18,19 +18,6 @@ use common::{
 };
 use serde_json::Value;
 
-/// Held by each test of this file for its whole run. A `detector run` or
-/// `detector detach` removes the pins of every interface that is gone,
-/// in every namespace (a product feature): one starting in a parallel test
-/// would remove the pins `pins_of_a_vanished_interface_are_removed` looks
-/// at between its steps.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    // A test that panicked while holding it leaves it poisoned; the guard
-    // protects nothing but the order.
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Low floors, static only, short quiet.
 const CONFIG: &str = "\
 detection:
@@ -115,7 +102,7 @@ fn error_lines(log: &str) -> usize {
 #[test]
 fn a_full_state_directory_stops_neither_detection_nor_mitigation() {
     require_root!();
-    let _serial = serial();
+    let _serial = common::serial();
     let lab = Lab::new().unwrap();
     let cfg = config(&lab);
     let fs = Tmpfs::mount(&common::state_dir(&lab), "size=4m,mode=0700", false);
@@ -185,7 +172,7 @@ fn a_full_state_directory_stops_neither_detection_nor_mitigation() {
 #[test]
 fn a_read_only_state_directory_is_refused_in_one_line() {
     require_root!();
-    let _serial = serial();
+    let _serial = common::serial();
     let lab = Lab::new().unwrap();
     let dir = lab.dir.join("ro-state");
     let _fs = Tmpfs::mount(&dir, "size=1m", true);
@@ -209,7 +196,7 @@ fn a_read_only_state_directory_is_refused_in_one_line() {
 #[test]
 fn corrupted_state_files_never_lose_the_rules_in_force() {
     require_root!();
-    let _serial = serial();
+    let _serial = common::serial();
     let lab = Lab::new().unwrap();
     let mut c = Controller::start(&lab, &[]);
     ok(&c, &["block", "add", "198.18.0.0/24", "--reason", "the flood of last night"]);
@@ -275,7 +262,7 @@ fn corrupted_state_files_never_lose_the_rules_in_force() {
 #[test]
 fn a_state_directory_removed_while_running_comes_back() {
     require_root!();
-    let _serial = serial();
+    let _serial = common::serial();
     let lab = Lab::new().unwrap();
     let cfg = config(&lab);
     let c = Controller::start(&lab, &["--config", &cfg]);
@@ -304,7 +291,7 @@ fn a_state_directory_removed_while_running_comes_back() {
 #[test]
 fn pins_of_a_vanished_interface_are_removed() {
     require_root!();
-    let _serial = serial();
+    let _serial = common::serial();
     let lab = Lab::new().unwrap();
     let mut c = Controller::start(&lab, &[]);
     ok(&c, &["block", "add", "198.18.0.0/24"]);

@@ -95,6 +95,8 @@ fn last_rule(c: &Controller) -> serde_json::Value {
 #[test]
 fn a_spoofed_flood_on_a_game_port_is_dropped_by_its_signature_while_a_player_keeps_playing() {
     require_root!();
+    // Each floods at full speed: two at once lose each other's measured traffic.
+    let _serial = common::serial();
     let (lab, c) = lab();
     lab.add_addr(&lab.gen_ns, &lab.gen_if, &format!("{CLIENT_V4}/24")).unwrap();
     let port = 27015;
@@ -163,6 +165,8 @@ fn a_spoofed_flood_on_a_game_port_is_dropped_by_its_signature_while_a_player_kee
 #[test]
 fn an_ntp_reflection_flood_is_dropped_by_its_signature_while_the_hosts_own_ntp_queries_are_answered() {
     require_root!();
+    // Each floods at full speed: two at once lose each other's measured traffic.
+    let _serial = common::serial();
     let (lab, c) = lab();
     // A time server on the generator's side, answering 48 bytes (90-byte
     // frames) to each query, and the target's own NTP client.
@@ -221,6 +225,8 @@ fn an_ntp_reflection_flood_is_dropped_by_its_signature_while_the_hosts_own_ntp_q
 #[test]
 fn a_panicking_test_leaves_no_flood_and_no_lab() {
     require_root!();
+    // Each floods at full speed: two at once lose each other's measured traffic.
+    let _serial = common::serial();
     let (pid, namespaces) = {
         let (tx, rx) = std::sync::mpsc::channel();
         let result = std::panic::catch_unwind(move || {
@@ -275,6 +281,8 @@ fn tcp_ack_pps(c: &Controller, iface: &str, class: &str, secs: f64, before: u64)
 #[test]
 fn bulk_tcp_is_not_an_ack_flood_but_a_spoofed_ack_flood_is() {
     require_root!();
+    // Each floods at full speed: two at once lose each other's measured traffic.
+    let _serial = common::serial();
     let lab = Lab::new().unwrap();
     lab.accept_spoofed_sources().unwrap();
     let cfg = lab.dir.join("bulk.yaml");
@@ -392,6 +400,8 @@ fn measured<T>(lab: &Lab, flood: &[&str], others: impl Fn() -> i64, during: impl
 #[test]
 fn the_shipped_runbooks_stop_a_spoofed_udp_flood_and_a_reflection() {
     require_root!();
+    // Each floods at full speed: two at once lose each other's measured traffic.
+    let _serial = common::serial();
     let lab = Lab::new().unwrap();
     lab.accept_spoofed_sources().unwrap();
     lab.add_addr(&lab.gen_ns, &lab.gen_if, &format!("{CLIENT_V4}/24")).unwrap();

@@ -41,6 +41,18 @@ macro_rules! require_root {
 }
 pub(crate) use require_root;
 
+/// One test of a file at a time, for the files whose tests each hold the
+/// machine: floods at full speed (two at once on two cores lose each
+/// other's measured traffic), router labs with BGP daemons, or the pins a
+/// `detector run` sweeps in every namespace. Each test file is its own
+/// binary, so the lock is per file. Held for the test's whole run; one that
+/// panicked leaves it poisoned, and the guard protects nothing but the
+/// order.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn detector_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_detector"))
 }
