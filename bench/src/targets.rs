@@ -301,7 +301,7 @@ fn poll(
     let (incoming, outgoing) = match mode {
         ReadMode::Window => (maps.read(Direction::Incoming, ended)?, maps.read(Direction::Outgoing, ended)?),
         ReadMode::Whole => {
-            let whole = |entries: Vec<_>| TargetsRead { changed: entries.len(), entries, whole: true };
+            let whole = |entries: Vec<_>| TargetsRead { changed: entries.len(), entries, whole: true, quiet: false };
             (whole(maps.targets(Direction::Incoming)?), whole(maps.targets(Direction::Outgoing)?))
         }
     };

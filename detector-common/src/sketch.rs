@@ -105,6 +105,21 @@ pub struct Window {
     pub _pad: u32,
 }
 
+impl Window {
+    /// Whether this CPU may have counted anything since the window `epoch`
+    /// began: its own window (moved on by each packet it counts) is that
+    /// one, the next, or the one before. The one before covers a packet
+    /// that read the epoch just before the controller moved it and counted
+    /// a moment later. Wrapped epochs can only make it say yes (an idle CPU
+    /// 4,096 polls later), never no for a CPU that counted.
+    ///
+    /// Lets the controller skip reading a map no packet touched in a poll.
+    pub fn counted_since(&self, epoch: u32) -> bool {
+        let (mine, e) = (self.epoch & EPOCH_MASK, epoch & EPOCH_MASK);
+        mine == e || mine == e.wrapping_add(1) & EPOCH_MASK || mine == e.wrapping_sub(1) & EPOCH_MASK
+    }
+}
+
 /// A 64-bit hash of a 16-byte address, keyed by `seed` so an attacker cannot
 /// aim collisions at one known counter. Two rounds of MurmurHash3's 64-bit
 /// finaliser: every output bit depends on every input bit, which the rows
@@ -218,6 +233,20 @@ mod tests {
         *s ^= *s >> 7;
         *s ^= *s << 17;
         *s
+    }
+
+    #[test]
+    fn a_window_counted_since_its_epoch_the_next_or_the_one_before() {
+        let w = |epoch| Window { epoch, ..Default::default() };
+        assert!(w(7).counted_since(7));
+        assert!(w(8).counted_since(7), "counted in the next window");
+        assert!(w(6).counted_since(7), "a packet that read the epoch just before it moved");
+        assert!(!w(5).counted_since(7));
+        assert!(!w(9).counted_since(7));
+        // Across the wrap.
+        assert!(w(0).counted_since(EPOCH_MASK));
+        assert!(w(EPOCH_MASK).counted_since(0));
+        assert!(!w(2).counted_since(EPOCH_MASK));
     }
 
     #[test]

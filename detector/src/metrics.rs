@@ -184,6 +184,8 @@ pub struct Metrics {
     api_connections_closed: Family<ListenerReasonLabels, Counter>,
     api_requests_timed_out: Family<ListenerLabels, Counter>,
     api_accept_errors: Family<ListenerLabels, Counter>,
+    /// What [`Metrics::active_incidents`] last set (empty: nothing yet).
+    active_published: std::sync::Mutex<Vec<i64>>,
 }
 
 impl Metrics {
@@ -237,6 +239,7 @@ impl Metrics {
             api_connections_closed: Family::default(),
             api_requests_timed_out: Family::default(),
             api_accept_errors: Family::default(),
+            active_published: Default::default(),
         };
         registry.register(
             "detector_packets",
@@ -483,15 +486,21 @@ impl Metrics {
 
     /// The packets and bytes seen and dropped since the previous snapshot.
     pub fn count_classes(&self, iface: &str, prev: &ClassSnapshot, cur: &ClassSnapshot) {
+        // A class that moved only: the series exist from the attachment,
+        // and each lookup hashes its labels.
         for (class, (p, c)) in TrafficClass::ALL.iter().zip(prev.counters.iter().zip(cur.counters.iter())) {
+            let (packets, bytes) = (delta(p.packets, c.packets), delta(p.bytes, c.bytes));
+            if packets == 0 && bytes == 0 {
+                continue;
+            }
             let l = ClassLabels { iface: iface.into(), class: class.name().into() };
-            self.packets.get_or_create(&l).inc_by(delta(p.packets, c.packets));
-            self.bytes.get_or_create(&l).inc_by(delta(p.bytes, c.bytes));
+            self.packets.get_or_create(&l).inc_by(packets);
+            self.bytes.get_or_create(&l).inc_by(bytes);
         }
         for reason in DropReason::ALL {
             let (before, now) = (&prev.dropped[reason as usize], &cur.dropped[reason as usize]);
             for (class, (p, c)) in TrafficClass::ALL.iter().zip(before.iter().zip(now.iter())) {
-                if c.packets == 0 {
+                if c.packets == 0 || (p.packets == c.packets && p.bytes == c.bytes) {
                     continue;
                 }
                 let l = DropLabels { iface: iface.into(), class: class.name().into(), reason: reason.name().into() };
@@ -554,17 +563,32 @@ impl Metrics {
 
     /// Open incidents per family, and per family and current severity
     /// (every family and severity exported, at zero if none).
+    /// Set only when a count changed since the last call (each poll's).
     pub fn active_incidents<'a>(&self, open: impl Iterator<Item = &'a Incident>) {
+        use crate::detect::severity::Severity;
         let open: Vec<&Incident> = open.collect();
+        let counts: Vec<i64> = AttackFamily::ALL
+            .iter()
+            .flat_map(|f| {
+                let of = open.iter().filter(|i| i.families.contains(f)).collect::<Vec<_>>();
+                std::iter::once(of.len() as i64)
+                    .chain(Severity::ALL.iter().map(move |sev| of.iter().filter(|i| i.severity == *sev).count() as i64))
+            })
+            .collect();
+        let mut last = self.active_published.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == counts {
+            return;
+        }
+        let mut n = counts.iter();
         for f in AttackFamily::ALL {
-            let n = open.iter().filter(|i| i.families.contains(&f)).count();
-            self.active_incidents.get_or_create(&FamilyLabels { family: f.name().into() }).set(n as i64);
-            for sev in crate::detect::severity::Severity::ALL {
-                let n = open.iter().filter(|i| i.families.contains(&f) && i.severity == sev).count();
+            let all = n.next().copied().unwrap_or(0);
+            self.active_incidents.get_or_create(&FamilyLabels { family: f.name().into() }).set(all);
+            for sev in Severity::ALL {
                 let l = IncidentLabels { family: f.name().into(), severity: sev.name().into() };
-                self.active_by_severity.get_or_create(&l).set(n as i64);
+                self.active_by_severity.get_or_create(&l).set(n.next().copied().unwrap_or(0));
             }
         }
+        *last = counts;
     }
 
     /// An interface's learned levels and current thresholds.

@@ -40,6 +40,10 @@ const BASELINES_EVERY: Duration = Duration::from_secs(60);
 /// How often rule counters reach the metrics (a map read per rule and
 /// interface, so not every poll).
 const RULE_METRICS_EVERY: Duration = Duration::from_secs(1);
+/// How often the learned levels and thresholds reach the metrics: a few
+/// hundred labelled gauges with networks, which move slowly, so not every
+/// poll.
+const BASELINE_METRICS_EVERY: Duration = Duration::from_secs(1);
 /// How often the host's addresses are looked at again (a new address is
 /// allowlisted within this long).
 const HOST_ADDRESSES_EVERY: Duration = Duration::from_secs(5);
@@ -142,6 +146,7 @@ impl Poller {
         let mut baselines = Every::new(BASELINES_EVERY, start);
         let mut rule_metrics = Every::now_and_every(RULE_METRICS_EVERY);
         let mut host_scan = Every::new(HOST_ADDRESSES_EVERY, start);
+        let mut baseline_metrics = Every::now_and_every(BASELINE_METRICS_EVERY);
         let mut next = start;
         self.refresh_protected(probes, true);
         loop {
@@ -175,6 +180,11 @@ impl Poller {
                         self.metrics.poll_failed(probe.iface());
                         tracing::warn!(iface = probe.iface(), "poll failed: {e}");
                     }
+                }
+            }
+            if baseline_metrics.due(now) {
+                for probe in probes.iter() {
+                    self.publish_baselines(probe.iface());
                 }
             }
             self.metrics.active_incidents(self.detector.open_incidents());
@@ -259,7 +269,6 @@ impl Poller {
         // From the onset, not from the opening: the hold's polls would
         // teach the egress program a spoofed flood's sources.
         probe.set_learning(!self.detector.under_attack(&iface), &self.metrics);
-        self.publish_baselines(&iface);
         let names: Vec<&str> = self.detector.protected().groups().iter().map(|g| g.name.as_str()).collect();
         self.metrics.hostgroups(&iface, &names, &reading.targets.groups);
         let mut view = iface_view(

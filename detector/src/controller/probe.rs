@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use detector_common::{
+    maps::{SourceKey, SourceStats},
     sample::{PacketSample, SampleRecord},
+    targets::TargetStats,
     CLASS_COUNT,
 };
 
@@ -41,10 +43,14 @@ pub struct Probe {
     _lock: std::fs::File,
     maps: CounterMaps,
     prev: ClassSnapshot,
+    /// The per-source map as the last poll left it (`None`: to be walked).
+    last_sources: Option<Vec<(SourceKey, SourceStats)>>,
     tracker: SourceTracker,
     divisor: u32,
     learning: Learning,
     targets: TargetMaps,
+    /// The group totals the last poll read (`None`: to be read).
+    last_groups: Option<Vec<(u32, Direction, TargetStats)>>,
     target_tracker: TargetTracker,
     /// Whether packet captures are on (the samples' frames are kept).
     captures: bool,
@@ -126,10 +132,12 @@ impl Probe {
             _lock: lock,
             maps,
             prev: ClassSnapshot::default(),
+            last_sources: None,
             tracker: SourceTracker::new(cfg.idle_after),
             divisor: FIRST_DIVISOR,
             learning,
             targets,
+            last_groups: None,
             target_tracker: TargetTracker::new(cfg.idle_after),
             captures: cfg.capture.enabled,
             sample_target: samples::target_per_poll(cfg.interval),
@@ -162,6 +170,7 @@ impl Probe {
     pub fn set_protected(&mut self, nets: &[(Prefix, u32)]) -> Result<bool, TargetError> {
         let changed = self.targets.set_protected(nets)?;
         if changed {
+            self.last_groups = None;
             tracing::info!(
                 iface = self.iface(),
                 prefixes = self.targets.protected().len(),
@@ -181,21 +190,32 @@ impl Probe {
     /// adapts the sampling. Counters go to `metrics` as they are read.
     pub fn read(&mut self, mono: Duration, elapsed: Duration, metrics: &Metrics) -> Result<Reading, CounterError> {
         let cur = self.maps.classes()?;
-        let sources = self.maps.sources()?;
         // The window ends here; the per-address maps are read after it, from
         // the addresses the program listed as counted in it.
         let window = self.maps.epoch();
         self.maps.new_window()?;
+        // The per-source map is walked whole (every bucket), so not in a
+        // poll where no packet reached it: the last walk's entries, less
+        // those removed since, are what it holds (the kernel evicts only
+        // to insert). The last walk came after `window` began.
+        let mut sources = match self.last_sources.take() {
+            Some(last) if !self.maps.sources_counted_since(window)? => last,
+            _ => self.maps.sources()?,
+        };
         // Nothing to read in host mode until the networks are installed,
         // nor once they are gone and the tracker has forgotten the rest.
         let (incoming, outgoing, groups) = if self.targets.protected().is_empty() && self.target_tracker.is_empty() {
             (TargetsRead::default(), TargetsRead::default(), Vec::new())
         } else {
-            (
-                self.targets.read(Direction::Incoming, window)?,
-                self.targets.read(Direction::Outgoing, window)?,
-                self.targets.groups()?,
-            )
+            let incoming = self.targets.read(Direction::Incoming, window)?;
+            let outgoing = self.targets.read(Direction::Outgoing, window)?;
+            // The group totals move only with a packet counted.
+            let groups = match self.last_groups.take() {
+                Some(last) if incoming.quiet && outgoing.quiet => last,
+                _ => self.targets.groups()?,
+            };
+            self.last_groups = Some(groups.clone());
+            (incoming, outgoing, groups)
         };
         let mut drained = self.maps.drain_samples(samples::MAX_SAMPLES_FACTOR * self.sample_target);
 
@@ -205,6 +225,11 @@ impl Probe {
 
         let update = self.tracker.update(mono, elapsed, &sources);
         let pruned = if update.idle.is_empty() { 0 } else { self.maps.remove_sources(&update.idle) };
+        if !update.idle.is_empty() {
+            let idle: std::collections::HashSet<[u8; 16]> = update.idle.iter().map(|k| k.addr).collect();
+            sources.retain(|(k, _)| !idle.contains(&k.addr));
+        }
+        self.last_sources = Some(sources);
         let tracked = self.tracker.len();
         metrics.sources(self.iface(), tracked, pruned);
 

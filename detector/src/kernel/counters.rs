@@ -8,9 +8,9 @@ use aya::{
     Ebpf,
 };
 use detector_common::{
-    maps::{ClassStats, SourceKey, SourceStats, CLASS_STATS_MAP, EPOCH_MAP, SOURCE_STATS_MAP},
+    maps::{ClassStats, SourceKey, SourceStats, CLASS_STATS_MAP, EPOCH_MAP, SOURCE_STATS_MAP, WINDOW_MAP},
     sample::{SampleControl, SampleRecord, SAMPLES_MAP, SAMPLE_CONTROL_MAP},
-    sketch::EPOCH_MASK,
+    sketch::{Window, EPOCH_MASK},
     CLASS_COUNT,
 };
 use thiserror::Error;
@@ -39,6 +39,8 @@ pub struct CounterMaps {
     classes: PerCpuArray<MapData, ClassStats>,
     sources: PerCpuHashMap<MapData, SourceKey, SourceStats>,
     epoch: Array<MapData, u32>,
+    /// Each CPU's heavy-hitter window: whether it tracked a source lately.
+    windows: PerCpuArray<MapData, Window>,
     next_epoch: u32,
     samples: RingBuf<MapData>,
     sample_control: Array<MapData, SampleControl>,
@@ -59,6 +61,8 @@ impl CounterMaps {
         let sources = PerCpuHashMap::try_from(ebpf::take_map(ebpf, "detector", SOURCE_STATS_MAP)?)
             .map_err(layout(SOURCE_STATS_MAP))?;
         let epoch = Array::try_from(ebpf::take_map(ebpf, "detector", EPOCH_MAP)?).map_err(layout(EPOCH_MAP))?;
+        let windows =
+            PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", WINDOW_MAP)?).map_err(layout(WINDOW_MAP))?;
         let samples = RingBuf::try_from(ebpf::take_map(ebpf, "detector", SAMPLES_MAP)?).map_err(layout(SAMPLES_MAP))?;
         let sample_control = Array::try_from(ebpf::take_map(ebpf, "detector", SAMPLE_CONTROL_MAP)?)
             .map_err(layout(SAMPLE_CONTROL_MAP))?;
@@ -67,6 +71,7 @@ impl CounterMaps {
             classes,
             sources,
             epoch,
+            windows,
             next_epoch: 1,
             samples,
             sample_control,
@@ -131,6 +136,15 @@ impl CounterMaps {
                 self.sources_iterated()
             }
         }
+    }
+
+    /// Whether any CPU may have tracked a source (changed the per-source
+    /// map) since the window `epoch` began (see [`Window::counted_since`]):
+    /// one small read, against [`CounterMaps::sources`]' walk of every
+    /// bucket of the map.
+    pub fn sources_counted_since(&self, epoch: u32) -> Result<bool, CounterError> {
+        let per_cpu = self.windows.get(&0, 0).map_err(|source| CounterError::Read { map: WINDOW_MAP, source })?;
+        Ok(per_cpu.iter().any(|w| w.counted_since(epoch)))
     }
 
     /// As [`CounterMaps::sources`], with aya's iterator.

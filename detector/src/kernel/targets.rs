@@ -17,9 +17,11 @@ use aya::{
 };
 use detector_common::{
     maps::SourceKey,
+    sketch::Window,
     targets::{
         dirty_index, group_index, DirtyRing, ProtectedNet, TargetControl, TargetStats, GROUP_STATS_MAP, MAX_HOSTGROUPS,
         MAX_PROTECTED, PROTECTED_MAP, TARGETS_IN_MAP, TARGETS_OUT_MAP, TARGET_CONTROL_MAP, TARGET_DIRTY_MAP,
+        TARGET_WINDOW_MAP,
     },
 };
 use thiserror::Error;
@@ -61,6 +63,9 @@ pub struct TargetsRead {
     pub changed: usize,
     /// The whole map was read: an address not in `entries` is gone.
     pub whole: bool,
+    /// No CPU counted anything in this direction since the window began:
+    /// its ring was not read (nor, then, need the group totals be).
+    pub quiet: bool,
 }
 
 /// Network mode's maps, owned apart from the program.
@@ -71,6 +76,8 @@ pub struct TargetMaps {
     incoming: PerCpuHashMap<MapData, SourceKey, TargetStats>,
     outgoing: PerCpuHashMap<MapData, SourceKey, TargetStats>,
     dirty: PerCpuArray<MapData, DirtyRing>,
+    /// Each CPU's windows, per direction: whether it counted lately.
+    windows: PerCpuArray<MapData, Window>,
     /// Per direction: where the sweep goes on from (`None`: the start), and
     /// whether the next read must be whole (the first one: entries counted
     /// before the controller's first window are in no ring).
@@ -108,6 +115,8 @@ impl TargetMaps {
             .map_err(layout(TARGETS_OUT_MAP))?;
         let dirty = PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", TARGET_DIRTY_MAP)?)
             .map_err(layout(TARGET_DIRTY_MAP))?;
+        let windows = PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", TARGET_WINDOW_MAP)?)
+            .map_err(layout(TARGET_WINDOW_MAP))?;
         let capacity = incoming.map().info().map(|i| i.max_entries()).unwrap_or(0);
         let mut maps = TargetMaps {
             protected,
@@ -116,6 +125,7 @@ impl TargetMaps {
             incoming,
             outgoing,
             dirty,
+            windows,
             sweep: [None; 2],
             pass_age: [0; 2],
             whole: [true; 2],
@@ -274,18 +284,24 @@ impl TargetMaps {
     /// sketch admits), each looked up, and the next slice of a sweep that
     /// reads the whole map over [`SWEEP_POLLS`] polls, so the tracker still
     /// sees addresses go idle and go. The whole map instead when a ring
-    /// overflowed, and the first time.
+    /// overflowed, and the first time. The rings (32 KB a CPU) only when a
+    /// CPU counted in the window ([`Window::counted_since`]).
     pub fn read(&mut self, direction: Direction, epoch: u32) -> Result<TargetsRead, TargetError> {
         let d = direction.index();
-        let rings = self
-            .dirty
-            .get(&dirty_index(d as u32, epoch), 0)
-            .map_err(|source| TargetError::Read { map: TARGET_DIRTY_MAP, source })?;
+        let windows =
+            self.windows.get(&(d as u32), 0).map_err(|source| TargetError::Read { map: TARGET_WINDOW_MAP, source })?;
+        let quiet = !windows.iter().any(|w| w.counted_since(epoch));
         let mut keys = Vec::new();
         let mut overflow = false;
-        for ring in rings.iter().filter(|r| r.epoch == epoch) {
-            overflow |= ring.overflow != 0;
-            keys.extend_from_slice(&ring.keys[..(ring.count as usize).min(ring.keys.len())]);
+        if !quiet {
+            let rings = self
+                .dirty
+                .get(&dirty_index(d as u32, epoch), 0)
+                .map_err(|source| TargetError::Read { map: TARGET_DIRTY_MAP, source })?;
+            for ring in rings.iter().filter(|r| r.epoch == epoch) {
+                overflow |= ring.overflow != 0;
+                keys.extend_from_slice(&ring.keys[..(ring.count as usize).min(ring.keys.len())]);
+            }
         }
         if overflow || self.whole[d] {
             self.whole[d] = false;
@@ -293,7 +309,7 @@ impl TargetMaps {
             // A whole read is a pass.
             self.pass_age[d] = 1;
             let entries = self.targets(direction)?;
-            return Ok(TargetsRead { changed: entries.len(), entries, whole: true });
+            return Ok(TargetsRead { changed: entries.len(), entries, whole: true, quiet: false });
         }
         keys.sort_unstable_by_key(|k| k.addr);
         keys.dedup_by_key(|k| k.addr);
@@ -322,7 +338,7 @@ impl TargetMaps {
                 // A kernel without batch lookups: the whole map, iterated.
                 tracing::debug!(map = name, "batch lookup failed ({e}); iterating");
                 let entries = self.targets_iterated(direction)?;
-                return Ok(TargetsRead { changed: entries.len(), entries, whole: true });
+                return Ok(TargetsRead { changed: entries.len(), entries, whole: true, quiet: false });
             }
         };
         let changed = keys.len();
@@ -335,7 +351,7 @@ impl TargetMaps {
             }
         }
         self.sweep[d] = next;
-        Ok(TargetsRead { entries, changed, whole: false })
+        Ok(TargetsRead { entries, changed, whole: false, quiet })
     }
 
     /// As [`TargetMaps::targets`], two syscalls per entry (aya's iterator):
