@@ -101,10 +101,10 @@ fn top_sources_name_the_flooder() {
     assert!(syn["pps"].as_f64().unwrap() > 5000.0, "{body}");
 }
 
-/// The per-source map is walked (every bucket) only in polls where a
-/// packet reached it: a quiet host does not walk it ten times a second.
-/// A source that comes back after quiet polls is seen again, and one gone
-/// quiet is still pruned on time, from what the last walk read.
+/// A poll reads the sources counted in the window that ended, not every
+/// bucket of the per-source map, and nothing in a quiet window: a source
+/// that comes back after quiet polls is seen again, and one gone quiet is
+/// still pruned on time, found idle by the sweep.
 #[test]
 fn quiet_polls_skip_the_source_map_yet_miss_no_source() {
     require_root!();
@@ -117,7 +117,7 @@ fn quiet_polls_skip_the_source_map_yet_miss_no_source() {
         std::thread::sleep(Duration::from_millis(500));
         flood(&lab, &["--kind", "syn", "--src", "198.51.100.66", "--duration", "300ms", "--rate", "2000"]);
         c.metrics_until(&format!("round {round}: the source tracked"), |m| sample(m, &entries) == 1.0);
-        // Quiet again: pruned once idle for 1 s, while no poll walks the map.
+        // Quiet again: pruned once idle for 1 s (the sweep lists it).
         c.metrics_until(&format!("round {round}: the idle source pruned"), |m| {
             sample(m, &pruned) == round as f64 && sample(m, &entries) == 0.0
         });

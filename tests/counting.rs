@@ -20,13 +20,16 @@ use detector::{
         FloodPlan, Limit, Rate,
     },
     iface,
-    kernel::counters::CounterMaps,
     kernel::ebpf::{self, CountingOptions},
     kernel::xdp::{self, Attachment, ModeChoice},
+    kernel::{counters::CounterMaps, dirty::SWEEP_POLLS},
     rates::ClassSnapshot,
     sources::{addr_key, key_addr},
 };
-use detector_common::{TrafficClass, CLASS_COUNT};
+use detector_common::{
+    maps::{SourceKey, SourceStats},
+    TrafficClass, CLASS_COUNT,
+};
 
 /// The counting program attached in the lab's target namespace.
 struct Target {
@@ -355,6 +358,63 @@ fn per_source_counts_start_at_the_fourth_packet_of_a_window() {
     assert_eq!(sb.class_packets[TrafficClass::TcpSyn.index()], eb);
     assert!(find("203.0.113.9").is_none(), "a two-packet source was admitted");
     assert_eq!(sources.len(), 2, "{:?}", sources.iter().map(|(k, _)| key_addr(k)).collect::<Vec<_>>());
+}
+
+/// A poll reads the sources the program listed as counted in the window
+/// that ended, not every bucket of the map: the first read whole, then the
+/// listed ones, nothing (not even the rings) in quiet windows, and the rest
+/// in the sweep's next pass.
+#[test]
+fn a_poll_reads_the_sources_counted_in_the_window_that_ended() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let mut t = attach(&lab);
+    let a = build(&spec(Kind::Udp, "198.51.100.7", "192.0.2.2"));
+    let b = build(&spec(Kind::Udp, "198.51.100.8", "192.0.2.2"));
+    let find = |entries: &[(SourceKey, SourceStats)], ip: &str| {
+        entries.iter().find(|(k, _)| *k == addr_key(ip.parse::<IpAddr>().unwrap())).map(|(_, s)| *s)
+    };
+
+    // Window 1: a and b heavy. The first read is whole.
+    t.maps.new_window().unwrap();
+    let w1 = t.maps.epoch();
+    let mut frames = vec![a.bytes.clone(); 40];
+    frames.extend(std::iter::repeat_n(b.bytes.clone(), 40));
+    send(&lab, &frames);
+    counted(&t, 80);
+    t.maps.new_window().unwrap();
+    let first = t.maps.read_sources(w1).unwrap();
+    assert!(first.whole, "the first read is not whole");
+    assert_eq!(first.entries.len(), 2);
+
+    // Window 2: only a, which is listed; b is left to the sweep.
+    let w2 = t.maps.epoch();
+    send(&lab, &vec![a.bytes.clone(); 40]);
+    counted(&t, 120);
+    t.maps.new_window().unwrap();
+    let second = t.maps.read_sources(w2).unwrap();
+    assert!(!second.whole && !second.quiet, "{second:?}");
+    assert_eq!((second.changed, second.entries.len()), (1, 1), "{second:?}");
+    let sa = find(&second.entries, "198.51.100.7").expect("a read");
+    assert!(sa.packets > find(&first.entries, "198.51.100.7").unwrap().packets);
+
+    // Quiet windows: nothing listed, and from the second on the rings are
+    // not read either; nothing swept until a pass is due.
+    for read in 3..=SWEEP_POLLS {
+        let w = t.maps.epoch();
+        t.maps.new_window().unwrap();
+        let quiet = t.maps.read_sources(w).unwrap();
+        assert_eq!((quiet.changed, quiet.entries.len()), (0, 0), "read {read}: {quiet:?}");
+        assert_eq!(quiet.quiet, read > 3, "read {read}: {quiet:?}");
+    }
+    // The pass: on a map this small, everything at once.
+    let w = t.maps.epoch();
+    t.maps.new_window().unwrap();
+    let swept = t.maps.read_sources(w).unwrap();
+    assert_eq!(swept.changed, 0);
+    assert_eq!(swept.entries.len(), 2, "{swept:?}");
+    assert_eq!(find(&swept.entries, "198.51.100.8").unwrap(), find(&first.entries, "198.51.100.8").unwrap());
+    assert_eq!(find(&swept.entries, "198.51.100.7").unwrap(), sa);
 }
 
 #[test]

@@ -176,8 +176,11 @@ fn one(scenario: Scenario, program: &'static str, seconds: u64) -> Result<LiveRu
             let elapsed = t0 - last;
             last = t0;
             let _classes = maps.classes()?;
-            let current = maps.sources()?;
+            // As the controller reads: the window ends, then the sources
+            // counted in it and a slice of the sweep.
+            let window = maps.epoch();
             maps.new_window()?;
+            let current = maps.read_sources(window)?;
             let target = detector::samples::target_per_poll(POLL);
             let samples = maps.drain_samples(detector::samples::MAX_SAMPLES_FACTOR * target);
             let next = detector::samples::next_divisor(divisor, samples.len(), target);
@@ -185,7 +188,7 @@ fn one(scenario: Scenario, program: &'static str, seconds: u64) -> Result<LiveRu
                 maps.set_sample_divisor(next)?;
                 divisor = next;
             }
-            let update = tracker.update(t0 - started, elapsed, &current);
+            let update = tracker.update(t0 - started, elapsed, &current.entries, current.whole);
             maps.remove_sources(&update.idle);
             polls.push(t0.elapsed().as_secs_f64() * 1e3);
             max_tracked = max_tracked.max(tracker.len());

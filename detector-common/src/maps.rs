@@ -15,6 +15,10 @@ pub const EPOCH_MAP: &str = "EPOCH";
 /// Name of the counting XDP program in its object.
 pub const DETECTOR_PROGRAM: &str = "detector";
 
+/// Per-CPU array of two [`DirtyRing`]s, the sources counted in windows of
+/// even epochs and of odd ones, so the controller reads a finished
+/// window's while the program fills the next.
+pub const SOURCE_DIRTY_MAP: &str = "SOURCE_DIRTY";
 /// Default capacity of [`SOURCE_STATS_MAP`]; the controller may override it.
 pub const DEFAULT_MAX_SOURCES: u32 = 16_384;
 
@@ -67,6 +71,37 @@ pub struct SourceStats {
     pub packets: u64,
     pub bytes: u64,
     pub class_packets: [u64; CLASS_COUNT],
+    /// The window this CPU last counted the source in: when it moves, the
+    /// source is listed in the window's [`DirtyRing`].
+    pub epoch: u32,
+    pub _pad: u32,
+}
+
+/// Keys a [`DirtyRing`] holds: a per-CPU value is at most 32 KB.
+pub const DIRTY_KEYS: usize = 2046;
+
+/// The addresses this CPU counted in one window, in a per-address map
+/// (sources, or protected addresses): each listed once, when its entry's
+/// `epoch` ([`SourceStats::epoch`], `TargetStats::epoch`) moves to the
+/// window. The sketch admits fewer than 2,048 addresses per CPU per window,
+/// so the controller reads those entries alone, not the whole map;
+/// `overflow` says the ring was too small this time, and the controller
+/// then reads everything.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DirtyRing {
+    /// The window these keys belong to (the sketch epoch).
+    pub epoch: u32,
+    pub count: u32,
+    pub overflow: u32,
+    pub _pad: u32,
+    pub keys: [SourceKey; DIRTY_KEYS],
+}
+
+/// The index, in a map of two [`DirtyRing`]s, of the ring for `epoch`.
+#[inline(always)]
+pub const fn ring_of(epoch: u32) -> u32 {
+    epoch & 1
 }
 
 #[cfg(feature = "user")]
@@ -75,6 +110,7 @@ mod pod {
     unsafe impl aya::Pod for super::ClassStats {}
     unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::SourceStats {}
+    unsafe impl aya::Pod for super::DirtyRing {}
 }
 
 #[cfg(test)]
@@ -90,8 +126,12 @@ mod tests {
         assert_eq!(offset_of!(ClassStats, dropped), 16);
         assert_eq!(size_of::<SourceKey>(), 16);
         assert_eq!(align_of::<SourceKey>(), 1);
-        assert_eq!(size_of::<SourceStats>(), 16 + 8 * CLASS_COUNT);
+        assert_eq!(size_of::<SourceStats>(), 16 + 8 * CLASS_COUNT + 8);
         assert_eq!(offset_of!(SourceStats, class_packets), 16);
+        assert_eq!(offset_of!(SourceStats, epoch), 16 + 8 * CLASS_COUNT);
+        assert_eq!(size_of::<DirtyRing>(), 16 + 16 * DIRTY_KEYS);
+        assert!(size_of::<DirtyRing>() <= 32 * 1024, "a per-CPU value is at most 32 KB");
+        assert_eq!(offset_of!(DirtyRing, keys), 16);
     }
 
     #[test]

@@ -280,29 +280,12 @@ pub fn cache_slot(key: &[u64; 2], seed: u64, direction: u32) -> u32 {
 /// direction, one for windows of even epochs and one for odd ones, so the
 /// controller reads a finished window's while the program fills the next.
 pub const TARGET_DIRTY_MAP: &str = "TARGET_DIRTY";
-/// Keys a [`DirtyRing`] holds: a per-CPU value is at most 32 KB.
-pub const DIRTY_KEYS: usize = 2046;
-
-/// The addresses this CPU counted in one window (each listed once: when
-/// its entry's [`TargetStats::epoch`] moves to the window). The sketch
-/// admits fewer than 2,048 addresses per CPU per window, so the controller
-/// reads those entries alone, not the whole map; `overflow` says the ring
-/// was too small this time, and the controller then reads everything.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct DirtyRing {
-    /// The window these keys belong to (the sketch epoch).
-    pub epoch: u32,
-    pub count: u32,
-    pub overflow: u32,
-    pub _pad: u32,
-    pub keys: [crate::maps::SourceKey; DIRTY_KEYS],
-}
+pub use crate::maps::{DirtyRing, DIRTY_KEYS};
 
 /// The [`TARGET_DIRTY_MAP`] index of `direction`'s ring for `epoch`.
 #[inline(always)]
 pub const fn dirty_index(direction: u32, epoch: u32) -> u32 {
-    direction * 2 + (epoch & 1)
+    direction * 2 + crate::maps::ring_of(epoch)
 }
 
 /// Cumulative packets and bytes (whole frame) per class, one copy per CPU.
@@ -329,7 +312,6 @@ mod pod {
     unsafe impl aya::Pod for super::TargetControl {}
     unsafe impl aya::Pod for super::TargetStats {}
     unsafe impl aya::Pod for super::CacheSlot {}
-    unsafe impl aya::Pod for super::DirtyRing {}
 }
 
 #[cfg(test)]
@@ -348,9 +330,6 @@ mod tests {
         assert_eq!(offset_of!(TargetControl, key_v6), 32);
         assert_eq!(offset_of!(TargetControl, v4), 48);
         assert_eq!(size_of::<CacheSlot>(), 24);
-        assert_eq!(size_of::<DirtyRing>(), 16 + 16 * DIRTY_KEYS);
-        assert!(size_of::<DirtyRing>() <= 32 * 1024, "a per-CPU value is at most 32 KB");
-        assert_eq!(offset_of!(DirtyRing, keys), 16);
         assert_eq!(offset_of!(TargetStats, epoch), 4);
         assert_eq!(offset_of!(CacheSlot, generation), 16);
         assert_eq!(size_of::<TargetStats>(), 8 + 16 * CLASS_COUNT);

@@ -13,7 +13,10 @@ use detector_common::{
 };
 use serde::Serialize;
 
-use crate::rates::{delta, per_second};
+use crate::{
+    rates::{delta, per_second},
+    targets::FORGET_POLLS,
+};
 
 /// The address a map key stands for.
 pub fn key_addr(key: &SourceKey) -> IpAddr {
@@ -59,6 +62,8 @@ struct Seen {
     stats: SourceStats,
     last_change: Duration,
     first_seen: Duration,
+    /// The poll that last listed it.
+    poll: u64,
 }
 
 /// What one poll of the per-source map gave.
@@ -75,11 +80,12 @@ pub struct SourcesUpdate {
 pub struct SourceTracker {
     seen: HashMap<SourceKey, Seen>,
     idle_after: Duration,
+    polls: u64,
 }
 
 impl SourceTracker {
     pub fn new(idle_after: Duration) -> Self {
-        SourceTracker { seen: HashMap::new(), idle_after }
+        SourceTracker { seen: HashMap::new(), idle_after, polls: 0 }
     }
 
     /// Number of sources remembered.
@@ -91,23 +97,37 @@ impl SourceTracker {
         self.seen.is_empty()
     }
 
-    /// Takes the map's current contents at monotonic time `now`, `elapsed`
-    /// after the previous poll.
-    pub fn update(&mut self, now: Duration, elapsed: Duration, current: &[(SourceKey, SourceStats)]) -> SourcesUpdate {
+    /// Takes one poll's read of the per-source map at monotonic time `now`,
+    /// `elapsed` after the previous poll: `current`, the sources it listed
+    /// with their cumulative counters, which is the whole map when `whole`
+    /// (or else the sources counted in the last window and a slice of a
+    /// sweep, `crate::kernel::dirty`). A source left out of a partial read
+    /// keeps its last counts; one left out of a whole read, or of
+    /// [`FORGET_POLLS`] reads in a row, is gone from the kernel's map
+    /// (evicted by it).
+    pub fn update(
+        &mut self,
+        now: Duration,
+        elapsed: Duration,
+        current: &[(SourceKey, SourceStats)],
+        whole: bool,
+    ) -> SourcesUpdate {
         let secs = elapsed.as_secs_f64();
         let mut out = SourcesUpdate::default();
-        let mut next = HashMap::with_capacity(current.len());
+        self.polls += 1;
+        let poll = self.polls;
         for (key, stats) in current {
-            let prev = self.seen.remove(key);
-            let before = prev.as_ref().map(|p| p.stats).unwrap_or_default();
+            let prev = self.seen.get(key);
+            let before = prev.map(|p| p.stats).unwrap_or_default();
             let packets = delta(before.packets, stats.packets);
-            let last_change = match &prev {
+            let last_change = match prev {
                 Some(p) if packets == 0 => p.last_change,
                 _ => now,
             };
-            let first_seen = prev.as_ref().map(|p| p.first_seen).unwrap_or(now);
+            let first_seen = prev.map(|p| p.first_seen).unwrap_or(now);
             if packets == 0 && now.saturating_sub(last_change) >= self.idle_after {
                 out.idle.push(*key);
+                self.seen.remove(key);
                 continue;
             }
             if packets > 0 {
@@ -123,10 +143,16 @@ impl SourceTracker {
                     seen_for_ms: now.saturating_sub(first_seen).as_millis() as u64,
                 });
             }
-            next.insert(*key, Seen { stats: *stats, last_change, first_seen });
+            self.seen.insert(*key, Seen { stats: *stats, last_change, first_seen, poll });
         }
-        // Whatever is left was evicted from the LRU map by the kernel.
-        self.seen = next;
+        // Whatever a whole read did not list was evicted by the kernel; a
+        // partial read leaves the others alone until they have been missing
+        // for longer than a sweep takes.
+        if whole {
+            self.seen.retain(|_, s| s.poll == poll);
+        } else if poll.is_multiple_of(FORGET_POLLS) {
+            self.seen.retain(|_, s| poll - s.poll < FORGET_POLLS);
+        }
         out
     }
 }
@@ -177,19 +203,19 @@ mod tests {
     fn rates_are_deltas_and_new_sources_count_from_zero() {
         let mut t = SourceTracker::new(Duration::from_secs(30));
         let a = v4("192.0.2.1");
-        let u = t.update(S, S, &[(a, stats(TrafficClass::Udp, 100))]);
+        let u = t.update(S, S, &[(a, stats(TrafficClass::Udp, 100))], true);
         assert_eq!(u.active.len(), 1);
         assert_eq!(u.active[0].pps, 100.0);
-        let u = t.update(2 * S, S / 2, &[(a, stats(TrafficClass::Udp, 150))]);
+        let u = t.update(2 * S, S / 2, &[(a, stats(TrafficClass::Udp, 150))], true);
         assert_eq!(u.active[0].pps, 100.0);
         assert_eq!(u.active[0].bps, 100.0 * 100.0 * 8.0);
         assert_eq!(u.active[0].class_pps[TrafficClass::Udp.index()], 100.0);
         // Tracked since its first poll: 1 s, then a new source from zero.
         assert_eq!(u.active[0].seen_for_ms, 1000);
         let b = v4("192.0.2.9");
-        let u = t.update(3 * S, S, &[(a, stats(TrafficClass::Udp, 150)), (b, stats(TrafficClass::Udp, 1))]);
+        let u = t.update(3 * S, S, &[(a, stats(TrafficClass::Udp, 150)), (b, stats(TrafficClass::Udp, 1))], true);
         assert_eq!(u.active.iter().map(|r| r.seen_for_ms).collect::<Vec<_>>(), vec![0], "a, quiet, is not active");
-        let u = t.update(4 * S, S, &[(a, stats(TrafficClass::Udp, 160)), (b, stats(TrafficClass::Udp, 2))]);
+        let u = t.update(4 * S, S, &[(a, stats(TrafficClass::Udp, 160)), (b, stats(TrafficClass::Udp, 2))], true);
         assert_eq!(u.active.iter().map(|r| r.seen_for_ms).collect::<Vec<_>>(), vec![3000, 1000]);
     }
 
@@ -198,7 +224,7 @@ mod tests {
         let mut t = SourceTracker::new(Duration::from_secs(10));
         let a = v4("192.0.2.1");
         let b = v4("192.0.2.2");
-        t.update(S, S, &[(a, stats(TrafficClass::Udp, 5)), (b, stats(TrafficClass::Udp, 5))]);
+        t.update(S, S, &[(a, stats(TrafficClass::Udp, 5)), (b, stats(TrafficClass::Udp, 5))], true);
         // b keeps sending, a goes quiet.
         let mut now = S;
         let mut idle = Vec::new();
@@ -209,7 +235,7 @@ mod tests {
             if idle.is_empty() {
                 cur.push((a, stats(TrafficClass::Udp, 5)));
             }
-            let u = t.update(now, S, &cur);
+            let u = t.update(now, S, &cur, true);
             assert!(u.active.iter().all(|s| s.addr == key_addr(&b)), "{i}: {:?}", u.active);
             if i < 11 {
                 assert!(u.idle.is_empty(), "{i}: idle too early");
@@ -219,7 +245,7 @@ mod tests {
         assert_eq!(idle, vec![a]);
         assert_eq!(t.len(), 1);
         // A source evicted by the kernel is forgotten.
-        t.update(now + S, S, &[]);
+        t.update(now + S, S, &[], true);
         assert!(t.is_empty());
     }
 
@@ -231,7 +257,7 @@ mod tests {
             (v4("192.0.2.2"), stats(TrafficClass::TcpSyn, 600)),
             (v4("192.0.2.3"), stats(TrafficClass::Udp, 900)),
         ];
-        let u = t.update(S, S, &cur);
+        let u = t.update(S, S, &cur, true);
         let top = top_sources(&u.active, TrafficClass::TcpSyn, 1_000.0, 5);
         assert_eq!(top.len(), 2);
         assert_eq!(top[0].addr, "192.0.2.2".parse::<IpAddr>().unwrap());
@@ -239,5 +265,45 @@ mod tests {
         assert!((top[1].share - 0.3).abs() < 1e-9);
         assert_eq!(top_sources(&u.active, TrafficClass::TcpSyn, 1_000.0, 1).len(), 1);
         assert!(top_sources(&u.active, TrafficClass::Icmp, 0.0, 5).is_empty());
+    }
+
+    #[test]
+    fn a_partial_read_leaves_the_unlisted_alone_until_they_are_missing_too_long() {
+        let mut t = SourceTracker::new(Duration::from_secs(30));
+        let (a, b) = (v4("192.0.2.1"), v4("192.0.2.2"));
+        t.update(S, S, &[(a, stats(TrafficClass::Udp, 100)), (b, stats(TrafficClass::Udp, 100))], true);
+        // Only a counted: b, unlisted, keeps its counts and is not active.
+        let u = t.update(2 * S, S, &[(a, stats(TrafficClass::Udp, 150))], false);
+        assert_eq!(u.active.iter().map(|s| s.addr).collect::<Vec<_>>(), vec![key_addr(&a)]);
+        assert_eq!(t.len(), 2);
+        // b listed again: its rate is counted from what it had.
+        let u = t.update(3 * S, S, &[(b, stats(TrafficClass::Udp, 130))], false);
+        assert_eq!(u.active.len(), 1);
+        assert_eq!(u.active[0].pps, 30.0);
+        assert_eq!(u.active[0].seen_for_ms, 2000, "tracked since its first poll");
+        // Missing from FORGET_POLLS partial reads in a row: evicted.
+        let mut now = 3 * S;
+        for _ in 0..2 * FORGET_POLLS {
+            now += S / 10;
+            t.update(now, S / 10, &[(b, stats(TrafficClass::Udp, 130))], false);
+        }
+        assert_eq!(t.len(), 1, "a forgotten");
+        // A whole read forgets at once what it does not list.
+        t.update(now + S, S, &[], true);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_quiet_source_listed_by_the_sweep_is_found_idle() {
+        let mut t = SourceTracker::new(Duration::from_secs(10));
+        let a = v4("192.0.2.1");
+        t.update(S, S, &[(a, stats(TrafficClass::Udp, 5))], true);
+        // Unlisted while quiet, then listed by a sweep's slice, unchanged.
+        for i in 2..=12u32 {
+            assert!(t.update(S * i, S, &[], false).idle.is_empty());
+        }
+        let u = t.update(S * 13, S, &[(a, stats(TrafficClass::Udp, 5))], false);
+        assert_eq!(u.idle, vec![a]);
+        assert!(t.is_empty());
     }
 }

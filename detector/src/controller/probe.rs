@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use detector_common::{
-    maps::{SourceKey, SourceStats},
     sample::{PacketSample, SampleRecord},
     targets::TargetStats,
     CLASS_COUNT,
@@ -43,8 +42,6 @@ pub struct Probe {
     _lock: std::fs::File,
     maps: CounterMaps,
     prev: ClassSnapshot,
-    /// The per-source map as the last poll left it (`None`: to be walked).
-    last_sources: Option<Vec<(SourceKey, SourceStats)>>,
     tracker: SourceTracker,
     divisor: u32,
     learning: Learning,
@@ -132,7 +129,6 @@ impl Probe {
             _lock: lock,
             maps,
             prev: ClassSnapshot::default(),
-            last_sources: None,
             tracker: SourceTracker::new(cfg.idle_after),
             divisor: FIRST_DIVISOR,
             learning,
@@ -194,14 +190,7 @@ impl Probe {
         // the addresses the program listed as counted in it.
         let window = self.maps.epoch();
         self.maps.new_window()?;
-        // The per-source map is walked whole (every bucket), so not in a
-        // poll where no packet reached it: the last walk's entries, less
-        // those removed since, are what it holds (the kernel evicts only
-        // to insert). The last walk came after `window` began.
-        let mut sources = match self.last_sources.take() {
-            Some(last) if !self.maps.sources_counted_since(window)? => last,
-            _ => self.maps.sources()?,
-        };
+        let sources = self.maps.read_sources(window)?;
         // Nothing to read in host mode until the networks are installed,
         // nor once they are gone and the tracker has forgotten the rest.
         let (incoming, outgoing, groups) = if self.targets.protected().is_empty() && self.target_tracker.is_empty() {
@@ -223,13 +212,8 @@ impl Probe {
         metrics.count_classes(self.iface(), &self.prev, &cur);
         self.prev = cur;
 
-        let update = self.tracker.update(mono, elapsed, &sources);
+        let update = self.tracker.update(mono, elapsed, &sources.entries, sources.whole);
         let pruned = if update.idle.is_empty() { 0 } else { self.maps.remove_sources(&update.idle) };
-        if !update.idle.is_empty() {
-            let idle: std::collections::HashSet<[u8; 16]> = update.idle.iter().map(|k| k.addr).collect();
-            sources.retain(|(k, _)| !idle.contains(&k.addr));
-        }
-        self.last_sources = Some(sources);
         let tracked = self.tracker.len();
         metrics.sources(self.iface(), tracked, pruned);
 

@@ -8,7 +8,10 @@ use aya::{
     Ebpf,
 };
 use detector_common::{
-    maps::{ClassStats, SourceKey, SourceStats, CLASS_STATS_MAP, EPOCH_MAP, SOURCE_STATS_MAP, WINDOW_MAP},
+    maps::{
+        ring_of, ClassStats, DirtyRing, SourceKey, SourceStats, CLASS_STATS_MAP, EPOCH_MAP, SOURCE_DIRTY_MAP,
+        SOURCE_STATS_MAP, WINDOW_MAP,
+    },
     sample::{SampleControl, SampleRecord, SAMPLES_MAP, SAMPLE_CONTROL_MAP},
     sketch::{Window, EPOCH_MASK},
     CLASS_COUNT,
@@ -16,7 +19,11 @@ use detector_common::{
 use thiserror::Error;
 
 use crate::{
-    kernel::{batch, ebpf},
+    kernel::{
+        batch,
+        dirty::{self, Listed, Sweep},
+        ebpf,
+    },
     rates::ClassSnapshot,
 };
 
@@ -32,6 +39,8 @@ pub enum CounterError {
     Write { map: &'static str, source: MapError },
     #[error(transparent)]
     Targets(#[from] super::targets::TargetError),
+    #[error(transparent)]
+    Listed(#[from] dirty::ReadError),
 }
 
 /// The counting program's maps, owned apart from the program.
@@ -41,6 +50,10 @@ pub struct CounterMaps {
     epoch: Array<MapData, u32>,
     /// Each CPU's heavy-hitter window: whether it tracked a source lately.
     windows: PerCpuArray<MapData, Window>,
+    /// The sources each CPU counted in a window, and where the sweep of
+    /// the per-source map stands (see [`dirty`]).
+    rings: PerCpuArray<MapData, DirtyRing>,
+    sweep: Sweep,
     next_epoch: u32,
     samples: RingBuf<MapData>,
     sample_control: Array<MapData, SampleControl>,
@@ -63,6 +76,8 @@ impl CounterMaps {
         let epoch = Array::try_from(ebpf::take_map(ebpf, "detector", EPOCH_MAP)?).map_err(layout(EPOCH_MAP))?;
         let windows =
             PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", WINDOW_MAP)?).map_err(layout(WINDOW_MAP))?;
+        let rings = PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", SOURCE_DIRTY_MAP)?)
+            .map_err(layout(SOURCE_DIRTY_MAP))?;
         let samples = RingBuf::try_from(ebpf::take_map(ebpf, "detector", SAMPLES_MAP)?).map_err(layout(SAMPLES_MAP))?;
         let sample_control = Array::try_from(ebpf::take_map(ebpf, "detector", SAMPLE_CONTROL_MAP)?)
             .map_err(layout(SAMPLE_CONTROL_MAP))?;
@@ -72,6 +87,8 @@ impl CounterMaps {
             sources,
             epoch,
             windows,
+            rings,
+            sweep: Sweep::default(),
             next_epoch: 1,
             samples,
             sample_control,
@@ -119,47 +136,31 @@ impl CounterMaps {
         Ok(snap)
     }
 
-    /// Every tracked source with its cumulative counters, summed over CPUs:
-    /// a few batch syscalls (aya's iterator takes two per entry, each of
-    /// which walks the empty buckets before it); the iterator where the
-    /// kernel has no batch lookups.
+    /// Every tracked source with its cumulative counters, summed over CPUs
+    /// (see [`dirty::whole`]).
     pub fn sources(&self) -> Result<Vec<(SourceKey, SourceStats)>, CounterError> {
-        let mut out = Vec::new();
         let mut buf = self.batch.lock().unwrap_or_else(|p| p.into_inner());
-        let batched = batch::per_cpu_hash::<SourceKey, SourceStats>(self.sources.map(), &mut buf, |k, v| {
-            out.push((k, sum_sources(v)))
-        });
-        match batched {
-            Ok(()) => Ok(out),
-            Err(e) => {
-                tracing::debug!(map = SOURCE_STATS_MAP, "batch lookup failed ({e}); iterating");
-                self.sources_iterated()
-            }
-        }
+        Ok(dirty::whole(&self.sources, SOURCE_STATS_MAP, &mut buf, sum_sources)?)
     }
 
-    /// Whether any CPU may have tracked a source (changed the per-source
-    /// map) since the window `epoch` began (see [`Window::counted_since`]):
-    /// one small read, against [`CounterMaps::sources`]' walk of every
-    /// bucket of the map.
-    pub fn sources_counted_since(&self, epoch: u32) -> Result<bool, CounterError> {
-        let per_cpu = self.windows.get(&0, 0).map_err(|source| CounterError::Read { map: WINDOW_MAP, source })?;
-        Ok(per_cpu.iter().any(|w| w.counted_since(epoch)))
-    }
-
-    /// As [`CounterMaps::sources`], with aya's iterator.
-    fn sources_iterated(&self) -> Result<Vec<(SourceKey, SourceStats)>, CounterError> {
-        let mut out = Vec::new();
-        for item in self.sources.iter() {
-            let (key, per_cpu) = match item {
-                Ok(kv) => kv,
-                // Evicted by the kernel between listing and reading: skip it.
-                Err(MapError::KeyNotFound) => continue,
-                Err(source) => return Err(CounterError::Read { map: SOURCE_STATS_MAP, source }),
-            };
-            out.push((key, sum_sources(&per_cpu)));
-        }
-        Ok(out)
+    /// What a poll reads of the per-source map once the window `epoch` is
+    /// over (the program has gone on to the next): the sources counted in
+    /// it and a slice of a sweep, not every bucket of the map (see
+    /// [`dirty`]).
+    pub fn read_sources(&mut self, epoch: u32) -> Result<Listed<SourceStats>, CounterError> {
+        let maps = dirty::Maps {
+            map: &self.sources,
+            name: SOURCE_STATS_MAP,
+            rings: &self.rings,
+            rings_name: SOURCE_DIRTY_MAP,
+            ring: ring_of(epoch),
+            windows: &self.windows,
+            windows_name: WINDOW_MAP,
+            window: 0,
+            capacity: self.capacity,
+        };
+        let mut buf = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(self.sweep.read(&maps, epoch, &mut buf, sum_sources)?)
     }
 
     /// Removes sources the tracker found idle. A packet landing between the

@@ -27,7 +27,11 @@ use detector_common::{
 use thiserror::Error;
 
 use crate::{
-    kernel::{batch, ebpf},
+    kernel::{
+        batch,
+        dirty::{self, Listed, Sweep},
+        ebpf,
+    },
     mitigate::prefix::Prefix,
     targets::Direction,
 };
@@ -40,6 +44,8 @@ pub enum TargetError {
     Layout { map: &'static str, source: MapError },
     #[error("reading map {map} failed: {source}")]
     Read { map: &'static str, source: MapError },
+    #[error(transparent)]
+    Listed(#[from] dirty::ReadError),
     #[error("writing map {map} failed: {source}")]
     Write { map: &'static str, source: MapError },
     #[error("host group {group} of {prefix} is out of range (groups are 0 to {})", MAX_HOSTGROUPS - 1)]
@@ -50,23 +56,10 @@ pub enum TargetError {
     TooMany { count: usize },
 }
 
-/// Polls over which [`TargetMaps::read`] sweeps a whole per-address map.
-/// The tracker notices an evicted or idle address within about a sweep.
-pub const SWEEP_POLLS: usize = 20;
+pub use super::dirty::SWEEP_POLLS;
 
 /// One poll's read of a per-address map.
-#[derive(Debug, Default)]
-pub struct TargetsRead {
-    /// Addresses and their cumulative counts (summed over CPUs).
-    pub entries: Vec<(SourceKey, TargetStats)>,
-    /// Addresses the program listed as counted in the window.
-    pub changed: usize,
-    /// The whole map was read: an address not in `entries` is gone.
-    pub whole: bool,
-    /// No CPU counted anything in this direction since the window began:
-    /// its ring was not read (nor, then, need the group totals be).
-    pub quiet: bool,
-}
+pub type TargetsRead = Listed<TargetStats>;
 
 /// Network mode's maps, owned apart from the program.
 pub struct TargetMaps {
@@ -78,17 +71,8 @@ pub struct TargetMaps {
     dirty: PerCpuArray<MapData, DirtyRing>,
     /// Each CPU's windows, per direction: whether it counted lately.
     windows: PerCpuArray<MapData, Window>,
-    /// Per direction: where the sweep goes on from (`None`: the start), and
-    /// whether the next read must be whole (the first one: entries counted
-    /// before the controller's first window are in no ring).
-    sweep: [Option<u32>; 2],
-    /// Polls since the current pass began: a pass over a sparse map ends
-    /// in one poll (a batch read goes on to the map's end for as many
-    /// entries as a slice holds), and the next one waits until
-    /// [`SWEEP_POLLS`] have passed, so an idle map's empty buckets are
-    /// walked once a sweep, not every poll.
-    pass_age: [usize; 2],
-    whole: [bool; 2],
+    /// Per direction: where the sweep of its map stands.
+    sweep: [Sweep; 2],
     /// What the trie holds.
     installed: BTreeMap<Prefix, u32>,
     /// What TARGET_CONTROL holds (the programs' switch, the prefilter and
@@ -126,9 +110,7 @@ impl TargetMaps {
             outgoing,
             dirty,
             windows,
-            sweep: [None; 2],
-            pass_age: [0; 2],
-            whole: [true; 2],
+            sweep: Default::default(),
             installed: BTreeMap::new(),
             control_value: Box::default(),
             capacity,
@@ -261,114 +243,40 @@ impl TargetMaps {
     /// summed over CPUs (its group: see [`TargetStats`]).
     pub fn targets(&self, direction: Direction) -> Result<Vec<(SourceKey, TargetStats)>, TargetError> {
         let (map, name) = self.map(direction);
-        let mut out = Vec::with_capacity(self.capacity as usize);
-        // A few syscalls for the whole map; two per entry only on a kernel
-        // without batch lookups.
         let mut buf = self.batch.lock().unwrap_or_else(|p| p.into_inner());
-        match batch::per_cpu_hash::<SourceKey, TargetStats>(map.map(), &mut buf, |k, v| {
-            out.push((k, sum(v.iter(), true)))
-        }) {
-            Ok(()) => Ok(out),
-            Err(e) => {
-                tracing::debug!(map = name, "batch lookup failed ({e}); iterating");
-                self.targets_iterated(direction)
-            }
-        }
+        Ok(dirty::whole(map, name, &mut buf, |v| sum(v.iter(), true))?)
     }
 
     /// What a poll reads of `direction`'s per-address map, once the window
-    /// `epoch` is over (the program has gone on to the next).
-    ///
-    /// Not the whole map: the addresses the program listed as counted in
-    /// that window (its rings, one per CPU; fewer than 2,048 per CPU, as the
-    /// sketch admits), each looked up, and the next slice of a sweep that
-    /// reads the whole map over [`SWEEP_POLLS`] polls, so the tracker still
-    /// sees addresses go idle and go. The whole map instead when a ring
-    /// overflowed, and the first time. The rings (32 KB a CPU) only when a
-    /// CPU counted in the window ([`Window::counted_since`]).
+    /// `epoch` is over (the program has gone on to the next): see
+    /// [`dirty`]. The rings (32 KB a CPU) only when a CPU counted in the
+    /// window.
     pub fn read(&mut self, direction: Direction, epoch: u32) -> Result<TargetsRead, TargetError> {
         let d = direction.index();
-        let windows =
-            self.windows.get(&(d as u32), 0).map_err(|source| TargetError::Read { map: TARGET_WINDOW_MAP, source })?;
-        let quiet = !windows.iter().any(|w| w.counted_since(epoch));
-        let mut keys = Vec::new();
-        let mut overflow = false;
-        if !quiet {
-            let rings = self
-                .dirty
-                .get(&dirty_index(d as u32, epoch), 0)
-                .map_err(|source| TargetError::Read { map: TARGET_DIRTY_MAP, source })?;
-            for ring in rings.iter().filter(|r| r.epoch == epoch) {
-                overflow |= ring.overflow != 0;
-                keys.extend_from_slice(&ring.keys[..(ring.count as usize).min(ring.keys.len())]);
-            }
-        }
-        if overflow || self.whole[d] {
-            self.whole[d] = false;
-            self.sweep[d] = None;
-            // A whole read is a pass.
-            self.pass_age[d] = 1;
-            let entries = self.targets(direction)?;
-            return Ok(TargetsRead { changed: entries.len(), entries, whole: true, quiet: false });
-        }
-        keys.sort_unstable_by_key(|k| k.addr);
-        keys.dedup_by_key(|k| k.addr);
-        let from = self.sweep[d];
-        let sweeping = from.is_some() || self.pass_age[d] >= SWEEP_POLLS;
-        if from.is_none() && sweeping {
-            self.pass_age[d] = 0;
-        }
-        self.pass_age[d] += 1;
-        let (map, name) = self.map(direction);
-        let slice = if sweeping { (self.capacity as usize).div_ceil(SWEEP_POLLS).max(1) } else { 0 };
-        let mut entries = Vec::with_capacity(keys.len() + slice);
+        let (map, name) = match direction {
+            Direction::Incoming => (&self.incoming, TARGETS_IN_MAP),
+            Direction::Outgoing => (&self.outgoing, TARGETS_OUT_MAP),
+        };
+        let maps = dirty::Maps {
+            map,
+            name,
+            rings: &self.dirty,
+            rings_name: TARGET_DIRTY_MAP,
+            ring: dirty_index(d as u32, epoch),
+            windows: &self.windows,
+            windows_name: TARGET_WINDOW_MAP,
+            window: d as u32,
+            capacity: self.capacity,
+        };
         let mut buf = self.batch.lock().unwrap_or_else(|p| p.into_inner());
-        let swept = if sweeping {
-            batch::per_cpu_hash_from::<SourceKey, TargetStats>(map.map(), &mut buf, from, slice, |k, v| {
-                if keys.binary_search_by_key(&k.addr, |d| d.addr).is_err() {
-                    entries.push((k, sum(v.iter(), true)));
-                }
-            })
-        } else {
-            Ok(None)
-        };
-        let next = match swept {
-            Ok(next) => next,
-            Err(e) => {
-                // A kernel without batch lookups: the whole map, iterated.
-                tracing::debug!(map = name, "batch lookup failed ({e}); iterating");
-                let entries = self.targets_iterated(direction)?;
-                return Ok(TargetsRead { changed: entries.len(), entries, whole: true, quiet: false });
-            }
-        };
-        let changed = keys.len();
-        for key in keys {
-            match map.get(&key, 0) {
-                Ok(per_cpu) => entries.push((key, sum(per_cpu.iter(), true))),
-                // Evicted or removed since it was counted.
-                Err(MapError::KeyNotFound) => {}
-                Err(source) => return Err(TargetError::Read { map: name, source }),
-            }
-        }
-        self.sweep[d] = next;
-        Ok(TargetsRead { entries, changed, whole: false, quiet })
+        Ok(self.sweep[d].read(&maps, epoch, &mut buf, |v| sum(v.iter(), true))?)
     }
 
     /// As [`TargetMaps::targets`], two syscalls per entry (aya's iterator):
     /// the way on kernels without batch lookups.
     pub fn targets_iterated(&self, direction: Direction) -> Result<Vec<(SourceKey, TargetStats)>, TargetError> {
         let (map, name) = self.map(direction);
-        let mut out = Vec::new();
-        for item in map.iter() {
-            let (key, per_cpu) = match item {
-                Ok(kv) => kv,
-                // Evicted by the kernel between listing and reading: skip it.
-                Err(MapError::KeyNotFound) => continue,
-                Err(source) => return Err(TargetError::Read { map: name, source }),
-            };
-            out.push((key, sum(per_cpu.iter(), true)));
-        }
-        Ok(out)
+        Ok(dirty::iterated(map, name, |v| sum(v.iter(), true))?)
     }
 
     /// A group's cumulative totals in `direction`, summed over CPUs.

@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use detector_common::{
-    maps::{ClassStats, SourceKey, SourceStats, DEFAULT_MAX_SOURCES},
+    maps::{ring_of, ClassStats, DirtyRing, SourceKey, SourceStats, DEFAULT_MAX_SOURCES},
     sample::{current_countdown, next_gap, SampleControl, SampleRecord, SAMPLES_RING_BYTES, SNAPLEN},
     sketch::{self, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS, SKETCH_DEPTH},
     TrafficClass, CLASS_COUNT,
@@ -27,6 +27,14 @@ pub(crate) static CLASS_STATS: PerCpuArray<ClassStats> = PerCpuArray::with_max_e
 #[map]
 static SOURCE_STATS: LruPerCpuHashMap<SourceKey, SourceStats> =
     LruPerCpuHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
+
+/// The entry a newly admitted source is inserted with (see `track_source`).
+#[map]
+static SOURCE_FRESH: PerCpuArray<SourceStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU and epoch parity: the sources counted in a window.
+#[map]
+static SOURCE_DIRTY: PerCpuArray<DirtyRing> = PerCpuArray::with_max_entries(2, 0);
 
 /// The heavy-hitter filter, per CPU, in blocks of a cache line (a source's
 /// counters all lie in one).
@@ -219,29 +227,64 @@ fn track_source(w: *mut Window, src: [u8; 16], class: usize, len: u64) {
         return;
     }
     let key = SourceKey { addr: src };
-    if add(&key, class, len, weight) {
+    if add(&key, class, len, weight, epoch) {
         return;
     }
-    let mut fresh = SourceStats { packets: weight, bytes: len * weight, class_packets: [0; CLASS_COUNT] };
-    fresh.class_packets[class] = weight;
+    // Inserted from a per-CPU value, not the stack: with the program's
+    // other locals, a 152-byte entry is past the verifier's 512 bytes.
+    let Some(fresh) = SOURCE_FRESH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's value, zero but while a source is inserted.
+    unsafe {
+        (*fresh).packets = weight;
+        (*fresh).bytes = len * weight;
+        (*fresh).class_packets[class] = weight;
+        (*fresh).epoch = epoch;
+    }
     // NOEXIST: another CPU may have admitted the source a moment ago; then
     // its entry stays and this CPU's slot in it takes the packet.
-    if SOURCE_STATS.insert(key, fresh, BPF_NOEXIST as u64).is_err() {
-        add(&key, class, len, weight);
+    let inserted = SOURCE_STATS.insert(&key, unsafe { &*fresh }, BPF_NOEXIST as u64);
+    unsafe {
+        (*fresh).packets = 0;
+        (*fresh).bytes = 0;
+        (*fresh).class_packets[class] = 0;
+        (*fresh).epoch = 0;
+    }
+    if inserted.is_ok() {
+        mark_dirty(&key, epoch);
+    } else {
+        add(&key, class, len, weight, epoch);
     }
 }
 
-/// Adds to a tracked source's counters; false when it is not tracked.
+/// Adds to a tracked source's counters, listing it in the window's ring
+/// the first time this CPU counts it in the window; false when it is not
+/// tracked.
 #[inline(always)]
-fn add(key: &SourceKey, class: usize, len: u64, weight: u64) -> bool {
-    match SOURCE_STATS.get_ptr_mut(key) {
-        Some(s) => unsafe {
-            (*s).packets += weight;
-            (*s).bytes += len * weight;
-            (*s).class_packets[class] += weight;
-            true
-        },
-        None => false,
+fn add(key: &SourceKey, class: usize, len: u64, weight: u64, epoch: u32) -> bool {
+    let Some(s) = SOURCE_STATS.get_ptr_mut(key) else {
+        return false;
+    };
+    let first = unsafe {
+        (*s).packets += weight;
+        (*s).bytes += len * weight;
+        (*s).class_packets[class] += weight;
+        let first = (*s).epoch != epoch;
+        (*s).epoch = epoch;
+        first
+    };
+    if first {
+        mark_dirty(key, epoch);
+    }
+    true
+}
+
+/// Lists `key` in this CPU's ring of the window `epoch`.
+#[inline(always)]
+fn mark_dirty(key: &SourceKey, epoch: u32) {
+    if let Some(r) = SOURCE_DIRTY.get_ptr_mut(ring_of(epoch)) {
+        crate::dirty::list(r, key, epoch);
     }
 }
 

@@ -17,8 +17,7 @@ use detector_common::{
     sketch::{self, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS, SKETCH_DEPTH},
     targets::{
         cache_slot, dirty_index, group_index, CacheSlot, DirtyRing, ProtectedNet, TargetControl, TargetStats,
-        CACHE_NONE, CACHE_SLOTS, DEFAULT_MAX_TARGETS, DIRECTION_IN, DIRECTION_OUT, DIRTY_KEYS, MAX_HOSTGROUPS,
-        MAX_PROTECTED,
+        CACHE_NONE, CACHE_SLOTS, DEFAULT_MAX_TARGETS, DIRECTION_IN, DIRECTION_OUT, MAX_HOSTGROUPS, MAX_PROTECTED,
     },
     CLASS_COUNT,
 };
@@ -225,27 +224,11 @@ fn count_protected<const DIR: u32>(addr: &[u64; 2], class: u32, len: u64, packet
     }
 }
 
-/// Lists `key` in this CPU's ring of the window `epoch`, or says the ring
-/// overflowed.
+/// Lists `key` in this CPU's ring of the window `epoch`.
 #[inline(always)]
 fn mark_dirty<const DIR: u32>(key: &SourceKey, epoch: u32) {
-    let Some(r) = TARGET_DIRTY.get_ptr_mut(dirty_index(DIR, epoch)) else {
-        return;
-    };
-    // SAFETY: a per-CPU value of this program's, on this CPU.
-    unsafe {
-        if (*r).epoch != epoch {
-            (*r).epoch = epoch;
-            (*r).count = 0;
-            (*r).overflow = 0;
-        }
-        let n = (*r).count as usize;
-        if n < DIRTY_KEYS {
-            (*r).keys[n] = *key;
-            (*r).count = n as u32 + 1;
-        } else {
-            (*r).overflow = 1;
-        }
+    if let Some(r) = TARGET_DIRTY.get_ptr_mut(dirty_index(DIR, epoch)) {
+        crate::dirty::list(r, key, epoch);
     }
 }
 

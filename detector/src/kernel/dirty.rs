@@ -1,0 +1,198 @@
+//! Reading a per-address map whose program lists the addresses it counted
+//! in each window (see `detector_common::maps::DirtyRing`): the per-source
+//! map and network mode's per-address maps. A poll reads the addresses
+//! counted in the window that ended, each looked up, and the next slice of
+//! a sweep that reads the whole map over [`SWEEP_POLLS`] polls, so a
+//! tracker still sees addresses go idle and go; the whole map instead the
+//! first time (entries counted before the controller's first window are in
+//! no ring) and when a ring overflowed. Not the whole map every poll: that
+//! walks every bucket of it, however few entries changed.
+
+use aya::{
+    maps::{IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    Pod,
+};
+use detector_common::{
+    maps::{DirtyRing, SourceKey},
+    sketch::Window,
+};
+use thiserror::Error;
+
+use crate::kernel::batch;
+
+/// Polls over which a sweep reads a whole per-address map. A tracker
+/// notices an evicted or idle address within about a sweep.
+pub const SWEEP_POLLS: usize = 20;
+
+#[derive(Debug, Error)]
+#[error("reading map {map} failed: {source}")]
+pub struct ReadError {
+    pub map: &'static str,
+    pub source: MapError,
+}
+
+/// One poll's read of a per-address map.
+#[derive(Debug)]
+pub struct Listed<V> {
+    /// Addresses and their cumulative counts (summed over CPUs).
+    pub entries: Vec<(SourceKey, V)>,
+    /// Addresses the program listed as counted in the window.
+    pub changed: usize,
+    /// The whole map was read: an address not in `entries` is gone.
+    pub whole: bool,
+    /// No CPU counted anything in the map since the window began: its
+    /// rings were not read.
+    pub quiet: bool,
+}
+
+impl<V> Default for Listed<V> {
+    fn default() -> Self {
+        Listed { entries: Vec::new(), changed: 0, whole: false, quiet: false }
+    }
+}
+
+/// A per-address map and what its program keeps beside it.
+pub struct Maps<'a, V: Pod> {
+    pub map: &'a PerCpuHashMap<MapData, SourceKey, V>,
+    pub name: &'static str,
+    /// The per-CPU rings, and the index of the one for the window read.
+    pub rings: &'a PerCpuArray<MapData, DirtyRing>,
+    pub rings_name: &'static str,
+    pub ring: u32,
+    /// The CPUs' windows for the map, and the index of its window.
+    pub windows: &'a PerCpuArray<MapData, Window>,
+    pub windows_name: &'static str,
+    pub window: u32,
+    /// The map's capacity: a sweep's slice is a [`SWEEP_POLLS`]th of it.
+    pub capacity: u32,
+}
+
+/// Where one map's sweep stands.
+#[derive(Debug)]
+pub struct Sweep {
+    /// Where the sweep goes on from (`None`: the start).
+    from: Option<u32>,
+    /// Polls since the current pass began: a pass over a sparse map ends
+    /// in one poll (a batch read goes on to the map's end for as many
+    /// entries as a slice holds), and the next one waits until
+    /// [`SWEEP_POLLS`] have passed, so an idle map's empty buckets are
+    /// walked once a sweep, not every poll.
+    pass_age: usize,
+    /// The next read must be whole.
+    whole: bool,
+}
+
+impl Default for Sweep {
+    fn default() -> Self {
+        Sweep { from: None, pass_age: 0, whole: true }
+    }
+}
+
+impl Sweep {
+    /// What a poll reads of `m` once the window `epoch` is over (the
+    /// program has gone on to the next). `sum` adds up an entry's per-CPU
+    /// values.
+    pub fn read<V: Pod>(
+        &mut self,
+        m: &Maps<'_, V>,
+        epoch: u32,
+        buf: &mut batch::Buffers,
+        sum: impl Fn(&[V]) -> V,
+    ) -> Result<Listed<V>, ReadError> {
+        let windows = m.windows.get(&m.window, 0).map_err(|source| ReadError { map: m.windows_name, source })?;
+        let quiet = !windows.iter().any(|w| w.counted_since(epoch));
+        let mut keys = Vec::new();
+        let mut overflow = false;
+        if !quiet {
+            let rings = m.rings.get(&m.ring, 0).map_err(|source| ReadError { map: m.rings_name, source })?;
+            for ring in rings.iter().filter(|r| r.epoch == epoch) {
+                overflow |= ring.overflow != 0;
+                keys.extend_from_slice(&ring.keys[..(ring.count as usize).min(ring.keys.len())]);
+            }
+        }
+        if overflow || self.whole {
+            self.whole = false;
+            self.from = None;
+            // A whole read is a pass.
+            self.pass_age = 1;
+            let entries = whole(m.map, m.name, buf, &sum)?;
+            return Ok(Listed { changed: entries.len(), entries, whole: true, quiet: false });
+        }
+        keys.sort_unstable_by_key(|k| k.addr);
+        keys.dedup_by_key(|k| k.addr);
+        let sweeping = self.from.is_some() || self.pass_age >= SWEEP_POLLS;
+        if self.from.is_none() && sweeping {
+            self.pass_age = 0;
+        }
+        self.pass_age += 1;
+        let slice = if sweeping { (m.capacity as usize).div_ceil(SWEEP_POLLS).max(1) } else { 0 };
+        let mut entries = Vec::with_capacity(keys.len() + slice);
+        let swept = if sweeping {
+            batch::per_cpu_hash_from::<SourceKey, V>(m.map.map(), buf, self.from, slice, |k, v| {
+                if keys.binary_search_by_key(&k.addr, |d| d.addr).is_err() {
+                    entries.push((k, sum(v)));
+                }
+            })
+        } else {
+            Ok(None)
+        };
+        let next = match swept {
+            Ok(next) => next,
+            Err(e) => {
+                // A kernel without batch lookups: the whole map, iterated.
+                tracing::debug!(map = m.name, "batch lookup failed ({e}); iterating");
+                let entries = iterated(m.map, m.name, &sum)?;
+                return Ok(Listed { changed: entries.len(), entries, whole: true, quiet: false });
+            }
+        };
+        let changed = keys.len();
+        for key in keys {
+            match m.map.get(&key, 0) {
+                Ok(per_cpu) => entries.push((key, sum(&per_cpu))),
+                // Evicted or removed since it was counted.
+                Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(ReadError { map: m.name, source }),
+            }
+        }
+        self.from = next;
+        Ok(Listed { entries, changed, whole: false, quiet })
+    }
+}
+
+/// Every entry of `map` with its per-CPU values summed: a few batch
+/// syscalls; aya's iterator (two syscalls per entry, each of which walks
+/// the empty buckets before it) where the kernel has no batch lookups.
+pub fn whole<V: Pod>(
+    map: &PerCpuHashMap<MapData, SourceKey, V>,
+    name: &'static str,
+    buf: &mut batch::Buffers,
+    sum: impl Fn(&[V]) -> V,
+) -> Result<Vec<(SourceKey, V)>, ReadError> {
+    let mut out = Vec::new();
+    match batch::per_cpu_hash::<SourceKey, V>(map.map(), buf, |k, v| out.push((k, sum(v)))) {
+        Ok(()) => Ok(out),
+        Err(e) => {
+            tracing::debug!(map = name, "batch lookup failed ({e}); iterating");
+            iterated(map, name, sum)
+        }
+    }
+}
+
+/// As [`whole`], with aya's iterator.
+pub fn iterated<V: Pod>(
+    map: &PerCpuHashMap<MapData, SourceKey, V>,
+    name: &'static str,
+    sum: impl Fn(&[V]) -> V,
+) -> Result<Vec<(SourceKey, V)>, ReadError> {
+    let mut out = Vec::new();
+    for item in map.iter() {
+        let (key, per_cpu) = match item {
+            Ok(kv) => kv,
+            // Evicted by the kernel between listing and reading: skip it.
+            Err(MapError::KeyNotFound) => continue,
+            Err(source) => return Err(ReadError { map: name, source }),
+        };
+        out.push((key, sum(&per_cpu)));
+    }
+    Ok(out)
+}
