@@ -1022,7 +1022,13 @@ fn refresh(inc: &mut Incident, tracks: &[Track; FAMILIES], obs: &ScopeContext<'_
         }
     }
 
-    // Top talkers of the attack traffic, while it flows.
+    // Top talkers and ports of the attack traffic, while it flows: not
+    // from the polls of its tail, below every floor, where whoever sent
+    // last (a straggler of another vector, the host's users) would stand
+    // in for the attack's sources.
+    if !fams.iter().any(|f| tracks[f.index()].above_since.is_some()) {
+        return;
+    }
     let seen_before = |s: &SourceRate| {
         obs.now_ms.saturating_sub(s.seen_for_ms) + SEEN_BEFORE_ATTACK.as_millis() as u64 <= inc.started_at
     };

@@ -413,6 +413,30 @@ fn top_sources_and_ports_of_the_attack_traffic() {
 }
 
 #[test]
+fn the_tail_of_an_attack_does_not_replace_its_top_sources_and_ports() {
+    let mut r = Run::new(cfg());
+    let rate = |addr: &str, pps: f64| {
+        let mut class_pps = [0.0; CLASS_COUNT];
+        class_pps[TrafficClass::TcpSyn.index()] = pps;
+        SourceRate { addr: addr.parse().unwrap(), pps, bps: 0.0, class_pps, seen_for_ms: 0 }
+    };
+    let syn = |dport| PacketSample { class: TrafficClass::TcpSyn as u8, sport: 1234, dport, ..Default::default() };
+    r.sources = vec![rate("198.51.100.7", 5_000.0)];
+    r.samples = vec![syn(22); 40];
+    let ev = r.traffic(&[(TrafficClass::TcpSyn, 5_000.0)], 1.0);
+    assert_eq!(opened(&ev).incident.top_sources[0].addr.to_string(), "198.51.100.7");
+    // The flood stops; a straggler's few SYNs to another port are all the
+    // next poll sees, far below the floor.
+    r.sources = vec![rate("203.0.113.1", 20.0)];
+    r.samples = vec![syn(443); 2];
+    r.traffic(&[(TrafficClass::TcpSyn, 20.0)], 1.0);
+    let inc = r.det.open_incidents().next().expect("still open, in its quiet time");
+    assert_eq!(inc.top_sources.len(), 1, "{:?}", inc.top_sources);
+    assert_eq!(inc.top_sources[0].addr.to_string(), "198.51.100.7");
+    assert_eq!(inc.top_ports[0].port, 22);
+}
+
+#[test]
 fn a_top_source_that_sent_long_before_the_attack_is_marked_as_the_hosts_user() {
     let mut r = Run::new(cfg());
     let mut syn = [0.0; CLASS_COUNT];
