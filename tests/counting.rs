@@ -383,7 +383,7 @@ fn a_poll_reads_the_sources_counted_in_the_window_that_ended() {
     send(&lab, &frames);
     counted(&t, 80);
     t.maps.new_window().unwrap();
-    let first = t.maps.read_sources(w1).unwrap();
+    let first = t.maps.read_sources(w1, 2).unwrap();
     assert!(first.whole, "the first read is not whole");
     assert_eq!(first.entries.len(), 2);
 
@@ -392,7 +392,7 @@ fn a_poll_reads_the_sources_counted_in_the_window_that_ended() {
     send(&lab, &vec![a.bytes.clone(); 40]);
     counted(&t, 120);
     t.maps.new_window().unwrap();
-    let second = t.maps.read_sources(w2).unwrap();
+    let second = t.maps.read_sources(w2, 2).unwrap();
     assert!(!second.whole && !second.quiet, "{second:?}");
     assert_eq!((second.changed, second.entries.len()), (1, 1), "{second:?}");
     let sa = find(&second.entries, "198.51.100.7").expect("a read");
@@ -403,18 +403,31 @@ fn a_poll_reads_the_sources_counted_in_the_window_that_ended() {
     for read in 3..=SWEEP_POLLS {
         let w = t.maps.epoch();
         t.maps.new_window().unwrap();
-        let quiet = t.maps.read_sources(w).unwrap();
+        let quiet = t.maps.read_sources(w, 2).unwrap();
         assert_eq!((quiet.changed, quiet.entries.len()), (0, 0), "read {read}: {quiet:?}");
         assert_eq!(quiet.quiet, read > 3, "read {read}: {quiet:?}");
     }
     // The pass: on a map this small, everything at once.
     let w = t.maps.epoch();
     t.maps.new_window().unwrap();
-    let swept = t.maps.read_sources(w).unwrap();
+    let swept = t.maps.read_sources(w, 2).unwrap();
     assert_eq!(swept.changed, 0);
     assert_eq!(swept.entries.len(), 2, "{swept:?}");
     assert_eq!(find(&swept.entries, "198.51.100.8").unwrap(), find(&first.entries, "198.51.100.8").unwrap());
     assert_eq!(find(&swept.entries, "198.51.100.7").unwrap(), sa);
+
+    // Most of the map listed (32 more sources, in a map of 4,096): a
+    // whole read is cheaper than a lookup each, and is what the poll does.
+    let w = t.maps.epoch();
+    let many: Vec<Vec<u8>> = (1..=32u8)
+        .flat_map(|i| std::iter::repeat_n(build(&spec(Kind::Udp, &format!("198.51.101.{i}"), "192.0.2.2")).bytes, 8))
+        .collect();
+    send(&lab, &many);
+    counted(&t, 120 + many.len() as u64);
+    t.maps.new_window().unwrap();
+    let most = t.maps.read_sources(w, 2).unwrap();
+    assert!(most.whole, "{} listed, read one at a time", most.changed);
+    assert_eq!(most.entries.len(), 34, "{most:?}");
 }
 
 #[test]

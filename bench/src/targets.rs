@@ -299,7 +299,10 @@ fn poll(
     *window = (*window + 1) & EPOCH_MASK;
     epoch.set(0, *window, 0)?;
     let (incoming, outgoing) = match mode {
-        ReadMode::Window => (maps.read(Direction::Incoming, ended)?, maps.read(Direction::Outgoing, ended)?),
+        ReadMode::Window => {
+            let (i, o) = (tracker.len(Direction::Incoming), tracker.len(Direction::Outgoing));
+            (maps.read(Direction::Incoming, ended, i)?, maps.read(Direction::Outgoing, ended, o)?)
+        }
         ReadMode::Whole => {
             let whole = |entries: Vec<_>| TargetsRead { changed: entries.len(), entries, whole: true, quiet: false };
             (whole(maps.targets(Direction::Incoming)?), whole(maps.targets(Direction::Outgoing)?))

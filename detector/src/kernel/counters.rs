@@ -147,7 +147,8 @@ impl CounterMaps {
     /// over (the program has gone on to the next): the sources counted in
     /// it and a slice of a sweep, not every bucket of the map (see
     /// [`dirty`]).
-    pub fn read_sources(&mut self, epoch: u32) -> Result<Listed<SourceStats>, CounterError> {
+    /// `tracked`: the sources the tracker knows of.
+    pub fn read_sources(&mut self, epoch: u32, tracked: usize) -> Result<Listed<SourceStats>, CounterError> {
         let maps = dirty::Maps {
             map: &self.sources,
             name: SOURCE_STATS_MAP,
@@ -160,7 +161,7 @@ impl CounterMaps {
             capacity: self.capacity,
         };
         let mut buf = self.batch.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(self.sweep.read(&maps, epoch, &mut buf, sum_sources)?)
+        Ok(self.sweep.read(&maps, epoch, tracked, &mut buf, sum_sources)?)
     }
 
     /// Removes sources the tracker found idle. A packet landing between the

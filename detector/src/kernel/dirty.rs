@@ -5,7 +5,8 @@
 //! a sweep that reads the whole map over [`SWEEP_POLLS`] polls, so a
 //! tracker still sees addresses go idle and go; the whole map instead the
 //! first time (entries counted before the controller's first window are in
-//! no ring) and when a ring overflowed. Not the whole map every poll: that
+//! no ring), when a ring overflowed, and when most of the map was listed
+//! (a batch read is cheaper per entry than lookups one at a time). Not the whole map every poll: that
 //! walks every bucket of it, however few entries changed.
 
 use aya::{
@@ -23,6 +24,15 @@ use crate::kernel::batch;
 /// Polls over which a sweep reads a whole per-address map. A tracker
 /// notices an evicted or idle address within about a sweep.
 pub const SWEEP_POLLS: usize = 20;
+
+/// What reading costs, in ns, as measured on the AMD EPYC of BENCHMARKS.md:
+/// one entry looked up alone (a syscall and a per-CPU copy), one bucket of
+/// a batch read's walk, one entry of a batch read. Only their ratios
+/// matter: they choose between looking up the addresses listed and reading
+/// the whole map, which is cheaper when most of its entries changed.
+const LOOKUP_NS: usize = 2_500;
+const BUCKET_NS: usize = 7;
+const BATCHED_NS: usize = 300;
 
 #[derive(Debug, Error)]
 #[error("reading map {map} failed: {source}")]
@@ -92,10 +102,13 @@ impl Sweep {
     /// What a poll reads of `m` once the window `epoch` is over (the
     /// program has gone on to the next). `sum` adds up an entry's per-CPU
     /// values.
+    /// `tracked`: about how many entries the map holds (the caller's
+    /// tracker knows).
     pub fn read<V: Pod>(
         &mut self,
         m: &Maps<'_, V>,
         epoch: u32,
+        tracked: usize,
         buf: &mut batch::Buffers,
         sum: impl Fn(&[V]) -> V,
     ) -> Result<Listed<V>, ReadError> {
@@ -110,7 +123,10 @@ impl Sweep {
                 keys.extend_from_slice(&ring.keys[..(ring.count as usize).min(ring.keys.len())]);
             }
         }
-        if overflow || self.whole {
+        keys.sort_unstable_by_key(|k| k.addr);
+        keys.dedup_by_key(|k| k.addr);
+        let cheaper_whole = keys.len() * LOOKUP_NS > m.capacity as usize * BUCKET_NS + tracked * BATCHED_NS;
+        if overflow || self.whole || cheaper_whole {
             self.whole = false;
             self.from = None;
             // A whole read is a pass.
@@ -118,8 +134,6 @@ impl Sweep {
             let entries = whole(m.map, m.name, buf, &sum)?;
             return Ok(Listed { changed: entries.len(), entries, whole: true, quiet: false });
         }
-        keys.sort_unstable_by_key(|k| k.addr);
-        keys.dedup_by_key(|k| k.addr);
         let sweeping = self.from.is_some() || self.pass_age >= SWEEP_POLLS;
         if self.from.is_none() && sweeping {
             self.pass_age = 0;

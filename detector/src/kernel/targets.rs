@@ -251,7 +251,8 @@ impl TargetMaps {
     /// `epoch` is over (the program has gone on to the next): see
     /// [`dirty`]. The rings (32 KB a CPU) only when a CPU counted in the
     /// window.
-    pub fn read(&mut self, direction: Direction, epoch: u32) -> Result<TargetsRead, TargetError> {
+    /// `tracked`: the addresses the tracker knows of in `direction`.
+    pub fn read(&mut self, direction: Direction, epoch: u32, tracked: usize) -> Result<TargetsRead, TargetError> {
         let d = direction.index();
         let (map, name) = match direction {
             Direction::Incoming => (&self.incoming, TARGETS_IN_MAP),
@@ -269,7 +270,7 @@ impl TargetMaps {
             capacity: self.capacity,
         };
         let mut buf = self.batch.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(self.sweep[d].read(&maps, epoch, &mut buf, |v| sum(v.iter(), true))?)
+        Ok(self.sweep[d].read(&maps, epoch, tracked, &mut buf, |v| sum(v.iter(), true))?)
     }
 
     /// As [`TargetMaps::targets`], two syscalls per entry (aya's iterator):
