@@ -323,7 +323,12 @@ fn pins_of_a_vanished_interface_are_removed() {
     ip(&["-n", ns, "link", "set", "dlvan0", "up"]);
     ip(&["-n", ns, "link", "set", "dlvan1", "up"]);
     let mut c = Controller::start_on(&lab, "dlvan0", &[]);
-    assert_eq!(rules(&c)["rules"].as_array().unwrap().len(), 1, "the saved rule applies to the new interface");
+    assert_eq!(
+        rules(&c)["rules"].as_array().unwrap().len(),
+        1,
+        "the saved rule applies to the new interface; log:\n{}",
+        c.log_text()
+    );
     assert!(!c.stop_with(libc::SIGKILL).success());
     let pins = {
         let _in = lab.enter_tgt().unwrap();

@@ -108,7 +108,8 @@ fn main() -> Result<()> {
         }
         Some(Part::Live) => {
             for r in live::floods(seconds)? {
-                let poll = r.poll_ms.map(|(p50, p99)| format!("  poll p50 {p50:.2} ms, p99 {p99:.2} ms")).unwrap_or_default();
+                let poll =
+                    r.poll_ms.map(|(p50, p99)| format!("  poll p50 {p50:.2} ms, p99 {p99:.2} ms")).unwrap_or_default();
                 println!("{:<70} {:<8} {:>8.1} ns/packet{poll}", r.scenario.label(), r.program, r.ns_per_packet);
             }
             return Ok(());

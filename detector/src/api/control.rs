@@ -151,6 +151,27 @@ async fn with_mitigator<T: Send + 'static>(
     })
 }
 
+/// How long a change waits to be written to the state directory before
+/// the answer goes anyway (the change is in force; the log says it is not
+/// saved yet).
+const SAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// As [`with_mitigator`] for a change of the rules or the allowlist, which
+/// is answered once the state directory holds it: a rule the operator was
+/// told is in force is still there after a `kill -9` the moment after
+/// (whose pins an interface that goes away takes with it).
+async fn change_mitigator<T: Send + 'static>(
+    s: &ControlState,
+    f: impl FnOnce(&mut Mitigator) -> Result<T, MitigateError> + Send + 'static,
+) -> Result<T, Response> {
+    let (out, files) = with_mitigator(s, move |m| f(m).map(|out| (out, m.files()))).await?;
+    let saved = tokio::task::spawn_blocking(move || files.flush(SAVE_WAIT)).await.unwrap_or(false);
+    if !saved {
+        tracing::warn!("a rule change is in force but not yet written to the state directory");
+    }
+    Ok(out)
+}
+
 async fn list(State(s): State<ControlState>) -> Response {
     match with_mitigator(&s, |m| Ok(m.view(Clock::now().wall_ms))).await {
         Ok(v) => Json(v).into_response(),
@@ -177,7 +198,7 @@ async fn add_rule(
             "`origin` cannot be set through the control socket: rules added here are the operator's".into(),
         );
     }
-    match with_mitigator(&s, move |m| m.add_rule(&req, Clock::now())).await {
+    match change_mitigator(&s, move |m| m.add_rule(&req, Clock::now())).await {
         Ok(rule) => (StatusCode::CREATED, Json(rule)).into_response(),
         Err(r) => r,
     }
@@ -201,14 +222,14 @@ async fn add_allow(
         s.metrics.rule_refused("invalid");
         return error(StatusCode::BAD_REQUEST, e.to_string());
     }
-    match with_mitigator(&s, move |m| m.add_allow(prefix, &reason, Clock::now())).await {
+    match change_mitigator(&s, move |m| m.add_allow(prefix, &reason, Clock::now())).await {
         Ok((entry, overridden)) => (StatusCode::CREATED, Json(AllowAdded { entry, overridden })).into_response(),
         Err(r) => r,
     }
 }
 
 async fn remove(State(s): State<ControlState>, UrlPath(id): UrlPath<String>) -> Response {
-    match with_mitigator(&s, move |m| m.remove(&id, Clock::now())).await {
+    match change_mitigator(&s, move |m| m.remove(&id, Clock::now())).await {
         Ok(removed) => Json(removed).into_response(),
         Err(r) => r,
     }
@@ -406,6 +427,23 @@ mod tests {
         let added =
             client.add_allow(&AllowRequest { prefix: "192.0.2.10".into(), reason: Some(ok.clone()) }).await.unwrap();
         assert_eq!(added.entry.reason, ok);
+        server.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_change_is_answered_once_the_state_directory_holds_it() {
+        let (dir, server, _mitigator) = control("saved").await;
+        let client = Client::new(&dir);
+        let saved = || std::fs::read_to_string(dir.join(crate::statedir::RULES_FILE)).unwrap_or_default();
+        let rule = client.add_rule(&drop_rule("203.0.113.0/24")).await.unwrap();
+        // No wait: the answer came after the write (a kill -9 now loses
+        // nothing the operator was told).
+        assert!(saved().contains("203.0.113.0/24"), "{}", saved());
+        client.add_allow(&AllowRequest { prefix: "192.0.2.10".into(), reason: None }).await.unwrap();
+        assert!(saved().contains("192.0.2.10"), "{}", saved());
+        client.remove(&rule.id).await.unwrap();
+        assert!(!saved().contains("203.0.113.0/24"), "{}", saved());
         server.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

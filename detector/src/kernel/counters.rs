@@ -146,8 +146,7 @@ impl CounterMaps {
     /// What a poll reads of the per-source map once the window `epoch` is
     /// over (the program has gone on to the next): the sources counted in
     /// it and a slice of a sweep, not every bucket of the map (see
-    /// [`dirty`]).
-    /// `tracked`: the sources the tracker knows of.
+    /// [`dirty`]). `tracked`: the sources the tracker knows of.
     pub fn read_sources(&mut self, epoch: u32, tracked: usize) -> Result<Listed<SourceStats>, CounterError> {
         let maps = dirty::Maps {
             map: &self.sources,

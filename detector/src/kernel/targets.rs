@@ -250,8 +250,7 @@ impl TargetMaps {
     /// What a poll reads of `direction`'s per-address map, once the window
     /// `epoch` is over (the program has gone on to the next): see
     /// [`dirty`]. The rings (32 KB a CPU) only when a CPU counted in the
-    /// window.
-    /// `tracked`: the addresses the tracker knows of in `direction`.
+    /// window. `tracked`: the addresses the tracker knows of in `direction`.
     pub fn read(&mut self, direction: Direction, epoch: u32, tracked: usize) -> Result<TargetsRead, TargetError> {
         let d = direction.index();
         let (map, name) = match direction {

@@ -305,6 +305,12 @@ impl Mitigator {
         Ok(())
     }
 
+    /// The state directory's writer, to wait on outside the mitigator's
+    /// lock until a change is written ([`FileWriter::flush`]).
+    pub fn files(&self) -> FileWriter {
+        self.files.clone()
+    }
+
     /// Hands the rule set to the state directory's writer (it is written
     /// after every change; this writes it again, for a directory that was
     /// recreated).
