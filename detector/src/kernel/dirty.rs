@@ -6,8 +6,9 @@
 //! tracker still sees addresses go idle and go; the whole map instead the
 //! first time (entries counted before the controller's first window are in
 //! no ring), when a ring overflowed, and when most of the map was listed
-//! (a batch read is cheaper per entry than lookups one at a time). Not the whole map every poll: that
-//! walks every bucket of it, however few entries changed.
+//! (a batch read is cheaper per entry than lookups one at a time). Not the
+//! whole map every poll: that walks every bucket of it, however few
+//! entries changed.
 
 use aya::{
     maps::{IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap},
@@ -100,10 +101,9 @@ impl Default for Sweep {
 
 impl Sweep {
     /// What a poll reads of `m` once the window `epoch` is over (the
-    /// program has gone on to the next). `sum` adds up an entry's per-CPU
-    /// values.
-    /// `tracked`: about how many entries the map holds (the caller's
-    /// tracker knows).
+    /// program has gone on to the next). `tracked`: about how many entries
+    /// the map holds (the caller's tracker knows). `sum` adds up an entry's
+    /// per-CPU values.
     pub fn read<V: Pod>(
         &mut self,
         m: &Maps<'_, V>,
