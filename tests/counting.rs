@@ -28,6 +28,7 @@ use detector::{
 };
 use detector_common::{
     maps::{SourceKey, SourceStats},
+    sketch::ADMIT_MIN,
     TrafficClass, CLASS_COUNT,
 };
 
@@ -38,8 +39,12 @@ struct Target {
 }
 
 fn attach(lab: &Lab) -> Target {
+    attach_sized(lab, 4096)
+}
+
+fn attach_sized(lab: &Lab, max_sources: u32) -> Target {
     let _in = lab.enter_tgt().unwrap();
-    let mut obj = ebpf::load_counting(&CountingOptions::new(4096)).unwrap();
+    let mut obj = ebpf::load_counting(&CountingOptions::new(max_sources)).unwrap();
     let maps = CounterMaps::take(&mut obj).unwrap();
     let attachment = xdp::attach(obj, &lab.tgt_if, ModeChoice::Native, false, None).unwrap();
     Target { _attachment: attachment, maps }
@@ -428,6 +433,38 @@ fn a_poll_reads_the_sources_counted_in_the_window_that_ended() {
     let most = t.maps.read_sources(w, 2).unwrap();
     assert!(most.whole, "{} listed, read one at a time", most.changed);
     assert_eq!(most.entries.len(), 34, "{most:?}");
+}
+
+/// A ring's keys are read in chunks of 64, only those in use: 150 sources
+/// listed span three chunks, and in a map of 65,536 they are looked up one
+/// by one (cheaper than a whole read), each found with its exact count.
+#[test]
+fn sources_listed_across_chunks_of_a_ring_are_each_read() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let mut t = attach_sized(&lab, 65_536);
+    // The first read is whole; an empty window's is not.
+    let w = t.maps.epoch();
+    t.maps.new_window().unwrap();
+    assert!(t.maps.read_sources(w, 0).unwrap().whole);
+
+    let ips: Vec<String> = (0..150u32).map(|i| format!("198.51.{}.{}", 100 + i / 100, 1 + i % 100)).collect();
+    let frames: Vec<Vec<u8>> =
+        ips.iter().flat_map(|ip| std::iter::repeat_n(build(&spec(Kind::Udp, ip, "192.0.2.2")).bytes, 8)).collect();
+    let w = t.maps.epoch();
+    send(&lab, &frames);
+    counted(&t, frames.len() as u64);
+    t.maps.new_window().unwrap();
+    let read = t.maps.read_sources(w, 0).unwrap();
+    assert!(!read.whole && !read.quiet, "{} listed: {read:?}", read.changed);
+    assert_eq!(read.changed, ips.len());
+    assert_eq!(read.entries.len(), ips.len());
+    for ip in &ips {
+        let key = addr_key(ip.parse::<IpAddr>().unwrap());
+        let (_, s) = read.entries.iter().find(|(k, _)| *k == key).unwrap_or_else(|| panic!("{ip} not read"));
+        // Tracked from its ADMIT_MIN-th packet on (see detector_common::sketch).
+        assert_eq!(s.packets, 8 - ADMIT_MIN as u64 + 1, "{ip}");
+    }
 }
 
 #[test]

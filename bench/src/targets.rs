@@ -38,7 +38,7 @@ use detector_common::{
     sketch::EPOCH_MASK,
     targets::{
         TargetStats, GROUP_STATS_MAP, PROTECTED_MAP, TARGETS_IN_MAP, TARGETS_OUT_MAP, TARGET_CACHE_MAP,
-        TARGET_CONTROL_MAP, TARGET_SKETCH_MAP, TARGET_WINDOW_MAP,
+        TARGET_CONTROL_MAP, TARGET_DIRTY_MAP, TARGET_SKETCH_MAP, TARGET_WINDOW_MAP,
     },
     TrafficClass, CLASS_COUNT,
 };
@@ -251,6 +251,7 @@ fn map_memory(obj: &Ebpf) -> Result<MapMemory> {
         TARGETS_OUT_MAP,
         TARGET_SKETCH_MAP,
         TARGET_WINDOW_MAP,
+        TARGET_DIRTY_MAP,
         TARGET_CACHE_MAP,
         "TARGET_SCRATCH",
     ] {

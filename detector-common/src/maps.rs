@@ -15,9 +15,10 @@ pub const EPOCH_MAP: &str = "EPOCH";
 /// Name of the counting XDP program in its object.
 pub const DETECTOR_PROGRAM: &str = "detector";
 
-/// Per-CPU array of two [`DirtyRing`]s, the sources counted in windows of
-/// even epochs and of odd ones, so the controller reads a finished
-/// window's while the program fills the next.
+/// Per-CPU array of the keys of two rings, [`DIRTY_CHUNKS`] [`DirtyChunk`]s
+/// each (see [`chunk_of`]): the sources counted in windows of even epochs
+/// and of odd ones, so the controller reads a finished window's while the
+/// program fills the next. Their heads are in the [`WINDOW_MAP`].
 pub const SOURCE_DIRTY_MAP: &str = "SOURCE_DIRTY";
 /// Default capacity of [`SOURCE_STATS_MAP`]; the controller may override it.
 pub const DEFAULT_MAX_SOURCES: u32 = 16_384;
@@ -72,13 +73,17 @@ pub struct SourceStats {
     pub bytes: u64,
     pub class_packets: [u64; CLASS_COUNT],
     /// The window this CPU last counted the source in: when it moves, the
-    /// source is listed in the window's [`DirtyRing`].
+    /// source is listed in the window's ring ([`DirtyHead`]).
     pub epoch: u32,
     pub _pad: u32,
 }
 
-/// Keys a [`DirtyRing`] holds: a per-CPU value is at most 32 KB.
-pub const DIRTY_KEYS: usize = 2046;
+/// Keys in one [`DirtyChunk`]: a kilobyte.
+pub const DIRTY_CHUNK_KEYS: usize = 64;
+/// Chunks of one ring.
+pub const DIRTY_CHUNKS: usize = 32;
+/// Keys a ring holds.
+pub const DIRTY_KEYS: usize = DIRTY_CHUNK_KEYS * DIRTY_CHUNKS;
 
 /// The addresses this CPU counted in one window, in a per-address map
 /// (sources, or protected addresses): each listed once, when its entry's
@@ -87,18 +92,39 @@ pub const DIRTY_KEYS: usize = 2046;
 /// so the controller reads those entries alone, not the whole map;
 /// `overflow` says the ring was too small this time, and the controller
 /// then reads everything.
+///
+/// A ring is its head (this), in the CPU's window
+/// ([`crate::sketch::Window`]), and its keys in [`DirtyChunk`]s of another
+/// map, so a poll copies the chunks in use, not the whole ring: a per-CPU
+/// value is copied for every CPU at each read, and one 32 KB ring per CPU
+/// was 64 KB per read on two CPUs (2 MB on 64) for the one key a flood
+/// from one source lists.
 #[repr(C)]
-#[derive(Clone, Copy)]
-pub struct DirtyRing {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirtyHead {
     /// The window these keys belong to (the sketch epoch).
     pub epoch: u32,
     pub count: u32,
     pub overflow: u32,
     pub _pad: u32,
-    pub keys: [SourceKey; DIRTY_KEYS],
 }
 
-/// The index, in a map of two [`DirtyRing`]s, of the ring for `epoch`.
+/// [`DIRTY_CHUNK_KEYS`] keys of a ring.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DirtyChunk {
+    pub keys: [SourceKey; DIRTY_CHUNK_KEYS],
+}
+
+/// The index, in a map of rings' chunks, of the chunk holding key `n`
+/// (below [`DIRTY_KEYS`]) of ring `ring`.
+#[inline(always)]
+pub const fn chunk_of(ring: u32, n: u32) -> u32 {
+    ring * DIRTY_CHUNKS as u32 + n / DIRTY_CHUNK_KEYS as u32
+}
+
+/// The ring of window `epoch`: its head in [`crate::sketch::Window::rings`],
+/// its chunks from [`chunk_of`] of it.
 #[inline(always)]
 pub const fn ring_of(epoch: u32) -> u32 {
     epoch & 1
@@ -110,7 +136,8 @@ mod pod {
     unsafe impl aya::Pod for super::ClassStats {}
     unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::SourceStats {}
-    unsafe impl aya::Pod for super::DirtyRing {}
+    unsafe impl aya::Pod for super::DirtyHead {}
+    unsafe impl aya::Pod for super::DirtyChunk {}
 }
 
 #[cfg(test)]
@@ -129,9 +156,16 @@ mod tests {
         assert_eq!(size_of::<SourceStats>(), 16 + 8 * CLASS_COUNT + 8);
         assert_eq!(offset_of!(SourceStats, class_packets), 16);
         assert_eq!(offset_of!(SourceStats, epoch), 16 + 8 * CLASS_COUNT);
-        assert_eq!(size_of::<DirtyRing>(), 16 + 16 * DIRTY_KEYS);
-        assert!(size_of::<DirtyRing>() <= 32 * 1024, "a per-CPU value is at most 32 KB");
-        assert_eq!(offset_of!(DirtyRing, keys), 16);
+        assert_eq!(size_of::<DirtyHead>(), 16);
+        assert_eq!(offset_of!(DirtyHead, count), 4);
+        assert_eq!(offset_of!(DirtyHead, overflow), 8);
+        assert_eq!(size_of::<DirtyChunk>(), 16 * DIRTY_CHUNK_KEYS);
+        assert_eq!(align_of::<DirtyChunk>(), 1);
+        assert_eq!(chunk_of(0, 0), 0);
+        assert_eq!(chunk_of(0, 63), 0);
+        assert_eq!(chunk_of(0, 64), 1);
+        assert_eq!(chunk_of(1, 0), DIRTY_CHUNKS as u32);
+        assert_eq!(chunk_of(3, DIRTY_KEYS as u32 - 1), 4 * DIRTY_CHUNKS as u32 - 1);
     }
 
     #[test]

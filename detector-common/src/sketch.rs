@@ -30,6 +30,8 @@
 //! The arithmetic lives here so the kernel and the unit tests run the same
 //! code.
 
+use crate::maps::DirtyHead;
+
 /// Rows of the sketch (independent hash functions).
 pub const SKETCH_DEPTH: usize = 4;
 /// Counters per row; a power of two.
@@ -94,8 +96,12 @@ pub fn block_counter(h: u64, row: u32) -> usize {
 }
 
 /// One CPU's window: which epoch it is in and how many packets with a
-/// source it has seen in it; and, for header sampling, how many packets to
-/// let pass before the next sample.
+/// source it has seen in it; for header sampling, how many packets to let
+/// pass before the next sample; and the heads of the rings of addresses
+/// it counted (see [`DirtyHead`]), one per epoch parity
+/// ([`crate::maps::ring_of`]). A cache line's worth, read by the
+/// controller in one lookup a poll: whether the CPU counted, and what it
+/// listed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Window {
@@ -103,6 +109,8 @@ pub struct Window {
     pub total: u32,
     pub sample_countdown: u32,
     pub _pad: u32,
+    pub rings: [DirtyHead; 2],
+    pub _tail: [u32; 4],
 }
 
 impl Window {
@@ -252,8 +260,9 @@ mod tests {
     #[test]
     fn layout() {
         assert_eq!(core::mem::size_of::<SketchBlock>(), 64);
-        assert_eq!(core::mem::size_of::<Window>(), 16);
+        assert_eq!(core::mem::size_of::<Window>(), 64);
         assert_eq!(core::mem::offset_of!(Window, sample_countdown), 8);
+        assert_eq!(core::mem::offset_of!(Window, rings), 16);
         assert!(SKETCH_WIDTH.is_power_of_two() && SAMPLE_EVERY.is_power_of_two());
     }
 

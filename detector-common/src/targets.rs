@@ -276,13 +276,15 @@ pub fn cache_slot(key: &[u64; 2], seed: u64, direction: u32) -> u32 {
     direction * CACHE_SLOTS + ((h >> 54) as u32 & (CACHE_SLOTS - 1))
 }
 
-/// Per-CPU array of four [`DirtyRing`]s, index [`dirty_index`]: per
-/// direction, one for windows of even epochs and one for odd ones, so the
-/// controller reads a finished window's while the program fills the next.
+/// Per-CPU array of the keys of four rings, ring [`dirty_index`] (see
+/// [`crate::maps::chunk_of`]): per direction, the ring for windows of even
+/// epochs and the one for odd ones, so the controller reads a finished
+/// window's while the program fills the next. Their heads are in the
+/// direction's window ([`TARGET_WINDOW_MAP`]).
 pub const TARGET_DIRTY_MAP: &str = "TARGET_DIRTY";
-pub use crate::maps::{DirtyRing, DIRTY_KEYS};
+pub use crate::maps::{chunk_of, DirtyChunk, DirtyHead, DIRTY_CHUNKS, DIRTY_KEYS};
 
-/// The [`TARGET_DIRTY_MAP`] index of `direction`'s ring for `epoch`.
+/// The [`TARGET_DIRTY_MAP`] ring of `direction` for `epoch`.
 #[inline(always)]
 pub const fn dirty_index(direction: u32, epoch: u32) -> u32 {
     direction * 2 + crate::maps::ring_of(epoch)
@@ -300,7 +302,7 @@ pub struct TargetStats {
     pub group: u32,
     /// Per CPU: the window (sketch epoch) this CPU last counted in the
     /// entry; when it moves, the address goes into the window's
-    /// [`DirtyRing`]. Unused in [`GROUP_STATS_MAP`].
+    /// ring ([`DirtyHead`]). Unused in [`GROUP_STATS_MAP`].
     pub epoch: u32,
     pub packets: [u64; CLASS_COUNT],
     pub bytes: [u64; CLASS_COUNT],

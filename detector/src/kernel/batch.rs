@@ -72,6 +72,61 @@ pub fn per_cpu_array<V: Pod>(map: &MapData, buf: &mut Buffers, f: impl FnMut(u32
     per_cpu_hash_from(map, buf, None, usize::MAX, f).map(|_| ())
 }
 
+/// Reads entries `first..first + count` of a per-CPU array in one call,
+/// calling `f` with each index and its per-CPU values (the generic batch:
+/// its token is the key before the first one returned).
+pub fn per_cpu_array_range<V: Pod>(
+    map: &MapData,
+    buf: &mut Buffers,
+    first: u32,
+    count: u32,
+    mut f: impl FnMut(u32, &[V]),
+) -> io::Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let stride = size_of::<V>().div_ceil(8) * 8;
+    buf.reserve(count as usize * size_of::<u32>(), count as usize * cpus * stride);
+    let before = first.wrapping_sub(1);
+    let mut next: u32 = 0;
+    let (keys, values) = (&mut buf.keys, &mut buf.values);
+    let mut attr = BatchAttr {
+        in_batch: if first == 0 { 0 } else { &before as *const u32 as u64 },
+        out_batch: &mut next as *mut u32 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count,
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        ..Default::default()
+    };
+    // SAFETY: the attribute points at buffers of `count` keys and `count`
+    // per-CPU values, alive for the call.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>())
+    };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        // ENOENT: the array ended; what was copied is reported still.
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            return Err(e);
+        }
+    }
+    let mut per_cpu: Vec<V> = Vec::with_capacity(cpus);
+    for i in 0..(attr.count.min(count)) as usize {
+        // SAFETY: the kernel wrote `attr.count` keys and their per-CPU
+        // values, each value at an 8-byte stride.
+        let key = unsafe { std::ptr::read_unaligned(keys[i * 4..].as_ptr() as *const u32) };
+        per_cpu.clear();
+        for c in 0..cpus {
+            let at = (i * cpus + c) * stride;
+            per_cpu.push(unsafe { std::ptr::read_unaligned(values[at..].as_ptr() as *const V) });
+        }
+        f(key, &per_cpu);
+    }
+    Ok(())
+}
+
 /// Reads a per-CPU hash map from the batch token `start` (`None`: from its
 /// first bucket) until at least `want` entries were read or the map ends,
 /// calling `f` with each key and its per-CPU values. Returns where to go on

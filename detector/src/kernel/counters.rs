@@ -9,10 +9,10 @@ use aya::{
 };
 use detector_common::{
     maps::{
-        ring_of, ClassStats, DirtyRing, SourceKey, SourceStats, CLASS_STATS_MAP, EPOCH_MAP, SOURCE_DIRTY_MAP,
+        ring_of, ClassStats, DirtyChunk, SourceKey, SourceStats, CLASS_STATS_MAP, EPOCH_MAP, SOURCE_DIRTY_MAP,
         SOURCE_STATS_MAP, WINDOW_MAP,
     },
-    sample::{SampleControl, SampleRecord, SAMPLES_MAP, SAMPLE_CONTROL_MAP},
+    sample::{SampleControl, SampleRecord, SAMPLES_MAP, SAMPLE_CONTROL_MAP, SNAPLEN},
     sketch::{Window, EPOCH_MASK},
     CLASS_COUNT,
 };
@@ -52,7 +52,7 @@ pub struct CounterMaps {
     windows: PerCpuArray<MapData, Window>,
     /// The sources each CPU counted in a window, and where the sweep of
     /// the per-source map stands (see [`dirty`]).
-    rings: PerCpuArray<MapData, DirtyRing>,
+    chunks: PerCpuArray<MapData, DirtyChunk>,
     sweep: Sweep,
     next_epoch: u32,
     samples: RingBuf<MapData>,
@@ -76,7 +76,7 @@ impl CounterMaps {
         let epoch = Array::try_from(ebpf::take_map(ebpf, "detector", EPOCH_MAP)?).map_err(layout(EPOCH_MAP))?;
         let windows =
             PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", WINDOW_MAP)?).map_err(layout(WINDOW_MAP))?;
-        let rings = PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", SOURCE_DIRTY_MAP)?)
+        let chunks = PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", SOURCE_DIRTY_MAP)?)
             .map_err(layout(SOURCE_DIRTY_MAP))?;
         let samples = RingBuf::try_from(ebpf::take_map(ebpf, "detector", SAMPLES_MAP)?).map_err(layout(SAMPLES_MAP))?;
         let sample_control = Array::try_from(ebpf::take_map(ebpf, "detector", SAMPLE_CONTROL_MAP)?)
@@ -87,7 +87,7 @@ impl CounterMaps {
             sources,
             epoch,
             windows,
-            rings,
+            chunks,
             sweep: Sweep::default(),
             next_epoch: 1,
             samples,
@@ -151,8 +151,8 @@ impl CounterMaps {
         let maps = dirty::Maps {
             map: &self.sources,
             name: SOURCE_STATS_MAP,
-            rings: &self.rings,
-            rings_name: SOURCE_DIRTY_MAP,
+            chunks: &self.chunks,
+            chunks_name: SOURCE_DIRTY_MAP,
             ring: ring_of(epoch),
             windows: &self.windows,
             windows_name: WINDOW_MAP,
@@ -174,12 +174,24 @@ impl CounterMaps {
         // Sized from the last drain: the records are a few hundred bytes
         // each, and growing the vector copies them at every doubling.
         let mut out = Vec::with_capacity(self.last_drained.min(max));
+        let head = std::mem::offset_of!(SampleRecord, frame);
+        let cap_at = std::mem::offset_of!(SampleRecord, cap_len);
         while out.len() < max {
             let Some(item) = self.samples.next() else { break };
             if item.len() >= std::mem::size_of::<SampleRecord>() {
-                // SAFETY: the ring holds whole SampleRecords written by the
-                // program; the length was checked; the read is unaligned.
-                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const SampleRecord) });
+                // Only the bytes the program wrote: the headers and the
+                // frame's captured head (a flood's small frames are a
+                // third of the record), not the rest of the entry, which
+                // is whatever the ring held before. Reading the ring is
+                // reading memory the program wrote on another CPU, a
+                // cache miss a line.
+                let cap_len = u16::from_ne_bytes([item[cap_at], item[cap_at + 1]]) as usize;
+                let used = head + cap_len.min(SNAPLEN);
+                out.push(SampleRecord::default());
+                let r = out.last_mut().expect("just pushed");
+                // SAFETY: a SampleRecord is plain data (repr(C), every bit
+                // pattern valid); `used` is within both it and the entry.
+                unsafe { std::ptr::copy_nonoverlapping(item.as_ptr(), r as *mut SampleRecord as *mut u8, used) };
             }
         }
         // A little over, so a steady rate fits without growing.

@@ -1,5 +1,5 @@
 //! Reading a per-address map whose program lists the addresses it counted
-//! in each window (see `detector_common::maps::DirtyRing`): the per-source
+//! in each window (see `detector_common::maps::DirtyHead`): the per-source
 //! map and network mode's per-address maps. A poll reads the addresses
 //! counted in the window that ended, each looked up, and the next slice of
 //! a sweep that reads the whole map over [`SWEEP_POLLS`] polls, so a
@@ -15,7 +15,7 @@ use aya::{
     Pod,
 };
 use detector_common::{
-    maps::{DirtyRing, SourceKey},
+    maps::{ring_of, DirtyChunk, DirtyHead, SourceKey, DIRTY_CHUNKS, DIRTY_CHUNK_KEYS, DIRTY_KEYS},
     sketch::Window,
 };
 use thiserror::Error;
@@ -66,11 +66,13 @@ impl<V> Default for Listed<V> {
 pub struct Maps<'a, V: Pod> {
     pub map: &'a PerCpuHashMap<MapData, SourceKey, V>,
     pub name: &'static str,
-    /// The per-CPU rings, and the index of the one for the window read.
-    pub rings: &'a PerCpuArray<MapData, DirtyRing>,
-    pub rings_name: &'static str,
+    /// The keys of the per-CPU rings, and the index of the ring for the
+    /// window read (see `detector_common::maps::chunk_of`).
+    pub chunks: &'a PerCpuArray<MapData, DirtyChunk>,
+    pub chunks_name: &'static str,
     pub ring: u32,
-    /// The CPUs' windows for the map, and the index of its window.
+    /// The CPUs' windows for the map (which hold the rings' heads), and
+    /// the index of its window.
     pub windows: &'a PerCpuArray<MapData, Window>,
     pub windows_name: &'static str,
     pub window: u32,
@@ -114,15 +116,7 @@ impl Sweep {
     ) -> Result<Listed<V>, ReadError> {
         let windows = m.windows.get(&m.window, 0).map_err(|source| ReadError { map: m.windows_name, source })?;
         let quiet = !windows.iter().any(|w| w.counted_since(epoch));
-        let mut keys = Vec::new();
-        let mut overflow = false;
-        if !quiet {
-            let rings = m.rings.get(&m.ring, 0).map_err(|source| ReadError { map: m.rings_name, source })?;
-            for ring in rings.iter().filter(|r| r.epoch == epoch) {
-                overflow |= ring.overflow != 0;
-                keys.extend_from_slice(&ring.keys[..(ring.count as usize).min(ring.keys.len())]);
-            }
-        }
+        let (mut keys, overflow) = if quiet { (Vec::new(), false) } else { listed(m, &windows, epoch, buf)? };
         keys.sort_unstable_by_key(|k| k.addr);
         keys.dedup_by_key(|k| k.addr);
         let cheaper_whole = keys.len() * LOOKUP_NS > m.capacity as usize * BUCKET_NS + tracked * BATCHED_NS;
@@ -171,6 +165,43 @@ impl Sweep {
         self.from = next;
         Ok(Listed { entries, changed, whole: false, quiet })
     }
+}
+
+/// The keys the CPUs listed in the ring of window `epoch`, and whether a
+/// ring overflowed: the heads (in the CPUs' `windows`), then the chunks in
+/// use (one batch call; one lookup a chunk where the kernel has no batch
+/// lookups).
+fn listed<V: Pod>(
+    m: &Maps<'_, V>,
+    windows: &[Window],
+    epoch: u32,
+    buf: &mut batch::Buffers,
+) -> Result<(Vec<SourceKey>, bool), ReadError> {
+    let heads: Vec<DirtyHead> = windows.iter().map(|w| w.rings[ring_of(epoch) as usize]).collect();
+    let counts: Vec<usize> =
+        heads.iter().map(|h| if h.epoch == epoch { (h.count as usize).min(DIRTY_KEYS) } else { 0 }).collect();
+    let overflow = heads.iter().any(|h| h.epoch == epoch && h.overflow != 0);
+    let used = counts.iter().copied().max().unwrap_or(0).div_ceil(DIRTY_CHUNK_KEYS) as u32;
+    let mut keys = Vec::with_capacity(counts.iter().sum());
+    if overflow || used == 0 {
+        return Ok((keys, overflow));
+    }
+    let first = m.ring * DIRTY_CHUNKS as u32;
+    let mut take = |index: u32, per_cpu: &[DirtyChunk]| {
+        let from = (index.wrapping_sub(first) as usize).saturating_mul(DIRTY_CHUNK_KEYS);
+        for (chunk, &count) in per_cpu.iter().zip(&counts) {
+            let n = count.saturating_sub(from).min(DIRTY_CHUNK_KEYS);
+            keys.extend_from_slice(&chunk.keys[..n]);
+        }
+    };
+    if let Err(e) = batch::per_cpu_array_range::<DirtyChunk>(m.chunks.map(), buf, first, used, &mut take) {
+        tracing::debug!(map = m.chunks_name, "batch lookup failed ({e}); one lookup per chunk");
+        for index in first..first + used {
+            let per_cpu = m.chunks.get(&index, 0).map_err(|source| ReadError { map: m.chunks_name, source })?;
+            take(index, &per_cpu);
+        }
+    }
+    Ok((keys, overflow))
 }
 
 /// Every entry of `map` with its per-CPU values summed: a few batch

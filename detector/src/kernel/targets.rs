@@ -19,9 +19,9 @@ use detector_common::{
     maps::SourceKey,
     sketch::Window,
     targets::{
-        dirty_index, group_index, DirtyRing, ProtectedNet, TargetControl, TargetStats, GROUP_STATS_MAP, MAX_HOSTGROUPS,
-        MAX_PROTECTED, PROTECTED_MAP, TARGETS_IN_MAP, TARGETS_OUT_MAP, TARGET_CONTROL_MAP, TARGET_DIRTY_MAP,
-        TARGET_WINDOW_MAP,
+        dirty_index, group_index, DirtyChunk, ProtectedNet, TargetControl, TargetStats, GROUP_STATS_MAP,
+        MAX_HOSTGROUPS, MAX_PROTECTED, PROTECTED_MAP, TARGETS_IN_MAP, TARGETS_OUT_MAP, TARGET_CONTROL_MAP,
+        TARGET_DIRTY_MAP, TARGET_WINDOW_MAP,
     },
 };
 use thiserror::Error;
@@ -68,7 +68,9 @@ pub struct TargetMaps {
     groups: PerCpuArray<MapData, TargetStats>,
     incoming: PerCpuHashMap<MapData, SourceKey, TargetStats>,
     outgoing: PerCpuHashMap<MapData, SourceKey, TargetStats>,
-    dirty: PerCpuArray<MapData, DirtyRing>,
+    /// The keys of the rings of addresses counted in a window (their heads
+    /// are in `windows`).
+    dirty: PerCpuArray<MapData, DirtyChunk>,
     /// Each CPU's windows, per direction: whether it counted lately.
     windows: PerCpuArray<MapData, Window>,
     /// Per direction: where the sweep of its map stands.
@@ -249,8 +251,8 @@ impl TargetMaps {
 
     /// What a poll reads of `direction`'s per-address map, once the window
     /// `epoch` is over (the program has gone on to the next): see
-    /// [`dirty`]. The rings (32 KB a CPU) only when a CPU counted in the
-    /// window. `tracked`: the addresses the tracker knows of in `direction`.
+    /// [`dirty`]. The rings only when a CPU counted in the window.
+    /// `tracked`: the addresses the tracker knows of in `direction`.
     pub fn read(&mut self, direction: Direction, epoch: u32, tracked: usize) -> Result<TargetsRead, TargetError> {
         let d = direction.index();
         let (map, name) = match direction {
@@ -260,8 +262,8 @@ impl TargetMaps {
         let maps = dirty::Maps {
             map,
             name,
-            rings: &self.dirty,
-            rings_name: TARGET_DIRTY_MAP,
+            chunks: &self.dirty,
+            chunks_name: TARGET_DIRTY_MAP,
             ring: dirty_index(d as u32, epoch),
             windows: &self.windows,
             windows_name: TARGET_WINDOW_MAP,
@@ -290,11 +292,31 @@ impl TargetMaps {
     }
 
     /// The totals of every installed group, both directions.
+    /// One batch call for them all (a lookup per group and direction,
+    /// where the kernel has none).
     pub fn groups(&self) -> Result<Vec<(u32, Direction, TargetStats)>, TargetError> {
-        let mut out = Vec::new();
-        for g in self.installed_groups() {
+        let installed = self.installed_groups();
+        let Some(&last) = installed.last() else {
+            return Ok(Vec::new());
+        };
+        let mut read: BTreeMap<u32, TargetStats> = BTreeMap::new();
+        let mut buf = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+        let end = group_index(last, Direction::ALL.len() as u32 - 1) + 1;
+        let batched = batch::per_cpu_array_range::<TargetStats>(self.groups.map(), &mut buf, 0, end, |i, per_cpu| {
+            read.insert(i, sum(per_cpu.iter(), false));
+        });
+        if let Err(e) = &batched {
+            tracing::debug!(map = GROUP_STATS_MAP, "batch lookup failed ({e}); one lookup per group");
+        }
+        let mut out = Vec::with_capacity(installed.len() * Direction::ALL.len());
+        for g in installed {
             for dir in Direction::ALL {
-                out.push((g, dir, self.group(g, dir)?));
+                let index = group_index(g, dir.index() as u32);
+                let stats = match (&batched, read.get(&index)) {
+                    (Ok(()), Some(s)) => TargetStats { group: g, ..*s },
+                    _ => self.group(g, dir)?,
+                };
+                out.push((g, dir, stats));
             }
         }
         Ok(out)

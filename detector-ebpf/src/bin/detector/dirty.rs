@@ -1,27 +1,31 @@
 //! The rings of addresses counted in a window (see
-//! `detector_common::maps::DirtyRing`): how the controller reads only the
+//! `detector_common::maps::DirtyHead`): how the controller reads only the
 //! entries of a per-address map that changed in a poll.
 
-use detector_common::maps::{DirtyRing, SourceKey, DIRTY_KEYS};
+use aya_ebpf::maps::PerCpuArray;
+use detector_common::maps::{chunk_of, DirtyChunk, DirtyHead, SourceKey, DIRTY_CHUNK_KEYS, DIRTY_KEYS};
 
-/// Lists `key` in `ring`, this CPU's ring of the window `epoch` (the one
-/// of its parity, which the controller read a window ago), or says the
-/// ring overflowed. A ring still holding an older window starts over.
+/// Lists `key` in ring `ring` of this CPU, the one of window `epoch` (of
+/// its parity, which the controller read a window ago): `head` is the
+/// ring's head, `chunks` the map of its keys. Or says the ring
+/// overflowed. A ring still holding an older window starts over.
 #[inline(always)]
-pub fn list(ring: *mut DirtyRing, key: &SourceKey, epoch: u32) {
-    // SAFETY: a per-CPU value of this program's, on this CPU.
+pub fn list(head: *mut DirtyHead, chunks: &PerCpuArray<DirtyChunk>, ring: u32, key: &SourceKey, epoch: u32) {
+    // SAFETY: per-CPU values of this program's, on this CPU.
     unsafe {
-        if (*ring).epoch != epoch {
-            (*ring).epoch = epoch;
-            (*ring).count = 0;
-            (*ring).overflow = 0;
+        if (*head).epoch != epoch {
+            (*head).epoch = epoch;
+            (*head).count = 0;
+            (*head).overflow = 0;
         }
-        let n = (*ring).count as usize;
-        if n < DIRTY_KEYS {
-            (*ring).keys[n] = *key;
-            (*ring).count = n as u32 + 1;
-        } else {
-            (*ring).overflow = 1;
+        let n = (*head).count;
+        if (n as usize) < DIRTY_KEYS {
+            if let Some(chunk) = chunks.get_ptr_mut(chunk_of(ring, n)) {
+                (*chunk).keys[n as usize % DIRTY_CHUNK_KEYS] = *key;
+                (*head).count = n + 1;
+                return;
+            }
         }
+        (*head).overflow = 1;
     }
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use detector_common::{
-    maps::{ring_of, ClassStats, DirtyRing, SourceKey, SourceStats, DEFAULT_MAX_SOURCES},
+    maps::{ring_of, ClassStats, DirtyChunk, SourceKey, SourceStats, DEFAULT_MAX_SOURCES},
     sample::{current_countdown, next_gap, SampleControl, SampleRecord, SAMPLES_RING_BYTES, SNAPLEN},
     sketch::{self, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS, SKETCH_DEPTH},
     TrafficClass, CLASS_COUNT,
@@ -32,9 +32,11 @@ static SOURCE_STATS: LruPerCpuHashMap<SourceKey, SourceStats> =
 #[map]
 static SOURCE_FRESH: PerCpuArray<SourceStats> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per CPU and epoch parity: the sources counted in a window.
+/// Per CPU and epoch parity: the sources counted in a window (the keys of
+/// the rings whose heads are in `WINDOW`).
 #[map]
-static SOURCE_DIRTY: PerCpuArray<DirtyRing> = PerCpuArray::with_max_entries(2, 0);
+static SOURCE_DIRTY: PerCpuArray<DirtyChunk> =
+    PerCpuArray::with_max_entries(2 * detector_common::maps::DIRTY_CHUNKS as u32, 0);
 
 /// The heavy-hitter filter, per CPU, in blocks of a cache line (a source's
 /// counters all lie in one).
@@ -227,7 +229,7 @@ fn track_source(w: *mut Window, src: [u8; 16], class: usize, len: u64) {
         return;
     }
     let key = SourceKey { addr: src };
-    if add(&key, class, len, weight, epoch) {
+    if add(w, &key, class, len, weight, epoch) {
         return;
     }
     // Inserted from a per-CPU value, not the stack: with the program's
@@ -252,9 +254,9 @@ fn track_source(w: *mut Window, src: [u8; 16], class: usize, len: u64) {
         (*fresh).epoch = 0;
     }
     if inserted.is_ok() {
-        mark_dirty(&key, epoch);
+        mark_dirty(w, &key, epoch);
     } else {
-        add(&key, class, len, weight, epoch);
+        add(w, &key, class, len, weight, epoch);
     }
 }
 
@@ -262,7 +264,7 @@ fn track_source(w: *mut Window, src: [u8; 16], class: usize, len: u64) {
 /// the first time this CPU counts it in the window; false when it is not
 /// tracked.
 #[inline(always)]
-fn add(key: &SourceKey, class: usize, len: u64, weight: u64, epoch: u32) -> bool {
+fn add(w: *mut Window, key: &SourceKey, class: usize, len: u64, weight: u64, epoch: u32) -> bool {
     let Some(s) = SOURCE_STATS.get_ptr_mut(key) else {
         return false;
     };
@@ -275,17 +277,19 @@ fn add(key: &SourceKey, class: usize, len: u64, weight: u64, epoch: u32) -> bool
         first
     };
     if first {
-        mark_dirty(key, epoch);
+        mark_dirty(w, key, epoch);
     }
     true
 }
 
-/// Lists `key` in this CPU's ring of the window `epoch`.
+/// Lists `key` in this CPU's ring of the window `epoch` (its head in the
+/// CPU's window `w`).
 #[inline(always)]
-fn mark_dirty(key: &SourceKey, epoch: u32) {
-    if let Some(r) = SOURCE_DIRTY.get_ptr_mut(ring_of(epoch)) {
-        crate::dirty::list(r, key, epoch);
-    }
+fn mark_dirty(w: *mut Window, key: &SourceKey, epoch: u32) {
+    let ring = ring_of(epoch);
+    // SAFETY: this CPU's window; `ring` is 0 or 1.
+    let head = unsafe { &raw mut (*w).rings[ring as usize] };
+    crate::dirty::list(head, &SOURCE_DIRTY, ring, key, epoch);
 }
 
 #[cfg(not(test))]

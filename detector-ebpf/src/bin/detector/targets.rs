@@ -13,11 +13,12 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, LpmTrie, LruPerCpuHashMap, PerCpuArray},
 };
 use detector_common::{
-    maps::SourceKey,
+    maps::{ring_of, SourceKey},
     sketch::{self, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS, SKETCH_DEPTH},
     targets::{
-        cache_slot, dirty_index, group_index, CacheSlot, DirtyRing, ProtectedNet, TargetControl, TargetStats,
-        CACHE_NONE, CACHE_SLOTS, DEFAULT_MAX_TARGETS, DIRECTION_IN, DIRECTION_OUT, MAX_HOSTGROUPS, MAX_PROTECTED,
+        cache_slot, dirty_index, group_index, CacheSlot, DirtyChunk, ProtectedNet, TargetControl, TargetStats,
+        CACHE_NONE, CACHE_SLOTS, DEFAULT_MAX_TARGETS, DIRECTION_IN, DIRECTION_OUT, DIRTY_CHUNKS, MAX_HOSTGROUPS,
+        MAX_PROTECTED,
     },
     CLASS_COUNT,
 };
@@ -62,9 +63,10 @@ static TARGET_SKETCH: PerCpuArray<SketchBlock> = PerCpuArray::with_max_entries(2
 #[map]
 static TARGET_WINDOW: PerCpuArray<Window> = PerCpuArray::with_max_entries(2, 0);
 
-/// Per CPU, direction and epoch parity: the addresses counted in a window.
+/// Per CPU, direction and epoch parity: the addresses counted in a window
+/// (the keys of the rings whose heads are in `TARGET_WINDOW`).
 #[map]
-static TARGET_DIRTY: PerCpuArray<DirtyRing> = PerCpuArray::with_max_entries(4, 0);
+static TARGET_DIRTY: PerCpuArray<DirtyChunk> = PerCpuArray::with_max_entries(4 * DIRTY_CHUNKS as u32, 0);
 
 /// Per CPU and direction: the trie key being looked up (`prefix_len`
 /// and `addr`, laid out as a `Key<[u8; 16]>` with the address's words
@@ -197,7 +199,7 @@ fn count_protected<const DIR: u32>(addr: &[u64; 2], class: u32, len: u64, packet
     // SAFETY: SourceKey is sixteen bytes, alignment 1.
     let target = unsafe { &*(core::ptr::addr_of!((*s).addr) as *const SourceKey) };
     let (n, b) = (weight * packets, weight * len);
-    if add::<DIR>(map, target, group, c, n, b, epoch) {
+    if add::<DIR>(w, map, target, group, c, n, b, epoch) {
         return;
     }
     // Inserted from the scratch value: a 264-byte entry does not fit on
@@ -218,18 +220,19 @@ fn count_protected<const DIR: u32>(addr: &[u64; 2], class: u32, len: u64, packet
         (*s).fresh.bytes[c] = 0;
     }
     if inserted.is_ok() {
-        mark_dirty::<DIR>(target, epoch);
+        mark_dirty::<DIR>(w, target, epoch);
     } else {
-        add::<DIR>(map, target, group, c, n, b, epoch);
+        add::<DIR>(w, map, target, group, c, n, b, epoch);
     }
 }
 
-/// Lists `key` in this CPU's ring of the window `epoch`.
+/// Lists `key` in this CPU's ring of the window `epoch` (its head in the
+/// CPU's window `w` of the direction).
 #[inline(always)]
-fn mark_dirty<const DIR: u32>(key: &SourceKey, epoch: u32) {
-    if let Some(r) = TARGET_DIRTY.get_ptr_mut(dirty_index(DIR, epoch)) {
-        crate::dirty::list(r, key, epoch);
-    }
+fn mark_dirty<const DIR: u32>(w: *mut Window, key: &SourceKey, epoch: u32) {
+    // SAFETY: this CPU's window; the index is 0 or 1.
+    let head = unsafe { &raw mut (*w).rings[ring_of(epoch) as usize] };
+    crate::dirty::list(head, &TARGET_DIRTY, dirty_index(DIR, epoch), key, epoch);
 }
 
 /// The egress program's direction.
@@ -242,6 +245,7 @@ pub const IN: u32 = DIRECTION_IN;
 /// tracked.
 #[inline(always)]
 fn add<const DIR: u32>(
+    w: *mut Window,
     map: &LruPerCpuHashMap<SourceKey, TargetStats>,
     key: &SourceKey,
     group: u32,
@@ -261,7 +265,7 @@ fn add<const DIR: u32>(
                 first
             };
             if first {
-                mark_dirty::<DIR>(key, epoch);
+                mark_dirty::<DIR>(w, key, epoch);
             }
             true
         }
