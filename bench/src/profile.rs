@@ -114,6 +114,12 @@ impl Recording {
         counter.end_sample(matchers);
         let status = script.wait()?;
         ensure!(status.success(), "perf script exited with {status}");
+        // For a closer look at a run (`perf report -i`): the recordings are
+        // kept, numbered, in the directory this names.
+        if let Ok(keep) = std::env::var("DETECTOR_BENCH_KEEP_PERF") {
+            let n = std::fs::read_dir(&keep).map(|d| d.count()).unwrap_or(0);
+            let _ = std::fs::copy(&self.data, Path::new(&keep).join(format!("perf-{n}.data")));
+        }
         let _ = std::fs::remove_file(&self.data);
         ensure!(counter.samples > 0, "perf recorded no sample in the window");
         Ok(Sampled { samples: counter.samples, found: counter.found })
