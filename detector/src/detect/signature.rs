@@ -198,11 +198,12 @@ impl<'a> Matcher<'a> {
             && self.sig.ttl.is_none_or(|t| t.contains(s.ttl))
     }
 
-    fn share(&self, samples: &[PacketSample]) -> f64 {
-        if samples.is_empty() {
+    fn share<'s>(&self, samples: impl ExactSizeIterator<Item = &'s PacketSample>) -> f64 {
+        let n = samples.len();
+        if n == 0 {
             return 0.0;
         }
-        samples.iter().filter(|s| self.matches(s)).count() as f64 / samples.len() as f64
+        samples.filter(|s| self.matches(s)).count() as f64 / n as f64
     }
 }
 
@@ -210,8 +211,10 @@ impl<'a> Matcher<'a> {
 /// count; an empty `classes` takes every class) and measures it against
 /// the interface's `peacetime` samples. `None` under [`MIN_SAMPLES`].
 pub fn derive(attack: &[PacketSample], peacetime: &[PacketSample], classes: &[TrafficClass]) -> Option<Signature> {
+    // The samples are referred to, not copied: a derivation runs every
+    // second of an attack, over thousands of them, on the poll thread.
     let wanted = |c: u8| TrafficClass::from_id(c as u32).is_some_and(|c| classes.is_empty() || classes.contains(&c));
-    let attack: Vec<PacketSample> = attack.iter().copied().filter(|s| wanted(s.class)).collect();
+    let attack: Vec<&PacketSample> = attack.iter().filter(|s| wanted(s.class)).collect();
     let attack = without_background(attack, peacetime);
     if attack.len() < MIN_SAMPLES {
         return None;
@@ -235,7 +238,7 @@ pub fn derive(attack: &[PacketSample], peacetime: &[PacketSample], classes: &[Tr
         chosen.push(c);
     }
     chosen.sort();
-    let in_classes: Vec<PacketSample> =
+    let in_classes: Vec<&PacketSample> =
         attack.iter().copied().filter(|s| chosen.iter().any(|c| *c as u8 == s.class)).collect();
 
     // 2. The attacked address, if one takes nearly all.
@@ -245,7 +248,7 @@ pub fn derive(attack: &[PacketSample], peacetime: &[PacketSample], classes: &[Tr
     }
     let top_dst = per_dst.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)));
     let dst = top_dst.filter(|(_, n)| *n as f64 >= DST_SHARE * in_classes.len() as f64).map(|(d, _)| d);
-    let core: Vec<PacketSample> = in_classes.into_iter().filter(|s| dst.is_none_or(|d| d == s.dst)).collect();
+    let core: Vec<&PacketSample> = in_classes.into_iter().filter(|s| dst.is_none_or(|d| d == s.dst)).collect();
 
     // 3. The packets' shape: each field on all of them, then each again on
     // those the other fields keep.
@@ -255,7 +258,7 @@ pub fn derive(attack: &[PacketSample], peacetime: &[PacketSample], classes: &[Tr
         shape.choose(field, &core, has_ports);
     }
     for field in Field::ALL {
-        let kept: Vec<PacketSample> = core.iter().copied().filter(|s| shape.fits_except(s, field)).collect();
+        let kept: Vec<&PacketSample> = core.iter().copied().filter(|s| shape.fits_except(s, field)).collect();
         if kept.len() >= MIN_SAMPLES {
             shape.choose(field, &kept, has_ports);
         }
@@ -287,22 +290,22 @@ pub fn derive(attack: &[PacketSample], peacetime: &[PacketSample], classes: &[Tr
 
 /// The attack's samples without those of the interface's ordinary traffic
 /// (step 0 of the algorithm).
-fn without_background(attack: Vec<PacketSample>, peacetime: &[PacketSample]) -> Vec<PacketSample> {
+fn without_background<'a>(attack: Vec<&'a PacketSample>, peacetime: &[PacketSample]) -> Vec<&'a PacketSample> {
     if peacetime.is_empty() || attack.is_empty() {
         return attack;
     }
     // Keys: (class, 0 = destination / 1 = source, port).
     let pairs = |s: &PacketSample| [(s.class, 0u8, s.dport), (s.class, 1u8, s.sport)];
-    let count = |samples: &[PacketSample]| {
+    fn count<'a>(samples: impl Iterator<Item = &'a PacketSample>) -> HashMap<(u8, u8, u16), usize> {
         let mut m: HashMap<(u8, u8, u16), usize> = HashMap::new();
         for s in samples {
-            for k in pairs(s) {
+            for k in [(s.class, 0u8, s.dport), (s.class, 1u8, s.sport)] {
                 *m.entry(k).or_default() += 1;
             }
         }
         m
-    };
-    let (calm, hot) = (count(peacetime), count(&attack));
+    }
+    let (calm, hot) = (count(peacetime.iter()), count(attack.iter().copied()));
     let (nc, nh) = (peacetime.len() as f64, attack.len() as f64);
     let background = |k: &(u8, u8, u16)| {
         let (Some(&c), Some(&h)) = (calm.get(k), hot.get(k)) else { return false };
@@ -313,9 +316,9 @@ fn without_background(attack: Vec<PacketSample>, peacetime: &[PacketSample]) -> 
 }
 
 /// Sets the signature's coverage of `attack` and collateral on `peacetime`.
-fn measure(sig: &mut Signature, attack: &[PacketSample], peacetime: &[PacketSample]) {
+fn measure(sig: &mut Signature, attack: &[&PacketSample], peacetime: &[PacketSample]) {
     let m = Matcher::new(sig);
-    let (coverage, collateral) = (m.share(attack), m.share(peacetime));
+    let (coverage, collateral) = (m.share(attack.iter().copied()), m.share(peacetime.iter()));
     sig.coverage = coverage;
     sig.collateral = collateral;
 }
@@ -344,7 +347,7 @@ struct Shape {
 impl Shape {
     /// Chooses one field from `samples`; ports only for classes that have
     /// them.
-    fn choose(&mut self, field: Field, samples: &[PacketSample], has_ports: bool) {
+    fn choose(&mut self, field: Field, samples: &[&PacketSample], has_ports: bool) {
         match field {
             Field::DstPorts if has_ports => {
                 self.dst_ports = port_spans(&samples.iter().map(|s| s.dport).collect::<Vec<_>>())
@@ -354,7 +357,8 @@ impl Shape {
             }
             Field::DstPorts | Field::SrcPorts => {}
             Field::Length => {
-                self.length = trimmed(&samples.iter().map(frame_len).collect::<Vec<_>>()).filter(|s| !s.is_full())
+                self.length =
+                    trimmed(&samples.iter().map(|s| frame_len(s)).collect::<Vec<_>>()).filter(|s| !s.is_full())
             }
             Field::Ttl => {
                 self.ttl = trimmed(&samples.iter().map(|s| s.ttl).collect::<Vec<_>>()).filter(|s| !s.is_full())
