@@ -64,7 +64,7 @@ pub struct SampleView {
 }
 
 impl SampleView {
-    pub fn new(samples: &[PacketSample], divisor: u32, seconds: f64) -> SampleView {
+    pub fn new<'a>(samples: impl IntoIterator<Item = &'a PacketSample>, divisor: u32, seconds: f64) -> SampleView {
         let mut v =
             SampleView { classes: vec![ClassSamples::default(); CLASS_COUNT], divisor, seconds, ..Default::default() };
         for s in samples {
@@ -75,23 +75,17 @@ impl SampleView {
                 *c.dst_ports.entry(s.dport).or_default() += 1;
                 *c.src_ports.entry(s.sport).or_default() += 1;
             }
-            if WEB_PORTS.contains(&s.dport) {
-                match class {
-                    TrafficClass::TcpSyn => v.web_syn += 1,
-                    TrafficClass::TcpAck | TrafficClass::HttpRequest | TrafficClass::TcpEstablished => v.web_ack += 1,
-                    _ => {}
-                }
+            match web_side(s) {
+                Some(WebSide::Syn) => v.web_syn += 1,
+                Some(WebSide::Ack) => v.web_ack += 1,
+                None => {}
             }
         }
         v
     }
 
     fn per_second(&self, count: u64) -> f64 {
-        if self.seconds > 0.0 {
-            count as f64 * self.divisor as f64 / self.seconds
-        } else {
-            0.0
-        }
+        per_second(count, self.divisor, self.seconds)
     }
 
     /// New connections per second to the web ports, as far as the samples
@@ -149,6 +143,45 @@ impl SampleView {
     }
 }
 
+/// Which side of a connection to a web port a sample is.
+enum WebSide {
+    Syn,
+    Ack,
+}
+
+fn web_side(s: &PacketSample) -> Option<WebSide> {
+    if !WEB_PORTS.contains(&s.dport) {
+        return None;
+    }
+    match TrafficClass::from_id(s.class as u32)? {
+        TrafficClass::TcpSyn => Some(WebSide::Syn),
+        TrafficClass::TcpAck | TrafficClass::HttpRequest | TrafficClass::TcpEstablished => Some(WebSide::Ack),
+        _ => None,
+    }
+}
+
+fn per_second(count: u64, divisor: u32, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        count as f64 * divisor as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// [`SampleView::web_connections_pps`] of `samples`, without the rest of
+/// a view (its port tables): what a poll needs of every attacked address.
+pub fn web_connections_pps<'a>(samples: impl IntoIterator<Item = &'a PacketSample>, divisor: u32, seconds: f64) -> f64 {
+    let (mut syn, mut ack) = (0, 0);
+    for s in samples {
+        match web_side(s) {
+            Some(WebSide::Syn) => syn += 1,
+            Some(WebSide::Ack) => ack += 1,
+            None => {}
+        }
+    }
+    per_second(u64::min(syn, ack), divisor, seconds)
+}
+
 /// The next sampling divisor: double it when a poll brought more than twice
 /// its `target`, halve it when under half. Powers of two, bounded.
 pub fn next_divisor(current: u32, got: usize, target: usize) -> u32 {
@@ -187,6 +220,7 @@ mod tests {
         assert_eq!(v.top_dst_ports(&[TrafficClass::TcpSyn], 0.0, 5)[0].proto, "tcp");
         // min(50, 20) samples x 64 / 0.5 s.
         assert_eq!(v.web_connections_pps(), 20.0 * 64.0 / 0.5);
+        assert_eq!(web_connections_pps(&samples, 64, 0.5), v.web_connections_pps());
         assert!(v.top_dst_ports(&[TrafficClass::Icmp], 10.0, 5).is_empty());
     }
 

@@ -23,7 +23,7 @@ use crate::{
     mitigate::prefix::Prefix,
     networks::{Protected, HOST_GROUP},
     rates::ClassRate,
-    samples::SampleView,
+    samples::{self, SampleView},
     sources::SourceRate,
     targets::{Direction, TargetRate, TargetsReading},
 };
@@ -423,24 +423,26 @@ impl Detector {
 
         // The poll's samples per attacked address and per group.
         let mut group_cache: HashMap<IpAddr, Option<usize>> = HashMap::new();
-        let mut by_dst: HashMap<IpAddr, Vec<PacketSample>> = HashMap::new();
-        let mut by_group: HashMap<usize, Vec<PacketSample>> = HashMap::new();
+        let mut by_dst: HashMap<IpAddr, Vec<&PacketSample>> = HashMap::new();
+        let mut by_group: HashMap<usize, Vec<&PacketSample>> = HashMap::new();
         for s in obs.packets {
             let dst = sample_addr(&s.dst);
             let g = *group_cache.entry(dst).or_insert_with(|| self.protected.group_of(dst));
             if let Some(g) = g {
-                by_dst.entry(dst).or_default().push(*s);
-                by_group.entry(g).or_default().push(*s);
+                by_dst.entry(dst).or_default().push(s);
+                by_group.entry(g).or_default().push(s);
             }
         }
         let divisor = obs.samples.divisor;
-        let view_of = |samples: Option<&Vec<PacketSample>>| {
-            SampleView::new(samples.map(|v| v.as_slice()).unwrap_or(&[]), divisor, obs.seconds)
+        let view_of = |samples: Option<&Vec<&PacketSample>>| {
+            SampleView::new(samples.into_iter().flatten().copied(), divisor, obs.seconds)
         };
 
         // Web connections per attacked address, from its samples.
-        let connections: HashMap<IpAddr, f64> =
-            by_dst.iter().map(|(a, v)| (*a, view_of(Some(v)).web_connections_pps())).collect();
+        let connections: HashMap<IpAddr, f64> = by_dst
+            .iter()
+            .map(|(a, v)| (*a, samples::web_connections_pps(v.iter().copied(), divisor, obs.seconds)))
+            .collect();
 
         // 1. Signals: every address, then every group's total.
         let groups = self.protected.groups().to_vec();
