@@ -425,13 +425,19 @@ impl Detector {
         let mut group_cache: HashMap<IpAddr, Option<usize>> = HashMap::new();
         let mut by_dst: HashMap<IpAddr, Vec<&PacketSample>> = HashMap::new();
         let mut by_group: HashMap<usize, Vec<&PacketSample>> = HashMap::new();
-        for s in obs.packets {
-            let dst = sample_addr(&s.dst);
-            let g = *group_cache.entry(dst).or_insert_with(|| self.protected.group_of(dst));
-            if let Some(g) = g {
-                by_dst.entry(dst).or_default().push(s);
-                by_group.entry(g).or_default().push(s);
+        // A flood's samples come in runs to one address: a run is looked
+        // up and filed once.
+        let packets = obs.packets;
+        let mut start = 0;
+        while start < packets.len() {
+            let raw = packets[start].dst;
+            let end = packets[start..].iter().position(|s| s.dst != raw).map_or(packets.len(), |n| start + n);
+            let dst = sample_addr(&raw);
+            if let Some(g) = *group_cache.entry(dst).or_insert_with(|| self.protected.group_of(dst)) {
+                by_dst.entry(dst).or_default().extend(&packets[start..end]);
+                by_group.entry(g).or_default().extend(&packets[start..end]);
             }
+            start = end;
         }
         let divisor = obs.samples.divisor;
         let view_of = |samples: Option<&Vec<&PacketSample>>| {
