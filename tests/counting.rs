@@ -22,7 +22,10 @@ use detector::{
     iface,
     kernel::ebpf::{self, CountingOptions},
     kernel::xdp::{self, Attachment, ModeChoice},
-    kernel::{counters::CounterMaps, dirty::SWEEP_POLLS},
+    kernel::{
+        counters::CounterMaps,
+        dirty::{Listed, SWEEP_POLLS},
+    },
     rates::ClassSnapshot,
     sources::{addr_key, key_addr},
 };
@@ -48,6 +51,12 @@ fn attach_sized(lab: &Lab, max_sources: u32) -> Target {
     let maps = CounterMaps::take(&mut obj).unwrap();
     let attachment = xdp::attach(obj, &lab.tgt_if, ModeChoice::Native, false, None).unwrap();
     Target { _attachment: attachment, maps }
+}
+
+/// A poll's read of the per-source map, as the probe makes it.
+fn read_sources(t: &mut Target, epoch: u32, tracked: usize) -> Listed<SourceStats> {
+    let windows = t.maps.windows().unwrap();
+    t.maps.read_sources(epoch, tracked, &windows).unwrap()
 }
 
 /// Sends from a thread pinned to one CPU: the veth hands each frame to the
@@ -388,7 +397,7 @@ fn a_poll_reads_the_sources_counted_in_the_window_that_ended() {
     send(&lab, &frames);
     counted(&t, 80);
     t.maps.new_window().unwrap();
-    let first = t.maps.read_sources(w1, 2).unwrap();
+    let first = read_sources(&mut t, w1, 2);
     assert!(first.whole, "the first read is not whole");
     assert_eq!(first.entries.len(), 2);
 
@@ -397,7 +406,7 @@ fn a_poll_reads_the_sources_counted_in_the_window_that_ended() {
     send(&lab, &vec![a.bytes.clone(); 40]);
     counted(&t, 120);
     t.maps.new_window().unwrap();
-    let second = t.maps.read_sources(w2, 2).unwrap();
+    let second = read_sources(&mut t, w2, 2);
     assert!(!second.whole && !second.quiet, "{second:?}");
     assert_eq!((second.changed, second.entries.len()), (1, 1), "{second:?}");
     let sa = find(&second.entries, "198.51.100.7").expect("a read");
@@ -408,14 +417,14 @@ fn a_poll_reads_the_sources_counted_in_the_window_that_ended() {
     for read in 3..=SWEEP_POLLS {
         let w = t.maps.epoch();
         t.maps.new_window().unwrap();
-        let quiet = t.maps.read_sources(w, 2).unwrap();
+        let quiet = read_sources(&mut t, w, 2);
         assert_eq!((quiet.changed, quiet.entries.len()), (0, 0), "read {read}: {quiet:?}");
         assert_eq!(quiet.quiet, read > 3, "read {read}: {quiet:?}");
     }
     // The pass: on a map this small, everything at once.
     let w = t.maps.epoch();
     t.maps.new_window().unwrap();
-    let swept = t.maps.read_sources(w, 2).unwrap();
+    let swept = read_sources(&mut t, w, 2);
     assert_eq!(swept.changed, 0);
     assert_eq!(swept.entries.len(), 2, "{swept:?}");
     assert_eq!(find(&swept.entries, "198.51.100.8").unwrap(), find(&first.entries, "198.51.100.8").unwrap());
@@ -430,7 +439,7 @@ fn a_poll_reads_the_sources_counted_in_the_window_that_ended() {
     send(&lab, &many);
     counted(&t, 120 + many.len() as u64);
     t.maps.new_window().unwrap();
-    let most = t.maps.read_sources(w, 2).unwrap();
+    let most = read_sources(&mut t, w, 2);
     assert!(most.whole, "{} listed, read one at a time", most.changed);
     assert_eq!(most.entries.len(), 34, "{most:?}");
 }
@@ -446,7 +455,7 @@ fn sources_listed_across_chunks_of_a_ring_are_each_read() {
     // The first read is whole; an empty window's is not.
     let w = t.maps.epoch();
     t.maps.new_window().unwrap();
-    assert!(t.maps.read_sources(w, 0).unwrap().whole);
+    assert!(read_sources(&mut t, w, 0).whole);
 
     let ips: Vec<String> = (0..150u32).map(|i| format!("198.51.{}.{}", 100 + i / 100, 1 + i % 100)).collect();
     let frames: Vec<Vec<u8>> =
@@ -455,7 +464,7 @@ fn sources_listed_across_chunks_of_a_ring_are_each_read() {
     send(&lab, &frames);
     counted(&t, frames.len() as u64);
     t.maps.new_window().unwrap();
-    let read = t.maps.read_sources(w, 0).unwrap();
+    let read = read_sources(&mut t, w, 0);
     assert!(!read.whole && !read.quiet, "{} listed: {read:?}", read.changed);
     assert_eq!(read.changed, ips.len());
     assert_eq!(read.entries.len(), ips.len());

@@ -330,7 +330,7 @@ fn a_poll_reads_the_addresses_counted_in_the_window_that_ended() {
     send(&lab, false, &frames);
     counted(&t, 80);
     t.counters.new_window().unwrap();
-    let first = t.targets.read(Direction::Incoming, w1, 2).unwrap();
+    let first = t.targets.read(Direction::Incoming, w1, 2, &t.counters.windows().unwrap()).unwrap();
     assert!(first.whole, "the first read is not whole");
     assert_eq!(first.entries.len(), 2);
 
@@ -340,7 +340,7 @@ fn a_poll_reads_the_addresses_counted_in_the_window_that_ended() {
     send(&lab, false, &vec![a.bytes.clone(); 40]);
     counted(&t, 120);
     t.counters.new_window().unwrap();
-    let second = t.targets.read(Direction::Incoming, w2, 2).unwrap();
+    let second = t.targets.read(Direction::Incoming, w2, 2, &t.counters.windows().unwrap()).unwrap();
     assert!(!second.whole);
     assert!(!second.quiet, "a counted in the window");
     assert_eq!(second.changed, 1, "{second:?}");
@@ -354,7 +354,7 @@ fn a_poll_reads_the_addresses_counted_in_the_window_that_ended() {
     for read in 3..=SWEEP_POLLS {
         let w = t.counters.epoch();
         t.counters.new_window().unwrap();
-        let quiet = t.targets.read(Direction::Incoming, w, 2).unwrap();
+        let quiet = t.targets.read(Direction::Incoming, w, 2, &t.counters.windows().unwrap()).unwrap();
         assert_eq!((quiet.changed, quiet.entries.len()), (0, 0), "read {read}: {quiet:?}");
         // The rings are not read once no CPU counted since the window
         // before (the one before covers a packet that read the epoch late).
@@ -363,7 +363,7 @@ fn a_poll_reads_the_addresses_counted_in_the_window_that_ended() {
     // The pass: on a map this small, everything at once, each address once.
     let w = t.counters.epoch();
     t.counters.new_window().unwrap();
-    let swept = t.targets.read(Direction::Incoming, w, 2).unwrap();
+    let swept = t.targets.read(Direction::Incoming, w, 2, &t.counters.windows().unwrap()).unwrap();
     assert_eq!(swept.changed, 0);
     assert_eq!(swept.entries.len(), 2, "{:?}", swept.entries.iter().map(|(k, _)| key_addr(k)).collect::<Vec<_>>());
     let sb = find(&swept.entries, "203.0.113.20").expect("b swept");

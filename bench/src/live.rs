@@ -180,7 +180,8 @@ fn one(scenario: Scenario, program: &'static str, seconds: u64) -> Result<LiveRu
             // counted in it and a slice of the sweep.
             let window = maps.epoch();
             maps.new_window()?;
-            let current = maps.read_sources(window, tracker.len())?;
+            let windows = maps.windows()?;
+            let current = maps.read_sources(window, tracker.len(), &windows)?;
             let target = detector::samples::target_per_poll(POLL);
             let samples = maps.drain_samples(detector::samples::MAX_SAMPLES_FACTOR * target);
             let next = detector::samples::next_divisor(divisor, samples.len(), target);

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 use aya::{
-    maps::{Array, Map, MapData, PerCpuHashMap, PerCpuValues},
+    maps::{Array, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{TestRun as _, TestRunOptions, Xdp, XdpMode},
     util::nr_cpus,
     Ebpf,
@@ -22,6 +22,8 @@ use detector::{
     flood::frame::{self, FrameSpec, Kind},
     kernel::targets::TargetsRead,
     kernel::{
+        batch,
+        dirty::Windows,
         ebpf::{self, CountingOptions},
         targets::TargetMaps,
     },
@@ -34,11 +36,11 @@ use detector::{
 };
 use detector_common::{
     flood::PASS_PROGRAM,
-    maps::{SourceKey, DEFAULT_MAX_SOURCES, DETECTOR_PROGRAM, EPOCH_MAP},
-    sketch::EPOCH_MASK,
+    maps::{SourceKey, DEFAULT_MAX_SOURCES, DETECTOR_PROGRAM, EPOCH_MAP, WINDOW_MAP},
+    sketch::{Window, EPOCH_MASK},
     targets::{
         TargetStats, GROUP_STATS_MAP, PROTECTED_MAP, TARGETS_IN_MAP, TARGETS_OUT_MAP, TARGET_CACHE_MAP,
-        TARGET_CONTROL_MAP, TARGET_DIRTY_MAP, TARGET_SKETCH_MAP, TARGET_WINDOW_MAP,
+        TARGET_CONTROL_MAP, TARGET_DIRTY_MAP, TARGET_SKETCH_MAP,
     },
     TrafficClass, CLASS_COUNT,
 };
@@ -250,7 +252,7 @@ fn map_memory(obj: &Ebpf) -> Result<MapMemory> {
         TARGETS_IN_MAP,
         TARGETS_OUT_MAP,
         TARGET_SKETCH_MAP,
-        TARGET_WINDOW_MAP,
+        WINDOW_MAP,
         TARGET_DIRTY_MAP,
         TARGET_CACHE_MAP,
         "TARGET_SCRATCH",
@@ -267,6 +269,30 @@ fn map_memory(obj: &Ebpf) -> Result<MapMemory> {
 fn key(i: u32) -> SourceKey {
     let [_, _, c, d] = i.to_be_bytes();
     SourceKey::from_ipv4_octets([10, 1, c, d])
+}
+
+/// What a bench poll moves the window with and reads the windows from, as
+/// the probe does through `CounterMaps`.
+struct Epoch {
+    epoch: Array<MapData, u32>,
+    windows: PerCpuArray<MapData, Window>,
+    buf: batch::Buffers,
+}
+
+impl Epoch {
+    fn take(obj: &mut Ebpf) -> Result<Epoch> {
+        let epoch = Array::try_from(ebpf::take_map(obj, "detector", EPOCH_MAP)?)?;
+        let windows = PerCpuArray::try_from(ebpf::take_map(obj, "detector", WINDOW_MAP)?)?;
+        Ok(Epoch { epoch, windows, buf: Default::default() })
+    }
+
+    fn set(&mut self, window: u32) -> Result<()> {
+        Ok(self.epoch.set(0, window, 0)?)
+    }
+
+    fn windows(&mut self) -> Result<Windows> {
+        Ok(Windows::read(&self.windows, WINDOW_MAP, &mut self.buf)?)
+    }
 }
 
 /// How a bench poll reads the per-address maps.
@@ -288,7 +314,7 @@ enum ReadMode {
 /// detection times.
 fn poll(
     maps: &mut TargetMaps,
-    epoch: &mut Array<MapData, u32>,
+    epoch: &mut Epoch,
     window: &mut u32,
     tracker: &mut TargetTracker,
     det: &mut Detector,
@@ -298,11 +324,12 @@ fn poll(
     let t0 = Instant::now();
     let ended = *window;
     *window = (*window + 1) & EPOCH_MASK;
-    epoch.set(0, *window, 0)?;
+    epoch.set(*window)?;
     let (incoming, outgoing) = match mode {
         ReadMode::Window => {
             let (i, o) = (tracker.len(Direction::Incoming), tracker.len(Direction::Outgoing));
-            (maps.read(Direction::Incoming, ended, i)?, maps.read(Direction::Outgoing, ended, o)?)
+            let windows = epoch.windows()?;
+            (maps.read(Direction::Incoming, ended, i, &windows)?, maps.read(Direction::Outgoing, ended, o, &windows)?)
         }
         ReadMode::Whole => {
             let whole = |entries: Vec<_>| TargetsRead { changed: entries.len(), entries, whole: true, quiet: false };
@@ -399,14 +426,14 @@ pub fn polls_and_memory() -> Result<(Vec<PollCost>, MapMemory, u32)> {
     };
     let mut fill: PerCpuHashMap<_, SourceKey, TargetStats> = PerCpuHashMap::try_from(Map::PerCpuLruHashMap(fill_data))?;
     let mut maps = TargetMaps::take(&mut obj)?;
-    let mut epoch: Array<_, u32> = Array::try_from(ebpf::take_map(&mut obj, "detector", EPOCH_MAP)?)?;
+    let mut epoch = Epoch::take(&mut obj)?;
     let det = ebpf::load_xdp(&mut obj, "detector", DETECTOR_PROGRAM)?;
     let lab = Lab::new()?;
     hold_in_dispatcher(&lab, det, None)?;
     maps.set_protected(&prefixes(&[("10.1.0.0/16", 0)])?)?;
     let cpus = nr_cpus().map_err(|(_, e)| e)?;
     let mut window = 1u32;
-    epoch.set(0, window, 0)?;
+    epoch.set(window)?;
 
     // Every destination tracked, as a program admitting it would have
     // written it.
@@ -440,7 +467,7 @@ pub fn polls_and_memory() -> Result<(Vec<PollCost>, MapMemory, u32)> {
     let mut measure = |label: &'static str,
                        mode: ReadMode,
                        maps: &mut TargetMaps,
-                       epoch: &mut Array<MapData, u32>,
+                       epoch: &mut Epoch,
                        window: &mut u32,
                        tracker: &mut TargetTracker,
                        frame: &mut Vec<u8>|

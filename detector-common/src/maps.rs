@@ -8,8 +8,15 @@ pub const CLASS_STATS_MAP: &str = "CLASS_STATS";
 pub const SOURCE_STATS_MAP: &str = "SOURCE_STATS";
 /// Per-CPU array of [`crate::sketch::SKETCH_BLOCKS`] [`crate::sketch::SketchBlock`]s.
 pub const SKETCH_MAP: &str = "SKETCH";
-/// Per-CPU array of one [`crate::sketch::Window`].
+/// Per-CPU array of [`WINDOWS`] [`crate::sketch::Window`]s: the per-source
+/// window ([`SOURCE_WINDOW`]), then network mode's, one per direction
+/// (`crate::targets::target_window`). One map, so a poll reads every
+/// CPU's windows in one call.
 pub const WINDOW_MAP: &str = "WINDOW";
+/// Windows in the [`WINDOW_MAP`].
+pub const WINDOWS: u32 = 3;
+/// The per-source window's index in the [`WINDOW_MAP`].
+pub const SOURCE_WINDOW: u32 = 0;
 /// Array of one `u32`: the current epoch, bumped by the controller each poll.
 pub const EPOCH_MAP: &str = "EPOCH";
 /// Name of the counting XDP program in its object.

@@ -27,8 +27,12 @@ pub const GROUP_STATS_MAP: &str = "GROUP_STATS";
 /// Per-CPU array of `2 * SKETCH_BLOCKS` [`crate::sketch::SketchBlock`]s:
 /// the incoming sketch's blocks, then the outgoing one's.
 pub const TARGET_SKETCH_MAP: &str = "TARGET_SKETCH";
-/// Per-CPU array of two [`crate::sketch::Window`]s: incoming, outgoing.
-pub const TARGET_WINDOW_MAP: &str = "TARGET_WINDOW";
+/// The index in the counting program's window map
+/// ([`crate::maps::WINDOW_MAP`]) of `direction`'s window.
+#[inline(always)]
+pub const fn target_window(direction: u32) -> u32 {
+    1 + direction
+}
 
 /// Host groups: group ids are `0..MAX_HOSTGROUPS`.
 pub const MAX_HOSTGROUPS: u32 = 64;
@@ -52,7 +56,7 @@ pub const DEFAULT_MAX_TARGETS: u32 = 16_384;
 
 /// Which way a packet goes, seen from the protected networks: the offset
 /// in a group's pair of [`GROUP_STATS_MAP`] entries, and the window/sketch
-/// of [`TARGET_WINDOW_MAP`] and [`TARGET_SKETCH_MAP`].
+/// of [`target_window`] and [`TARGET_SKETCH_MAP`].
 pub const DIRECTION_IN: u32 = 0;
 pub const DIRECTION_OUT: u32 = 1;
 
@@ -280,7 +284,7 @@ pub fn cache_slot(key: &[u64; 2], seed: u64, direction: u32) -> u32 {
 /// [`crate::maps::chunk_of`]): per direction, the ring for windows of even
 /// epochs and the one for odd ones, so the controller reads a finished
 /// window's while the program fills the next. Their heads are in the
-/// direction's window ([`TARGET_WINDOW_MAP`]).
+/// direction's window ([`target_window`]).
 pub const TARGET_DIRTY_MAP: &str = "TARGET_DIRTY";
 pub use crate::maps::{chunk_of, DirtyChunk, DirtyHead, DIRTY_CHUNKS, DIRTY_KEYS};
 
@@ -405,6 +409,14 @@ mod tests {
         assert!(c.may_protect(&words(v4([10, 255, 1, 1]))));
         assert!(!c.may_protect(&words(v4([11, 0, 0, 1]))));
         assert_eq!(c.v6.iter().map(|w| w.count_ones()).sum::<u32>(), 0);
+    }
+
+    #[test]
+    fn windows_follow_the_source_window() {
+        assert_eq!(crate::maps::SOURCE_WINDOW, 0);
+        assert_eq!(target_window(DIRECTION_IN), 1);
+        assert_eq!(target_window(DIRECTION_OUT), 2);
+        assert_eq!(crate::maps::WINDOWS, 3);
     }
 
     #[test]

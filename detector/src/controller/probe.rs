@@ -190,15 +190,17 @@ impl Probe {
         // the addresses the program listed as counted in it.
         let window = self.maps.epoch();
         self.maps.new_window()?;
-        let sources = self.maps.read_sources(window, self.tracker.len())?;
+        // Every map's windows in one call.
+        let windows = self.maps.windows()?;
+        let sources = self.maps.read_sources(window, self.tracker.len(), &windows)?;
         // Nothing to read in host mode until the networks are installed,
         // nor once they are gone and the tracker has forgotten the rest.
         let (incoming, outgoing, groups) = if self.targets.protected().is_empty() && self.target_tracker.is_empty() {
             (TargetsRead::default(), TargetsRead::default(), Vec::new())
         } else {
             let tracked = |d| self.target_tracker.len(d);
-            let incoming = self.targets.read(Direction::Incoming, window, tracked(Direction::Incoming))?;
-            let outgoing = self.targets.read(Direction::Outgoing, window, tracked(Direction::Outgoing))?;
+            let incoming = self.targets.read(Direction::Incoming, window, tracked(Direction::Incoming), &windows)?;
+            let outgoing = self.targets.read(Direction::Outgoing, window, tracked(Direction::Outgoing), &windows)?;
             // The group totals move only with a packet counted.
             let groups = match self.last_groups.take() {
                 Some(last) if incoming.quiet && outgoing.quiet => last,

@@ -10,7 +10,7 @@ use aya::{
 use detector_common::{
     maps::{
         ring_of, ClassStats, DirtyChunk, SourceKey, SourceStats, CLASS_STATS_MAP, EPOCH_MAP, SOURCE_DIRTY_MAP,
-        SOURCE_STATS_MAP, WINDOW_MAP,
+        SOURCE_STATS_MAP, SOURCE_WINDOW, WINDOW_MAP,
     },
     sample::{SampleControl, SampleRecord, SAMPLES_MAP, SAMPLE_CONTROL_MAP, SNAPLEN},
     sketch::{Window, EPOCH_MASK},
@@ -21,7 +21,7 @@ use thiserror::Error;
 use crate::{
     kernel::{
         batch,
-        dirty::{self, Listed, Sweep},
+        dirty::{self, Listed, Sweep, Windows},
         ebpf,
     },
     rates::ClassSnapshot,
@@ -48,7 +48,8 @@ pub struct CounterMaps {
     classes: PerCpuArray<MapData, ClassStats>,
     sources: PerCpuHashMap<MapData, SourceKey, SourceStats>,
     epoch: Array<MapData, u32>,
-    /// Each CPU's heavy-hitter window: whether it tracked a source lately.
+    /// Each CPU's heavy-hitter windows (per source, and network mode's):
+    /// whether it counted lately, and the heads of its rings.
     windows: PerCpuArray<MapData, Window>,
     /// The sources each CPU counted in a window, and where the sweep of
     /// the per-source map stands (see [`dirty`]).
@@ -143,20 +144,32 @@ impl CounterMaps {
         Ok(dirty::whole(&self.sources, SOURCE_STATS_MAP, &mut buf, sum_sources)?)
     }
 
+    /// Every CPU's windows, the per-source one and network mode's, in one
+    /// call: what [`CounterMaps::read_sources`] and
+    /// `TargetMaps::read` take.
+    pub fn windows(&self) -> Result<Windows, CounterError> {
+        let mut buf = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Windows::read(&self.windows, WINDOW_MAP, &mut buf)?)
+    }
+
     /// What a poll reads of the per-source map once the window `epoch` is
     /// over (the program has gone on to the next): the sources counted in
     /// it and a slice of a sweep, not every bucket of the map (see
-    /// [`dirty`]). `tracked`: the sources the tracker knows of.
-    pub fn read_sources(&mut self, epoch: u32, tracked: usize) -> Result<Listed<SourceStats>, CounterError> {
+    /// [`dirty`]). `tracked`: the sources the tracker knows of; `windows`:
+    /// read after the window moved on.
+    pub fn read_sources(
+        &mut self,
+        epoch: u32,
+        tracked: usize,
+        windows: &Windows,
+    ) -> Result<Listed<SourceStats>, CounterError> {
         let maps = dirty::Maps {
             map: &self.sources,
             name: SOURCE_STATS_MAP,
             chunks: &self.chunks,
             chunks_name: SOURCE_DIRTY_MAP,
             ring: ring_of(epoch),
-            windows: &self.windows,
-            windows_name: WINDOW_MAP,
-            window: 0,
+            windows: windows.of(SOURCE_WINDOW),
             capacity: self.capacity,
         };
         let mut buf = self.batch.lock().unwrap_or_else(|p| p.into_inner());

@@ -15,7 +15,7 @@ use aya::{
     Pod,
 };
 use detector_common::{
-    maps::{ring_of, DirtyChunk, DirtyHead, SourceKey, DIRTY_CHUNKS, DIRTY_CHUNK_KEYS, DIRTY_KEYS},
+    maps::{ring_of, DirtyChunk, DirtyHead, SourceKey, DIRTY_CHUNKS, DIRTY_CHUNK_KEYS, DIRTY_KEYS, WINDOWS},
     sketch::Window,
 };
 use thiserror::Error;
@@ -71,11 +71,9 @@ pub struct Maps<'a, V: Pod> {
     pub chunks: &'a PerCpuArray<MapData, DirtyChunk>,
     pub chunks_name: &'static str,
     pub ring: u32,
-    /// The CPUs' windows for the map (which hold the rings' heads), and
-    /// the index of its window.
-    pub windows: &'a PerCpuArray<MapData, Window>,
-    pub windows_name: &'static str,
-    pub window: u32,
+    /// The CPUs' windows for the map, which hold the rings' heads (read
+    /// once a poll for every map: [`Windows`]).
+    pub windows: &'a [Window],
     /// The map's capacity: a sweep's slice is a [`SWEEP_POLLS`]th of it.
     pub capacity: u32,
 }
@@ -114,9 +112,8 @@ impl Sweep {
         buf: &mut batch::Buffers,
         sum: impl Fn(&[V]) -> V,
     ) -> Result<Listed<V>, ReadError> {
-        let windows = m.windows.get(&m.window, 0).map_err(|source| ReadError { map: m.windows_name, source })?;
-        let quiet = !windows.iter().any(|w| w.counted_since(epoch));
-        let (mut keys, overflow) = if quiet { (Vec::new(), false) } else { listed(m, &windows, epoch, buf)? };
+        let quiet = !m.windows.iter().any(|w| w.counted_since(epoch));
+        let (mut keys, overflow) = if quiet { (Vec::new(), false) } else { listed(m, epoch, buf)? };
         keys.sort_unstable_by_key(|k| k.addr);
         keys.dedup_by_key(|k| k.addr);
         let cheaper_whole = keys.len() * LOOKUP_NS > m.capacity as usize * BUCKET_NS + tracked * BATCHED_NS;
@@ -171,13 +168,8 @@ impl Sweep {
 /// ring overflowed: the heads (in the CPUs' `windows`), then the chunks in
 /// use (one batch call; one lookup a chunk where the kernel has no batch
 /// lookups).
-fn listed<V: Pod>(
-    m: &Maps<'_, V>,
-    windows: &[Window],
-    epoch: u32,
-    buf: &mut batch::Buffers,
-) -> Result<(Vec<SourceKey>, bool), ReadError> {
-    let heads: Vec<DirtyHead> = windows.iter().map(|w| w.rings[ring_of(epoch) as usize]).collect();
+fn listed<V: Pod>(m: &Maps<'_, V>, epoch: u32, buf: &mut batch::Buffers) -> Result<(Vec<SourceKey>, bool), ReadError> {
+    let heads: Vec<DirtyHead> = m.windows.iter().map(|w| w.rings[ring_of(epoch) as usize]).collect();
     let counts: Vec<usize> =
         heads.iter().map(|h| if h.epoch == epoch { (h.count as usize).min(DIRTY_KEYS) } else { 0 }).collect();
     let overflow = heads.iter().any(|h| h.epoch == epoch && h.overflow != 0);
@@ -202,6 +194,44 @@ fn listed<V: Pod>(
         }
     }
     Ok((keys, overflow))
+}
+
+/// Every CPU's windows (`detector_common::maps::WINDOW_MAP`), read in one
+/// call a poll: whether each CPU counted in a map, and the heads of its
+/// rings.
+#[derive(Clone, Debug, Default)]
+pub struct Windows {
+    /// Per window index, per CPU.
+    per_index: Vec<Vec<Window>>,
+}
+
+impl Windows {
+    /// Reads every window of `map` (one batch call; a lookup each where
+    /// the kernel has no batch lookups).
+    pub fn read(
+        map: &PerCpuArray<MapData, Window>,
+        name: &'static str,
+        buf: &mut batch::Buffers,
+    ) -> Result<Windows, ReadError> {
+        let mut per_index = vec![Vec::new(); WINDOWS as usize];
+        let batched = batch::per_cpu_array_range::<Window>(map.map(), buf, 0, WINDOWS, |i, per_cpu| {
+            if let Some(w) = per_index.get_mut(i as usize) {
+                *w = per_cpu.to_vec();
+            }
+        });
+        if let Err(e) = batched {
+            tracing::debug!(map = name, "batch lookup failed ({e}); one lookup per window");
+            for (i, w) in per_index.iter_mut().enumerate() {
+                *w = map.get(&(i as u32), 0).map_err(|source| ReadError { map: name, source })?.to_vec();
+            }
+        }
+        Ok(Windows { per_index })
+    }
+
+    /// The CPUs' windows at `index`.
+    pub fn of(&self, index: u32) -> &[Window] {
+        self.per_index.get(index as usize).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// Every entry of `map` with its per-CPU values summed: a few batch

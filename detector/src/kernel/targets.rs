@@ -17,11 +17,10 @@ use aya::{
 };
 use detector_common::{
     maps::SourceKey,
-    sketch::Window,
     targets::{
-        dirty_index, group_index, DirtyChunk, ProtectedNet, TargetControl, TargetStats, GROUP_STATS_MAP,
+        dirty_index, group_index, target_window, DirtyChunk, ProtectedNet, TargetControl, TargetStats, GROUP_STATS_MAP,
         MAX_HOSTGROUPS, MAX_PROTECTED, PROTECTED_MAP, TARGETS_IN_MAP, TARGETS_OUT_MAP, TARGET_CONTROL_MAP,
-        TARGET_DIRTY_MAP, TARGET_WINDOW_MAP,
+        TARGET_DIRTY_MAP,
     },
 };
 use thiserror::Error;
@@ -29,7 +28,7 @@ use thiserror::Error;
 use crate::{
     kernel::{
         batch,
-        dirty::{self, Listed, Sweep},
+        dirty::{self, Listed, Sweep, Windows},
         ebpf,
     },
     mitigate::prefix::Prefix,
@@ -69,10 +68,8 @@ pub struct TargetMaps {
     incoming: PerCpuHashMap<MapData, SourceKey, TargetStats>,
     outgoing: PerCpuHashMap<MapData, SourceKey, TargetStats>,
     /// The keys of the rings of addresses counted in a window (their heads
-    /// are in `windows`).
+    /// are in the directions' windows: [`dirty::Windows`]).
     dirty: PerCpuArray<MapData, DirtyChunk>,
-    /// Each CPU's windows, per direction: whether it counted lately.
-    windows: PerCpuArray<MapData, Window>,
     /// Per direction: where the sweep of its map stands.
     sweep: [Sweep; 2],
     /// What the trie holds.
@@ -101,8 +98,6 @@ impl TargetMaps {
             .map_err(layout(TARGETS_OUT_MAP))?;
         let dirty = PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", TARGET_DIRTY_MAP)?)
             .map_err(layout(TARGET_DIRTY_MAP))?;
-        let windows = PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", TARGET_WINDOW_MAP)?)
-            .map_err(layout(TARGET_WINDOW_MAP))?;
         let capacity = incoming.map().info().map(|i| i.max_entries()).unwrap_or(0);
         let mut maps = TargetMaps {
             protected,
@@ -111,7 +106,6 @@ impl TargetMaps {
             incoming,
             outgoing,
             dirty,
-            windows,
             sweep: Default::default(),
             installed: BTreeMap::new(),
             control_value: Box::default(),
@@ -252,8 +246,15 @@ impl TargetMaps {
     /// What a poll reads of `direction`'s per-address map, once the window
     /// `epoch` is over (the program has gone on to the next): see
     /// [`dirty`]. The rings only when a CPU counted in the window.
-    /// `tracked`: the addresses the tracker knows of in `direction`.
-    pub fn read(&mut self, direction: Direction, epoch: u32, tracked: usize) -> Result<TargetsRead, TargetError> {
+    /// `tracked`: the addresses the tracker knows of in `direction`;
+    /// `windows`: read after the window moved on (`CounterMaps::windows`).
+    pub fn read(
+        &mut self,
+        direction: Direction,
+        epoch: u32,
+        tracked: usize,
+        windows: &Windows,
+    ) -> Result<TargetsRead, TargetError> {
         let d = direction.index();
         let (map, name) = match direction {
             Direction::Incoming => (&self.incoming, TARGETS_IN_MAP),
@@ -265,9 +266,7 @@ impl TargetMaps {
             chunks: &self.dirty,
             chunks_name: TARGET_DIRTY_MAP,
             ring: dirty_index(d as u32, epoch),
-            windows: &self.windows,
-            windows_name: TARGET_WINDOW_MAP,
-            window: d as u32,
+            windows: windows.of(target_window(d as u32)),
             capacity: self.capacity,
         };
         let mut buf = self.batch.lock().unwrap_or_else(|p| p.into_inner());

@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use detector_common::{
-    maps::{ring_of, ClassStats, DirtyChunk, SourceKey, SourceStats, DEFAULT_MAX_SOURCES},
+    maps::{ring_of, ClassStats, DirtyChunk, SourceKey, SourceStats, DEFAULT_MAX_SOURCES, SOURCE_WINDOW, WINDOWS},
     sample::{current_countdown, next_gap, SampleControl, SampleRecord, SAMPLES_RING_BYTES, SNAPLEN},
     sketch::{self, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS, SKETCH_DEPTH},
     TrafficClass, CLASS_COUNT,
@@ -43,9 +43,10 @@ static SOURCE_DIRTY: PerCpuArray<DirtyChunk> =
 #[map]
 static SKETCH: PerCpuArray<SketchBlock> = PerCpuArray::with_max_entries(SKETCH_BLOCKS as u32, 0);
 
-/// This CPU's current window.
+/// This CPU's current windows: per source, and network mode's per
+/// direction (see `detector_common::maps::WINDOW_MAP`).
 #[map]
-static WINDOW: PerCpuArray<Window> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static WINDOW: PerCpuArray<Window> = PerCpuArray::with_max_entries(WINDOWS, 0);
 
 /// The current epoch; the controller bumps it at every poll.
 #[map]
@@ -95,7 +96,7 @@ pub fn detector(ctx: XdpContext) -> u32 {
     // Network mode: per protected destination, before the verdict too.
     targets::count::<{ targets::IN }>(&parsed.dst, class, len, 1);
     let src = parse::bytes(parsed.src);
-    let Some(w) = WINDOW.get_ptr_mut(0) else {
+    let Some(w) = WINDOW.get_ptr_mut(SOURCE_WINDOW) else {
         return xdp_action::XDP_PASS;
     };
     // Sampled before the verdict, so an attack's samples go on after its

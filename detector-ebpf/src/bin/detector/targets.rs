@@ -16,14 +16,14 @@ use detector_common::{
     maps::{ring_of, SourceKey},
     sketch::{self, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS, SKETCH_DEPTH},
     targets::{
-        cache_slot, dirty_index, group_index, CacheSlot, DirtyChunk, ProtectedNet, TargetControl, TargetStats,
-        CACHE_NONE, CACHE_SLOTS, DEFAULT_MAX_TARGETS, DIRECTION_IN, DIRECTION_OUT, DIRTY_CHUNKS, MAX_HOSTGROUPS,
-        MAX_PROTECTED,
+        cache_slot, dirty_index, group_index, target_window, CacheSlot, DirtyChunk, ProtectedNet, TargetControl,
+        TargetStats, CACHE_NONE, CACHE_SLOTS, DEFAULT_MAX_TARGETS, DIRECTION_IN, DIRECTION_OUT, DIRTY_CHUNKS,
+        MAX_HOSTGROUPS, MAX_PROTECTED,
     },
     CLASS_COUNT,
 };
 
-use crate::program::{EPOCH, HASH_SEED};
+use crate::program::{EPOCH, HASH_SEED, WINDOW};
 
 /// Protected prefix to its host group.
 #[map]
@@ -59,12 +59,8 @@ static TARGETS_OUT: LruPerCpuHashMap<SourceKey, TargetStats> =
 #[map]
 static TARGET_SKETCH: PerCpuArray<SketchBlock> = PerCpuArray::with_max_entries(2 * SKETCH_BLOCKS as u32, 0);
 
-/// This CPU's current windows: incoming, outgoing.
-#[map]
-static TARGET_WINDOW: PerCpuArray<Window> = PerCpuArray::with_max_entries(2, 0);
-
 /// Per CPU, direction and epoch parity: the addresses counted in a window
-/// (the keys of the rings whose heads are in `TARGET_WINDOW`).
+/// (the keys of the rings whose heads are in the direction's window).
 #[map]
 static TARGET_DIRTY: PerCpuArray<DirtyChunk> = PerCpuArray::with_max_entries(4 * DIRTY_CHUNKS as u32, 0);
 
@@ -164,7 +160,7 @@ fn count_protected<const DIR: u32>(addr: &[u64; 2], class: u32, len: u64, packet
         }
     }
 
-    let Some(w) = TARGET_WINDOW.get_ptr_mut(DIR) else {
+    let Some(w) = WINDOW.get_ptr_mut(target_window(DIR)) else {
         return;
     };
     let epoch = EPOCH.get(0).copied().unwrap_or(0) & EPOCH_MASK;
