@@ -219,8 +219,10 @@ impl Windows {
                 *w = per_cpu.to_vec();
             }
         });
-        if let Err(e) = batched {
-            tracing::debug!(map = name, "batch lookup failed ({e}); one lookup per window");
+        if batched.is_err() || per_index.iter().any(Vec::is_empty) {
+            if let Err(e) = batched {
+                tracing::debug!(map = name, "batch lookup failed ({e}); one lookup per window");
+            }
             for (i, w) in per_index.iter_mut().enumerate() {
                 *w = map.get(&(i as u32), 0).map_err(|source| ReadError { map: name, source })?.to_vec();
             }
