@@ -2,7 +2,7 @@
 //! an earlier run), its counting maps, and what the poller remembers of it
 //! from one poll to the next.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use detector_common::{
     sample::{PacketSample, SampleRecord},
@@ -33,6 +33,9 @@ use crate::{
 
 use super::{RunConfig, RunError};
 
+/// How often the peer learning's counters reach the metrics.
+const LEARNING_METRICS_EVERY: Duration = Duration::from_secs(1);
+
 /// One packet in this many is sampled at the start; the poller adapts it.
 const FIRST_DIVISOR: u32 = 64;
 
@@ -45,6 +48,8 @@ pub struct Probe {
     tracker: SourceTracker,
     divisor: u32,
     learning: Learning,
+    /// When the learning counters were last read for the metrics.
+    learning_read: Option<Instant>,
     targets: TargetMaps,
     /// The group totals the last poll read (`None`: to be read).
     last_groups: Option<Vec<(u32, Direction, TargetStats)>>,
@@ -132,6 +137,7 @@ impl Probe {
             tracker: SourceTracker::new(cfg.idle_after),
             divisor: FIRST_DIVISOR,
             learning,
+            learning_read: None,
             targets,
             last_groups: None,
             target_tracker: TargetTracker::new(cfg.idle_after),
@@ -144,8 +150,13 @@ impl Probe {
     /// interface is under attack, from the first poll over a threshold (the
     /// host's answers to a spoofed flood must not teach it the flood's
     /// sources).
+    /// Its counters reach the metrics at once when it is switched, else
+    /// once every [`LEARNING_METRICS_EVERY`]: a syscall every poll for a
+    /// scraped gauge was a twentieth of an idle controller's CPU.
     pub fn set_learning(&mut self, on: bool, metrics: &Metrics) {
+        let mut switched = false;
         if on != self.learning.enabled() {
+            switched = true;
             match self.learning.set(on) {
                 Ok(()) => tracing::info!(
                     iface = self.iface(),
@@ -155,8 +166,12 @@ impl Probe {
                 Err(e) => tracing::warn!(iface = self.iface(), "cannot switch peer learning: {e}"),
             }
         }
-        let c = self.learning.counts();
-        metrics.known_peers(self.iface(), self.learning.enabled(), c.learned, c.over_budget);
+        let now = Instant::now();
+        if switched || self.learning_read.is_none_or(|t| now.duration_since(t) >= LEARNING_METRICS_EVERY) {
+            self.learning_read = Some(now);
+            let c = self.learning.counts();
+            metrics.known_peers(self.iface(), self.learning.enabled(), c.learned, c.over_budget);
+        }
     }
 
     /// Installs the protected networks (prefix, host group id below
