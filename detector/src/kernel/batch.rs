@@ -80,20 +80,44 @@ pub fn per_cpu_array_range<V: Pod>(
     buf: &mut Buffers,
     first: u32,
     count: u32,
-    mut f: impl FnMut(u32, &[V]),
+    f: impl FnMut(u32, &[V]),
 ) -> io::Result<()> {
     if count == 0 {
         return Ok(());
     }
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    let stride = size_of::<V>().div_ceil(8) * 8;
-    buf.reserve(count as usize * size_of::<u32>(), count as usize * cpus * stride);
     let before = first.wrapping_sub(1);
-    let mut next: u32 = 0;
+    let mut next = 0;
+    let (_, err) = lookup_batch(map, buf, (first > 0).then_some(&before), &mut next, count, cpus, f);
+    match err {
+        // ENOENT: the array ended; what was copied was handed out still.
+        Some(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// One `BPF_MAP_LOOKUP_BATCH` call of up to `count` entries from the token
+/// `start` (`None`: the map's start), the token to go on from written to
+/// `next`: calls `f` with each key and its per-CPU values, and returns how
+/// many the kernel copied and the call's error (on ENOENT, the map's end,
+/// the kernel still reports what it copied; on any other, nothing is
+/// handed out).
+fn lookup_batch<K: Pod, V: Pod>(
+    map: &MapData,
+    buf: &mut Buffers,
+    start: Option<&u32>,
+    next: &mut u32,
+    count: u32,
+    cpus: usize,
+    mut f: impl FnMut(K, &[V]),
+) -> (u32, Option<io::Error>) {
+    let stride = size_of::<V>().div_ceil(8) * 8;
+    let ksize = size_of::<K>();
+    buf.reserve(count as usize * ksize, count as usize * cpus * stride);
     let (keys, values) = (&mut buf.keys, &mut buf.values);
     let mut attr = BatchAttr {
-        in_batch: if first == 0 { 0 } else { &before as *const u32 as u64 },
-        out_batch: &mut next as *mut u32 as u64,
+        in_batch: start.map_or(0, |t| t as *const u32 as u64),
+        out_batch: next as *mut u32 as u64,
         keys: keys.as_mut_ptr() as u64,
         values: values.as_mut_ptr() as u64,
         count,
@@ -105,18 +129,14 @@ pub fn per_cpu_array_range<V: Pod>(
     let ret = unsafe {
         libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>())
     };
-    if ret < 0 {
-        let e = io::Error::last_os_error();
-        // ENOENT: the array ended; what was copied is reported still.
-        if e.raw_os_error() != Some(libc::ENOENT) {
-            return Err(e);
-        }
-    }
+    let err = (ret < 0).then(io::Error::last_os_error);
+    let got =
+        if err.as_ref().is_some_and(|e| e.raw_os_error() != Some(libc::ENOENT)) { 0 } else { attr.count.min(count) };
     let mut per_cpu: Vec<V> = Vec::with_capacity(cpus);
-    for i in 0..(attr.count.min(count)) as usize {
-        // SAFETY: the kernel wrote `attr.count` keys and their per-CPU
-        // values, each value at an 8-byte stride.
-        let key = unsafe { std::ptr::read_unaligned(keys[i * 4..].as_ptr() as *const u32) };
+    for i in 0..got as usize {
+        // SAFETY: the kernel wrote `got` keys and `got * cpus` values of
+        // these Pod types, each value at an 8-byte stride.
+        let key = unsafe { std::ptr::read_unaligned(keys[i * ksize..].as_ptr() as *const K) };
         per_cpu.clear();
         for c in 0..cpus {
             let at = (i * cpus + c) * stride;
@@ -124,7 +144,7 @@ pub fn per_cpu_array_range<V: Pod>(
         }
         f(key, &per_cpu);
     }
-    Ok(())
+    (got, err)
 }
 
 /// Reads a per-CPU hash map from the batch token `start` (`None`: from its
@@ -141,45 +161,13 @@ pub fn per_cpu_hash_from<K: Pod, V: Pod>(
     mut f: impl FnMut(K, &[V]),
 ) -> io::Result<Option<u32>> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    let stride = size_of::<V>().div_ceil(8) * 8;
     let mut chunk = CHUNK.min(want.try_into().unwrap_or(u32::MAX)).max(64);
-    let ksize = size_of::<K>();
-    let mut per_cpu: Vec<V> = Vec::with_capacity(cpus);
     let mut token: u32 = start.unwrap_or(0);
     let mut next: u32 = 0;
     let mut first = start.is_none();
     let mut read = 0usize;
     loop {
-        buf.reserve(chunk as usize * ksize, chunk as usize * cpus * stride);
-        let (keys, values) = (&mut buf.keys, &mut buf.values);
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { &token as *const u32 as u64 },
-            out_batch: &mut next as *mut u32 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: chunk,
-            map_fd: map.fd().as_fd().as_raw_fd() as u32,
-            ..Default::default()
-        };
-        // SAFETY: the attribute points at buffers of `count` keys and
-        // `count` per-CPU values, alive for the call.
-        let ret = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>())
-        };
-        let err = (ret < 0).then(io::Error::last_os_error);
-        // On ENOENT (the end) the kernel still reports what it copied.
-        let got = if err.as_ref().is_some_and(|e| e.raw_os_error() != Some(libc::ENOENT)) { 0 } else { attr.count };
-        for i in 0..got as usize {
-            // SAFETY: the kernel wrote `got` keys and `got * cpus` values of
-            // these Pod types, each value at an 8-byte stride.
-            let key = unsafe { std::ptr::read_unaligned(keys[i * ksize..].as_ptr() as *const K) };
-            per_cpu.clear();
-            for c in 0..cpus {
-                let at = (i * cpus + c) * stride;
-                per_cpu.push(unsafe { std::ptr::read_unaligned(values[at..].as_ptr() as *const V) });
-            }
-            f(key, &per_cpu);
-        }
+        let (got, err) = lookup_batch(map, buf, (!first).then_some(&token), &mut next, chunk, cpus, &mut f);
         read += got as usize;
         match err {
             None if got == 0 => return Ok(None),
