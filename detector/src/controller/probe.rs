@@ -150,6 +150,7 @@ impl Probe {
     /// interface is under attack, from the first poll over a threshold (the
     /// host's answers to a spoofed flood must not teach it the flood's
     /// sources).
+    ///
     /// Its counters reach the metrics at once when it is switched, else
     /// once every [`LEARNING_METRICS_EVERY`]: a syscall every poll for a
     /// scraped gauge was a twentieth of an idle controller's CPU.

@@ -295,11 +295,13 @@ fn without_background<'a>(attack: Vec<&'a PacketSample>, peacetime: &[PacketSamp
         return attack;
     }
     // Keys: (class, 0 = destination / 1 = source, port).
-    let pairs = |s: &PacketSample| [(s.class, 0u8, s.dport), (s.class, 1u8, s.sport)];
+    fn pairs(s: &PacketSample) -> [(u8, u8, u16); 2] {
+        [(s.class, 0u8, s.dport), (s.class, 1u8, s.sport)]
+    }
     fn count<'a>(samples: impl Iterator<Item = &'a PacketSample>) -> HashMap<(u8, u8, u16), usize> {
         let mut m: HashMap<(u8, u8, u16), usize> = HashMap::new();
         for s in samples {
-            for k in [(s.class, 0u8, s.dport), (s.class, 1u8, s.sport)] {
+            for k in pairs(s) {
                 *m.entry(k).or_default() += 1;
             }
         }
