@@ -468,12 +468,21 @@ fn sources_listed_across_chunks_of_a_ring_are_each_read() {
     assert!(!read.whole && !read.quiet, "{} listed: {read:?}", read.changed);
     assert_eq!(read.changed, ips.len());
     assert_eq!(read.entries.len(), ips.len());
+    // Tracked from its ADMIT_MIN-th packet on (see detector_common::sketch);
+    // a count-min sketch only overestimates, so a source whose counters all
+    // collide with one sent before it (150 sources in 2,048 blocks under a
+    // random seed: about one run in fifty) is admitted earlier, never later.
+    let exact = 8 - ADMIT_MIN as u64 + 1;
+    let mut early = Vec::new();
     for ip in &ips {
         let key = addr_key(ip.parse::<IpAddr>().unwrap());
         let (_, s) = read.entries.iter().find(|(k, _)| *k == key).unwrap_or_else(|| panic!("{ip} not read"));
-        // Tracked from its ADMIT_MIN-th packet on (see detector_common::sketch).
-        assert_eq!(s.packets, 8 - ADMIT_MIN as u64 + 1, "{ip}");
+        assert!((exact..=8).contains(&s.packets), "{ip}: {} packets", s.packets);
+        if s.packets != exact {
+            early.push((ip, s.packets));
+        }
     }
+    assert!(early.len() <= 3, "admitted early: {early:?}");
 }
 
 #[test]
