@@ -169,6 +169,7 @@ fn one(scenario: Scenario, program: &'static str, seconds: u64) -> Result<LiveRu
     if let Receiver::Detector { maps, .. } = &mut rx {
         let mut tracker = SourceTracker::new(Duration::from_secs(30));
         let mut divisor = 64;
+        let mut samples = Vec::new();
         let mut last = Instant::now();
         while !sender.is_finished() {
             std::thread::sleep(POLL.saturating_sub(last.elapsed()));
@@ -183,7 +184,7 @@ fn one(scenario: Scenario, program: &'static str, seconds: u64) -> Result<LiveRu
             let windows = maps.windows()?;
             let current = maps.read_sources(window, tracker.len(), &windows)?;
             let target = detector::samples::target_per_poll(POLL);
-            let samples = maps.drain_samples(detector::samples::MAX_SAMPLES_FACTOR * target);
+            maps.drain_samples(detector::samples::MAX_SAMPLES_FACTOR * target, &mut samples);
             let next = detector::samples::next_divisor(divisor, samples.len(), target);
             if next != divisor {
                 maps.set_sample_divisor(next)?;

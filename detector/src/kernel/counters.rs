@@ -59,8 +59,6 @@ pub struct CounterMaps {
     samples: RingBuf<MapData>,
     sample_control: Array<MapData, SampleControl>,
     capacity: u32,
-    /// Records the last drain of the sample ring returned (and an eighth).
-    last_drained: usize,
     /// The batch reads' buffers (class counters, sources), reused every
     /// poll.
     batch: std::sync::Mutex<batch::Buffers>,
@@ -94,7 +92,6 @@ impl CounterMaps {
             samples,
             sample_control,
             capacity,
-            last_drained: 0,
             batch: Default::default(),
         })
     }
@@ -182,11 +179,10 @@ impl CounterMaps {
         keys.iter().filter(|k| self.sources.remove(k).is_ok()).count()
     }
 
-    /// Takes the samples waiting in the ring, at most `max`.
-    pub fn drain_samples(&mut self, max: usize) -> Vec<SampleRecord> {
-        // Sized from the last drain: the records are a few hundred bytes
-        // each, and growing the vector copies them at every doubling.
-        let mut out = Vec::with_capacity(self.last_drained.min(max));
+    /// Takes the samples waiting in the ring, at most `max`, into `out`
+    /// (cleared first: a vector of an earlier poll, with its memory).
+    pub fn drain_samples(&mut self, max: usize, out: &mut Vec<SampleRecord>) {
+        out.clear();
         let head = std::mem::offset_of!(SampleRecord, frame);
         let cap_at = std::mem::offset_of!(SampleRecord, cap_len);
         while out.len() < max {
@@ -207,9 +203,6 @@ impl CounterMaps {
                 unsafe { std::ptr::copy_nonoverlapping(item.as_ptr(), r as *mut SampleRecord as *mut u8, used) };
             }
         }
-        // A little over, so a steady rate fits without growing.
-        self.last_drained = out.len() + out.len() / 8;
-        out
     }
 
     /// Samples one packet in `divisor` (a power of two; 0 turns it off).
