@@ -81,6 +81,30 @@ pub struct SketchBlock {
     pub counters: [u32; BLOCK_COUNTERS],
 }
 
+impl SketchBlock {
+    /// Counts one packet of the key whose hash is `h` (its block being
+    /// this one) in window `epoch` (already masked), and returns the key's
+    /// estimate: the least of its counters. The kernel's per-source and
+    /// per-destination filters and the tests' model all count here.
+    #[inline(always)]
+    pub fn count(&mut self, h: u64, epoch: u32) -> u32 {
+        let mut est = u32::MAX;
+        let mut row = 0;
+        // A fixed bound, each index masked into the block: the verifier
+        // walks it without a check of its own.
+        while row < SKETCH_DEPTH {
+            let c = &mut self.counters[block_counter(h, row as u32)];
+            *c = bump(*c, epoch);
+            let n = count(*c);
+            if n < est {
+                est = n;
+            }
+            row += 1;
+        }
+        est
+    }
+}
+
 /// The block of a key's hash.
 #[inline(always)]
 pub fn block_index(h: u64) -> u32 {
@@ -201,14 +225,14 @@ mod tests {
 
     /// One CPU's sketch, run the way the XDP program runs it.
     struct Model {
-        blocks: Vec<[u32; BLOCK_COUNTERS]>,
+        blocks: Vec<SketchBlock>,
         window: Window,
         seed: u64,
     }
 
     impl Model {
         fn new(seed: u64) -> Self {
-            Model { blocks: vec![[0u32; BLOCK_COUNTERS]; SKETCH_BLOCKS], window: Window::default(), seed }
+            Model { blocks: vec![SketchBlock { counters: [0; BLOCK_COUNTERS] }; SKETCH_BLOCKS], window: Window::default(), seed }
         }
 
         fn packet(&mut self, addr: &[u8; 16], epoch: u32) -> u32 {
@@ -217,13 +241,7 @@ mod tests {
             }
             self.window.total += 1;
             let h = hash_addr(addr, self.seed);
-            let block = &mut self.blocks[block_index(h) as usize];
-            let mut est = u32::MAX;
-            for r in 0..SKETCH_DEPTH {
-                let c = &mut block[block_counter(h, r as u32)];
-                *c = bump(*c, epoch);
-                est = est.min(count(*c));
-            }
+            let est = self.blocks[block_index(h) as usize].count(h, epoch);
             weight(est, self.window.total)
         }
     }

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use detector_common::{
     maps::{ring_of, ClassStats, DirtyChunk, SourceKey, SourceStats, DEFAULT_MAX_SOURCES, SOURCE_WINDOW, WINDOWS},
     sample::{current_countdown, next_gap, SampleControl, SampleRecord, SAMPLES_RING_BYTES, SNAPLEN},
-    sketch::{self, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS, SKETCH_DEPTH},
+    sketch::{self, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS},
     TrafficClass, CLASS_COUNT,
 };
 
@@ -213,18 +213,8 @@ fn track_source(w: *mut Window, src: [u8; 16], class: usize, len: u64) {
     let Some(b) = SKETCH.get_ptr_mut(sketch::block_index(h)) else {
         return;
     };
-    let mut est = u32::MAX;
-    let mut row = 0;
-    while row < SKETCH_DEPTH {
-        let idx = sketch::block_counter(h, row as u32);
-        let c = unsafe { &mut (*b).counters[idx] };
-        *c = sketch::bump(*c, epoch);
-        let n = sketch::count(*c);
-        if n < est {
-            est = n;
-        }
-        row += 1;
-    }
+    // SAFETY: this CPU's block.
+    let est = unsafe { (*b).count(h, epoch) };
     let weight = sketch::weight(est, total) as u64;
     if weight == 0 || class >= CLASS_COUNT {
         return;

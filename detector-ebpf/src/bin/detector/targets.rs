@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use detector_common::{
     maps::{ring_of, SourceKey},
-    sketch::{self, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS, SKETCH_DEPTH},
+    sketch::{self, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS},
     targets::{
         cache_slot, dirty_index, group_index, target_window, CacheSlot, DirtyChunk, ProtectedNet, TargetControl,
         TargetStats, CACHE_NONE, CACHE_SLOTS, DEFAULT_MAX_TARGETS, DIRECTION_IN, DIRECTION_OUT, DIRTY_CHUNKS,
@@ -175,18 +175,8 @@ fn count_protected<const DIR: u32>(addr: &[u64; 2], class: u32, len: u64, packet
     let Some(b) = TARGET_SKETCH.get_ptr_mut(DIR * SKETCH_BLOCKS as u32 + sketch::block_index(h)) else {
         return;
     };
-    let mut est = u32::MAX;
-    let mut row = 0;
-    while row < SKETCH_DEPTH {
-        let idx = sketch::block_counter(h, row as u32);
-        let ctr = unsafe { &mut (*b).counters[idx] };
-        *ctr = sketch::bump(*ctr, epoch);
-        let n = sketch::count(*ctr);
-        if n < est {
-            est = n;
-        }
-        row += 1;
-    }
+    // SAFETY: this CPU's block.
+    let est = unsafe { (*b).count(h, epoch) };
     let weight = sketch::weight(est, total) as u64;
     if weight == 0 {
         return;
