@@ -232,7 +232,11 @@ mod tests {
 
     impl Model {
         fn new(seed: u64) -> Self {
-            Model { blocks: vec![SketchBlock { counters: [0; BLOCK_COUNTERS] }; SKETCH_BLOCKS], window: Window::default(), seed }
+            Model {
+                blocks: vec![SketchBlock { counters: [0; BLOCK_COUNTERS] }; SKETCH_BLOCKS],
+                window: Window::default(),
+                seed,
+            }
         }
 
         fn packet(&mut self, addr: &[u8; 16], epoch: u32) -> u32 {
