@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::{
     rates::{delta, per_second},
-    targets::FORGET_POLLS,
+    targets::forget_unlisted,
 };
 
 /// The address a map key stands for.
@@ -103,8 +103,8 @@ impl SourceTracker {
     /// (or else the sources counted in the last window and a slice of a
     /// sweep, `crate::kernel::dirty`). A source left out of a partial read
     /// keeps its last counts; one left out of a whole read, or of
-    /// [`FORGET_POLLS`] reads in a row, is gone from the kernel's map
-    /// (evicted by it).
+    /// [`FORGET_POLLS`](crate::targets::FORGET_POLLS) reads in a row, is
+    /// gone from the kernel's map (evicted by it; see [`forget_unlisted`]).
     pub fn update(
         &mut self,
         now: Duration,
@@ -145,14 +145,7 @@ impl SourceTracker {
             }
             self.seen.insert(*key, Seen { stats: *stats, last_change, first_seen, poll });
         }
-        // Whatever a whole read did not list was evicted by the kernel; a
-        // partial read leaves the others alone until they have been missing
-        // for longer than a sweep takes.
-        if whole {
-            self.seen.retain(|_, s| s.poll == poll);
-        } else if poll.is_multiple_of(FORGET_POLLS) {
-            self.seen.retain(|_, s| poll - s.poll < FORGET_POLLS);
-        }
+        forget_unlisted(&mut self.seen, poll, whole, |s| s.poll);
         out
     }
 }
@@ -178,6 +171,7 @@ pub fn top_sources(active: &[SourceRate], class: TrafficClass, class_pps: f64, n
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::targets::FORGET_POLLS;
 
     fn v4(s: &str) -> SourceKey {
         addr_key(s.parse().unwrap())

@@ -109,14 +109,28 @@ struct Seen {
     poll: u64,
 }
 
-/// Remembers each tracked address's and each group's previous cumulative
-/// counters.
 /// Partial reads in a row after which an address not listed is taken as
 /// gone: the kernel adapter's sweep lists every address at least once in
 /// two of its passes (a pass begins every `SWEEP_POLLS`, 20 polls), a
 /// margin under this.
 pub const FORGET_POLLS: u64 = 64;
 
+/// Forgets, as `poll` ends, the addresses its read did not list: after a
+/// whole read all of them (the kernel evicted or removed them); after a
+/// partial one only those missing from [`FORGET_POLLS`] reads in a row
+/// (looked at every `FORGET_POLLS` polls). `listed_in`: the poll that last
+/// listed an entry. The per-source and per-address trackers both forget
+/// by this.
+pub fn forget_unlisted<V>(seen: &mut HashMap<SourceKey, V>, poll: u64, whole: bool, listed_in: impl Fn(&V) -> u64) {
+    if whole {
+        seen.retain(|_, v| listed_in(v) == poll);
+    } else if poll.is_multiple_of(FORGET_POLLS) {
+        seen.retain(|_, v| poll - listed_in(v) < FORGET_POLLS);
+    }
+}
+
+/// Remembers each tracked address's and each group's previous cumulative
+/// counters.
 pub struct TargetTracker {
     /// Per direction.
     seen: [HashMap<SourceKey, Seen>; 2],
@@ -211,14 +225,7 @@ impl TargetTracker {
                     rates_out.push(TargetRate { addr: key_addr(key), group: stats.group as usize, classes });
                 }
             }
-            // Whatever a whole read did not list was evicted by the kernel
-            // (or removed); a partial read leaves the others alone until
-            // they have been missing for longer than a sweep takes.
-            if whole {
-                seen.retain(|_, s| s.poll == poll);
-            } else if poll.is_multiple_of(FORGET_POLLS) {
-                seen.retain(|_, s| poll - s.poll < FORGET_POLLS);
-            }
+            forget_unlisted(seen, poll, whole, |s| s.poll);
         }
         for (group, direction, stats) in groups {
             let prev = self.groups.insert((*group, *direction), *stats);
