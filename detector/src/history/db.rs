@@ -856,11 +856,12 @@ fn upsert(conn: &Connection, inc: &Incident) -> rusqlite::Result<usize> {
     let mut row = inc.clone();
     row.timeline.clear();
     let data = serde_json::to_string(&row).expect("incidents serialize");
-    conn.execute(
+    // Cached: an open incident's row is written again every few polls.
+    conn.prepare_cached(
         "INSERT INTO incidents (id, node, iface, status, started_at, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT(id) DO UPDATE SET status = excluded.status, data = excluded.data",
-        params![inc.id, inc.node, inc.iface, inc.status.name(), inc.started_at as i64, data],
-    )
+    )?
+    .execute(params![inc.id, inc.node, inc.iface, inc.status.name(), inc.started_at as i64, data])
 }
 
 #[cfg(test)]
