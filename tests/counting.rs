@@ -152,6 +152,45 @@ fn every_kind_is_counted_exactly_in_its_class() {
     assert_counts(&snap, &expected, Some(&bytes));
 }
 
+/// Every packet sampled (divisor 1): each sample's headers come back, and
+/// its frame with them for one sample in the frame divisor: none at 0
+/// (captures off), all at 1, about a quarter at 4; a framed sample holds
+/// the frame's first bytes as sent and its time.
+#[test]
+fn one_sample_in_the_frame_divisor_carries_its_frame() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let mut t = attach(&lab);
+    let mut s = spec(Kind::Udp, "198.18.0.7", "192.0.2.2");
+    (s.src_port, s.dst_port) = (Some(40_000), Some(9_999));
+    let f = build(&s);
+    let (mut headers, mut frames) = (Vec::new(), Vec::new());
+    let mut sent = 0u64;
+    for (frame_divisor, n) in [(0u32, 200usize), (1, 200), (4, 2_000)] {
+        t.maps.set_sampling(1, frame_divisor).unwrap();
+        send(&lab, &vec![f.bytes.clone(); n]);
+        sent += n as u64;
+        counted(&t, sent);
+        t.maps.drain_samples(usize::MAX, &mut headers, &mut frames);
+        assert_eq!(headers.len(), n, "every packet's headers at divisor 1 (frame divisor {frame_divisor})");
+        for h in &headers {
+            assert_eq!((h.class, h.sport, h.dport), (TrafficClass::Udp as u8, 40_000, 9_999));
+            assert_eq!(h.len as usize, f.bytes.len());
+        }
+        for r in &frames {
+            assert_eq!(r.captured(), &f.bytes[..f.bytes.len().min(detector_common::sample::SNAPLEN)]);
+            assert_eq!(r.header, headers[0], "a framed sample's headers are a sample's headers");
+            assert!(r.ts_ns > 0);
+        }
+        match frame_divisor {
+            0 => assert!(frames.is_empty(), "captures off: no frames, {} came", frames.len()),
+            1 => assert_eq!(frames.len(), n),
+            // Binomial(2000, 1/4): 500 on average, 19 its deviation.
+            _ => assert!((400..=600).contains(&frames.len()), "{} frames of {n} samples at one in 4", frames.len()),
+        }
+    }
+}
+
 #[test]
 fn vlan_tags_are_walked() {
     require_root!();

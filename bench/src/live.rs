@@ -135,7 +135,7 @@ fn attach(lab: &Lab, program: &str) -> Result<Receiver> {
     if program == "detector" {
         let mut obj = ebpf::load_counting(&CountingOptions::new(DEFAULT_MAX_SOURCES))?;
         let mut maps = CounterMaps::take(&mut obj)?;
-        maps.set_sample_divisor(64)?;
+        maps.set_sampling(64, 1)?;
         let attachment = xdp::attach(obj, &lab.tgt_if, ModeChoice::Native, false, None)?;
         Ok(Receiver::Detector { attachment: Box::new(attachment), maps: Box::new(maps) })
     } else {
@@ -168,8 +168,8 @@ fn one(scenario: Scenario, program: &'static str, seconds: u64) -> Result<LiveRu
     let mut counted = None;
     if let Receiver::Detector { maps, .. } = &mut rx {
         let mut tracker = SourceTracker::new(Duration::from_secs(30));
-        let mut divisor = 64;
-        let mut samples = Vec::new();
+        let (mut divisor, mut frame_divisor) = (64, 1);
+        let (mut samples, mut frames) = (Vec::new(), Vec::new());
         let mut last = Instant::now();
         while !sender.is_finished() {
             std::thread::sleep(POLL.saturating_sub(last.elapsed()));
@@ -184,11 +184,13 @@ fn one(scenario: Scenario, program: &'static str, seconds: u64) -> Result<LiveRu
             let windows = maps.windows()?;
             let current = maps.read_sources(window, tracker.len(), &windows)?;
             let target = detector::samples::target_per_poll(POLL);
-            maps.drain_samples(detector::samples::MAX_SAMPLES_FACTOR * target, &mut samples);
+            maps.drain_samples(detector::samples::MAX_SAMPLES_FACTOR * target, &mut samples, &mut frames);
             let next = detector::samples::next_divisor(divisor, samples.len(), target);
-            if next != divisor {
-                maps.set_sample_divisor(next)?;
-                divisor = next;
+            let frame_target = detector::samples::frame_target_per_poll(POLL);
+            let next_frames = detector::samples::next_frame_divisor(frame_divisor, samples.len(), frame_target);
+            if (next, next_frames) != (divisor, frame_divisor) {
+                maps.set_sampling(next, next_frames)?;
+                (divisor, frame_divisor) = (next, next_frames);
             }
             let update = tracker.update(t0 - started, elapsed, &current.entries, current.whole);
             maps.remove_sources(&update.idle);

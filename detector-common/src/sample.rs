@@ -9,10 +9,13 @@
 //! reads a bounded number of samples per poll, whatever the rate, and
 //! scales them back up.
 //!
-//! Each sample also carries the first [`SNAPLEN`] bytes of the frame and
-//! the time it was taken: the controller keeps them for packet captures
-//! (a rolling buffer before any attack, a pcapng file per incident). The
-//! copy costs only the sampled packets, never the others.
+//! One sample in [`SampleControl::frame_divisor`] also carries the first
+//! [`SNAPLEN`] bytes of the frame and the time it was taken (a
+//! [`SampleRecord`]): the controller keeps them for packet captures (a
+//! rolling buffer before any attack, a pcapng file per incident). The
+//! others are a [`SampleHead`] without the frame: captures want far fewer
+//! frames than detection wants headers, and each frame is 256 bytes the
+//! program copies and the controller reads back from another CPU's cache.
 
 /// Ring buffer of [`PacketSample`]s.
 pub const SAMPLES_MAP: &str = "SAMPLES";
@@ -56,8 +59,19 @@ pub struct PacketSample {
     pub payload: [u8; PAYLOAD_PREFIX],
 }
 
-/// One entry of the ring: the parsed headers, the frame's first bytes and
-/// when it was taken.
+/// A ring entry without the frame: a [`SampleRecord`]'s first bytes, the
+/// same fields at the same offsets (`cap_len` 0, `ts_ns` 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleHead {
+    pub header: PacketSample,
+    pub cap_len: u16,
+    pub _pad: u16,
+    pub ts_ns: u64,
+}
+
+/// One entry of the ring with the frame: the parsed headers, the frame's
+/// first bytes and when it was taken.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SampleRecord {
@@ -114,12 +128,27 @@ pub fn current_countdown(countdown: u32, divisor: u32) -> u32 {
     }
 }
 
+/// Whether a sample carries its frame, for a random `r` (the one its gap
+/// was drawn from; the gap uses its low bits, this its high ones): one in
+/// `frame_divisor` (a power of two, at most [`MAX_FRAME_DIVISOR`]) does;
+/// at 0 none does.
+#[inline(always)]
+pub fn carries_frame(frame_divisor: u32, r: u32) -> bool {
+    frame_divisor != 0 && (r >> 16) & (frame_divisor.min(MAX_FRAME_DIVISOR) - 1) == 0
+}
+
+/// The largest frame divisor: the bits of the random number it reads.
+pub const MAX_FRAME_DIVISOR: u32 = 1 << 16;
+
 /// How often to sample, set by the controller.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SampleControl {
     /// One packet in `divisor` is sampled on average; 0 turns sampling off.
     pub divisor: u32,
+    /// One sample in `frame_divisor` carries its frame (see
+    /// [`carries_frame`]); 0: none does (captures off).
+    pub frame_divisor: u32,
 }
 
 #[cfg(feature = "user")]
@@ -128,6 +157,8 @@ unsafe impl aya::Pod for PacketSample {}
 unsafe impl aya::Pod for SampleControl {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for SampleRecord {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SampleHead {}
 
 #[cfg(test)]
 mod tests {
@@ -146,7 +177,12 @@ mod tests {
         assert_eq!(offset_of!(PacketSample, tcp_flags), 42);
         assert_eq!(offset_of!(PacketSample, payload_len), 43);
         assert_eq!(offset_of!(PacketSample, payload), 44);
-        assert_eq!(size_of::<SampleControl>(), 4);
+        assert_eq!(size_of::<SampleControl>(), 8);
+        assert_eq!(offset_of!(SampleControl, frame_divisor), 4);
+        assert_eq!(offset_of!(SampleHead, header), offset_of!(SampleRecord, header));
+        assert_eq!(offset_of!(SampleHead, cap_len), offset_of!(SampleRecord, cap_len));
+        assert_eq!(offset_of!(SampleHead, ts_ns), offset_of!(SampleRecord, ts_ns));
+        assert_eq!(size_of::<SampleHead>(), offset_of!(SampleRecord, frame));
         assert_eq!(offset_of!(SampleRecord, header), 0);
         assert_eq!(offset_of!(SampleRecord, cap_len), 60);
         assert_eq!(offset_of!(SampleRecord, ts_ns), 64);
@@ -154,6 +190,27 @@ mod tests {
         assert_eq!(size_of::<SampleRecord>(), 72 + SNAPLEN);
         assert!(SAMPLES_RING_BYTES.is_power_of_two());
         assert!(SNAPLEN.is_power_of_two(), "the program bounds the copy with a mask");
+    }
+
+    #[test]
+    fn one_sample_in_the_frame_divisor_carries_its_frame() {
+        let mut r = 12345u32;
+        let n = 100_000u32;
+        let mut frames = [0u32; 3];
+        for _ in 0..n {
+            r ^= r << 13;
+            r ^= r >> 17;
+            r ^= r << 5;
+            for (count, fd) in frames.iter_mut().zip([1, 4, 64]) {
+                *count += carries_frame(fd, r) as u32;
+            }
+            assert!(!carries_frame(0, r), "0: captures off");
+        }
+        assert_eq!(frames[0], n, "one in one: every sample");
+        for (count, fd) in frames.iter().zip([1u32, 4, 64]).skip(1) {
+            let want = n / fd;
+            assert!(count.abs_diff(want) < want / 10, "one in {fd}: {count} of {n}");
+        }
     }
 
     #[test]

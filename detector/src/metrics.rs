@@ -156,6 +156,7 @@ pub struct Metrics {
     hostgroup_packets: Family<GroupClassLabels, Counter>,
     hostgroup_bytes: Family<GroupClassLabels, Counter>,
     sample_divisor: Family<IfaceLabels, Gauge>,
+    sample_frame_divisor: Family<IfaceLabels, Gauge>,
     peers_learned: Family<IfaceLabels, Gauge>,
     peers_over_budget: Family<IfaceLabels, Gauge>,
     peers_learning: Family<IfaceLabels, Gauge>,
@@ -210,6 +211,7 @@ impl Metrics {
             hostgroup_packets: Family::default(),
             hostgroup_bytes: Family::default(),
             sample_divisor: Family::default(),
+            sample_frame_divisor: Family::default(),
             peers_learned: Family::default(),
             peers_over_budget: Family::default(),
             peers_learning: Family::default(),
@@ -315,6 +317,11 @@ impl Metrics {
             "detector_sample_divisor",
             "One packet in this many is sampled for ports and reflector services",
             m.sample_divisor.clone(),
+        );
+        registry.register(
+            "detector_sample_frame_divisor",
+            "One sample in this many carries the frame's first bytes, for packet captures (0: captures off)",
+            m.sample_frame_divisor.clone(),
         );
         // Gauges holding the kernel's cumulative counts (a counter could
         // not follow a count the kernel restarts with a new object).
@@ -543,8 +550,10 @@ impl Metrics {
         self.peers_over_budget.get_or_create(&l).set(over_budget as i64);
     }
 
-    pub fn sample_divisor(&self, iface: &str, divisor: u32) {
-        self.sample_divisor.get_or_create(&IfaceLabels { iface: iface.into() }).set(divisor as i64);
+    pub fn sample_divisor(&self, iface: &str, divisor: u32, frame_divisor: u32) {
+        let labels = IfaceLabels { iface: iface.into() };
+        self.sample_divisor.get_or_create(&labels).set(divisor as i64);
+        self.sample_frame_divisor.get_or_create(&labels).set(frame_divisor as i64);
     }
 
     /// Counts an incident opening, or a family joining one.

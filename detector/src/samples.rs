@@ -5,7 +5,7 @@ use std::{mem::size_of, time::Duration};
 
 use detector_common::{
     class::amplification_vector,
-    sample::{PacketSample, SampleRecord, SAMPLES_RING_BYTES},
+    sample::{PacketSample, SampleRecord, MAX_FRAME_DIVISOR, SAMPLES_RING_BYTES},
     TrafficClass, CLASS_COUNT,
 };
 use foldhash::{HashMap, HashMapExt};
@@ -33,6 +33,17 @@ const MIN_PER_POLL: usize = 64;
 /// in the ring (4 MiB) between two polls.
 const MAX_PER_POLL: usize = (SAMPLES_RING_BYTES as usize / (size_of::<SampleRecord>() + 8)) / 4;
 
+/// Frames wanted per second, for packet captures: one sample in a frame
+/// divisor carries its frame's head (see
+/// `detector_common::sample::carries_frame`), the rest only their headers.
+/// At this rate a busy interface fills the calm buffer (1,000 packets by
+/// default) in a second and an incident's capture (10,000) in ten; a quiet
+/// one's every sample keeps its frame. A frame is 256 bytes the program
+/// copies and the controller reads back from another CPU's cache: at every
+/// sample's frame, that reading was two fifths of the controller's time at
+/// 16k pps (a profile of the bench's flood).
+pub const FRAMES_PER_SECOND: usize = 1_024;
+
 /// Samples read from the ring in one poll, at most: this many times the
 /// poll's target (the divisor is adapted on what was read).
 pub const MAX_SAMPLES_FACTOR: usize = 4;
@@ -41,6 +52,11 @@ pub const MAX_SAMPLES_FACTOR: usize = 4;
 pub fn target_per_poll(interval: Duration) -> usize {
     ((TARGET_PER_SECOND as f64 * interval.as_secs_f64()).round() as usize).clamp(MIN_PER_POLL, MAX_PER_POLL)
 }
+/// Frames wanted from a poll of `interval` (at least one).
+pub fn frame_target_per_poll(interval: Duration) -> usize {
+    ((FRAMES_PER_SECOND as f64 * interval.as_secs_f64()).round() as usize).max(1)
+}
+
 pub const MIN_DIVISOR: u32 = 1;
 pub const MAX_DIVISOR: u32 = 1 << 16;
 
@@ -195,9 +211,45 @@ pub fn next_divisor(current: u32, got: usize, target: usize) -> u32 {
     }
 }
 
+/// The next frame divisor, from a poll's `samples` and the frames wanted
+/// of a poll: kept while the frames it gives those samples are within half
+/// and twice the target (or it is already 1), otherwise the power of two
+/// that meets the target at once. At once, not a halving a poll: as an
+/// attack ends the samples fall by orders of magnitude, and the calm
+/// traffic after it is what the calm buffer wants whole.
+pub fn next_frame_divisor(current: u32, samples: usize, target: usize) -> u32 {
+    let target = target.max(1);
+    let current = current.clamp(1, MAX_FRAME_DIVISOR);
+    let frames = samples / current as usize;
+    if frames <= 2 * target && (frames >= target / 2 || current == 1) {
+        return current;
+    }
+    samples.div_ceil(target).next_power_of_two().clamp(1, MAX_FRAME_DIVISOR as usize) as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frame_divisor_follows_the_samples_a_poll() {
+        let target = frame_target_per_poll(Duration::from_millis(100));
+        assert_eq!(target, 102);
+        // A quiet interface: every sample keeps its frame.
+        assert_eq!(next_frame_divisor(1, 30, target), 1);
+        assert_eq!(next_frame_divisor(1, 204, target), 1);
+        // 16k pps at a sampling divisor of 2: 800 samples, one in 8 framed
+        // (100 frames a poll), and kept while the rate wobbles.
+        assert_eq!(next_frame_divisor(1, 800, target), 8);
+        assert_eq!(next_frame_divisor(8, 900, target), 8);
+        assert_eq!(next_frame_divisor(8, 500, target), 8);
+        // The attack ends: back to every sample at once.
+        assert_eq!(next_frame_divisor(64, 40, target), 1);
+        // Never past the bits the program reads, nor under 1.
+        assert_eq!(next_frame_divisor(1, usize::MAX / 2, 1), MAX_FRAME_DIVISOR);
+        assert_eq!(next_frame_divisor(0, 0, 0), 1);
+        assert_eq!(next_frame_divisor(u32::MAX, 10, 102), 1);
+    }
 
     fn s(class: TrafficClass, sport: u16, dport: u16) -> PacketSample {
         PacketSample { class: class as u8, sport, dport, len: 64, ..Default::default() }

@@ -94,71 +94,51 @@ struct Buffers {
     onset: Rolling,
 }
 
-/// A rolling buffer of the last `keep` samples with captured bytes: whole
-/// polls' records, shared with the poll that read them (never copied),
-/// turned into [`Packet`]s only if a file takes them. While under attack
-/// the onset buffer takes every poll's samples and drops as many old ones;
-/// as `Packet`s that was an allocation and a free per sample, and as
-/// copies a few hundred kilobytes a poll, the largest part of the poll's
-/// cost under a long attack.
+/// A rolling buffer of the last `keep` samples with captured bytes, as
+/// records (turned into [`Packet`]s only if a file takes them: as
+/// `Packet`s that was an allocation and a free per sample). Copied in: a
+/// poll brings at most a few hundred frames (one sample in the frame
+/// divisor carries one), and the memory stays the buffer's. Holding the
+/// polls' own vectors instead kept them from going back to the poll for
+/// reuse, and a new vector each poll was fresh pages for the kernel to
+/// fault in, a fifth of the controller's time under a long attack.
 #[derive(Default)]
 struct Rolling {
-    polls: VecDeque<Kept>,
-    /// Samples with bytes in `polls`.
-    held: usize,
-    keep: usize,
-}
-
-struct Kept {
-    records: Arc<Vec<SampleRecord>>,
-    mono_to_wall_ns: i128,
-    /// Its records with bytes.
-    count: usize,
+    kept: VecDeque<(SampleRecord, i128)>,
 }
 
 impl Rolling {
     fn push(&mut self, batch: Batch<'_>, keep: usize) {
-        self.keep = keep;
         if keep == 0 {
             self.clear();
             return;
         }
-        let count = batch.records.iter().filter(|r| !r.captured().is_empty()).count();
-        if count > 0 {
-            self.polls.push_back(Kept {
-                records: Arc::clone(batch.records),
-                mono_to_wall_ns: batch.mono_to_wall_ns,
-                count,
-            });
-            self.held += count;
-        }
-        // Whole polls go once the newer ones hold enough.
-        while let Some(front) = self.polls.front() {
-            if self.held - front.count < keep {
-                break;
+        let fresh = batch.records.iter().filter(|r| !r.captured().is_empty());
+        // Of a poll with more than `keep`, only its last ones stay.
+        let count = fresh.clone().count();
+        for r in fresh.skip(count.saturating_sub(keep)) {
+            if self.kept.len() >= keep {
+                self.kept.pop_front();
             }
-            self.held -= front.count;
-            self.polls.pop_front();
+            self.kept.push_back((*r, batch.mono_to_wall_ns));
+        }
+        while self.kept.len() > keep {
+            self.kept.pop_front();
         }
     }
 
     fn clear(&mut self) {
-        self.polls.clear();
-        self.held = 0;
+        self.kept.clear();
     }
 
     /// The kept samples, oldest first, with their clock offset.
     fn iter(&self) -> impl Iterator<Item = (&SampleRecord, i128)> + '_ {
-        let skip = self.held.saturating_sub(self.keep);
-        self.polls
-            .iter()
-            .flat_map(|k| k.records.iter().filter(|r| !r.captured().is_empty()).map(move |r| (r, k.mono_to_wall_ns)))
-            .skip(skip)
+        self.kept.iter().map(|(r, offset)| (r, *offset))
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.held.min(self.keep)
+        self.kept.len()
     }
 }
 

@@ -50,6 +50,8 @@ pub struct Probe {
     prev: ClassSnapshot,
     tracker: SourceTracker,
     divisor: u32,
+    /// One sample in this many carries its frame (0: captures off).
+    frame_divisor: u32,
     learning: Learning,
     /// When the learning counters were last read for the metrics.
     learning_read: Option<Instant>,
@@ -62,8 +64,14 @@ pub struct Probe {
     /// Samples wanted a poll, from the interval (see
     /// [`samples::target_per_poll`]).
     sample_target: usize,
+    /// Frames wanted a poll (see [`samples::frame_target_per_poll`]).
+    frame_target: usize,
     /// The sample vectors of earlier polls, for the next ones.
     records: RecordPool,
+    /// How many samples and frames the last poll drained: the next poll's
+    /// vectors are sized for about as many, not grown a push at a time
+    /// (each growth a copy into fresh memory the kernel faults in).
+    last_drained: (usize, usize),
 }
 
 /// What one poll of an interface read.
@@ -73,8 +81,8 @@ pub struct Reading {
     /// Sources tracked after idle ones were removed.
     pub tracked: usize,
     pub samples: Vec<PacketSample>,
-    /// The same samples whole, frames included, in time order, for packet
-    /// captures (empty with captures off).
+    /// The samples that carried their frame, whole, in time order, for
+    /// packet captures (one in the frame divisor; none with captures off).
     pub frames: Frames,
     /// The divisor the samples were taken at.
     pub divisor: u32,
@@ -112,7 +120,9 @@ impl Probe {
             .map_err(|source| RunError::Rules { iface: iface.to_string(), source: Box::new(source) })?;
         let peers = KnownPeers::take(&mut obj)
             .map_err(|source| RunError::Rules { iface: iface.to_string(), source: Box::new(source) })?;
-        maps.set_sample_divisor(FIRST_DIVISOR).map_err(counters_err)?;
+        // Every sample with its frame at first, while captures are on.
+        let frame_divisor = u32::from(cfg.capture.enabled);
+        maps.set_sampling(FIRST_DIVISOR, frame_divisor).map_err(counters_err)?;
         let targets = TargetMaps::take(&mut obj).map_err(|e| counters_err(e.into()))?;
         let learn_err = |e: egress::EgressError| RunError::Egress { iface: iface.to_string(), reason: e.to_string() };
         let learning = Learning::take(&mut obj).map_err(learn_err)?;
@@ -141,6 +151,7 @@ impl Probe {
             prev: ClassSnapshot::default(),
             tracker: SourceTracker::new(cfg.idle_after),
             divisor: FIRST_DIVISOR,
+            frame_divisor,
             learning,
             learning_read: None,
             targets,
@@ -148,7 +159,9 @@ impl Probe {
             target_tracker: TargetTracker::new(cfg.idle_after),
             captures: cfg.capture.enabled,
             sample_target: samples::target_per_poll(cfg.interval),
+            frame_target: samples::frame_target_per_poll(cfg.interval),
             records: RecordPool::default(),
+            last_drained: (0, 0),
         })
     }
 
@@ -231,8 +244,11 @@ impl Probe {
             self.last_groups = Some(groups.clone());
             (incoming, outgoing, groups)
         };
+        let room = |n: usize| n + n / 4 + 16;
+        let mut headers = Vec::with_capacity(room(self.last_drained.0));
         let mut drained = self.records.take();
-        self.maps.drain_samples(samples::MAX_SAMPLES_FACTOR * self.sample_target, &mut drained);
+        drained.reserve(room(self.last_drained.1));
+        self.maps.drain_samples(samples::MAX_SAMPLES_FACTOR * self.sample_target, &mut headers, &mut drained);
 
         let rates = class_rates(&self.prev, &cur, elapsed);
         metrics.count_classes(self.iface(), &self.prev, &cur);
@@ -253,12 +269,19 @@ impl Probe {
         }
 
         // Samples were taken at the divisor in force during this interval.
+        self.last_drained = (headers.len(), drained.len());
         let divisor = self.divisor;
-        let next = samples::next_divisor(divisor, drained.len(), self.sample_target);
-        if next != divisor && self.maps.set_sample_divisor(next).is_ok() {
+        let next = samples::next_divisor(divisor, headers.len(), self.sample_target);
+        let next_frames = if self.captures {
+            samples::next_frame_divisor(self.frame_divisor, headers.len(), self.frame_target)
+        } else {
+            0
+        };
+        if (next, next_frames) != (divisor, self.frame_divisor) && self.maps.set_sampling(next, next_frames).is_ok() {
             self.divisor = next;
+            self.frame_divisor = next_frames;
         }
-        metrics.sample_divisor(self.iface(), self.divisor);
+        metrics.sample_divisor(self.iface(), self.divisor, self.frame_divisor);
         let mut mono_to_wall = 0;
         if self.captures {
             // The ring is in the order the CPUs reserved their entries,
@@ -268,7 +291,6 @@ impl Probe {
             }
             mono_to_wall = mono_to_wall_ns();
         }
-        let samples = drained.iter().map(|r| r.header).collect();
         let records = if self.captures {
             self.records.lend(drained)
         } else {
@@ -276,17 +298,17 @@ impl Probe {
             Arc::default()
         };
         let frames = Frames { records, mono_to_wall_ns: mono_to_wall };
-        Ok(Reading { rates, sources: update, tracked, samples, frames, divisor, targets: targets.reading })
+        Ok(Reading { rates, sources: update, tracked, samples: headers, frames, divisor, targets: targets.reading })
     }
 }
 
-/// The vectors a poll drains the sample ring into, reused. A poll's
-/// records are up to a few hundred kilobytes: a new vector each poll is
-/// memory the kernel faults in and zeroes page by page, and a large
-/// allocation for malloc to consolidate around, which together were two
-/// fifths of the poll thread's time at 16k pps in a profile. The capture
-/// recorder keeps some polls' records a while, shared rather than copied
-/// (see [`Frames`]); a vector comes back once nobody else holds it.
+/// The vectors a poll drains the sample ring's frames into, reused. A new
+/// vector each poll is memory the kernel faults in and zeroes page by
+/// page, and an allocation for malloc to consolidate around, which
+/// together were two fifths of the poll thread's time at 16k pps in a
+/// profile. The capture recorder reads a poll's records shared rather than
+/// copied (see [`Frames`]) and copies what its buffers keep; a vector
+/// comes back once nobody else holds it.
 #[derive(Default)]
 struct RecordPool {
     /// Handed to the capture recorder, maybe still held there.
@@ -329,8 +351,8 @@ impl RecordPool {
 /// A poll's samples whole, for the capture recorder.
 #[derive(Default)]
 pub struct Frames {
-    /// Shared with the capture recorder's rolling buffers, which keep
-    /// whole polls rather than copies.
+    /// Shared with the capture recorder for the poll, which copies what
+    /// its buffers keep, so the vector comes back for the next poll.
     pub records: Arc<Vec<SampleRecord>>,
     pub mono_to_wall_ns: i128,
 }

@@ -12,7 +12,7 @@ use detector_common::{
         ring_of, ClassStats, DirtyChunk, SourceKey, SourceStats, CLASS_STATS_MAP, EPOCH_MAP, SOURCE_DIRTY_MAP,
         SOURCE_STATS_MAP, SOURCE_WINDOW, WINDOW_MAP,
     },
-    sample::{SampleControl, SampleRecord, SAMPLES_MAP, SAMPLE_CONTROL_MAP, SNAPLEN},
+    sample::{PacketSample, SampleControl, SampleHead, SampleRecord, SAMPLES_MAP, SAMPLE_CONTROL_MAP, SNAPLEN},
     sketch::{Window, EPOCH_MASK},
     CLASS_COUNT,
 };
@@ -179,36 +179,52 @@ impl CounterMaps {
         keys.iter().filter(|k| self.sources.remove(k).is_ok()).count()
     }
 
-    /// Takes the samples waiting in the ring, at most `max`, into `out`
-    /// (cleared first: a vector of an earlier poll, with its memory).
-    pub fn drain_samples(&mut self, max: usize, out: &mut Vec<SampleRecord>) {
-        out.clear();
-        let head = std::mem::offset_of!(SampleRecord, frame);
-        let cap_at = std::mem::offset_of!(SampleRecord, cap_len);
-        while out.len() < max {
+    /// Takes the samples waiting in the ring, at most `max`: every one's
+    /// headers into `headers`, and the ones that carry their frame whole
+    /// into `frames` (both cleared first: vectors of an earlier poll, with
+    /// their memory).
+    pub fn drain_samples(&mut self, max: usize, headers: &mut Vec<PacketSample>, frames: &mut Vec<SampleRecord>) {
+        headers.clear();
+        frames.clear();
+        let head = size_of::<SampleHead>();
+        let cap_at = std::mem::offset_of!(SampleHead, cap_len);
+        while headers.len() < max {
             let Some(item) = self.samples.next() else { break };
-            if item.len() >= std::mem::size_of::<SampleRecord>() {
-                // Only the bytes the program wrote: the headers and the
-                // frame's captured head (a flood's small frames are a
-                // third of the record), not the rest of the entry, which
-                // is whatever the ring held before. Reading the ring is
-                // reading memory the program wrote on another CPU, a
-                // cache miss a line.
-                let cap_len = u16::from_ne_bytes([item[cap_at], item[cap_at + 1]]) as usize;
-                let used = head + cap_len.min(SNAPLEN);
-                out.push(SampleRecord::default());
-                let r = out.last_mut().expect("just pushed");
-                // SAFETY: a SampleRecord is plain data (repr(C), every bit
-                // pattern valid); `used` is within both it and the entry.
-                unsafe { std::ptr::copy_nonoverlapping(item.as_ptr(), r as *mut SampleRecord as *mut u8, used) };
+            if item.len() < head {
+                continue;
+            }
+            // SAFETY: the entry holds a SampleHead (repr(C), plain data,
+            // every bit pattern valid) at its start; unaligned to be safe.
+            headers.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const PacketSample) });
+            let cap_len = u16::from_ne_bytes([item[cap_at], item[cap_at + 1]]) as usize;
+            if cap_len == 0 || item.len() < size_of::<SampleRecord>() {
+                continue;
+            }
+            // Only the bytes the program wrote: the headers and the
+            // frame's captured head (a flood's small frames are a third
+            // of the record), not the rest of the entry, which is whatever
+            // the ring held before. Reading the ring is reading memory the
+            // program wrote on another CPU, a cache miss a line.
+            let used = head + cap_len.min(SNAPLEN);
+            frames.reserve(1);
+            let slot = frames.spare_capacity_mut()[0].as_mut_ptr() as *mut u8;
+            // SAFETY: a SampleRecord is plain data (repr(C), every bit
+            // pattern valid); `used` is within both it and the entry, and
+            // the rest of the slot is zeroed, so the record is whole
+            // before the length covers it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(item.as_ptr(), slot, used);
+                std::ptr::write_bytes(slot.add(used), 0, size_of::<SampleRecord>() - used);
+                frames.set_len(frames.len() + 1);
             }
         }
     }
 
-    /// Samples one packet in `divisor` (a power of two; 0 turns it off).
-    pub fn set_sample_divisor(&mut self, divisor: u32) -> Result<(), CounterError> {
+    /// Samples one packet in `divisor` (a power of two; 0 turns it off),
+    /// and gives one sample in `frame_divisor` its frame (0: none).
+    pub fn set_sampling(&mut self, divisor: u32, frame_divisor: u32) -> Result<(), CounterError> {
         self.sample_control
-            .set(0, SampleControl { divisor }, 0)
+            .set(0, SampleControl { divisor, frame_divisor }, 0)
             .map_err(|source| CounterError::Write { map: SAMPLE_CONTROL_MAP, source })
     }
 

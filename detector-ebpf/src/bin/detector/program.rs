@@ -7,7 +7,10 @@ use aya_ebpf::{
 };
 use detector_common::{
     maps::{ring_of, ClassStats, DirtyChunk, SourceKey, SourceStats, DEFAULT_MAX_SOURCES, SOURCE_WINDOW, WINDOWS},
-    sample::{current_countdown, next_gap, SampleControl, SampleRecord, SAMPLES_RING_BYTES, SNAPLEN},
+    sample::{
+        carries_frame, current_countdown, next_gap, PacketSample, SampleControl, SampleHead, SampleRecord,
+        SAMPLES_RING_BYTES, SNAPLEN,
+    },
     sketch::{self, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS},
     TrafficClass, CLASS_COUNT,
 };
@@ -134,9 +137,11 @@ fn launder(p: Parsed) -> Option<&'static mut Parsed> {
     }
 }
 
-/// Copies the headers of this packet, its first [`SNAPLEN`] bytes and the
-/// time into the ring buffer when the CPU's countdown to its next sample
-/// runs out. A full ring drops the sample; the counters are unaffected.
+/// Copies the headers of this packet into the ring buffer when the CPU's
+/// countdown to its next sample runs out; with its first [`SNAPLEN`] bytes
+/// and the time when the sample is one of those that carry the frame (see
+/// [`carries_frame`]). A full ring drops the sample; the counters are
+/// unaffected.
 #[inline(always)]
 fn sample(ctx: &XdpContext, w: *mut Window, start: usize, end: usize, p: &Parsed, len: u64) {
     unsafe {
@@ -155,13 +160,28 @@ fn sample(ctx: &XdpContext, w: *mut Window, start: usize, end: usize, p: &Parsed
             return;
         }
     }
-    let divisor = SAMPLE_CONTROL.get(0).map(|c| c.divisor).unwrap_or(0);
-    unsafe { (*w).sample_countdown = next_gap(divisor, bpf_get_prandom_u32()) };
-    if divisor == 0 {
+    let control = SAMPLE_CONTROL.get(0).copied().unwrap_or_default();
+    let rnd = unsafe { bpf_get_prandom_u32() };
+    unsafe { (*w).sample_countdown = next_gap(control.divisor, rnd) };
+    if control.divisor == 0 {
         return;
     }
     // Written in place in the ring: a sample is larger than the stack
-    // space left to copy it from.
+    // space left to copy it from. Two sizes of entry, each reserved with
+    // its own constant size (the verifier wants one per call).
+    if !carries_frame(control.frame_divisor, rnd) {
+        let Some(mut entry) = SAMPLES.reserve::<SampleHead>(0) else {
+            return;
+        };
+        let r = entry.as_mut_ptr();
+        unsafe {
+            (*r).cap_len = 0;
+            (*r).ts_ns = 0;
+            write_header(&raw mut (*r).header, start, end, p, len);
+        }
+        entry.submit(BPF_RB_NO_WAKEUP as u64);
+        return;
+    }
     let Some(mut entry) = SAMPLES.reserve::<SampleRecord>(0) else {
         return;
     };
@@ -179,8 +199,15 @@ fn sample(ctx: &XdpContext, w: *mut Window, start: usize, end: usize, p: &Parsed
             (*r).cap_len = n as u16;
         }
         (*r).ts_ns = bpf_ktime_get_ns();
+        write_header(&raw mut (*r).header, start, end, p, len);
     }
-    let s = unsafe { &raw mut (*r).header };
+    // Nobody waits on the ring: the controller drains it at each poll.
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+}
+
+/// A sample's headers, from the parser's findings.
+#[inline(always)]
+unsafe fn write_header(s: *mut PacketSample, start: usize, end: usize, p: &Parsed, len: u64) {
     unsafe {
         (*s).src = parse::bytes(p.src);
         (*s).dst = parse::bytes(p.dst);
@@ -192,8 +219,6 @@ fn sample(ctx: &XdpContext, w: *mut Window, start: usize, end: usize, p: &Parsed
         (*s).tcp_flags = p.tcp_flags;
         (*s).payload_len = parse::payload_prefix(start, end, &p.at, &mut (*s).payload);
     }
-    // Nobody waits on the ring: the controller drains it at each poll.
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
 }
 
 #[inline(always)]
