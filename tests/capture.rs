@@ -174,15 +174,19 @@ fn an_incidents_capture_holds_the_calm_before_then_the_attack_as_sent_and_tshark
     // exchange is sampled whole from its first packet, on any CPU.
     let burst =
         Hping3::start(&lab.gen_ns, &["-A", "--flood", "-p", "9", "-n", TGT_V4]).unwrap_or_else(|e| panic!("{e}"));
-    let divisor = |m: &str| {
+    let gauge = |m: &str, name: &str| {
         m.lines()
-            .find(|l| l.starts_with("detector_sample_divisor{"))
+            .find(|l| l.starts_with(&format!("{name}{{")))
             .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
+    let divisor = |m: &str| gauge(m, "detector_sample_divisor");
     c.metrics_until("the burst to raise the sampling divisor", |m| divisor(m) >= 8.0);
     drop(burst.stop());
-    c.metrics_until("the sampling divisor back at 1", |m| divisor(m) == 1.0);
+    // And every sample with its frame again.
+    c.metrics_until("the sampling and frame divisors back at 1", |m| {
+        divisor(m) == 1.0 && gauge(m, "detector_sample_frame_divisor") == 1.0
+    });
     // Calm: samples taken under attack go to the onset, not the calm buffer.
     let so_far = common::incidents(&c, false);
     assert!(so_far.is_empty(), "the ACK burst opened an incident: {so_far:?}");
@@ -197,8 +201,9 @@ fn an_incidents_capture_holds_the_calm_before_then_the_attack_as_sent_and_tshark
     // for numeric output besides.
     let sink =
         UdpServer::start(&lab.tgt_ns, SocketAddr::new("0.0.0.0".parse().unwrap(), FLOOD_PORT), Reply::None).unwrap();
-    // About 10,000 pps: sampled whole (the divisor stays at 1), so the
-    // capture is not full before the restart.
+    // About 10,000 pps, of which about 1,000 a second come with their
+    // frames (the frame divisor), so the capture is not full before the
+    // restart.
     let args = ["--udp", "-n", "-i", "u100", "-s", &sport, "-k", "-p", &dport, "-d", &size, TGT_V4];
     let flood = Hping3::start(&lab.gen_ns, &args).unwrap_or_else(|e| panic!("{e}"));
     let inc = until(&c, "the flood's incident", Duration::from_secs(5), || active_incident(&c));
