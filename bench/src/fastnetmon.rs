@@ -11,9 +11,9 @@
 //!   ban; its notify script runs just after, and is recorded too). Each
 //!   trial has a fresh lab and one detector, alone.
 //! - **CPU per forwarded packet** under a sustained flood forwarded by the
-//!   router: each detector's process CPU (utime + stime of every thread,
-//!   and of waited-for children: FastNetMon's notify script) from
-//!   `/proc/PID/stat`, plus its kernel-side per-packet work, sampled for
+//!   router: each detector's process CPU (every thread's run time by the
+//!   scheduler, `/proc/PID/task/TID/schedstat`, and its waited-for
+//!   children's: FastNetMon's notify script), plus its kernel-side per-packet work, sampled for
 //!   both the same way by `perf` (see [`crate::profile`]): the detector's
 //!   XDP program and egress classifier, FastNetMon's AF_PACKET delivery
 //!   into its ring. The kernel's BPF statistics time the detector's
@@ -137,8 +137,10 @@ pub struct CpuRun {
     pub seconds: f64,
     pub sent: u64,
     pub forwarded: u64,
-    /// utime + stime (+ children's) of the detector's process.
+    /// The process's CPU time by the scheduler (see [`ProcessCpu`]).
     pub process_ns: u64,
+    /// The same as `/proc/PID/stat` charges it, a tick at a time.
+    pub process_ticks_ns: u64,
     /// Detector only: the XDP program's run time and runs.
     pub xdp_ns: Option<u64>,
     pub xdp_runs: Option<u64>,
@@ -199,6 +201,7 @@ impl Figures {
             t.sent += r.sent;
             t.forwarded += r.forwarded;
             t.process_ns += r.process_ns;
+            t.process_ticks_ns += r.process_ticks_ns;
             t.xdp_ns += r.xdp_ns.unwrap_or(0);
             t.xdp_runs += r.xdp_runs.unwrap_or(0);
             t.egress_ns += r.egress_ns.unwrap_or(0);
@@ -216,6 +219,7 @@ pub struct CpuTotal {
     pub sent: u64,
     pub forwarded: u64,
     pub process_ns: u64,
+    pub process_ticks_ns: u64,
     pub xdp_ns: u64,
     pub xdp_runs: u64,
     pub egress_ns: u64,
@@ -228,6 +232,9 @@ impl CpuTotal {
     }
     pub fn process_per_packet(&self) -> f64 {
         self.per_packet(self.process_ns)
+    }
+    pub fn process_ticks_per_packet(&self) -> f64 {
+        self.per_packet(self.process_ticks_ns)
     }
     pub fn xdp_per_packet(&self) -> f64 {
         self.per_packet(self.xdp_ns)
@@ -320,10 +327,11 @@ pub fn run(trials: usize, cpu_seconds: u64, rounds: usize) -> Result<Figures> {
                     .map(|((what, _), ns)| format!("{what} {:.0}", per(ns)))
                     .collect();
                 eprintln!(
-                    "bench:   cpu {gap:<5} {:<30} {:>8.0} pps forwarded, process {:>6.0} ns/pkt{}{}; {} perf samples; sampled ns/pkt: {}",
+                    "bench:   cpu {gap:<5} {:<30} {:>8.0} pps forwarded, process {:>6.0} ns/pkt (ticks {:.0}){}{}; {} perf samples; sampled ns/pkt: {}",
                     who.label(),
                     r.forwarded as f64 / r.seconds,
                     per(r.process_ns),
+                    per(r.process_ticks_ns),
                     r.xdp_ns.map(|x| format!(", XDP {:.0} ns/pkt", per(x))).unwrap_or_default(),
                     r.egress_ns.map(|x| format!(", egress {:.0} ns/pkt", per(x))).unwrap_or_default(),
                     r.perf_samples,
@@ -781,24 +789,61 @@ impl FirstFrame {
     }
 }
 
-/// utime + stime + cutime + cstime of a process, ns (every thread's).
-fn process_cpu_ns(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
-    // After "pid (comm) ": state is field 3; utime is 14.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f
-        .get(11..15)
-        .ok_or_else(|| anyhow!("short /proc/{pid}/stat"))?
-        .iter()
-        .map(|t| t.parse::<u64>().unwrap_or(0))
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Ok(ticks * 1_000_000_000 / hz.max(1))
+/// A process's CPU time so far, two ways.
+///
+/// - **Scheduler**: each thread's run time from `/proc/PID/task/TID/
+///   schedstat` (the scheduler's own nanoseconds), summed, plus its
+///   waited-for children's (cutime + cstime: FastNetMon's notify script).
+///   A thread that ends inside the window loses its part (neither
+///   detector's threads come and go under a steady flood).
+/// - **Ticks**: utime + stime + cutime + cstime of `/proc/PID/stat`, as
+///   `top` shows it. This kernel charges it a whole tick (4 ms at 250 Hz)
+///   to whatever runs when the tick fires: a process waking ten times a
+///   second for half a millisecond is charged anything from nothing to
+///   40 ms a second, by the phase of its wake-ups against the tick. Kept
+///   for the log, beside the scheduler's figure.
+#[derive(Debug, Default)]
+struct ProcessCpu {
+    threads: std::collections::HashMap<u32, u64>,
+    children_ns: u64,
+    ticks_ns: u64,
 }
 
-/// The id of the XDP program on `ifname` in `ns` (`ip -j link`).
+impl ProcessCpu {
+    fn read(pid: u32) -> Result<ProcessCpu> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
+        // After "pid (comm) ": state is field 3; utime is 14 .. cstime 17.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))?;
+        let f: Vec<u64> = rest.split_whitespace().map(|t| t.parse::<u64>().unwrap_or(0)).collect();
+        let ticks = f.get(11..15).ok_or_else(|| anyhow!("short /proc/{pid}/stat"))?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64).max(1);
+        let ns = |t: u64| t * 1_000_000_000 / hz;
+        let mut threads = std::collections::HashMap::new();
+        let dir = format!("/proc/{pid}/task");
+        for task in std::fs::read_dir(&dir).with_context(|| dir.clone())? {
+            let task = task?;
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
+            // A thread may end between the listing and the read.
+            let Ok(sched) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+            let run: u64 = sched
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(|| anyhow!("bad {}/schedstat", task.path().display()))?;
+            threads.insert(tid, run);
+        }
+        Ok(ProcessCpu { threads, children_ns: ns(ticks[2] + ticks[3]), ticks_ns: ns(ticks.iter().sum()) })
+    }
+
+    /// (scheduler, ticks) ns since `before`.
+    fn since(&self, before: &ProcessCpu) -> (u64, u64) {
+        let threads: u64 =
+            self.threads.iter().map(|(tid, ns)| ns.saturating_sub(before.threads.get(tid).copied().unwrap_or(0))).sum();
+        (threads + self.children_ns.saturating_sub(before.children_ns), self.ticks_ns.saturating_sub(before.ticks_ns))
+    }
+}
+
 fn xdp_prog_id(ns: &str, ifname: &str) -> Result<u64> {
     let out = Command::new("ip").args(["-n", ns, "-j", "link", "show", "dev", ifname]).output()?;
     let v: Value = serde_json::from_slice(&out.stdout).context("ip -j link")?;
@@ -859,13 +904,13 @@ fn cpu_run(bin: &Path, fnm: &Path, who: Who, gap: &'static str, duration: Durati
         std::thread::sleep(SETTLE);
         let pid = running.pid();
         let from_ns = profile::now_ns();
-        let cpu0 = pid.map(process_cpu_ns).transpose()?.unwrap_or(0);
+        let cpu0 = pid.map(ProcessCpu::read).transpose()?.unwrap_or_default();
         let fwd0 = forwarded(&lab)?;
         let xdp0 = prog.map(prog_stats).transpose()?;
         let egress0 = egress.map(prog_stats).transpose()?;
         let t0 = Instant::now();
         std::thread::sleep(duration);
-        let cpu1 = pid.map(process_cpu_ns).transpose()?.unwrap_or(0);
+        let cpu1 = pid.map(ProcessCpu::read).transpose()?.unwrap_or_default();
         let fwd1 = forwarded(&lab)?;
         let xdp1 = prog.map(prog_stats).transpose()?;
         let egress1 = egress.map(prog_stats).transpose()?;
@@ -884,7 +929,8 @@ fn cpu_run(bin: &Path, fnm: &Path, who: Who, gap: &'static str, duration: Durati
             seconds,
             sent: report.sent,
             forwarded: fwd1 - fwd0,
-            process_ns: cpu1 - cpu0,
+            process_ns: cpu1.since(&cpu0).0,
+            process_ticks_ns: cpu1.since(&cpu0).1,
             xdp_ns,
             xdp_runs,
             egress_ns: egress0.zip(egress1).map(|(a, b)| b.0 - a.0),
