@@ -135,7 +135,8 @@ fn attach(lab: &Lab, program: &str) -> Result<Receiver> {
     if program == "detector" {
         let mut obj = ebpf::load_counting(&CountingOptions::new(DEFAULT_MAX_SOURCES))?;
         let mut maps = CounterMaps::take(&mut obj)?;
-        maps.set_sampling(64, 1)?;
+        let first = detector::samples::Sampling::new(64, true, POLL);
+        maps.set_sampling(first.divisor, first.frame_divisor)?;
         let attachment = xdp::attach(obj, &lab.tgt_if, ModeChoice::Native, false, None)?;
         Ok(Receiver::Detector { attachment: Box::new(attachment), maps: Box::new(maps) })
     } else {
@@ -168,7 +169,7 @@ fn one(scenario: Scenario, program: &'static str, seconds: u64) -> Result<LiveRu
     let mut counted = None;
     if let Receiver::Detector { maps, .. } = &mut rx {
         let mut tracker = SourceTracker::new(Duration::from_secs(30));
-        let (mut divisor, mut frame_divisor) = (64, 1);
+        let mut sampling = detector::samples::Sampling::new(64, true, POLL);
         let (mut samples, mut frames) = (Vec::new(), Vec::new());
         let mut last = Instant::now();
         while !sender.is_finished() {
@@ -183,14 +184,11 @@ fn one(scenario: Scenario, program: &'static str, seconds: u64) -> Result<LiveRu
             maps.new_window()?;
             let windows = maps.windows()?;
             let current = maps.read_sources(window, tracker.len(), &windows)?;
-            let target = detector::samples::target_per_poll(POLL);
-            maps.drain_samples(detector::samples::MAX_SAMPLES_FACTOR * target, &mut samples, &mut frames);
-            let next = detector::samples::next_divisor(divisor, samples.len(), target);
-            let frame_target = detector::samples::frame_target_per_poll(POLL);
-            let next_frames = detector::samples::next_frame_divisor(frame_divisor, samples.len(), frame_target);
-            if (next, next_frames) != (divisor, frame_divisor) {
-                maps.set_sampling(next, next_frames)?;
-                (divisor, frame_divisor) = (next, next_frames);
+            maps.drain_samples(sampling.max_drain(), &mut samples, &mut frames);
+            let next = sampling.next(samples.len());
+            if next != sampling {
+                maps.set_sampling(next.divisor, next.frame_divisor)?;
+                sampling = next;
             }
             let update = tracker.update(t0 - started, elapsed, &current.entries, current.whole);
             maps.remove_sources(&update.idle);

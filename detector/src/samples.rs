@@ -46,15 +46,57 @@ pub const FRAMES_PER_SECOND: usize = 1_024;
 
 /// Samples read from the ring in one poll, at most: this many times the
 /// poll's target (the divisor is adapted on what was read).
-pub const MAX_SAMPLES_FACTOR: usize = 4;
+const MAX_SAMPLES_FACTOR: usize = 4;
 
 /// Samples wanted from a poll of `interval`.
-pub fn target_per_poll(interval: Duration) -> usize {
+fn target_per_poll(interval: Duration) -> usize {
     ((TARGET_PER_SECOND as f64 * interval.as_secs_f64()).round() as usize).clamp(MIN_PER_POLL, MAX_PER_POLL)
 }
 /// Frames wanted from a poll of `interval` (at least one).
-pub fn frame_target_per_poll(interval: Duration) -> usize {
+fn frame_target_per_poll(interval: Duration) -> usize {
     ((FRAMES_PER_SECOND as f64 * interval.as_secs_f64()).round() as usize).max(1)
+}
+
+/// What the program is told to sample, and what a poll wants of it: the
+/// one place the two divisors are adapted, poll after poll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sampling {
+    /// One packet in this many is sampled.
+    pub divisor: u32,
+    /// One sample in this many carries its frame; 0: none (captures off).
+    pub frame_divisor: u32,
+    /// Samples and frames wanted a poll.
+    target: usize,
+    frame_target: usize,
+}
+
+impl Sampling {
+    /// At `divisor` to begin with, every sample with its frame when
+    /// `captures`, for polls of `interval`.
+    pub fn new(divisor: u32, captures: bool, interval: Duration) -> Sampling {
+        Sampling {
+            divisor,
+            frame_divisor: u32::from(captures),
+            target: target_per_poll(interval),
+            frame_target: frame_target_per_poll(interval),
+        }
+    }
+
+    /// Samples a poll reads from the ring, at most.
+    pub fn max_drain(&self) -> usize {
+        MAX_SAMPLES_FACTOR * self.target
+    }
+
+    /// What to sample at after a poll that read `samples`: the same when
+    /// nothing is to change. Captures stay off when they are.
+    pub fn next(&self, samples: usize) -> Sampling {
+        let frame_divisor = if self.frame_divisor == 0 {
+            0
+        } else {
+            next_frame_divisor(self.frame_divisor, samples, self.frame_target)
+        };
+        Sampling { divisor: next_divisor(self.divisor, samples, self.target), frame_divisor, ..*self }
+    }
 }
 
 pub const MIN_DIVISOR: u32 = 1;
@@ -200,7 +242,7 @@ pub fn web_connections_pps<'a>(samples: impl IntoIterator<Item = &'a PacketSampl
 
 /// The next sampling divisor: double it when a poll brought more than twice
 /// its `target`, halve it when under half. Powers of two, bounded.
-pub fn next_divisor(current: u32, got: usize, target: usize) -> u32 {
+fn next_divisor(current: u32, got: usize, target: usize) -> u32 {
     let d = current.clamp(MIN_DIVISOR, MAX_DIVISOR);
     if got > 2 * target {
         (d * 2).min(MAX_DIVISOR)
@@ -217,7 +259,7 @@ pub fn next_divisor(current: u32, got: usize, target: usize) -> u32 {
 /// that meets the target at once. At once, not a halving a poll: as an
 /// attack ends the samples fall by orders of magnitude, and the calm
 /// traffic after it is what the calm buffer wants whole.
-pub fn next_frame_divisor(current: u32, samples: usize, target: usize) -> u32 {
+fn next_frame_divisor(current: u32, samples: usize, target: usize) -> u32 {
     let target = target.max(1);
     let current = current.clamp(1, MAX_FRAME_DIVISOR);
     let frames = samples / current as usize;
@@ -230,6 +272,26 @@ pub fn next_frame_divisor(current: u32, samples: usize, target: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_adapts_both_divisors_and_keeps_captures_off() {
+        let poll = Duration::from_millis(100);
+        let s = Sampling::new(64, true, poll);
+        assert_eq!((s.divisor, s.frame_divisor, s.max_drain()), (64, 1, 2048));
+        // 16k pps at one in 64: 25 samples, under half the target.
+        let s = s.next(25);
+        assert_eq!((s.divisor, s.frame_divisor), (32, 1));
+        // A flood: more than twice the target, and frames thinned at once.
+        let s = s.next(2_000);
+        assert_eq!((s.divisor, s.frame_divisor), (64, 32));
+        let s = s.next(1_000);
+        assert_eq!((s.divisor, s.frame_divisor), (64, 16));
+        assert_eq!(s.next(1_000), s, "within both bands: unchanged");
+        let off = Sampling::new(64, false, poll);
+        assert_eq!(off.frame_divisor, 0);
+        assert_eq!(off.next(2_000).frame_divisor, 0, "captures off stay off");
+        assert_eq!(off.next(2_000).divisor, 128);
+    }
 
     #[test]
     fn frame_divisor_follows_the_samples_a_poll() {

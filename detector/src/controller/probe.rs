@@ -29,7 +29,7 @@ use crate::{
     metrics::Metrics,
     mitigate::{mitigator::Mitigator, prefix::Prefix},
     rates::{class_rates, ClassRate, ClassSnapshot},
-    samples::{self, SampleView},
+    samples::{SampleView, Sampling},
     sources::{SourceTracker, SourcesUpdate},
     targets::{Direction, TargetTracker, TargetsReading},
 };
@@ -49,9 +49,8 @@ pub struct Probe {
     maps: CounterMaps,
     prev: ClassSnapshot,
     tracker: SourceTracker,
-    divisor: u32,
-    /// One sample in this many carries its frame (0: captures off).
-    frame_divisor: u32,
+    /// The divisors the program samples at, adapted at every poll.
+    sampling: Sampling,
     learning: Learning,
     /// When the learning counters were last read for the metrics.
     learning_read: Option<Instant>,
@@ -61,11 +60,6 @@ pub struct Probe {
     target_tracker: TargetTracker,
     /// Whether packet captures are on (the samples' frames are kept).
     captures: bool,
-    /// Samples wanted a poll, from the interval (see
-    /// [`samples::target_per_poll`]).
-    sample_target: usize,
-    /// Frames wanted a poll (see [`samples::frame_target_per_poll`]).
-    frame_target: usize,
     /// The sample vectors of earlier polls, for the next ones.
     records: RecordPool,
     /// How many samples and frames the last poll drained: the next poll's
@@ -121,8 +115,8 @@ impl Probe {
         let peers = KnownPeers::take(&mut obj)
             .map_err(|source| RunError::Rules { iface: iface.to_string(), source: Box::new(source) })?;
         // Every sample with its frame at first, while captures are on.
-        let frame_divisor = u32::from(cfg.capture.enabled);
-        maps.set_sampling(FIRST_DIVISOR, frame_divisor).map_err(counters_err)?;
+        let sampling = Sampling::new(FIRST_DIVISOR, cfg.capture.enabled, cfg.interval);
+        maps.set_sampling(sampling.divisor, sampling.frame_divisor).map_err(counters_err)?;
         let targets = TargetMaps::take(&mut obj).map_err(|e| counters_err(e.into()))?;
         let learn_err = |e: egress::EgressError| RunError::Egress { iface: iface.to_string(), reason: e.to_string() };
         let learning = Learning::take(&mut obj).map_err(learn_err)?;
@@ -150,16 +144,13 @@ impl Probe {
             maps,
             prev: ClassSnapshot::default(),
             tracker: SourceTracker::new(cfg.idle_after),
-            divisor: FIRST_DIVISOR,
-            frame_divisor,
+            sampling,
             learning,
             learning_read: None,
             targets,
             last_groups: None,
             target_tracker: TargetTracker::new(cfg.idle_after),
             captures: cfg.capture.enabled,
-            sample_target: samples::target_per_poll(cfg.interval),
-            frame_target: samples::frame_target_per_poll(cfg.interval),
             records: RecordPool::default(),
             last_drained: (0, 0),
         })
@@ -248,7 +239,7 @@ impl Probe {
         let mut headers = Vec::with_capacity(room(self.last_drained.0));
         let mut drained = self.records.take();
         drained.reserve(room(self.last_drained.1));
-        self.maps.drain_samples(samples::MAX_SAMPLES_FACTOR * self.sample_target, &mut headers, &mut drained);
+        self.maps.drain_samples(self.sampling.max_drain(), &mut headers, &mut drained);
 
         let rates = class_rates(&self.prev, &cur, elapsed);
         metrics.count_classes(self.iface(), &self.prev, &cur);
@@ -270,18 +261,12 @@ impl Probe {
 
         // Samples were taken at the divisor in force during this interval.
         self.last_drained = (headers.len(), drained.len());
-        let divisor = self.divisor;
-        let next = samples::next_divisor(divisor, headers.len(), self.sample_target);
-        let next_frames = if self.captures {
-            samples::next_frame_divisor(self.frame_divisor, headers.len(), self.frame_target)
-        } else {
-            0
-        };
-        if (next, next_frames) != (divisor, self.frame_divisor) && self.maps.set_sampling(next, next_frames).is_ok() {
-            self.divisor = next;
-            self.frame_divisor = next_frames;
+        let divisor = self.sampling.divisor;
+        let next = self.sampling.next(headers.len());
+        if next != self.sampling && self.maps.set_sampling(next.divisor, next.frame_divisor).is_ok() {
+            self.sampling = next;
         }
-        metrics.sample_divisor(self.iface(), self.divisor, self.frame_divisor);
+        metrics.sample_divisor(self.iface(), self.sampling.divisor, self.sampling.frame_divisor);
         let mut mono_to_wall = 0;
         if self.captures {
             // The ring is in the order the CPUs reserved their entries,
