@@ -13,8 +13,9 @@
 //! - **CPU per forwarded packet** under a sustained flood forwarded by the
 //!   router: each detector's process CPU (every thread's run time by the
 //!   scheduler, `/proc/PID/task/TID/schedstat`, and its waited-for
-//!   children's: FastNetMon's notify script), plus its kernel-side per-packet work, sampled for
-//!   both the same way by `perf` (see [`crate::profile`]): the detector's
+//!   children's: FastNetMon's notify script), plus its kernel-side
+//!   per-packet work, sampled for both the same way by `perf` (see
+//!   [`crate::profile`]): the detector's
 //!   XDP program and egress classifier, FastNetMon's AF_PACKET delivery
 //!   into its ring. The kernel's BPF statistics time the detector's
 //!   programs too, as a check. Divided by the router's forwarded datagrams
@@ -844,6 +845,7 @@ impl ProcessCpu {
     }
 }
 
+/// The id of the XDP program on `ifname` in `ns` (`ip -j link`).
 fn xdp_prog_id(ns: &str, ifname: &str) -> Result<u64> {
     let out = Command::new("ip").args(["-n", ns, "-j", "link", "show", "dev", ifname]).output()?;
     let v: Value = serde_json::from_slice(&out.stdout).context("ip -j link")?;
@@ -915,6 +917,7 @@ fn cpu_run(bin: &Path, fnm: &Path, who: Who, gap: &'static str, duration: Durati
         let xdp1 = prog.map(prog_stats).transpose()?;
         let egress1 = egress.map(prog_stats).transpose()?;
         let seconds = t0.elapsed().as_secs_f64();
+        let (process_ns, process_ticks_ns) = cpu1.since(&cpu0);
         let to_ns = profile::now_ns();
         let matchers: Vec<Matcher> = HOOKS.iter().map(|h| h.1).collect();
         let sampled = recording.stop(from_ns, to_ns, &matchers)?;
@@ -929,8 +932,8 @@ fn cpu_run(bin: &Path, fnm: &Path, who: Who, gap: &'static str, duration: Durati
             seconds,
             sent: report.sent,
             forwarded: fwd1 - fwd0,
-            process_ns: cpu1.since(&cpu0).0,
-            process_ticks_ns: cpu1.since(&cpu0).1,
+            process_ns,
+            process_ticks_ns,
             xdp_ns,
             xdp_runs,
             egress_ns: egress0.zip(egress1).map(|(a, b)| b.0 - a.0),

@@ -378,7 +378,7 @@ mod tests {
         v.resize(100, SampleRecord::default());
         let at = v.as_ptr();
         let held = pool.lend(v);
-        // Still held (as the capture recorder's calm buffer would): a new one.
+        // Still held (by a reader that kept the poll's frames): a new one.
         let other = pool.take();
         assert_eq!(other.capacity(), 0);
         pool.put(other);
