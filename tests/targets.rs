@@ -85,6 +85,10 @@ fn pin_to_first_cpu() {
 }
 
 fn build(kind: Kind, src: &str, dst: &str) -> Frame {
+    build_sized(kind, src, dst, None)
+}
+
+fn build_sized(kind: Kind, src: &str, dst: &str, size: Option<usize>) -> Frame {
     frame::build(&FrameSpec {
         kind,
         src_mac: [2, 0, 0, 0, 0, 1],
@@ -94,7 +98,7 @@ fn build(kind: Kind, src: &str, dst: &str) -> Frame {
         dst: dst.parse().unwrap(),
         src_port: None,
         dst_port: None,
-        size: None,
+        size,
     })
     .unwrap()
 }
@@ -234,6 +238,46 @@ fn protected_destinations_count_in_their_group_and_heavy_ones_per_address() {
     let g1 = t.targets.group(1, Direction::Incoming).unwrap();
     assert_eq!(g1.packets[TrafficClass::Udp.index()], 52);
     assert!(t.targets.targets(Direction::Incoming).unwrap().is_empty());
+}
+
+#[test]
+fn a_heavy_destination_is_added_up_exactly_past_the_sketch_and_its_rest_written_in_the_next_window() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let mut t = attach(&lab, false);
+    t.targets.set_protected(&nets(&[("203.0.113.0/24", 1)])).unwrap();
+    t.counters.new_window().unwrap();
+    let short = build_sized(Kind::Udp, "198.51.100.7", "203.0.113.10", Some(64));
+    let long = build_sized(Kind::Udp, "198.51.100.7", "203.0.113.10", Some(300));
+    let (s, l) = (short.bytes.len() as u64, long.bytes.len() as u64);
+    assert_ne!(s, l);
+    let udp = TrafficClass::Udp.index();
+    let entry = |t: &Target| find(&t.targets.targets(Direction::Incoming).unwrap(), "203.0.113.10").expect("tracked");
+
+    // 24 short frames: the 24th is the sketch's first one in eight
+    // (counted eight times its length) and makes the address the slot's
+    // heavy one. The next eight, seven long and one short, are added up
+    // and written together, exactly: the sketch would have counted eight
+    // times the eighth one's length. Three more long ones are held.
+    let mut frames = vec![short.bytes.clone(); 24];
+    frames.extend(std::iter::repeat_n(long.bytes.clone(), 7));
+    frames.push(short.bytes.clone());
+    frames.extend(std::iter::repeat_n(long.bytes.clone(), 3));
+    send(&lab, false, &frames);
+    counted(&t, frames.len() as u64);
+    let sketched = expected_count(24, 0);
+    let e = entry(&t);
+    assert_eq!((e.packets[udp], e.bytes[udp]), (sketched + 8, sketched * s + 7 * l + s));
+
+    // A new window: its first frame to the address writes the three held
+    // ones with it (itself below the sketch's bar, not counted), and the
+    // address goes through the sketch again.
+    t.counters.new_window().unwrap();
+    send(&lab, false, std::slice::from_ref(&short.bytes));
+    counted(&t, frames.len() as u64 + 1);
+    let e = entry(&t);
+    assert_eq!((e.packets[udp], e.bytes[udp]), (sketched + 11, sketched * s + 10 * l + s));
+    assert_eq!(packets(&t.targets.group(1, Direction::Incoming).unwrap()), frames.len() as u64 + 1, "the group exact");
 }
 
 #[test]

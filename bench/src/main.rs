@@ -39,6 +39,8 @@ struct Args {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Part {
+    /// ns per packet of the counting path, per traffic class (test runs).
+    Counting,
     /// Dropping a flood: iptables, nftables and XDP.
     Firewall,
     /// ns per packet along each mitigation path (test runs).
@@ -71,6 +73,10 @@ fn main() -> Result<()> {
     let firewall_seconds = Duration::from_secs(if args.quick { 3 } else { 12 });
     let reaction_trials = if args.quick { 5 } else { 20 };
     match args.only {
+        Some(Part::Counting) => {
+            println!("{}", report::per_class_section(&testrun::per_class(repeat)?, repeat));
+            return Ok(());
+        }
         Some(Part::Firewall) => {
             let fw = firewall_part(firewall_seconds)?;
             println!("{}", report::firewall_section(&fw));

@@ -11,6 +11,7 @@ use detector_common::{
         AGGREGATE_MAP, BUCKETS_MAP, DEFAULT_MAX_ALLOW, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, RULES_ACTIVE_MAP,
         RULES_MAP, RULE_STATS_MAP,
     },
+    sketch::HashKey,
     targets::{DEFAULT_MAX_TARGETS, TARGETS_IN_MAP, TARGETS_OUT_MAP},
 };
 use thiserror::Error;
@@ -110,10 +111,10 @@ pub const PINNED_MAPS: [&str; 7] = [
 pub fn load_counting(opts: &CountingOptions) -> Result<Ebpf, LoadError> {
     let mut seed = [0u8; 8];
     getrandom::fill(&mut seed).map_err(|e| LoadError::Seed(e.to_string()))?;
-    let seed = u64::from_ne_bytes(seed);
+    let key = HashKey::new(u64::from_ne_bytes(seed));
     let mut loader = EbpfLoader::new();
     loader
-        .override_global("HASH_SEED", &seed, true)
+        .override_global("HASH_KEY", &key, true)
         .map_max_entries(SOURCE_STATS_MAP, opts.max_sources)
         .map_max_entries(TARGETS_IN_MAP, opts.max_targets)
         .map_max_entries(TARGETS_OUT_MAP, opts.max_targets)

@@ -11,7 +11,7 @@ use detector_common::{
         carries_frame, current_countdown, next_gap, PacketSample, SampleControl, SampleHead, SampleRecord,
         SAMPLES_RING_BYTES, SNAPLEN,
     },
-    sketch::{self, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS},
+    sketch::{self, HashKey, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS},
     TrafficClass, CLASS_COUNT,
 };
 
@@ -63,9 +63,15 @@ static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_RING_BYTES, 0);
 #[map]
 static SAMPLE_CONTROL: Array<SampleControl> = Array::with_max_entries(1, 0);
 
-/// Keys the sketch's hash; set by the controller at load time.
+/// Keys the sketches' hash; set by the controller at load time.
 #[unsafe(no_mangle)]
-pub(crate) static HASH_SEED: u64 = 0;
+pub(crate) static HASH_KEY: HashKey = HashKey { seed: 0, zero_round: 0 };
+
+/// The load-time key, read as a value the verifier cannot fold.
+#[inline(always)]
+pub(crate) fn hash_key() -> HashKey {
+    unsafe { core::ptr::read_volatile(&HASH_KEY) }
+}
 
 #[xdp]
 pub fn detector(ctx: XdpContext) -> u32 {
@@ -113,7 +119,7 @@ pub fn detector(ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS => {}
         v => return v,
     }
-    track_source(w, src, class as usize, len);
+    track_source(w, &parsed.src, src, class as usize, len);
     xdp_action::XDP_PASS
 }
 
@@ -222,7 +228,7 @@ unsafe fn write_header(s: *mut PacketSample, start: usize, end: usize, p: &Parse
 }
 
 #[inline(always)]
-fn track_source(w: *mut Window, src: [u8; 16], class: usize, len: u64) {
+fn track_source(w: *mut Window, words: &[u64; 2], src: [u8; 16], class: usize, len: u64) {
     let epoch = EPOCH.get(0).copied().unwrap_or(0) & EPOCH_MASK;
     let total = unsafe {
         if (*w).epoch != epoch {
@@ -233,8 +239,7 @@ fn track_source(w: *mut Window, src: [u8; 16], class: usize, len: u64) {
         (*w).total += 1;
         (*w).total
     };
-    let seed = unsafe { core::ptr::read_volatile(&HASH_SEED) };
-    let h = sketch::hash_addr(&src, seed);
+    let h = hash_key().hash(words);
     let Some(b) = SKETCH.get_ptr_mut(sketch::block_index(h)) else {
         return;
     };

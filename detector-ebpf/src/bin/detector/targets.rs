@@ -16,14 +16,14 @@ use detector_common::{
     maps::{ring_of, SourceKey},
     sketch::{self, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS},
     targets::{
-        cache_slot, dirty_index, group_index, target_window, CacheSlot, DirtyChunk, ProtectedNet, TargetControl,
-        TargetStats, CACHE_NONE, CACHE_SLOTS, DEFAULT_MAX_TARGETS, DIRECTION_IN, DIRECTION_OUT, DIRTY_CHUNKS,
-        MAX_HOSTGROUPS, MAX_PROTECTED,
+        cache_slot, dirty_index, group_index, target_window, CacheSlot, DirtyChunk, HotStep, ProtectedNet,
+        TargetControl, TargetStats, CACHE_NONE, CACHE_SLOTS, DEFAULT_MAX_TARGETS, DIRECTION_IN, DIRECTION_OUT,
+        DIRTY_CHUNKS, MAX_HOSTGROUPS, MAX_PROTECTED,
     },
     CLASS_COUNT,
 };
 
-use crate::program::{EPOCH, HASH_SEED, WINDOW};
+use crate::program::{hash_key, EPOCH, WINDOW};
 
 /// Protected prefix to its host group.
 #[map]
@@ -68,16 +68,13 @@ static TARGET_DIRTY: PerCpuArray<DirtyChunk> = PerCpuArray::with_max_entries(4 *
 /// and `addr`, laid out as a `Key<[u8; 16]>` with the address's words
 /// aligned), and the entry a newly admitted address is inserted with (zero
 /// but for the packet's class and group while it is inserted, zero again
-/// after).
+/// after). Written only on those two paths: a packet to a cached, tracked
+/// address keeps its words in registers.
 #[repr(C)]
 pub struct Scratch {
     _pad: u32,
     prefix_len: u32,
     addr: [u64; 2],
-    /// The address's cache key: here, not on the stack, which the XDP
-    /// program and this subprogram share (512 bytes in all), and in the
-    /// cache line of the address.
-    key: [u64; 2],
     fresh: TargetStats,
 }
 
@@ -92,7 +89,8 @@ pub fn enabled() -> bool {
 
 /// Counts one packet (or `packets`, a GSO packet's segments) of `len`
 /// bytes in `class`, to (`DIR` = in) or from (out) `addr`, the parser's
-/// address words, when the address is protected.
+/// address words, when the address is protected. `addr` must point into
+/// a map value (it is the per-address map's key).
 ///
 /// Inline, the part every packet pays: one array read, and the prefilter's
 /// bit. An address that may be protected goes on to [`count_protected`].
@@ -104,46 +102,36 @@ pub fn count<const DIR: u32>(addr: &[u64; 2], class: u32, len: u64, packets: u64
     if ctl.enabled == 0 || !ctl.may_protect(addr) {
         return;
     }
-    count_protected::<DIR>(addr, class, len, packets);
+    count_protected::<DIR>(ctl, addr, class, len, packets);
 }
 
 /// The rest, a subprogram of its own: inlined, the verifier walks the rest
 /// of the XDP program twice.
 #[inline(never)]
-fn count_protected<const DIR: u32>(addr: &[u64; 2], class: u32, len: u64, packets: u64) {
+fn count_protected<const DIR: u32>(ctl: &TargetControl, addr: &[u64; 2], class: u32, len: u64, packets: u64) {
     if class as usize >= CLASS_COUNT {
         return;
     }
     let c = class as usize;
-    let Some(ctl) = TARGET_CONTROL.get(0) else {
-        return;
-    };
-    let Some(s) = TARGET_SCRATCH.get_ptr_mut(DIR) else {
-        return;
-    };
-    let seed = unsafe { core::ptr::read_volatile(&HASH_SEED) };
+    let key = hash_key();
     // The cache is keyed by the address's first bits, as many as the
     // longest protected prefix of its family: one slot serves a whole
     // protected /24 (see `TargetControl::cache_key`).
-    // SAFETY: this CPU's scratch value.
-    let cache_key = unsafe {
-        (*s).key = ctl.cache_key(addr);
-        &(*s).key
-    };
-    let Some(slot) = TARGET_CACHE.get_ptr_mut(cache_slot(cache_key, seed, DIR)) else {
+    let cache_key = ctl.cache_key(addr);
+    let Some(slot) = TARGET_CACHE.get_ptr_mut(cache_slot(&cache_key, key.seed, DIR)) else {
         return;
     };
-    // SAFETY: per-CPU values of this program's, on this CPU; a trie key is
-    // a u32 and sixteen bytes, packed, as `prefix_len` and `addr` are.
+    // SAFETY: a per-CPU value of this program's, on this CPU.
     let group = unsafe {
-        (*s).addr = *addr;
-        if (*slot).generation == ctl.generation && (*slot).addr == *cache_key {
+        if (*slot).generation == ctl.generation && (*slot).addr == cache_key {
             (*slot).group
         } else {
-            (*s).prefix_len = 128;
-            let key = &*(core::ptr::addr_of!((*s).prefix_len) as *const Key<[u8; 16]>);
-            let group = PROTECTED.get(key).map_or(CACHE_NONE, |net| net.group);
-            (*slot).addr = *cache_key;
+            // Another key's slot now: its heavy address is forgotten, with
+            // what it had added up (fewer than SAMPLE_EVERY packets; two
+            // keys this CPU sees share the slot).
+            (*slot).hot.cool();
+            let group = lookup_group::<DIR>(addr);
+            (*slot).addr = cache_key;
             (*slot).generation = ctl.generation;
             (*slot).group = group;
             group
@@ -152,42 +140,72 @@ fn count_protected<const DIR: u32>(addr: &[u64; 2], class: u32, len: u64, packet
     if group >= MAX_HOSTGROUPS {
         return;
     }
-    let h = sketch::hash_words(addr, seed);
     if let Some(g) = GROUP_STATS.get_ptr_mut(group_index(group, DIR)) {
         unsafe {
             (*g).packets[c] += packets;
             (*g).bytes[c] += len;
         }
     }
+    let epoch = EPOCH.get(0).copied().unwrap_or(0) & EPOCH_MASK;
+    let map = if DIR == DIRECTION_IN { &TARGETS_IN } else { &TARGETS_OUT };
+    // SAFETY: SourceKey is sixteen bytes, alignment 1.
+    let target = unsafe { &*(addr as *const [u64; 2] as *const SourceKey) };
+    // The slot's heavy address (see `HotTarget`): added up, and written a
+    // few packets at a time.
+    let (left_n, left_b) = match unsafe { (*slot).hot.count(addr, class, epoch, packets, len) } {
+        HotStep::Held => return,
+        HotStep::Write { packets: n, bytes: b } => {
+            if let Some(w) = WINDOW.get_ptr_mut(target_window(DIR)) {
+                advance(w, epoch, n as u32);
+                if !add::<DIR>(w, map, target, group, c, n, b, epoch) {
+                    // Gone from the map (the controller removed it): the
+                    // sketch admits it again.
+                    unsafe { (*slot).hot.cool() };
+                }
+            }
+            return;
+        }
+        HotStep::Cold { left_packets, left_bytes } => (left_packets, left_bytes),
+    };
 
     let Some(w) = WINDOW.get_ptr_mut(target_window(DIR)) else {
         return;
     };
-    let epoch = EPOCH.get(0).copied().unwrap_or(0) & EPOCH_MASK;
-    let total = unsafe {
-        if (*w).epoch != epoch {
-            (*w).epoch = epoch;
-            (*w).total = 0;
-        }
-        (*w).total += 1;
-        (*w).total
-    };
+    // What the heavy address added up in the window before, counted with
+    // this packet.
+    let total = advance(w, epoch, 1 + left_n as u32);
+    let h = key.hash(addr);
     let Some(b) = TARGET_SKETCH.get_ptr_mut(DIR * SKETCH_BLOCKS as u32 + sketch::block_index(h)) else {
         return;
     };
     // SAFETY: this CPU's block.
     let est = unsafe { (*b).count(h, epoch) };
     let weight = sketch::weight(est, total) as u64;
-    if weight == 0 {
+    if weight == 0 && left_n == 0 {
         return;
     }
-    let map = if DIR == DIRECTION_IN { &TARGETS_IN } else { &TARGETS_OUT };
-    // SAFETY: SourceKey is sixteen bytes, alignment 1.
-    let target = unsafe { &*(core::ptr::addr_of!((*s).addr) as *const SourceKey) };
-    let (n, b) = (weight * packets, weight * len);
+    let (n, b) = (weight * packets + left_n, weight * len + left_b);
     if add::<DIR>(w, map, target, group, c, n, b, epoch) {
+        if weight == sketch::SAMPLE_EVERY as u64 {
+            // Heavy: the slot's heavy address from here on. What the one
+            // before added up is written first (an address of the same
+            // key, so of the same group).
+            // SAFETY: this CPU's slot; the key is its value's bytes.
+            unsafe {
+                if let Some((oc, on, ob)) = (*slot).hot.left() {
+                    let old = &*(core::ptr::addr_of!((*slot).hot.addr) as *const SourceKey);
+                    if (oc as usize) < CLASS_COUNT {
+                        add::<DIR>(w, map, old, group, oc as usize, on, ob, epoch);
+                    }
+                }
+                (*slot).hot.heat(addr, class, epoch);
+            }
+        }
         return;
     }
+    let Some(s) = TARGET_SCRATCH.get_ptr_mut(DIR) else {
+        return;
+    };
     // Inserted from the scratch value: a 264-byte entry does not fit on
     // the stack beside the rest of the program.
     unsafe {
@@ -209,6 +227,38 @@ fn count_protected<const DIR: u32>(addr: &[u64; 2], class: u32, len: u64, packet
         mark_dirty::<DIR>(w, target, epoch);
     } else {
         add::<DIR>(w, map, target, group, c, n, b, epoch);
+    }
+}
+
+/// Moves this CPU's window of a direction to `epoch` (a new one starts at
+/// zero) and counts `n` packets in it; its total after them.
+#[inline(always)]
+fn advance(w: *mut Window, epoch: u32, n: u32) -> u32 {
+    // SAFETY: this CPU's window.
+    unsafe {
+        if (*w).epoch != epoch {
+            (*w).epoch = epoch;
+            (*w).total = 0;
+        }
+        (*w).total += n;
+        (*w).total
+    }
+}
+
+/// The host group of `addr` in the trie, or `CACHE_NONE` when no protected
+/// prefix holds it.
+#[inline(always)]
+fn lookup_group<const DIR: u32>(addr: &[u64; 2]) -> u32 {
+    let Some(s) = TARGET_SCRATCH.get_ptr_mut(DIR) else {
+        return CACHE_NONE;
+    };
+    // SAFETY: this CPU's scratch value; a trie key is a u32 and sixteen
+    // bytes, packed, as `prefix_len` and `addr` are.
+    unsafe {
+        (*s).prefix_len = 128;
+        (*s).addr = *addr;
+        let key = &*(core::ptr::addr_of!((*s).prefix_len) as *const Key<[u8; 16]>);
+        PROTECTED.get(key).map_or(CACHE_NONE, |net| net.group)
     }
 }
 
