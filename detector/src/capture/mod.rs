@@ -24,6 +24,16 @@ pub mod store;
 pub use config::CaptureConfig;
 pub use recorder::{Packet, Recorder};
 
+/// How long before an incident opens its attack can have begun: the
+/// detector's `hold` (counted in whole polls of `interval`, with slack)
+/// and a few polls more; at least a second. The recorder's onset buffer
+/// keeps the samples of that long, not the whole attack's: a capture of
+/// `packets_per_incident` frames was ten seconds of an attack held in
+/// memory, copied as it came, its pages faulted in at the first.
+pub fn onset_span(hold: std::time::Duration, interval: std::time::Duration) -> std::time::Duration {
+    (hold + interval * 4).max(std::time::Duration::from_secs(1))
+}
+
 /// The capture subsystem as the poll loop drives it: the recorder's
 /// decisions, carried out by the writer thread.
 pub struct Captures {
@@ -37,10 +47,11 @@ impl Captures {
     pub fn start<'a>(
         state_dir: &std::path::Path,
         cfg: &CaptureConfig,
+        onset_span: std::time::Duration,
         metrics: std::sync::Arc<store::CaptureMetrics>,
         resumed: impl IntoIterator<Item = &'a crate::detect::incident::Incident>,
     ) -> std::io::Result<Captures> {
-        let mut recorder = Recorder::new(cfg.clone());
+        let mut recorder = Recorder::new(cfg.clone(), onset_span);
         let mut open = std::collections::HashSet::new();
         for inc in resumed {
             let held = store::resume(state_dir, &inc.id);

@@ -7,10 +7,14 @@
 //!   while the interface was calm. It stops moving at an attack's onset,
 //!   so what it holds is the traffic just before, not the attack's first
 //!   polls.
-//! - **the onset**: the last `packets_per_incident` samples taken while
-//!   under attack. An incident opens a few polls after its onset (the
-//!   detector's hold); its file starts with its target's packets from
-//!   here, so the attack's first packets are in it.
+//! - **the onset**: the samples taken while under attack in the last
+//!   onset span (the detector's hold and a few polls, at least a second;
+//!   see [`super::onset_span`]), at most `packets_per_incident`. An
+//!   incident opens a few polls after its onset (the detector's hold); its
+//!   file starts with its target's packets from here, so the attack's
+//!   first packets are in it. Older ones are no incident's onset: a
+//!   second target attacked later has its own, within the span of its
+//!   opening.
 //!
 //! An incident's file starts with the calm buffer, then its target's
 //! packets (to its address, or from it when outgoing; to its host group's
@@ -22,6 +26,7 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::Arc,
+    time::Duration,
 };
 
 use detector_common::sample::SampleRecord;
@@ -108,7 +113,9 @@ struct Rolling {
 }
 
 impl Rolling {
-    fn push(&mut self, batch: Batch<'_>, keep: usize) {
+    /// Adds the poll's frames, keeping the last `keep`, and with `span_ns`
+    /// none sampled longer than that before the newest.
+    fn push(&mut self, batch: Batch<'_>, keep: usize, span_ns: Option<u64>) {
         if keep == 0 {
             self.clear();
             return;
@@ -124,6 +131,12 @@ impl Rolling {
         }
         while self.kept.len() > keep {
             self.kept.pop_front();
+        }
+        if let (Some(span), Some((newest, _))) = (span_ns, self.kept.back()) {
+            let oldest = newest.ts_ns.saturating_sub(span);
+            while self.kept.front().is_some_and(|(r, _)| r.ts_ns < oldest) {
+                self.kept.pop_front();
+            }
         }
     }
 
@@ -166,6 +179,7 @@ impl Tracked {
 
 pub struct Recorder {
     cfg: CaptureConfig,
+    onset_span_ns: u64,
     ifaces: HashMap<String, Buffers>,
     open: BTreeMap<String, Tracked>,
     /// The captures that ended at the last poll, for its events.
@@ -173,8 +187,11 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(cfg: CaptureConfig) -> Recorder {
-        Recorder { cfg, ifaces: HashMap::new(), open: BTreeMap::new(), ended: HashMap::new() }
+    /// `onset_span`: how long before its opening an incident's attack
+    /// can have begun ([`super::onset_span`]).
+    pub fn new(cfg: CaptureConfig, onset_span: Duration) -> Recorder {
+        let onset_span_ns = onset_span.as_nanos().min(u64::MAX as u128) as u64;
+        Recorder { cfg, onset_span_ns, ifaces: HashMap::new(), open: BTreeMap::new(), ended: HashMap::new() }
     }
 
     /// Carries on the capture of an incident open at the last stop, whose
@@ -267,10 +284,10 @@ impl Recorder {
 
         // The buffers move after the files took what they needed.
         if under_attack {
-            bufs.onset.push(batch, self.cfg.packets_per_incident);
+            bufs.onset.push(batch, self.cfg.packets_per_incident, Some(self.onset_span_ns));
         } else {
             bufs.onset.clear();
-            bufs.calm.push(batch, self.cfg.pre_attack_packets);
+            bufs.calm.push(batch, self.cfg.pre_attack_packets, None);
         }
         ops
     }
@@ -360,6 +377,14 @@ mod tests {
         inc
     }
 
+    impl Recorder {
+        /// With an onset span longer than any test's timeline (its
+        /// samples' times are a few ns).
+        fn new_for_test(cfg: CaptureConfig) -> Recorder {
+            Recorder::new(cfg, Duration::from_secs(1))
+        }
+    }
+
     fn cfg(pre: usize, per: usize) -> CaptureConfig {
         CaptureConfig { pre_attack_packets: pre, packets_per_incident: per, ..CaptureConfig::default() }
     }
@@ -370,7 +395,7 @@ mod tests {
 
     #[test]
     fn calm_buffer_then_onset_then_the_attack_until_the_cap() {
-        let mut r = Recorder::new(cfg(3, 5));
+        let mut r = Recorder::new_for_test(cfg(3, 5));
         // Calm: the rolling buffer keeps the last three.
         let none: [&Incident; 0] = [];
         assert!(poll(&mut r, "eth0", (1..=4).map(|t| pkt(t, 9, 1)).collect(), false, none).is_empty());
@@ -404,8 +429,24 @@ mod tests {
     }
 
     #[test]
+    fn the_onset_keeps_only_its_span() {
+        let mut r = Recorder::new(cfg(3, 100), Duration::from_nanos(10));
+        let none: [&Incident; 0] = [];
+        // Under attack for a while, nothing open: samples at 0 to 49.
+        for poll_at in [0u64, 10, 20, 30, 40] {
+            poll(&mut r, "eth0", (poll_at..poll_at + 10).map(|t| pkt(t, 7, 1)).collect(), true, none);
+        }
+        // An incident opens: its onset is what the last 10 ns sampled
+        // (39 to 49 with this poll's), not the attack's first polls.
+        let inc = incident("a", "eth0", Some(1), Direction::Incoming);
+        let ops = poll(&mut r, "eth0", vec![pkt(49, 7, 1)], true, [&inc]);
+        let [FileOp::Start { packets, .. }] = ops.as_slice() else { panic!("{ops:?}") };
+        assert_eq!(times(packets), (39..50).chain([49]).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn targets_directions_and_interfaces_are_kept_apart() {
-        let mut r = Recorder::new(cfg(10, 100));
+        let mut r = Recorder::new_for_test(cfg(10, 100));
         let a = incident("a", "eth0", Some(1), Direction::Incoming);
         let b = incident("b", "eth0", Some(2), Direction::Outgoing);
         let c = incident("c", "eth1", None, Direction::Incoming);
@@ -430,7 +471,7 @@ mod tests {
 
     #[test]
     fn a_resumed_capture_carries_on_counting() {
-        let mut r = Recorder::new(cfg(10, 4));
+        let mut r = Recorder::new_for_test(cfg(10, 4));
         let a = incident("a", "eth0", None, Direction::Incoming);
         r.resume(&a, Some(CaptureInfo { packets: 5, pre_attack: 2, full: false }));
         let ops = poll(&mut r, "eth0", (0..5).map(|t| pkt(t, 1, 1)).collect(), true, [&a]);
@@ -438,12 +479,12 @@ mod tests {
         assert_eq!(packets.len(), 1, "three of four were taken before the restart");
         assert!(r.info("a").unwrap().full);
         // One that was full at the stop stays full.
-        let mut r = Recorder::new(cfg(10, 4));
+        let mut r = Recorder::new_for_test(cfg(10, 4));
         r.resume(&a, Some(CaptureInfo { packets: 6, pre_attack: 2, full: false }));
         assert!(r.info("a").unwrap().full);
         assert!(poll(&mut r, "eth0", vec![pkt(1, 1, 1)], true, [&a]).is_empty());
         // Without a file, the next poll starts one.
-        let mut r = Recorder::new(cfg(10, 4));
+        let mut r = Recorder::new_for_test(cfg(10, 4));
         r.resume(&a, None);
         assert!(matches!(poll(&mut r, "eth0", vec![pkt(1, 1, 1)], true, [&a]).as_slice(), [FileOp::Start { .. }]));
     }

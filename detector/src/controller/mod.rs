@@ -218,8 +218,14 @@ pub async fn run(cfg: RunConfig, events: EventSender, shutdown: impl Future<Outp
     let capture_metrics = Arc::new(crate::capture::store::CaptureMetrics::register(&mut registry));
     let captures = if cfg.capture.enabled {
         Some(
-            crate::capture::Captures::start(&cfg.state_dir, &cfg.capture, capture_metrics, detector.open_incidents())
-                .map_err(|source| RunError::Thread { what: "packet captures", source })?,
+            crate::capture::Captures::start(
+                &cfg.state_dir,
+                &cfg.capture,
+                crate::capture::onset_span(cfg.detection.hold, cfg.interval),
+                capture_metrics,
+                detector.open_incidents(),
+            )
+            .map_err(|source| RunError::Thread { what: "packet captures", source })?,
         )
     } else {
         None
