@@ -413,6 +413,55 @@ fn per_source_counts_start_at_the_fourth_packet_of_a_window() {
     assert_eq!(sources.len(), 2, "{:?}", sources.iter().map(|(k, _)| key_addr(k)).collect::<Vec<_>>());
 }
 
+/// A source the sketch finds heavy becomes its window's heavy source on
+/// that CPU: its packets are added up past the sketch and written eight at
+/// a time, exact in bytes; another heavy source in the same window goes
+/// through the sketch (the place is taken while the first has packets to
+/// write); a new window writes what was held.
+#[test]
+fn a_heavy_source_is_added_up_exactly_past_the_sketch() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let mut t = attach(&lab);
+    t.maps.new_window().unwrap();
+    let sized = |src: &str, size: usize| build(&FrameSpec { size: Some(size), ..spec(Kind::Udp, src, "192.0.2.2") });
+    let (a_short, a_long) = (sized("198.51.100.7", 64), sized("198.51.100.7", 300));
+    let (b_short, b_long) = (sized("198.51.100.8", 64), sized("198.51.100.8", 300));
+    let (s, l) = (a_short.bytes.len() as u64, a_long.bytes.len() as u64);
+    assert_eq!((b_short.bytes.len() as u64, b_long.bytes.len() as u64), (s, l));
+    // a: 24 short (the 24th the sketch's first sampled one, counted eight
+    // times its length: a is heavy from there), then 7 long and a short,
+    // added up and written together, then 3 long, held.
+    let mut frames = vec![a_short.bytes.clone(); 24];
+    frames.extend(std::iter::repeat_n(a_long.bytes.clone(), 7));
+    frames.push(a_short.bytes.clone());
+    frames.extend(std::iter::repeat_n(a_long.bytes.clone(), 3));
+    // b, the same way but with 8 more short: heavy too, but a holds the
+    // place, so the sketch counts b's 32nd packet eight times its length.
+    frames.extend(std::iter::repeat_n(b_short.bytes.clone(), 24));
+    frames.extend(std::iter::repeat_n(b_long.bytes.clone(), 7));
+    frames.extend(std::iter::repeat_n(b_short.bytes.clone(), 9));
+    send(&lab, &frames);
+    counted(&t, frames.len() as u64);
+    let sources = t.maps.sources().unwrap();
+    let find = |sources: &[(SourceKey, SourceStats)], ip: &str| {
+        sources.iter().find(|(k, _)| *k == addr_key(ip.parse::<IpAddr>().unwrap())).map(|(_, s)| *s).unwrap()
+    };
+    let sketched = expected_source_count(24, 0);
+    let a = find(&sources, "198.51.100.7");
+    assert_eq!((a.packets, a.bytes), (sketched + 8, sketched * s + 7 * l + s));
+    let eb = expected_source_count(40, 35);
+    let b = find(&sources, "198.51.100.8");
+    assert_eq!((b.packets, b.bytes), (eb, eb * s), "b through the sketch, every sampled packet short");
+    // A new window: a's first packet writes the three held long ones with
+    // it (itself below the sketch's bar).
+    t.maps.new_window().unwrap();
+    send(&lab, std::slice::from_ref(&a_short.bytes));
+    counted(&t, frames.len() as u64 + 1);
+    let a = find(&t.maps.sources().unwrap(), "198.51.100.7");
+    assert_eq!((a.packets, a.bytes), (sketched + 11, sketched * s + 10 * l + s));
+}
+
 /// A poll reads the sources the program listed as counted in the window
 /// that ended, not every bucket of the map: the first read whole, then the
 /// listed ones, nothing (not even the rings) in quiet windows, and the rest

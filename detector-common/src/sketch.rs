@@ -123,9 +123,9 @@ pub fn block_counter(h: u64, row: u32) -> usize {
 /// source it has seen in it; for header sampling, how many packets to let
 /// pass before the next sample; and the heads of the rings of addresses
 /// it counted (see [`DirtyHead`]), one per epoch parity
-/// ([`crate::maps::ring_of`]). A cache line's worth, read by the
-/// controller in one lookup a poll: whether the CPU counted, and what it
-/// listed.
+/// ([`crate::maps::ring_of`]): a cache line, read by the controller in
+/// one lookup a poll (whether the CPU counted, and what it listed). Then,
+/// in a second line, the window's heavy source ([`Hot`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Window {
@@ -135,6 +135,10 @@ pub struct Window {
     pub _pad: u32,
     pub rings: [DirtyHead; 2],
     pub _tail: [u32; 4],
+    /// Second cache line: the source window's heavy source (unused in
+    /// network mode's windows, whose heavy addresses are per cache slot).
+    pub hot: Hot,
+    pub _tail2: [u64; 3],
 }
 
 impl Window {
@@ -149,6 +153,123 @@ impl Window {
     pub fn counted_since(&self, epoch: u32) -> bool {
         let (mine, e) = (self.epoch & EPOCH_MASK, epoch & EPOCH_MASK);
         mine == e || mine == e.wrapping_add(1) & EPOCH_MASK || mine == e.wrapping_sub(1) & EPOCH_MASK
+    }
+}
+
+/// `Hot::class` with no heavy address.
+pub const HOT_NONE: u32 = 0;
+
+/// A heavy address, on one CPU, in one window: one the sketch found heavy
+/// (its estimate past [`SAMPLE_FROM`], the first packet it samples) and
+/// the map behind it holds. Its next packets of the same class skip the
+/// address's hash, the sketch and the map: they are added up here and
+/// written to its entry [`SAMPLE_EVERY`] at a time, so a flood from one
+/// source (the per-CPU window's [`Window::hot`]), or at one protected
+/// address (its cache slot's, `targets::CacheSlot`), costs each packet a
+/// compare and two adds, and its counts are exact (packets and bytes)
+/// where the sketch's sampling counted one packet in eight with eight
+/// times its length. The first packet of a new window hands what the last
+/// one left to be written and goes through the sketch again, so an
+/// address is listed in every window it is counted in, as the sketch's
+/// addresses are, and the heavy one of a window is the window's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hot {
+    /// The address, as the parser's words.
+    pub addr: [u64; 2],
+    /// The window ([`EPOCH_MASK`]ed) it was found in.
+    pub epoch: u32,
+    /// Its class + 1; [`HOT_NONE`] when the slot has no heavy address.
+    pub class: u32,
+    /// Added up, not yet written to its entry.
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// What a packet's turn through a [`Hot`] leaves to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HotStep {
+    /// Counted here; nothing more.
+    Held,
+    /// Counted here; write this much to the address's entry.
+    Write { packets: u64, bytes: u64 },
+    /// Not this slot's heavy address (or class), or a new window: the
+    /// packet goes through the sketch. `left`: what the heavy address had
+    /// added up in the window before, to write (zero when nothing).
+    Cold { left_packets: u64, left_bytes: u64 },
+}
+
+impl Hot {
+    /// Counts `packets` packets of `len` bytes in `class` to `addr` in
+    /// window `epoch` when it is the heavy address, the class and the
+    /// window.
+    #[inline(always)]
+    pub fn count(&mut self, addr: &[u64; 2], class: u32, epoch: u32, packets: u64, len: u64) -> HotStep {
+        if self.class != class + 1 || self.addr != *addr {
+            return HotStep::Cold { left_packets: 0, left_bytes: 0 };
+        }
+        if self.epoch != epoch {
+            let (left_packets, left_bytes) = (self.packets, self.bytes);
+            self.cool();
+            return HotStep::Cold { left_packets, left_bytes };
+        }
+        self.packets += packets;
+        self.bytes += len;
+        if self.packets < SAMPLE_EVERY as u64 {
+            return HotStep::Held;
+        }
+        let step = HotStep::Write { packets: self.packets, bytes: self.bytes };
+        self.clear();
+        step
+    }
+
+    /// Makes `addr` the heavy address for `class` in window `epoch`, with
+    /// nothing added up: what the one before left (see [`Hot::left`])
+    /// is the caller's to write first.
+    #[inline(always)]
+    pub fn heat(&mut self, addr: &[u64; 2], class: u32, epoch: u32) {
+        self.addr = *addr;
+        self.class = class + 1;
+        self.epoch = epoch;
+        self.clear();
+    }
+
+    /// The heavy address's class and what it added up, when there is one
+    /// and it added anything: to write before the slot takes another.
+    #[inline(always)]
+    pub fn left(&self) -> Option<(u32, u64, u64)> {
+        if self.class == HOT_NONE || self.packets == 0 {
+            return None;
+        }
+        Some((self.class - 1, self.packets, self.bytes))
+    }
+
+    /// Whether another address may take the place in window `epoch`:
+    /// none holds it, or one of another window, or one with nothing added
+    /// up (it gets no packets just now). A source window's heavy address
+    /// is not displaced while it has packets to write: with many sources
+    /// taking turns, each would write another's few at its turn.
+    #[inline(always)]
+    pub fn vacant(&self, epoch: u32) -> bool {
+        self.class == HOT_NONE || self.epoch != epoch || self.packets == 0
+    }
+
+    /// No heavy address any more; what was added up is the caller's to
+    /// write or lose.
+    #[inline(always)]
+    pub fn cool(&mut self) {
+        self.class = HOT_NONE;
+    }
+
+    /// Nothing added up. Two stores: plain ones, the BPF backend merges
+    /// into a call of its byte-at-a-time `memset`.
+    #[inline(always)]
+    fn clear(&mut self) {
+        // SAFETY: fields of `self`, aligned.
+        unsafe {
+            core::ptr::write_volatile(&mut self.packets, 0);
+            core::ptr::write_volatile(&mut self.bytes, 0);
+        }
     }
 }
 
@@ -311,7 +432,12 @@ mod tests {
     #[test]
     fn layout() {
         assert_eq!(core::mem::size_of::<SketchBlock>(), 64);
-        assert_eq!(core::mem::size_of::<Window>(), 64);
+        assert_eq!(core::mem::size_of::<Window>(), 128);
+        assert_eq!(core::mem::offset_of!(Window, hot), 64);
+        assert_eq!(core::mem::size_of::<Hot>(), 40);
+        assert_eq!(core::mem::offset_of!(Hot, epoch), 16);
+        assert_eq!(core::mem::offset_of!(Hot, class), 20);
+        assert_eq!(core::mem::offset_of!(Hot, packets), 24);
         assert_eq!(core::mem::offset_of!(Window, sample_countdown), 8);
         assert_eq!(core::mem::offset_of!(Window, rings), 16);
         assert!(SKETCH_WIDTH.is_power_of_two() && SAMPLE_EVERY.is_power_of_two());
@@ -327,6 +453,47 @@ mod tests {
         let full = (3 << COUNT_BITS) | COUNT_MASK;
         assert_eq!(bump(full, 3), full);
         assert_eq!(EPOCH_MASK, 0xfff);
+    }
+
+    #[test]
+    fn a_heavy_address_is_added_up_and_written_eight_packets_at_a_time() {
+        let (a, b) = ([0, 7], [0, 8]);
+        let mut h = Hot::default();
+        // No heavy address: every packet goes through the sketch.
+        assert_eq!(h.count(&a, 0, 1, 1, 60), HotStep::Cold { left_packets: 0, left_bytes: 0 });
+        h.heat(&a, 3, 1);
+        // Another address, another class: the sketch's.
+        assert_eq!(h.count(&b, 3, 1, 1, 60), HotStep::Cold { left_packets: 0, left_bytes: 0 });
+        assert_eq!(h.count(&a, 4, 1, 1, 60), HotStep::Cold { left_packets: 0, left_bytes: 0 });
+        let mut written = (0, 0);
+        for i in 0..20u64 {
+            match h.count(&a, 3, 1, 1, 60 + i) {
+                HotStep::Held => {}
+                HotStep::Write { packets, bytes } => {
+                    assert_eq!(packets, SAMPLE_EVERY as u64);
+                    written = (written.0 + packets, written.1 + bytes);
+                }
+                s => panic!("packet {i}: {s:?}"),
+            }
+        }
+        // Sixteen written (exact lengths: 60..=75), four held.
+        assert_eq!(written, (16, (60..76).sum()));
+        // A GSO packet counts its segments.
+        assert_eq!(h.count(&a, 3, 1, 4, 400), HotStep::Write { packets: 8, bytes: (76..80).sum::<u64>() + 400 });
+        assert_eq!(h.count(&a, 3, 1, 1, 10), HotStep::Held);
+        assert_eq!(h.left(), Some((3, 1, 10)));
+        // A new window: what is left goes to be written, the address cools.
+        assert_eq!(h.count(&a, 3, 2, 1, 60), HotStep::Cold { left_packets: 1, left_bytes: 10 });
+        assert_eq!((h.class, h.left()), (HOT_NONE, None));
+        assert_eq!(h.count(&a, 3, 2, 1, 60), HotStep::Cold { left_packets: 0, left_bytes: 0 });
+        // Class 0 is a class, not "none".
+        assert!(h.vacant(2));
+        h.heat(&b, 0, 2);
+        assert_eq!(h.left(), None);
+        assert_eq!(h.count(&b, 0, 2, 1, 60), HotStep::Held);
+        assert_eq!(h.left(), Some((0, 1, 60)));
+        assert!(!h.vacant(2), "packets to write");
+        assert!(h.vacant(3), "another window");
     }
 
     #[test]

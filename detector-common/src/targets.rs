@@ -10,6 +10,7 @@
 //! stay exact.
 
 use crate::class::CLASS_COUNT;
+pub use crate::sketch::{Hot, HotStep, HOT_NONE};
 
 /// LPM trie: `lpm_trie::Key<[u8; 16]>` (the address IPv4-mapped as in
 /// [`crate::maps::SourceKey`], the prefix length over 128 bits: IPv4 /n is
@@ -263,7 +264,7 @@ pub const CACHE_NONE: u32 = u32::MAX;
 /// helper call that walks the trie.
 ///
 /// A slot also holds the heavy address of its key, if it has one (see
-/// [`HotTarget`]): a cache line in all.
+/// [`Hot`]): a cache line in all.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheSlot {
@@ -273,114 +274,8 @@ pub struct CacheSlot {
     pub generation: u32,
     /// The group, or [`CACHE_NONE`].
     pub group: u32,
-    pub hot: HotTarget,
-}
-
-/// `HotTarget::class` of a slot with no heavy address.
-pub const HOT_NONE: u32 = 0;
-
-/// The heavy address of a cache slot, on this CPU, in this window: one the
-/// sketch found heavy (its estimate past [`crate::sketch::SAMPLE_FROM`])
-/// and the per-address map holds. Its next packets of the same class skip
-/// the address's hash, the sketch and the map: they are added up here and
-/// written to its entry [`crate::sketch::SAMPLE_EVERY`] at a time. A flood
-/// at one address, the usual attack on a network, then costs each packet a
-/// compare and two adds past the cache, and its per-address counts are
-/// exact (packets and bytes) where the sketch's sampling counted one packet
-/// in eight with eight times its length. The first packet of a new window
-/// hands what the last one left to be written and goes through the sketch
-/// again, so an address is listed in every window it is counted in, as
-/// the sketch's addresses are, and the heavy one of a window is the
-/// window's.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HotTarget {
-    /// The address, as the parser's words.
-    pub addr: [u64; 2],
-    /// The window ([`crate::sketch::EPOCH_MASK`]ed) it was found in.
-    pub epoch: u32,
-    /// Its class + 1; [`HOT_NONE`] when the slot has no heavy address.
-    pub class: u32,
-    /// Added up, not yet written to its entry.
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-/// What a packet's turn through a slot's [`HotTarget`] leaves to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HotStep {
-    /// Counted here; nothing more.
-    Held,
-    /// Counted here; write this much to the address's entry.
-    Write { packets: u64, bytes: u64 },
-    /// Not this slot's heavy address (or class), or a new window: the
-    /// packet goes through the sketch. `left`: what the heavy address had
-    /// added up in the window before, to write (zero when nothing).
-    Cold { left_packets: u64, left_bytes: u64 },
-}
-
-impl HotTarget {
-    /// Counts `packets` packets of `len` bytes in `class` to `addr` in
-    /// window `epoch` when it is the heavy address, the class and the
-    /// window.
-    #[inline(always)]
-    pub fn count(&mut self, addr: &[u64; 2], class: u32, epoch: u32, packets: u64, len: u64) -> HotStep {
-        if self.class != class + 1 || self.addr != *addr {
-            return HotStep::Cold { left_packets: 0, left_bytes: 0 };
-        }
-        if self.epoch != epoch {
-            let (left_packets, left_bytes) = (self.packets, self.bytes);
-            self.cool();
-            return HotStep::Cold { left_packets, left_bytes };
-        }
-        self.packets += packets;
-        self.bytes += len;
-        if self.packets < crate::sketch::SAMPLE_EVERY as u64 {
-            return HotStep::Held;
-        }
-        let step = HotStep::Write { packets: self.packets, bytes: self.bytes };
-        self.clear();
-        step
-    }
-
-    /// Makes `addr` the heavy address for `class` in window `epoch`, with
-    /// nothing added up: what the one before left (see [`HotTarget::left`])
-    /// is the caller's to write first.
-    #[inline(always)]
-    pub fn heat(&mut self, addr: &[u64; 2], class: u32, epoch: u32) {
-        self.addr = *addr;
-        self.class = class + 1;
-        self.epoch = epoch;
-        self.clear();
-    }
-
-    /// The heavy address's class and what it added up, when there is one
-    /// and it added anything: to write before the slot takes another.
-    #[inline(always)]
-    pub fn left(&self) -> Option<(u32, u64, u64)> {
-        if self.class == HOT_NONE || self.packets == 0 {
-            return None;
-        }
-        Some((self.class - 1, self.packets, self.bytes))
-    }
-
-    /// No heavy address any more; what was added up is the caller's to
-    /// write or lose.
-    #[inline(always)]
-    pub fn cool(&mut self) {
-        self.class = HOT_NONE;
-    }
-
-    /// Nothing added up. Two stores: plain ones, the BPF backend merges
-    /// into a call of its byte-at-a-time `memset`.
-    #[inline(always)]
-    fn clear(&mut self) {
-        // SAFETY: fields of `self`, aligned.
-        unsafe {
-            core::ptr::write_volatile(&mut self.packets, 0);
-            core::ptr::write_volatile(&mut self.bytes, 0);
-        }
-    }
+    /// The key's heavy address on this CPU, if it has one.
+    pub hot: Hot,
 }
 
 /// The cache slot of a cache key ([`TargetControl::cache_key`]): one
@@ -448,53 +343,12 @@ mod tests {
         assert_eq!(offset_of!(TargetControl, v4), 48);
         assert_eq!(size_of::<CacheSlot>(), 64);
         assert_eq!(offset_of!(CacheSlot, hot), 24);
-        assert_eq!(size_of::<HotTarget>(), 40);
-        assert_eq!(offset_of!(HotTarget, epoch), 16);
-        assert_eq!(offset_of!(HotTarget, class), 20);
-        assert_eq!(offset_of!(HotTarget, packets), 24);
+
         assert_eq!(offset_of!(TargetStats, epoch), 4);
         assert_eq!(offset_of!(CacheSlot, generation), 16);
         assert_eq!(size_of::<TargetStats>(), 8 + 16 * CLASS_COUNT);
         assert_eq!(offset_of!(TargetStats, packets), 8);
         assert_eq!(offset_of!(TargetStats, bytes), 8 + 8 * CLASS_COUNT);
-    }
-
-    #[test]
-    fn a_heavy_address_is_added_up_and_written_eight_packets_at_a_time() {
-        let (a, b) = ([0, 7], [0, 8]);
-        let mut h = HotTarget::default();
-        // No heavy address: every packet goes through the sketch.
-        assert_eq!(h.count(&a, 0, 1, 1, 60), HotStep::Cold { left_packets: 0, left_bytes: 0 });
-        h.heat(&a, 3, 1);
-        // Another address, another class: the sketch's.
-        assert_eq!(h.count(&b, 3, 1, 1, 60), HotStep::Cold { left_packets: 0, left_bytes: 0 });
-        assert_eq!(h.count(&a, 4, 1, 1, 60), HotStep::Cold { left_packets: 0, left_bytes: 0 });
-        let mut written = (0, 0);
-        for i in 0..20u64 {
-            match h.count(&a, 3, 1, 1, 60 + i) {
-                HotStep::Held => {}
-                HotStep::Write { packets, bytes } => {
-                    assert_eq!(packets, crate::sketch::SAMPLE_EVERY as u64);
-                    written = (written.0 + packets, written.1 + bytes);
-                }
-                s => panic!("packet {i}: {s:?}"),
-            }
-        }
-        // Sixteen written (exact lengths: 60..=75), four held.
-        assert_eq!(written, (16, (60..76).sum()));
-        // A GSO packet counts its segments.
-        assert_eq!(h.count(&a, 3, 1, 4, 400), HotStep::Write { packets: 8, bytes: (76..80).sum::<u64>() + 400 });
-        assert_eq!(h.count(&a, 3, 1, 1, 10), HotStep::Held);
-        assert_eq!(h.left(), Some((3, 1, 10)));
-        // A new window: what is left goes to be written, the address cools.
-        assert_eq!(h.count(&a, 3, 2, 1, 60), HotStep::Cold { left_packets: 1, left_bytes: 10 });
-        assert_eq!((h.class, h.left()), (HOT_NONE, None));
-        assert_eq!(h.count(&a, 3, 2, 1, 60), HotStep::Cold { left_packets: 0, left_bytes: 0 });
-        // Class 0 is a class, not "none".
-        h.heat(&b, 0, 2);
-        assert_eq!(h.left(), None);
-        assert_eq!(h.count(&b, 0, 2, 1, 60), HotStep::Held);
-        assert_eq!(h.left(), Some((0, 1, 60)));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use detector_common::{
         carries_frame, current_countdown, next_gap, PacketSample, SampleControl, SampleHead, SampleRecord,
         SAMPLES_RING_BYTES, SNAPLEN,
     },
-    sketch::{self, HashKey, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS},
+    sketch::{self, HashKey, HotStep, SketchBlock, Window, EPOCH_MASK, SKETCH_BLOCKS},
     TrafficClass, CLASS_COUNT,
 };
 
@@ -229,6 +229,9 @@ unsafe fn write_header(s: *mut PacketSample, start: usize, end: usize, p: &Parse
 
 #[inline(always)]
 fn track_source(w: *mut Window, words: &[u64; 2], src: [u8; 16], class: usize, len: u64) {
+    if class >= CLASS_COUNT {
+        return;
+    }
     let epoch = EPOCH.get(0).copied().unwrap_or(0) & EPOCH_MASK;
     let total = unsafe {
         if (*w).epoch != epoch {
@@ -239,6 +242,22 @@ fn track_source(w: *mut Window, words: &[u64; 2], src: [u8; 16], class: usize, l
         (*w).total += 1;
         (*w).total
     };
+    let key = SourceKey { addr: src };
+    // The window's heavy source (see `Hot`): added up, and written a few
+    // packets at a time.
+    // SAFETY: this CPU's window.
+    let (left_n, left_b) = match unsafe { (*w).hot.count(words, class as u32, epoch, 1, len) } {
+        HotStep::Held => return,
+        HotStep::Write { packets, bytes } => {
+            if !add(w, &key, class, packets, bytes, epoch) {
+                // Gone from the map (evicted, or removed by the
+                // controller): the sketch admits it again.
+                unsafe { (*w).hot.cool() };
+            }
+            return;
+        }
+        HotStep::Cold { left_packets, left_bytes } => (left_packets, left_bytes),
+    };
     let h = hash_key().hash(words);
     let Some(b) = SKETCH.get_ptr_mut(sketch::block_index(h)) else {
         return;
@@ -246,11 +265,15 @@ fn track_source(w: *mut Window, words: &[u64; 2], src: [u8; 16], class: usize, l
     // SAFETY: this CPU's block.
     let est = unsafe { (*b).count(h, epoch) };
     let weight = sketch::weight(est, total) as u64;
-    if weight == 0 || class >= CLASS_COUNT {
+    if weight == 0 && left_n == 0 {
         return;
     }
-    let key = SourceKey { addr: src };
-    if add(w, &key, class, len, weight, epoch) {
+    // What the heavy source added up in the window before, with this one.
+    let (n, bytes) = (weight + left_n, len * weight + left_b);
+    if add(w, &key, class, n, bytes, epoch) {
+        if weight == sketch::SAMPLE_EVERY as u64 {
+            heat(w, words, class, epoch);
+        }
         return;
     }
     // Inserted from a per-CPU value, not the stack: with the program's
@@ -260,9 +283,9 @@ fn track_source(w: *mut Window, words: &[u64; 2], src: [u8; 16], class: usize, l
     };
     // SAFETY: this CPU's value, zero but while a source is inserted.
     unsafe {
-        (*fresh).packets = weight;
-        (*fresh).bytes = len * weight;
-        (*fresh).class_packets[class] = weight;
+        (*fresh).packets = n;
+        (*fresh).bytes = bytes;
+        (*fresh).class_packets[class] = n;
         (*fresh).epoch = epoch;
     }
     // NOEXIST: another CPU may have admitted the source a moment ago; then
@@ -277,22 +300,42 @@ fn track_source(w: *mut Window, words: &[u64; 2], src: [u8; 16], class: usize, l
     if inserted.is_ok() {
         mark_dirty(w, &key, epoch);
     } else {
-        add(w, &key, class, len, weight, epoch);
+        add(w, &key, class, n, bytes, epoch);
     }
 }
 
-/// Adds to a tracked source's counters, listing it in the window's ring
-/// the first time this CPU counts it in the window; false when it is not
-/// tracked.
+/// Makes a source the sketch just found heavy the window's heavy source,
+/// when the place is free (see `Hot::vacant`); what the one before left
+/// from an earlier window is written first.
 #[inline(always)]
-fn add(w: *mut Window, key: &SourceKey, class: usize, len: u64, weight: u64, epoch: u32) -> bool {
+fn heat(w: *mut Window, words: &[u64; 2], class: usize, epoch: u32) {
+    // SAFETY: this CPU's window; the key is its value's bytes.
+    unsafe {
+        if !(*w).hot.vacant(epoch) {
+            return;
+        }
+        if let Some((oc, on, ob)) = (*w).hot.left() {
+            let old = &*(core::ptr::addr_of!((*w).hot.addr) as *const SourceKey);
+            if (oc as usize) < CLASS_COUNT {
+                add(w, old, oc as usize, on, ob, epoch);
+            }
+        }
+        (*w).hot.heat(words, class as u32, epoch);
+    }
+}
+
+/// Adds `packets` packets of `bytes` bytes in all to a tracked source's
+/// counters, listing it in the window's ring the first time this CPU
+/// counts it in the window; false when it is not tracked.
+#[inline(always)]
+fn add(w: *mut Window, key: &SourceKey, class: usize, packets: u64, bytes: u64, epoch: u32) -> bool {
     let Some(s) = SOURCE_STATS.get_ptr_mut(key) else {
         return false;
     };
     let first = unsafe {
-        (*s).packets += weight;
-        (*s).bytes += len * weight;
-        (*s).class_packets[class] += weight;
+        (*s).packets += packets;
+        (*s).bytes += bytes;
+        (*s).class_packets[class] += packets;
         let first = (*s).epoch != epoch;
         (*s).epoch = epoch;
         first

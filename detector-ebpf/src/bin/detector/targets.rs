@@ -150,7 +150,7 @@ fn count_protected<const DIR: u32>(ctl: &TargetControl, addr: &[u64; 2], class: 
     let map = if DIR == DIRECTION_IN { &TARGETS_IN } else { &TARGETS_OUT };
     // SAFETY: SourceKey is sixteen bytes, alignment 1.
     let target = unsafe { &*(addr as *const [u64; 2] as *const SourceKey) };
-    // The slot's heavy address (see `HotTarget`): added up, and written a
+    // The slot's heavy address (see `Hot`): added up, and written a
     // few packets at a time.
     let (left_n, left_b) = match unsafe { (*slot).hot.count(addr, class, epoch, packets, len) } {
         HotStep::Held => return,
