@@ -63,14 +63,34 @@ static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_RING_BYTES, 0);
 #[map]
 static SAMPLE_CONTROL: Array<SampleControl> = Array::with_max_entries(1, 0);
 
+/// A global the controller sets at load time. Behind an `UnsafeCell`:
+/// an immutable static is a constant to the compiler, which may then put
+/// any other constant of the same bytes at its address (a zero `HashKey`
+/// and a new rate-limit bucket's zero initial value were one, and every
+/// new bucket started at the random key), and fold its reads.
+#[repr(transparent)]
+pub(crate) struct LoadTime<T>(core::cell::UnsafeCell<T>);
+
+// SAFETY: written by the loader before the program runs; only read here.
+unsafe impl<T> Sync for LoadTime<T> {}
+
+impl<T: Copy> LoadTime<T> {
+    #[inline(always)]
+    pub(crate) fn get(&self) -> T {
+        // SAFETY: a plain value nothing writes while the program runs.
+        unsafe { core::ptr::read_volatile(self.0.get()) }
+    }
+}
+
 /// Keys the sketches' hash; set by the controller at load time.
 #[unsafe(no_mangle)]
-pub(crate) static HASH_KEY: HashKey = HashKey { seed: 0, zero_round: 0 };
+pub(crate) static HASH_KEY: LoadTime<HashKey> =
+    LoadTime(core::cell::UnsafeCell::new(HashKey { seed: 0, zero_round: 0 }));
 
-/// The load-time key, read as a value the verifier cannot fold.
+/// The load-time key.
 #[inline(always)]
 pub(crate) fn hash_key() -> HashKey {
-    unsafe { core::ptr::read_volatile(&HASH_KEY) }
+    HASH_KEY.get()
 }
 
 #[xdp]
