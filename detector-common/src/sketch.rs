@@ -25,7 +25,9 @@
 //! weight: heavy hitters are where the packets are, and this keeps their
 //! cost near that of a quiet source (NitroSketch's idea, applied to the map
 //! rather than the sketch). Their per-source counts are then exact to within
-//! `SAMPLE_EVERY`.
+//! `SAMPLE_EVERY`. The first heavy source of a window on a CPU then skips
+//! the sketch for the rest of the window ([`Hot`]); who gets in, which the
+//! tests below model, is the sketch's alone.
 //!
 //! The arithmetic lives here so the kernel and the unit tests run the same
 //! code.
@@ -246,9 +248,11 @@ impl Hot {
 
     /// Whether another address may take the place in window `epoch`:
     /// none holds it, or one of another window, or one with nothing added
-    /// up (it gets no packets just now). A source window's heavy address
-    /// is not displaced while it has packets to write: with many sources
-    /// taking turns, each would write another's few at its turn.
+    /// up (it gets no packets just now). The source window asks: its heavy
+    /// source is not displaced while it has packets to write (with many
+    /// sources taking turns, each would write another's few at its turn).
+    /// A protected key's cache slot does not: the newest heavy address of
+    /// the key takes it, after writing what the one before left.
     #[inline(always)]
     pub fn vacant(&self, epoch: u32) -> bool {
         self.class == HOT_NONE || self.epoch != epoch || self.packets == 0
