@@ -144,6 +144,18 @@ pub struct Window {
 }
 
 impl Window {
+    /// Moves the window to `epoch` (a new one starts from zero) and counts
+    /// `n` packets in it; its total after them.
+    #[inline(always)]
+    pub fn advance(&mut self, epoch: u32, n: u32) -> u32 {
+        if self.epoch != epoch {
+            self.epoch = epoch;
+            self.total = 0;
+        }
+        self.total += n;
+        self.total
+    }
+
     /// Whether this CPU may have counted anything since the window `epoch`
     /// began: its own window (moved on by each packet it counts) is that
     /// one, the next, or the one before. The one before covers a packet
@@ -394,13 +406,10 @@ mod tests {
         }
 
         fn packet(&mut self, addr: &[u8; 16], epoch: u32) -> u32 {
-            if self.window.epoch != epoch {
-                self.window = Window { epoch, ..Window::default() };
-            }
-            self.window.total += 1;
+            let total = self.window.advance(epoch, 1);
             let h = hash_addr(addr, self.seed);
             let est = self.blocks[block_index(h) as usize].count(h, epoch);
-            weight(est, self.window.total)
+            weight(est, total)
         }
     }
 

@@ -253,15 +253,9 @@ fn track_source(w: *mut Window, words: &[u64; 2], src: [u8; 16], class: usize, l
         return;
     }
     let epoch = EPOCH.get(0).copied().unwrap_or(0) & EPOCH_MASK;
-    let total = unsafe {
-        if (*w).epoch != epoch {
-            // A new window (a poll): `sample` has cut the countdown.
-            (*w).epoch = epoch;
-            (*w).total = 0;
-        }
-        (*w).total += 1;
-        (*w).total
-    };
+    // A new window (a poll) starts here; `sample` has cut the countdown.
+    // SAFETY: this CPU's window.
+    let total = unsafe { (*w).advance(epoch, 1) };
     let key = SourceKey { addr: src };
     // The window's heavy source (see `Hot`): added up, and written a few
     // packets at a time.

@@ -156,7 +156,8 @@ fn count_protected<const DIR: u32>(ctl: &TargetControl, addr: &[u64; 2], class: 
         HotStep::Held => return,
         HotStep::Write { packets: n, bytes: b } => {
             if let Some(w) = WINDOW.get_ptr_mut(target_window(DIR)) {
-                advance(w, epoch, n as u32);
+                // SAFETY: this CPU's window.
+                unsafe { (*w).advance(epoch, n as u32) };
                 if !add::<DIR>(w, map, target, group, c, n, b, epoch) {
                     // Gone from the map (the controller removed it): the
                     // sketch admits it again.
@@ -173,7 +174,8 @@ fn count_protected<const DIR: u32>(ctl: &TargetControl, addr: &[u64; 2], class: 
     };
     // What the heavy address added up in the window before, counted with
     // this packet.
-    let total = advance(w, epoch, 1 + left_n as u32);
+    // SAFETY: this CPU's window.
+    let total = unsafe { (*w).advance(epoch, 1 + left_n as u32) };
     let h = key.hash(addr);
     let Some(b) = TARGET_SKETCH.get_ptr_mut(DIR * SKETCH_BLOCKS as u32 + sketch::block_index(h)) else {
         return;
@@ -227,21 +229,6 @@ fn count_protected<const DIR: u32>(ctl: &TargetControl, addr: &[u64; 2], class: 
         mark_dirty::<DIR>(w, target, epoch);
     } else {
         add::<DIR>(w, map, target, group, c, n, b, epoch);
-    }
-}
-
-/// Moves this CPU's window of a direction to `epoch` (a new one starts at
-/// zero) and counts `n` packets in it; its total after them.
-#[inline(always)]
-fn advance(w: *mut Window, epoch: u32, n: u32) -> u32 {
-    // SAFETY: this CPU's window.
-    unsafe {
-        if (*w).epoch != epoch {
-            (*w).epoch = epoch;
-            (*w).total = 0;
-        }
-        (*w).total += n;
-        (*w).total
     }
 }
 
