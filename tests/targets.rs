@@ -31,7 +31,7 @@ use detector::{
     sources::{addr_key, key_addr},
     targets::Direction,
 };
-use detector_common::{known::EGRESS_PROGRAM, targets::TargetStats, TrafficClass, CLASS_COUNT};
+use detector_common::{known::EGRESS_PROGRAM, maps::ClassCounters, targets::TargetStats, TrafficClass, CLASS_COUNT};
 
 /// The counting program on the target's end, and, with `egress`, the
 /// egress program (attached here with TCX, its link held by the object;
@@ -124,7 +124,7 @@ fn counted_out(t: &Target, group: u32, total: u64) {
 }
 
 fn packets(s: &TargetStats) -> u64 {
-    s.packets.iter().sum()
+    s.counts.iter().map(|c| c.packets).sum()
 }
 
 /// What the per-address map holds for an address's `n` packets in one
@@ -137,11 +137,10 @@ fn find(list: &[(detector_common::maps::SourceKey, TargetStats)], ip: &str) -> O
     list.iter().find(|(k, _)| *k == addr_key(ip.parse::<IpAddr>().unwrap())).map(|(_, s)| *s)
 }
 
-fn only(class: TrafficClass, packets: u64, bytes: u64) -> ([u64; CLASS_COUNT], [u64; CLASS_COUNT]) {
-    let (mut p, mut b) = ([0; CLASS_COUNT], [0; CLASS_COUNT]);
-    p[class.index()] = packets;
-    b[class.index()] = bytes;
-    (p, b)
+fn only(class: TrafficClass, packets: u64, bytes: u64) -> [ClassCounters; CLASS_COUNT] {
+    let mut c = [ClassCounters::default(); CLASS_COUNT];
+    c[class.index()] = ClassCounters { packets, bytes };
+    c
 }
 
 #[test]
@@ -171,13 +170,13 @@ fn protected_destinations_count_in_their_group_and_heavy_ones_per_address() {
     let len = |f: &Frame| f.bytes.len() as u64;
     let g1 = t.targets.group(1, Direction::Incoming).unwrap();
     let mut want = only(TrafficClass::Udp, 52, 50 * len(&a) + 2 * len(&quiet));
-    assert_eq!((g1.packets, g1.bytes), want);
+    assert_eq!(g1.counts, want);
     let g2 = t.targets.group(2, Direction::Incoming).unwrap();
     want = only(TrafficClass::TcpSyn, 20, 20 * len(&b));
-    assert_eq!((g2.packets, g2.bytes), want);
+    assert_eq!(g2.counts, want);
     let g3 = t.targets.group(3, Direction::Incoming).unwrap();
     want = only(TrafficClass::Icmpv6, 30, 30 * len(&c));
-    assert_eq!((g3.packets, g3.bytes), want);
+    assert_eq!(g3.counts, want);
     for g in [0, 1, 2, 3, 4] {
         assert_eq!(packets(&t.targets.group(g, Direction::Outgoing).unwrap()), 0, "group {g} outgoing");
     }
@@ -190,13 +189,13 @@ fn protected_destinations_count_in_their_group_and_heavy_ones_per_address() {
     let (ea, eb, ec) = (expected_count(50, 0), expected_count(20, 50), expected_count(30, 70));
     let sa = find(&incoming, "203.0.113.10").expect("a tracked");
     assert_eq!(
-        (sa.group, sa.packets[TrafficClass::Udp.index()], sa.bytes[TrafficClass::Udp.index()]),
+        (sa.group, sa.counts[TrafficClass::Udp.index()].packets, sa.counts[TrafficClass::Udp.index()].bytes),
         (1, ea, ea * len(&a))
     );
     let sb = find(&incoming, "203.0.113.200").expect("b tracked");
-    assert_eq!((sb.group, sb.packets[TrafficClass::TcpSyn.index()]), (2, eb));
+    assert_eq!((sb.group, sb.counts[TrafficClass::TcpSyn.index()].packets), (2, eb));
     let sc = find(&incoming, "2001:db8:5::1").expect("c tracked");
-    assert_eq!((sc.group, sc.packets[TrafficClass::Icmpv6.index()]), (3, ec));
+    assert_eq!((sc.group, sc.counts[TrafficClass::Icmpv6.index()].packets), (3, ec));
     assert!(find(&incoming, "203.0.113.11").is_none(), "a two-packet destination was admitted");
     assert_eq!(incoming.len(), 3, "{:?}", incoming.iter().map(|(k, _)| key_addr(k)).collect::<Vec<_>>());
     assert!(t.targets.targets(Direction::Outgoing).unwrap().is_empty());
@@ -211,8 +210,8 @@ fn protected_destinations_count_in_their_group_and_heavy_ones_per_address() {
     send(&lab, false, &vec![b.bytes.clone(); 10]);
     counted(&t, before + 10);
     let g1 = t.targets.group(1, Direction::Incoming).unwrap();
-    assert_eq!(g1.packets[TrafficClass::TcpSyn.index()], 10);
-    assert_eq!(t.targets.group(2, Direction::Incoming).unwrap().packets[TrafficClass::TcpSyn.index()], 20);
+    assert_eq!(g1.counts[TrafficClass::TcpSyn.index()].packets, 10);
+    assert_eq!(t.targets.group(2, Direction::Incoming).unwrap().counts[TrafficClass::TcpSyn.index()].packets, 20);
 
     // A neighbour of the /24 passes the prefilter (same /16) and is cached
     // as unprotected; once its own /24 is protected, the new generation of
@@ -227,7 +226,7 @@ fn protected_destinations_count_in_their_group_and_heavy_ones_per_address() {
     let before = t.counters.classes().unwrap().total_packets();
     send(&lab, false, &vec![neighbour.bytes.clone(); 7]);
     counted(&t, before + 7);
-    assert_eq!(t.targets.group(4, Direction::Incoming).unwrap().packets[TrafficClass::Udp.index()], 7);
+    assert_eq!(t.targets.group(4, Direction::Incoming).unwrap().counts[TrafficClass::Udp.index()].packets, 7);
 
     // No protected networks: nothing is looked up or counted any more.
     assert!(t.targets.set_protected(&[]).unwrap());
@@ -236,7 +235,7 @@ fn protected_destinations_count_in_their_group_and_heavy_ones_per_address() {
     send(&lab, false, &vec![a.bytes.clone(); 10]);
     counted(&t, before + 10);
     let g1 = t.targets.group(1, Direction::Incoming).unwrap();
-    assert_eq!(g1.packets[TrafficClass::Udp.index()], 52);
+    assert_eq!(g1.counts[TrafficClass::Udp.index()].packets, 52);
     assert!(t.targets.targets(Direction::Incoming).unwrap().is_empty());
 }
 
@@ -267,7 +266,7 @@ fn a_heavy_destination_is_added_up_exactly_past_the_sketch_and_its_rest_written_
     counted(&t, frames.len() as u64);
     let sketched = expected_count(24, 0);
     let e = entry(&t);
-    assert_eq!((e.packets[udp], e.bytes[udp]), (sketched + 8, sketched * s + 7 * l + s));
+    assert_eq!((e.counts[udp].packets, e.counts[udp].bytes), (sketched + 8, sketched * s + 7 * l + s));
 
     // A new window: its first frame to the address writes the three held
     // ones with it (itself below the sketch's bar, not counted), and the
@@ -276,7 +275,7 @@ fn a_heavy_destination_is_added_up_exactly_past_the_sketch_and_its_rest_written_
     send(&lab, false, std::slice::from_ref(&short.bytes));
     counted(&t, frames.len() as u64 + 1);
     let e = entry(&t);
-    assert_eq!((e.packets[udp], e.bytes[udp]), (sketched + 11, sketched * s + 10 * l + s));
+    assert_eq!((e.counts[udp].packets, e.counts[udp].bytes), (sketched + 11, sketched * s + 10 * l + s));
     assert_eq!(packets(&t.targets.group(1, Direction::Incoming).unwrap()), frames.len() as u64 + 1, "the group exact");
 }
 
@@ -303,8 +302,8 @@ fn a_spray_over_a_slash_16_counts_whole_in_its_group_and_leaves_the_map_nearly_e
     send(&lab, false, &frames);
     counted(&t, frames.len() as u64);
     let g = t.targets.group(0, Direction::Incoming).unwrap();
-    assert_eq!(g.packets[TrafficClass::Udp.index()], frames.len() as u64, "group total not exact");
-    assert_eq!(g.bytes[TrafficClass::Udp.index()], frames.len() as u64 * base.bytes.len() as u64);
+    assert_eq!(g.counts[TrafficClass::Udp.index()].packets, frames.len() as u64, "group total not exact");
+    assert_eq!(g.counts[TrafficClass::Udp.index()].bytes, frames.len() as u64 * base.bytes.len() as u64);
     let tracked = t.targets.targets(Direction::Incoming).unwrap();
     // The batch read (a few syscalls) and aya's iterator (two per entry)
     // see the same entries with the same counts.
@@ -314,7 +313,7 @@ fn a_spray_over_a_slash_16_counts_whole_in_its_group_and_leaves_the_map_nearly_e
     iterated.sort_by_key(|(k, _)| k.addr);
     assert_eq!(batched, iterated);
     let h = find(&tracked, "10.1.77.77").expect("the heavy destination is tracked");
-    assert!(h.packets[TrafficClass::Udp.index()] >= 1_500, "{:?}", h.packets);
+    assert!(h.counts[TrafficClass::Udp.index()].packets >= 1_500, "{:?}", h.counts);
     assert!(tracked.len() <= 1 + 10, "{} destinations tracked", tracked.len());
 }
 
@@ -337,17 +336,17 @@ fn what_protected_sources_send_counts_as_outgoing() {
     counted_out(&t, 8, 12);
 
     let g7 = t.targets.group(7, Direction::Outgoing).unwrap();
-    assert_eq!((g7.packets, g7.bytes), only(TrafficClass::Udp, 30, 30 * a.bytes.len() as u64));
+    assert_eq!(g7.counts, only(TrafficClass::Udp, 30, 30 * a.bytes.len() as u64));
     let g8 = t.targets.group(8, Direction::Outgoing).unwrap();
-    assert_eq!((g8.packets, g8.bytes), only(TrafficClass::TcpAck, 12, 12 * b.bytes.len() as u64));
+    assert_eq!(g8.counts, only(TrafficClass::TcpAck, 12, 12 * b.bytes.len() as u64));
     for g in [7, 8] {
         assert_eq!(packets(&t.targets.group(g, Direction::Incoming).unwrap()), 0, "group {g} incoming");
     }
     let outgoing = t.targets.targets(Direction::Outgoing).unwrap();
     let sa = find(&outgoing, "203.0.113.9").expect("a tracked");
-    assert_eq!((sa.group, sa.packets[TrafficClass::Udp.index()]), (7, expected_count(30, 0)));
+    assert_eq!((sa.group, sa.counts[TrafficClass::Udp.index()].packets), (7, expected_count(30, 0)));
     let sb = find(&outgoing, "2001:db8:5::9").expect("b tracked");
-    assert_eq!((sb.group, sb.packets[TrafficClass::TcpAck.index()]), (8, expected_count(12, 30)));
+    assert_eq!((sb.group, sb.counts[TrafficClass::TcpAck.index()].packets), (8, expected_count(12, 30)));
     assert_eq!(outgoing.len(), 2);
     assert!(t.targets.targets(Direction::Incoming).unwrap().is_empty());
 }
@@ -390,7 +389,7 @@ fn a_poll_reads_the_addresses_counted_in_the_window_that_ended() {
     assert_eq!(second.changed, 1, "{second:?}");
     let sa = find(&second.entries, "203.0.113.10").expect("a read");
     let before = find(&first.entries, "203.0.113.10").unwrap();
-    assert!(sa.packets[TrafficClass::Udp.index()] > before.packets[TrafficClass::Udp.index()]);
+    assert!(sa.counts[TrafficClass::Udp.index()].packets > before.counts[TrafficClass::Udp.index()].packets);
     assert_eq!(second.entries.len(), 1, "{:?}", second.entries.iter().map(|(k, _)| key_addr(k)).collect::<Vec<_>>());
 
     // Quiet windows: nothing is listed as counted, and nothing is swept
@@ -412,7 +411,7 @@ fn a_poll_reads_the_addresses_counted_in_the_window_that_ended() {
     assert_eq!(swept.entries.len(), 2, "{:?}", swept.entries.iter().map(|(k, _)| key_addr(k)).collect::<Vec<_>>());
     let sb = find(&swept.entries, "203.0.113.20").expect("b swept");
     let b_before = find(&first.entries, "203.0.113.20").unwrap();
-    assert_eq!(sb.packets, b_before.packets, "b counted while quiet");
+    assert_eq!(sb.counts, b_before.counts, "b counted while quiet");
     let sa2 = find(&swept.entries, "203.0.113.10").expect("a swept");
-    assert_eq!(sa2.packets, sa.packets, "a counted while quiet");
+    assert_eq!(sa2.counts, sa.counts, "a counted while quiet");
 }

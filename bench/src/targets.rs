@@ -181,9 +181,9 @@ pub fn paths(repeat: u32) -> Result<Vec<PathCost>> {
     for (label, nets, frame) in cases {
         targets.set_protected(nets)?;
         // The frame counts where it should: in group 0 only when inside.
-        let before = targets.group(0, Direction::Incoming)?.packets[TrafficClass::Udp.index()];
+        let before = targets.group(0, Direction::Incoming)?.counts[TrafficClass::Udp.index()].packets;
         run(det, frame, 1)?;
-        let after = targets.group(0, Direction::Incoming)?.packets[TrafficClass::Udp.index()];
+        let after = targets.group(0, Direction::Incoming)?.counts[TrafficClass::Udp.index()].packets;
         ensure!(
             after - before == (frame == inside.as_slice()) as u64,
             "{label}: counted {} in group 0",
@@ -439,8 +439,8 @@ pub fn polls_and_memory() -> Result<(Vec<PollCost>, MapMemory, u32)> {
     // written it.
     for i in 0..ACTIVE {
         let mut v = TargetStats::default();
-        v.packets[TrafficClass::Udp.index()] = 10;
-        v.bytes[TrafficClass::Udp.index()] = 640;
+        v.counts[TrafficClass::Udp.index()].packets = 10;
+        v.counts[TrafficClass::Udp.index()].bytes = 640;
         let mut values = vec![TargetStats::default(); cpus];
         values[i as usize % cpus] = v;
         fill.insert(key(i), PerCpuValues::try_from(values)?, 0)?;

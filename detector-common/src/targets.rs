@@ -9,8 +9,8 @@
 //! prefix leaves the per-address maps nearly empty while the group totals
 //! stay exact.
 
-use crate::class::CLASS_COUNT;
 pub use crate::sketch::{Hot, HotStep, HOT_NONE};
+use crate::{class::CLASS_COUNT, maps::ClassCounters};
 
 /// LPM trie: `lpm_trie::Key<[u8; 16]>` (the address IPv4-mapped as in
 /// [`crate::maps::SourceKey`], the prefix length over 128 bits: IPv4 /n is
@@ -50,8 +50,8 @@ pub const MAX_PROTECTED: u32 = 16_384;
 /// whose addresses each carry a tiny share, admits almost none. The map
 /// holds the heavy addresses of the last `idle_after` (the tracker removes
 /// idle ones; LRU evicts the oldest past this). Memory is preallocated, one
-/// [`TargetStats`] (264 bytes) per possible CPU per entry: 16,384 entries
-/// cost about 4.3 MB per CPU per direction, the order of the per-source
+/// [`TargetStats`] (272 bytes) per possible CPU per entry: 16,384 entries
+/// cost about 4.5 MB per CPU per direction, the order of the per-source
 /// map's (16,384 × 144 bytes per CPU).
 pub const DEFAULT_MAX_TARGETS: u32 = 16_384;
 
@@ -103,13 +103,19 @@ const FILTER_BITS: u32 = (FILTER_WORDS * 64) as u32;
 /// address of a key has the same group, and a flood sprayed over a protected
 /// /16 of /24s hits the cache 256 keys wide instead of missing it with
 /// every new address.
+///
+/// `cache_seed` keys the cache's slots ([`cache_slot`]), so which keys share
+/// a slot cannot be worked out from outside; the controller draws it at
+/// random. Here rather than in the sketches' load-time key: this value is
+/// read by every packet anyway, and the seed then costs no cache line of
+/// its own.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TargetControl {
     pub enabled: u32,
     pub generation: u32,
     pub v6_all: u32,
-    pub _pad: u32,
+    pub cache_seed: u32,
     /// In the first cache line, with the fields every packet reads.
     pub key_v4: [u64; 2],
     pub key_v6: [u64; 2],
@@ -123,7 +129,7 @@ impl Default for TargetControl {
             enabled: 0,
             generation: 0,
             v6_all: 0,
-            _pad: 0,
+            cache_seed: 0,
             v4: [0; FILTER_WORDS],
             v6: [0; FILTER_WORDS],
             key_v4: [0; 2],
@@ -279,10 +285,11 @@ pub struct CacheSlot {
 }
 
 /// The cache slot of a cache key ([`TargetControl::cache_key`]): one
-/// multiply of its words, keyed by `seed` (the sketch's), top bits.
+/// multiply of its words, keyed by `seed` ([`TargetControl::cache_seed`]),
+/// top bits.
 #[inline(always)]
-pub fn cache_slot(key: &[u64; 2], seed: u64, direction: u32) -> u32 {
-    let h = (key[0] ^ key[1].rotate_left(29) ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+pub fn cache_slot(key: &[u64; 2], seed: u32, direction: u32) -> u32 {
+    let h = (key[0] ^ key[1].rotate_left(29) ^ (seed as u64) << 32).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     direction * CACHE_SLOTS + ((h >> 54) as u32 & (CACHE_SLOTS - 1))
 }
 
@@ -314,8 +321,11 @@ pub struct TargetStats {
     /// entry; when it moves, the address goes into the window's
     /// ring ([`DirtyHead`]). Unused in [`GROUP_STATS_MAP`].
     pub epoch: u32,
-    pub packets: [u64; CLASS_COUNT],
-    pub bytes: [u64; CLASS_COUNT],
+    pub _pad: u64,
+    /// Per class, its packets beside its bytes: one cache line for a
+    /// packet's two additions (the pair is sixteen bytes at a multiple of
+    /// sixteen).
+    pub counts: [ClassCounters; CLASS_COUNT],
 }
 
 #[cfg(feature = "user")]
@@ -346,9 +356,8 @@ mod tests {
 
         assert_eq!(offset_of!(TargetStats, epoch), 4);
         assert_eq!(offset_of!(CacheSlot, generation), 16);
-        assert_eq!(size_of::<TargetStats>(), 8 + 16 * CLASS_COUNT);
-        assert_eq!(offset_of!(TargetStats, packets), 8);
-        assert_eq!(offset_of!(TargetStats, bytes), 8 + 8 * CLASS_COUNT);
+        assert_eq!(size_of::<TargetStats>(), 16 + 16 * CLASS_COUNT);
+        assert_eq!(offset_of!(TargetStats, counts), 16);
     }
 
     #[test]
@@ -438,7 +447,7 @@ mod tests {
     #[test]
     fn cache_slots_stay_in_their_direction() {
         for k in [[0u64, 0], [u64::MAX, u64::MAX], [1 << 54, 7], [0x1234_5678_9abc_def0, 1]] {
-            for seed in [0, u64::MAX, 0x5555] {
+            for seed in [0, u32::MAX, 0x5555] {
                 assert!(cache_slot(&k, seed, DIRECTION_IN) < CACHE_SLOTS);
                 let out = cache_slot(&k, seed, DIRECTION_OUT);
                 assert!((CACHE_SLOTS..2 * CACHE_SLOTS).contains(&out));

@@ -242,8 +242,7 @@ impl TargetTracker {
 /// its counters went backwards (the entry or the program was recreated,
 /// so everything it holds is new).
 fn base(prev: &TargetStats, cur: &TargetStats) -> TargetStats {
-    let backwards = prev.packets.iter().zip(cur.packets.iter()).any(|(p, c)| c < p)
-        || prev.bytes.iter().zip(cur.bytes.iter()).any(|(p, c)| c < p);
+    let backwards = prev.counts.iter().zip(cur.counts.iter()).any(|(p, c)| c.packets < p.packets || c.bytes < p.bytes);
     if backwards {
         TargetStats::default()
     } else {
@@ -257,8 +256,8 @@ fn rates(before: &TargetStats, cur: &TargetStats, secs: f64) -> ([ClassRate; CLA
     let mut out = [ClassRate::default(); CLASS_COUNT];
     let mut total = 0;
     for (i, rate) in out.iter_mut().enumerate() {
-        let packets = delta(before.packets[i], cur.packets[i]);
-        let bytes = delta(before.bytes[i], cur.bytes[i]);
+        let packets = delta(before.counts[i].packets, cur.counts[i].packets);
+        let bytes = delta(before.counts[i].bytes, cur.counts[i].bytes);
         total += packets;
         *rate = ClassRate {
             packets,
@@ -285,8 +284,8 @@ mod tests {
 
     fn stats(group: u32, class: TrafficClass, packets: u64) -> TargetStats {
         let mut s = TargetStats { group, ..Default::default() };
-        s.packets[class.index()] = packets;
-        s.bytes[class.index()] = packets * 100;
+        s.counts[class.index()].packets = packets;
+        s.counts[class.index()].bytes = packets * 100;
         s
     }
 
@@ -300,8 +299,8 @@ mod tests {
         assert_eq!((r.addr, r.group), ("192.0.2.1".parse::<IpAddr>().unwrap(), 3));
         assert_eq!(r.classes[TrafficClass::Udp.index()].packets, 100);
         let mut cur = stats(3, TrafficClass::Udp, 150);
-        cur.packets[TrafficClass::TcpSyn.index()] = 20;
-        cur.bytes[TrafficClass::TcpSyn.index()] = 1200;
+        cur.counts[TrafficClass::TcpSyn.index()].packets = 20;
+        cur.counts[TrafficClass::TcpSyn.index()].bytes = 1200;
         let u = t.update(2 * S, S / 2, &[(a, cur)], &[], &[]);
         let r = &u.reading.incoming[0];
         let udp = r.classes[TrafficClass::Udp.index()];
@@ -365,11 +364,11 @@ mod tests {
         let mut t = TargetTracker::new(30 * S);
         let a = key("192.0.2.1");
         let mut first = stats(0, TrafficClass::Udp, 1000);
-        first.packets[TrafficClass::Icmp.index()] = 5;
+        first.counts[TrafficClass::Icmp.index()].packets = 5;
         t.update(S, S, &[(a, first)], &[], &[]);
         // Evicted and admitted again within one poll: 30 UDP, 8 ICMP since.
         let mut again = stats(0, TrafficClass::Udp, 30);
-        again.packets[TrafficClass::Icmp.index()] = 8;
+        again.counts[TrafficClass::Icmp.index()].packets = 8;
         let u = t.update(2 * S, S, &[(a, again)], &[], &[]);
         let r = &u.reading.incoming[0];
         assert_eq!(r.classes[TrafficClass::Udp.index()].packets, 30);

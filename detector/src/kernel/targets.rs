@@ -53,6 +53,16 @@ pub enum TargetError {
     TwoGroups { prefix: Prefix, first: u32, second: u32 },
     #[error("{count} protected prefixes are more than the {MAX_PROTECTED} the kernel map holds")]
     TooMany { count: usize },
+    #[error("drawing the destination cache's seed failed: {0}")]
+    Seed(String),
+}
+
+/// A random key for the programs' destination cache (see
+/// [`TargetControl::cache_seed`]).
+fn cache_seed() -> Result<u32, TargetError> {
+    let mut seed = [0u8; 4];
+    getrandom::fill(&mut seed).map_err(|e| TargetError::Seed(e.to_string()))?;
+    Ok(u32::from_ne_bytes(seed))
 }
 
 pub use super::dirty::SWEEP_POLLS;
@@ -108,7 +118,7 @@ impl TargetMaps {
             dirty,
             sweep: Default::default(),
             installed: BTreeMap::new(),
-            control_value: Box::default(),
+            control_value: Box::new(TargetControl { cache_seed: cache_seed()?, ..Default::default() }),
             capacity,
             batch: Default::default(),
         };
@@ -208,6 +218,7 @@ impl TargetMaps {
             let (addr, len) = prefix.key();
             next.add_prefix(addr, len);
         }
+        next.cache_seed = self.control_value.cache_seed;
         // 0 is never a generation: a zeroed cache slot is never valid.
         next.generation = self.control_value.generation;
         if changed || next.generation == 0 {
@@ -347,11 +358,9 @@ fn sum<'a>(per_cpu: impl Iterator<Item = &'a TargetStats>, group: bool) -> Targe
         if group {
             s.group = s.group.max(v.group);
         }
-        for (a, b) in s.packets.iter_mut().zip(v.packets.iter()) {
-            *a += *b;
-        }
-        for (a, b) in s.bytes.iter_mut().zip(v.bytes.iter()) {
-            *a += *b;
+        for (a, b) in s.counts.iter_mut().zip(v.counts.iter()) {
+            a.packets += b.packets;
+            a.bytes += b.bytes;
         }
     }
     s
@@ -384,13 +393,13 @@ mod tests {
     #[test]
     fn sums_take_the_group_of_the_cpus_that_counted() {
         let mut a = TargetStats { group: 5, ..Default::default() };
-        a.packets[3] = 2;
-        a.bytes[3] = 200;
+        a.counts[3].packets = 2;
+        a.counts[3].bytes = 200;
         let mut b = TargetStats::default();
-        b.packets[3] = 1;
-        b.bytes[3] = 100;
+        b.counts[3].packets = 1;
+        b.counts[3].bytes = 100;
         let s = sum([b, a].iter(), true);
-        assert_eq!((s.group, s.packets[3], s.bytes[3]), (5, 3, 300));
+        assert_eq!((s.group, s.counts[3].packets, s.counts[3].bytes), (5, 3, 300));
         assert_eq!(sum([a].iter(), false).group, 0);
     }
 }

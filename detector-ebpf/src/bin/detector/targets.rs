@@ -113,12 +113,11 @@ fn count_protected<const DIR: u32>(ctl: &TargetControl, addr: &[u64; 2], class: 
         return;
     }
     let c = class as usize;
-    let key = hash_key();
     // The cache is keyed by the address's first bits, as many as the
     // longest protected prefix of its family: one slot serves a whole
     // protected /24 (see `TargetControl::cache_key`).
     let cache_key = ctl.cache_key(addr);
-    let Some(slot) = TARGET_CACHE.get_ptr_mut(cache_slot(&cache_key, key.seed, DIR)) else {
+    let Some(slot) = TARGET_CACHE.get_ptr_mut(cache_slot(&cache_key, ctl.cache_seed, DIR)) else {
         return;
     };
     // SAFETY: a per-CPU value of this program's, on this CPU.
@@ -142,8 +141,8 @@ fn count_protected<const DIR: u32>(ctl: &TargetControl, addr: &[u64; 2], class: 
     }
     if let Some(g) = GROUP_STATS.get_ptr_mut(group_index(group, DIR)) {
         unsafe {
-            (*g).packets[c] += packets;
-            (*g).bytes[c] += len;
+            (*g).counts[c].packets += packets;
+            (*g).counts[c].bytes += len;
         }
     }
     let epoch = EPOCH.get(0).copied().unwrap_or(0) & EPOCH_MASK;
@@ -176,7 +175,7 @@ fn count_protected<const DIR: u32>(ctl: &TargetControl, addr: &[u64; 2], class: 
     // this packet.
     // SAFETY: this CPU's window.
     let total = unsafe { (*w).advance(epoch, 1 + left_n as u32) };
-    let h = key.hash(addr);
+    let h = hash_key().hash(addr);
     let Some(b) = TARGET_SKETCH.get_ptr_mut(DIR * SKETCH_BLOCKS as u32 + sketch::block_index(h)) else {
         return;
     };
@@ -208,13 +207,13 @@ fn count_protected<const DIR: u32>(ctl: &TargetControl, addr: &[u64; 2], class: 
     let Some(s) = TARGET_SCRATCH.get_ptr_mut(DIR) else {
         return;
     };
-    // Inserted from the scratch value: a 264-byte entry does not fit on
+    // Inserted from the scratch value: a 272-byte entry does not fit on
     // the stack beside the rest of the program.
     unsafe {
         (*s).fresh.group = group;
         (*s).fresh.epoch = epoch;
-        (*s).fresh.packets[c] = n;
-        (*s).fresh.bytes[c] = b;
+        (*s).fresh.counts[c].packets = n;
+        (*s).fresh.counts[c].bytes = b;
     }
     // NOEXIST: another CPU may have admitted the address a moment ago; then
     // its entry stays and this CPU's slot in it takes the packet.
@@ -222,8 +221,8 @@ fn count_protected<const DIR: u32>(ctl: &TargetControl, addr: &[u64; 2], class: 
     unsafe {
         (*s).fresh.group = 0;
         (*s).fresh.epoch = 0;
-        (*s).fresh.packets[c] = 0;
-        (*s).fresh.bytes[c] = 0;
+        (*s).fresh.counts[c].packets = 0;
+        (*s).fresh.counts[c].bytes = 0;
     }
     if inserted.is_ok() {
         mark_dirty::<DIR>(w, target, epoch);
@@ -281,8 +280,8 @@ fn add<const DIR: u32>(
         Some(t) => {
             let first = unsafe {
                 (*t).group = group;
-                (*t).packets[class] += packets;
-                (*t).bytes[class] += bytes;
+                (*t).counts[class].packets += packets;
+                (*t).counts[class].bytes += bytes;
                 let first = (*t).epoch != epoch;
                 (*t).epoch = epoch;
                 first
