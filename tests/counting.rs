@@ -453,11 +453,20 @@ fn a_heavy_source_is_added_up_exactly_past_the_sketch() {
     let eb = expected_source_count(40, 35);
     let b = find(&sources, "198.51.100.8");
     assert_eq!((b.packets, b.bytes), (eb, eb * s), "b through the sketch, every sampled packet short");
-    // A new window: a's first packet writes the three held long ones with
-    // it (itself below the sketch's bar).
+    // A new window: its first packet, b's (below the sketch's bar in the
+    // new window), writes a's three held long ones: a source gone quiet is
+    // not left short of them.
     t.maps.new_window().unwrap();
-    send(&lab, std::slice::from_ref(&a_short.bytes));
+    send(&lab, std::slice::from_ref(&b_short.bytes));
     counted(&t, frames.len() as u64 + 1);
+    let sources = t.maps.sources().unwrap();
+    let a = find(&sources, "198.51.100.7");
+    assert_eq!((a.packets, a.bytes), (sketched + 11, sketched * s + 10 * l + s));
+    let b = find(&sources, "198.51.100.8");
+    assert_eq!((b.packets, b.bytes), (eb, eb * s), "b's packet in the new window is below the bar");
+    // a's own next packet is below the bar too, with nothing left to write.
+    send(&lab, std::slice::from_ref(&a_short.bytes));
+    counted(&t, frames.len() as u64 + 2);
     let a = find(&t.maps.sources().unwrap(), "198.51.100.7");
     assert_eq!((a.packets, a.bytes), (sketched + 11, sketched * s + 10 * l + s));
 }

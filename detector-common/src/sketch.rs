@@ -182,10 +182,12 @@ pub const HOT_NONE: u32 = 0;
 /// address (its cache slot's, `targets::CacheSlot`), costs each packet a
 /// compare and two adds, and its counts are exact (packets and bytes)
 /// where the sketch's sampling counted one packet in eight with eight
-/// times its length. The first packet of a new window hands what the last
-/// one left to be written and goes through the sketch again, so an
-/// address is listed in every window it is counted in, as the sketch's
-/// addresses are, and the heavy one of a window is the window's.
+/// times its length. In a new window what the last one left is written
+/// (for the source window by the CPU's first packet of the window, whatever
+/// its source; for a cache slot by the slot's next packet) and the address
+/// goes through the sketch again, so an address is listed in every window
+/// it is counted in, as the sketch's addresses are, and the heavy one of a
+/// window is the window's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Hot {

@@ -255,7 +255,15 @@ fn track_source(w: *mut Window, words: &[u64; 2], src: [u8; 16], class: usize, l
     let epoch = EPOCH.get(0).copied().unwrap_or(0) & EPOCH_MASK;
     // A new window (a poll) starts here; `sample` has cut the countdown.
     // SAFETY: this CPU's window.
-    let total = unsafe { (*w).advance(epoch, 1) };
+    let (new, total) = unsafe { ((*w).epoch != epoch, (*w).advance(epoch, 1)) };
+    if new {
+        // What the last window's heavy source held is written now, by
+        // whichever source comes first: one that went quiet is not left
+        // short of it until its own next packet.
+        write_left(w, epoch);
+        // SAFETY: this CPU's window.
+        unsafe { (*w).hot.cool() };
+    }
     let key = SourceKey { addr: src };
     // The window's heavy source (see `Hot`): added up, and written a few
     // packets at a time.
@@ -328,13 +336,23 @@ fn heat(w: *mut Window, words: &[u64; 2], class: usize, epoch: u32) {
         if !(*w).hot.vacant(epoch) {
             return;
         }
+        write_left(w, epoch);
+        (*w).hot.heat(words, class as u32, epoch);
+    }
+}
+
+/// Writes what the window's heavy source added up and has not written yet
+/// (fewer than `SAMPLE_EVERY` packets), listed in window `epoch`.
+#[inline(always)]
+fn write_left(w: *mut Window, epoch: u32) {
+    // SAFETY: this CPU's window; the key is its value's bytes.
+    unsafe {
         if let Some((oc, on, ob)) = (*w).hot.left() {
             let old = &*(core::ptr::addr_of!((*w).hot.addr) as *const SourceKey);
             if (oc as usize) < CLASS_COUNT {
                 add(w, old, oc as usize, on, ob, epoch);
             }
         }
-        (*w).hot.heat(words, class as u32, epoch);
     }
 }
 
