@@ -268,7 +268,9 @@ fn track_source(w: *mut Window, words: &[u64; 2], src: [u8; 16], class: usize, l
     // The window's heavy source (see `Hot`): added up, and written a few
     // packets at a time.
     // SAFETY: this CPU's window.
-    let (left_n, left_b) = match unsafe { (*w).hot.count(words, class as u32, epoch, 1, len) } {
+    // Never the heavy source of an earlier window here (the window's first
+    // packet wrote and cooled it above): a cold step has nothing left.
+    match unsafe { (*w).hot.count(words, class as u32, epoch, 1, len) } {
         HotStep::Held => return,
         HotStep::Write { packets, bytes } => {
             if !add(w, &key, class, packets, bytes, epoch) {
@@ -278,8 +280,8 @@ fn track_source(w: *mut Window, words: &[u64; 2], src: [u8; 16], class: usize, l
             }
             return;
         }
-        HotStep::Cold { left_packets, left_bytes } => (left_packets, left_bytes),
-    };
+        HotStep::Cold { .. } => {}
+    }
     let h = hash_key().hash(words);
     let Some(b) = SKETCH.get_ptr_mut(sketch::block_index(h)) else {
         return;
@@ -287,11 +289,10 @@ fn track_source(w: *mut Window, words: &[u64; 2], src: [u8; 16], class: usize, l
     // SAFETY: this CPU's block.
     let est = unsafe { (*b).count(h, epoch) };
     let weight = sketch::weight(est, total) as u64;
-    if weight == 0 && left_n == 0 {
+    if weight == 0 {
         return;
     }
-    // What the heavy source added up in the window before, with this one.
-    let (n, bytes) = (weight + left_n, len * weight + left_b);
+    let (n, bytes) = (weight, len * weight);
     if add(w, &key, class, n, bytes, epoch) {
         if weight == sketch::SAMPLE_EVERY as u64 {
             heat(w, words, class, epoch);
