@@ -51,6 +51,8 @@ use crate::testrun::median;
 pub const ACTIVE: u32 = 65_536;
 /// Polls measured per scenario.
 const POLLS: usize = 30;
+/// Batches per path in the per-packet figures, taken in turns.
+const ROUNDS: u32 = 9;
 /// Unrelated prefixes in the protected table besides the one under test.
 const BACKGROUND_PREFIXES: u32 = 200;
 
@@ -176,30 +178,38 @@ pub fn paths(repeat: u32) -> Result<Vec<PathCost>> {
         ("destination inside, the /16 alone in the table", &one, &inside),
         ("destination inside (one heavy destination)", &full, &inside),
     ];
-    let mut out = Vec::new();
     let mut next_epoch = 1u32;
-    for (label, nets, frame) in cases {
+    for (label, nets, frame) in &cases {
         targets.set_protected(nets)?;
         // The frame counts where it should: in group 0 only when inside.
         let before = targets.group(0, Direction::Incoming)?.counts[TrafficClass::Udp.index()].packets;
         run(det, frame, 1)?;
         let after = targets.group(0, Direction::Incoming)?.counts[TrafficClass::Udp.index()].packets;
         ensure!(
-            after - before == (frame == inside.as_slice()) as u64,
+            after - before == (*frame == inside.as_slice()) as u64,
             "{label}: counted {} in group 0",
             after - before
         );
-        let mut d = Vec::new();
-        let mut e = Vec::new();
-        for _ in 0..3 {
+    }
+    // The cases take turns, a batch each per round, so the host's drift
+    // (on a shared VM, tens of percent over a minute) falls on all alike
+    // and the differences between them stand.
+    let mut d = vec![Vec::new(); cases.len()];
+    let mut e = vec![Vec::new(); cases.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, nets, frame)) in cases.iter().enumerate() {
+            targets.set_protected(nets)?;
             // A new window per batch, as the poller makes them (a sketch
             // counter saturates at 2^20 packets).
             epoch.set(0, next_epoch, 0)?;
             next_epoch += 1;
-            d.push(run(det, frame, repeat / 3)?);
-            e.push(run(pass, frame, repeat / 3)?);
+            d[i].push(run(det, frame, repeat / ROUNDS)?);
+            e[i].push(run(pass, frame, repeat / ROUNDS)?);
         }
-        let cost = PathCost { label, detector_ns: median(&mut d), empty_ns: median(&mut e) };
+    }
+    let mut out = Vec::new();
+    for (i, (label, _, _)) in cases.iter().enumerate() {
+        let cost = PathCost { label, detector_ns: median(&mut d[i]), empty_ns: median(&mut e[i]) };
         eprintln!("bench:   {label:<45} detector {:>6.1} ns  empty {:>6.1} ns", cost.detector_ns, cost.empty_ns);
         out.push(cost);
     }
