@@ -198,8 +198,52 @@ pub(crate) unsafe fn u8_at(p: usize, k: usize) -> u8 {
 
 #[inline(always)]
 pub(crate) unsafe fn be16_at(p: usize, k: usize) -> u16 {
-    unsafe { u16::from_be(core::ptr::read_unaligned((p + k) as *const u16)) }
+    u16::from_be(unsafe { load::<u16>(p + k) })
 }
+
+/// A packet word at `p`, in packet byte order, read with one load.
+///
+/// `read_unaligned` would not do: the BPF backend knows no unaligned
+/// access, so it reads a `u64` as eight byte loads put together with
+/// shifts (an IPv6 header's two addresses were a hundred instructions, and
+/// their bytes spilled to the stack). The kernel lets a program read
+/// packet data at any alignment on the architectures with efficient
+/// unaligned access (x86-64 and arm64 among them); on the others its
+/// verifier checks the alignment and refuses a misaligned read at load,
+/// so nothing is ever misread.
+///
+/// # Safety
+/// `p` is a packet address [`header`] checked for at least
+/// `size_of::<T>()` bytes.
+#[inline(always)]
+pub(crate) unsafe fn load<T: Word>(p: usize) -> T {
+    unsafe { T::load(p) }
+}
+
+/// The packet words [`load`] reads.
+pub(crate) trait Word: Sized {
+    /// # Safety
+    /// As [`load`].
+    unsafe fn load(p: usize) -> Self;
+}
+
+macro_rules! word {
+    ($t:ty, $asm:literal) => {
+        impl Word for $t {
+            #[inline(always)]
+            unsafe fn load(p: usize) -> $t {
+                let v: u64;
+                // Not `pure`: LLVM must not hoist the load above the
+                // bounds check that makes it valid.
+                unsafe { core::arch::asm!($asm, v = lateout(reg) v, p = in(reg) p, options(readonly, nostack, preserves_flags)) };
+                v as $t
+            }
+        }
+    };
+}
+word!(u16, "{v} = *(u16 *)({p} + 0)");
+word!(u32, "{v} = *(u32 *)({p} + 0)");
+word!(u64, "{v} = *(u64 *)({p} + 0)");
 
 #[inline(always)]
 pub fn parse(start: usize, end: usize) -> Parsed {
@@ -239,10 +283,8 @@ fn ipv4(start: usize, end: usize, off: usize) -> Parsed {
     if vihl >> 4 != 4 || ihl < 20 || total < ihl || off + total > end - start {
         return Parsed::bare(TrafficClass::Malformed);
     }
-    let a = unsafe { core::ptr::read_unaligned((ip + 12) as *const [u8; 4]) };
-    let src = words(mapped(a));
-    let d = unsafe { core::ptr::read_unaligned((ip + 16) as *const [u8; 4]) };
-    let dst = words(mapped(d));
+    let src = words(mapped(unsafe { load::<u32>(ip + 12) }.to_ne_bytes()));
+    let dst = words(mapped(unsafe { load::<u32>(ip + 16) }.to_ne_bytes()));
     let ip_info = Ip { src, dst, ttl: unsafe { u8_at(ip, 8) }, l3: off, limit: off + total };
     // More-fragments flag or a non-zero offset: any piece of a fragmented datagram.
     if unsafe { be16_at(ip, 6) } & 0x3fff != 0 {
@@ -263,13 +305,9 @@ fn ipv6(start: usize, end: usize, off: usize) -> Parsed {
     }
     // Two word loads, not sixteen byte loads: fewer instructions, and fewer
     // stack slots for the verifier to track.
-    let src = unsafe {
-        [core::ptr::read_unaligned((ip + 8) as *const u64), core::ptr::read_unaligned((ip + 16) as *const u64)]
-    };
+    let src = unsafe { [load::<u64>(ip + 8), load::<u64>(ip + 16)] };
     let limit = off + 40 + payload;
-    let dst = unsafe {
-        [core::ptr::read_unaligned((ip + 24) as *const u64), core::ptr::read_unaligned((ip + 32) as *const u64)]
-    };
+    let dst = unsafe { [load::<u64>(ip + 24), load::<u64>(ip + 32)] };
     let ip_info = Ip { src, dst, ttl: unsafe { u8_at(ip, 7) }, l3: off, limit };
     let mut next = unsafe { u8_at(ip, 6) };
     let mut l4 = off + 40;
@@ -388,7 +426,7 @@ fn is_http_request(start: usize, end: usize, payload: usize, limit: usize) -> bo
         return false;
     }
     match header(start, end, payload, 4) {
-        Some(p) => is_http_method(unsafe { core::ptr::read_unaligned(p as *const [u8; 4]) }),
+        Some(p) => is_http_method(unsafe { load::<u32>(p) }.to_ne_bytes()),
         None => false,
     }
 }
