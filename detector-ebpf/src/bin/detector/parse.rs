@@ -220,30 +220,48 @@ pub(crate) unsafe fn load<T: Word>(p: usize) -> T {
     unsafe { T::load(p) }
 }
 
-/// The packet words [`load`] reads.
+/// Writes a packet word at `p`, in packet byte order, with one store (see
+/// [`load`]).
+///
+/// # Safety
+/// As [`load`]; and the frame is the program's to rewrite.
+#[inline(always)]
+pub(crate) unsafe fn store<T: Word>(p: usize, v: T) {
+    unsafe { T::store(p, v) }
+}
+
+/// The packet words [`load`] reads and [`store`] writes.
 pub(crate) trait Word: Sized {
     /// # Safety
     /// As [`load`].
     unsafe fn load(p: usize) -> Self;
+    /// # Safety
+    /// As [`store`].
+    unsafe fn store(p: usize, v: Self);
 }
 
 macro_rules! word {
-    ($t:ty, $asm:literal) => {
+    ($t:ty, $load:literal, $store:literal) => {
         impl Word for $t {
             #[inline(always)]
             unsafe fn load(p: usize) -> $t {
                 let v: u64;
                 // Not `pure`: LLVM must not hoist the load above the
                 // bounds check that makes it valid.
-                unsafe { core::arch::asm!($asm, v = lateout(reg) v, p = in(reg) p, options(readonly, nostack, preserves_flags)) };
+                unsafe { core::arch::asm!($load, v = lateout(reg) v, p = in(reg) p, options(readonly, nostack, preserves_flags)) };
                 v as $t
+            }
+
+            #[inline(always)]
+            unsafe fn store(p: usize, v: $t) {
+                unsafe { core::arch::asm!($store, v = in(reg) v as u64, p = in(reg) p, options(nostack, preserves_flags)) };
             }
         }
     };
 }
-word!(u16, "{v} = *(u16 *)({p} + 0)");
-word!(u32, "{v} = *(u32 *)({p} + 0)");
-word!(u64, "{v} = *(u64 *)({p} + 0)");
+word!(u16, "{v} = *(u16 *)({p} + 0)", "*(u16 *)({p} + 0) = {v}");
+word!(u32, "{v} = *(u32 *)({p} + 0)", "*(u32 *)({p} + 0) = {v}");
+word!(u64, "{v} = *(u64 *)({p} + 0)", "*(u64 *)({p} + 0) = {v}");
 
 #[inline(always)]
 pub fn parse(start: usize, end: usize) -> Parsed {

@@ -34,7 +34,7 @@ use detector_common::{rules::ACTION_SYN_COOKIES, TrafficClass};
 
 use crate::{
     mitigate,
-    parse::{header, opaque, u8_at, Offsets, IPPROTO_TCP, TCP_ACK, TCP_CWR, TCP_ECE, TCP_SYN},
+    parse::{header, load, opaque, store, u8_at, Offsets, IPPROTO_TCP, TCP_ACK, TCP_CWR, TCP_ECE, TCP_SYN},
     program::{CLASS_STATS, PARSED},
 };
 
@@ -229,45 +229,50 @@ fn synack<const IP: usize>(ctx: &XdpContext, l3: usize, cookie: u32, th: usize) 
 
     unsafe {
         // Ethernet: back where it came from.
-        let d = core::ptr::read_unaligned(eth as *const [u8; 6]);
-        let s = core::ptr::read_unaligned((eth + 6) as *const [u8; 6]);
-        core::ptr::write_unaligned(eth as *mut [u8; 6], s);
-        core::ptr::write_unaligned((eth + 6) as *mut [u8; 6], d);
+        // Six bytes each, as a word and a half-word.
+        let (d0, d1) = (load::<u32>(eth), load::<u16>(eth + 4));
+        let (s0, s1) = (load::<u16>(eth + 6), load::<u32>(eth + 8));
+        store::<u16>(eth, s0);
+        store::<u32>(eth + 2, s1);
+        store::<u32>(eth + 6, d0);
+        store::<u16>(eth + 10, d1);
 
         if IP == 40 {
             // Version 6, traffic class and flow label 0.
-            core::ptr::write_unaligned(ip as *mut u32, 0x6000_0000u32.to_be());
-            core::ptr::write_unaligned((ip + 4) as *mut u16, (tcp_len as u16).to_be());
+            store::<u32>(ip, 0x6000_0000u32.to_be());
+            store::<u16>(ip + 4, (tcp_len as u16).to_be());
             *((ip + 7) as *mut u8) = cfg.ttl;
-            let src = core::ptr::read_unaligned((ip + 8) as *const [u64; 2]);
-            let dst = core::ptr::read_unaligned((ip + 24) as *const [u64; 2]);
-            core::ptr::write_unaligned((ip + 8) as *mut [u64; 2], dst);
-            core::ptr::write_unaligned((ip + 24) as *mut [u64; 2], src);
+            let src = [load::<u64>(ip + 8), load::<u64>(ip + 16)];
+            let dst = [load::<u64>(ip + 24), load::<u64>(ip + 32)];
+            store::<u64>(ip + 8, dst[0]);
+            store::<u64>(ip + 16, dst[1]);
+            store::<u64>(ip + 24, src[0]);
+            store::<u64>(ip + 32, src[1]);
         } else {
             *((ip + 1) as *mut u8) = 0;
-            core::ptr::write_unaligned((ip + 2) as *mut u16, ((20 + tcp_len) as u16).to_be());
-            core::ptr::write_unaligned((ip + 4) as *mut u32, 0x0000_4000u32.to_be());
+            store::<u16>(ip + 2, ((20 + tcp_len) as u16).to_be());
+            store::<u32>(ip + 4, 0x0000_4000u32.to_be());
             *((ip + 8) as *mut u8) = cfg.ttl;
-            core::ptr::write_unaligned((ip + 10) as *mut u16, 0);
-            let src = core::ptr::read_unaligned((ip + 12) as *const u32);
-            let dst = core::ptr::read_unaligned((ip + 16) as *const u32);
-            core::ptr::write_unaligned((ip + 12) as *mut u32, dst);
-            core::ptr::write_unaligned((ip + 16) as *mut u32, src);
+            store::<u16>(ip + 10, 0);
+            let src = load::<u32>(ip + 12);
+            let dst = load::<u32>(ip + 16);
+            store::<u32>(ip + 12, dst);
+            store::<u32>(ip + 16, src);
         }
 
-        let sport = core::ptr::read_unaligned(tcp as *const u16);
-        let dport = core::ptr::read_unaligned((tcp + 2) as *const u16);
-        core::ptr::write_unaligned(tcp as *mut u16, dport);
-        core::ptr::write_unaligned((tcp + 2) as *mut u16, sport);
-        let seq = u32::from_be(core::ptr::read_unaligned((tcp + 4) as *const u32));
-        core::ptr::write_unaligned((tcp + 4) as *mut u32, cookie.to_be());
-        core::ptr::write_unaligned((tcp + 8) as *mut u32, seq.wrapping_add(1).to_be());
+        let sport = load::<u16>(tcp);
+        let dport = load::<u16>(tcp + 2);
+        store::<u16>(tcp, dport);
+        store::<u16>(tcp + 2, sport);
+        let seq = u32::from_be(load::<u32>(tcp + 4));
+        store::<u32>(tcp + 4, cookie.to_be());
+        store::<u32>(tcp + 8, seq.wrapping_add(1).to_be());
         *((tcp + 12) as *mut u8) = ((tcp_len / 4) as u8) << 4;
         *((tcp + 13) as *mut u8) = TCP_SYN | TCP_ACK | if ecn { TCP_ECE } else { 0 };
         // Window 0, as SYNPROXY's own SYN-ACK: it opens the window once
         // the listener has answered.
-        core::ptr::write_unaligned((tcp + 14) as *mut u32, 0);
-        core::ptr::write_unaligned((tcp + 18) as *mut u16, 0);
+        store::<u32>(tcp + 14, 0);
+        store::<u16>(tcp + 18, 0);
     }
     // The options, one word at a time, each behind its own check (the SYN
     // had room for them: `fit_options`).
@@ -277,7 +282,7 @@ fn synack<const IP: usize>(ctx: &XdpContext, l3: usize, cookie: u32, th: usize) 
             let Some(w) = header(start, end, l3, IP + 24 + i * 4) else {
                 return false;
             };
-            unsafe { core::ptr::write_unaligned((w + IP + 20 + i * 4) as *mut u32, words[i].to_be()) };
+            unsafe { store::<u32>(w + IP + 20 + i * 4, words[i].to_be()) };
         }
         i += 1;
     }
@@ -294,26 +299,25 @@ fn synack<const IP: usize>(ctx: &XdpContext, l3: usize, cookie: u32, th: usize) 
     };
     unsafe {
         if IP == 40 {
-            let a = core::ptr::read_unaligned((ip + 8) as *const [u32; 8]);
             let mut k = 0;
             while k < 8 {
-                s += a[k] as u64;
+                s += load::<u32>(ip + 8 + k * 4) as u64;
                 k += 1;
             }
             s += (tcp_len as u32).to_be() as u64;
             s += (IPPROTO_TCP as u32).to_be() as u64;
         } else {
-            s += core::ptr::read_unaligned((ip + 12) as *const u32) as u64;
-            s += core::ptr::read_unaligned((ip + 16) as *const u32) as u64;
+            s += load::<u32>(ip + 12) as u64;
+            s += load::<u32>(ip + 16) as u64;
             s += (((IPPROTO_TCP as u32 + tcp_len as u32) as u16).to_be()) as u64;
         }
-        core::ptr::write_unaligned((tcp + 16) as *mut u16, csum_fold(s));
+        store::<u16>(tcp + 16, csum_fold(s));
         if IP == 20 {
             let sum = bpf_csum_diff(core::ptr::null_mut(), 0, ip as *mut u32, 20, 0);
             if sum < 0 {
                 return false;
             }
-            core::ptr::write_unaligned((ip + 10) as *mut u16, csum_fold(sum as u64 & 0xffff_ffff));
+            store::<u16>(ip + 10, csum_fold(sum as u64 & 0xffff_ffff));
         }
     }
     // Cut the frame to the SYN-ACK (a shrink, which always fits).
@@ -355,11 +359,11 @@ fn check(ctx: &XdpContext, at: &Offsets) -> bool {
             return false;
         }
         unsafe {
-            let w = u32::from_be(core::ptr::read_unaligned(ip as *const u32));
+            let w = u32::from_be(load::<u32>(ip));
             let tc = ((w >> 20) & 0xff) as u8;
             let tc = (HANDSHAKE_DSCP << 2) | (tc & 0x03);
             let w = (w & 0xf00f_ffff) | (tc as u32) << 20;
-            core::ptr::write_unaligned(ip as *mut u32, w.to_be());
+            store::<u32>(ip, w.to_be());
         }
         true
     } else {
@@ -373,11 +377,11 @@ fn check(ctx: &XdpContext, at: &Offsets) -> bool {
             return false;
         }
         unsafe {
-            let old = u16::from_be(core::ptr::read_unaligned(ip as *const u16));
+            let old = u16::from_be(load::<u16>(ip));
             let new = (old & 0xff03) | (HANDSHAKE_DSCP as u16) << 2;
-            let check = u16::from_be(core::ptr::read_unaligned((ip + 10) as *const u16));
-            core::ptr::write_unaligned(ip as *mut u16, new.to_be());
-            core::ptr::write_unaligned((ip + 10) as *mut u16, csum_replace(check, old, new).to_be());
+            let check = u16::from_be(load::<u16>(ip + 10));
+            store::<u16>(ip, new.to_be());
+            store::<u16>(ip + 10, csum_replace(check, old, new).to_be());
         }
         true
     }
