@@ -220,11 +220,13 @@ pub(crate) unsafe fn load<T: Word>(p: usize) -> T {
     unsafe { T::load(p) }
 }
 
-/// Writes a packet word at `p`, in packet byte order, with one store (see
-/// [`load`]).
+/// Writes a word at `p` with one store (see [`load`]): into the frame, in
+/// packet byte order, or into a map value at a byte offset.
 ///
 /// # Safety
-/// As [`load`]; and the frame is the program's to rewrite.
+/// `p` is a packet address [`header`] checked for at least
+/// `size_of::<T>()` bytes, in a frame the program may rewrite; or inside
+/// a map value with that many bytes left.
 #[inline(always)]
 pub(crate) unsafe fn store<T: Word>(p: usize, v: T) {
     unsafe { T::store(p, v) }

@@ -187,9 +187,14 @@ fn cookie_with<const IP: usize, const TH: usize>(ctx: &XdpContext, l3: usize) ->
         return None;
     }
     let scratch = SYN_OPTIONS.get_ptr_mut(0)?;
-    unsafe {
-        let raw = &raw mut (*scratch).options;
-        core::ptr::copy_nonoverlapping((tcp + 20) as *const u8, raw as *mut u8, TH - 20);
+    // A word at a time (options are whole words): `copy_nonoverlapping`
+    // copies a byte at a time here, two instructions a byte in each of the
+    // twenty-two copies of this function.
+    let raw = unsafe { &raw mut (*scratch).options } as usize;
+    let mut k = 0;
+    while k < (TH - 20) / 4 {
+        unsafe { store::<u32>(raw + k * 4, load::<u32>(tcp + 20 + k * 4)) };
+        k += 1;
     }
     Some((value as u32, TH))
 }
