@@ -95,7 +95,26 @@ pub fn prepare(dir: &Path) -> Result<(), PinError> {
             return Err(PinError::Mount(io::Error::last_os_error()));
         }
     }
-    fs::create_dir_all(dir).map_err(|source| PinError::Create { path: dir.to_path_buf(), source })
+    create_dir(dir, |d| fs::create_dir_all(d))
+}
+
+/// Tries of [`create_dir`] when a parent vanishes midway.
+const CREATE_TRIES: usize = 5;
+
+/// Creates `dir` and its parents with `create`, again when a parent was
+/// removed between two of its steps (`NotFound`): another process removes
+/// a parent it found empty (`remove` a `netns-*` directory, a lab's
+/// cleanup `detector/` itself) while this one creates below it. Whatever
+/// this one creates is then not empty, so a few tries settle it.
+fn create_dir(dir: &Path, mut create: impl FnMut(&Path) -> io::Result<()>) -> Result<(), PinError> {
+    let mut tries = 1;
+    loop {
+        match create(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && tries < CREATE_TRIES => tries += 1,
+            Err(source) => return Err(PinError::Create { path: dir.to_path_buf(), source }),
+        }
+    }
 }
 
 fn is_bpffs(path: &Path) -> bool {
@@ -295,6 +314,33 @@ fn link_detach(pin: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parent_removed_midway_is_created_again() {
+        let dir = Path::new("/sys/fs/bpf/detector/netns-7/veth0");
+        let mut calls = 0;
+        let gone = |calls: &mut usize| {
+            *calls += 1;
+            Err(io::Error::from(io::ErrorKind::NotFound))
+        };
+        // Removed under it twice, then created.
+        create_dir(dir, |_| if calls < 2 { gone(&mut calls) } else { Ok(()) }).unwrap();
+        assert_eq!(calls, 2);
+        // Never there: given up after a few tries, naming the directory.
+        calls = 0;
+        let e = create_dir(dir, |_| gone(&mut calls)).unwrap_err();
+        assert_eq!(calls, CREATE_TRIES);
+        assert!(e.to_string().contains("netns-7/veth0"), "{e}");
+        // Any other error at once.
+        calls = 0;
+        let e = create_dir(dir, |_| {
+            calls += 1;
+            Err(io::Error::from(io::ErrorKind::PermissionDenied))
+        })
+        .unwrap_err();
+        assert_eq!(calls, 1);
+        assert!(matches!(e, PinError::Create { .. }));
+    }
 
     #[test]
     fn the_host_namespace_pins_at_the_top_and_a_named_one_below() {
