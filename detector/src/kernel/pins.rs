@@ -102,10 +102,11 @@ pub fn prepare(dir: &Path) -> Result<(), PinError> {
 const CREATE_TRIES: usize = 5;
 
 /// Creates `dir` and its parents with `create`, again when a parent was
-/// removed between two of its steps (`NotFound`): another process removes
-/// a parent it found empty (`remove` a `netns-*` directory, a lab's
-/// cleanup `detector/` itself) while this one creates below it. Whatever
-/// this one creates is then not empty, so a few tries settle it.
+/// removed between two of its steps (`NotFound`): another process may
+/// remove a parent it found empty while this one creates below it
+/// ([`remove`] takes away an empty `netns-*` directory, a lab's cleanup
+/// an empty `detector/`). What this one has created is not empty, so a
+/// few tries settle it.
 fn create_dir(dir: &Path, mut create: impl FnMut(&Path) -> io::Result<()>) -> Result<(), PinError> {
     let mut tries = 1;
     loop {
