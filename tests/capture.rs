@@ -193,6 +193,12 @@ fn an_incidents_capture_holds_the_calm_before_then_the_attack_as_sent_and_tshark
     let calm = client.exchange(30, 100.0, 20, Duration::from_millis(300)).unwrap();
     assert_eq!(calm.answered, 30, "{calm:?}");
     let calm_over = now_ms();
+    // Its last request read by a poll before the flood's first: a poll
+    // above the floor is the onset, and all its samples go to the attack.
+    // Two polls ended after the exchange: the second began after it.
+    let polls = |m: &str| common::sample(m, "detector_poll_duration_seconds_count");
+    let after_calm = polls(&c.metrics());
+    c.metrics_until("two polls after the calm exchange", |m| polls(m) >= after_calm + 2.0);
 
     // The flood: not spoofed, so its addresses can be checked exactly.
     let (sport, dport, size) = (FLOOD_SPORT.to_string(), FLOOD_PORT.to_string(), PAYLOAD.to_string());
