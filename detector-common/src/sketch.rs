@@ -134,7 +134,11 @@ pub struct Window {
     pub epoch: u32,
     pub total: u32,
     pub sample_countdown: u32,
-    pub _pad: u32,
+    /// The epoch whose divisor the countdown was last cut to (see
+    /// `sample::current_countdown`): the sampling keeps its own, so a
+    /// packet that sees a new window there and the old one in `epoch`
+    /// (the controller moved it in between) still cuts at the next.
+    pub sample_epoch: u32,
     pub rings: [DirtyHead; 2],
     pub _tail: [u32; 4],
     /// Second cache line: the source window's heavy source (unused in
@@ -454,6 +458,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(Hot, class), 20);
         assert_eq!(core::mem::offset_of!(Hot, packets), 24);
         assert_eq!(core::mem::offset_of!(Window, sample_countdown), 8);
+        assert_eq!(core::mem::offset_of!(Window, sample_epoch), 12);
         assert_eq!(core::mem::offset_of!(Window, rings), 16);
         assert!(SKETCH_WIDTH.is_power_of_two() && SAMPLE_EVERY.is_power_of_two());
     }

@@ -171,13 +171,16 @@ fn launder(p: Parsed) -> Option<&'static mut Parsed> {
 #[inline(always)]
 fn sample(ctx: &XdpContext, w: *mut Window, start: usize, end: usize, p: &Parsed, len: u64) {
     unsafe {
-        // The first packet of a poll on this CPU (`track_source` then
-        // begins the window): the countdown cut to the current divisor
-        // (see `current_countdown`), before it decides. The epoch is read
-        // here and again in `track_source`: kept live from here to there,
-        // it pushed the program's stack past the verifier's 512 bytes.
+        // The first packet of a poll on this CPU: the countdown cut to the
+        // current divisor (see `current_countdown`), before it decides.
+        // The epoch is read here and again in `track_source`, which moves
+        // the window (kept live from here to there, it pushed the
+        // program's stack past the verifier's 512 bytes); the sampling
+        // keeps its own epoch, so the controller moving it between the two
+        // reads cannot skip a cut.
         let epoch = EPOCH.get(0).copied().unwrap_or(0) & EPOCH_MASK;
-        if (*w).epoch != epoch {
+        if (*w).sample_epoch != epoch {
+            (*w).sample_epoch = epoch;
             let divisor = SAMPLE_CONTROL.get(0).map(|c| c.divisor).unwrap_or(0);
             (*w).sample_countdown = current_countdown((*w).sample_countdown, divisor);
         }
