@@ -87,6 +87,19 @@ impl Sampling {
         MAX_SAMPLES_FACTOR * self.target
     }
 
+    /// Whether `next` is written to the program at once (a larger divisor,
+    /// or only the frame divisor changed) or as the next window begins (a
+    /// smaller divisor). Each CPU cuts its countdown to the next sample to
+    /// the divisor in force at its first packet of a window (see
+    /// `detector_common::sample::current_countdown`). A smaller divisor
+    /// written mid-window misses the CPUs that have already cut theirs
+    /// this window: one may skip up to twice the old divisor of calm
+    /// packets after an attack, the packets the calm buffer wants whole.
+    /// A larger one cannot wait a poll: a flood's samples fill the ring.
+    pub fn at_once(&self, next: &Sampling) -> bool {
+        next.divisor >= self.divisor
+    }
+
     /// What to sample at after a poll that read `samples`: the same when
     /// nothing is to change. Captures stay off when they are.
     pub fn next(&self, samples: usize) -> Sampling {
@@ -291,6 +304,18 @@ mod tests {
         assert_eq!(off.frame_divisor, 0);
         assert_eq!(off.next(2_000).frame_divisor, 0, "captures off stay off");
         assert_eq!(off.next(2_000).divisor, 128);
+    }
+
+    #[test]
+    fn a_smaller_divisor_waits_for_the_next_window() {
+        let poll = Duration::from_millis(100);
+        let s = Sampling::new(64, true, poll);
+        let up = s.next(2_000);
+        assert!(up.divisor > s.divisor && s.at_once(&up), "a flood's divisor is written at once");
+        let down = s.next(25);
+        assert!(down.divisor < s.divisor && !s.at_once(&down), "a calmer one waits for the window");
+        let frames_only = Sampling { frame_divisor: 32, ..s };
+        assert!(s.at_once(&frames_only), "the frame divisor has no countdown to cut");
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct Probe {
     tracker: SourceTracker,
     /// The divisors the program samples at, adapted at every poll.
     sampling: Sampling,
+    /// A smaller divisor the next window begins with (see
+    /// [`Sampling::at_once`]).
+    pending: Option<Sampling>,
     learning: Learning,
     /// When the learning counters were last read for the metrics.
     learning_read: Option<Instant>,
@@ -145,6 +148,7 @@ impl Probe {
             prev: ClassSnapshot::default(),
             tracker: SourceTracker::new(cfg.idle_after),
             sampling,
+            pending: None,
             learning,
             learning_read: None,
             targets,
@@ -203,6 +207,14 @@ impl Probe {
         Ok(changed)
     }
 
+    /// Tells the program to sample at `next` (kept as it was when the
+    /// write fails; the next poll decides again).
+    fn write_sampling(&mut self, next: Sampling) {
+        if self.maps.set_sampling(next.divisor, next.frame_divisor).is_ok() {
+            self.sampling = next;
+        }
+    }
+
     pub fn iface(&self) -> &str {
         &self.attachment.iface
     }
@@ -215,6 +227,13 @@ impl Probe {
         // The window ends here; the per-address maps are read after it, from
         // the addresses the program listed as counted in it.
         let window = self.maps.epoch();
+        // The samples this poll drains were taken at the divisor in force
+        // until now; a smaller one decided at the last poll begins with
+        // the new window, so that every CPU cuts its countdown to it.
+        let divisor = self.sampling.divisor;
+        if let Some(next) = self.pending.take() {
+            self.write_sampling(next);
+        }
         self.maps.new_window()?;
         // Every map's windows in one call.
         let windows = self.maps.windows()?;
@@ -259,12 +278,14 @@ impl Probe {
             }
         }
 
-        // Samples were taken at the divisor in force during this interval.
         self.last_drained = (headers.len(), drained.len());
-        let divisor = self.sampling.divisor;
         let next = self.sampling.next(headers.len());
-        if next != self.sampling && self.maps.set_sampling(next.divisor, next.frame_divisor).is_ok() {
-            self.sampling = next;
+        if next != self.sampling {
+            if self.sampling.at_once(&next) {
+                self.write_sampling(next);
+            } else {
+                self.pending = Some(next);
+            }
         }
         metrics.sample_divisor(self.iface(), self.sampling.divisor, self.sampling.frame_divisor);
         let mut mono_to_wall = 0;
