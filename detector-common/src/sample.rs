@@ -29,12 +29,9 @@ pub const SAMPLES_RING_BYTES: u32 = 1 << 22;
 /// Bytes of the frame a sample keeps (the capture's snap length).
 pub const SNAPLEN: usize = 256;
 
-/// Bytes of transport payload a sample carries.
-pub const PAYLOAD_PREFIX: usize = 16;
-
 /// The headers of one sampled packet: what an attack's signature is
-/// derived from (addresses, ports, length, TTL, TCP flags, and the first
-/// bytes of the payload, which tell a reflected service's answers apart).
+/// derived from (addresses, ports, length, TTL, TCP flags). No payload: no
+/// reader used it, and each byte is copied at every sample.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PacketSample {
@@ -53,10 +50,7 @@ pub struct PacketSample {
     pub dport: u16,
     /// TCP flags byte (FIN 0x01 .. CWR 0x80); 0 for other transports.
     pub tcp_flags: u8,
-    /// How many bytes of `payload` the packet had (0 ..= [`PAYLOAD_PREFIX`]).
-    pub payload_len: u8,
-    /// The first bytes of the transport payload, zero-filled past `payload_len`.
-    pub payload: [u8; PAYLOAD_PREFIX],
+    pub _pad: u8,
 }
 
 /// A ring entry without the frame: a [`SampleRecord`]'s first bytes, the
@@ -167,7 +161,7 @@ mod tests {
 
     #[test]
     fn layout() {
-        assert_eq!(size_of::<PacketSample>(), 60);
+        assert_eq!(size_of::<PacketSample>(), 44);
         assert_eq!(offset_of!(PacketSample, dst), 16);
         assert_eq!(offset_of!(PacketSample, len), 32);
         assert_eq!(offset_of!(PacketSample, class), 36);
@@ -175,8 +169,7 @@ mod tests {
         assert_eq!(offset_of!(PacketSample, sport), 38);
         assert_eq!(offset_of!(PacketSample, dport), 40);
         assert_eq!(offset_of!(PacketSample, tcp_flags), 42);
-        assert_eq!(offset_of!(PacketSample, payload_len), 43);
-        assert_eq!(offset_of!(PacketSample, payload), 44);
+        assert_eq!(offset_of!(PacketSample, _pad), 43);
         assert_eq!(size_of::<SampleControl>(), 8);
         assert_eq!(offset_of!(SampleControl, frame_divisor), 4);
         assert_eq!(offset_of!(SampleHead, header), offset_of!(SampleRecord, header));
@@ -184,10 +177,10 @@ mod tests {
         assert_eq!(offset_of!(SampleHead, ts_ns), offset_of!(SampleRecord, ts_ns));
         assert_eq!(size_of::<SampleHead>(), offset_of!(SampleRecord, frame));
         assert_eq!(offset_of!(SampleRecord, header), 0);
-        assert_eq!(offset_of!(SampleRecord, cap_len), 60);
-        assert_eq!(offset_of!(SampleRecord, ts_ns), 64);
-        assert_eq!(offset_of!(SampleRecord, frame), 72);
-        assert_eq!(size_of::<SampleRecord>(), 72 + SNAPLEN);
+        assert_eq!(offset_of!(SampleRecord, cap_len), 44);
+        assert_eq!(offset_of!(SampleRecord, ts_ns), 48);
+        assert_eq!(offset_of!(SampleRecord, frame), 56);
+        assert_eq!(size_of::<SampleRecord>(), 56 + SNAPLEN);
         assert!(SAMPLES_RING_BYTES.is_power_of_two());
         assert!(SNAPLEN.is_power_of_two(), "the program bounds the copy with a mask");
     }

@@ -19,8 +19,8 @@ pub const WEB_PORTS: [u16; 4] = [80, 443, 8080, 8443];
 /// stable shares (a share measured on 512 samples is within about 2
 /// points), and for a signature within a poll or two of an attack's onset;
 /// few enough that sampling stays a small part of the per-packet cost.
-/// Each sample costs the program a ring entry of 328 bytes (the frame's
-/// head, for captures) and the controller its reading: at 2,048 a poll, a
+/// Each sample costs the program a ring entry (56 bytes, 312 with the
+/// frame's head for captures) and the controller its reading: at 2,048 a poll, a
 /// flood under about 20,000 pps had every packet sampled, and that
 /// sampling was about 40% of the program's live cost per packet (`cargo
 /// xtask bench`, BENCHMARKS.md, 2026-11-30). A budget per second, not per

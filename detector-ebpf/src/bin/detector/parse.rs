@@ -8,7 +8,7 @@
 //! A frame that announces a header it does not carry, or a length it does
 //! not have, is `Malformed`; nothing here decides to drop anything.
 
-use detector_common::{class::is_amplification_port, sample::PAYLOAD_PREFIX, TrafficClass};
+use detector_common::{class::is_amplification_port, TrafficClass};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -71,10 +71,6 @@ pub struct Parsed {
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub struct Offsets {
-    /// The transport payload (0: none, or not parsed).
-    pub payload: u16,
-    /// The end of the IP packet (Ethernet padding after it is not payload).
-    pub limit: u16,
     /// The IP header (after Ethernet and VLAN tags).
     pub l3: u16,
     /// The transport header (0: none, or not parsed).
@@ -94,13 +90,12 @@ struct Transport {
     ports: Ports,
     flags: u8,
     l4: usize,
-    payload: usize,
 }
 
 impl Transport {
     #[inline(always)]
     const fn bare(class: TrafficClass) -> Self {
-        Transport { class, ports: Ports { src: 0, dst: 0 }, flags: 0, l4: 0, payload: 0 }
+        Transport { class, ports: Ports { src: 0, dst: 0 }, flags: 0, l4: 0 }
     }
 }
 
@@ -124,7 +119,7 @@ impl Parsed {
             ttl: 0,
             tcp_flags: 0,
             ports: Ports { src: 0, dst: 0 },
-            at: Offsets { payload: 0, limit: 0, l3: 0, l4: 0 },
+            at: Offsets { l3: 0, l4: 0 },
         }
     }
 
@@ -139,7 +134,7 @@ impl Parsed {
             tcp_flags: t.flags,
             ports: t.ports,
             // Frames are shorter than 64 KiB; the casts cannot cut.
-            at: Offsets { payload: t.payload as u16, limit: ip.limit as u16, l3: ip.l3 as u16, l4: t.l4 as u16 },
+            at: Offsets { l3: ip.l3 as u16, l4: t.l4 as u16 },
         }
     }
 
@@ -395,14 +390,14 @@ fn transport(start: usize, end: usize, l4: usize, limit: usize, proto: u8) -> Tr
             } else {
                 TrafficClass::Udp
             };
-            Transport { class, ports, flags: 0, l4, payload: l4 + 8 }
+            Transport { class, ports, flags: 0, l4 }
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             if l4 + 4 > limit || header(start, end, l4, 4).is_none() {
                 return Transport::bare(TrafficClass::Malformed);
             }
             let class = if proto == IPPROTO_ICMP { TrafficClass::Icmp } else { TrafficClass::Icmpv6 };
-            Transport { class, ports: Ports { src: 0, dst: 0 }, flags: 0, l4, payload: l4 + 4 }
+            Transport { class, ports: Ports { src: 0, dst: 0 }, flags: 0, l4 }
         }
         _ => Transport::bare(TrafficClass::OtherIp),
     }
@@ -437,7 +432,7 @@ fn tcp(start: usize, end: usize, l4: usize, limit: usize) -> Transport {
     } else {
         TrafficClass::TcpAck
     };
-    Transport { class, ports, flags, l4, payload: l4 + doff }
+    Transport { class, ports, flags, l4 }
 }
 
 #[inline(always)]
@@ -455,38 +450,4 @@ fn is_http_request(start: usize, end: usize, payload: usize, limit: usize) -> bo
 #[inline(always)]
 fn is_http_method(w: [u8; 4]) -> bool {
     matches!(&w, b"GET " | b"POST" | b"PUT " | b"HEAD" | b"DELE" | b"OPTI" | b"PATC" | b"CONN" | b"TRAC")
-}
-
-/// Copies the start of the transport payload into `out` (the rest
-/// zeroed) and says how many bytes: [`PAYLOAD_PREFIX`], or 8 or 4 when the
-/// payload is shorter (a sample needs no more; three fixed reads keep the
-/// verifier's walk short).
-#[inline(always)]
-pub fn payload_prefix(start: usize, end: usize, at: &Offsets, out: &mut [u8; PAYLOAD_PREFIX]) -> u8 {
-    *out = [0; PAYLOAD_PREFIX];
-    // Bounded for the verifier: these offsets come back from a map (see
-    // the program's `launder`), not from the parser's own registers.
-    let (payload, limit) = (at.payload as usize, at.limit as usize);
-    if payload == 0 {
-        return 0;
-    }
-    if payload + 16 <= limit {
-        if let Some(p) = header(start, end, payload, 16) {
-            *out = unsafe { core::ptr::read_unaligned(p as *const [u8; 16]) };
-            return 16;
-        }
-    } else if payload + 8 <= limit {
-        if let Some(p) = header(start, end, payload, 8) {
-            let b = unsafe { core::ptr::read_unaligned(p as *const [u8; 8]) };
-            out[..8].copy_from_slice(&b);
-            return 8;
-        }
-    } else if payload + 4 <= limit {
-        if let Some(p) = header(start, end, payload, 4) {
-            let b = unsafe { core::ptr::read_unaligned(p as *const [u8; 4]) };
-            out[..4].copy_from_slice(&b);
-            return 4;
-        }
-    }
-    0
 }

@@ -129,10 +129,8 @@ pub fn detector(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     // Sampled before the verdict, so an attack's samples go on after its
-    // mitigation starts; and so the header offsets, which only the sample
-    // and a destination rule read, are dead by the rule walk (the verifier
-    // would otherwise walk it once per parser path).
-    sample(&ctx, w, start, end, parsed, len);
+    // mitigation starts.
+    sample(&ctx, w, parsed, len);
     // Counted in its class first: detection sees a flood it mitigates.
     // A dropped packet's source is already known; it is not tracked.
     match mitigate::verdict(&ctx, parsed, &src, len, stats) {
@@ -169,7 +167,7 @@ fn launder(p: Parsed) -> Option<&'static mut Parsed> {
 /// [`carries_frame`]). A full ring drops the sample; the counters are
 /// unaffected.
 #[inline(always)]
-fn sample(ctx: &XdpContext, w: *mut Window, start: usize, end: usize, p: &Parsed, len: u64) {
+fn sample(ctx: &XdpContext, w: *mut Window, p: &Parsed, len: u64) {
     unsafe {
         // The first packet of a poll on this CPU: the countdown cut to the
         // current divisor (see `current_countdown`), before it decides.
@@ -206,7 +204,7 @@ fn sample(ctx: &XdpContext, w: *mut Window, start: usize, end: usize, p: &Parsed
         unsafe {
             (*r).cap_len = 0;
             (*r).ts_ns = 0;
-            write_header(&raw mut (*r).header, start, end, p, len);
+            write_header(&raw mut (*r).header, p, len);
         }
         entry.submit(BPF_RB_NO_WAKEUP as u64);
         return;
@@ -228,7 +226,7 @@ fn sample(ctx: &XdpContext, w: *mut Window, start: usize, end: usize, p: &Parsed
             (*r).cap_len = n as u16;
         }
         (*r).ts_ns = bpf_ktime_get_ns();
-        write_header(&raw mut (*r).header, start, end, p, len);
+        write_header(&raw mut (*r).header, p, len);
     }
     // Nobody waits on the ring: the controller drains it at each poll.
     entry.submit(BPF_RB_NO_WAKEUP as u64);
@@ -236,7 +234,7 @@ fn sample(ctx: &XdpContext, w: *mut Window, start: usize, end: usize, p: &Parsed
 
 /// A sample's headers, from the parser's findings.
 #[inline(always)]
-unsafe fn write_header(s: *mut PacketSample, start: usize, end: usize, p: &Parsed, len: u64) {
+unsafe fn write_header(s: *mut PacketSample, p: &Parsed, len: u64) {
     unsafe {
         (*s).src = parse::bytes(p.src);
         (*s).dst = parse::bytes(p.dst);
@@ -246,7 +244,7 @@ unsafe fn write_header(s: *mut PacketSample, start: usize, end: usize, p: &Parse
         (*s).sport = p.ports.src;
         (*s).dport = p.ports.dst;
         (*s).tcp_flags = p.tcp_flags;
-        (*s).payload_len = parse::payload_prefix(start, end, &p.at, &mut (*s).payload);
+        (*s)._pad = 0;
     }
 }
 
