@@ -70,7 +70,6 @@ use std::{
 };
 
 use detector_common::{sample::PacketSample, TrafficClass, CLASS_COUNT};
-use foldhash::{HashMap, HashMapExt};
 use serde::{Deserialize, Serialize};
 
 use crate::span::{Span, SpanValue};
@@ -241,13 +240,23 @@ pub fn derive(attack: &[PacketSample], peacetime: &[PacketSample], classes: &[Tr
     let in_classes: Vec<&PacketSample> =
         attack.iter().copied().filter(|s| chosen.iter().any(|c| *c as u8 == s.class)).collect();
 
-    // 2. The attacked address, if one takes nearly all.
-    let mut per_dst: HashMap<[u8; 16], usize> = HashMap::new();
+    // 2. The attacked address, if one takes nearly all: then it is the
+    // samples' majority, which one pass finds (Boyer-Moore's vote), and a
+    // second counts.
+    let (mut vote, mut lead) = (None, 0usize);
     for s in &in_classes {
-        *per_dst.entry(s.dst).or_default() += 1;
+        if lead == 0 {
+            (vote, lead) = (Some(s.dst), 1);
+        } else if vote == Some(s.dst) {
+            lead += 1;
+        } else {
+            lead -= 1;
+        }
     }
-    let top_dst = per_dst.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)));
-    let dst = top_dst.filter(|(_, n)| *n as f64 >= DST_SHARE * in_classes.len() as f64).map(|(d, _)| d);
+    let dst = vote.filter(|d| {
+        let n = in_classes.iter().filter(|s| s.dst == *d).count();
+        n as f64 >= DST_SHARE * in_classes.len() as f64
+    });
     let core: Vec<&PacketSample> = in_classes.into_iter().filter(|s| dst.is_none_or(|d| d == s.dst)).collect();
 
     // 3. The packets' shape: each field on all of them, then each again on
@@ -259,7 +268,8 @@ pub fn derive(attack: &[PacketSample], peacetime: &[PacketSample], classes: &[Tr
     }
     for field in Field::ALL {
         let kept: Vec<&PacketSample> = core.iter().copied().filter(|s| shape.fits_except(s, field)).collect();
-        if kept.len() >= MIN_SAMPLES {
+        // All of them kept: the same choice again (a clean flood's fields).
+        if kept.len() >= MIN_SAMPLES && kept.len() < core.len() {
             shape.choose(field, &kept, has_ports);
         }
     }
@@ -294,27 +304,41 @@ fn without_background<'a>(attack: Vec<&'a PacketSample>, peacetime: &[PacketSamp
     if peacetime.is_empty() || attack.is_empty() {
         return attack;
     }
-    // Keys: (class, 0 = destination / 1 = source, port).
-    fn pairs(s: &PacketSample) -> [(u8, u8, u16); 2] {
-        [(s.class, 0u8, s.dport), (s.class, 1u8, s.sport)]
+    // Keys: class, direction (0 = destination, 1 = source) and port, in
+    // one word.
+    fn pairs(s: &PacketSample) -> [u32; 2] {
+        let k = (s.class as u32) << 17;
+        [k | s.dport as u32, k | 1 << 16 | s.sport as u32]
     }
-    fn count<'a>(samples: impl Iterator<Item = &'a PacketSample>) -> HashMap<(u8, u8, u16), usize> {
-        let mut m: HashMap<(u8, u8, u16), usize> = HashMap::new();
-        for s in samples {
-            for k in pairs(s) {
-                *m.entry(k).or_default() += 1;
+    let (nc, nh) = (peacetime.len() as f64, attack.len() as f64);
+    // The pairs with BACKGROUND_SHARE of the peacetime samples: at most
+    // 2 / BACKGROUND_SHARE of them, whatever the thousands of distinct
+    // ports (clients' ephemeral ones) around them. Counted by sorting: a
+    // hash map of every pair, for both sides, was most of a derivation.
+    let calm: Vec<u32> = peacetime.iter().flat_map(pairs).collect();
+    let ordinary: Vec<(u32, usize)> =
+        counted(calm).into_iter().filter(|(_, c)| *c as f64 / nc >= BACKGROUND_SHARE).collect();
+    if ordinary.is_empty() {
+        return attack;
+    }
+    let find = |k: u32| ordinary.binary_search_by_key(&k, |(key, _)| *key).ok();
+    let mut hot = vec![0usize; ordinary.len()];
+    for s in &attack {
+        for k in pairs(s) {
+            if let Some(i) = find(k) {
+                hot[i] += 1;
             }
         }
-        m
     }
-    let (calm, hot) = (count(peacetime.iter()), count(attack.iter().copied()));
-    let (nc, nh) = (peacetime.len() as f64, attack.len() as f64);
-    let background = |k: &(u8, u8, u16)| {
-        let (Some(&c), Some(&h)) = (calm.get(k), hot.get(k)) else { return false };
-        let (calm_share, hot_share) = (c as f64 / nc, h as f64 / nh);
-        calm_share >= BACKGROUND_SHARE && (hot_share < DOMINANT_SHARE || hot_share < DILUTED_SHARE * calm_share)
-    };
-    attack.into_iter().filter(|s| !pairs(s).iter().any(background)).collect()
+    let background: Vec<bool> = ordinary
+        .iter()
+        .zip(&hot)
+        .map(|(&(_, c), &h)| {
+            let (calm_share, hot_share) = (c as f64 / nc, h as f64 / nh);
+            h > 0 && (hot_share < DOMINANT_SHARE || hot_share < DILUTED_SHARE * calm_share)
+        })
+        .collect();
+    attack.into_iter().filter(|s| !pairs(s).into_iter().any(|k| find(k).is_some_and(|i| background[i]))).collect()
 }
 
 /// Sets the signature's coverage of `attack` and collateral on `peacetime`.
@@ -351,20 +375,13 @@ impl Shape {
     /// them.
     fn choose(&mut self, field: Field, samples: &[&PacketSample], has_ports: bool) {
         match field {
-            Field::DstPorts if has_ports => {
-                self.dst_ports = port_spans(&samples.iter().map(|s| s.dport).collect::<Vec<_>>())
-            }
-            Field::SrcPorts if has_ports => {
-                self.src_ports = port_spans(&samples.iter().map(|s| s.sport).collect::<Vec<_>>())
-            }
+            Field::DstPorts if has_ports => self.dst_ports = port_spans(samples.iter().map(|s| s.dport).collect()),
+            Field::SrcPorts if has_ports => self.src_ports = port_spans(samples.iter().map(|s| s.sport).collect()),
             Field::DstPorts | Field::SrcPorts => {}
             Field::Length => {
-                self.length =
-                    trimmed(&samples.iter().map(|s| frame_len(s)).collect::<Vec<_>>()).filter(|s| !s.is_full())
+                self.length = trimmed(samples.iter().map(|s| frame_len(s)).collect()).filter(|s| !s.is_full())
             }
-            Field::Ttl => {
-                self.ttl = trimmed(&samples.iter().map(|s| s.ttl).collect::<Vec<_>>()).filter(|s| !s.is_full())
-            }
+            Field::Ttl => self.ttl = trimmed(samples.iter().map(|s| s.ttl).collect()).filter(|s| !s.is_full()),
         }
     }
 
@@ -406,13 +423,12 @@ pub fn mapped(a: &IpAddr) -> [u8; 16] {
 }
 
 /// Values with their counts, ascending.
-fn counted<T: Copy + Ord>(values: &[T]) -> Vec<(T, usize)> {
+fn counted<T: Copy + Ord>(mut values: Vec<T>) -> Vec<(T, usize)> {
     // Sorted and run-length counted: no hashing, a few thousand values a
     // derivation (it runs every second of an attack, on the poll thread).
-    let mut sorted = values.to_vec();
-    sorted.sort_unstable();
+    values.sort_unstable();
     let mut out: Vec<(T, usize)> = Vec::new();
-    for v in sorted {
+    for v in values {
         match out.last_mut() {
             Some((last, n)) if *last == v => *n += 1,
             _ => out.push((v, 1)),
@@ -449,22 +465,30 @@ fn trim_span<T: SpanValue>(asc: &[(T, usize)], per_tail: usize) -> Option<Span<T
 }
 
 /// The span holding all but [`TAIL_SHARE`] of the values at each end.
-fn trimmed<T: SpanValue + std::hash::Hash>(values: &[T]) -> Option<Span<T>> {
+fn trimmed<T: SpanValue + std::hash::Hash>(values: Vec<T>) -> Option<Span<T>> {
     let per_tail = (values.len() as f64 * TAIL_SHARE).floor() as usize;
     trim_span(&counted(values), per_tail)
 }
 
 /// The port spans of one direction (see the module's algorithm); empty for
 /// any port.
-fn port_spans(ports: &[u16]) -> Vec<Span<u16>> {
+fn port_spans(ports: Vec<u16>) -> Vec<Span<u16>> {
     let n = ports.len();
     if n == 0 {
         return Vec::new();
     }
     let need = needed(n, FIELD_COVERAGE);
     let asc = counted(ports);
-    let mut busiest = asc.clone();
-    busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    // The busiest few, busiest first (a spread has thousands of ports,
+    // whose order past the first few nothing reads).
+    let mut busiest: Vec<(u16, usize)> = Vec::with_capacity(MAX_PORT_SPANS + 1);
+    for &e in &asc {
+        let at = busiest.partition_point(|b| b.1 > e.1 || (b.1 == e.1 && b.0 < e.0));
+        if at < MAX_PORT_SPANS {
+            busiest.insert(at, e);
+            busiest.truncate(MAX_PORT_SPANS);
+        }
+    }
 
     // A few single ports carry it.
     let mut carried = 0;
@@ -827,15 +851,15 @@ mod tests {
         // miss half the attack).
         let mut r = Rng(23);
         let ports: Vec<u16> = (0..4000).map(|i| if i % 2 == 0 { 53 } else { r.range(1024, 65535) as u16 }).collect();
-        assert_eq!(port_spans(&ports), vec![]);
+        assert_eq!(port_spans(ports.clone()), vec![]);
         // A narrow spread is not widened; adjacent ports join.
         let ports: Vec<u16> = (0..1000).map(|i| 5000 + (i % 10) as u16).collect();
-        assert_eq!(port_spans(&ports), vec![Span { lo: 5000, hi: 5009 }]);
-        assert_eq!(port_spans(&[7, 8, 7, 8]), vec![Span { lo: 7, hi: 8 }]);
+        assert_eq!(port_spans(ports.clone()), vec![Span { lo: 5000, hi: 5009 }]);
+        assert_eq!(port_spans(vec![7, 8, 7, 8]), vec![Span { lo: 7, hi: 8 }]);
         // Outliers under 1% are trimmed.
         let mut ports = vec![80u16; 995];
         ports.extend([1, 2, 3, 4, 5]);
-        assert_eq!(port_spans(&ports), vec![Span::one(80)]);
+        assert_eq!(port_spans(ports.clone()), vec![Span::one(80)]);
         assert_eq!(round_out(1187u16, 65529), Span { lo: 1024, hi: 65535 });
         assert_eq!(round_out(10u16, 20), Span { lo: 10, hi: 20 });
         assert_eq!(round_out(3u8, 252), Span { lo: 0, hi: 255 });
