@@ -119,13 +119,17 @@ pub const MAX_DIVISOR: u32 = 1 << 16;
 pub struct ClassSamples {
     pub count: u64,
     pub dst_ports: HashMap<u16, u64>,
-    pub src_ports: HashMap<u16, u64>,
 }
 
 /// One poll's samples, grouped.
 #[derive(Clone, Debug, Default)]
 pub struct SampleView {
     pub classes: Vec<ClassSamples>,
+    /// udp_amplification samples per reflector service (by source port).
+    /// Only those: every class's source ports, counted alike, were a new
+    /// entry a sample in a flood from counting or random ports (hping3's),
+    /// for no reader.
+    pub reflected: HashMap<&'static str, u64>,
     /// Sampled SYNs and ACKs to the web ports.
     pub web_syn: u64,
     pub web_ack: u64,
@@ -144,7 +148,11 @@ impl SampleView {
             c.count += 1;
             if s.dport != 0 || s.sport != 0 {
                 *c.dst_ports.entry(s.dport).or_default() += 1;
-                *c.src_ports.entry(s.sport).or_default() += 1;
+            }
+            if class == TrafficClass::UdpAmplification {
+                if let Some(service) = amplification_vector(s.sport) {
+                    *v.reflected.entry(service).or_default() += 1;
+                }
             }
             match web_side(s) {
                 Some(WebSide::Syn) => v.web_syn += 1,
@@ -201,14 +209,12 @@ impl SampleView {
         if cs.count == 0 {
             return Vec::new();
         }
-        let mut by_vector: HashMap<&'static str, u64> = HashMap::new();
-        for (port, k) in &cs.src_ports {
-            if let Some(v) = amplification_vector(*port) {
-                *by_vector.entry(v).or_default() += k;
-            }
-        }
-        let mut v: Vec<(&'static str, u64)> =
-            by_vector.into_iter().filter(|(_, k)| *k as f64 / cs.count as f64 >= min_share).collect();
+        let mut v: Vec<(&'static str, u64)> = self
+            .reflected
+            .iter()
+            .map(|(name, k)| (*name, *k))
+            .filter(|(_, k)| *k as f64 / cs.count as f64 >= min_share)
+            .collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         v.into_iter().map(|(name, _)| name).collect()
     }
