@@ -20,8 +20,8 @@ pub const WEB_PORTS: [u16; 4] = [80, 443, 8080, 8443];
 /// points), and for a signature within a poll or two of an attack's onset;
 /// few enough that sampling stays a small part of the per-packet cost.
 /// Each sample costs the program a ring entry (56 bytes, 312 with the
-/// frame's head for captures) and the controller its reading: at 2,048 a poll, a
-/// flood under about 20,000 pps had every packet sampled, and that
+/// frame's head for captures) and the controller its reading: at 2,048 a
+/// poll, a flood under about 20,000 pps had every packet sampled, and that
 /// sampling was about 40% of the program's live cost per packet (`cargo
 /// xtask bench`, BENCHMARKS.md, 2026-11-30). A budget per second, not per
 /// poll, so a shorter interval does not sample more packets.
@@ -126,9 +126,9 @@ pub struct ClassSamples {
 pub struct SampleView {
     pub classes: Vec<ClassSamples>,
     /// udp_amplification samples per reflector service (by source port).
-    /// Only those: every class's source ports, counted alike, were a new
-    /// entry a sample in a flood from counting or random ports (hping3's),
-    /// for no reader.
+    /// No other class's source ports are kept: nothing reads them, and in a
+    /// flood from counting or random ports (hping3's) each sample would be
+    /// a new entry.
     pub reflected: HashMap<&'static str, u64>,
     /// Sampled SYNs and ACKs to the web ports.
     pub web_syn: u64,
