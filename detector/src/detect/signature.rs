@@ -851,15 +851,15 @@ mod tests {
         // miss half the attack).
         let mut r = Rng(23);
         let ports: Vec<u16> = (0..4000).map(|i| if i % 2 == 0 { 53 } else { r.range(1024, 65535) as u16 }).collect();
-        assert_eq!(port_spans(ports.clone()), vec![]);
+        assert_eq!(port_spans(ports), vec![]);
         // A narrow spread is not widened; adjacent ports join.
         let ports: Vec<u16> = (0..1000).map(|i| 5000 + (i % 10) as u16).collect();
-        assert_eq!(port_spans(ports.clone()), vec![Span { lo: 5000, hi: 5009 }]);
+        assert_eq!(port_spans(ports), vec![Span { lo: 5000, hi: 5009 }]);
         assert_eq!(port_spans(vec![7, 8, 7, 8]), vec![Span { lo: 7, hi: 8 }]);
         // Outliers under 1% are trimmed.
         let mut ports = vec![80u16; 995];
         ports.extend([1, 2, 3, 4, 5]);
-        assert_eq!(port_spans(ports.clone()), vec![Span::one(80)]);
+        assert_eq!(port_spans(ports), vec![Span::one(80)]);
         assert_eq!(round_out(1187u16, 65529), Span { lo: 1024, hi: 65535 });
         assert_eq!(round_out(10u16, 20), Span { lo: 10, hi: 20 });
         assert_eq!(round_out(3u8, 252), Span { lo: 0, hi: 255 });
