@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{require_root, Lab};
+use common::{expected_count, require_root, sketched_count, Lab};
 use detector::{
     flood::{
         self,
@@ -31,7 +31,7 @@ use detector::{
 };
 use detector_common::{
     maps::{SourceKey, SourceStats},
-    sketch::ADMIT_MIN,
+    sketch::{ADMIT_MIN, HOT_BATCH},
     TrafficClass, CLASS_COUNT,
 };
 
@@ -377,12 +377,6 @@ fn http_requests_need_a_method_and_a_web_port() {
     assert_counts(&counted(&t, frames.len() as u64), &expected, None);
 }
 
-/// What the per-source map holds for a source's `n` packets in one window
-/// on one CPU, `before` other packets into it: the sketch's own rule.
-fn expected_source_count(n: u32, before: u32) -> u64 {
-    (1..=n).map(|k| detector_common::sketch::weight(k, before + k) as u64).sum()
-}
-
 #[test]
 fn per_source_counts_start_at_the_fourth_packet_of_a_window() {
     require_root!();
@@ -400,9 +394,12 @@ fn per_source_counts_start_at_the_fourth_packet_of_a_window() {
     let sources = t.maps.sources().unwrap();
     let find = |ip: &str| sources.iter().find(|(k, _)| *k == addr_key(ip.parse::<IpAddr>().unwrap())).map(|(_, s)| *s);
     // The sketch admits a source at its 4th packet in a window (no poller is
-    // running, so this is one window) and samples it from its 16th on.
-    let (ea, eb) = (expected_source_count(50, 0), expected_source_count(20, 50));
-    assert_eq!((ea, eb), (45, 13));
+    // running, so this is one window) and samples it from its 16th on: a's
+    // 24th is its first sampled packet (counted eight times), and a the
+    // window's heavy source from there, its next 26 held (less than a
+    // batch).
+    let (ea, eb) = (expected_count(50, 0), expected_count(20, 50));
+    assert_eq!((ea, eb), (13 + 8, 13));
     let sa = find("198.51.100.7").expect("source a tracked");
     assert_eq!(sa.packets, ea);
     assert_eq!(sa.class_packets[TrafficClass::Udp.index()], ea);
@@ -414,8 +411,8 @@ fn per_source_counts_start_at_the_fourth_packet_of_a_window() {
 }
 
 /// A source the sketch finds heavy becomes its window's heavy source on
-/// that CPU: its packets are added up past the sketch and written eight at
-/// a time, exact in bytes; another heavy source in the same window goes
+/// that CPU: its packets are added up past the sketch and written
+/// `HOT_BATCH` at a time, exact in bytes; another heavy source in the same window goes
 /// through the sketch (the place is taken while the first has packets to
 /// write); a new window writes what was held.
 #[test]
@@ -430,10 +427,11 @@ fn a_heavy_source_is_added_up_exactly_past_the_sketch() {
     let (s, l) = (a_short.bytes.len() as u64, a_long.bytes.len() as u64);
     assert_eq!((b_short.bytes.len() as u64, b_long.bytes.len() as u64), (s, l));
     // a: 24 short (the 24th the sketch's first sampled one, counted eight
-    // times its length: a is heavy from there), then 7 long and a short,
-    // added up and written together, then 3 long, held.
+    // times its length: a is heavy from there), then a batch less one long
+    // and a short, added up and written together, then 3 long, held.
+    let batch = HOT_BATCH as u64;
     let mut frames = vec![a_short.bytes.clone(); 24];
-    frames.extend(std::iter::repeat_n(a_long.bytes.clone(), 7));
+    frames.extend(std::iter::repeat_n(a_long.bytes.clone(), HOT_BATCH as usize - 1));
     frames.push(a_short.bytes.clone());
     frames.extend(std::iter::repeat_n(a_long.bytes.clone(), 3));
     // b, the same way but with 8 more short: heavy too, but a holds the
@@ -447,10 +445,10 @@ fn a_heavy_source_is_added_up_exactly_past_the_sketch() {
     let find = |sources: &[(SourceKey, SourceStats)], ip: &str| {
         sources.iter().find(|(k, _)| *k == addr_key(ip.parse::<IpAddr>().unwrap())).map(|(_, s)| *s).unwrap()
     };
-    let sketched = expected_source_count(24, 0);
+    let sketched = sketched_count(24, 0);
     let a = find(&sources, "198.51.100.7");
-    assert_eq!((a.packets, a.bytes), (sketched + 8, sketched * s + 7 * l + s));
-    let eb = expected_source_count(40, 35);
+    assert_eq!((a.packets, a.bytes), (sketched + batch, sketched * s + (batch - 1) * l + s));
+    let eb = sketched_count(40, 35);
     let b = find(&sources, "198.51.100.8");
     assert_eq!((b.packets, b.bytes), (eb, eb * s), "b through the sketch, every sampled packet short");
     // A new window: its first packet, b's (below the sketch's bar in the
@@ -461,14 +459,14 @@ fn a_heavy_source_is_added_up_exactly_past_the_sketch() {
     counted(&t, frames.len() as u64 + 1);
     let sources = t.maps.sources().unwrap();
     let a = find(&sources, "198.51.100.7");
-    assert_eq!((a.packets, a.bytes), (sketched + 11, sketched * s + 10 * l + s));
+    assert_eq!((a.packets, a.bytes), (sketched + batch + 3, sketched * s + (batch + 2) * l + s));
     let b = find(&sources, "198.51.100.8");
     assert_eq!((b.packets, b.bytes), (eb, eb * s), "b's packet in the new window is below the bar");
     // a's own next packet is below the bar too, with nothing left to write.
     send(&lab, std::slice::from_ref(&a_short.bytes));
     counted(&t, frames.len() as u64 + 2);
     let a = find(&t.maps.sources().unwrap(), "198.51.100.7");
-    assert_eq!((a.packets, a.bytes), (sketched + 11, sketched * s + 10 * l + s));
+    assert_eq!((a.packets, a.bytes), (sketched + batch + 3, sketched * s + (batch + 2) * l + s));
 }
 
 /// A poll reads the sources the program listed as counted in the window

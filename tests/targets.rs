@@ -14,7 +14,7 @@ use std::{
 };
 
 use aya::programs::{tc::TcAttachOptions, LinkOrder, TcAttachType};
-use common::{require_root, Lab};
+use common::{expected_count, require_root, sketched_count, Lab};
 use detector::{
     flood::{
         exact::PacketSocket,
@@ -31,7 +31,9 @@ use detector::{
     sources::{addr_key, key_addr},
     targets::Direction,
 };
-use detector_common::{known::EGRESS_PROGRAM, maps::ClassCounters, targets::TargetStats, TrafficClass, CLASS_COUNT};
+use detector_common::{
+    known::EGRESS_PROGRAM, maps::ClassCounters, sketch::HOT_BATCH, targets::TargetStats, TrafficClass, CLASS_COUNT,
+};
 
 /// The counting program on the target's end, and, with `egress`, the
 /// egress program (attached here with TCX, its link held by the object;
@@ -125,12 +127,6 @@ fn counted_out(t: &Target, group: u32, total: u64) {
 
 fn packets(s: &TargetStats) -> u64 {
     s.counts.iter().map(|c| c.packets).sum()
-}
-
-/// What the per-address map holds for an address's `n` packets in one
-/// window on one CPU, `before` other protected packets into it.
-fn expected_count(n: u32, before: u32) -> u64 {
-    (1..=n).map(|k| detector_common::sketch::weight(k, before + k) as u64).sum()
 }
 
 fn find(list: &[(detector_common::maps::SourceKey, TargetStats)], ip: &str) -> Option<TargetStats> {
@@ -255,18 +251,19 @@ fn a_heavy_destination_is_added_up_exactly_past_the_sketch_and_its_rest_written_
 
     // 24 short frames: the 24th is the sketch's first one in eight
     // (counted eight times its length) and makes the address the slot's
-    // heavy one. The next eight, seven long and one short, are added up
-    // and written together, exactly: the sketch would have counted eight
-    // times the eighth one's length. Three more long ones are held.
+    // heavy one. The next batch, all long but the last, is added up and
+    // written together, exactly: the sketch would have counted eight times
+    // every eighth one's length. Three more long ones are held.
+    let batch = HOT_BATCH as u64;
     let mut frames = vec![short.bytes.clone(); 24];
-    frames.extend(std::iter::repeat_n(long.bytes.clone(), 7));
+    frames.extend(std::iter::repeat_n(long.bytes.clone(), HOT_BATCH as usize - 1));
     frames.push(short.bytes.clone());
     frames.extend(std::iter::repeat_n(long.bytes.clone(), 3));
     send(&lab, false, &frames);
     counted(&t, frames.len() as u64);
-    let sketched = expected_count(24, 0);
+    let sketched = sketched_count(24, 0);
     let e = entry(&t);
-    assert_eq!((e.counts[udp].packets, e.counts[udp].bytes), (sketched + 8, sketched * s + 7 * l + s));
+    assert_eq!((e.counts[udp].packets, e.counts[udp].bytes), (sketched + batch, sketched * s + (batch - 1) * l + s));
 
     // A new window: its first frame to the address writes the three held
     // ones with it (itself below the sketch's bar, not counted), and the
@@ -275,7 +272,10 @@ fn a_heavy_destination_is_added_up_exactly_past_the_sketch_and_its_rest_written_
     send(&lab, false, std::slice::from_ref(&short.bytes));
     counted(&t, frames.len() as u64 + 1);
     let e = entry(&t);
-    assert_eq!((e.counts[udp].packets, e.counts[udp].bytes), (sketched + 11, sketched * s + 10 * l + s));
+    assert_eq!(
+        (e.counts[udp].packets, e.counts[udp].bytes),
+        (sketched + batch + 3, sketched * s + (batch + 2) * l + s)
+    );
     assert_eq!(packets(&t.targets.group(1, Direction::Incoming).unwrap()), frames.len() as u64 + 1, "the group exact");
 }
 
@@ -365,13 +365,17 @@ fn a_poll_reads_the_addresses_counted_in_the_window_that_ended() {
     let a = build(Kind::Udp, "198.51.100.7", "203.0.113.10");
     let b = build(Kind::Udp, "198.51.100.7", "203.0.113.20");
 
-    // Window 1: a and b heavy. The first read is whole.
+    // Window 1: a and b heavy (at their 24th packet), each then a whole
+    // batch past the sketch: the cache slot they share holds nothing of
+    // theirs at the window's end (what it holds is written when the slot
+    // next changes hands). The first read is whole.
+    let n = 24 + HOT_BATCH as usize;
     t.counters.new_window().unwrap();
     let w1 = t.counters.epoch();
-    let mut frames = vec![a.bytes.clone(); 40];
-    frames.extend(std::iter::repeat_n(b.bytes.clone(), 40));
+    let mut frames = vec![a.bytes.clone(); n];
+    frames.extend(std::iter::repeat_n(b.bytes.clone(), n));
     send(&lab, false, &frames);
-    counted(&t, 80);
+    counted(&t, 2 * n as u64);
     t.counters.new_window().unwrap();
     let first = t.targets.read(Direction::Incoming, w1, 2, &t.counters.windows().unwrap()).unwrap();
     assert!(first.whole, "the first read is not whole");
@@ -380,8 +384,8 @@ fn a_poll_reads_the_addresses_counted_in_the_window_that_ended() {
     // Window 2: only a. The read lists a as counted; b, quiet, is left to
     // the sweep's next pass (the whole read was one).
     let w2 = t.counters.epoch();
-    send(&lab, false, &vec![a.bytes.clone(); 40]);
-    counted(&t, 120);
+    send(&lab, false, &vec![a.bytes.clone(); n]);
+    counted(&t, 3 * n as u64);
     t.counters.new_window().unwrap();
     let second = t.targets.read(Direction::Incoming, w2, 2, &t.counters.windows().unwrap()).unwrap();
     assert!(!second.whole);

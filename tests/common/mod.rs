@@ -406,3 +406,31 @@ pub fn until_or<T>(
     }
     panic!("{what}: not after {within:?}; last seen:\n{last}\n{}", context());
 }
+
+/// What a per-address map entry holds after `n` packets to (or from) one
+/// address in one window, `before` packets with an address counted in the
+/// window ahead of them, the window's heavy place free: the sketch's
+/// weights up to its first sampled packet, which makes the address heavy,
+/// then its packets past the sketch in whole batches (`Hot`; what is left
+/// of a batch is held until the next window). An address never sampled is
+/// the sketch's alone.
+pub fn expected_count(n: u32, before: u32) -> u64 {
+    use detector_common::sketch::{weight, HOT_BATCH, SAMPLE_EVERY};
+    let mut total = 0;
+    for k in 1..=n {
+        let w = weight(k, before + k);
+        total += w as u64;
+        if w == SAMPLE_EVERY {
+            return total + ((n - k) / HOT_BATCH * HOT_BATCH) as u64;
+        }
+    }
+    total
+}
+
+/// What the sketch alone counts of `n` packets of one address in one
+/// window, `before` packets with an address counted ahead of them: the
+/// weight of each (an address that never takes the heavy place, or up to
+/// the packet that makes it heavy).
+pub fn sketched_count(n: u32, before: u32) -> u64 {
+    (1..=n).map(|k| detector_common::sketch::weight(k, before + k) as u64).sum()
+}

@@ -344,7 +344,7 @@ fn heat(w: *mut Window, words: &[u64; 2], class: usize, epoch: u32) {
 }
 
 /// Writes what the window's heavy source added up and has not written yet
-/// (fewer than `SAMPLE_EVERY` packets), listed in window `epoch`.
+/// (fewer than `HOT_BATCH` packets), listed in window `epoch`.
 #[inline(always)]
 fn write_left(w: *mut Window, epoch: u32) {
     // SAFETY: this CPU's window; the key is its value's bytes.

@@ -126,7 +126,7 @@ fn count_protected<const DIR: u32>(ctl: &TargetControl, addr: &[u64; 2], class: 
             (*slot).group
         } else {
             // Another key's slot now: its heavy address is forgotten, with
-            // what it had added up (fewer than SAMPLE_EVERY packets; two
+            // what it had added up (fewer than HOT_BATCH packets; two
             // keys this CPU sees share the slot).
             (*slot).hot.cool();
             let group = lookup_group::<DIR>(addr);
