@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{expected_count, require_root, sketched_count, Lab};
+use common::{cpus, expected_count, pin_to, require_root, sketched_count, Lab};
 use detector::{
     flood::{
         self,
@@ -62,22 +62,16 @@ fn read_sources(t: &mut Target, epoch: u32, tracked: usize) -> Listed<SourceStat
 /// Sends from a thread pinned to one CPU: the veth hands each frame to the
 /// peer's NAPI on the sending CPU, so all of them meet one CPU's sketch.
 fn send(lab: &Lab, frames: &[Vec<u8>]) {
-    pin_to_first_cpu();
+    send_on(lab, cpus()[0], frames);
+}
+
+/// Sends from `cpu`: a veth receives a frame on the CPU that sent it.
+fn send_on(lab: &Lab, cpu: usize, frames: &[Vec<u8>]) {
+    pin_to(cpu);
     let _in = lab.enter_gen().unwrap();
     let sock = PacketSocket::open(iface::index(&lab.gen_if).unwrap()).unwrap();
     for f in frames {
         sock.send(f).unwrap();
-    }
-}
-
-fn pin_to_first_cpu() {
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let mut current: libc::cpu_set_t = std::mem::zeroed();
-        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut current);
-        let first = (0..libc::CPU_SETSIZE as usize).find(|c| libc::CPU_ISSET(*c, &current)).unwrap_or(0);
-        libc::CPU_SET(first, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
@@ -375,6 +369,24 @@ fn http_requests_need_a_method_and_a_web_port() {
     expected[TrafficClass::HttpRequest.index()] = 3;
     expected[TrafficClass::TcpAck.index()] = 3;
     assert_counts(&counted(&t, frames.len() as u64), &expected, None);
+}
+
+/// Every CPU counts: the program keeps its scratch copy of a frame's
+/// headers in an array entry per CPU (sized by the loader), not a per-CPU
+/// value, and a CPU without its entry would count nothing. Frames sent
+/// from each CPU the test may run on, each CPU's counted in its turn.
+#[test]
+fn frames_received_on_every_cpu_are_counted() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let t = attach(&lab);
+    let f = build(&spec(Kind::Udp, "198.51.100.7", "192.0.2.2"));
+    let all = cpus();
+    for (i, cpu) in all.iter().enumerate() {
+        send_on(&lab, *cpu, &vec![f.bytes.clone(); 5]);
+        let got = counted(&t, 5 * (i as u64 + 1)).get(TrafficClass::Udp).packets;
+        assert_eq!(got, 5 * (i as u64 + 1), "after CPU {cpu}'s frames (of {all:?})");
+    }
 }
 
 #[test]

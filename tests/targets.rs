@@ -14,7 +14,7 @@ use std::{
 };
 
 use aya::programs::{tc::TcAttachOptions, LinkOrder, TcAttachType};
-use common::{expected_count, require_root, sketched_count, Lab};
+use common::{cpus, expected_count, pin_to, require_root, sketched_count, Lab};
 use detector::{
     flood::{
         exact::PacketSocket,
@@ -66,23 +66,17 @@ fn nets(list: &[(&str, u32)]) -> Vec<(Prefix, u32)> {
 /// frames all meet one CPU's sketch), from the generator's end or out of
 /// the target's.
 fn send(lab: &Lab, from_target: bool, frames: &[Vec<u8>]) {
-    pin_to_first_cpu();
+    send_on(lab, cpus()[0], from_target, frames);
+}
+
+/// Sends from `cpu`: a veth receives a frame on the CPU that sent it.
+fn send_on(lab: &Lab, cpu: usize, from_target: bool, frames: &[Vec<u8>]) {
+    pin_to(cpu);
     let (_in, ifname) =
         if from_target { (lab.enter_tgt().unwrap(), &lab.tgt_if) } else { (lab.enter_gen().unwrap(), &lab.gen_if) };
     let sock = PacketSocket::open(iface::index(ifname).unwrap()).unwrap();
     for f in frames {
         sock.send(f).unwrap();
-    }
-}
-
-fn pin_to_first_cpu() {
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let mut current: libc::cpu_set_t = std::mem::zeroed();
-        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut current);
-        let first = (0..libc::CPU_SETSIZE as usize).find(|c| libc::CPU_ISSET(*c, &current)).unwrap_or(0);
-        libc::CPU_SET(first, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
@@ -233,6 +227,27 @@ fn protected_destinations_count_in_their_group_and_heavy_ones_per_address() {
     let g1 = t.targets.group(1, Direction::Incoming).unwrap();
     assert_eq!(g1.counts[TrafficClass::Udp.index()].packets, 52);
     assert!(t.targets.targets(Direction::Incoming).unwrap().is_empty());
+}
+
+/// Every CPU counts per destination: each has its own cache of address to
+/// group, in an array sized by the loader (a CPU without one would count
+/// nothing in the groups). Frames to a protected address sent from each
+/// CPU the test may run on, each CPU's counted in its group in its turn.
+#[test]
+fn protected_destinations_count_on_every_cpu() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let mut t = attach(&lab, false);
+    t.targets.set_protected(&nets(&[("203.0.113.0/24", 1)])).unwrap();
+    let f = build(Kind::Udp, "198.51.100.7", "203.0.113.10");
+    let all = cpus();
+    for (i, cpu) in all.iter().enumerate() {
+        send_on(&lab, *cpu, false, &vec![f.bytes.clone(); 5]);
+        let want = 5 * (i as u64 + 1);
+        counted(&t, want);
+        let got = packets(&t.targets.group(1, Direction::Incoming).unwrap());
+        assert_eq!(got, want, "after CPU {cpu}'s frames (of {all:?})");
+    }
 }
 
 #[test]

@@ -254,8 +254,10 @@ impl TargetControl {
     }
 }
 
-/// Per-CPU array of `2 * CACHE_SLOTS` [`CacheSlot`]s: the incoming
-/// program's, then the egress program's.
+/// Array of `2 * CACHE_SLOTS` [`CacheSlot`]s per possible CPU, indexed by
+/// the CPU's id and then [`cache_slot`]: the incoming program's, then the
+/// egress program's. Sized by the loader; CPU-indexed rather than per-CPU
+/// for the reason [`crate::maps::PARSED_MAP`] gives.
 pub const TARGET_CACHE_MAP: &str = "TARGET_CACHE";
 /// Slots of one direction's cache.
 pub const CACHE_SLOTS: u32 = 1024;
@@ -263,7 +265,7 @@ pub const CACHE_SLOTS: u32 = 1024;
 /// trie did not hold it.
 pub const CACHE_NONE: u32 = u32::MAX;
 
-/// One slot of the per-CPU, direct-mapped cache of destination (or source,
+/// One slot of a CPU's direct-mapped cache of destination (or source,
 /// egress) to host group, in front of the trie: a flood at a few addresses,
 /// or sprayed over a few protected prefixes, looks each key up once per
 /// generation. An array lookup is inlined by the verifier, a trie's is a

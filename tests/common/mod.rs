@@ -434,3 +434,24 @@ pub fn expected_count(n: u32, before: u32) -> u64 {
 pub fn sketched_count(n: u32, before: u32) -> u64 {
     (1..=n).map(|k| detector_common::sketch::weight(k, before + k) as u64).sum()
 }
+
+/// The CPUs this process may run on (the test harness's threads start with
+/// the process's set).
+pub fn cpus() -> Vec<usize> {
+    // SAFETY: a zeroed set is valid; the call fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);
+        (0..libc::CPU_SETSIZE as usize).filter(|c| libc::CPU_ISSET(*c, &set)).collect()
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed set is valid; the call reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "pinning to CPU {cpu}");
+    }
+}

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use aya::{Ebpf, EbpfLoader};
 use detector_common::{
     known::KNOWN_PEERS_MAP,
-    maps::{CLASS_STATS_MAP, SOURCE_STATS_MAP},
+    maps::{CLASS_STATS_MAP, PARSED_MAP, SOURCE_STATS_MAP},
     rules::{
         AGGREGATE_MAP, BUCKETS_MAP, DEFAULT_MAX_ALLOW, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, RULES_ACTIVE_MAP,
         RULES_MAP, RULE_STATS_MAP,
     },
     sketch::HashKey,
-    targets::{DEFAULT_MAX_TARGETS, TARGETS_IN_MAP, TARGETS_OUT_MAP},
+    targets::{CACHE_SLOTS, DEFAULT_MAX_TARGETS, TARGETS_IN_MAP, TARGETS_OUT_MAP, TARGET_CACHE_MAP},
 };
 use thiserror::Error;
 
@@ -33,6 +33,8 @@ pub enum LoadError {
     Program { program: &'static str, reason: String, verifier_log: String },
     #[error("cannot read random bytes for the hash seed: {0}")]
     Seed(String),
+    #[error("cannot count the possible CPUs ({0})")]
+    Cpus(String),
     #[error("the pinned map {path} holds {found} entries but {want} are configured; run `detector detach --iface {iface}` to start afresh (its rules are lost), or restore the old size")]
     PinnedSize { path: String, iface: String, found: u32, want: u32 },
     #[error("the pinned map {path} was made by another version of detector (keys of {key} bytes, values of {value}); run `detector detach --iface {iface}` to start afresh (its rules are lost)")]
@@ -112,9 +114,13 @@ pub fn load_counting(opts: &CountingOptions) -> Result<Ebpf, LoadError> {
     let mut seed = [0u8; 8];
     getrandom::fill(&mut seed).map_err(|e| LoadError::Seed(e.to_string()))?;
     let key = HashKey::new(u64::from_ne_bytes(seed));
+    // The CPU-indexed arrays hold a slot (or a cache) per possible CPU.
+    let cpus = aya::util::nr_cpus().map_err(|(path, e)| LoadError::Cpus(format!("{path}: {e}")))? as u32;
     let mut loader = EbpfLoader::new();
     loader
         .override_global("HASH_KEY", &key, true)
+        .map_max_entries(PARSED_MAP, cpus)
+        .map_max_entries(TARGET_CACHE_MAP, cpus * 2 * CACHE_SLOTS)
         .map_max_entries(SOURCE_STATS_MAP, opts.max_sources)
         .map_max_entries(TARGETS_IN_MAP, opts.max_targets)
         .map_max_entries(TARGETS_OUT_MAP, opts.max_targets)

@@ -7,6 +7,8 @@
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
+mod cpu;
+#[cfg(target_arch = "bpf")]
 mod dirty;
 #[cfg(target_arch = "bpf")]
 mod egress;

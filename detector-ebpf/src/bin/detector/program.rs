@@ -141,20 +141,37 @@ pub fn detector(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// This CPU's copy of the parser's findings (see [`launder`]).
+/// Each CPU's copy of the parser's findings (see [`launder`]), a slot per
+/// CPU (see [`crate::cpu`]).
 #[map]
-pub(crate) static PARSED: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);
+static PARSED: Array<ParsedSlot> = Array::with_max_entries(1, 0);
+
+/// A CPU's slot of [`PARSED`]: two cache lines, the findings (less than
+/// one) at the start, so that two CPUs' findings never share a line
+/// whatever the array's alignment.
+#[repr(C)]
+pub(crate) struct ParsedSlot {
+    parsed: Parsed,
+    _pad: [u8; 128 - core::mem::size_of::<Parsed>()],
+}
+
+/// This CPU's findings, as [`launder`] wrote them; also read by the tail
+/// call it makes (on the same CPU).
+#[inline(always)]
+pub(crate) fn parsed() -> Option<*mut Parsed> {
+    crate::cpu::entry(&PARSED, 1, 0).map(|s| unsafe { &raw mut (*s).parsed })
+}
 
 /// The parser's findings, written to a map and read back. The verifier
 /// tracks every value the parser computed, so each way through the parser
 /// (a class, a header layout) reaches the code after it in a state of its
 /// own, and that code would be walked once per way (past the verifier's
 /// budget with the rule slots). Read back from a map they are plain
-/// numbers, and the ways meet. Costs a store of the findings in a per-CPU
-/// array, once per packet; the code after reads them from there.
+/// numbers, and the ways meet. Costs a store of the findings in this CPU's
+/// slot, once per packet; the code after reads them from there.
 #[inline(always)]
 fn launder(p: Parsed) -> Option<&'static mut Parsed> {
-    let slot = PARSED.get_ptr_mut(0)?;
+    let slot = parsed()?;
     unsafe {
         core::ptr::write_volatile(slot, p);
         Some(&mut *slot)

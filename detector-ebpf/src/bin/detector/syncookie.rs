@@ -35,7 +35,7 @@ use detector_common::{rules::ACTION_SYN_COOKIES, TrafficClass};
 use crate::{
     mitigate,
     parse::{header, load, opaque, store, u8_at, Offsets, IPPROTO_TCP, TCP_ACK, TCP_CWR, TCP_ECE, TCP_SYN},
-    program::{CLASS_STATS, PARSED},
+    program::{self, CLASS_STATS},
 };
 
 /// Slot 0: the SYN-cookie program, put there by the controller when it
@@ -64,9 +64,11 @@ pub fn hand_over(ctx: &XdpContext, index: u32) {
 #[xdp]
 pub fn detector_syncookie(ctx: XdpContext) -> u32 {
     let len = frame_len(&ctx) as u64;
-    let (Some(p), Some(index)) = (PARSED.get(0), COOKIE_JOB.get(0).copied()) else {
+    let (Some(p), Some(index)) = (program::parsed(), COOKIE_JOB.get(0).copied()) else {
         return xdp_action::XDP_PASS;
     };
+    // SAFETY: this CPU's slot, written by the program that tail-called.
+    let p = unsafe { &*p };
     let Some(stats) = CLASS_STATS.get_ptr_mut(p.class as u32) else {
         return xdp_action::XDP_PASS;
     };

@@ -36,9 +36,10 @@ static PROTECTED: LpmTrie<[u8; 16], ProtectedNet> =
 static TARGET_CONTROL: Array<TargetControl> = Array::with_max_entries(1, 0);
 
 /// Per CPU and direction: the last addresses looked up in the trie, with
-/// their group (see [`CacheSlot`]).
+/// their group (see [`CacheSlot`]); a CPU's slots in a row (see
+/// [`crate::cpu`]).
 #[map]
-static TARGET_CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(2 * CACHE_SLOTS, 0);
+static TARGET_CACHE: Array<CacheSlot> = Array::with_max_entries(2 * CACHE_SLOTS, 0);
 
 /// Per group and direction: exact totals per class.
 #[map]
@@ -117,10 +118,11 @@ fn count_protected<const DIR: u32>(ctl: &TargetControl, addr: &[u64; 2], class: 
     // longest protected prefix of its family: one slot serves a whole
     // protected /24 (see `TargetControl::cache_key`).
     let cache_key = ctl.cache_key(addr);
-    let Some(slot) = TARGET_CACHE.get_ptr_mut(cache_slot(&cache_key, ctl.cache_seed, DIR)) else {
+    let Some(slot) = crate::cpu::entry(&TARGET_CACHE, 2 * CACHE_SLOTS, cache_slot(&cache_key, ctl.cache_seed, DIR))
+    else {
         return;
     };
-    // SAFETY: a per-CPU value of this program's, on this CPU.
+    // SAFETY: this CPU's slot, of this program's.
     let group = unsafe {
         if (*slot).generation == ctl.generation && (*slot).addr == cache_key {
             (*slot).group
