@@ -372,9 +372,11 @@ fn http_requests_need_a_method_and_a_web_port() {
 }
 
 /// Every CPU counts: the program keeps its scratch copy of a frame's
-/// headers in an array entry per CPU (sized by the loader), not a per-CPU
-/// value, and a CPU without its entry would count nothing. Frames sent
-/// from each CPU the test may run on, each CPU's counted in its turn.
+/// headers and its heavy-hitter window in array entries per CPU (sized by
+/// the loader), not per-CPU values, and a CPU without its entries would
+/// count nothing (or track no source). Frames sent from each CPU the test
+/// may run on, each CPU's counted in its class and per source in its turn
+/// (each CPU's sketch admits the source on its own).
 #[test]
 fn frames_received_on_every_cpu_are_counted() {
     require_root!();
@@ -386,6 +388,8 @@ fn frames_received_on_every_cpu_are_counted() {
         send_on(&lab, *cpu, &vec![f.bytes.clone(); 5]);
         let got = counted(&t, 5 * (i as u64 + 1)).get(TrafficClass::Udp).packets;
         assert_eq!(got, 5 * (i as u64 + 1), "after CPU {cpu}'s frames (of {all:?})");
+        let tracked: u64 = t.maps.sources().unwrap().iter().map(|(_, s)| s.packets).sum();
+        assert_eq!(tracked, (i as u64 + 1) * sketched_count(5, 0), "per source after CPU {cpu}'s frames");
     }
 }
 

@@ -230,8 +230,8 @@ fn protected_destinations_count_in_their_group_and_heavy_ones_per_address() {
 }
 
 /// Every CPU counts per destination: each has its own cache of address to
-/// group, in an array sized by the loader (a CPU without one would count
-/// nothing in the groups). Frames to a protected address sent from each
+/// group and its own window, in arrays sized by the loader (a CPU without
+/// them would count nothing in the groups, or per address). Frames to a protected address sent from each
 /// CPU the test may run on, each CPU's counted in its group in its turn.
 #[test]
 fn protected_destinations_count_on_every_cpu() {
@@ -247,6 +247,8 @@ fn protected_destinations_count_on_every_cpu() {
         counted(&t, want);
         let got = packets(&t.targets.group(1, Direction::Incoming).unwrap());
         assert_eq!(got, want, "after CPU {cpu}'s frames (of {all:?})");
+        let per_address: u64 = t.targets.targets(Direction::Incoming).unwrap().iter().map(|(_, s)| packets(s)).sum();
+        assert_eq!(per_address, (i as u64 + 1) * sketched_count(5, 0), "per address after CPU {cpu}'s frames");
     }
 }
 

@@ -4,6 +4,7 @@
 //! ratio to the empty program does not carry from one CPU to another).
 
 mod bgp;
+mod cold;
 mod detection;
 mod fastnetmon;
 mod firewall;
@@ -35,12 +36,26 @@ struct Args {
     /// working on it; the written report always has every part).
     #[arg(long, value_name = "PART")]
     only: Option<Part>,
+    /// With `--only cold`: another build of the counting object to run in
+    /// the same turns as the embedded one, as NAME=FILE (repeatable).
+    #[arg(long, value_name = "NAME=FILE", value_parser = parse_object)]
+    object: Vec<(String, PathBuf)>,
+}
+
+fn parse_object(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, file)) if !name.is_empty() && !file.is_empty() => Ok((name.to_string(), PathBuf::from(file))),
+        _ => Err(format!("'{s}' is not NAME=FILE")),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Part {
     /// ns per packet of the counting path, per traffic class (test runs).
     Counting,
+    /// ns per packet of the counting path with the caches evicted before
+    /// each test run.
+    Cold,
     /// Dropping a flood: iptables, nftables and XDP.
     Firewall,
     /// ns per packet along each mitigation path (test runs).
@@ -72,9 +87,16 @@ fn main() -> Result<()> {
     // longer floods keep the sampling error small.
     let firewall_seconds = Duration::from_secs(if args.quick { 3 } else { 12 });
     let reaction_trials = if args.quick { 5 } else { 20 };
+    if !args.object.is_empty() && !matches!(args.only, Some(Part::Cold)) {
+        anyhow::bail!("--object compares builds in the cold runs only: give it with --only cold");
+    }
     match args.only {
         Some(Part::Counting) => {
             println!("{}", report::per_class_section(&testrun::per_class(repeat)?, repeat));
+            return Ok(());
+        }
+        Some(Part::Cold) => {
+            println!("{}", report::cold_section(&cold::run(&args.object, cold::RUNS)?, cold::RUNS));
             return Ok(());
         }
         Some(Part::Firewall) => {
@@ -125,6 +147,8 @@ fn main() -> Result<()> {
 
     eprintln!("bench: BPF_PROG_TEST_RUN, {repeat} repeats per frame");
     let per_class = testrun::per_class(repeat)?;
+    eprintln!("bench: BPF_PROG_TEST_RUN with the caches evicted, {} runs per case", cold::RUNS);
+    let cold = cold::run(&[], cold::RUNS)?;
     eprintln!("bench: BPF_PROG_TEST_RUN along the mitigation paths, {repeat} repeats each");
     let rule_paths = rulepaths::paths(repeat)?;
     eprintln!("bench: network mode: per-destination counting, poll cycle, memory");
@@ -143,6 +167,7 @@ fn main() -> Result<()> {
         repeat,
         seconds,
         per_class,
+        cold,
         rule_paths,
         live,
         detection,

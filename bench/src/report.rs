@@ -26,6 +26,7 @@ pub struct Report {
     pub repeat: u32,
     pub seconds: u64,
     pub per_class: Vec<ClassCost>,
+    pub cold: Vec<crate::cold::ColdCost>,
     pub rule_paths: Vec<PathCost>,
     pub live: Vec<LiveRun>,
     pub detection: DetectionFigures,
@@ -235,6 +236,35 @@ pub fn per_class_section(per_class: &[ClassCost], repeat: u32) -> String {
 }
 
 /// The mitigation paths under test runs, as a Markdown section.
+/// The program with its caches evicted before each run (see `cold`).
+pub fn cold_section(costs: &[crate::cold::ColdCost], runs: u32) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "## The counting path with cold caches
+"
+    );
+    let _ = writeln!(
+        s,
+        "The 64-byte UDP frame above, one test run at a time, {} KiB written through before each (about what the sender's syscall and the stack touch between two packets when they run on the receiving CPU, as at a few tens of thousands of packets a second: the L1 and L2 caches and the TLB evicted, not the L3), the detector's program and the empty one taking turns run by run, {runs} runs each, a new heavy-hitter window every 1,000; the trimmed mean (a tenth dropped at each end). This is the cost the in-place figures of the FastNetMon section see and warm test runs do not (repeated, a frame finds everything in the L1 cache): each cache line and page the program touches that the sender evicted. Network mode: 10.1.0.0/16 and 200 unrelated /24s protected, the frame to 10.1.2.3. No target of its own; it is how a change to the program's footprint is judged (`detector-bench --only cold --object NAME=FILE` compares other builds of the object in the same turns).\n",
+        crate::cold::EVICT_BYTES / 1024
+    );
+    let _ = writeln!(s, "| case | build | added ns/packet | detector ns/packet | empty ns/packet |");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|");
+    for c in costs {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.1} | {:.1} |",
+            c.case,
+            c.build,
+            signed_ns(added(c.detector_ns, c.empty_ns)),
+            c.detector_ns,
+            c.empty_ns
+        );
+    }
+    s
+}
+
 pub fn rule_paths_section(paths: &[PathCost], repeat: u32) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "## Mitigation paths under BPF_PROG_TEST_RUN\n");
@@ -434,6 +464,7 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut s = header(&self.command, &Machine::read());
         s.push_str(&per_class_section(&self.per_class, self.repeat));
+        let _ = write!(s, "\n{}", cold_section(&self.cold, crate::cold::RUNS));
         s.push_str(&rule_paths_section(&self.rule_paths, self.repeat));
         let _ = write!(s, "\n{}", targets_section(&self.targets));
         s.push_str(&live_section(&self.live, self.seconds));

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 use aya::{
-    maps::{Array, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, Map, MapData, PerCpuHashMap, PerCpuValues},
     programs::{TestRun as _, TestRunOptions, Xdp, XdpMode},
     util::nr_cpus,
     Ebpf,
@@ -36,8 +36,8 @@ use detector::{
 };
 use detector_common::{
     flood::PASS_PROGRAM,
-    maps::{SourceKey, DEFAULT_MAX_SOURCES, DETECTOR_PROGRAM, EPOCH_MAP, WINDOW_MAP},
-    sketch::{Window, EPOCH_MASK},
+    maps::{CpuWindows, SourceKey, DEFAULT_MAX_SOURCES, DETECTOR_PROGRAM, EPOCH_MAP, WINDOW_MAP},
+    sketch::EPOCH_MASK,
     targets::{
         TargetStats, GROUP_STATS_MAP, PROTECTED_MAP, TARGETS_IN_MAP, TARGETS_OUT_MAP, TARGET_CACHE_MAP,
         TARGET_CONTROL_MAP, TARGET_DIRTY_MAP, TARGET_SKETCH_MAP,
@@ -95,7 +95,7 @@ impl Figures {
     }
 }
 
-fn udp(dst: &str) -> Result<Vec<u8>> {
+pub(crate) fn udp(dst: &str) -> Result<Vec<u8>> {
     Ok(frame::build(&FrameSpec {
         kind: Kind::Udp,
         src_mac: [2, 0, 0, 0, 0, 1],
@@ -115,7 +115,7 @@ fn udp(dst: &str) -> Result<Vec<u8>> {
 /// program the dispatcher does not hold adds it and takes it out again,
 /// each a `synchronize_rcu`, which makes runs of one frame crawl. No
 /// traffic crosses the lab.
-fn hold_in_dispatcher(lab: &Lab, det: &mut Xdp, pass: Option<&mut Xdp>) -> Result<()> {
+pub(crate) fn hold_in_dispatcher(lab: &Lab, det: &mut Xdp, pass: Option<&mut Xdp>) -> Result<()> {
     {
         let _in = lab.enter_tgt()?;
         det.attach(&lab.tgt_if, XdpMode::Driver).context("attaching the detector in the lab")?;
@@ -140,7 +140,7 @@ fn prefixes(list: &[(&str, u32)]) -> Result<Vec<(Prefix, u32)>> {
 
 /// The protected table of the per-packet runs: 10.1.0.0/16 in group 0 and
 /// 200 unrelated /24s in other groups, so lookups walk a real trie.
-fn table() -> Result<Vec<(Prefix, u32)>> {
+pub(crate) fn table() -> Result<Vec<(Prefix, u32)>> {
     let mut nets = prefixes(&[("10.1.0.0/16", 0)])?;
     for i in 0..BACKGROUND_PREFIXES {
         let p = format!("172.{}.{}.0/24", 16 + i / 256, i % 256);
@@ -285,14 +285,14 @@ fn key(i: u32) -> SourceKey {
 /// the probe does through `CounterMaps`.
 struct Epoch {
     epoch: Array<MapData, u32>,
-    windows: PerCpuArray<MapData, Window>,
+    windows: Array<MapData, CpuWindows>,
     buf: batch::Buffers,
 }
 
 impl Epoch {
     fn take(obj: &mut Ebpf) -> Result<Epoch> {
         let epoch = Array::try_from(ebpf::take_map(obj, "detector", EPOCH_MAP)?)?;
-        let windows = PerCpuArray::try_from(ebpf::take_map(obj, "detector", WINDOW_MAP)?)?;
+        let windows = Array::try_from(ebpf::take_map(obj, "detector", WINDOW_MAP)?)?;
         Ok(Epoch { epoch, windows, buf: Default::default() })
     }
 

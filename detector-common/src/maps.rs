@@ -8,15 +8,27 @@ pub const CLASS_STATS_MAP: &str = "CLASS_STATS";
 pub const SOURCE_STATS_MAP: &str = "SOURCE_STATS";
 /// Per-CPU array of [`crate::sketch::SKETCH_BLOCKS`] [`crate::sketch::SketchBlock`]s.
 pub const SKETCH_MAP: &str = "SKETCH";
-/// Per-CPU array of [`WINDOWS`] [`crate::sketch::Window`]s: the per-source
-/// window ([`SOURCE_WINDOW`]), then network mode's, one per direction
-/// (`crate::targets::target_window`). One map, so a poll reads every
-/// CPU's windows in one call.
+/// Array of one [`CpuWindows`] per possible CPU, indexed by the CPU's id
+/// (sized by the loader; CPU-indexed rather than per-CPU for the reason
+/// [`PARSED_MAP`] gives: the source window is touched by every packet with
+/// an address). One map, so a poll reads every CPU's windows in one call.
 pub const WINDOW_MAP: &str = "WINDOW";
-/// Windows in the [`WINDOW_MAP`].
+/// Windows of a CPU in the [`WINDOW_MAP`].
 pub const WINDOWS: u32 = 3;
-/// The per-source window's index in the [`WINDOW_MAP`].
+/// The per-source window's index in a CPU's [`CpuWindows`].
 pub const SOURCE_WINDOW: u32 = 0;
+
+/// A CPU's windows: the per-source window ([`SOURCE_WINDOW`]), then network
+/// mode's, one per direction (`crate::targets::target_window`); and a line
+/// of padding, so that the next CPU's windows, written at every packet it
+/// counts, never share a cache line with these, whatever the alignment of
+/// the array's values.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuWindows {
+    pub windows: [crate::sketch::Window; WINDOWS as usize],
+    pub _pad: [u64; 8],
+}
 /// Array of one `u32`: the current epoch, bumped by the controller each poll.
 pub const EPOCH_MAP: &str = "EPOCH";
 /// The program's scratch copy of a packet's parsed headers: an array of one
@@ -158,6 +170,7 @@ mod pod {
     unsafe impl aya::Pod for super::SourceStats {}
     unsafe impl aya::Pod for super::DirtyHead {}
     unsafe impl aya::Pod for super::DirtyChunk {}
+    unsafe impl aya::Pod for super::CpuWindows {}
 }
 
 #[cfg(test)]
@@ -181,6 +194,8 @@ mod tests {
         assert_eq!(offset_of!(DirtyHead, overflow), 8);
         assert_eq!(size_of::<DirtyChunk>(), 16 * DIRTY_CHUNK_KEYS);
         assert_eq!(align_of::<DirtyChunk>(), 1);
+        assert_eq!(size_of::<CpuWindows>(), WINDOWS as usize * 128 + 64);
+        assert_eq!(offset_of!(CpuWindows, _pad), WINDOWS as usize * 128);
         assert_eq!(chunk_of(0, 0), 0);
         assert_eq!(chunk_of(0, 63), 0);
         assert_eq!(chunk_of(0, 64), 1);

@@ -96,6 +96,29 @@ pub fn per_cpu_array_range<V: Pod>(
     }
 }
 
+/// Reads entries `first..first + count` of an array (not per-CPU) in one
+/// call, calling `f` with each index and its value (the generic batch, as
+/// [`per_cpu_array_range`]).
+pub fn array_range<V: Pod>(
+    map: &MapData,
+    buf: &mut Buffers,
+    first: u32,
+    count: u32,
+    mut f: impl FnMut(u32, &V),
+) -> io::Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
+    let before = first.wrapping_sub(1);
+    let mut next = 0;
+    let (_, err) =
+        lookup_batch(map, buf, (first > 0).then_some(&before), &mut next, count, 1, |i, v: &[V]| f(i, &v[0]));
+    match err {
+        Some(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// One `BPF_MAP_LOOKUP_BATCH` call of up to `count` entries from the token
 /// `start` (`None`: the map's start), the token to go on from written to
 /// `next`: calls `f` with each key and its per-CPU values, and returns how

@@ -9,11 +9,11 @@ use aya::{
 };
 use detector_common::{
     maps::{
-        ring_of, ClassStats, DirtyChunk, SourceKey, SourceStats, CLASS_STATS_MAP, EPOCH_MAP, SOURCE_DIRTY_MAP,
-        SOURCE_STATS_MAP, SOURCE_WINDOW, WINDOW_MAP,
+        ring_of, ClassStats, CpuWindows, DirtyChunk, SourceKey, SourceStats, CLASS_STATS_MAP, EPOCH_MAP,
+        SOURCE_DIRTY_MAP, SOURCE_STATS_MAP, SOURCE_WINDOW, WINDOW_MAP,
     },
     sample::{PacketSample, SampleControl, SampleHead, SampleRecord, SAMPLES_MAP, SAMPLE_CONTROL_MAP, SNAPLEN},
-    sketch::{Window, EPOCH_MASK},
+    sketch::EPOCH_MASK,
     CLASS_COUNT,
 };
 use thiserror::Error;
@@ -50,7 +50,7 @@ pub struct CounterMaps {
     epoch: Array<MapData, u32>,
     /// Each CPU's heavy-hitter windows (per source, and network mode's):
     /// whether it counted lately, and the heads of its rings.
-    windows: PerCpuArray<MapData, Window>,
+    windows: Array<MapData, CpuWindows>,
     /// The sources each CPU counted in a window, and where the sweep of
     /// the per-source map stands (see [`dirty`]).
     chunks: PerCpuArray<MapData, DirtyChunk>,
@@ -73,8 +73,7 @@ impl CounterMaps {
         let sources = PerCpuHashMap::try_from(ebpf::take_map(ebpf, "detector", SOURCE_STATS_MAP)?)
             .map_err(layout(SOURCE_STATS_MAP))?;
         let epoch = Array::try_from(ebpf::take_map(ebpf, "detector", EPOCH_MAP)?).map_err(layout(EPOCH_MAP))?;
-        let windows =
-            PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", WINDOW_MAP)?).map_err(layout(WINDOW_MAP))?;
+        let windows = Array::try_from(ebpf::take_map(ebpf, "detector", WINDOW_MAP)?).map_err(layout(WINDOW_MAP))?;
         let chunks = PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", SOURCE_DIRTY_MAP)?)
             .map_err(layout(SOURCE_DIRTY_MAP))?;
         let samples = RingBuf::try_from(ebpf::take_map(ebpf, "detector", SAMPLES_MAP)?).map_err(layout(SAMPLES_MAP))?;

@@ -11,11 +11,13 @@
 //! entries changed.
 
 use aya::{
-    maps::{IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuHashMap},
     Pod,
 };
 use detector_common::{
-    maps::{ring_of, DirtyChunk, DirtyHead, SourceKey, DIRTY_CHUNKS, DIRTY_CHUNK_KEYS, DIRTY_KEYS, WINDOWS},
+    maps::{
+        ring_of, CpuWindows, DirtyChunk, DirtyHead, SourceKey, DIRTY_CHUNKS, DIRTY_CHUNK_KEYS, DIRTY_KEYS, WINDOWS,
+    },
     sketch::Window,
 };
 use thiserror::Error;
@@ -206,25 +208,33 @@ pub struct Windows {
 }
 
 impl Windows {
-    /// Reads every window of `map` (one batch call; a lookup each where
-    /// the kernel has no batch lookups).
+    /// Reads every CPU's windows from `map`, a [`CpuWindows`] per CPU (one
+    /// batch call; a lookup per CPU where the kernel has no batch lookups).
     pub fn read(
-        map: &PerCpuArray<MapData, Window>,
+        map: &Array<MapData, CpuWindows>,
         name: &'static str,
         buf: &mut batch::Buffers,
     ) -> Result<Windows, ReadError> {
-        let mut per_index = vec![Vec::new(); WINDOWS as usize];
-        let batched = batch::per_cpu_array_range::<Window>(map.map(), buf, 0, WINDOWS, |i, per_cpu| {
-            if let Some(w) = per_index.get_mut(i as usize) {
-                *w = per_cpu.to_vec();
+        let cpus = map.len();
+        let mut per_index = vec![vec![Window::default(); cpus as usize]; WINDOWS as usize];
+        let mut read = 0;
+        let mut put = |cpu: u32, w: &CpuWindows| {
+            for (i, win) in w.windows.iter().enumerate() {
+                if let Some(slot) = per_index[i].get_mut(cpu as usize) {
+                    *slot = *win;
+                }
             }
+        };
+        let batched = batch::array_range::<CpuWindows>(map.map(), buf, 0, cpus, |cpu, w| {
+            put(cpu, w);
+            read += 1;
         });
-        if batched.is_err() || per_index.iter().any(Vec::is_empty) {
+        if batched.is_err() || read < cpus {
             if let Err(e) = batched {
-                tracing::debug!(map = name, "batch lookup failed ({e}); one lookup per window");
+                tracing::debug!(map = name, "batch lookup failed ({e}); one lookup per CPU");
             }
-            for (i, w) in per_index.iter_mut().enumerate() {
-                *w = map.get(&(i as u32), 0).map_err(|source| ReadError { map: name, source })?.to_vec();
+            for cpu in 0..cpus {
+                put(cpu, &map.get(&cpu, 0).map_err(|source| ReadError { map: name, source })?);
             }
         }
         Ok(Windows { per_index })

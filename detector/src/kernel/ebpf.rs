@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use aya::{Ebpf, EbpfLoader};
 use detector_common::{
     known::KNOWN_PEERS_MAP,
-    maps::{CLASS_STATS_MAP, PARSED_MAP, SOURCE_STATS_MAP},
+    maps::{CLASS_STATS_MAP, PARSED_MAP, SOURCE_STATS_MAP, WINDOW_MAP},
     rules::{
         AGGREGATE_MAP, BUCKETS_MAP, DEFAULT_MAX_ALLOW, DEFAULT_MAX_BUCKETS, DEFAULT_MAX_RULES, RULES_ACTIVE_MAP,
         RULES_MAP, RULE_STATS_MAP,
@@ -111,6 +111,12 @@ pub const PINNED_MAPS: [&str; 7] = [
 
 /// Creates the counting object's maps, with a fresh random hash seed.
 pub fn load_counting(opts: &CountingOptions) -> Result<Ebpf, LoadError> {
+    load_counting_object(DETECTOR_OBJECT, opts)
+}
+
+/// As [`load_counting`], from another build of the counting object (the
+/// bench compares builds with it).
+pub fn load_counting_object(object: &[u8], opts: &CountingOptions) -> Result<Ebpf, LoadError> {
     let mut seed = [0u8; 8];
     getrandom::fill(&mut seed).map_err(|e| LoadError::Seed(e.to_string()))?;
     let key = HashKey::new(u64::from_ne_bytes(seed));
@@ -120,6 +126,7 @@ pub fn load_counting(opts: &CountingOptions) -> Result<Ebpf, LoadError> {
     loader
         .override_global("HASH_KEY", &key, true)
         .map_max_entries(PARSED_MAP, cpus)
+        .map_max_entries(WINDOW_MAP, cpus)
         .map_max_entries(TARGET_CACHE_MAP, cpus * 2 * CACHE_SLOTS)
         .map_max_entries(SOURCE_STATS_MAP, opts.max_sources)
         .map_max_entries(TARGETS_IN_MAP, opts.max_targets)
@@ -133,8 +140,7 @@ pub fn load_counting(opts: &CountingOptions) -> Result<Ebpf, LoadError> {
             loader.map_pin_path(name, dir.join(name));
         }
     }
-    let ebpf =
-        loader.load(DETECTOR_OBJECT).map_err(|e| LoadError::Object { object: "detector", source: Box::new(e) })?;
+    let ebpf = loader.load(object).map_err(|e| LoadError::Object { object: "detector", source: Box::new(e) })?;
     if let Some((dir, iface)) = &opts.pins {
         // A reused pin keeps the layout and size it was created with.
         use core::mem::size_of;

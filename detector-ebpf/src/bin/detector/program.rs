@@ -6,7 +6,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use detector_common::{
-    maps::{ring_of, ClassStats, DirtyChunk, SourceKey, SourceStats, DEFAULT_MAX_SOURCES, SOURCE_WINDOW, WINDOWS},
+    maps::{
+        ring_of, ClassStats, CpuWindows, DirtyChunk, SourceKey, SourceStats, DEFAULT_MAX_SOURCES, SOURCE_WINDOW,
+        WINDOWS,
+    },
     sample::{
         carries_frame, current_countdown, next_gap, PacketSample, SampleControl, SampleHead, SampleRecord,
         SAMPLES_RING_BYTES, SNAPLEN,
@@ -46,10 +49,21 @@ static SOURCE_DIRTY: PerCpuArray<DirtyChunk> =
 #[map]
 static SKETCH: PerCpuArray<SketchBlock> = PerCpuArray::with_max_entries(SKETCH_BLOCKS as u32, 0);
 
-/// This CPU's current windows: per source, and network mode's per
-/// direction (see `detector_common::maps::WINDOW_MAP`).
+/// Each CPU's current windows: per source, and network mode's per
+/// direction (see `detector_common::maps::WINDOW_MAP`), a slot per CPU.
 #[map]
-pub(crate) static WINDOW: PerCpuArray<Window> = PerCpuArray::with_max_entries(WINDOWS, 0);
+static WINDOW: Array<CpuWindows> = Array::with_max_entries(1, 0);
+
+/// This CPU's window `index` (below `WINDOWS`).
+#[inline(always)]
+pub(crate) fn window(index: u32) -> Option<*mut Window> {
+    let w = crate::cpu::entry(&WINDOW, 1, 0)?;
+    if index >= WINDOWS {
+        return None;
+    }
+    // SAFETY: this CPU's slot; the index is in bounds.
+    Some(unsafe { (&raw mut (*w).windows).cast::<Window>().add(index as usize) })
+}
 
 /// The current epoch; the controller bumps it at every poll.
 #[map]
@@ -125,7 +139,7 @@ pub fn detector(ctx: XdpContext) -> u32 {
     // Network mode: per protected destination, before the verdict too.
     targets::count::<{ targets::IN }>(&parsed.dst, class, len, 1);
     let src = parse::bytes(parsed.src);
-    let Some(w) = WINDOW.get_ptr_mut(SOURCE_WINDOW) else {
+    let Some(w) = window(SOURCE_WINDOW) else {
         return xdp_action::XDP_PASS;
     };
     // Sampled before the verdict, so an attack's samples go on after its

@@ -23,7 +23,7 @@ use detector_common::{
     CLASS_COUNT,
 };
 
-use crate::program::{hash_key, EPOCH, WINDOW};
+use crate::program::{hash_key, window, EPOCH};
 
 /// Protected prefix to its host group.
 #[map]
@@ -156,7 +156,7 @@ fn count_protected<const DIR: u32>(ctl: &TargetControl, addr: &[u64; 2], class: 
     let (left_n, left_b) = match unsafe { (*slot).hot.count(addr, class, epoch, packets, len) } {
         HotStep::Held => return,
         HotStep::Write { packets: n, bytes: b } => {
-            if let Some(w) = WINDOW.get_ptr_mut(target_window(DIR)) {
+            if let Some(w) = window(target_window(DIR)) {
                 // SAFETY: this CPU's window.
                 unsafe { (*w).advance(epoch, n as u32) };
                 if !add::<DIR>(w, map, target, group, c, n, b, epoch) {
@@ -170,7 +170,7 @@ fn count_protected<const DIR: u32>(ctl: &TargetControl, addr: &[u64; 2], class: 
         HotStep::Cold { left_packets, left_bytes } => (left_packets, left_bytes),
     };
 
-    let Some(w) = WINDOW.get_ptr_mut(target_window(DIR)) else {
+    let Some(w) = window(target_window(DIR)) else {
         return;
     };
     // What the heavy address added up in the window before, counted with

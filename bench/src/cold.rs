@@ -1,0 +1,199 @@
+//! ns per packet with the caches evicted before each run: what a packet
+//! costs in place at a few tens of thousands a second, where the sender
+//! and the stack run on the receiving CPU between two packets and leave
+//! little of the program's code and maps in the caches (the FastNetMon
+//! section's in-place figures, about three times the warm test runs'). A
+//! test run repeated millions of times (`testrun`) finds everything in the
+//! L1 cache and the branch predictors trained, and cannot see that cost;
+//! in place, the host's noise hides differences of tens of ns.
+//!
+//! One test run of one frame at a time, a buffer of [`EVICT_BYTES`] written
+//! through before each (about what the sender's syscall and the stack
+//! touch between two packets: it evicts the L1 and L2 caches and the TLB,
+//! not the L3), the builds compared and the empty program taking turns run
+//! by run, so the host's drift falls on all alike. The figure is a trimmed
+//! mean (a tenth dropped at each end: interrupts, the odd migration).
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    maps::Array,
+    programs::{TestRun as _, TestRunOptions, Xdp, XdpMode},
+    Ebpf,
+};
+use detector::{
+    kernel::{
+        ebpf::{self, CountingOptions},
+        targets::TargetMaps,
+    },
+    lab::Lab,
+};
+use detector_common::{
+    flood::PASS_PROGRAM,
+    maps::{DEFAULT_MAX_SOURCES, DETECTOR_PROGRAM, EPOCH_MAP},
+};
+
+use crate::targets::{hold_in_dispatcher, table, udp};
+
+/// Written through before each run.
+pub const EVICT_BYTES: usize = 1 << 20;
+/// Runs per build and case.
+pub const RUNS: u32 = 20_000;
+/// Runs per heavy-hitter window (a new epoch after each), as at 10,000
+/// packets a second polled every 100 ms.
+const WINDOW_RUNS: u32 = 1_000;
+
+/// One build's figure in one case.
+pub struct ColdCost {
+    pub build: String,
+    pub case: &'static str,
+    pub detector_ns: f64,
+    pub empty_ns: f64,
+}
+
+/// The cases: host mode, and a destination inside the protected networks.
+const CASES: [(&str, bool); 2] =
+    [("host mode (no protected networks)", false), ("network mode, to a protected address", true)];
+
+/// The embedded build as `detector`, and each of `objects` (name, file of
+/// another build of the counting object).
+pub fn run(objects: &[(String, PathBuf)], runs: u32) -> Result<Vec<ColdCost>> {
+    let mut builds: Vec<(String, Option<Vec<u8>>)> = vec![("detector".into(), None)];
+    for (name, path) in objects {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        builds.push((name.clone(), Some(bytes)));
+    }
+    pin_to_first_cpu();
+    let mut out = Vec::new();
+    for (case, networks) in CASES {
+        out.extend(case_costs(&builds, case, networks, runs)?);
+    }
+    Ok(out)
+}
+
+/// A build loaded, its maps set for the case, its program held in a lab's
+/// dispatcher.
+struct Loaded {
+    obj: Ebpf,
+    epoch: Array<aya::maps::MapData, u32>,
+    _targets: TargetMaps,
+    _lab: Lab,
+}
+
+fn case_costs(
+    builds: &[(String, Option<Vec<u8>>)],
+    case: &'static str,
+    networks: bool,
+    runs: u32,
+) -> Result<Vec<ColdCost>> {
+    let table = if networks { table()? } else { Vec::new() };
+    let mut loaded = Vec::new();
+    for (name, bytes) in builds {
+        let opts = CountingOptions::new(DEFAULT_MAX_SOURCES);
+        let mut obj = match bytes {
+            Some(b) => ebpf::load_counting_object(b, &opts),
+            None => ebpf::load_counting(&opts),
+        }
+        .with_context(|| format!("loading the {name} build"))?;
+        let mut targets = TargetMaps::take(&mut obj)?;
+        targets.set_protected(&table)?;
+        let epoch = Array::try_from(ebpf::take_map(&mut obj, "detector", EPOCH_MAP)?)?;
+        let lab = Lab::new()?;
+        hold_in_dispatcher(&lab, ebpf::load_xdp(&mut obj, "detector", DETECTOR_PROGRAM)?, None)?;
+        loaded.push(Loaded { obj, epoch, _targets: targets, _lab: lab });
+    }
+    let mut pass_obj = ebpf::load_flood()?;
+    let pass = ebpf::load_xdp(&mut pass_obj, "flood", PASS_PROGRAM)?;
+    let pass_lab = Lab::new()?;
+    {
+        let _in = pass_lab.enter_gen()?;
+        pass.attach(&pass_lab.gen_if, XdpMode::Driver).context("attaching the empty program in the lab")?;
+    }
+    let frame = if networks { udp("10.1.2.3")? } else { udp("192.0.2.2")? };
+
+    let mut evict = vec![0u8; EVICT_BYTES];
+    let mut times = vec![Vec::with_capacity(runs as usize); loaded.len() + 1];
+    for i in 0..runs {
+        for (j, l) in loaded.iter_mut().enumerate() {
+            if i % WINDOW_RUNS == 0 {
+                l.epoch.set(0, i / WINDOW_RUNS + 1, 0)?;
+            }
+            let det: &Xdp = l.obj.program(DETECTOR_PROGRAM).context("no detector program")?.try_into()?;
+            write_through(&mut evict, i as u8);
+            times[j].push(run_once(det, &frame)?);
+        }
+        write_through(&mut evict, i as u8);
+        times[loaded.len()].push(run_once(pass, &frame)?);
+    }
+    let empty_ns = trimmed_mean(times.pop().unwrap_or_default());
+    let mut out = Vec::new();
+    for ((name, _), t) in builds.iter().zip(times) {
+        let cost = ColdCost { build: name.clone(), case, detector_ns: trimmed_mean(t), empty_ns };
+        eprintln!(
+            "bench:   {case:<40} {name:<12} detector {:>6.1} ns  empty {:>6.1} ns  added {:>6.1} ns",
+            cost.detector_ns,
+            cost.empty_ns,
+            cost.detector_ns - cost.empty_ns
+        );
+        out.push(cost);
+    }
+    Ok(out)
+}
+
+fn run_once(prog: &Xdp, frame: &[u8]) -> Result<f64> {
+    let r = prog
+        .test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..TestRunOptions::new() })
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok(r.duration.as_nanos() as f64)
+}
+
+/// Writes a byte in every cache line of `buf`.
+fn write_through(buf: &mut [u8], v: u8) {
+    for i in (0..buf.len()).step_by(64) {
+        buf[i] = buf[i].wrapping_add(v | 1);
+    }
+    std::hint::black_box(&buf);
+}
+
+/// The mean of the middle eight tenths.
+fn trimmed_mean(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let cut = v.len() / 10;
+    let mid = &v[cut..v.len() - cut];
+    mid.iter().sum::<f64>() / mid.len() as f64
+}
+
+/// Test runs execute on the calling CPU: one CPU for all, so no build
+/// gets another CPU's caches.
+fn pin_to_first_cpu() {
+    // SAFETY: zeroed sets are valid; the calls read and fill them.
+    unsafe {
+        let mut current: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut current) != 0 {
+            return;
+        }
+        let Some(first) = (0..libc::CPU_SETSIZE as usize).find(|c| libc::CPU_ISSET(*c, &current)) else {
+            return;
+        };
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(first, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trimmed_mean_drops_a_tenth_at_each_end() {
+        let mut v: Vec<f64> = (1..=10).map(f64::from).collect();
+        v[9] = 1e9;
+        assert_eq!(trimmed_mean(v), (2..=9).map(f64::from).sum::<f64>() / 8.0);
+        assert!(trimmed_mean(Vec::new()).is_nan());
+    }
+}
