@@ -262,6 +262,7 @@ pub fn cold_section(costs: &[crate::cold::ColdCost], runs: u32) -> String {
             c.empty_ns
         );
     }
+    s.push('\n');
     s
 }
 
