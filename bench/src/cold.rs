@@ -64,7 +64,9 @@ pub fn run(objects: &[(String, PathBuf)], runs: u32) -> Result<Vec<ColdCost>> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         builds.push((name.clone(), Some(bytes)));
     }
-    pin_to_first_cpu();
+    // Test runs execute on the calling CPU: one CPU for all, so no build
+    // gets another CPU's caches.
+    crate::firewall::pin_to(crate::firewall::sender_cpu())?;
     let mut out = Vec::new();
     for (case, networks) in CASES {
         out.extend(case_costs(&builds, case, networks, runs)?);
@@ -165,24 +167,6 @@ fn trimmed_mean(mut v: Vec<f64>) -> f64 {
     let cut = v.len() / 10;
     let mid = &v[cut..v.len() - cut];
     mid.iter().sum::<f64>() / mid.len() as f64
-}
-
-/// Test runs execute on the calling CPU: one CPU for all, so no build
-/// gets another CPU's caches.
-fn pin_to_first_cpu() {
-    // SAFETY: zeroed sets are valid; the calls read and fill them.
-    unsafe {
-        let mut current: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut current) != 0 {
-            return;
-        }
-        let Some(first) = (0..libc::CPU_SETSIZE as usize).find(|c| libc::CPU_ISSET(*c, &current)) else {
-            return;
-        };
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(first, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
 }
 
 #[cfg(test)]

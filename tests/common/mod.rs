@@ -448,10 +448,5 @@ pub fn cpus() -> Vec<usize> {
 
 /// Pins the calling thread to `cpu`.
 pub fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed set is valid; the call reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "pinning to CPU {cpu}");
-    }
+    lab::process::pin_to_cpu(0, cpu).unwrap_or_else(|e| panic!("pinning to CPU {cpu}: {e}"));
 }
