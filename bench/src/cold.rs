@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use aya::{
     maps::Array,
-    programs::{TestRun as _, TestRunOptions, Xdp, XdpMode},
+    programs::{Xdp, XdpMode},
     Ebpf,
 };
 use detector::{
@@ -34,7 +34,10 @@ use detector_common::{
     maps::{DEFAULT_MAX_SOURCES, DETECTOR_PROGRAM, EPOCH_MAP},
 };
 
-use crate::targets::{hold_in_dispatcher, table, udp};
+use crate::{
+    targets::{hold_in_dispatcher, table, udp},
+    testrun::ns_per_packet,
+};
 
 /// Written through before each run.
 pub const EVICT_BYTES: usize = 1 << 20;
@@ -123,10 +126,10 @@ fn case_costs(
             }
             let det: &Xdp = l.obj.program(DETECTOR_PROGRAM).context("no detector program")?.try_into()?;
             write_through(&mut evict, i as u8);
-            times[j].push(run_once(det, &frame)?);
+            times[j].push(ns_per_packet(det, &frame, 1)?);
         }
         write_through(&mut evict, i as u8);
-        times[loaded.len()].push(run_once(pass, &frame)?);
+        times[loaded.len()].push(ns_per_packet(pass, &frame, 1)?);
     }
     let empty_ns = trimmed_mean(times.pop().unwrap_or_default());
     let mut out = Vec::new();
@@ -141,13 +144,6 @@ fn case_costs(
         out.push(cost);
     }
     Ok(out)
-}
-
-fn run_once(prog: &Xdp, frame: &[u8]) -> Result<f64> {
-    let r = prog
-        .test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..TestRunOptions::new() })
-        .context("BPF_PROG_TEST_RUN")?;
-    Ok(r.duration.as_nanos() as f64)
 }
 
 /// Writes a byte in every cache line of `buf`.

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{ensure, Context as _, Result};
 use aya::{
     maps::{Array, Map, MapData, PerCpuHashMap, PerCpuValues},
-    programs::{TestRun as _, TestRunOptions, Xdp, XdpMode},
+    programs::{Xdp, XdpMode},
     util::nr_cpus,
     Ebpf,
 };
@@ -45,7 +45,7 @@ use detector_common::{
     TrafficClass, CLASS_COUNT,
 };
 
-use crate::testrun::median;
+use crate::testrun::{median, ns_per_packet};
 
 /// Active destinations in the poll figures.
 pub const ACTIVE: u32 = 65_536;
@@ -127,13 +127,6 @@ pub(crate) fn hold_in_dispatcher(lab: &Lab, det: &mut Xdp, pass: Option<&mut Xdp
     Ok(())
 }
 
-fn run(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<f64> {
-    let r = prog
-        .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
-        .context("BPF_PROG_TEST_RUN")?;
-    Ok(r.duration.as_nanos() as f64)
-}
-
 fn prefixes(list: &[(&str, u32)]) -> Result<Vec<(Prefix, u32)>> {
     list.iter().map(|(p, g)| Ok((p.parse::<Prefix>().map_err(anyhow::Error::msg)?, *g))).collect()
 }
@@ -183,7 +176,7 @@ pub fn paths(repeat: u32) -> Result<Vec<PathCost>> {
         targets.set_protected(nets)?;
         // The frame counts where it should: in group 0 only when inside.
         let before = targets.group(0, Direction::Incoming)?.counts[TrafficClass::Udp.index()].packets;
-        run(det, frame, 1)?;
+        ns_per_packet(det, frame, 1)?;
         let after = targets.group(0, Direction::Incoming)?.counts[TrafficClass::Udp.index()].packets;
         ensure!(
             after - before == (*frame == inside.as_slice()) as u64,
@@ -203,8 +196,8 @@ pub fn paths(repeat: u32) -> Result<Vec<PathCost>> {
             // counter saturates at 2^20 packets).
             epoch.set(0, next_epoch, 0)?;
             next_epoch += 1;
-            d[i].push(run(det, frame, repeat / ROUNDS)?);
-            e[i].push(run(pass, frame, repeat / ROUNDS)?);
+            d[i].push(ns_per_packet(det, frame, repeat / ROUNDS)?);
+            e[i].push(ns_per_packet(pass, frame, repeat / ROUNDS)?);
         }
     }
     let mut out = Vec::new();
@@ -230,8 +223,8 @@ pub fn paths(repeat: u32) -> Result<Vec<PathCost>> {
         let (mut d, mut e) = (0.0, 0.0);
         for i in 0..SPREAD {
             frame[14 + 18..14 + 20].copy_from_slice(&(i as u16).to_be_bytes());
-            d += run(det, &frame, 1)?;
-            e += run(pass, &frame, 1)?;
+            d += ns_per_packet(det, &frame, 1)?;
+            e += ns_per_packet(pass, &frame, 1)?;
         }
         let cost = PathCost { label, detector_ns: d / SPREAD as f64, empty_ns: e / SPREAD as f64 };
         eprintln!("bench:   {label:<45} detector {:>6.1} ns  empty {:>6.1} ns", cost.detector_ns, cost.empty_ns);
@@ -465,7 +458,7 @@ pub fn polls_and_memory() -> Result<(Vec<PollCost>, MapMemory, u32)> {
             for _ in 0..COUNTED_PER_CPU {
                 frame[14 + 18..14 + 20].copy_from_slice(&(next as u16).to_be_bytes());
                 next = next.wrapping_add(1);
-                run(det, frame, PER_DESTINATION)?;
+                ns_per_packet(det, frame, PER_DESTINATION)?;
             }
         }
         Ok(())
@@ -530,7 +523,7 @@ pub fn polls_and_memory() -> Result<(Vec<PollCost>, MapMemory, u32)> {
         for _ in 0..16_384 {
             frame[14 + 18..14 + 20].copy_from_slice(&(next as u16).to_be_bytes());
             next = next.wrapping_add(1);
-            run(det, &frame, 1)?;
+            ns_per_packet(det, &frame, 1)?;
         }
         now += 100;
         let (r, c, took) = poll(

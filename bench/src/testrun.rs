@@ -21,7 +21,8 @@ pub struct ClassCost {
     pub empty_ns: f64,
 }
 
-fn ns_per_packet(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<f64> {
+/// The kernel's mean time of one run of `prog` over `repeat` runs of `frame`.
+pub(crate) fn ns_per_packet(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<f64> {
     let r = prog
         .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
         .context("BPF_PROG_TEST_RUN")?;
