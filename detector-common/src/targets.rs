@@ -23,8 +23,13 @@ pub const TARGET_CONTROL_MAP: &str = "TARGET_CONTROL";
 pub const TARGETS_IN_MAP: &str = "TARGETS_IN";
 /// The same for traffic from a protected address (the egress program).
 pub const TARGETS_OUT_MAP: &str = "TARGETS_OUT";
-/// Per-CPU array of [`TargetStats`], index [`group_index`].
+/// Array of [`GROUPS_PER_CPU`] [`TargetStats`] per possible CPU, indexed by
+/// the CPU's id and then [`group_index`]. Sized by the loader; CPU-indexed
+/// rather than per-CPU for the reason [`crate::maps::PARSED_MAP`] gives
+/// (every packet to a protected address counts in it).
 pub const GROUP_STATS_MAP: &str = "GROUP_STATS";
+/// A CPU's entries of [`GROUP_STATS_MAP`]: per group, both directions.
+pub const GROUPS_PER_CPU: u32 = MAX_HOSTGROUPS * 2;
 /// Per-CPU array of `2 * SKETCH_BLOCKS` [`crate::sketch::SketchBlock`]s:
 /// the incoming sketch's blocks, then the outgoing one's.
 pub const TARGET_SKETCH_MAP: &str = "TARGET_SKETCH";
@@ -367,6 +372,7 @@ mod tests {
         assert_eq!(group_index(0, DIRECTION_IN), 0);
         assert_eq!(group_index(0, DIRECTION_OUT), 1);
         assert_eq!(group_index(MAX_HOSTGROUPS - 1, DIRECTION_OUT), 2 * MAX_HOSTGROUPS - 1);
+        assert_eq!(group_index(MAX_HOSTGROUPS - 1, DIRECTION_OUT), GROUPS_PER_CPU - 1);
     }
 
     fn words(a: [u8; 16]) -> [u64; 2] {

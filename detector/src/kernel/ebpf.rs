@@ -12,7 +12,10 @@ use detector_common::{
         RULES_MAP, RULE_STATS_MAP,
     },
     sketch::HashKey,
-    targets::{CACHE_SLOTS, DEFAULT_MAX_TARGETS, TARGETS_IN_MAP, TARGETS_OUT_MAP, TARGET_CACHE_MAP},
+    targets::{
+        CACHE_SLOTS, DEFAULT_MAX_TARGETS, GROUPS_PER_CPU, GROUP_STATS_MAP, TARGETS_IN_MAP, TARGETS_OUT_MAP,
+        TARGET_CACHE_MAP,
+    },
 };
 use thiserror::Error;
 
@@ -128,6 +131,7 @@ pub fn load_counting_object(object: &[u8], opts: &CountingOptions) -> Result<Ebp
         .map_max_entries(PARSED_MAP, cpus)
         .map_max_entries(WINDOW_MAP, cpus)
         .map_max_entries(TARGET_CACHE_MAP, cpus * 2 * CACHE_SLOTS)
+        .map_max_entries(GROUP_STATS_MAP, cpus * GROUPS_PER_CPU)
         .map_max_entries(SOURCE_STATS_MAP, opts.max_sources)
         .map_max_entries(TARGETS_IN_MAP, opts.max_targets)
         .map_max_entries(TARGETS_OUT_MAP, opts.max_targets)

@@ -18,9 +18,9 @@ use aya::{
 use detector_common::{
     maps::SourceKey,
     targets::{
-        dirty_index, group_index, target_window, DirtyChunk, ProtectedNet, TargetControl, TargetStats, GROUP_STATS_MAP,
-        MAX_HOSTGROUPS, MAX_PROTECTED, PROTECTED_MAP, TARGETS_IN_MAP, TARGETS_OUT_MAP, TARGET_CONTROL_MAP,
-        TARGET_DIRTY_MAP,
+        dirty_index, group_index, target_window, DirtyChunk, ProtectedNet, TargetControl, TargetStats, GROUPS_PER_CPU,
+        GROUP_STATS_MAP, MAX_HOSTGROUPS, MAX_PROTECTED, PROTECTED_MAP, TARGETS_IN_MAP, TARGETS_OUT_MAP,
+        TARGET_CONTROL_MAP, TARGET_DIRTY_MAP,
     },
 };
 use thiserror::Error;
@@ -74,7 +74,10 @@ pub type TargetsRead = Listed<TargetStats>;
 pub struct TargetMaps {
     protected: LpmTrie<MapData, [u8; 16], ProtectedNet>,
     control: Array<MapData, TargetControl>,
-    groups: PerCpuArray<MapData, TargetStats>,
+    /// [`GROUPS_PER_CPU`] entries per CPU (a CPU-indexed array).
+    groups: Array<MapData, TargetStats>,
+    /// The CPUs `groups` has entries for.
+    group_cpus: u32,
     incoming: PerCpuHashMap<MapData, SourceKey, TargetStats>,
     outgoing: PerCpuHashMap<MapData, SourceKey, TargetStats>,
     /// The keys of the rings of addresses counted in a window (their heads
@@ -100,8 +103,9 @@ impl TargetMaps {
             LpmTrie::try_from(ebpf::take_map(ebpf, "detector", PROTECTED_MAP)?).map_err(layout(PROTECTED_MAP))?;
         let control = Array::try_from(ebpf::take_map(ebpf, "detector", TARGET_CONTROL_MAP)?)
             .map_err(layout(TARGET_CONTROL_MAP))?;
-        let groups = PerCpuArray::try_from(ebpf::take_map(ebpf, "detector", GROUP_STATS_MAP)?)
-            .map_err(layout(GROUP_STATS_MAP))?;
+        let groups: Array<MapData, TargetStats> =
+            Array::try_from(ebpf::take_map(ebpf, "detector", GROUP_STATS_MAP)?).map_err(layout(GROUP_STATS_MAP))?;
+        let group_cpus = groups.len() / GROUPS_PER_CPU;
         let incoming = PerCpuHashMap::try_from(ebpf::take_map(ebpf, "detector", TARGETS_IN_MAP)?)
             .map_err(layout(TARGETS_IN_MAP))?;
         let outgoing = PerCpuHashMap::try_from(ebpf::take_map(ebpf, "detector", TARGETS_OUT_MAP)?)
@@ -113,6 +117,7 @@ impl TargetMaps {
             protected,
             control,
             groups,
+            group_cpus,
             incoming,
             outgoing,
             dirty,
@@ -294,16 +299,22 @@ impl TargetMaps {
     /// A group's cumulative totals in `direction`, summed over CPUs.
     pub fn group(&self, group: u32, direction: Direction) -> Result<TargetStats, TargetError> {
         let index = group_index(group, direction.index() as u32);
-        let per_cpu =
-            self.groups.get(&index, 0).map_err(|source| TargetError::Read { map: GROUP_STATS_MAP, source })?;
+        let mut per_cpu = Vec::with_capacity(self.group_cpus as usize);
+        for cpu in 0..self.group_cpus {
+            let v = self
+                .groups
+                .get(&(cpu * GROUPS_PER_CPU + index), 0)
+                .map_err(|source| TargetError::Read { map: GROUP_STATS_MAP, source })?;
+            per_cpu.push(v);
+        }
         let mut s = sum(per_cpu.iter(), false);
         s.group = group;
         Ok(s)
     }
 
     /// The totals of every installed group, both directions.
-    /// One batch call for them all (a lookup per group and direction,
-    /// where the kernel has none).
+    /// One batch call per CPU for them all (a lookup per group, direction
+    /// and CPU, where the kernel has none).
     pub fn groups(&self) -> Result<Vec<(u32, Direction, TargetStats)>, TargetError> {
         let installed = self.installed_groups();
         let Some(&last) = installed.last() else {
@@ -312,9 +323,17 @@ impl TargetMaps {
         let mut read: BTreeMap<u32, TargetStats> = BTreeMap::new();
         let mut buf = self.batch.lock().unwrap_or_else(|p| p.into_inner());
         let end = group_index(last, Direction::ALL.len() as u32 - 1) + 1;
-        let batched = batch::per_cpu_array_range::<TargetStats>(self.groups.map(), &mut buf, 0, end, |i, per_cpu| {
-            read.insert(i, sum(per_cpu.iter(), false));
-        });
+        let mut batched = Ok(());
+        for cpu in 0..self.group_cpus {
+            let first = cpu * GROUPS_PER_CPU;
+            batched = batch::array_range::<TargetStats>(self.groups.map(), &mut buf, first, end, |i, v| {
+                let total = read.entry(i - first).or_default();
+                *total = sum([&*total, v].into_iter(), false);
+            });
+            if batched.is_err() {
+                break;
+            }
+        }
         if let Err(e) = &batched {
             tracing::debug!(map = GROUP_STATS_MAP, "batch lookup failed ({e}); one lookup per group");
         }

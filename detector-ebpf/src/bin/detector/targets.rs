@@ -18,7 +18,7 @@ use detector_common::{
     targets::{
         cache_slot, dirty_index, group_index, target_window, CacheSlot, DirtyChunk, HotStep, ProtectedNet,
         TargetControl, TargetStats, CACHE_NONE, CACHE_SLOTS, DEFAULT_MAX_TARGETS, DIRECTION_IN, DIRECTION_OUT,
-        DIRTY_CHUNKS, MAX_HOSTGROUPS, MAX_PROTECTED,
+        DIRTY_CHUNKS, GROUPS_PER_CPU, MAX_HOSTGROUPS, MAX_PROTECTED,
     },
     CLASS_COUNT,
 };
@@ -41,9 +41,10 @@ static TARGET_CONTROL: Array<TargetControl> = Array::with_max_entries(1, 0);
 #[map]
 static TARGET_CACHE: Array<CacheSlot> = Array::with_max_entries(2 * CACHE_SLOTS, 0);
 
-/// Per group and direction: exact totals per class.
+/// Per CPU, group and direction: exact totals per class; a CPU's entries
+/// in a row (see [`crate::cpu`]).
 #[map]
-static GROUP_STATS: PerCpuArray<TargetStats> = PerCpuArray::with_max_entries(MAX_HOSTGROUPS * 2, 0);
+static GROUP_STATS: Array<TargetStats> = Array::with_max_entries(GROUPS_PER_CPU, 0);
 
 /// Per admitted protected destination: what it received.
 #[map]
@@ -146,7 +147,8 @@ fn count_protected<const DIR: u32>(ctl: &TargetControl, addr: &[u64; 2], class: 
     if group >= MAX_HOSTGROUPS {
         return;
     }
-    if let Some(g) = GROUP_STATS.get_ptr_mut(group_index(group, DIR)) {
+    if let Some(g) = crate::cpu::entry(&GROUP_STATS, GROUPS_PER_CPU, group_index(group, DIR)) {
+        // SAFETY: this CPU's entry; the class is below CLASS_COUNT.
         unsafe {
             (*g).counts[c].packets += packets;
             (*g).counts[c].bytes += len;
