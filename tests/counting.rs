@@ -167,7 +167,9 @@ fn one_sample_in_the_frame_divisor_carries_its_frame() {
         counted(&t, sent);
         t.maps.drain_samples(usize::MAX, &mut headers, &mut frames);
         assert_eq!(headers.len(), n, "every packet's headers at divisor 1 (frame divisor {frame_divisor})");
+        let mapped = |a: &str| a.parse::<std::net::Ipv4Addr>().unwrap().to_ipv6_mapped().octets();
         for h in &headers {
+            assert_eq!((h.src, h.dst), (mapped("198.18.0.7"), mapped("192.0.2.2")), "the sample's addresses");
             assert_eq!((h.class, h.sport, h.dport), (TrafficClass::Udp as u8, 40_000, 9_999));
             assert_eq!(h.len as usize, f.bytes.len());
         }

@@ -263,12 +263,18 @@ fn sample(ctx: &XdpContext, w: *mut Window, p: &Parsed, len: u64) {
     entry.submit(BPF_RB_NO_WAKEUP as u64);
 }
 
-/// A sample's headers, from the parser's findings.
+/// A sample's headers, from the parser's findings. The addresses are
+/// written a word at a time ([`parse::store`]): as arrays, LLVM made one of
+/// the two copies a call of the BPF backend's `memmove`, a byte per turn.
 #[inline(always)]
 unsafe fn write_header(s: *mut PacketSample, p: &Parsed, len: u64) {
     unsafe {
-        (*s).src = parse::bytes(p.src);
-        (*s).dst = parse::bytes(p.dst);
+        // SAFETY: sixteen bytes of the ring's record each.
+        let (src, dst) = ((&raw mut (*s).src) as usize, (&raw mut (*s).dst) as usize);
+        parse::store::<u64>(src, p.src[0]);
+        parse::store::<u64>(src + 8, p.src[1]);
+        parse::store::<u64>(dst, p.dst[0]);
+        parse::store::<u64>(dst + 8, p.dst[1]);
         (*s).len = len as u32;
         (*s).class = p.class;
         (*s).ttl = p.ttl;
@@ -347,8 +353,10 @@ fn track_source(w: *mut Window, words: &[u64; 2], src: [u8; 16], class: usize, l
     // its entry stays and this CPU's slot in it takes the packet.
     let inserted = SOURCE_STATS.insert(&key, unsafe { &*fresh }, BPF_NOEXIST as u64);
     unsafe {
-        (*fresh).packets = 0;
-        (*fresh).bytes = 0;
+        // Volatile: two plain stores of zero, the BPF backend merges into a
+        // call of its byte-at-a-time `memset` (see `Hot::clear`).
+        core::ptr::write_volatile(&raw mut (*fresh).packets, 0);
+        core::ptr::write_volatile(&raw mut (*fresh).bytes, 0);
         (*fresh).class_packets[class] = 0;
         (*fresh).epoch = 0;
     }

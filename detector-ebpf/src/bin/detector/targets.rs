@@ -230,8 +230,9 @@ fn count_protected<const DIR: u32>(ctl: &TargetControl, addr: &[u64; 2], class: 
     unsafe {
         (*s).fresh.group = 0;
         (*s).fresh.epoch = 0;
-        (*s).fresh.counts[c].packets = 0;
-        (*s).fresh.counts[c].bytes = 0;
+        // Volatile, as in `track_source`: not a call of `memset`.
+        core::ptr::write_volatile(&raw mut (*s).fresh.counts[c].packets, 0);
+        core::ptr::write_volatile(&raw mut (*s).fresh.counts[c].bytes, 0);
     }
     if inserted.is_ok() {
         mark_dirty::<DIR>(w, target, epoch);
