@@ -14,8 +14,11 @@
 //!   (pure: samples and incident events in, file operations out);
 //! - [`pcapng`]: the file format (blocks written with `pcap-file`);
 //! - [`store`]: the files in the state directory, their retention, and
-//!   the writer thread that does the disk work for the poll loop.
+//!   the writer thread that does the disk work for the poll loop;
+//! - [`coalesce`]: appends held on the poll's side up to a second, so the
+//!   writer wakes once a second during an attack, not at every poll.
 
+pub mod coalesce;
 pub mod config;
 pub mod pcapng;
 pub mod recorder;

@@ -9,7 +9,7 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     sync::{mpsc, Arc},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use prometheus_client::{
@@ -19,6 +19,7 @@ use prometheus_client::{
 use thiserror::Error;
 
 use super::{
+    coalesce::Coalescer,
     pcapng::{self, ATTACK_COMMENT, PRE_ATTACK_COMMENT},
     recorder::FileOp,
     CaptureConfig,
@@ -187,11 +188,13 @@ enum Cmd {
     Stop,
 }
 
-/// Hands file operations to the writer thread; never waits.
+/// Hands file operations to the writer thread; never waits. Appends are
+/// held up to a second first ([`Coalescer`]).
 pub struct Writer {
     tx: mpsc::SyncSender<Cmd>,
     metrics: Arc<CaptureMetrics>,
     thread: Option<std::thread::JoinHandle<()>>,
+    held: Coalescer,
 }
 
 impl Writer {
@@ -214,21 +217,54 @@ impl Writer {
             failing: None,
         };
         let thread = std::thread::Builder::new().name("captures".into()).spawn(move || w.run(rx))?;
-        Ok(Writer { tx, metrics, thread: Some(thread) })
+        Ok(Writer { tx, metrics, thread: Some(thread), held: Coalescer::default() })
     }
 
-    pub fn send(&self, op: FileOp) {
-        if self.tx.try_send(Cmd::Op(op)).is_err() {
-            self.metrics.dropped.inc();
+    /// Takes an operation of the poll; hands over what is due.
+    pub fn send(&mut self, op: FileOp) {
+        let due = self.held.push(op, Instant::now());
+        self.hand_over(due);
+    }
+
+    /// Hands over the appends held a second; called at every poll, so
+    /// appends an incident's last packets made are not held longer.
+    pub fn tick(&mut self) {
+        let due = self.held.due(Instant::now());
+        self.hand_over(due);
+    }
+
+    fn hand_over(&self, ops: Vec<FileOp>) {
+        for op in ops {
+            if self.tx.try_send(Cmd::Op(op)).is_err() {
+                self.metrics.dropped.inc();
+            }
         }
     }
 
-    /// Writes what is queued, closes the files and stops the thread.
+    /// Writes what is held and queued, closes the files and stops the
+    /// thread.
     pub fn finish(mut self) {
+        self.hand_over_held();
         let _ = self.tx.send(Cmd::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+
+    /// Waits for room in the queue: only at the end.
+    fn hand_over_held(&mut self) {
+        for op in self.held.drain() {
+            let _ = self.tx.send(Cmd::Op(op));
+        }
+    }
+}
+
+/// Dropped without [`Writer::finish`] (the controller failing): what is
+/// held still goes to the thread, which writes it and ends as the channel
+/// closes.
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.hand_over_held();
     }
 }
 
@@ -470,7 +506,7 @@ mod tests {
             data: vec![1u8; 90].into(),
         };
         let m = Arc::new(CaptureMetrics::default());
-        let w = Writer::spawn(&dir, CaptureConfig::default(), m.clone(), HashSet::new()).unwrap();
+        let mut w = Writer::spawn(&dir, CaptureConfig::default(), m.clone(), HashSet::new()).unwrap();
         w.send(FileOp::Start {
             id: "i1".into(),
             iface: "eth0".into(),
@@ -496,7 +532,7 @@ mod tests {
         fs::write(&p, &whole[..whole.len() - 5]).unwrap();
         assert_eq!(pcapng::summarize(&read(&dir, "i1").unwrap()).unwrap().packets, 4);
         assert_eq!(resume(&dir, "i1"), Some(CaptureInfo { packets: 4, pre_attack: 2, full: false }));
-        let w = Writer::spawn(&dir, CaptureConfig::default(), m.clone(), ["i1".to_string()].into()).unwrap();
+        let mut w = Writer::spawn(&dir, CaptureConfig::default(), m.clone(), ["i1".to_string()].into()).unwrap();
         w.send(FileOp::Append { id: "i1".into(), packets: vec![pkt(6)] });
         w.finish();
         let s = pcapng::summarize(&fs::read(&p).unwrap()).unwrap();

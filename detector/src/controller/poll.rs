@@ -254,6 +254,7 @@ impl Poller {
             for op in c.recorder.poll(&iface, reading.frames.batch(), under, self.detector.open_incidents()) {
                 c.writer.send(op);
             }
+            c.writer.tick();
             for (id, info) in c.recorder.open() {
                 self.detector.set_capture(id, info);
             }
