@@ -50,7 +50,10 @@ pub fn detector_egress(ctx: TcContext) -> i32 {
     if !learning && !targets::enabled() {
         return TC_ACT_OK as i32;
     }
-    let p = parse(ctx.data(), ctx.data_end());
+    let Some(p) = launder(parse(ctx.data(), ctx.data_end())) else {
+        return TC_ACT_OK as i32;
+    };
+    let p: &Parsed = p;
     if !p.has_src {
         return TC_ACT_OK as i32;
     }
@@ -60,8 +63,29 @@ pub fn detector_egress(ctx: TcContext) -> i32 {
     let segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
     let frames = if segs > 1 { segs } else { 1 };
     targets::count::<{ targets::OUT }>(&p.src, p.class as u32, ctx.len() as u64, frames);
-    learn(&p);
+    learn(p);
     TC_ACT_OK as i32
+}
+
+/// This CPU's copy of the parser's findings for the egress program: its
+/// own, not the XDP program's slot, which is in use for as long as that
+/// program runs.
+#[map]
+static EGRESS_PARSED: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);
+
+/// The parser's findings, written to [`EGRESS_PARSED`] and read from there
+/// (as the XDP program does with its own, for the verifier): kept on the
+/// stack, LLVM built each IPv4-mapped address's ten zero bytes with a call
+/// of the BPF backend's byte-at-a-time `memset`, two per IPv4 packet
+/// (about 30 ns of a learning packet's 150 under test runs on the AMD
+/// EPYC).
+#[inline(always)]
+fn launder(p: Parsed) -> Option<&'static mut Parsed> {
+    let slot = EGRESS_PARSED.get_ptr_mut(0)?;
+    unsafe {
+        core::ptr::write_volatile(slot, p);
+        Some(&mut *slot)
+    }
 }
 
 #[inline(always)]

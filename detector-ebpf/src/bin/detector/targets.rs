@@ -5,7 +5,8 @@
 //!
 //! Stack use is a few words: the trie key and the entry a new address is
 //! inserted with are built in a per-CPU scratch value, and the address is
-//! read through a pointer (the XDP program's is in its laundered `PARSED`).
+//! read through a pointer (into the parser's findings that each program
+//! keeps in a map: `PARSED`, `EGRESS_PARSED`).
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
