@@ -28,6 +28,10 @@ use crate::{
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/detector";
 pub const BASELINES_FILE: &str = "baselines.json";
 pub const RULES_FILE: &str = "rules.json";
+/// How long a rule change waits to be written before whoever made it (the
+/// control API's answer, a runbook's step) goes on anyway: the change is in
+/// force; the log says it is not saved yet.
+pub const SAVE_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a failed write waits before it is tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(1);

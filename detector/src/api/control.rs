@@ -151,11 +151,6 @@ async fn with_mitigator<T: Send + 'static>(
     })
 }
 
-/// How long a change waits to be written to the state directory before
-/// the answer goes anyway (the change is in force; the log says it is not
-/// saved yet).
-const SAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// As [`with_mitigator`] for a change of the rules or the allowlist, which
 /// is answered once the state directory holds it: a rule the operator was
 /// told is in force is still there after a `kill -9` the moment after
@@ -165,7 +160,7 @@ async fn change_mitigator<T: Send + 'static>(
     f: impl FnOnce(&mut Mitigator) -> Result<T, MitigateError> + Send + 'static,
 ) -> Result<T, Response> {
     let (out, files) = with_mitigator(s, move |m| f(m).map(|out| (out, m.files()))).await?;
-    let saved = tokio::task::spawn_blocking(move || files.flush(SAVE_WAIT)).await.unwrap_or(false);
+    let saved = tokio::task::spawn_blocking(move || files.flush(crate::statedir::SAVE_WAIT)).await.unwrap_or(false);
     if !saved {
         tracing::warn!("a rule change is in force but not yet written to the state directory");
     }

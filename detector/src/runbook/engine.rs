@@ -51,6 +51,7 @@ use crate::{
         rule::{Action, Origin, RuleRequest, Shape},
         ruleset::RuleError,
     },
+    statedir::{FileWriter, SAVE_WAIT},
     targets::Direction,
 };
 
@@ -770,9 +771,14 @@ impl Engine {
             return Ok((Outcome::DryRun, format!("would install {} rule(s): {}", list.len(), list.join(", "))));
         }
         let mitigator = self.h.mitigator.clone();
-        let results = tokio::task::spawn_blocking(move || {
-            let mut m = mitigator.lock().unwrap_or_else(|p| p.into_inner());
-            reqs.into_iter().map(|r| (what(&r), m.add_rule(&r, Clock::now()))).collect::<Vec<_>>()
+        let (results, saved) = tokio::task::spawn_blocking(move || {
+            let (results, files) = {
+                let mut m = mitigator.lock().unwrap_or_else(|p| p.into_inner());
+                let results = reqs.into_iter().map(|r| (what(&r), m.add_rule(&r, Clock::now()))).collect::<Vec<_>>();
+                (results, m.files())
+            };
+            let saved = saved(&files, results.iter().any(|(_, r)| r.is_ok()));
+            (results, saved)
         })
         .await
         .map_err(|e| StepError::Fail(e.to_string()))?;
@@ -786,11 +792,12 @@ impl Engine {
             }
         }
         let detail = format!(
-            "installed {} rule(s){}{}{}",
+            "installed {} rule(s){}{}{}{}",
             added.len(),
             if added.is_empty() { String::new() } else { format!(" ({})", added.join(", ")) },
             if already > 0 { format!("; {already} already in force") } else { String::new() },
             if allowed > 0 { format!("; {allowed} allowlisted source(s) left alone") } else { String::new() },
+            if saved { "" } else { NOT_SAVED },
         );
         if !errors.is_empty() {
             return Err(StepError::Fail(format!("{detail}; refused: {}", errors.join("; "))));
@@ -823,14 +830,20 @@ impl Engine {
             return Ok((Outcome::DryRun, format!("would remove {}", ids.join(", "))));
         }
         let mitigator = self.h.mitigator.clone();
-        let removed = tokio::task::spawn_blocking(move || {
-            let mut m = mitigator.lock().unwrap_or_else(|p| p.into_inner());
-            // A rule already gone (expired, removed by an operator) is fine.
-            ids.into_iter().filter(|id| m.remove(id, Clock::now()).is_ok()).collect::<Vec<_>>()
+        let (removed, saved) = tokio::task::spawn_blocking(move || {
+            let (removed, files) = {
+                let mut m = mitigator.lock().unwrap_or_else(|p| p.into_inner());
+                // A rule already gone (expired, removed by an operator) is fine.
+                let removed = ids.into_iter().filter(|id| m.remove(id, Clock::now()).is_ok()).collect::<Vec<_>>();
+                (removed, m.files())
+            };
+            let saved = saved(&files, !removed.is_empty());
+            (removed, saved)
         })
         .await
         .map_err(|e| StepError::Fail(e.to_string()))?;
-        Ok((Outcome::Ok, format!("removed {} rule(s) ({})", removed.len(), removed.join(", "))))
+        let not_saved = if saved { "" } else { NOT_SAVED };
+        Ok((Outcome::Ok, format!("removed {} rule(s) ({}){not_saved}", removed.len(), removed.join(", "))))
     }
 
     async fn notify(&self, n: &Notify, ctx: &Context, dry_run: bool) -> Result<(Outcome, String), StepError> {
@@ -854,6 +867,24 @@ impl Engine {
         Ok((Outcome::Ok, sent))
     }
 }
+
+/// Whether the rules a step `changed` are written to the state directory,
+/// waiting up to [`SAVE_WAIT`] (outside the mitigator's lock) as the
+/// control API does: a step recorded as done is what the operator is told
+/// is in force, and `rules.json` is what the next start restores when the
+/// kernel's pinned maps are gone (the interface went away). A crash the
+/// moment after an unsaved change lost a runbook's rule, or brought back
+/// one it had removed.
+fn saved(files: &FileWriter, changed: bool) -> bool {
+    if !changed || files.flush(SAVE_WAIT) {
+        return true;
+    }
+    tracing::warn!("a runbook's rule change is in force but not yet written to the state directory");
+    false
+}
+
+/// Said of a step whose change is not written yet.
+const NOT_SAVED: &str = "; not yet written to the state directory";
 
 /// `<incident id>/<runbook>/<started_at ms>`: unique, and sorts by time.
 fn execution_id(incident: &str, runbook: &str, started_at: u64) -> String {

@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use super::{
-    engine::{Engine, Handles, IncidentCommand, Stopped},
+    engine::{Engine, Handles, HistorySink, IncidentCommand, Stopped},
     record::{Execution, Outcome, StepRecord, STOPPED_BEFORE, STOPPED_DURING},
 };
 use crate::{
@@ -29,7 +29,7 @@ use crate::{
     },
     metrics::Metrics,
     mitigate::{mitigator::Mitigator, ruleset::Limits},
-    statedir::FileWriter,
+    statedir::{FileWriter, RULES_FILE},
 };
 
 /// A scratch directory, removed on drop.
@@ -64,6 +64,12 @@ type History = Arc<Mutex<Vec<Execution>>>;
 async fn engine(dir: &Path, state: &Path) -> (Arc<Engine>, History, broadcast::Sender<IncidentEvent>) {
     let history: History = Arc::new(Mutex::new(Vec::new()));
     let sink = history.clone();
+    let (e, events) = engine_with(dir, state, Arc::new(move |ex| sink.lock().unwrap().push(ex))).await;
+    (e, history, events)
+}
+
+/// As [`engine`], every record handed to `sink` as it is made.
+async fn engine_with(dir: &Path, state: &Path, sink: HistorySink) -> (Arc<Engine>, broadcast::Sender<IncidentEvent>) {
     let (commands, mut rx) = mpsc::channel::<IncidentCommand>(16);
     tokio::spawn(async move {
         while let Some(c) = rx.recv().await {
@@ -81,7 +87,7 @@ async fn engine(dir: &Path, state: &Path) -> (Arc<Engine>, History, broadcast::S
             FileWriter::spawn(state, None).unwrap(),
         ))),
         commands,
-        history: Arc::new(move |ex| sink.lock().unwrap().push(ex)),
+        history: sink,
         metrics: Arc::new(Metrics::register(&mut Registry::default())),
         bgp: None,
         capacity: Default::default(),
@@ -90,7 +96,7 @@ async fn engine(dir: &Path, state: &Path) -> (Arc<Engine>, History, broadcast::S
     assert!(errors.is_empty(), "{errors:?}");
     let (events, rx) = broadcast::channel(64);
     tokio::spawn(e.clone().run(rx));
-    (e, history, events)
+    (e, events)
 }
 
 fn incident(id: &str) -> Incident {
@@ -201,6 +207,56 @@ async fn a_blank_message_sends_the_summary() {
         "a template that renders to whitespace sends the summary"
     );
     assert_eq!(ex.steps[1].detail, "would send to https://hooks.example.test/x: edge-1 under attack");
+}
+
+/// A mitigate step is recorded as done once `rules.json` holds its rule,
+/// and its resolve side once the file no longer does: what the history
+/// says is in force is what a restart restores (the file is read as each
+/// finished execution is recorded).
+#[tokio::test]
+async fn a_mitigate_steps_rules_are_saved_before_it_is_recorded_done() {
+    let s = Scratch::new("saved");
+    s.write(
+        "block.yaml",
+        "name: block\ntrigger: { families: [any] }\nsteps:\n  - mitigate: { action: drop, scope: prefix, prefix: 203.0.113.0/24, class: [udp], ttl: 1h }\n",
+    );
+    let rules = s.0.join(RULES_FILE);
+    let done: Arc<Mutex<Vec<(Execution, String)>>> = Arc::new(Mutex::new(Vec::new()));
+    let sink = done.clone();
+    let (_e, events) = engine_with(
+        &s.runbooks(),
+        &s.0,
+        Arc::new(move |ex: Execution| {
+            if ex.outcome != Outcome::Running {
+                let saved = std::fs::read_to_string(&rules).unwrap_or_default();
+                sink.lock().unwrap().push((ex, saved));
+            }
+        }),
+    )
+    .await;
+    let finished = |n: usize| {
+        let done = done.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while done.lock().unwrap().len() < n {
+                assert!(Instant::now() < deadline, "{n} finished executions: {:#?}", done.lock().unwrap());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            done.lock().unwrap()[n - 1].clone()
+        }
+    };
+    let mut inc = incident("saved-1");
+    events.send(event(EventKind::Opened, &inc)).unwrap();
+    let (ex, saved) = finished(1).await;
+    assert_eq!(ex.outcome, Outcome::Ok, "{ex:#?}");
+    assert!(ex.steps[0].detail.starts_with("installed 1 rule(s)"), "{}", ex.steps[0].detail);
+    assert!(saved.contains("203.0.113.0/24"), "the step was done before rules.json held its rule: {saved}");
+
+    inc.status = Status::Resolved;
+    events.send(event(EventKind::Resolved, &inc)).unwrap();
+    let (ex, saved) = finished(2).await;
+    assert!(ex.steps[0].detail.starts_with("removed 1 rule(s)"), "{ex:#?}");
+    assert!(!saved.contains("203.0.113.0/24"), "the rule was removed before rules.json lost it: {saved}");
 }
 
 /// A runbook whose second step hangs: the history has the execution from
