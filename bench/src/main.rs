@@ -6,6 +6,7 @@
 mod bgp;
 mod cold;
 mod detection;
+mod egress;
 mod fastnetmon;
 mod firewall;
 mod frames;
@@ -68,6 +69,8 @@ enum Part {
     Syncookies,
     /// Network mode: per-destination counting per packet, poll cycle, memory.
     Targets,
+    /// ns per packet the host sends, of the egress classifier (test runs).
+    Egress,
     /// Side by side with FastNetMon Community: detection time and CPU per
     /// forwarded packet, in the router lab.
     Fastnetmon,
@@ -120,6 +123,10 @@ fn main() -> Result<()> {
             println!("{}", report::targets_section(&targets::run_all(repeat)?));
             return Ok(());
         }
+        Some(Part::Egress) => {
+            println!("{}", report::egress_section(&egress::costs(repeat)?, repeat));
+            return Ok(());
+        }
         Some(Part::Fastnetmon) => {
             println!("{}", report::fastnetmon_section(&fastnetmon_part(args.quick)?));
             return Ok(());
@@ -153,6 +160,8 @@ fn main() -> Result<()> {
     let rule_paths = rulepaths::paths(repeat)?;
     eprintln!("bench: network mode: per-destination counting, poll cycle, memory");
     let targets = targets::run_all(repeat)?;
+    eprintln!("bench: the egress classifier, {repeat} repeats per case");
+    let egress = egress::costs(repeat)?;
     eprintln!("bench: live-frames flood into a veth, {seconds} s per run");
     let live = live::floods(seconds)?;
     eprintln!("bench: the controller: detection time, and polls under a spoofed flood");
@@ -175,6 +184,7 @@ fn main() -> Result<()> {
         firewall,
         syn_cookies,
         targets,
+        egress,
         fastnetmon,
         bgp,
         command: command_line(args.quick),

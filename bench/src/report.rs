@@ -34,6 +34,7 @@ pub struct Report {
     pub firewall: Comparison,
     pub syn_cookies: SynComparison,
     pub targets: crate::targets::Figures,
+    pub egress: Vec<crate::egress::EgressCost>,
     pub fastnetmon: crate::fastnetmon::Figures,
     pub bgp: crate::bgp::Figures,
     pub command: String,
@@ -173,6 +174,29 @@ pub fn header(command: &str, m: &Machine) -> String {
         s,
         "The XDP program's cost is given as **ns added per packet**: the detector's program minus an empty XDP program (`return XDP_PASS`), both measured in the same run on the same frames, with the empty program's own cost beside it. That cost is mostly the CPU's (26 ns under `BPF_PROG_TEST_RUN` on an AMD EPYC with SRSO mitigations, 6 ns on an Intel Xeon), so a ratio to it does not compare across machines; ratios are still shown, as a secondary column, for this machine only. The per-packet targets are set in ns added per packet, on whatever CPU runs the bench: the counting path at most +{CLASS_TARGET_ADDED_NS:.0} ns, a prefix or signature drop at most +{DROP_TARGET_ADDED_NS:.0} ns, a SYN answered with a cookie at most +{SYN_COOKIE_TARGET_ADDED_NS:.0} ns (the first two began as ratios on the EPYC, 3x and 2x its empty program, +52 and +26 ns). Figures move by a few percent between runs.\n"
     );
+    s
+}
+
+/// The egress classifier's table under test runs, as a Markdown section.
+pub fn egress_section(costs: &[crate::egress::EgressCost], repeat: u32) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "## The egress classifier\n");
+    let _ = writeln!(
+        s,
+        "A 64-byte UDP datagram the host sends (from port 40000 to port 5000), under BPF_PROG_TEST_RUN (a classifier's test run: the kernel builds an skb around the frame), {repeat} runs per case (the median of nine batches, a new window each, the cases taking turns), beside an empty classifier. The program runs on every packet that leaves a watched interface: while the interface is calm it learns the host's real peers (a lookup in the known-peer map, its time written at most once a second; a peer's further packets in the same poll find it in a per-CPU cache and skip the lookup), and in network mode it counts what protected addresses send (the counting program's per-destination part, outgoing; 10.1.0.0/16 protected, the datagram's source inside it). The datagram's peer is the same at every run, so the rows with learning are a peer's packets after its first in a poll, as in a bulk transfer; a host that sends each packet to a new peer pays the lookup at each. No target is set for it.\n"
+    );
+    let _ = writeln!(s, "| case | detector ns/packet | empty ns/packet | over the empty classifier |");
+    let _ = writeln!(s, "|---|---:|---:|---:|");
+    for c in costs {
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} | {:.1} | {} |",
+            c.label,
+            c.detector_ns,
+            c.empty_ns,
+            signed_ns(added(c.detector_ns, c.empty_ns))
+        );
+    }
     s
 }
 
@@ -468,6 +492,7 @@ impl Report {
         let _ = write!(s, "\n{}", cold_section(&self.cold, crate::cold::RUNS));
         s.push_str(&rule_paths_section(&self.rule_paths, self.repeat));
         let _ = write!(s, "\n{}", targets_section(&self.targets));
+        let _ = write!(s, "\n{}", egress_section(&self.egress, self.repeat));
         s.push_str(&live_section(&self.live, self.seconds));
         self.controller(&mut s);
         let _ = write!(s, "\n{}", reaction_section(&self.reaction));

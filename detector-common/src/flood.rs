@@ -14,6 +14,8 @@ pub const FLOOD_SEQ_MAP: &str = "FLOOD_SEQ";
 pub const FLOOD_PROGRAM: &str = "flood";
 /// Name of the empty program (`XDP_PASS`) used as the bench baseline.
 pub const PASS_PROGRAM: &str = "pass";
+/// Name of the empty classifier (`TC_ACT_OK`), the egress bench's baseline.
+pub const PASS_CLASSIFIER: &str = "pass_tc";
 
 /// Sources are `base + (n mod count)` for a per-CPU counter `n`.
 pub const SPREAD_SEQUENTIAL: u32 = 0;

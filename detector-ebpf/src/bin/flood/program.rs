@@ -4,11 +4,11 @@
 //! of the interface named in the run's context.
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{xdp_action, TC_ACT_OK},
     helpers::bpf_get_prandom_u32,
-    macros::{map, xdp},
+    macros::{classifier, map, xdp},
     maps::{Array, PerCpuArray},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use detector_common::flood::{FloodConfig, SPREAD_SEQUENTIAL};
 
@@ -34,6 +34,13 @@ pub fn flood(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The egress classifier's baseline for the bench: the cheapest possible
+/// classifier.
+#[classifier]
+pub fn pass_tc(_ctx: TcContext) -> i32 {
+    TC_ACT_OK as i32
 }
 
 #[inline(always)]
