@@ -26,7 +26,7 @@ use detector_common::{
 };
 
 use crate::{
-    mitigate::KNOWN_PEERS,
+    mitigate::{self, PeerCacheSlot, KNOWN_PEERS, PEER_CACHE_SLOTS},
     parse::{self, parse, Parsed},
     program::EPOCH,
     targets,
@@ -109,6 +109,16 @@ fn learn(p: &Parsed) {
         return;
     }
     // The frame's destination is the peer.
+    let epoch = EPOCH.get(0).copied().unwrap_or(0);
+    let Some(seen) = SEEN.get_ptr_mut(mitigate::cache_slot(&p.dst)) else {
+        return;
+    };
+    // SAFETY: this CPU's slot.
+    unsafe {
+        if (*seen).epoch == epoch.wrapping_add(1) && (*seen).addr == p.dst {
+            return;
+        }
+    }
     let key = SourceKey { addr: parse::bytes(p.dst) };
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(peer) = KNOWN_PEERS.get_ptr_mut(&key) {
@@ -117,13 +127,14 @@ fn learn(p: &Parsed) {
                 (*peer).last_ns = now;
                 (*peer).how |= KNOWN_BY_EGRESS;
             }
+            (*seen).addr = p.dst;
+            (*seen).epoch = epoch.wrapping_add(1);
         }
         return;
     }
     let Some(st) = LEARN_STATE.get_ptr_mut(0) else {
         return;
     };
-    let epoch = EPOCH.get(0).copied().unwrap_or(0);
     unsafe {
         if (*st).epoch != epoch {
             (*st).epoch = epoch;
@@ -137,5 +148,22 @@ fn learn(p: &Parsed) {
         (*st).learned_total += 1;
     }
     let peer = KnownPeer { last_ns: now, how: KNOWN_BY_EGRESS, _pad: 0 };
+    // Another CPU may have learned it a moment ago (NOEXIST fails): known
+    // either way.
     let _ = KNOWN_PEERS.insert(&key, &peer, BPF_NOEXIST as u64);
+    unsafe {
+        (*seen).addr = p.dst;
+        (*seen).epoch = epoch.wrapping_add(1);
+    }
 }
+
+/// Per CPU: the peers this CPU found known (or learned) in the current
+/// epoch (one poll), so the rest of their packets in it skip the known-peer
+/// map's hash lookup and the clock (two helper calls, most of what
+/// learning cost a packet: a bulk transfer's packets all go to one peer).
+/// A peer's time is still refreshed at most once a second, at its first
+/// packet of a poll; a peer the map lost is learned again from the next
+/// poll on. The XDP program's cache of known-peer answers, in layout
+/// (`known` unused: only known peers are kept).
+#[map]
+static SEEN: PerCpuArray<PeerCacheSlot> = PerCpuArray::with_max_entries(PEER_CACHE_SLOTS, 0);

@@ -178,8 +178,8 @@ fn is_known(src: &[u8; 16]) -> bool {
     unsafe { KNOWN_PEERS.get(SourceKey { addr: *src }).is_some() }
 }
 
-/// Slots of [`PEER_CACHE`] per CPU.
-const PEER_CACHE_SLOTS: u32 = 256;
+/// Slots of [`PEER_CACHE`] per CPU (and of the egress program's `SEEN`).
+pub(crate) const PEER_CACHE_SLOTS: u32 = 256;
 
 /// One CPU's recent known-peer answers, yes or no, valid for the epoch
 /// they were found in (one poll): a bulk transfer's segments come from one
@@ -191,16 +191,17 @@ static PEER_CACHE: PerCpuArray<PeerCacheSlot> = PerCpuArray::with_max_entries(PE
 
 #[repr(C)]
 pub struct PeerCacheSlot {
-    addr: [u64; 2],
+    pub(crate) addr: [u64; 2],
     /// Epoch + 1 when the answer was found; 0: empty.
-    epoch: u32,
+    pub(crate) epoch: u32,
     /// 1: known; 0: not.
-    known: u32,
+    pub(crate) known: u32,
 }
 
-/// The source's slot in [`PEER_CACHE`].
+/// The address's slot (the parser's words) in [`PEER_CACHE`], or in a
+/// cache of its layout.
 #[inline(always)]
-fn cache_slot(src: &[u64; 2]) -> u32 {
+pub(crate) fn cache_slot(src: &[u64; 2]) -> u32 {
     let h = (src[0] ^ src[1]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     (h >> 56) as u32 % PEER_CACHE_SLOTS
 }
