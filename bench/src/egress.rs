@@ -5,12 +5,8 @@
 //! send.
 
 use anyhow::{ensure, Result};
-use aya::{
-    maps::Array,
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
-};
+use aya::maps::Array;
 use detector::{
-    flood::frame::{self, FrameSpec, Kind},
     kernel::{
         ebpf::{self, CountingOptions},
         egress::Learning,
@@ -23,7 +19,7 @@ use detector_common::{
     flood::PASS_CLASSIFIER, known::EGRESS_PROGRAM, maps::DEFAULT_MAX_SOURCES, maps::EPOCH_MAP, TrafficClass,
 };
 
-use crate::testrun::median;
+use crate::testrun::{median, ns_per_packet};
 
 /// Batches per case, taken in turns.
 const ROUNDS: u32 = 9;
@@ -37,24 +33,7 @@ pub struct EgressCost {
 /// A 64-byte UDP datagram from `src` port 40000 to `dst` port 5000: what a
 /// host's own application sends (not from a DNS or reflector port).
 fn datagram(src: &str, dst: &str) -> Result<Vec<u8>> {
-    Ok(frame::build(&FrameSpec {
-        kind: Kind::Udp,
-        src_mac: [2, 0, 0, 0, 0, 2],
-        dst_mac: [2, 0, 0, 0, 0, 1],
-        vlans: vec![],
-        src: src.parse()?,
-        dst: dst.parse()?,
-        src_port: Some(40_000),
-        dst_port: Some(5_000),
-        size: Some(64),
-    })?
-    .bytes)
-}
-
-/// The kernel's mean time of one run of `prog` over `repeat` runs of `frame`.
-fn ns_per_packet(prog: &SchedClassifier, frame: &[u8], repeat: u32) -> Result<f64> {
-    let r = prog.test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })?;
-    Ok(r.duration.as_nanos() as f64)
+    crate::frames::udp(src, dst, Some((40_000, 5_000)))
 }
 
 /// ns per packet of the egress classifier and the empty one, per case.

@@ -28,6 +28,15 @@ fn build(s: FrameSpec) -> Vec<u8> {
     frame::build(&s).expect("bench frames are valid").bytes
 }
 
+/// A 64-byte UDP datagram from `src` to `dst` (ports: the builder's
+/// defaults, or these).
+pub fn udp(src: &str, dst: &str, ports: Option<(u16, u16)>) -> anyhow::Result<Vec<u8>> {
+    let mut s = spec(Kind::Udp, false);
+    (s.src, s.dst) = (src.parse()?, dst.parse()?);
+    (s.src_port, s.dst_port) = (ports.map(|p| p.0), ports.map(|p| p.1));
+    Ok(frame::build(&s)?.bytes)
+}
+
 /// (label, class the program must give it, frame). The XDP program does not
 /// verify checksums, so frames patched after building need none.
 pub fn all() -> Vec<(&'static str, TrafficClass, Vec<u8>)> {

@@ -19,7 +19,6 @@ use aya::{
 use detector::{
     config::ConfigFile,
     detect::{Detector, Observation},
-    flood::frame::{self, FrameSpec, Kind},
     kernel::targets::TargetsRead,
     kernel::{
         batch,
@@ -96,18 +95,7 @@ impl Figures {
 }
 
 pub(crate) fn udp(dst: &str) -> Result<Vec<u8>> {
-    Ok(frame::build(&FrameSpec {
-        kind: Kind::Udp,
-        src_mac: [2, 0, 0, 0, 0, 1],
-        dst_mac: [2, 0, 0, 0, 0, 2],
-        vlans: vec![],
-        src: "198.18.0.1".parse()?,
-        dst: dst.parse()?,
-        src_port: None,
-        dst_port: None,
-        size: Some(64),
-    })?
-    .bytes)
+    crate::frames::udp("198.18.0.1", dst, None)
 }
 
 /// Keeps the programs in the kernel's XDP dispatcher for the bench's

@@ -2,7 +2,7 @@
 //! empty one, frame by frame.
 
 use anyhow::{ensure, Context as _, Result};
-use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use aya::programs::{TestRun, TestRunOptions, TestRunResult};
 use detector::{
     kernel::counters::CounterMaps,
     kernel::ebpf::{self, CountingOptions},
@@ -21,8 +21,12 @@ pub struct ClassCost {
     pub empty_ns: f64,
 }
 
-/// The kernel's mean time of one run of `prog` over `repeat` runs of `frame`.
-pub(crate) fn ns_per_packet(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<f64> {
+/// The kernel's mean time of one run of `prog` (an XDP program or a
+/// classifier) over `repeat` runs of `frame`.
+pub(crate) fn ns_per_packet<P>(prog: &P, frame: &[u8], repeat: u32) -> Result<f64>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
     let r = prog
         .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
         .context("BPF_PROG_TEST_RUN")?;
