@@ -244,6 +244,18 @@ impl FileWriter {
         true
     }
 
+    /// Waits up to [`SAVE_WAIT`] until a rule change just made is written
+    /// (see [`FileWriter::flush`]); logs when it is not. For whoever
+    /// answers for the change (the control API, a runbook's step): a change
+    /// said to be in force is what the next start restores.
+    pub fn settle_rules(&self) -> bool {
+        let saved = self.flush(SAVE_WAIT);
+        if !saved {
+            tracing::warn!("a rule change is in force but not yet written to the state directory");
+        }
+        saved
+    }
+
     /// Writes what is pending (trying for at most `timeout`), then stops the
     /// thread. What could not be written is logged.
     pub fn finish(&self, timeout: Duration) {

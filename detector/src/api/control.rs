@@ -160,10 +160,7 @@ async fn change_mitigator<T: Send + 'static>(
     f: impl FnOnce(&mut Mitigator) -> Result<T, MitigateError> + Send + 'static,
 ) -> Result<T, Response> {
     let (out, files) = with_mitigator(s, move |m| f(m).map(|out| (out, m.files()))).await?;
-    let saved = tokio::task::spawn_blocking(move || files.flush(crate::statedir::SAVE_WAIT)).await.unwrap_or(false);
-    if !saved {
-        tracing::warn!("a rule change is in force but not yet written to the state directory");
-    }
+    let _ = tokio::task::spawn_blocking(move || files.settle_rules()).await;
     Ok(out)
 }
 

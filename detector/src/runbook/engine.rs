@@ -51,7 +51,7 @@ use crate::{
         rule::{Action, Origin, RuleRequest, Shape},
         ruleset::RuleError,
     },
-    statedir::{FileWriter, SAVE_WAIT},
+    statedir::FileWriter,
     targets::Direction,
 };
 
@@ -869,18 +869,14 @@ impl Engine {
 }
 
 /// Whether the rules a step `changed` are written to the state directory,
-/// waiting up to [`SAVE_WAIT`] (outside the mitigator's lock) as the
-/// control API does: a step recorded as done is what the operator is told
-/// is in force, and `rules.json` is what the next start restores when the
-/// kernel's pinned maps are gone (the interface went away). A crash the
-/// moment after an unsaved change lost a runbook's rule, or brought back
-/// one it had removed.
+/// waiting for it (outside the mitigator's lock) as the control API does:
+/// a step recorded as done is what the operator is told is in force, and
+/// `rules.json` is what the next start restores when the kernel's pinned
+/// maps are gone (the interface went away). A crash the moment after an
+/// unsaved change lost a runbook's rule, or brought back one it had
+/// removed.
 fn saved(files: &FileWriter, changed: bool) -> bool {
-    if !changed || files.flush(SAVE_WAIT) {
-        return true;
-    }
-    tracing::warn!("a runbook's rule change is in force but not yet written to the state directory");
-    false
+    !changed || files.settle_rules()
 }
 
 /// Said of a step whose change is not written yet.
