@@ -242,13 +242,20 @@ impl Writer {
     }
 
     /// Writes what is held and queued, closes the files and stops the
-    /// thread.
-    pub fn finish(mut self) {
+    /// thread; what dropping the writer does too, said where it is meant.
+    pub fn finish(self) {
+        drop(self);
+    }
+
+    /// Hands over what is held, asks the thread to stop and waits for it:
+    /// once, whichever of [`Writer::finish`] and `Drop` comes first.
+    fn stop(&mut self) {
+        let Some(t) = self.thread.take() else {
+            return;
+        };
         self.hand_over_held();
         let _ = self.tx.send(Cmd::Stop);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let _ = t.join();
     }
 
     /// Waits for room in the queue: only at the end.
@@ -259,12 +266,13 @@ impl Writer {
     }
 }
 
-/// Dropped without [`Writer::finish`] (the controller failing): what is
-/// held still goes to the thread, which writes it and ends as the channel
-/// closes.
+/// Dropped without [`Writer::finish`] (the controller failing on its way
+/// out): what is held and queued is still written before the drop returns,
+/// so a process that exits right after it does not cut off the capture's
+/// last second.
 impl Drop for Writer {
     fn drop(&mut self) {
-        self.hand_over_held();
+        self.stop();
     }
 }
 
@@ -537,6 +545,13 @@ mod tests {
         w.finish();
         let s = pcapng::summarize(&fs::read(&p).unwrap()).unwrap();
         assert_eq!((s.packets, s.complete_len), (5, fs::metadata(&p).unwrap().len() as usize));
+
+        // Dropped without `finish` (the controller failing): the held
+        // append is on disk when the drop returns.
+        let mut w = Writer::spawn(&dir, CaptureConfig::default(), m.clone(), ["i1".to_string()].into()).unwrap();
+        w.send(FileOp::Append { id: "i1".into(), packets: vec![pkt(7)] });
+        drop(w);
+        assert_eq!(pcapng::summarize(&fs::read(&p).unwrap()).unwrap().packets, 6);
 
         // A file that could not be started (here: `captures` is a file, as
         // a full disk would refuse it) starts with the next packets.
