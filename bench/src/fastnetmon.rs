@@ -11,8 +11,8 @@
 //!   ban; its notify script runs just after, and is recorded too). Each
 //!   trial has a fresh lab and one detector, alone.
 //! - **CPU per forwarded packet** under a sustained flood forwarded by the
-//!   router: each detector's process CPU (every thread's run time by the
-//!   scheduler, `/proc/PID/task/TID/schedstat`, and its waited-for
+//!   router: each detector's process CPU (its threads' run time by the
+//!   scheduler, the process's CPU clock, and its waited-for
 //!   children's: FastNetMon's notify script), plus its kernel-side
 //!   per-packet work, sampled for both the same way by `perf` (see
 //!   [`crate::profile`]): the detector's
@@ -792,11 +792,10 @@ impl FirstFrame {
 
 /// A process's CPU time so far, two ways.
 ///
-/// - **Scheduler**: each thread's run time from `/proc/PID/task/TID/
-///   schedstat` (the scheduler's own nanoseconds), summed, plus its
-///   waited-for children's (cutime + cstime: FastNetMon's notify script).
-///   A thread that ends inside the window loses its part (neither
-///   detector's threads come and go under a steady flood).
+/// - **Scheduler**: the process's CPU clock (`clock_getcpuclockid`, read
+///   with `clock_gettime`): the scheduler's own nanoseconds, summed over
+///   its threads, those that ended included; plus its waited-for
+///   children's (cutime + cstime: FastNetMon's notify script).
 /// - **Ticks**: utime + stime + cutime + cstime of `/proc/PID/stat`, as
 ///   `top` shows it. This kernel charges it a whole tick (4 ms at 250 Hz)
 ///   to whatever runs when the tick fires: a process waking ten times a
@@ -805,7 +804,7 @@ impl FirstFrame {
 ///   for the log, beside the scheduler's figure.
 #[derive(Debug, Default)]
 struct ProcessCpu {
-    threads: std::collections::HashMap<u32, u64>,
+    run_ns: u64,
     children_ns: u64,
     ticks_ns: u64,
 }
@@ -820,29 +819,34 @@ impl ProcessCpu {
         // SAFETY: sysconf has no preconditions.
         let hz = (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64).max(1);
         let ns = |t: u64| t * 1_000_000_000 / hz;
-        let mut threads = std::collections::HashMap::new();
-        let dir = format!("/proc/{pid}/task");
-        for task in std::fs::read_dir(&dir).with_context(|| dir.clone())? {
-            let task = task?;
-            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
-            // A thread may end between the listing and the read.
-            let Ok(sched) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
-            let run: u64 = sched
-                .split_whitespace()
-                .next()
-                .and_then(|t| t.parse().ok())
-                .ok_or_else(|| anyhow!("bad {}/schedstat", task.path().display()))?;
-            threads.insert(tid, run);
-        }
-        Ok(ProcessCpu { threads, children_ns: ns(ticks[2] + ticks[3]), ticks_ns: ns(ticks.iter().sum()) })
+        Ok(ProcessCpu {
+            run_ns: cpu_clock_ns(pid)?,
+            children_ns: ns(ticks[2] + ticks[3]),
+            ticks_ns: ns(ticks.iter().sum()),
+        })
     }
 
     /// (scheduler, ticks) ns since `before`.
     fn since(&self, before: &ProcessCpu) -> (u64, u64) {
-        let threads: u64 =
-            self.threads.iter().map(|(tid, ns)| ns.saturating_sub(before.threads.get(tid).copied().unwrap_or(0))).sum();
-        (threads + self.children_ns.saturating_sub(before.children_ns), self.ticks_ns.saturating_sub(before.ticks_ns))
+        (
+            self.run_ns.saturating_sub(before.run_ns) + self.children_ns.saturating_sub(before.children_ns),
+            self.ticks_ns.saturating_sub(before.ticks_ns),
+        )
     }
+}
+
+/// The CPU time of process `pid`, every thread it has had, ns.
+fn cpu_clock_ns(pid: u32) -> Result<u64> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: a valid pointer; the call only writes the clock's id.
+    let e = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
+    ensure!(e == 0, "clock_getcpuclockid({pid}): {}", std::io::Error::from_raw_os_error(e));
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a clock id the call above gave, and a valid pointer.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        bail!("the CPU clock of process {pid}: {}", std::io::Error::last_os_error());
+    }
+    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 /// The id of the XDP program on `ifname` in `ns` (`ip -j link`).
