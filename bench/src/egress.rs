@@ -16,7 +16,11 @@ use detector::{
     targets::Direction,
 };
 use detector_common::{
-    flood::PASS_CLASSIFIER, known::EGRESS_PROGRAM, maps::DEFAULT_MAX_SOURCES, maps::EPOCH_MAP, TrafficClass,
+    flood::PASS_CLASSIFIER,
+    known::{DEFAULT_LEARN_BUDGET, EGRESS_PROGRAM},
+    maps::DEFAULT_MAX_SOURCES,
+    maps::EPOCH_MAP,
+    TrafficClass,
 };
 
 use crate::testrun::{median, ns_per_packet};
@@ -86,11 +90,88 @@ pub fn costs(repeat: u32) -> Result<Vec<EgressCost>> {
             e[i].push(ns_per_packet(pass, frame, repeat / ROUNDS)?);
         }
     }
-    Ok(cases
+    let mut out: Vec<EgressCost> = cases
         .iter()
         .enumerate()
         .map(|(i, (label, ..))| EgressCost { label, detector_ns: median(&mut d[i]), empty_ns: median(&mut e[i]) })
-        .collect())
+        .collect();
+
+    // A new peer at every packet: one run per frame, both programs alike,
+    // so these carry the cold caches of a syscall per packet. On one CPU,
+    // whose budget (new peers a CPU may learn in a window) the rows count
+    // on: every peer learned, the budget renewed by a new window before it
+    // runs out; then, the window's budget spent, every peer refused.
+    learning.set(true)?;
+    targets.set_protected(&[])?;
+    let (learned, refused) = std::thread::scope(|s| {
+        s.spawn(|| -> Result<(EgressCost, EgressCost)> {
+            crate::firewall::pin_to(0)?;
+            let before = learning.counts();
+            let (mut dl, mut el) = (0.0, 0.0);
+            let mut frame = datagram("192.0.2.1", "198.18.0.0")?;
+            for i in 0..NEW_PEERS {
+                if i % DEFAULT_LEARN_BUDGET == 0 {
+                    epoch.set(0, next_epoch, 0)?;
+                    next_epoch += 1;
+                }
+                set_peer(&mut frame, i);
+                dl += ns_per_packet(det, &frame, 1)?;
+                el += ns_per_packet(pass, &frame, 1)?;
+            }
+            let n = learning.counts().learned - before.learned;
+            ensure!(n == u64::from(NEW_PEERS), "a new peer every packet: {n} of {NEW_PEERS} learned");
+
+            // The budget spent on peers of another /16, then as many new
+            // ones again.
+            let mut frame = datagram("192.0.2.1", "198.19.0.0")?;
+            epoch.set(0, next_epoch, 0)?;
+            for i in 0..DEFAULT_LEARN_BUDGET {
+                set_peer(&mut frame, i);
+                ns_per_packet(det, &frame, 1)?;
+            }
+            let before = learning.counts();
+            let (mut dr, mut er) = (0.0, 0.0);
+            for i in DEFAULT_LEARN_BUDGET..DEFAULT_LEARN_BUDGET + NEW_PEERS {
+                set_peer(&mut frame, i);
+                dr += ns_per_packet(det, &frame, 1)?;
+                er += ns_per_packet(pass, &frame, 1)?;
+            }
+            let after = learning.counts();
+            ensure!(
+                after.learned == before.learned && after.over_budget - before.over_budget == u64::from(NEW_PEERS),
+                "past the budget: {} learned, {} refused of {NEW_PEERS}",
+                after.learned - before.learned,
+                after.over_budget - before.over_budget
+            );
+            let n = f64::from(NEW_PEERS);
+            Ok((
+                EgressCost {
+                    label: "learning: a new peer every packet (each learned), one run per frame",
+                    detector_ns: dl / n,
+                    empty_ns: el / n,
+                },
+                EgressCost {
+                    label: "learning: a new peer every packet past the window's budget (refused), one run per frame",
+                    detector_ns: dr / n,
+                    empty_ns: er / n,
+                },
+            ))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the new-peer runs panicked"))?
+    })?;
+    out.push(learned);
+    out.push(refused);
+    Ok(out)
+}
+
+/// New peers per row of a new peer every packet: a quarter of the
+/// known-peer map, which none of them evicts from.
+pub const NEW_PEERS: u32 = 16_384;
+
+/// Makes peer `i` the datagram's destination: its last two octets.
+fn set_peer(frame: &mut [u8], i: u32) {
+    frame[14 + 18..14 + 20].copy_from_slice(&(i as u16).to_be_bytes());
 }
 
 /// Group 0's outgoing UDP packets.
