@@ -17,11 +17,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use aya::{
-    maps::Array,
-    programs::{Xdp, XdpMode},
-    Ebpf,
-};
+use aya::{maps::Array, programs::Xdp, Ebpf};
 use detector::{
     kernel::{
         ebpf::{self, CountingOptions},
@@ -35,7 +31,7 @@ use detector_common::{
 };
 
 use crate::{
-    targets::{hold_in_dispatcher, table, udp},
+    targets::{hold_empty_in_dispatcher, hold_in_dispatcher, table, udp},
     testrun::ns_per_packet,
 };
 
@@ -111,10 +107,7 @@ fn case_costs(
     let mut pass_obj = ebpf::load_flood()?;
     let pass = ebpf::load_xdp(&mut pass_obj, "flood", PASS_PROGRAM)?;
     let pass_lab = Lab::new()?;
-    {
-        let _in = pass_lab.enter_gen()?;
-        pass.attach(&pass_lab.gen_if, XdpMode::Driver).context("attaching the empty program in the lab")?;
-    }
+    hold_empty_in_dispatcher(&pass_lab, pass)?;
     let frame = if networks { udp("10.1.2.3")? } else { udp("192.0.2.2")? };
 
     let mut evict = vec![0u8; EVICT_BYTES];

@@ -109,9 +109,16 @@ pub(crate) fn hold_in_dispatcher(lab: &Lab, det: &mut Xdp, pass: Option<&mut Xdp
         det.attach(&lab.tgt_if, XdpMode::Driver).context("attaching the detector in the lab")?;
     }
     if let Some(pass) = pass {
-        let _in = lab.enter_gen()?;
-        pass.attach(&lab.gen_if, XdpMode::Driver).context("attaching the empty program in the lab")?;
+        hold_empty_in_dispatcher(lab, pass)?;
     }
+    Ok(())
+}
+
+/// [`hold_in_dispatcher`] for the empty program alone, on the lab's other
+/// end.
+pub(crate) fn hold_empty_in_dispatcher(lab: &Lab, pass: &mut Xdp) -> Result<()> {
+    let _in = lab.enter_gen()?;
+    pass.attach(&lab.gen_if, XdpMode::Driver).context("attaching the empty program in the lab")?;
     Ok(())
 }
 
