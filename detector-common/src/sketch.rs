@@ -152,7 +152,8 @@ pub struct Window {
     pub sample_epoch: u32,
     pub rings: [DirtyHead; 2],
     pub _tail: [u32; 4],
-    /// Second cache line: the source window's heavy source (unused in
+    /// Second 64 bytes (not quite a cache line: see
+    /// [`crate::maps::PARSED_MAP`]): the source window's heavy source (unused in
     /// network mode's windows, whose heavy addresses are per cache slot).
     pub hot: Hot,
     pub _tail2: [u64; 3],
