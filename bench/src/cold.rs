@@ -37,8 +37,14 @@ use crate::{
 
 /// Written through before each run.
 pub const EVICT_BYTES: usize = 1 << 20;
-/// Runs per build and case.
+/// Runs per build and case, spread over its loads.
 pub const RUNS: u32 = 20_000;
+/// Loads of each build per case. Where a load's maps and code land in
+/// memory is worth ns by itself: three loads of one object, in the same
+/// turns, kept their order over both halves of a case's runs, 15 to 25 ns
+/// apart (2026-12-03, AMD EPYC). A build's figure is the mean over its
+/// loads, with their range beside it.
+pub const LOADS: usize = 4;
 /// Runs per heavy-hitter window (a new epoch after each), as at 10,000
 /// packets a second polled every 100 ms.
 const WINDOW_RUNS: u32 = 1_000;
@@ -47,7 +53,10 @@ const WINDOW_RUNS: u32 = 1_000;
 pub struct ColdCost {
     pub build: String,
     pub case: &'static str,
+    /// The mean over the build's loads.
     pub detector_ns: f64,
+    /// The cheapest and the dearest of its loads.
+    pub loads_ns: (f64, f64),
     pub empty_ns: f64,
 }
 
@@ -76,6 +85,7 @@ pub fn run(objects: &[(String, PathBuf)], runs: u32) -> Result<Vec<ColdCost>> {
 /// A build loaded, its maps set for the case, its program held in a lab's
 /// dispatcher.
 struct Loaded {
+    build: usize,
     obj: Ebpf,
     epoch: Array<aya::maps::MapData, u32>,
     _targets: TargetMaps,
@@ -89,20 +99,24 @@ fn case_costs(
     runs: u32,
 ) -> Result<Vec<ColdCost>> {
     let table = if networks { table()? } else { Vec::new() };
+    // The builds' loads in turns (b0, b1, .., b0, b1, ..), so no build's
+    // loads all come first.
     let mut loaded = Vec::new();
-    for (name, bytes) in builds {
-        let opts = CountingOptions::new(DEFAULT_MAX_SOURCES);
-        let mut obj = match bytes {
-            Some(b) => ebpf::load_counting_object(b, &opts),
-            None => ebpf::load_counting(&opts),
+    for _ in 0..LOADS {
+        for (build, (name, bytes)) in builds.iter().enumerate() {
+            let opts = CountingOptions::new(DEFAULT_MAX_SOURCES);
+            let mut obj = match bytes {
+                Some(b) => ebpf::load_counting_object(b, &opts),
+                None => ebpf::load_counting(&opts),
+            }
+            .with_context(|| format!("loading the {name} build"))?;
+            let mut targets = TargetMaps::take(&mut obj)?;
+            targets.set_protected(&table)?;
+            let epoch = Array::try_from(ebpf::take_map(&mut obj, "detector", EPOCH_MAP)?)?;
+            let lab = Lab::new()?;
+            hold_in_dispatcher(&lab, ebpf::load_xdp(&mut obj, "detector", DETECTOR_PROGRAM)?, None)?;
+            loaded.push(Loaded { build, obj, epoch, _targets: targets, _lab: lab });
         }
-        .with_context(|| format!("loading the {name} build"))?;
-        let mut targets = TargetMaps::take(&mut obj)?;
-        targets.set_protected(&table)?;
-        let epoch = Array::try_from(ebpf::take_map(&mut obj, "detector", EPOCH_MAP)?)?;
-        let lab = Lab::new()?;
-        hold_in_dispatcher(&lab, ebpf::load_xdp(&mut obj, "detector", DETECTOR_PROGRAM)?, None)?;
-        loaded.push(Loaded { obj, epoch, _targets: targets, _lab: lab });
     }
     let mut pass_obj = ebpf::load_flood()?;
     let pass = ebpf::load_xdp(&mut pass_obj, "flood", PASS_PROGRAM)?;
@@ -111,28 +125,47 @@ fn case_costs(
     let frame = if networks { udp("10.1.2.3")? } else { udp("192.0.2.2")? };
 
     let mut evict = vec![0u8; EVICT_BYTES];
-    let mut times = vec![Vec::with_capacity(runs as usize); loaded.len() + 1];
-    for i in 0..runs {
-        for (j, l) in loaded.iter_mut().enumerate() {
-            if i % WINDOW_RUNS == 0 {
+    // A turn: one run of every load, then one of the empty program; as
+    // many turns as a build has runs over its loads.
+    let turns = runs / LOADS as u32;
+    let mut times = vec![Vec::with_capacity(turns as usize); loaded.len() + 1];
+    // The turn's order rotates turn by turn: whichever place in it a load
+    // takes could be worth some ns by itself, so each takes every place
+    // equally often.
+    let places = loaded.len() + 1;
+    for i in 0..turns {
+        if i % WINDOW_RUNS == 0 {
+            for l in loaded.iter_mut() {
                 l.epoch.set(0, i / WINDOW_RUNS + 1, 0)?;
             }
-            let det: &Xdp = l.obj.program(DETECTOR_PROGRAM).context("no detector program")?.try_into()?;
-            write_through(&mut evict, i as u8);
-            times[j].push(ns_per_packet(det, &frame, 1)?);
         }
-        write_through(&mut evict, i as u8);
-        times[loaded.len()].push(ns_per_packet(pass, &frame, 1)?);
+        for k in 0..places {
+            let j = (k + i as usize) % places;
+            write_through(&mut evict, i as u8);
+            let ns = match loaded.get(j) {
+                Some(l) => {
+                    let det: &Xdp = l.obj.program(DETECTOR_PROGRAM).context("no detector program")?.try_into()?;
+                    ns_per_packet(det, &frame, 1)?
+                }
+                None => ns_per_packet(pass, &frame, 1)?,
+            };
+            times[j].push(ns);
+        }
     }
     let empty_ns = trimmed_mean(times.pop().unwrap_or_default());
+    let per_load: Vec<f64> = times.into_iter().map(trimmed_mean).collect();
     let mut out = Vec::new();
-    for ((name, _), t) in builds.iter().zip(times) {
-        let cost = ColdCost { build: name.clone(), case, detector_ns: trimmed_mean(t), empty_ns };
+    for (b, (name, _)) in builds.iter().enumerate() {
+        let mine: Vec<f64> = loaded.iter().zip(&per_load).filter(|(l, _)| l.build == b).map(|(_, t)| *t).collect();
+        let mean = mine.iter().sum::<f64>() / mine.len() as f64;
+        let low = mine.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = mine.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let cost = ColdCost { build: name.clone(), case, detector_ns: mean, loads_ns: (low, high), empty_ns };
         eprintln!(
-            "bench:   {case:<40} {name:<12} detector {:>6.1} ns  empty {:>6.1} ns  added {:>6.1} ns",
-            cost.detector_ns,
+            "bench:   {case:<40} {name:<12} detector {mean:>6.1} ns (loads {low:.1} to {high:.1})  empty {:>6.1} ns  \
+             added {:>6.1} ns",
             cost.empty_ns,
-            cost.detector_ns - cost.empty_ns
+            mean - cost.empty_ns
         );
         out.push(cost);
     }

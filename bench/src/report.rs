@@ -271,19 +271,26 @@ pub fn cold_section(costs: &[crate::cold::ColdCost], runs: u32) -> String {
     );
     let _ = writeln!(
         s,
-        "The 64-byte UDP frame above, one test run at a time, {} KiB written through before each (about what the sender's syscall and the stack touch between two packets when they run on the receiving CPU, as at a few tens of thousands of packets a second: the L1 and L2 caches and the TLB evicted, not the L3), the detector's program and the empty one taking turns run by run, {runs} runs each, a new heavy-hitter window every 1,000; the trimmed mean (a tenth dropped at each end). This is the cost the in-place figures of the FastNetMon section see and warm test runs do not (repeated, a frame finds everything in the L1 cache): each cache line and page the program touches that the sender evicted. Network mode: 10.1.0.0/16 and 200 unrelated /24s protected, the frame to 10.1.2.3. No target of its own; it is how a change to the program's footprint is judged (`detector-bench --only cold --object NAME=FILE` compares other builds of the object in the same turns).\n",
-        crate::cold::EVICT_BYTES / 1024
+        "The 64-byte UDP frame above, one test run at a time, {} KiB written through before each (about what the sender's syscall and the stack touch between two packets when they run on the receiving CPU, as at a few tens of thousands of packets a second: the L1 and L2 caches and the TLB evicted, not the L3), {runs} runs of each build, spread over {loads} loads of it (where a load's maps and code land in memory is worth 15 to 25 ns by itself: the figure is the mean over the loads, their range beside it), every load and the empty program taking turns run by run, in an order that rotates turn by turn, a new heavy-hitter window every 1,000 turns; per load the trimmed mean (a tenth dropped at each end). This is the cost the in-place figures of the FastNetMon section see and warm test runs do not (repeated, a frame finds everything in the L1 cache): each cache line and page the program touches that the sender evicted. Network mode: 10.1.0.0/16 and 200 unrelated /24s protected, the frame to 10.1.2.3. No target of its own; it is how a change to the program's footprint is judged (`detector-bench --only cold --object NAME=FILE` compares other builds of the object in the same turns), coarsely: given twice, one object read up to 23 ns apart from itself over three such runs on the AMD EPYC (2026-12-03), so a smaller difference between two builds says nothing.\n",
+        crate::cold::EVICT_BYTES / 1024,
+        loads = crate::cold::LOADS,
     );
-    let _ = writeln!(s, "| case | build | added ns/packet | detector ns/packet | empty ns/packet |");
-    let _ = writeln!(s, "|---|---|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| case | build | added ns/packet | detector ns/packet | its {} loads, ns/packet | empty ns/packet |",
+        crate::cold::LOADS
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|");
     for c in costs {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.1} | {:.1} |",
+            "| {} | {} | {} | {:.1} | {:.1} to {:.1} | {:.1} |",
             c.case,
             c.build,
             signed_ns(added(c.detector_ns, c.empty_ns)),
             c.detector_ns,
+            c.loads_ns.0,
+            c.loads_ns.1,
             c.empty_ns
         );
     }
