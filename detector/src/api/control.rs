@@ -112,9 +112,9 @@ fn status_of(e: &MitigateError) -> StatusCode {
     match e {
         MitigateError::Rule(RuleError::NotFound(_)) => StatusCode::NOT_FOUND,
         MitigateError::Rule(RuleError::Protected { .. }) => StatusCode::FORBIDDEN,
-        MitigateError::Rule(RuleError::RulesFull(_)) | MitigateError::Rule(RuleError::AllowFull(_)) => {
-            StatusCode::INSUFFICIENT_STORAGE
-        }
+        MitigateError::Rule(RuleError::RulesFull(_))
+        | MitigateError::Rule(RuleError::AllowFull(_))
+        | MitigateError::Rule(RuleError::IdsUsedUp(_)) => StatusCode::INSUFFICIENT_STORAGE,
         MitigateError::Rule(RuleError::Duplicate(_))
         | MitigateError::Rule(RuleError::AlreadyAllowed { .. })
         | MitigateError::Rule(RuleError::Allowlisted { .. })

@@ -46,7 +46,9 @@ impl MitigateError {
             MitigateError::Rule(RuleError::Duplicate(_)) | MitigateError::Rule(RuleError::AlreadyAllowed { .. }) => {
                 "duplicate"
             }
-            MitigateError::Rule(RuleError::RulesFull(_)) | MitigateError::Rule(RuleError::AllowFull(_)) => "full",
+            MitigateError::Rule(RuleError::RulesFull(_))
+            | MitigateError::Rule(RuleError::AllowFull(_))
+            | MitigateError::Rule(RuleError::IdsUsedUp(_)) => "full",
             MitigateError::Rule(RuleError::Plan(_)) => "overlap",
             MitigateError::Rule(RuleError::NotFound(_)) => "not_found",
             MitigateError::Rule(RuleError::Protected { .. }) => "protected",
@@ -248,6 +250,9 @@ impl Mitigator {
         }
         for rule in &r.stale {
             tracing::warn!(rule = %rule.describe(), "saved rule not restored: the kernel no longer holds it (removed while the state directory could not be written)");
+        }
+        for why in &r.counters {
+            tracing::warn!("rules.json: {why}");
         }
         for rule in &r.recovered {
             tracing::warn!(rule = %rule.describe(), "rule in force recovered from the kernel; rules.json had no record of it, so its reason and origin are lost");

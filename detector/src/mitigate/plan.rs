@@ -87,11 +87,24 @@ pub fn slot(rule: &Rule, clock: Clock) -> RuleSlot {
         s.tolerance_ns = s.interval_ns * burst.unwrap_or(1).saturating_sub(1);
     }
     if let Some(bps) = bps {
-        s.byte_interval_ps = 1_000_000_000_000 / bps.max(1);
-        let burst_bytes = byte_burst.unwrap_or(bps / 10);
-        s.byte_tolerance_ns = burst_bytes * s.byte_interval_ps / 1000;
+        s.byte_interval_ps = byte_interval_ps(bps);
+        // In range: a rule's byte burst is checked where the rule is
+        // (`RuleRequest::check` computes it; a saved one is checked
+        // against this).
+        s.byte_tolerance_ns = byte_tolerance_ns(bps, byte_burst.unwrap_or(bps / 10)).unwrap_or(u64::MAX);
     }
     s
+}
+
+/// The time one byte takes at `bps` bytes per second, in picoseconds.
+fn byte_interval_ps(bps: u64) -> u64 {
+    1_000_000_000_000 / bps.max(1)
+}
+
+/// How far ahead of its rate the byte bucket may run, in ns, for a burst of
+/// `burst_bytes` at `bps`; none when that does not fit a slot.
+pub fn byte_tolerance_ns(bps: u64, burst_bytes: u64) -> Option<u64> {
+    burst_bytes.checked_mul(byte_interval_ps(bps)).map(|ps| ps / 1000)
 }
 
 /// Which of two rules covering the same address decides first: drops, then
@@ -207,7 +220,7 @@ impl KernelRule {
                 let pps = (s.interval_ns > 0).then(|| (1_000_000_000 / s.interval_ns).max(1));
                 let burst = pps.map(|_| s.tolerance_ns / s.interval_ns + 1);
                 let bps = 1_000_000_000_000u64.checked_div(s.byte_interval_ps).map(|b| b.max(1));
-                let byte_burst = bps.map(|_| (s.byte_tolerance_ns * 1000).div_ceil(s.byte_interval_ps));
+                let byte_burst = bps.map(|_| s.byte_tolerance_ns.saturating_mul(1000).div_ceil(s.byte_interval_ps));
                 (pps.is_some() || bps.is_some()).then_some(Action::AggregateLimit { pps, burst, bps, byte_burst })
             }
             ACTION_RATE_LIMIT if s.interval_ns > 0 => {
@@ -219,7 +232,7 @@ impl KernelRule {
                 // The same for the byte limit: the largest byte rate with
                 // this interval, the smallest byte burst with this tolerance.
                 let bps = 1_000_000_000_000u64.checked_div(s.byte_interval_ps).map(|b| b.max(1));
-                let byte_burst = bps.map(|_| (s.byte_tolerance_ns * 1000).div_ceil(s.byte_interval_ps));
+                let byte_burst = bps.map(|_| s.byte_tolerance_ns.saturating_mul(1000).div_ceil(s.byte_interval_ps));
                 Some(Action::RateLimit { pps, burst, bps, byte_burst })
             }
             _ => None,

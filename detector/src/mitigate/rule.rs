@@ -65,6 +65,14 @@ impl Action {
 
     /// The rates as a request gives them: pps, burst, bps, and whether
     /// they are one aggregate budget.
+    /// The byte bucket's depth in bytes, when it has one.
+    pub fn byte_burst(&self) -> Option<u64> {
+        match self {
+            Action::Drop | Action::SynCookies => None,
+            Action::RateLimit { byte_burst, .. } | Action::AggregateLimit { byte_burst, .. } => *byte_burst,
+        }
+    }
+
     pub fn rates(&self) -> (Option<u64>, Option<u64>, Option<u64>, bool) {
         match self {
             Action::Drop | Action::SynCookies => (None, None, None, false),

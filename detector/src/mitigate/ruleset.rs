@@ -58,6 +58,8 @@ pub enum RuleError {
     RulesFull(u32),
     #[error("the allowlist is full ({0} entries); raise mitigation.max_allow")]
     AllowFull(u32),
+    #[error("no {0} id is left (ids are numbered below {MAX_ID})")]
+    IdsUsedUp(&'static str),
     #[error("{prefix} is already on the allowlist as {id}")]
     AlreadyAllowed { prefix: Prefix, id: String },
     #[error(transparent)]
@@ -98,6 +100,8 @@ pub struct Restored {
     pub stale: Vec<Rule>,
     /// Rules the pinned tries hold that the file lacked: recovered.
     pub recovered: Vec<Rule>,
+    /// Saved id counters not taken, and why.
+    pub counters: Vec<String>,
 }
 
 /// The reason a recovered rule carries.
@@ -105,13 +109,27 @@ pub const RECOVERED_REASON: &str = "recovered from the kernel: the state directo
 
 /// The number in a rule id `r<N>`.
 fn rule_id(id: &str) -> Option<u64> {
-    id.strip_prefix('r').filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).and_then(|n| n.parse().ok())
+    numbered(id, 'r')
 }
 
 /// The number in an allowlist id `a<N>`.
 fn allow_id(id: &str) -> Option<u64> {
-    id.strip_prefix('a').filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).and_then(|n| n.parse().ok())
+    numbered(id, 'a')
 }
+
+/// Ids are numbered below [`MAX_ID`].
+fn numbered(id: &str, letter: char) -> Option<u64> {
+    id.strip_prefix(letter)
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n < MAX_ID)
+}
+
+/// Rule and allowlist ids are numbered from 1 to below this (2^53, what a
+/// JSON number holds exactly): far more than a host ever hands out, and an
+/// id's successor is always a number. A saved counter past it (a damaged
+/// or hand-edited `rules.json`) is not taken; the ids saved number on.
+pub const MAX_ID: u64 = 1 << 53;
 
 /// A saved rule, checked as a new rule is: through [`RuleRequest::check`],
 /// which every other way in also takes. Returns its id's number.
@@ -121,6 +139,13 @@ fn check_saved(r: &Rule, ids: &[String]) -> Result<u64, String> {
         return Err(format!("id {} is used twice", r.id));
     }
     let shape = r.shape_request().check().map_err(|e| e.to_string())?;
+    // The byte burst is not in the request (a recovered rule keeps the
+    // kernel's): it must only fit the slot's byte tolerance.
+    if let (Some(bps), Some(b)) = (r.action.rates().2, r.action.byte_burst()) {
+        if super::plan::byte_tolerance_ns(bps, b).is_none() {
+            return Err(format!("its byte burst {b} is out of range at {bps} bytes per second"));
+        }
+    }
     // As saved, the fields are in the form the check gives them (sorted
     // classes, a rate limit's byte burst aside: a recovered rule keeps the
     // kernel's).
@@ -174,8 +199,16 @@ impl RuleSet {
     pub fn restore(&mut self, saved: Saved, kernel: Option<&[KernelRule]>, clock: Clock) -> Restored {
         let mut out = Restored::default();
         let mut ids: Vec<String> = Vec::new();
-        let mut next_rule = saved.next_rule;
-        let mut next_allow = saved.next_allow;
+        let mut counter = |n: u64, what: &str| {
+            if n <= MAX_ID {
+                return n;
+            }
+            out.counters
+                .push(format!("{what} {n} is past the last id ({MAX_ID}): numbering goes on from the saved ids"));
+            0
+        };
+        let mut next_rule = counter(saved.next_rule, "next_rule");
+        let mut next_allow = counter(saved.next_allow, "next_allow");
         for a in saved.allow {
             let why = match allow_id(&a.id) {
                 _ if a.source != AllowSource::Operator => Some("only operator entries are saved".to_string()),
@@ -235,6 +268,14 @@ impl RuleSet {
                         continue;
                     }
                     let Some(action) = k.action() else { continue };
+                    if self.next_rule >= MAX_ID {
+                        out.counters.push(format!(
+                            "no rule id left for the kernel's rule in slot {} (ids are numbered below {MAX_ID}): not \
+                             recovered",
+                            k.index
+                        ));
+                        continue;
+                    }
                     let rule = Rule {
                         id: format!("r{}", self.next_rule),
                         index: k.index,
@@ -322,6 +363,9 @@ impl RuleSet {
     }
 
     pub fn add_checked(&mut self, c: Checked, now_ms: u64) -> Result<Rule, RuleError> {
+        if self.next_rule >= MAX_ID {
+            return Err(RuleError::IdsUsedUp("rule"));
+        }
         let mut rule = Rule {
             id: format!("r{}", self.next_rule),
             index: 0,
@@ -363,6 +407,9 @@ impl RuleSet {
         }
         if self.allow.len() as u32 >= self.limits.max_allow {
             return Err(RuleError::AllowFull(self.limits.max_allow));
+        }
+        if self.next_allow >= MAX_ID {
+            return Err(RuleError::IdsUsedUp("allowlist"));
         }
         let entry = AllowEntry {
             id: format!("a{}", self.next_allow),
@@ -602,6 +649,52 @@ mod tests {
         assert_eq!(fresh.rules().iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["r1", "r40"]);
         // A new rule never takes an id a restored one has.
         assert_eq!(fresh.add_rule(&drop("192.0.2.0/24"), 0).unwrap().id, "r41");
+    }
+
+    #[test]
+    fn saved_ids_and_counters_past_the_last_id_are_not_taken() {
+        let mut set = RuleSet::new(LIMITS);
+        let good = set.add_rule(&drop("10.0.0.0/8"), 0).unwrap();
+        let mut last = good.clone();
+        last.id = format!("r{MAX_ID}");
+        last.index = 2;
+        last.prefix = p("192.0.2.0/24");
+        let mut saved = saved_with(vec![good, last]);
+        saved.next_rule = u64::MAX;
+        saved.next_allow = MAX_ID + 1;
+        let mut fresh = RuleSet::new(LIMITS);
+        let r = fresh.restore(saved, None, CLOCK);
+        assert_eq!(r.refused.len(), 1);
+        assert!(r.refused[0].1.contains("not a rule id"), "{:?}", r.refused);
+        assert_eq!(r.counters.len(), 2, "{:?}", r.counters);
+        assert!(r.counters[0].starts_with("next_rule 18446744073709551615 is past the last id"), "{:?}", r.counters);
+        // Numbering goes on from the ids saved.
+        assert_eq!(fresh.add_rule(&drop("198.51.100.0/24"), 0).unwrap().id, "r2");
+
+        // At the last id, adding is refused, by name.
+        let mut saved = fresh.saved();
+        saved.next_rule = MAX_ID;
+        let mut end = RuleSet::new(LIMITS);
+        assert!(end.restore(saved, None, CLOCK).counters.is_empty());
+        assert_eq!(end.add_rule(&drop("203.0.113.0/24"), 0), Err(RuleError::IdsUsedUp("rule")));
+    }
+
+    #[test]
+    fn a_saved_byte_burst_past_its_slot_is_refused() {
+        let mut set = RuleSet::new(LIMITS);
+        let req =
+            RuleRequest { action: "rate_limit".into(), pps: Some(100), bps: Some(1_000_000), ..drop("10.0.0.0/8") };
+        let good = set.add_rule(&req, 0).unwrap();
+        let mut huge = good.clone();
+        huge.id = "r2".into();
+        huge.index = 2;
+        huge.prefix = p("192.0.2.0/24");
+        huge.action = Action::RateLimit { pps: 100, burst: 10, bps: Some(1_000_000), byte_burst: Some(u64::MAX) };
+        let mut fresh = RuleSet::new(LIMITS);
+        let r = fresh.restore(saved_with(vec![good, huge]), None, CLOCK);
+        assert_eq!(r.refused.len(), 1, "{:?}", r.refused);
+        assert!(r.refused[0].1.contains("byte burst 18446744073709551615 is out of range"), "{:?}", r.refused);
+        fresh.plan(CLOCK).unwrap();
     }
 
     #[test]
