@@ -480,7 +480,9 @@ fn start_bgp(
 fn load_baselines(cfg: &RunConfig, detector: &mut Detector) {
     match statedir::load_baselines(&cfg.state_dir) {
         Loaded::Baselines(b) => {
-            detector.load_baselines(&b);
+            for why in detector.load_baselines(&b) {
+                tracing::warn!("{}: a saved baseline is refused: {why}", statedir::BASELINES_FILE);
+            }
             for iface in &cfg.ifaces {
                 let learned = detector
                     .iface_baselines(iface)

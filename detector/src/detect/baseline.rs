@@ -54,7 +54,41 @@ impl ClassBaseline {
     pub fn warm(&self, cfg: &BaselineConfig) -> bool {
         self.learned_seconds >= cfg.warmup.as_secs_f64()
     }
+
+    /// Whether a saved baseline is one learning could have made: averages
+    /// and variances of rates from 0 to what no link carries
+    /// ([`MAX_PPS`], [`MAX_BPS`]), and a learned time from 0 to
+    /// [`MAX_LEARNED_SECONDS`]. A damaged or hand-edited file fails it: a
+    /// huge average would raise the learned threshold above any flood and
+    /// blind detection of its class without a word.
+    pub fn check(&self) -> Result<(), String> {
+        let ewma = |what: &str, e: &Ewma, max: f64| {
+            if !(0.0..=max).contains(&e.mean) {
+                return Err(format!("its {what} average {:e} is outside 0 to {max:e}", e.mean));
+            }
+            if !(0.0..=max * max).contains(&e.var) {
+                return Err(format!("its {what} variance {:e} is outside 0 to {:e}", e.var, max * max));
+            }
+            Ok(())
+        };
+        ewma("pps", &self.pps, MAX_PPS)?;
+        ewma("bps", &self.bps, MAX_BPS)?;
+        if !(0.0..=MAX_LEARNED_SECONDS).contains(&self.learned_seconds) {
+            return Err(format!(
+                "its learned time {:e} s is outside 0 to {MAX_LEARNED_SECONDS:e} s",
+                self.learned_seconds
+            ));
+        }
+        Ok(())
+    }
 }
+
+/// Packets a second no link carries (a 400G interface: about 6 * 10^8).
+pub const MAX_PPS: f64 = 1e10;
+/// Bits a second no link carries (a 400G interface: 4 * 10^11).
+pub const MAX_BPS: f64 = 1e13;
+/// Three centuries.
+pub const MAX_LEARNED_SECONDS: f64 = 1e10;
 
 /// The level above which a signal with moving average `e` is abnormal:
 /// both `margin_sigmas` deviations and `margin_ratio` times above normal.

@@ -275,29 +275,45 @@ impl Detector {
 
     /// Takes learned baselines saved by an earlier run. A version 1 file
     /// (one set per interface) becomes host mode's group, incoming.
-    pub fn load_baselines(&mut self, saved: &SavedBaselines) {
-        let classes = |m: &BTreeMap<String, ClassBaseline>| {
+    /// Takes the saved baselines; those a learning could not have made
+    /// (see [`ClassBaseline::check`]) are left out, to be learned afresh,
+    /// and returned with where and why.
+    pub fn load_baselines(&mut self, saved: &SavedBaselines) -> Vec<String> {
+        let mut refused = Vec::new();
+        let mut classes = |m: &BTreeMap<String, ClassBaseline>, at: &str| {
             let mut out = [ClassBaseline::default(); CLASS_COUNT];
             for (name, b) in m {
-                if let Some(c) = TrafficClass::from_name(name) {
-                    out[c.index()] = *b;
+                let Some(c) = TrafficClass::from_name(name) else { continue };
+                match b.check() {
+                    Ok(()) => out[c.index()] = *b,
+                    Err(why) => refused.push(format!("{at}, class {name}: {why}; learned afresh")),
                 }
             }
             out
         };
+        let mut loaded = Vec::new();
         for (iface, m) in &saved.interfaces {
-            let b = classes(m);
-            let g = GroupBaselines { total: b, address: b };
-            self.iface(iface).baselines.insert((HOST_GROUP.to_string(), Direction::Incoming), g);
+            let b = classes(m, &format!("interface {iface}"));
+            loaded.push((
+                iface,
+                (HOST_GROUP.to_string(), Direction::Incoming),
+                GroupBaselines { total: b, address: b },
+            ));
         }
         for (iface, groups) in &saved.groups {
             for (group, dirs) in groups {
                 for (dir, sg) in dirs {
-                    let g = GroupBaselines { total: classes(&sg.total), address: classes(&sg.address) };
-                    self.iface(iface).baselines.insert((group.clone(), *dir), g);
+                    let at = format!("interface {iface}, host group {group}, {}", dir.name());
+                    let total = classes(&sg.total, &format!("{at} total"));
+                    let address = classes(&sg.address, &format!("{at} per address"));
+                    loaded.push((iface, (group.clone(), *dir), GroupBaselines { total, address }));
                 }
             }
         }
+        for (iface, key, g) in loaded {
+            self.iface(iface).baselines.insert(key, g);
+        }
+        refused
     }
 
     pub fn baselines(&self) -> SavedBaselines {

@@ -322,6 +322,33 @@ fn baselines_freeze_during_an_incident_and_survive_a_restart() {
 }
 
 #[test]
+fn a_saved_baseline_no_learning_could_make_is_refused_not_a_blind_spot() {
+    let mut r = Run::new(cfg());
+    for _ in 0..400 {
+        r.traffic(&[(TrafficClass::TcpSyn, 200.0), (TrafficClass::Udp, 100.0)], POLL);
+    }
+    let mut saved = r.det.baselines();
+    let host = saved.groups.get_mut("eth0").unwrap().get_mut("host").unwrap().get_mut(&Direction::Incoming).unwrap();
+    host.total.get_mut("tcp_syn").unwrap().pps.mean = 1e300;
+    host.address.get_mut("udp").unwrap().learned_seconds = -1.0;
+
+    let mut r2 = Run::new(cfg());
+    let refused = r2.det.load_baselines(&saved);
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused[0].starts_with("interface eth0, host group host, incoming total, class tcp_syn: its pps average 1e300"),
+        "{refused:?}"
+    );
+    assert!(refused[1].contains("per address, class udp: its learned time -1e0 s"), "{refused:?}");
+    // The class is learned afresh, the others kept...
+    assert_eq!(r2.det.class_baseline("eth0", "host", TrafficClass::TcpSyn).unwrap().learned_seconds, 0.0);
+    assert!(r2.det.class_baseline("eth0", "host", TrafficClass::Udp).unwrap().learned_seconds > 30.0);
+    // ... and a SYN flood over the floor is an attack (the saved average
+    // would have put its threshold at 3e300).
+    opened(&r2.traffic(&[(TrafficClass::TcpSyn, 5_000.0)], 1.0));
+}
+
+#[test]
 fn an_incident_open_at_a_restart_is_resumed_not_duplicated() {
     let mut r = Run::new(cfg());
     r.traffic(&[(TrafficClass::TcpSyn, 5_000.0)], 1.0);
