@@ -1,7 +1,7 @@
 //! What the operator and the state directory hand the detector, mutated:
 //! the configuration, every shipped runbook, the rule requests of the API
-//! and the CLI, the saved rules (`rules.json`) and the saved BGP
-//! announcements, with each value in turn
+//! and the CLI, the saved rules (`rules.json`), the saved BGP
+//! announcements and the saved baselines, with each value in turn
 //! replaced by one that is out of range, of the wrong kind, huge, negative,
 //! empty or odd, and each key in turn dropped. Whatever the value, the
 //! input is taken or refused with an error (a file's names the file),
@@ -19,6 +19,7 @@ use detector::{
     },
     clock::Clock,
     config::ConfigFile,
+    detect::engine::{Detector, SavedBaselines},
     mitigate::{
         rule::{Origin, RuleRequest},
         ruleset::{AllowSource, Limits, RuleSet, Saved},
@@ -540,5 +541,33 @@ fn mutated_saved_announcements_are_restored_or_refused_never_a_panic() {
             restore(saved);
         }
     });
+    assert!(bad.is_empty(), "{} panics:\n{}", bad.len(), bad.join("\n"));
+}
+
+/// The saved baselines (one group's, both directions), mutated: whatever is
+/// loaded leaves every threshold a number, bounded by what learning could
+/// make of rates no link carries (a damaged average is refused, not taken
+/// as a threshold no flood reaches).
+#[test]
+fn mutated_saved_baselines_load_or_are_refused_never_a_panic() {
+    let cfg = ConfigFile::parse("detector.yaml", CONFIG).unwrap().detection;
+    let level = json!({"pps": {"mean": 200000.0, "var": 1.0e8}, "bps": {"mean": 8.0e8, "var": 1.0e14},
+                       "learned_seconds": 7200.0});
+    let group = json!({"total": {"udp": level, "tcp_syn": level}, "address": {"udp": level}});
+    let seed = json!({"version": 2, "groups": {"eth0": {"host": {"incoming": group, "outgoing": group}}}});
+    let load = |v: serde_json::Value| {
+        let Ok(saved) = serde_json::from_value::<SavedBaselines>(v) else { return };
+        let mut d = Detector::new(cfg.clone(), "node1");
+        d.load_baselines(&saved);
+        for t in d.thresholds("eth0") {
+            assert!(t.pps.is_finite() && t.pps >= 0.0 && t.pps <= 1e12, "{t:?}");
+        }
+    };
+    let mut d = Detector::new(cfg.clone(), "node1");
+    let saved: SavedBaselines = serde_json::from_value(seed.clone()).unwrap();
+    assert!(d.load_baselines(&saved).is_empty(), "the seed loads whole");
+    let udp = d.thresholds("eth0").into_iter().find(|t| t.total && t.family.name() == "udp_flood").unwrap();
+    assert!(udp.pps > 500_000.0, "the learned level raises the threshold over the floor: {udp:?}");
+    let bad = json_panics(&seed, load);
     assert!(bad.is_empty(), "{} panics:\n{}", bad.len(), bad.join("\n"));
 }
