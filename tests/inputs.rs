@@ -15,6 +15,7 @@ use detector::{
     bgp::{
         announce::{Announcement, FlowAction, FlowSpecRule, TcpFlags, BLACKHOLE},
         check::Scope,
+        gobgp::paths::{from_path, to_path},
         plan::{Desired, Entry, Planner, Saved as BgpSaved},
     },
     clock::Clock,
@@ -494,7 +495,8 @@ fn mutated_saved_rules_are_restored_or_refused_never_a_panic() {
 }
 
 /// The saved BGP announcements: a blackhole and a FlowSpec rule with every
-/// field, from a runbook, under the seed configuration's `bgp:` section.
+/// field, from a runbook, under the seed configuration's `bgp:` section;
+/// each one taken also goes through gobgpd's path encoding and back.
 #[test]
 fn mutated_saved_announcements_are_restored_or_refused_never_a_panic() {
     let cfg = ConfigFile::parse("detector.yaml", CONFIG).unwrap();
@@ -531,6 +533,11 @@ fn mutated_saved_announcements_are_restored_or_refused_never_a_panic() {
         let scope = Scope::new(&bgp, &protected, &[]);
         let (desired, refused) = Desired::restore(saved, &scope, now);
         Planner::new(60, false).step(&desired, &[], now);
+        // What is taken goes to gobgpd as a path, and reads back the same.
+        for e in desired.entries() {
+            let back = from_path(&to_path(&e.announcement)).unwrap_or_else(|err| panic!("{e:?}: {err}"));
+            assert_eq!(back.key(), e.key(), "{e:?}");
+        }
         (desired, refused)
     };
     let (desired, refused) = restore(saved.clone());
