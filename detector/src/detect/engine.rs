@@ -274,10 +274,9 @@ impl Detector {
     }
 
     /// Takes learned baselines saved by an earlier run. A version 1 file
-    /// (one set per interface) becomes host mode's group, incoming.
-    /// Takes the saved baselines; those a learning could not have made
-    /// (see [`ClassBaseline::check`]) are left out, to be learned afresh,
-    /// and returned with where and why.
+    /// (one set per interface) becomes host mode's group, incoming. Those
+    /// no learning could have made (see [`ClassBaseline::check`]) are left
+    /// out, to be learned afresh, and returned with where and why.
     pub fn load_baselines(&mut self, saved: &SavedBaselines) -> Vec<String> {
         let mut refused = Vec::new();
         let mut classes = |m: &BTreeMap<String, ClassBaseline>, at: &str| {

@@ -63,8 +63,6 @@ impl Action {
         }
     }
 
-    /// The rates as a request gives them: pps, burst, bps, and whether
-    /// they are one aggregate budget.
     /// The byte bucket's depth in bytes, when it has one.
     pub fn byte_burst(&self) -> Option<u64> {
         match self {
@@ -73,6 +71,8 @@ impl Action {
         }
     }
 
+    /// The rates as a request gives them: pps, burst, bps, and whether
+    /// they are one aggregate budget.
     pub fn rates(&self) -> (Option<u64>, Option<u64>, Option<u64>, bool) {
         match self {
             Action::Drop | Action::SynCookies => (None, None, None, false),
