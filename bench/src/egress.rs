@@ -23,7 +23,7 @@ use detector_common::{
     TrafficClass,
 };
 
-use crate::testrun::{median, ns_per_packet};
+use crate::testrun::{median, new_destination_each, ns_per_packet, set_destination_low};
 
 /// Batches per case, taken in turns.
 const ROUNDS: u32 = 9;
@@ -107,17 +107,14 @@ pub fn costs(repeat: u32) -> Result<Vec<EgressCost>> {
         s.spawn(|| -> Result<(EgressCost, EgressCost)> {
             crate::firewall::pin_to(0)?;
             let before = learning.counts();
-            let (mut dl, mut el) = (0.0, 0.0);
             let mut frame = datagram("192.0.2.1", "198.18.0.0")?;
-            for i in 0..NEW_PEERS {
+            let (dl, el) = new_destination_each(det, pass, &mut frame, 0..NEW_PEERS, |i| {
                 if i % DEFAULT_LEARN_BUDGET == 0 {
                     epoch.set(0, next_epoch, 0)?;
                     next_epoch += 1;
                 }
-                set_peer(&mut frame, i);
-                dl += ns_per_packet(det, &frame, 1)?;
-                el += ns_per_packet(pass, &frame, 1)?;
-            }
+                Ok(())
+            })?;
             let n = learning.counts().learned - before.learned;
             ensure!(n == u64::from(NEW_PEERS), "a new peer every packet: {n} of {NEW_PEERS} learned");
 
@@ -126,16 +123,12 @@ pub fn costs(repeat: u32) -> Result<Vec<EgressCost>> {
             let mut frame = datagram("192.0.2.1", "198.19.0.0")?;
             epoch.set(0, next_epoch, 0)?;
             for i in 0..DEFAULT_LEARN_BUDGET {
-                set_peer(&mut frame, i);
+                set_destination_low(&mut frame, i);
                 ns_per_packet(det, &frame, 1)?;
             }
             let before = learning.counts();
-            let (mut dr, mut er) = (0.0, 0.0);
-            for i in DEFAULT_LEARN_BUDGET..DEFAULT_LEARN_BUDGET + NEW_PEERS {
-                set_peer(&mut frame, i);
-                dr += ns_per_packet(det, &frame, 1)?;
-                er += ns_per_packet(pass, &frame, 1)?;
-            }
+            let peers = DEFAULT_LEARN_BUDGET..DEFAULT_LEARN_BUDGET + NEW_PEERS;
+            let (dr, er) = new_destination_each(det, pass, &mut frame, peers, |_| Ok(()))?;
             let after = learning.counts();
             ensure!(
                 after.learned == before.learned && after.over_budget - before.over_budget == u64::from(NEW_PEERS),
@@ -143,17 +136,16 @@ pub fn costs(repeat: u32) -> Result<Vec<EgressCost>> {
                 after.learned - before.learned,
                 after.over_budget - before.over_budget
             );
-            let n = f64::from(NEW_PEERS);
             Ok((
                 EgressCost {
                     label: "learning: a new peer every packet (each learned), one run per frame",
-                    detector_ns: dl / n,
-                    empty_ns: el / n,
+                    detector_ns: dl,
+                    empty_ns: el,
                 },
                 EgressCost {
                     label: "learning: a new peer every packet past the window's budget (refused), one run per frame",
-                    detector_ns: dr / n,
-                    empty_ns: er / n,
+                    detector_ns: dr,
+                    empty_ns: er,
                 },
             ))
         })
@@ -168,11 +160,6 @@ pub fn costs(repeat: u32) -> Result<Vec<EgressCost>> {
 /// New peers per row of a new peer every packet: a quarter of the
 /// known-peer map, which none of them evicts from.
 pub const NEW_PEERS: u32 = 16_384;
-
-/// Makes peer `i` the datagram's destination: its last two octets.
-fn set_peer(frame: &mut [u8], i: u32) {
-    frame[14 + 18..14 + 20].copy_from_slice(&(i as u16).to_be_bytes());
-}
 
 /// Group 0's outgoing UDP packets.
 fn outgoing(targets: &TargetMaps) -> Result<u64> {

@@ -44,7 +44,7 @@ use detector_common::{
     TrafficClass, CLASS_COUNT,
 };
 
-use crate::testrun::{median, ns_per_packet};
+use crate::testrun::{median, new_destination_each, ns_per_packet};
 
 /// Active destinations in the poll figures.
 pub const ACTIVE: u32 = 65_536;
@@ -215,13 +215,8 @@ pub fn paths(repeat: u32) -> Result<Vec<PathCost>> {
         let mut frame = udp(&format!("{}.{}.0.0", base[0], base[1]))?;
         epoch.set(0, next_epoch, 0)?;
         next_epoch += 1;
-        let (mut d, mut e) = (0.0, 0.0);
-        for i in 0..SPREAD {
-            frame[14 + 18..14 + 20].copy_from_slice(&(i as u16).to_be_bytes());
-            d += ns_per_packet(det, &frame, 1)?;
-            e += ns_per_packet(pass, &frame, 1)?;
-        }
-        let cost = PathCost { label, detector_ns: d / SPREAD as f64, empty_ns: e / SPREAD as f64 };
+        let (d, e) = new_destination_each(det, pass, &mut frame, 0..SPREAD, |_| Ok(()))?;
+        let cost = PathCost { label, detector_ns: d, empty_ns: e };
         eprintln!("bench:   {label:<45} detector {:>6.1} ns  empty {:>6.1} ns", cost.detector_ns, cost.empty_ns);
         out.push(cost);
     }

@@ -34,6 +34,38 @@ where
     Ok(r.duration.as_nanos() as f64)
 }
 
+/// The mean time of one run of `det` and of `empty` over one frame per
+/// number in `numbers`: `frame` with its IPv4 destination's last two octets
+/// set to the number (a new destination every packet), `before(number)`
+/// called first. One test run per frame, both programs alike, so each
+/// figure carries the cold caches of a syscall per packet.
+pub(crate) fn new_destination_each<P, Q>(
+    det: &P,
+    empty: &Q,
+    frame: &mut [u8],
+    numbers: std::ops::Range<u32>,
+    mut before: impl FnMut(u32) -> Result<()>,
+) -> Result<(f64, f64)>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+    Q: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let n = f64::from(numbers.len() as u32);
+    let (mut d, mut e) = (0.0, 0.0);
+    for i in numbers {
+        before(i)?;
+        set_destination_low(frame, i);
+        d += ns_per_packet(det, frame, 1)?;
+        e += ns_per_packet(empty, frame, 1)?;
+    }
+    Ok((d / n, e / n))
+}
+
+/// Sets an IPv4 frame's destination's last two octets to `i`.
+pub(crate) fn set_destination_low(frame: &mut [u8], i: u32) {
+    frame[14 + 18..14 + 20].copy_from_slice(&(i as u16).to_be_bytes());
+}
+
 pub fn per_class(repeat: u32) -> Result<Vec<ClassCost>> {
     let mut det_obj = ebpf::load_counting(&CountingOptions::new(DEFAULT_MAX_SOURCES))?;
     let mut maps = CounterMaps::take(&mut det_obj)?;
