@@ -29,8 +29,10 @@ pub struct CpuWindows {
     pub windows: [crate::sketch::Window; WINDOWS as usize],
     pub _pad: [u64; 8],
 }
-/// Array of one `u32`: the current epoch, bumped by the controller each poll.
-pub const EPOCH_MAP: &str = "EPOCH";
+/// Array of one `u32`: the current epoch, bumped by the controller each
+/// poll. The map the loader makes of the counting object's section of
+/// that name, where the programs' global `EPOCH` lies alone.
+pub const EPOCH_MAP: &str = ".bss.epoch";
 /// The program's scratch copy of a packet's parsed headers: an array of one
 /// slot per possible CPU, indexed by the CPU's id. Sized by the loader;
 /// the controller never reads it.

@@ -16,8 +16,10 @@ use crate::{class::CLASS_COUNT, maps::ClassCounters};
 /// [`crate::maps::SourceKey`], the prefix length over 128 bits: IPv4 /n is
 /// 96 + n) to [`ProtectedNet`].
 pub const PROTECTED_MAP: &str = "PROTECTED";
-/// Array of one [`TargetControl`].
-pub const TARGET_CONTROL_MAP: &str = "TARGET_CONTROL";
+/// Array of one [`TargetControl`]: the map the loader makes of the
+/// counting object's section of that name, where the programs' global
+/// `TARGET_CONTROL` lies alone.
+pub const TARGET_CONTROL_MAP: &str = ".bss.targets";
 /// LRU per-CPU hash of [`crate::maps::SourceKey`] (a protected destination)
 /// to [`TargetStats`]: traffic to it.
 pub const TARGETS_IN_MAP: &str = "TARGETS_IN";
@@ -128,18 +130,23 @@ pub struct TargetControl {
     pub v6: [u64; FILTER_WORDS],
 }
 
+impl TargetControl {
+    /// Nothing protected (the XDP program's global starts so).
+    pub const ZERO: TargetControl = TargetControl {
+        enabled: 0,
+        generation: 0,
+        v6_all: 0,
+        cache_seed: 0,
+        v4: [0; FILTER_WORDS],
+        v6: [0; FILTER_WORDS],
+        key_v4: [0; 2],
+        key_v6: [0; 2],
+    };
+}
+
 impl Default for TargetControl {
     fn default() -> Self {
-        TargetControl {
-            enabled: 0,
-            generation: 0,
-            v6_all: 0,
-            cache_seed: 0,
-            v4: [0; FILTER_WORDS],
-            v6: [0; FILTER_WORDS],
-            key_v4: [0; 2],
-            key_v6: [0; 2],
-        }
+        TargetControl::ZERO
     }
 }
 

@@ -28,7 +28,7 @@ use detector_common::{
 use crate::{
     mitigate::{self, PeerCacheSlot, KNOWN_PEERS, PEER_CACHE_SLOTS},
     parse::{self, parse, Parsed},
-    program::EPOCH,
+    program::epoch,
     targets,
 };
 
@@ -109,7 +109,7 @@ fn learn(p: &Parsed) {
         return;
     }
     // The frame's destination is the peer.
-    let epoch = EPOCH.get(0).copied().unwrap_or(0);
+    let epoch = epoch();
     let Some(seen) = SEEN.get_ptr_mut(mitigate::cache_slot(&p.dst)) else {
         return;
     };

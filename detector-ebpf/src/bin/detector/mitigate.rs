@@ -23,7 +23,7 @@ use detector_common::{
     },
 };
 
-use crate::{parse::Parsed, program::EPOCH, syncookie};
+use crate::{parse::Parsed, program::epoch, syncookie};
 
 /// Learns `src` (the parser's words) as a peer that completed a
 /// handshake, and says so in this CPU's cache (where it may be cached as
@@ -39,7 +39,7 @@ pub fn learn_handshake(src: &[u64; 2]) {
     if let Some(c) = PEER_CACHE.get_ptr_mut(cache_slot(src)) {
         unsafe {
             (*c).addr = *src;
-            (*c).epoch = EPOCH.get(0).copied().unwrap_or(0).wrapping_add(1);
+            (*c).epoch = epoch().wrapping_add(1);
             (*c).known = 1;
         }
     }
@@ -210,7 +210,7 @@ pub(crate) fn cache_slot(src: &[u64; 2]) -> u32 {
 #[inline(always)]
 pub fn is_known_peer(src: &[u64; 2]) -> bool {
     let slot = cache_slot(src);
-    let epoch = EPOCH.get(0).copied().unwrap_or(0).wrapping_add(1);
+    let epoch = epoch().wrapping_add(1);
     let Some(c) = PEER_CACHE.get_ptr_mut(slot) else {
         return false;
     };

@@ -65,9 +65,20 @@ pub(crate) fn window(index: u32) -> Option<*mut Window> {
     Some(unsafe { (&raw mut (*w).windows).cast::<Window>().add(index as usize) })
 }
 
-/// The current epoch; the controller bumps it at every poll.
-#[map]
-pub static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+/// The current epoch; the controller bumps it at every poll (through the
+/// map of its section, `detector_common::maps::EPOCH_MAP`). A global, not
+/// a one-entry array: read at its address, a load, where an array's
+/// lookup is a dozen instructions, and it is read up to four times a
+/// packet.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.epoch")]
+pub(crate) static EPOCH: Global<u32> = Global(core::cell::UnsafeCell::new(0));
+
+/// The current epoch.
+#[inline(always)]
+pub(crate) fn epoch() -> u32 {
+    EPOCH.get()
+}
 
 /// Sampled headers for the controller (ports, reflector services).
 #[map]
@@ -77,29 +88,47 @@ static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_RING_BYTES, 0);
 #[map]
 static SAMPLE_CONTROL: Array<SampleControl> = Array::with_max_entries(1, 0);
 
-/// A global the controller sets at load time. Behind an `UnsafeCell`:
-/// an immutable static is a constant to the compiler, which may then put
-/// any other constant of the same bytes at its address (a zero `HashKey`
-/// and a new rate-limit bucket's zero initial value were one, and every
-/// new bucket started at the random key), and fold its reads.
+/// A global the controller writes: at load time (`HASH_KEY`), or while
+/// the program runs, through the one-entry array the loader makes of the
+/// global's section (`EPOCH`, `TARGET_CONTROL`: a section of its own each,
+/// so that the array's value is that global alone). The program reads it
+/// at its address, with no lookup and no null check. Behind an
+/// `UnsafeCell`: an immutable static is a constant to the compiler, which
+/// may then put any other constant of the same bytes at its address (a
+/// zero `HashKey` and a new rate-limit bucket's zero initial value were
+/// one, and every new bucket started at the random key), and fold its
+/// reads.
 #[repr(transparent)]
-pub(crate) struct LoadTime<T>(core::cell::UnsafeCell<T>);
+pub(crate) struct Global<T>(pub(crate) core::cell::UnsafeCell<T>);
 
-// SAFETY: written by the loader before the program runs; only read here.
-unsafe impl<T> Sync for LoadTime<T> {}
+// SAFETY: only the controller writes it (a map update, as any map
+// value's); the program only reads.
+unsafe impl<T> Sync for Global<T> {}
 
-impl<T: Copy> LoadTime<T> {
+impl<T: Copy> Global<T> {
+    /// A copy, read once (volatile: a value the controller may change
+    /// between two reads is read where the code says).
     #[inline(always)]
     pub(crate) fn get(&self) -> T {
-        // SAFETY: a plain value nothing writes while the program runs.
+        // SAFETY: a plain value, only read here.
         unsafe { core::ptr::read_volatile(self.0.get()) }
+    }
+}
+
+impl<T> Global<T> {
+    /// A reference, for a large value read a field at a time (as a map
+    /// lookup's pointer is).
+    #[inline(always)]
+    pub(crate) fn get_ref(&self) -> &T {
+        // SAFETY: only read here; the controller's writes are a map
+        // update's, as to any array value.
+        unsafe { &*self.0.get() }
     }
 }
 
 /// Keys the sketches' hash; set by the controller at load time.
 #[unsafe(no_mangle)]
-pub(crate) static HASH_KEY: LoadTime<HashKey> =
-    LoadTime(core::cell::UnsafeCell::new(HashKey { seed: 0, zero_round: 0 }));
+pub(crate) static HASH_KEY: Global<HashKey> = Global(core::cell::UnsafeCell::new(HashKey { seed: 0, zero_round: 0 }));
 
 /// The load-time key.
 #[inline(always)]
@@ -207,7 +236,7 @@ fn sample(ctx: &XdpContext, w: *mut Window, p: &Parsed, len: u64) {
         // program's stack past the verifier's 512 bytes); the sampling
         // keeps its own epoch, so the controller moving it between the two
         // reads cannot skip a cut.
-        let epoch = EPOCH.get(0).copied().unwrap_or(0) & EPOCH_MASK;
+        let epoch = epoch() & EPOCH_MASK;
         if (*w).sample_epoch != epoch {
             (*w).sample_epoch = epoch;
             let divisor = SAMPLE_CONTROL.get(0).map(|c| c.divisor).unwrap_or(0);
@@ -290,7 +319,7 @@ fn track_source(w: *mut Window, words: &[u64; 2], src: [u8; 16], class: usize, l
     if class >= CLASS_COUNT {
         return;
     }
-    let epoch = EPOCH.get(0).copied().unwrap_or(0) & EPOCH_MASK;
+    let epoch = epoch() & EPOCH_MASK;
     // A new window (a poll) starts here; `sample` has cut the countdown.
     // SAFETY: this CPU's window.
     let (new, total) = unsafe { ((*w).epoch != epoch, (*w).advance(epoch, 1)) };

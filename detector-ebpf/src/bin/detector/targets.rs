@@ -24,7 +24,7 @@ use detector_common::{
     CLASS_COUNT,
 };
 
-use crate::program::{hash_key, window, EPOCH};
+use crate::program::{epoch, hash_key, window, Global};
 
 /// Protected prefix to its host group.
 #[map]
@@ -32,9 +32,11 @@ static PROTECTED: LpmTrie<[u8; 16], ProtectedNet> =
     LpmTrie::with_max_entries(MAX_PROTECTED, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// Non-zero `enabled` while the trie holds any prefix; the prefilter and
-/// the generation of the protected set.
-#[map]
-static TARGET_CONTROL: Array<TargetControl> = Array::with_max_entries(1, 0);
+/// the generation of the protected set. A global (see [`Global`]): every
+/// packet with a source reads it, host mode's too.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.targets")]
+static TARGET_CONTROL: Global<TargetControl> = Global(core::cell::UnsafeCell::new(TargetControl::ZERO));
 
 /// Per CPU and direction: the last addresses looked up in the trie, with
 /// their group (see [`CacheSlot`]); a CPU's slots in a row (see
@@ -87,7 +89,7 @@ static TARGET_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(2, 0
 /// True while any network is protected.
 #[inline(always)]
 pub fn enabled() -> bool {
-    TARGET_CONTROL.get(0).is_some_and(|c| c.enabled != 0)
+    TARGET_CONTROL.get_ref().enabled != 0
 }
 
 /// Counts one packet (or `packets`, a GSO packet's segments) of `len`
@@ -95,13 +97,12 @@ pub fn enabled() -> bool {
 /// address words, when the address is protected. `addr` must point into
 /// a map value (it is the per-address map's key).
 ///
-/// The part every packet pays: one array read, and the prefilter's bit.
+/// The part every packet pays: a read of the global, and the prefilter's
+/// bit.
 /// An address that may be protected goes on to [`count_protected`].
 #[inline(always)]
 pub fn count<const DIR: u32>(addr: &[u64; 2], class: u32, len: u64, packets: u64) {
-    let Some(ctl) = TARGET_CONTROL.get(0) else {
-        return;
-    };
+    let ctl = TARGET_CONTROL.get_ref();
     if ctl.enabled == 0 || !ctl.may_protect(addr) {
         return;
     }
@@ -155,7 +156,7 @@ fn count_protected<const DIR: u32>(ctl: &TargetControl, addr: &[u64; 2], class: 
             (*g).counts[c].bytes += len;
         }
     }
-    let epoch = EPOCH.get(0).copied().unwrap_or(0) & EPOCH_MASK;
+    let epoch = epoch() & EPOCH_MASK;
     let map = if DIR == DIRECTION_IN { &TARGETS_IN } else { &TARGETS_OUT };
     // SAFETY: SourceKey is sixteen bytes, alignment 1.
     let target = unsafe { &*(addr as *const [u64; 2] as *const SourceKey) };
