@@ -192,10 +192,24 @@ impl Figures {
 
     /// One setup's runs at one flood, summed over the rounds.
     pub fn cpu_total(&self, who: Who, gap: &str) -> Option<CpuTotal> {
-        let runs: Vec<&CpuRun> = self.cpu.iter().filter(|r| r.who == who && r.gap == gap).collect();
-        if runs.is_empty() {
-            return None;
-        }
+        CpuTotal::of(self.cpu_runs(who, gap))
+    }
+
+    /// One setup's runs at one flood, each alone, round by round.
+    pub fn cpu_rounds(&self, who: Who, gap: &str) -> Vec<CpuTotal> {
+        self.cpu_runs(who, gap).filter_map(|r| CpuTotal::of([r])).collect()
+    }
+
+    fn cpu_runs<'a>(&'a self, who: Who, gap: &'a str) -> impl Iterator<Item = &'a CpuRun> + 'a {
+        self.cpu.iter().filter(move |r| r.who == who && r.gap == gap)
+    }
+}
+
+impl CpuTotal {
+    /// The sum of `runs`; None when there are none.
+    fn of<'a>(runs: impl IntoIterator<Item = &'a CpuRun>) -> Option<CpuTotal> {
+        let mut runs = runs.into_iter().peekable();
+        runs.peek()?;
         let mut t = CpuTotal::default();
         for r in runs {
             t.seconds += r.seconds;

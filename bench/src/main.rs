@@ -217,7 +217,7 @@ fn fastnetmon_sizes(quick: bool) -> (usize, u64, usize) {
     if quick {
         (3, 3, 1)
     } else {
-        (10, 10, 2)
+        (10, 10, 4)
     }
 }
 

@@ -907,14 +907,44 @@ pub fn fastnetmon_section(f: &fastnetmon::Figures) -> String {
 }
 
 /// The side by side's CPU per forwarded packet.
+/// The detector's share of FastNetMon's CPU per packet in each round
+/// alone (their runs of one round follow each other), when there are
+/// several: how far one round's figure can be from the next on this host.
+fn round_ratios(f: &fastnetmon::Figures, gap: &str) -> String {
+    use fastnetmon::Who;
+    let detector = f.cpu_rounds(Who::Detector, gap);
+    let fnm = f.cpu_rounds(Who::FastNetMon, gap);
+    let ratios: Vec<String> = detector
+        .iter()
+        .zip(&fnm)
+        .filter_map(|(d, m)| {
+            Some(format!("{:.2}", d.cost_per_packet(Who::Detector)? / m.cost_per_packet(Who::FastNetMon)?))
+        })
+        .collect();
+    if ratios.len() < 2 {
+        return String::new();
+    }
+    format!("; round by round {}", list_and(&ratios))
+}
+
+/// "a", "a and b", "a, b and c".
+fn list_and(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
 pub fn fastnetmon_cpu_section(f: &fastnetmon::Figures) -> String {
     use fastnetmon::{Who, CPU_GAPS, HOOKS, HOOK_AF_PACKET, HOOK_EGRESS, HOOK_EMPTY, HOOK_XDP};
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "**CPU per forwarded packet**: the same flood, sustained and forwarded by the router to the customers, once with each detector alone, once with an empty XDP program and once with neither (plain forwarding), each in a fresh lab; counted over {} s once the flood has run a second (the detector's incident is open and FastNetMon's ban made by then), summed over the rounds, divided by the router's forwarded datagrams in the same window (`Ip: ForwDatagrams`, the customers' ICMP answers included). hping3 is pinned to CPU {gen_cpu} in every run (a veth delivers a frame on the CPU that sent it, so every setup receives on that same CPU).\n\n\
+        "**CPU per forwarded packet**: the same flood, sustained and forwarded by the router to the customers, once with each detector alone, once with an empty XDP program and once with neither (plain forwarding), each in a fresh lab; counted over {} s once the flood has run a second (the detector's incident is open and FastNetMon's ban made by then), in {rounds} rounds (each setup's runs in turn in every round), summed over them, divided by the router's forwarded datagrams in the same window (`Ip: ForwDatagrams`, the customers' ICMP answers included). hping3 is pinned to CPU {gen_cpu} in every run (a veth delivers a frame on the CPU that sent it, so every setup receives on that same CPU).\n\n\
 **Process**: the run time of the detector's process as the scheduler counts it, every thread it had in the window, those that ended included (its CPU clock: `clock_getcpuclockid`, nanoseconds), and of its waited-for children (FastNetMon's notify script, from `/proc/PID/stat`). In brackets, utime + stime as `/proc/PID/stat` (and `top`) has them, for comparison only: this kernel (tick-based accounting, 250 Hz, idle ticks stopped) charges a whole 4 ms tick to whatever runs as the tick fires, so a process that wakes ten times a second for under a millisecond is charged from nothing to 40 ms a second by the phase of its wake-ups against the tick; earlier runs of this bench took that figure, and on this host it read up to five times the scheduler's, for both detectors. **In the kernel**, each detector's per-packet work outside its process runs in the softirq that receives the packet: the detector's XDP program (and its egress classifier on the same interface, for what the router sends back out), FastNetMon's AF_PACKET delivery of each received frame (`packet_rcv_fanout`, which copies it into one of its sockets' rings in `tpacket_rcv`). Both are measured the same way: `perf record -e cpu-clock -c {period} -a -g -k mono`, a sample every {period_us} µs of each busy CPU's time, every CPU, in the same window; a sample counts for a hook when the hook is anywhere in its call chain (its own time and what it calls: map helpers, the ring copy). AF_PACKET samples count when the delivery was called from the receive path, not from the transmit tap (`dev_queue_xmit_nit`), where hping3's own packet socket sees every frame it sends, in every setup: plain forwarding reads 0 there. The kernel's own BPF statistics (`run_time_ns`) time the detector's programs too and are shown beside them as a check; they include two clock reads around each run, which cost far more than an empty program on this host (compare the empty program's two figures). The softirq time of `/proc/stat`, which earlier runs used for FastNetMon, is charged a tick at a time on this kernel, and its difference to plain forwarding was noise. The cost per packet: the process plus the sampled hooks.\n",
         f.cpu_seconds,
+        rounds = f.cpu_rounds(Who::Detector, CPU_GAPS[0]).len(),
         gen_cpu = fastnetmon::GENERATOR_CPU,
         period = crate::profile::PERIOD_NS,
         period_us = crate::profile::PERIOD_NS / 1000,
@@ -984,8 +1014,9 @@ pub fn fastnetmon_cpu_section(f: &fastnetmon::Figures) -> String {
             verdicts.push((
                 d / m,
                 format!(
-                    "{flood}: the detector spends **{:.2}** of FastNetMon's CPU per packet ({d:.0} against {m:.0} ns{floor})",
-                    d / m
+                    "{flood}: the detector spends **{:.2}** of FastNetMon's CPU per packet ({d:.0} against {m:.0} ns{floor}{})",
+                    d / m,
+                    round_ratios(f, gap)
                 ),
             ));
         }
@@ -1099,6 +1130,53 @@ mod tests {
             poll_ms: None,
             max_tracked: None,
         }
+    }
+
+    #[test]
+    fn the_cpu_comparison_gives_each_rounds_ratio_beside_the_sum() {
+        use fastnetmon::{CpuRun, Figures, Who, HOOKS, HOOK_AF_PACKET, HOOK_XDP};
+        // Per forwarded packet: the process's ns plus the hook's.
+        let run = |who: Who, gap: &'static str, process: u64, hook: u64| {
+            let mut sampled_ns = [0; HOOKS.len()];
+            sampled_ns[if who == Who::FastNetMon { HOOK_AF_PACKET } else { HOOK_XDP }] = hook * 1000;
+            CpuRun {
+                who,
+                gap,
+                seconds: 1.0,
+                sent: 1000,
+                forwarded: 1000,
+                process_ns: process * 1000,
+                process_ticks_ns: process * 1000,
+                xdp_ns: (who == Who::Detector).then_some(hook * 1000),
+                xdp_runs: (who == Who::Detector).then_some(1000),
+                egress_ns: (who == Who::Detector).then_some(0),
+                sampled_ns,
+                perf_samples: 1,
+            }
+        };
+        let gap = fastnetmon::CPU_GAPS[0];
+        let f = |rounds: &[(u64, u64)]| Figures {
+            fastnetmon_version: String::new(),
+            detector_version: String::new(),
+            kernel: String::new(),
+            trials: Vec::new(),
+            // Each round: FastNetMon's run, then the detector's (as run).
+            cpu: rounds
+                .iter()
+                .flat_map(|&(d, m)| [run(Who::FastNetMon, gap, m / 2, m / 2), run(Who::Detector, gap, d / 2, d / 2)])
+                .collect(),
+            cpu_seconds: 1,
+        };
+        // 300 + 100 against 1000 + 1000: 0.20 over both; 0.30 and 0.10 alone.
+        let s = fastnetmon_cpu_section(&f(&[(300, 1000), (100, 1000)]));
+        assert!(s.contains("spends **0.20** of FastNetMon's CPU per packet (200 against 1000 ns"), "{s}");
+        assert!(s.contains("; round by round 0.30 and 0.10)"), "{s}");
+        assert!(s.contains("in 2 rounds"), "{s}");
+        let s = fastnetmon_cpu_section(&f(&[(300, 1000), (100, 1000), (200, 1000)]));
+        assert!(s.contains("round by round 0.30, 0.10 and 0.20)"), "{s}");
+        // One round: no list.
+        let s = fastnetmon_cpu_section(&f(&[(300, 1000)]));
+        assert!(s.contains("spends **0.30** of FastNetMon's CPU per packet (300 against 1000 ns)"), "{s}");
     }
 
     #[test]
